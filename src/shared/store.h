@@ -1,0 +1,130 @@
+/* SPDX-License-Identifier: MIT */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "checksum.h"
+#include "config.h"
+#include "driver.h"
+#include "util.h"
+
+/* The image cache: a directory laid out like Glance's (complete images named by id, incomplete/,
+ * invalid/, queue/), metadata through a driver, an in-memory index, batched hit accounting. It knows
+ * nothing of D-Bus or HTTP. One process owns a directory at a time (flock on .lock). Not thread-safe:
+ * everything but cache_write_seal() runs on the owner's thread. */
+
+typedef struct ImageCache ImageCache;
+typedef struct CacheWrite CacheWrite;
+
+typedef enum RemoveReason {
+        REMOVE_DELETED,
+        REMOVE_PRUNED,
+        REMOVE_INVALID,
+        _REMOVE_REASON_MAX,
+        _REMOVE_REASON_INVALID = -EINVAL,
+} RemoveReason;
+
+const char *remove_reason_to_string(RemoveReason r); /* "deleted", "pruned", "invalid" */
+
+/* Told about every image entering or leaving the cache, after the fact. */
+typedef struct ImageCacheObserver {
+        void (*image_added)(ImageCache *c, const CacheEntry *e, void *userdata);
+        void (*image_removed)(ImageCache *c, const char *id, uint64_t size, RemoveReason reason, void *userdata);
+        void *userdata;
+} ImageCacheObserver;
+
+#define IMAGE_CACHE_LOCK_FILE ".lock"
+#define IMAGE_CACHE_INCOMPLETE_DIR "incomplete"
+#define IMAGE_CACHE_INVALID_DIR "invalid"
+#define IMAGE_CACHE_QUEUE_DIR "queue"
+
+/* Opens (creating when missing) the cache directory at path, takes its lock, loads the metadata and
+ * reconciles it with the files. A clear message for the operator goes to *ret_error on failure:
+ * -EBUSY another process holds the directory, -EOPNOTSUPP no user xattrs (xattr driver), … */
+int image_cache_open(const char *path, DriverKind driver, ImageCache **ret, char **ret_error);
+/* Flushes batched hits and closes. Returns NULL. */
+ImageCache *image_cache_close(ImageCache *c);
+static inline void image_cache_closep(ImageCache **c) {
+        image_cache_close(*c);
+}
+
+void image_cache_set_observer(ImageCache *c, const ImageCacheObserver *o);
+const char *image_cache_path(const ImageCache *c);
+int image_cache_dir_fd(const ImageCache *c);
+DriverKind image_cache_driver(const ImageCache *c);
+
+/* What reconciliation did at open, for the log. */
+typedef struct ReconcileStats {
+        unsigned adopted;  /* files without metadata, now indexed */
+        unsigned dropped;  /* metadata without a file, forgotten */
+        unsigned resized;  /* metadata whose size disagreed with the file */
+} ReconcileStats;
+ReconcileStats image_cache_reconcile_stats(const ImageCache *c);
+
+/* Lookups over the in-memory index; no I/O. */
+bool image_cache_is_cached(const ImageCache *c, const char *id);
+bool image_cache_is_being_cached(const ImageCache *c, const char *id);
+bool image_cache_is_queued(const ImageCache *c, const char *id);
+const CacheEntry *image_cache_get(const ImageCache *c, const char *id); /* borrowed; NULL when not cached */
+uint64_t image_cache_size(const ImageCache *c);                        /* bytes of complete images */
+size_t image_cache_count(const ImageCache *c);
+uint64_t image_cache_hit_count(const ImageCache *c, const char *id);   /* 0 when not cached */
+
+/* Borrowed pointers to every entry, sorted by id; free the array (not the entries) with free(). */
+int image_cache_list(const ImageCache *c, const CacheEntry ***ret, size_t *ret_n);
+
+/* Reading. open_for_read counts a hit (batched in memory); record_hit counts one for a reader that
+ * already has the file open (the HTTP server). Neither writes to disk. */
+int image_cache_open_for_read(ImageCache *c, const char *id, int *ret_fd);
+int image_cache_record_hit(ImageCache *c, const char *id);
+/* Writes the batched hits in one transaction. */
+int image_cache_flush(ImageCache *c);
+bool image_cache_has_unflushed_hits(const ImageCache *c);
+
+/* Pins keep an image from being pruned or evicted; counted, so nest. */
+int image_cache_pin(ImageCache *c, const char *id);
+void image_cache_unpin(ImageCache *c, const char *id);
+bool image_cache_is_pinned(const ImageCache *c, const char *id);
+
+/* Removing. delete returns -ENOENT when the image is not cached. */
+int image_cache_delete(ImageCache *c, const char *id);
+int image_cache_delete_all(ImageCache *c, unsigned *ret_n);
+/* Least recently used first until the cache holds at most max_size bytes; pinned images are skipped.
+ * Glance's semantics: max_size 0 empties the cache. */
+int image_cache_prune(ImageCache *c, uint64_t max_size, unsigned *ret_files, uint64_t *ret_bytes);
+/* Removes everything in invalid/ and incomplete/ files untouched for longer than stall_time that no
+ * write of this process owns. */
+int image_cache_clean(ImageCache *c, usec_t stall_time, unsigned *ret_stalled, unsigned *ret_invalid);
+/* Re-hashes a cached image against its recorded checksum. 1 good, 0 bad (moved to invalid/),
+ * -ENOENT not cached. With no recorded checksum, a sha256 is computed and recorded, and 1 returned.
+ * Blocking (reads the whole file). */
+int image_cache_verify(ImageCache *c, const char *id);
+
+/* The queue: queue/<id> markers, mtime = queue time, oldest first. */
+typedef struct QueuedImage {
+        char *id;
+        usec_t queued_at;
+} QueuedImage;
+void queued_images_free(QueuedImage *q, size_t n);
+int image_cache_list_queued(const ImageCache *c, QueuedImage **ret, size_t *ret_n);
+int image_cache_queue(ImageCache *c, const char *id);    /* 1 queued; 0 already queued or cached */
+int image_cache_dequeue(ImageCache *c, const char *id);  /* 1 removed; 0 was not queued */
+int image_cache_dequeue_all(ImageCache *c, unsigned *ret_n);
+
+/* Writing: incomplete/<id> (O_EXCL) → append (hashing) → seal (verify, fsync, rename, fsync dir) →
+ * commit (metadata). begin_write fails with -EEXIST when the image is cached and -EBUSY when this
+ * process is writing it already. expected may be NULL; the digest is then sha256 and recorded. */
+int image_cache_begin_write(ImageCache *c, const char *id, const Checksum *expected, CacheWrite **ret);
+int cache_write_append(CacheWrite *w, const void *data, size_t size);
+uint64_t cache_write_size(const CacheWrite *w);
+const char *cache_write_id(const CacheWrite *w);
+/* Finishes the digest and compares it with the expected one (-EBADMSG on mismatch), then fsyncs and
+ * renames into place. Touches nothing but w's own files, so it may run on a worker thread. */
+int cache_write_seal(CacheWrite *w);
+/* Records a sealed write in the index and the driver and frees w. If w was not sealed yet, seals it
+ * first. On any failure the file goes to invalid/ and w is freed all the same. */
+int image_cache_commit_write(ImageCache *c, CacheWrite *w);
+/* Gives up a write: the partial file goes to invalid/. Frees w. */
+void image_cache_abort_write(ImageCache *c, CacheWrite *w);
