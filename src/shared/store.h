@@ -101,6 +101,10 @@ int image_cache_clean(ImageCache *c, usec_t stall_time, unsigned *ret_stalled, u
  * -ENOENT not cached. With no recorded checksum, a sha256 is computed and recorded, and 1 returned.
  * Blocking (reads the whole file). */
 int image_cache_verify(ImageCache *c, const char *id);
+/* The same in steps, for an event loop: begin on the loop (opens the file, says which digest to compute),
+ * checksum_fd() on a worker thread, end on the loop (applies the verdict, same return values). */
+int image_cache_verify_begin(ImageCache *c, const char *id, int *ret_fd, ChecksumAlgo *ret_algo);
+int image_cache_verify_end(ImageCache *c, const char *id, const Checksum *actual);
 
 /* The queue: queue/<id> markers, mtime = queue time, oldest first. */
 typedef struct QueuedImage {

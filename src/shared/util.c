@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 
 #include <fcntl.h>
+#include <sys/stat.h>
 
 #include "util.h"
 
@@ -37,6 +38,29 @@ int loop_write(int fd, const void *buf, size_t n) {
 
 int fsync_directory_fd(int dir_fd) {
         if (fsync(dir_fd) < 0)
+                return -errno;
+        return 0;
+}
+
+int mkdir_parents_and_self(const char *path, mode_t mode) {
+        if (mkdir(path, mode) >= 0 || errno == EEXIST)
+                return 0;
+        if (errno != ENOENT)
+                return -errno;
+
+        /* A parent is missing: create it first, then retry. Recursion depth is bounded by the path. */
+        _cleanup_(freep) char *parent = strdup(path);
+        if (!parent)
+                return -ENOMEM;
+        char *slash = strrchr(parent, '/');
+        if (!slash || slash == parent)
+                return -ENOENT;
+        *slash = 0;
+
+        int r = mkdir_parents_and_self(parent, 0755);
+        if (r < 0)
+                return r;
+        if (mkdir(path, mode) < 0 && errno != EEXIST)
                 return -errno;
         return 0;
 }

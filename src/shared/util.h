@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/types.h>
 #include <unistd.h>
 
 typedef uint64_t usec_t;
@@ -26,8 +27,13 @@ typedef uint64_t usec_t;
 #define _warn_unused_result_ __attribute__((warn_unused_result))
 
 #define ELEMENTSOF(x) (sizeof(x) / sizeof((x)[0]))
+/* GLib defines the same two; whichever header comes first wins, and they agree. */
+#ifndef MIN
 #define MIN(a, b) ((a) < (b) ? (a) : (b))
+#endif
+#ifndef MAX
 #define MAX(a, b) ((a) > (b) ? (a) : (b))
+#endif
 
 /* Hand ownership of a pointer or fd out of a _cleanup_ variable. */
 #define TAKE_PTR(p)                             \
@@ -114,3 +120,6 @@ int loop_write(int fd, const void *buf, size_t n);
 
 /* fsync() of the directory containing a just-renamed entry, so the rename survives a crash. */
 int fsync_directory_fd(int dir_fd);
+
+/* mkdir -p: creates path and any missing parents with mode. Existing directories are fine. */
+int mkdir_parents_and_self(const char *path, mode_t mode);
