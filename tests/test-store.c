@@ -600,9 +600,11 @@ static void test_glance_cache_db(void) {
         sqlite3_close(db);
         test_write_file(dir, "6ee6a1c2-9f6e-4b7f-8b4c-0d2c8e5b7a11", "abc", 3);
         test_write_file(dir, "0b1d2c3e-0000-4000-8000-000000000001", "older", 5);
-        g_assert_cmpint(mkdir(g_build_filename(dir, "incomplete", NULL), 0755), ==, 0);
-        g_assert_cmpint(mkdir(g_build_filename(dir, "invalid", NULL), 0755), ==, 0);
-        g_assert_cmpint(mkdir(g_build_filename(dir, "queue", NULL), 0755), ==, 0);
+        const char *subdirs[] = { "incomplete", "invalid", "queue" };
+        for (size_t i = 0; i < G_N_ELEMENTS(subdirs); i++) {
+                g_autofree char *sub = g_build_filename(dir, subdirs[i], NULL);
+                g_assert_cmpint(mkdir(sub, 0755), ==, 0);
+        }
         test_write_file(dir, "queue/11111111-2222-3333-4444-555555555555", "", 0);
 
         ImageCache *c = NULL;
