@@ -1,0 +1,108 @@
+/* SPDX-License-Identifier: MIT */
+#pragma once
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <systemd/sd-event.h>
+
+#include "checksum.h"
+#include "config.h"
+#include "store.h"
+
+/* Filling the cache from the upstream: one libcurl multi handle driven by sd-event, one Fill per image
+ * however many parties want it (a D-Bus job, HTTP clients, prefetch). A Fill writes incomplete/<id>
+ * through the store (hashing as it goes), then seals (verify + fsync + rename, on a worker thread) and
+ * commits. Readers stream the growing file through fill_read_fd() as bytes arrive.
+ *
+ * Lifetime: the Fetcher owns running fills; callers hold references (fill_ref/fill_unref) and
+ * subscriptions. A Fill that finished stays valid for as long as someone holds a reference. */
+
+typedef struct Fetcher Fetcher;
+typedef struct Fill Fill;
+typedef struct FillSubscription FillSubscription;
+
+typedef enum FillState {
+        FILL_PENDING,    /* waiting for a parallel slot (MaxParallelFetches) */
+        FILL_CONNECTING, /* request sent, no response headers yet */
+        FILL_RECEIVING,  /* headers accepted, body being written */
+        FILL_SEALING,    /* body complete; verifying, fsyncing, renaming on a worker thread */
+        FILL_DONE,       /* verified and committed (or streamed through when too large to keep) */
+        FILL_FAILED,
+        FILL_CANCELLED,
+        _FILL_STATE_MAX,
+        _FILL_STATE_INVALID = -EINVAL,
+} FillState;
+
+const char *fill_state_to_string(FillState s);
+static inline bool fill_state_is_final(FillState s) {
+        return s >= FILL_DONE;
+}
+
+/* Errors a failed fill reports through fill_error(), so callers can map them (HTTP status, D-Bus
+ * error name) without parsing messages:
+ *   -ENOENT     the upstream does not have the image (404, or a Glance record that is not active)
+ *   -EBADMSG    the digest or the length did not match what was expected
+ *   -EFBIG      larger than the upstream size cap / MaxSize admits
+ *   -ENOSPC     the cache filesystem is full
+ *   -ECANCELED  cancelled (fill_cancel, or daemon shutdown)
+ *   -EPROTO     the upstream answered badly (5xx, 401, a bad redirect, a short body, a reset)
+ *   -ETIMEDOUT  connect or low-speed timeout
+ * fill_error_message() says the same for people, naming the image and what went wrong. */
+
+typedef struct FillListener {
+        /* Response headers accepted: fill_bytes_total() is known if the upstream sent a length. */
+        void (*on_headers)(Fill *f, void *userdata);
+        /* More bytes were written; coalesced, so one call may stand for many writes. */
+        void (*on_data)(Fill *f, void *userdata);
+        /* The fill reached a final state. Called once; the subscription stays valid until freed. */
+        void (*on_finished)(Fill *f, void *userdata);
+} FillListener;
+
+/* Observer of the fetcher as a whole (jobs, idle accounting, metrics, logging). */
+typedef struct FetcherObserver {
+        void (*fill_started)(Fetcher *fe, Fill *f, void *userdata);
+        void (*fill_finished)(Fetcher *fe, Fill *f, void *userdata);
+        void *userdata;
+} FetcherObserver;
+
+int fetcher_new(sd_event *event, ImageCache *cache, const Config *config, Fetcher **ret);
+Fetcher *fetcher_free(Fetcher *fe); /* cancels running fills */
+static inline void fetcher_freep(Fetcher **fe) {
+        fetcher_free(*fe);
+}
+/* Applies a reloaded configuration to fills started from now on. */
+int fetcher_reconfigure(Fetcher *fe, const Config *config);
+void fetcher_set_observer(Fetcher *fe, const FetcherObserver *o);
+bool fetcher_has_upstream(const Fetcher *fe);
+unsigned fetcher_n_active(const Fetcher *fe);  /* fills not yet final */
+
+/* The running fill of id, or a new one. Returns a new reference. -EEXIST when the image is cached
+ * already, -ENXIO when no upstream is configured, -EINVAL for a bad id. expected may be NULL. */
+int fetcher_fill(Fetcher *fe, const char *id, const Checksum *expected, Fill **ret);
+/* The running fill of id, or NULL; no new reference. */
+Fill *fetcher_find(const Fetcher *fe, const char *id);
+
+Fill *fill_ref(Fill *f);
+Fill *fill_unref(Fill *f);
+static inline void fill_unrefp(Fill **f) {
+        fill_unref(*f);
+}
+
+const char *fill_image_id(const Fill *f);
+FillState fill_state(const Fill *f);
+uint64_t fill_bytes_written(const Fill *f);
+uint64_t fill_bytes_total(const Fill *f);      /* UINT64_MAX while unknown */
+int fill_error(const Fill *f);                 /* 0 unless FAILED/CANCELLED */
+const char *fill_error_message(const Fill *f); /* NULL unless FAILED/CANCELLED */
+bool fill_kept(const Fill *f);                 /* DONE and stored (false: streamed through, too large) */
+/* A read-only fd of the file being filled, valid for the fill's whole life (it survives the rename
+ * into place and the unlink of a too-large image). Readers pread() it up to fill_bytes_written(). */
+int fill_read_fd(const Fill *f);
+void fill_cancel(Fill *f);
+
+/* Listeners are called on the event loop, never from inside curl callbacks. */
+int fill_subscribe(Fill *f, const FillListener *l, void *userdata, FillSubscription **ret);
+FillSubscription *fill_subscription_free(FillSubscription *s);
+static inline void fill_subscription_freep(FillSubscription **s) {
+        fill_subscription_free(*s);
+}
