@@ -414,6 +414,7 @@ static int xattr_update_hits(void *state, const HitUpdate *updates, size_t n) {
 
 const DriverOps driver_xattr_ops = {
         .name = "xattr",
+        .records_are_files = true,
         .open = xattr_open,
         .close = xattr_close,
         .load = xattr_load,

@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 #pragma once
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -33,6 +34,11 @@ typedef int (*DriverLoadFunc)(const CacheEntry *e, void *userdata);
 
 typedef struct DriverOps {
         const char *name;
+
+        /* load() reports exactly the regular image files present, size and mtime taken from the files
+         * themselves (metadata kept on the files). The store then trusts it instead of scanning the
+         * directory a second time: nothing can disagree. */
+        bool records_are_files;
 
         /* Opens the metadata of the cache directory dir_fd (path only for messages). On failure, a
          * human-readable reason may be stored in *ret_error (malloc'ed). */

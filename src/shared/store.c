@@ -292,7 +292,27 @@ static int reconcile_scan_directory(ImageCache *c, ReconcileState *s) {
         return r;
 }
 
+/* For drivers whose records are the files: every record is an image as it is on disk. */
+static int index_record(const CacheEntry *e, void *userdata) {
+        ImageCache *c = userdata;
+
+        if (!image_id_is_valid(e->id))
+                return 0;
+
+        _cleanup_(freep) IndexEntry *ie = calloc(1, sizeof(IndexEntry));
+        if (!ie)
+                return -ENOMEM;
+        int r = cache_entry_copy(e, &ie->e);
+        if (r < 0)
+                return r;
+        index_insert(c, TAKE_PTR(ie));
+        return 0;
+}
+
 static int reconcile(ImageCache *c) {
+        if (c->driver->records_are_files)
+                return c->driver->load(c->driver_state, index_record, c);
+
         ReconcileState s = {
                 .rows = g_hash_table_new_full(g_str_hash, g_str_equal, NULL, cache_entry_free_void),
                 .to_put = g_ptr_array_new(),
