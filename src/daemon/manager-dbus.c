@@ -1,0 +1,563 @@
+/* SPDX-License-Identifier: MIT */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "bus-error.h"
+#include "checksum.h"
+#include "imgcache-config.h"
+#include "log.h"
+#include "manager.h"
+#include "pin.h"
+#include "verify.h"
+
+#define ACTION_QUEUE "org.imgcache.queue"
+#define ACTION_DELETE "org.imgcache.delete"
+#define ACTION_MAINTAIN "org.imgcache.maintain"
+#define ACTION_OPEN "org.imgcache.open"
+
+#define PIN_WHY_MAX 256
+
+/* ---- properties --------------------------------------------------------------------------------- */
+
+#define DEFINE_PROPERTY_GET(name, type, expr)                                                          \
+        static int property_get_##name(sd_bus *bus, const char *path, const char *interface,          \
+                                       const char *property, sd_bus_message *reply, void *userdata,    \
+                                       sd_bus_error *error) {                                          \
+                Manager *m = userdata;                                                                 \
+                return sd_bus_message_append(reply, type, expr);                                       \
+        }
+
+DEFINE_PROPERTY_GET(version, "s", ((void) m, PROJECT_VERSION))
+DEFINE_PROPERTY_GET(driver, "s", strempty(driver_kind_to_string(m->config.driver)))
+DEFINE_PROPERTY_GET(cache_directory, "s", m->cache_dir)
+DEFINE_PROPERTY_GET(upstream, "s", manager_upstream(m))
+DEFINE_PROPERTY_GET(max_size, "t", manager_max_size(m))
+DEFINE_PROPERTY_GET(stall_time, "t", (uint64_t) m->config.stall_time)
+DEFINE_PROPERTY_GET(current_size, "t", image_cache_size(m->cache))
+DEFINE_PROPERTY_GET(image_count, "u", (uint32_t) image_cache_count(m->cache))
+DEFINE_PROPERTY_GET(queued_count, "u", manager_queued_count(m))
+DEFINE_PROPERTY_GET(hits, "t", m->hits)
+DEFINE_PROPERTY_GET(misses, "t", m->misses)
+DEFINE_PROPERTY_GET(bytes_served, "t", m->bytes_served)
+
+/* ---- helpers ------------------------------------------------------------------------------------ */
+
+static int append_entry(sd_bus_message *reply, const CacheEntry *e) {
+        return sd_bus_message_append(reply, "(stttts)", e->id, e->size, e->hits, (uint64_t) e->last_accessed,
+                                     (uint64_t) e->last_modified, strempty(e->checksum));
+}
+
+static int not_cached(sd_bus_error *error, const char *id) {
+        return sd_bus_error_setf(error, IMGCACHE_ERROR_NO_SUCH_IMAGE, "Image %s is not cached.", id);
+}
+
+/* Reads one id argument and validates it. */
+static int read_image_id(sd_bus_message *message, const char **ret, sd_bus_error *error) {
+        int r;
+
+        r = sd_bus_message_read(message, "s", ret);
+        if (r < 0)
+                return r;
+        return bus_error_check_image_id(error, *ret);
+}
+
+/* Parses a caller's checksum ("" = none) into ret (NULL allowed). */
+static int parse_caller_checksum(const char *s, const char *id, Checksum *ret, sd_bus_error *error) {
+        Checksum c;
+
+        if (isempty(s))
+                return 0;
+        if (checksum_from_string(s, &c) < 0)
+                return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS,
+                                         "Invalid checksum '%s' for image %s: expected \"md5:\", \"sha256:\" or "
+                                         "\"sha512:\" followed by the hex digest, or a bare hex digest.",
+                                         s, id);
+        if (ret)
+                *ret = c;
+        return 1;
+}
+
+static int no_upstream(Manager *m, sd_bus_error *error) {
+        if (isempty(manager_upstream(m)))
+                return sd_bus_error_set(error, IMGCACHE_ERROR_NO_UPSTREAM,
+                                        "No upstream is configured (set URL= in [Upstream] or --upstream=).");
+        return sd_bus_error_setf(error, IMGCACHE_ERROR_NO_UPSTREAM,
+                                 "Fetching from the upstream %s is not supported by this version of imgcached.",
+                                 manager_upstream(m));
+}
+
+/* ---- read-only methods -------------------------------------------------------------------------- */
+
+static int method_list_images(sd_bus_message *message, void *userdata, sd_bus_error *error) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+        _cleanup_(freep) const CacheEntry **entries = NULL;
+        Manager *m = userdata;
+        size_t n;
+        int r;
+
+        r = image_cache_list(m->cache, &entries, &n);
+        if (r < 0)
+                return r;
+        r = sd_bus_message_new_method_return(message, &reply);
+        if (r < 0)
+                return r;
+        r = sd_bus_message_open_container(reply, 'a', "(stttts)");
+        if (r < 0)
+                return r;
+        for (size_t i = 0; i < n; i++) {
+                r = append_entry(reply, entries[i]);
+                if (r < 0)
+                        return r;
+        }
+        r = sd_bus_message_close_container(reply);
+        if (r < 0)
+                return r;
+        return sd_bus_send(NULL, reply, NULL);
+}
+
+static int method_get_image(sd_bus_message *message, void *userdata, sd_bus_error *error) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+        Manager *m = userdata;
+        const CacheEntry *e;
+        const char *id;
+        int r;
+
+        r = read_image_id(message, &id, error);
+        if (r < 0)
+                return r;
+        e = image_cache_get(m->cache, id);
+        if (!e)
+                return not_cached(error, id);
+
+        r = sd_bus_message_new_method_return(message, &reply);
+        if (r < 0)
+                return r;
+        r = append_entry(reply, e);
+        if (r < 0)
+                return r;
+        return sd_bus_send(NULL, reply, NULL);
+}
+
+static int method_list_queued(sd_bus_message *message, void *userdata, sd_bus_error *error) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+        Manager *m = userdata;
+        QueuedImage *q = NULL;
+        size_t n = 0;
+        int r;
+
+        r = image_cache_list_queued(m->cache, &q, &n);
+        if (r < 0)
+                return r;
+        r = sd_bus_message_new_method_return(message, &reply);
+        if (r >= 0)
+                r = sd_bus_message_open_container(reply, 'a', "(st)");
+        for (size_t i = 0; r >= 0 && i < n; i++)
+                r = sd_bus_message_append(reply, "(st)", q[i].id, (uint64_t) q[i].queued_at);
+        if (r >= 0)
+                r = sd_bus_message_close_container(reply);
+        queued_images_free(q, n);
+        if (r < 0)
+                return r;
+        return sd_bus_send(NULL, reply, NULL);
+}
+
+static int method_list_pins(sd_bus_message *message, void *userdata, sd_bus_error *error) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+        Manager *m = userdata;
+        int r;
+
+        r = sd_bus_message_new_method_return(message, &reply);
+        if (r < 0)
+                return r;
+        r = sd_bus_message_open_container(reply, 'a', "(sus)");
+        if (r < 0)
+                return r;
+        for (GList *l = g_list_last(m->pins); l; l = l->prev) { /* oldest first */
+                Pin *p = l->data;
+                r = sd_bus_message_append(reply, "(sus)", p->image_id, (uint32_t) p->pid, p->why);
+                if (r < 0)
+                        return r;
+        }
+        r = sd_bus_message_close_container(reply);
+        if (r < 0)
+                return r;
+        return sd_bus_send(NULL, reply, NULL);
+}
+
+/* ---- the queue ---------------------------------------------------------------------------------- */
+
+static int remember_checksum(Manager *m, const char *id, const Checksum *c) {
+        char *key = strdup(id), *value = checksum_to_string(c);
+
+        if (!key || !value) {
+                free(key);
+                free(value);
+                return -ENOMEM;
+        }
+        g_hash_table_replace(m->queued_checksums, key, value);
+        return 0;
+}
+
+int manager_emit_image_queued(Manager *m, const char *id) {
+        manager_properties_changed(m);
+        return sd_bus_emit_signal(m->bus, MANAGER_PATH, MANAGER_INTERFACE, "ImageQueued", "s", id);
+}
+
+static int method_queue_image(sd_bus_message *message, void *userdata, sd_bus_error *error) {
+        Manager *m = userdata;
+        const char *id, *checksum;
+        Checksum c;
+        int r, has_checksum;
+
+        r = sd_bus_message_read(message, "ss", &id, &checksum);
+        if (r < 0)
+                return r;
+        r = bus_error_check_image_id(error, id);
+        if (r < 0)
+                return r;
+        has_checksum = parse_caller_checksum(checksum, id, &c, error);
+        if (has_checksum < 0)
+                return has_checksum;
+        if (image_cache_is_cached(m->cache, id) || image_cache_is_queued(m->cache, id))
+                return sd_bus_reply_method_return(message, "b", false);
+
+        r = manager_authorize(m, message, ACTION_QUEUE, id, error);
+        if (r <= 0)
+                return r == 0 ? 1 : r; /* 0: polkit will call us again */
+
+        r = image_cache_queue(m->cache, id);
+        if (r < 0)
+                return sd_bus_error_set_errnof(error, r, "Cannot queue image %s: %m", id);
+        if (r > 0) {
+                if (has_checksum && remember_checksum(m, id, &c) < 0)
+                        return -ENOMEM;
+                log_image(LOG_INFO, NULL, id, "Queued image %s%s%s.", id, has_checksum ? " expecting " : "",
+                          has_checksum ? checksum : "");
+                (void) manager_emit_image_queued(m, id);
+        }
+        return sd_bus_reply_method_return(message, "b", r > 0);
+}
+
+static int method_dequeue_image(sd_bus_message *message, void *userdata, sd_bus_error *error) {
+        Manager *m = userdata;
+        const char *id;
+        int r;
+
+        r = read_image_id(message, &id, error);
+        if (r < 0)
+                return r;
+        if (!image_cache_is_queued(m->cache, id))
+                return sd_bus_error_setf(error, IMGCACHE_ERROR_NO_SUCH_IMAGE, "Image %s is not queued.", id);
+
+        r = manager_authorize(m, message, ACTION_QUEUE, id, error);
+        if (r <= 0)
+                return r == 0 ? 1 : r;
+
+        r = image_cache_dequeue(m->cache, id);
+        if (r < 0)
+                return sd_bus_error_set_errnof(error, r, "Cannot dequeue image %s: %m", id);
+        g_hash_table_remove(m->queued_checksums, id);
+        log_image(LOG_INFO, NULL, id, "Dequeued image %s.", id);
+        manager_properties_changed(m);
+        return sd_bus_reply_method_return(message, NULL);
+}
+
+static int method_dequeue_all(sd_bus_message *message, void *userdata, sd_bus_error *error) {
+        Manager *m = userdata;
+        unsigned n = 0;
+        int r;
+
+        r = manager_authorize(m, message, ACTION_QUEUE, NULL, error);
+        if (r <= 0)
+                return r == 0 ? 1 : r;
+
+        r = image_cache_dequeue_all(m->cache, &n);
+        if (r < 0)
+                return sd_bus_error_set_errnof(error, r, "Cannot empty the queue: %m");
+        g_hash_table_remove_all(m->queued_checksums);
+        log_info("Dequeued %u images.", n);
+        manager_properties_changed(m);
+        return sd_bus_reply_method_return(message, "u", (uint32_t) n);
+}
+
+/* ---- removal and maintenance -------------------------------------------------------------------- */
+
+static int method_delete_image(sd_bus_message *message, void *userdata, sd_bus_error *error) {
+        Manager *m = userdata;
+        const char *id;
+        int r;
+
+        r = read_image_id(message, &id, error);
+        if (r < 0)
+                return r;
+        if (!image_cache_is_cached(m->cache, id))
+                return not_cached(error, id);
+
+        r = manager_authorize(m, message, ACTION_DELETE, id, error);
+        if (r <= 0)
+                return r == 0 ? 1 : r;
+
+        r = image_cache_delete(m->cache, id);
+        if (r == -ENOENT)
+                return not_cached(error, id);
+        if (r < 0)
+                return sd_bus_error_set_errnof(error, r, "Cannot delete image %s: %m", id);
+        return sd_bus_reply_method_return(message, NULL);
+}
+
+static int method_delete_all_images(sd_bus_message *message, void *userdata, sd_bus_error *error) {
+        Manager *m = userdata;
+        unsigned n = 0;
+        int r;
+
+        r = manager_authorize(m, message, ACTION_DELETE, NULL, error);
+        if (r <= 0)
+                return r == 0 ? 1 : r;
+
+        r = image_cache_delete_all(m->cache, &n);
+        if (r < 0)
+                return sd_bus_error_set_errnof(error, r, "Cannot delete all images (%u deleted): %m", n);
+        return sd_bus_reply_method_return(message, "u", (uint32_t) n);
+}
+
+static int method_prune(sd_bus_message *message, void *userdata, sd_bus_error *error) {
+        Manager *m = userdata;
+        uint64_t max_size, bytes = 0;
+        unsigned files = 0;
+        int r;
+
+        r = manager_authorize(m, message, ACTION_MAINTAIN, NULL, error);
+        if (r <= 0)
+                return r == 0 ? 1 : r;
+
+        max_size = manager_max_size(m);
+        r = image_cache_prune(m->cache, max_size, &files, &bytes);
+        if (r < 0)
+                return sd_bus_error_set_errnof(error, r, "Cannot prune %s: %m", m->cache_dir);
+        log_info("Pruned %u images, %" PRIu64 " bytes (MaxSize %" PRIu64 ").", files, bytes, max_size);
+        return sd_bus_reply_method_return(message, "ut", (uint32_t) files, bytes);
+}
+
+static int method_clean(sd_bus_message *message, void *userdata, sd_bus_error *error) {
+        Manager *m = userdata;
+        unsigned stalled = 0, invalid = 0;
+        uint64_t stall;
+        int r;
+
+        r = sd_bus_message_read(message, "t", &stall);
+        if (r < 0)
+                return r;
+
+        r = manager_authorize(m, message, ACTION_MAINTAIN, NULL, error);
+        if (r <= 0)
+                return r == 0 ? 1 : r;
+
+        r = image_cache_clean(m->cache, stall > 0 ? stall : m->config.stall_time, &stalled, &invalid);
+        if (r < 0)
+                return sd_bus_error_set_errnof(error, r, "Cannot clean %s: %m", m->cache_dir);
+        if (stalled + invalid > 0)
+                log_info("Cleaned %u stalled and %u invalid files.", stalled, invalid);
+        return sd_bus_reply_method_return(message, "uu", (uint32_t) stalled, (uint32_t) invalid);
+}
+
+static int method_verify(sd_bus_message *message, void *userdata, sd_bus_error *error) {
+        Manager *m = userdata;
+        const char *id;
+        int r;
+
+        r = read_image_id(message, &id, error);
+        if (r < 0)
+                return r;
+        if (!image_cache_is_cached(m->cache, id))
+                return not_cached(error, id);
+
+        r = manager_authorize(m, message, ACTION_MAINTAIN, id, error);
+        if (r <= 0)
+                return r == 0 ? 1 : r;
+
+        r = verify_job_start(m, message, id, error);
+        if (r < 0)
+                return r;
+        return 1; /* the job replies */
+}
+
+/* ---- fetching: a later issue -------------------------------------------------------------------- */
+
+static int method_prefetch(sd_bus_message *message, void *userdata, sd_bus_error *error) {
+        return no_upstream(userdata, error);
+}
+
+static int method_fetch_image(sd_bus_message *message, void *userdata, sd_bus_error *error) {
+        const char *id, *checksum;
+        int r;
+
+        r = sd_bus_message_read(message, "ss", &id, &checksum);
+        if (r < 0)
+                return r;
+        r = bus_error_check_image_id(error, id);
+        if (r < 0)
+                return r;
+        r = parse_caller_checksum(checksum, id, NULL, error);
+        if (r < 0)
+                return r;
+        return no_upstream(userdata, error);
+}
+
+static int method_list_jobs(sd_bus_message *message, void *userdata, sd_bus_error *error) {
+        return no_upstream(userdata, error);
+}
+
+/* ---- local readers ------------------------------------------------------------------------------ */
+
+static int method_open_image(sd_bus_message *message, void *userdata, sd_bus_error *error) {
+        Manager *m = userdata;
+        _cleanup_(closep) int fd = -EBADF;
+        const char *id;
+        int r;
+
+        r = read_image_id(message, &id, error);
+        if (r < 0)
+                return r;
+        if (!image_cache_is_cached(m->cache, id)) {
+                m->misses++;
+                manager_properties_changed(m);
+                return not_cached(error, id);
+        }
+
+        r = manager_authorize(m, message, ACTION_OPEN, id, error);
+        if (r <= 0)
+                return r == 0 ? 1 : r;
+
+        r = image_cache_open_for_read(m->cache, id, &fd);
+        if (r == -ENOENT)
+                return not_cached(error, id);
+        if (r < 0)
+                return sd_bus_error_set_errnof(error, r, "Cannot open image %s: %m", id);
+        manager_count_hit(m, id);
+        return sd_bus_reply_method_return(message, "h", fd); /* sd-bus sends a copy; ours closes */
+}
+
+static int method_pin_image(sd_bus_message *message, void *userdata, sd_bus_error *error) {
+        Manager *m = userdata;
+        _cleanup_(closep) int fd = -EBADF;
+        const char *id, *why;
+        int r;
+
+        r = sd_bus_message_read(message, "ss", &id, &why);
+        if (r < 0)
+                return r;
+        r = bus_error_check_image_id(error, id);
+        if (r < 0)
+                return r;
+        if (strlen(why) > PIN_WHY_MAX)
+                return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS,
+                                         "The reason for pinning %s is longer than %u characters.", id,
+                                         PIN_WHY_MAX);
+        if (!image_cache_is_cached(m->cache, id))
+                return not_cached(error, id);
+        if (m->n_pins >= MANAGER_PINS_MAX)
+                return sd_bus_error_setf(error, SD_BUS_ERROR_LIMITS_EXCEEDED, "Too many pins (%u).",
+                                         MANAGER_PINS_MAX);
+
+        r = manager_authorize(m, message, ACTION_OPEN, id, error);
+        if (r <= 0)
+                return r == 0 ? 1 : r;
+
+        r = pin_new(m, message, id, why, &fd);
+        if (r == -ENOENT)
+                return not_cached(error, id);
+        if (r < 0)
+                return sd_bus_error_set_errnof(error, r, "Cannot pin image %s: %m", id);
+        return sd_bus_reply_method_return(message, "h", fd);
+}
+
+/* ---- the object --------------------------------------------------------------------------------- */
+
+const sd_bus_vtable manager_vtable[] = {
+        SD_BUS_VTABLE_START(0),
+
+        SD_BUS_PROPERTY("Version", "s", property_get_version, 0, SD_BUS_VTABLE_PROPERTY_CONST),
+        SD_BUS_PROPERTY("Driver", "s", property_get_driver, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
+        SD_BUS_PROPERTY("CacheDirectory", "s", property_get_cache_directory, 0,
+                        SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
+        SD_BUS_PROPERTY("Upstream", "s", property_get_upstream, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
+        SD_BUS_PROPERTY("MaxSize", "t", property_get_max_size, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
+        SD_BUS_PROPERTY("StallTimeUSec", "t", property_get_stall_time, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
+        SD_BUS_PROPERTY("CurrentSize", "t", property_get_current_size, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
+        SD_BUS_PROPERTY("ImageCount", "u", property_get_image_count, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
+        SD_BUS_PROPERTY("QueuedCount", "u", property_get_queued_count, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
+        SD_BUS_PROPERTY("Hits", "t", property_get_hits, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
+        SD_BUS_PROPERTY("Misses", "t", property_get_misses, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
+        SD_BUS_PROPERTY("BytesServed", "t", property_get_bytes_served, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
+
+        SD_BUS_METHOD_WITH_ARGS("ListImages", SD_BUS_NO_ARGS, SD_BUS_RESULT("a(stttts)", images),
+                                method_list_images, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("GetImage", SD_BUS_ARGS("s", id), SD_BUS_RESULT("(stttts)", image),
+                                method_get_image, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("ListQueued", SD_BUS_NO_ARGS, SD_BUS_RESULT("a(st)", images),
+                                method_list_queued, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("QueueImage", SD_BUS_ARGS("s", id, "s", checksum), SD_BUS_RESULT("b", queued),
+                                method_queue_image, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("DequeueImage", SD_BUS_ARGS("s", id), SD_BUS_NO_RESULT,
+                                method_dequeue_image, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("DequeueAll", SD_BUS_NO_ARGS, SD_BUS_RESULT("u", count),
+                                method_dequeue_all, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("DeleteImage", SD_BUS_ARGS("s", id), SD_BUS_NO_RESULT,
+                                method_delete_image, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("DeleteAllImages", SD_BUS_NO_ARGS, SD_BUS_RESULT("u", count),
+                                method_delete_all_images, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("Prune", SD_BUS_NO_ARGS, SD_BUS_RESULT("u", files, "t", bytes),
+                                method_prune, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("Clean", SD_BUS_ARGS("t", stall_usec), SD_BUS_RESULT("u", stalled, "u", invalid),
+                                method_clean, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("Prefetch", SD_BUS_NO_ARGS, SD_BUS_RESULT("ao", jobs),
+                                method_prefetch, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("FetchImage", SD_BUS_ARGS("s", id, "s", checksum), SD_BUS_RESULT("o", job),
+                                method_fetch_image, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("Verify", SD_BUS_ARGS("s", id), SD_BUS_RESULT("b", good),
+                                method_verify, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("ListJobs", SD_BUS_NO_ARGS, SD_BUS_RESULT("a(ussdo)", jobs),
+                                method_list_jobs, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("OpenImage", SD_BUS_ARGS("s", id), SD_BUS_RESULT("h", fd),
+                                method_open_image, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("PinImage", SD_BUS_ARGS("s", id, "s", why), SD_BUS_RESULT("h", fd),
+                                method_pin_image, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("ListPins", SD_BUS_NO_ARGS, SD_BUS_RESULT("a(sus)", pins),
+                                method_list_pins, SD_BUS_VTABLE_UNPRIVILEGED),
+
+        SD_BUS_SIGNAL_WITH_ARGS("ImageCached", SD_BUS_ARGS("s", id, "t", size), 0),
+        SD_BUS_SIGNAL_WITH_ARGS("ImageRemoved", SD_BUS_ARGS("s", id, "s", reason), 0),
+        SD_BUS_SIGNAL_WITH_ARGS("ImageQueued", SD_BUS_ARGS("s", id), 0),
+        SD_BUS_SIGNAL_WITH_ARGS("JobNew", SD_BUS_ARGS("u", id, "o", path), 0),
+        SD_BUS_SIGNAL_WITH_ARGS("JobRemoved", SD_BUS_ARGS("u", id, "o", path, "s", result), 0),
+
+        SD_BUS_VTABLE_END
+};
+
+int manager_connect_bus(Manager *m) {
+        int r;
+
+        r = m->user ? sd_bus_open_user(&m->bus) : sd_bus_open_system(&m->bus);
+        if (r < 0)
+                return log_error_errno(r, "Cannot connect to the %s bus: %m", m->user ? "session" : "system");
+
+        r = sd_bus_add_object_vtable(m->bus, NULL, MANAGER_PATH, MANAGER_INTERFACE, manager_vtable, m);
+        if (r < 0)
+                return log_error_errno(r, "Cannot export %s: %m", MANAGER_PATH);
+        r = sd_bus_attach_event(m->bus, m->event, SD_EVENT_PRIORITY_NORMAL);
+        if (r < 0)
+                return log_error_errno(r, "Cannot attach the bus to the event loop: %m");
+        r = sd_bus_set_exit_on_disconnect(m->bus, true);
+        if (r < 0)
+                return log_error_errno(r, "Cannot set exit on disconnect: %m");
+
+        r = sd_bus_request_name(m->bus, MANAGER_BUS_NAME, 0);
+        if (r == -EEXIST)
+                return log_error_errno(r, "%s is already owned by another process.", MANAGER_BUS_NAME);
+        if (r < 0)
+                return log_error_errno(r, "Cannot own %s on the %s bus: %m", MANAGER_BUS_NAME,
+                                       m->user ? "session" : "system");
+        return 0;
+}

@@ -1,0 +1,481 @@
+/* SPDX-License-Identifier: MIT */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/statvfs.h>
+#include <sys/time.h>
+
+#include <systemd/sd-daemon.h>
+
+#include "imgcache-config.h"
+#include "log.h"
+#include "manager.h"
+#include "parse-util.h"
+#include "pin.h"
+#include "polkit.h"
+#include "verify.h"
+
+/* How long a new daemon waits for the cache lock of one that is just exiting on idle: the bus may
+ * activate us while the old process is still closing the cache. */
+#define MANAGER_LOCK_WAIT_USEC (2 * USEC_PER_SEC)
+
+static char *default_path(bool user, const char *xdg_var, const char *home_suffix, const char *system_path,
+                          const char *leaf) {
+        const char *base;
+        char *p;
+
+        if (!user)
+                base = system_path;
+        else {
+                base = secure_getenv(xdg_var);
+                if (isempty(base)) {
+                        const char *home = secure_getenv("HOME");
+                        if (isempty(home))
+                                return NULL;
+                        return asprintf(&p, "%s/%s/imgcache%s", home, home_suffix, leaf) < 0 ? NULL : p;
+                }
+        }
+        return asprintf(&p, "%s/imgcache%s", base, leaf) < 0 ? NULL : p;
+}
+
+int manager_new(const ManagerOptions *o, Manager **ret) {
+        _cleanup_(manager_freep) Manager *m = NULL;
+        int r;
+
+        m = calloc(1, sizeof(Manager));
+        if (!m)
+                return log_error_errno(ENOMEM, "Out of memory.");
+        m->user = o->user;
+        m->queued_checksums = g_hash_table_new_full(g_str_hash, g_str_equal, free, free);
+        r = config_init(&m->config);
+        if (r < 0)
+                return log_error_errno(r, "Cannot initialize the configuration: %m");
+
+        m->config_path = o->config_path ? strdup(o->config_path) :
+                default_path(m->user, "XDG_CONFIG_HOME", ".config", SYSCONFDIR, "/imgcached.conf");
+        if (!m->config_path)
+                return log_error_errno(ENOMEM, "Cannot determine the configuration file (is $HOME set?).");
+        if ((o->cache_dir && !(m->cache_dir = strdup(o->cache_dir))) ||
+            (o->upstream && !(m->upstream_override = strdup(o->upstream))) ||
+            (o->listen && !(m->listen_override = strdup(o->listen))))
+                return log_error_errno(ENOMEM, "Out of memory.");
+
+        r = sd_event_new(&m->event);
+        if (r < 0)
+                return log_error_errno(r, "Cannot allocate the event loop: %m");
+
+        if (!m->user) {
+                r = polkit_registry_new(&m->polkit);
+                if (r < 0)
+                        return log_error_errno(r, "Out of memory.");
+        }
+
+        *ret = TAKE_PTR(m);
+        return 0;
+}
+
+Manager *manager_free(Manager *m) {
+        if (!m)
+                return NULL;
+
+        while (m->verify_jobs)
+                verify_job_free(m->verify_jobs->data);
+        while (m->pins)
+                pin_free(m->pins->data);
+        m->polkit = polkit_registry_free(m->polkit);
+
+        sd_event_source_disable_unref(m->properties_timer);
+        sd_event_source_disable_unref(m->flush_timer);
+        if (m->bus) {
+                (void) sd_bus_flush(m->bus);
+                m->bus = sd_bus_close_unref(m->bus);
+        }
+        image_cache_close(m->cache); /* flushes batched hits */
+        sd_event_unref(m->event);
+
+        property_snapshot_done(&m->announced);
+        g_hash_table_destroy(m->queued_checksums);
+        config_done(&m->config);
+        free(m->config_path);
+        free(m->cache_dir);
+        free(m->upstream_override);
+        free(m->listen_override);
+        free(m);
+        return NULL;
+}
+
+static void on_config_warning(const char *message, void *userdata) {
+        log_warning("%s", message);
+}
+
+/* Loads the file (and drop-ins) into *ret; logs and fails on a bad value. */
+static int load_config_file(const char *path, Config *ret) {
+        _cleanup_(freep) char *error = NULL;
+        Config c;
+        int r;
+
+        r = config_init(&c);
+        if (r < 0)
+                return log_error_errno(r, "Cannot initialize the configuration: %m");
+        r = config_load(&c, path, on_config_warning, NULL, &error);
+        if (r < 0) {
+                config_done(&c);
+                if (error)
+                        return log_error_errno(r, "%s", error);
+                return log_error_errno(r, "Cannot load %s: %m", path);
+        }
+        *ret = c;
+        return 0;
+}
+
+static void sigalrm_nop(int sig) {
+}
+
+/* Blocks until no process holds the lock of dir (or timeout passes). Used only after the store
+ * reported -EBUSY, so an exiting predecessor can finish; a daemon that really runs keeps the lock and
+ * the store's own message names it. */
+static void wait_for_cache_lock(const char *dir, usec_t timeout) {
+        struct sigaction sa = { .sa_handler = sigalrm_nop }, old_sa;
+        struct itimerval it = { .it_value = { .tv_sec = (time_t) (timeout / USEC_PER_SEC),
+                                              .tv_usec = (suseconds_t) (timeout % USEC_PER_SEC) } },
+                         off = {};
+        _cleanup_(closep) int dir_fd = -EBADF, fd = -EBADF;
+
+        dir_fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (dir_fd < 0)
+                return;
+        fd = openat(dir_fd, IMAGE_CACHE_LOCK_FILE, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+        if (fd < 0)
+                return;
+
+        /* No SA_RESTART: the alarm interrupts flock() with EINTR. */
+        if (sigaction(SIGALRM, &sa, &old_sa) < 0)
+                return;
+        (void) setitimer(ITIMER_REAL, &it, NULL);
+        if (flock(fd, LOCK_SH) >= 0)
+                (void) flock(fd, LOCK_UN);
+        (void) setitimer(ITIMER_REAL, &off, NULL);
+        (void) sigaction(SIGALRM, &old_sa, NULL);
+}
+
+static int open_cache(Manager *m) {
+        _cleanup_(freep) char *error = NULL;
+        ReconcileStats s;
+        int r;
+
+        r = image_cache_open(m->cache_dir, m->config.driver, &m->cache, &error);
+        if (r == -EBUSY) {
+                log_debug("Cache directory %s is busy, waiting for its holder to exit.", m->cache_dir);
+                wait_for_cache_lock(m->cache_dir, MANAGER_LOCK_WAIT_USEC);
+                free(error);
+                error = NULL;
+                r = image_cache_open(m->cache_dir, m->config.driver, &m->cache, &error);
+        }
+        if (r < 0 && error)
+                return log_error_errno(r, "%s", error); /* names the directory */
+        if (r < 0)
+                return log_error_errno(r, "Cannot open cache directory %s: %m", m->cache_dir);
+
+        s = image_cache_reconcile_stats(m->cache);
+        if (s.adopted + s.dropped + s.resized > 0)
+                log_info("Reconciled %s: %u adopted, %u dropped, %u resized.", m->cache_dir, s.adopted,
+                         s.dropped, s.resized);
+        return 0;
+}
+
+static void on_image_added(ImageCache *c, const CacheEntry *e, void *userdata);
+static void on_image_removed(ImageCache *c, const char *id, uint64_t size, RemoveReason reason, void *userdata);
+
+int manager_load(Manager *m) {
+        static const ImageCacheObserver observer_template = {
+                .image_added = on_image_added,
+                .image_removed = on_image_removed,
+        };
+        ImageCacheObserver observer = observer_template;
+        int r;
+
+        config_done(&m->config);
+        r = load_config_file(m->config_path, &m->config);
+        if (r < 0)
+                return r;
+
+        if (!m->cache_dir) {
+                m->cache_dir = m->config.directory ? strdup(m->config.directory) :
+                        secure_getenv("CACHE_DIRECTORY") && !m->user ? strdup(secure_getenv("CACHE_DIRECTORY")) :
+                        default_path(m->user, "XDG_CACHE_HOME", ".cache", LOCALSTATEDIR "/cache", "");
+                if (!m->cache_dir)
+                        return log_error_errno(ENOMEM, "Cannot determine the cache directory (is $HOME set?).");
+        }
+        if (m->user) {
+                r = mkdir_parents_and_self(m->cache_dir, 0700);
+                if (r < 0)
+                        return log_error_errno(r, "Cannot create cache directory %s: %m", m->cache_dir);
+        }
+
+        r = open_cache(m);
+        if (r < 0)
+                return r;
+        observer.userdata = m;
+        image_cache_set_observer(m->cache, &observer);
+        manager_snapshot(m, &m->announced);
+        return 0;
+}
+
+void manager_notify_status(Manager *m, const char *extra) {
+        char size[FORMAT_SIZE_MAX], max[FORMAT_SIZE_MAX], ratio[16] = "n/a";
+        uint64_t requests = m->hits + m->misses;
+
+        if (requests > 0)
+                (void) snprintf(ratio, sizeof ratio, "%u%%", (unsigned) (m->hits * 100 / requests));
+        (void) sd_notifyf(false, "%sSTATUS=%zu images, %s of %s, hit ratio %s", strempty(extra),
+                          image_cache_count(m->cache), format_size(size, sizeof size, image_cache_size(m->cache)),
+                          format_size(max, sizeof max, manager_max_size(m)), ratio);
+}
+
+int manager_reload(Manager *m) {
+        Config c;
+        int r;
+
+        (void) sd_notify(false, "RELOADING=1\nSTATUS=Reloading configuration...");
+        r = load_config_file(m->config_path, &c);
+        if (r < 0)
+                log_warning("Keeping the previous configuration.");
+        else {
+                if (!streq_ptr(c.directory, m->config.directory) || c.driver != m->config.driver)
+                        log_notice("Directory= or Driver= changed in %s; the change takes effect at restart.",
+                                   m->config_path);
+                config_done(&m->config);
+                m->config = c;
+                log_info("Reloaded %s.", m->config_path);
+        }
+        manager_notify_status(m, "READY=1\n");
+        manager_properties_changed(m);
+        return r;
+}
+
+/* ---- the observer: every image entering or leaving the cache ----------------------------------- */
+
+static void on_image_added(ImageCache *c, const CacheEntry *e, void *userdata) {
+        Manager *m = userdata;
+
+        log_image(LOG_INFO, IMGCACHE_MESSAGE_IMAGE_CACHED, e->id, "Cached image %s (%" PRIu64 " bytes).", e->id,
+                  e->size);
+        g_hash_table_remove(m->queued_checksums, e->id);
+        if (m->bus)
+                (void) sd_bus_emit_signal(m->bus, MANAGER_PATH, MANAGER_INTERFACE, "ImageCached", "st", e->id,
+                                          e->size);
+        manager_properties_changed(m);
+}
+
+static void on_image_removed(ImageCache *c, const char *id, uint64_t size, RemoveReason reason, void *userdata) {
+        Manager *m = userdata;
+
+        if (reason == REMOVE_INVALID)
+                log_image(LOG_WARNING, IMGCACHE_MESSAGE_IMAGE_INVALID, id,
+                          "Image %s is invalid and was moved to invalid/.", id);
+        else
+                log_image(LOG_INFO, IMGCACHE_MESSAGE_IMAGE_REMOVED, id, "Image %s %s (%" PRIu64 " bytes).", id,
+                          remove_reason_to_string(reason), size);
+        if (m->bus)
+                (void) sd_bus_emit_signal(m->bus, MANAGER_PATH, MANAGER_INTERFACE, "ImageRemoved", "ss", id,
+                                          remove_reason_to_string(reason));
+        manager_properties_changed(m);
+}
+
+/* ---- properties: values, snapshots, coalesced PropertiesChanged ------------------------------- */
+
+uint64_t manager_max_size(const Manager *m) {
+        struct statvfs sv;
+        uint64_t fs_size = 0;
+
+        if (m->cache && statvfs(image_cache_path(m->cache), &sv) >= 0)
+                fs_size = (uint64_t) sv.f_blocks * (uint64_t) sv.f_frsize;
+        return size_limit_resolve(&m->config.max_size, fs_size);
+}
+
+uint32_t manager_queued_count(const Manager *m) {
+        QueuedImage *q = NULL;
+        size_t n = 0;
+
+        if (!m->cache || image_cache_list_queued(m->cache, &q, &n) < 0)
+                return 0;
+        queued_images_free(q, n);
+        return (uint32_t) MIN(n, (size_t) UINT32_MAX);
+}
+
+const char *manager_upstream(const Manager *m) {
+        return m->upstream_override ?: strempty(m->config.upstream_url);
+}
+
+void property_snapshot_done(PropertySnapshot *s) {
+        free(s->driver);
+        free(s->cache_directory);
+        free(s->upstream);
+        *s = (PropertySnapshot) {};
+}
+
+void manager_snapshot(const Manager *m, PropertySnapshot *ret) {
+        *ret = (PropertySnapshot) {
+                .driver = strdup(strempty(driver_kind_to_string(m->config.driver))),
+                .cache_directory = strdup(strempty(m->cache_dir)),
+                .upstream = strdup(manager_upstream(m)),
+                .max_size = manager_max_size(m),
+                .stall_time = m->config.stall_time,
+                .current_size = m->cache ? image_cache_size(m->cache) : 0,
+                .image_count = m->cache ? (uint32_t) image_cache_count(m->cache) : 0,
+                .queued_count = manager_queued_count(m),
+                .hits = m->hits,
+                .misses = m->misses,
+                .bytes_served = m->bytes_served,
+        };
+}
+
+static void snapshot_diff(const PropertySnapshot *a, const PropertySnapshot *b, const char **names, size_t *n) {
+#define DIFF_STR(field, name) if (!streq_ptr(a->field, b->field)) names[(*n)++] = name
+#define DIFF_NUM(field, name) if (a->field != b->field) names[(*n)++] = name
+        DIFF_STR(driver, "Driver");
+        DIFF_STR(cache_directory, "CacheDirectory");
+        DIFF_STR(upstream, "Upstream");
+        DIFF_NUM(max_size, "MaxSize");
+        DIFF_NUM(stall_time, "StallTimeUSec");
+        DIFF_NUM(current_size, "CurrentSize");
+        DIFF_NUM(image_count, "ImageCount");
+        DIFF_NUM(queued_count, "QueuedCount");
+        DIFF_NUM(hits, "Hits");
+        DIFF_NUM(misses, "Misses");
+        DIFF_NUM(bytes_served, "BytesServed");
+#undef DIFF_STR
+#undef DIFF_NUM
+        names[*n] = NULL;
+}
+
+static int on_properties_timer(sd_event_source *s, uint64_t usec, void *userdata) {
+        Manager *m = userdata;
+        PropertySnapshot now;
+        const char *names[16];
+        size_t n = 0;
+
+        manager_snapshot(m, &now);
+        snapshot_diff(&m->announced, &now, names, &n);
+        property_snapshot_done(&m->announced);
+        m->announced = now;
+
+        if (n > 0 && m->bus) {
+                int r = sd_bus_emit_properties_changed_strv(m->bus, MANAGER_PATH, MANAGER_INTERFACE,
+                                                            (char **) names);
+                if (r < 0)
+                        log_debug_errno(r, "Cannot emit PropertiesChanged, ignoring: %m");
+        }
+        manager_notify_status(m, NULL);
+        return 0;
+}
+
+/* Arms a disabled one-shot timer source, creating it the first time. */
+static void arm_timer(Manager *m, sd_event_source **s, usec_t delay, sd_event_time_handler_t handler,
+                      const char *description) {
+        int enabled = SD_EVENT_OFF, r;
+
+        if (*s) {
+                r = sd_event_source_get_enabled(*s, &enabled);
+                if (r >= 0 && enabled != SD_EVENT_OFF)
+                        return; /* already pending: coalesce */
+                r = sd_event_source_set_time_relative(*s, delay);
+                if (r >= 0)
+                        r = sd_event_source_set_enabled(*s, SD_EVENT_ONESHOT);
+        } else {
+                r = sd_event_add_time_relative(m->event, s, CLOCK_MONOTONIC, delay, 0, handler, m);
+                if (r >= 0)
+                        (void) sd_event_source_set_description(*s, description);
+        }
+        if (r < 0)
+                log_warning_errno(r, "Cannot arm the %s timer, ignoring: %m", description);
+}
+
+void manager_properties_changed(Manager *m) {
+        arm_timer(m, &m->properties_timer, MANAGER_PROPERTIES_INTERVAL_USEC, on_properties_timer, "properties");
+}
+
+static int on_flush_timer(sd_event_source *s, uint64_t usec, void *userdata) {
+        Manager *m = userdata;
+        int r;
+
+        r = image_cache_flush(m->cache);
+        if (r < 0)
+                log_warning_errno(r, "Cannot write hit counters of %s, will retry: %m", m->cache_dir);
+        if (image_cache_has_unflushed_hits(m->cache))
+                arm_timer(m, &m->flush_timer, MANAGER_HIT_FLUSH_USEC, on_flush_timer, "hit-flush");
+        return 0;
+}
+
+void manager_count_hit(Manager *m, const char *id) {
+        m->hits++;
+        arm_timer(m, &m->flush_timer, MANAGER_HIT_FLUSH_USEC, on_flush_timer, "hit-flush");
+        manager_properties_changed(m);
+}
+
+/* ---- authorization, idleness, the loop -------------------------------------------------------- */
+
+int manager_authorize(Manager *m, sd_bus_message *message, const char *action, const char *image_id,
+                      sd_bus_error *error) {
+        if (!m->polkit)
+                return 1; /* --user: the session bus admits only our own user */
+        return polkit_verify_async(m->polkit, message, action, image_id, error);
+}
+
+bool manager_is_busy(const Manager *m) {
+        return polkit_registry_pending(m->polkit) > 0 || m->n_verify_jobs > 0 || m->n_pins > 0;
+}
+
+static int on_name_released(sd_bus_message *reply, void *userdata, sd_bus_error *ret_error) {
+        Manager *m = userdata;
+
+        /* Every call the bus routed to us before the release is already in our queue, ahead of this
+         * reply; calls after it wait for the next activation. */
+        if (sd_bus_message_is_method_error(reply, NULL))
+                log_warning("Cannot release %s: %s", MANAGER_BUS_NAME, sd_bus_message_get_error(reply)->message);
+        m->name_released = true;
+        return 0;
+}
+
+static int manager_release_name(Manager *m) {
+        log_info("Idle for %s, exiting.", format_timespan((char[FORMAT_TIMESPAN_MAX]) {}, FORMAT_TIMESPAN_MAX,
+                                                         m->config.exit_on_idle));
+        (void) sd_notify(false, "STOPPING=1\nSTATUS=Exiting on idle.");
+        return sd_bus_release_name_async(m->bus, NULL, MANAGER_BUS_NAME, on_name_released, m);
+}
+
+int manager_run(Manager *m) {
+        bool releasing = false;
+        int r, code = 0;
+
+        for (;;) {
+                usec_t timeout = UINT64_MAX;
+
+                if (sd_event_get_state(m->event) == SD_EVENT_FINISHED)
+                        break;
+                if (m->name_released && !manager_is_busy(m)) {
+                        (void) sd_bus_flush(m->bus);
+                        break;
+                }
+                if (!releasing && !manager_is_busy(m) && m->config.exit_on_idle != USEC_INFINITY)
+                        timeout = m->config.exit_on_idle;
+
+                r = sd_event_run(m->event, timeout);
+                if (r < 0)
+                        return log_error_errno(r, "Event loop failed: %m");
+                if (r == 0 && timeout != UINT64_MAX && !manager_is_busy(m)) {
+                        r = manager_release_name(m);
+                        if (r < 0)
+                                return log_error_errno(r, "Cannot release the bus name: %m");
+                        releasing = true;
+                }
+        }
+
+        if (sd_event_get_state(m->event) == SD_EVENT_FINISHED)
+                (void) sd_event_get_exit_code(m->event, &code);
+        return code;
+}

@@ -1,0 +1,121 @@
+/* SPDX-License-Identifier: MIT */
+#pragma once
+
+#include <glib.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <systemd/sd-bus.h>
+#include <systemd/sd-event.h>
+
+#include "config.h"
+#include "store.h"
+#include "util.h"
+
+typedef struct Pin Pin;
+typedef struct PolkitRegistry PolkitRegistry;
+typedef struct VerifyJob VerifyJob;
+
+#define MANAGER_BUS_NAME "org.imgcache.Manager"
+#define MANAGER_PATH "/org/imgcache/Manager"
+#define MANAGER_INTERFACE "org.imgcache.Manager"
+
+/* PropertiesChanged goes out at most this often; hits are written to disk at least this often. */
+#define MANAGER_PROPERTIES_INTERVAL_USEC (250 * USEC_PER_MSEC)
+#define MANAGER_HIT_FLUSH_USEC (5 * USEC_PER_SEC)
+#define MANAGER_VERIFY_MAX 8
+#define MANAGER_PINS_MAX 4096
+
+/* The values behind the changing properties, as last announced; compared to find what changed. */
+typedef struct PropertySnapshot {
+        char *driver;
+        char *cache_directory;
+        char *upstream;
+        uint64_t max_size;
+        uint64_t stall_time;
+        uint64_t current_size;
+        uint32_t image_count;
+        uint32_t queued_count;
+        uint64_t hits;
+        uint64_t misses;
+        uint64_t bytes_served;
+} PropertySnapshot;
+
+/* What the command line set; the rest comes from the config file. */
+typedef struct ManagerOptions {
+        bool user;
+        const char *config_path;  /* NULL: the mode's default */
+        const char *cache_dir;    /* NULL: Directory= or the mode's default */
+        const char *upstream;     /* NULL: URL= */
+        const char *listen;       /* NULL: Listen= */
+} ManagerOptions;
+
+typedef struct Manager {
+        sd_event *event;
+        sd_bus *bus;
+        ImageCache *cache;
+        PolkitRegistry *polkit;   /* NULL in --user mode: no authorization on the session bus */
+
+        bool user;
+        char *config_path;
+        char *cache_dir;
+        char *upstream_override;
+        char *listen_override;
+        Config config;
+
+        GHashTable *queued_checksums; /* image id → "algo:hex" given with QueueImage, for the fetcher */
+        GList *pins;                  /* Pin* */
+        unsigned n_pins;
+        GList *verify_jobs;           /* VerifyJob* */
+        unsigned n_verify_jobs;
+
+        uint64_t hits, misses, bytes_served; /* since start */
+
+        sd_event_source *properties_timer;
+        sd_event_source *flush_timer;
+        PropertySnapshot announced;
+
+        bool name_released;           /* idle exit: the bus name is gone, finish and exit */
+} Manager;
+
+int manager_new(const ManagerOptions *o, Manager **ret);
+Manager *manager_free(Manager *m);
+static inline void manager_freep(Manager **m) {
+        manager_free(*m);
+}
+
+/* Loads the configuration and opens the cache directory; logs what went wrong. */
+int manager_load(Manager *m);
+/* Connects to the bus, exports the object and takes the name. */
+int manager_connect_bus(Manager *m);
+/* The main loop, with exit on idle. Returns 0 or a negative errno. */
+int manager_run(Manager *m);
+/* Re-reads the configuration (SIGHUP). A broken file is logged and the old configuration kept. */
+int manager_reload(Manager *m);
+
+/* True while something other than an incoming call needs the daemon: a polkit query, a Verify worker,
+ * a pin. */
+bool manager_is_busy(const Manager *m);
+
+/* Sends STATUS= (images, size of max, hit ratio), after extra ("READY=1\n" or NULL). */
+void manager_notify_status(Manager *m, const char *extra);
+/* Schedules a PropertiesChanged (and a STATUS= update) for whatever changed, coalesced. */
+void manager_properties_changed(Manager *m);
+/* Counts a hit for a reader and schedules the write-behind of the hit counters. */
+void manager_count_hit(Manager *m, const char *id);
+
+/* Values of properties, shared by the getters and the change detection. */
+uint64_t manager_max_size(const Manager *m);
+uint32_t manager_queued_count(const Manager *m);
+const char *manager_upstream(const Manager *m);
+void manager_snapshot(const Manager *m, PropertySnapshot *ret);
+void property_snapshot_done(PropertySnapshot *s);
+
+/* Authorization of a call for action (org.imgcache.*): 1 allowed, 0 pending (the handler returns 1; the
+ * call is dispatched again with the answer), negative errno with error set when denied or failed. */
+int manager_authorize(Manager *m, sd_bus_message *message, const char *action, const char *image_id,
+                      sd_bus_error *error);
+
+/* The bus object (manager-dbus.c). */
+extern const sd_bus_vtable manager_vtable[];
+int manager_emit_image_queued(Manager *m, const char *id);

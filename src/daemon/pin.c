@@ -1,0 +1,108 @@
+/* SPDX-License-Identifier: MIT */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "pin.h"
+
+Pin *pin_free(Pin *p) {
+        if (!p)
+                return NULL;
+
+        if (p->manager) {
+                image_cache_unpin(p->manager->cache, p->image_id);
+                p->manager->pins = g_list_remove(p->manager->pins, p);
+                p->manager->n_pins--;
+                log_image(LOG_DEBUG, NULL, p->image_id, "Pin on %s released (pid %d, \"%s\").", p->image_id,
+                          (int) p->pid, p->why);
+        }
+        sd_event_source_disable_unref(p->source);
+        sd_bus_track_unref(p->track);
+        safe_close(p->read_fd);
+        free(p->image_id);
+        free(p->why);
+        free(p);
+        return NULL;
+}
+
+static int on_pin_hangup(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
+        /* Nothing is ever written to the pipe: any event means every write end is closed. */
+        pin_free(userdata);
+        return 0;
+}
+
+static int on_holder_gone(sd_bus_track *t, void *userdata) {
+        pin_free(userdata);
+        return 0;
+}
+
+static pid_t sender_pid(sd_bus_message *message) {
+        _cleanup_(sd_bus_creds_unrefp) sd_bus_creds *creds = NULL;
+        pid_t pid = 0;
+
+        if (sd_bus_query_sender_creds(message, SD_BUS_CREDS_PID, &creds) >= 0)
+                (void) sd_bus_creds_get_pid(creds, &pid);
+        return pid;
+}
+
+static int pin_watch(Pin *p, sd_bus_message *message) {
+        int r;
+
+        r = sd_event_add_io(p->manager->event, &p->source, p->read_fd, EPOLLIN, on_pin_hangup, p);
+        if (r < 0)
+                return r;
+        (void) sd_event_source_set_description(p->source, "pin");
+
+        r = sd_bus_track_new(sd_bus_message_get_bus(message), &p->track, on_holder_gone, p);
+        if (r < 0)
+                return r;
+        return sd_bus_track_add_sender(p->track, message);
+}
+
+int pin_new(Manager *m, sd_bus_message *message, const char *id, const char *why, int *ret_fd) {
+        _cleanup_(closep) int write_fd = -EBADF;
+        int fds[2], r;
+        Pin *p;
+
+        if (pipe2(fds, O_CLOEXEC | O_NONBLOCK) < 0)
+                return -errno;
+        write_fd = fds[1];
+
+        p = calloc(1, sizeof(Pin));
+        if (!p) {
+                safe_close(fds[0]);
+                return -ENOMEM;
+        }
+        *p = (Pin) {
+                .read_fd = fds[0],
+                .image_id = strdup(id),
+                .why = strdup(why),
+                .pid = sender_pid(message),
+        };
+        if (!p->image_id || !p->why) {
+                pin_free(p);
+                return -ENOMEM;
+        }
+
+        r = image_cache_pin(m->cache, id);
+        if (r < 0) {
+                pin_free(p);
+                return r;
+        }
+        p->manager = m;
+        m->pins = g_list_prepend(m->pins, p);
+        m->n_pins++;
+
+        r = pin_watch(p, message);
+        if (r < 0) {
+                pin_free(p);
+                return r;
+        }
+
+        log_image(LOG_INFO, NULL, id, "Image %s pinned by pid %d: %s", id, (int) p->pid, why);
+        *ret_fd = TAKE_FD(write_fd);
+        return 0;
+}

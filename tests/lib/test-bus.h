@@ -1,0 +1,70 @@
+/* SPDX-License-Identifier: MIT */
+#pragma once
+
+#include <gio/gio.h>
+
+/* A private session bus with imgcached on it, for integration tests of the daemon and of imgcachectl.
+ *
+ *   TestBus *b = test_bus_new();                       // dbus-daemon in a fresh temp dir
+ *   test_bus_write_config(b, "[Daemon]\nExitOnIdleSec=infinity\n");
+ *   g_assert_true(test_bus_start_daemon(b, NULL));     // imgcached --user, waits for the name
+ *   ... call it with test_bus_connection(b) (GDBus) or test_bus_run(b, argv, …) (busctl, gdbus, imgcachectl)
+ *   test_bus_free(b);                                  // kills every process it started, by pid
+ *
+ * Layout under test_bus_dir(b): cache/ (the daemon's --cache-dir), imgcached.conf (its --config),
+ * services/ (the bus's only servicedir, for activation tests), bus.conf (the bus config).
+ *
+ * Every process is started with PR_SET_PDEATHSIG=SIGKILL and stopped by pid in test_bus_free(), also
+ * when the test failed half-way. No sleeps: waits follow bus signals or child exits, each bounded by a
+ * deadline (TEST_BUS_TIMEOUT_MS). The daemon binary is $IMGCACHED (set by meson), else "imgcached" in
+ * $PATH. The environment variable DBUS_SESSION_BUS_ADDRESS of the test process is set to the private
+ * bus, so children find it; DBUS_SYSTEM_BUS_ADDRESS is pointed there too (nothing may reach the host's
+ * buses). Failures to set up abort the test with g_error(). */
+
+#define TEST_BUS_NAME "org.imgcache.Manager"
+#define TEST_BUS_PATH "/org/imgcache/Manager"
+#define TEST_BUS_IFACE "org.imgcache.Manager"
+#define TEST_BUS_TIMEOUT_MS 10000
+
+typedef struct TestBus TestBus;
+
+TestBus *test_bus_new(void);
+void test_bus_free(TestBus *b);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(TestBus, test_bus_free)
+
+const char *test_bus_address(const TestBus *b);
+const char *test_bus_dir(const TestBus *b);         /* the temp dir */
+const char *test_bus_cache_dir(const TestBus *b);   /* <dir>/cache, created */
+const char *test_bus_config_path(const TestBus *b); /* <dir>/imgcached.conf, not created */
+const char *test_bus_daemon_path(void);             /* $IMGCACHED or "imgcached" */
+GDBusConnection *test_bus_connection(TestBus *b);   /* borrowed, shared by the test */
+
+/* Writes text to the config file (replacing it). */
+void test_bus_write_config(TestBus *b, const char *text);
+
+/* Starts imgcached --user --cache-dir=<cache> --config=<conf> plus extra_args (NULL-terminated,
+ * may be NULL) and waits until it owns TEST_BUS_NAME. FALSE if it exited or timed out instead (it is
+ * then stopped; its stderr is kept, see test_bus_daemon_stderr()). One daemon at a time. */
+gboolean test_bus_start_daemon(TestBus *b, const char *const *extra_args);
+/* Sends SIGTERM and waits for the exit (SIGKILL after the timeout). Returns the wait status, or -1
+ * when no daemon was running. Also stops a bus-activated daemon (found by its pid on the bus). */
+int test_bus_stop_daemon(TestBus *b);
+/* The pid of the process owning TEST_BUS_NAME, or 0. */
+GPid test_bus_name_owner_pid(TestBus *b);
+/* What the last daemon started by test_bus_start_daemon() wrote to stderr so far (borrowed). */
+const char *test_bus_daemon_stderr(TestBus *b);
+
+/* Waits until TEST_BUS_NAME has an owner (owned = TRUE) or none (FALSE); FALSE on timeout. */
+gboolean test_bus_wait_name(TestBus *b, gboolean owned, guint timeout_ms);
+
+/* Writes services/org.imgcache.Manager.service running imgcached --user with the test's cache dir and
+ * config, so that the bus activates the daemon on the first call. */
+void test_bus_install_activation(TestBus *b);
+
+/* Runs a client (argv[0] looked up in $PATH) with the bus in its environment and a deadline; collects
+ * stdout and stderr (either may be NULL). Returns the exit status (WEXITSTATUS), or -1 when it was
+ * killed or timed out. */
+int test_bus_run(TestBus *b, const char *const *argv, char **ret_stdout, char **ret_stderr);
+
+/* Iterates the default main context until *flag becomes TRUE or timeout_ms passes; returns *flag. */
+gboolean test_bus_wait_flag(const gboolean *flag, guint timeout_ms);
