@@ -8,7 +8,6 @@
  * Usage: bench-daemon PATH-TO-IMGCACHED [IMAGES=100000] [CALLS=10000]
  * Prints one line per figure. Asserts nothing about time. */
 
-#define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
