@@ -368,6 +368,28 @@ static void open_pager(void) {
                 (void) pager_open();
 }
 
+/* The end every listing verb shares: JSON when asked for, one line when there is nothing, else the
+ * table through the pager, then "N things." unless the caller prints a footer of its own (noun NULL).
+ * Consumes json. */
+static int print_listing(Table *t, json_t *json, size_t n, const char *nothing,
+                         const char *noun, const char *nouns) {
+        if (json)
+                return json_print_and_free(json);
+        if (n == 0) {
+                if (arg_legend)
+                        puts(nothing);
+                return 0;
+        }
+
+        open_pager();
+        int r = table_print(t, stdout, arg_legend);
+        if (r < 0)
+                return log_error_errno(r, "Failed to print the table: %m");
+        if (arg_legend && noun)
+                printf("\n%zu %s.\n", n, plural(n, noun, nouns));
+        return 0;
+}
+
 /* ---- status ---------------------------------------------------------------------------------------- */
 
 typedef struct ManagerStatus {
@@ -645,12 +667,6 @@ static int verb_list(int argc, char *argv[], Context *c) {
                 return json_print_and_free(a);
         }
 
-        if (n == 0) {
-                if (arg_legend)
-                        printf("No images cached.\n");
-                return 0;
-        }
-
         r = table_new(&t, "ID", "SIZE", "HITS", "LAST ACCESSED", "CHECKSUM", NULL);
         if (r < 0)
                 return log_oom();
@@ -668,11 +684,9 @@ static int verb_list(int argc, char *argv[], Context *c) {
                 sum += images[i].size;
         }
 
-        open_pager();
-
-        r = table_print(t, stdout, arg_legend);
-        if (r < 0)
-                return log_error_errno(r, "Failed to print the table: %m");
+        r = print_listing(t, /* json= */ NULL, n, "No images cached.", /* noun= */ NULL, NULL);
+        if (r < 0 || n == 0)
+                return r;
 
         if (arg_legend) {
                 ManagerStatus s;
@@ -751,23 +765,7 @@ static int verb_list_queued(int argc, char *argv[], Context *c) {
                 n++;
         }
 
-        if (a)
-                return json_print_and_free(a);
-
-        if (n == 0) {
-                if (arg_legend)
-                        printf("No images queued.\n");
-                return 0;
-        }
-
-        open_pager();
-
-        r = table_print(t, stdout, arg_legend);
-        if (r < 0)
-                return log_error_errno(r, "Failed to print the table: %m");
-        if (arg_legend)
-                printf("\n%zu %s queued.\n", n, plural(n, "image", "images"));
-        return 0;
+        return print_listing(t, a, n, "No images queued.", "image queued", "images queued");
 
 parse_error:
         json_decref(a);
@@ -1773,22 +1771,7 @@ static int verb_jobs(int argc, char *argv[], Context *c) {
                 n++;
         }
 
-        if (a)
-                return json_print_and_free(a);
-
-        if (n == 0) {
-                if (arg_legend)
-                        printf("No jobs.\n");
-                return 0;
-        }
-
-        open_pager();
-        r = table_print(t, stdout, arg_legend);
-        if (r < 0)
-                return log_error_errno(r, "Failed to print the table: %m");
-        if (arg_legend)
-                printf("\n%zu %s.\n", n, plural(n, "job", "jobs"));
-        return 0;
+        return print_listing(t, a, n, "No jobs.", "job", "jobs");
 
 parse_error:
         json_decref(a);
