@@ -56,6 +56,10 @@ typedef struct FillListener {
         void (*on_data)(Fill *f, void *userdata);
         /* The fill reached a final state. Called once; the subscription stays valid until freed. */
         void (*on_finished)(Fill *f, void *userdata);
+        /* This subscriber wants the image in the cache, not its bytes (a D-Bus job, a prefetch). An image
+         * larger than MaxSize is streamed through without being kept only while some subscriber without
+         * this flag (an HTTP client) is reading; otherwise the fill fails with -EFBIG before writing. */
+        bool requires_kept;
 } FillListener;
 
 /* Observer of the fetcher as a whole (jobs, idle accounting, metrics, logging). */
@@ -96,7 +100,8 @@ int fill_error(const Fill *f);                 /* 0 unless FAILED/CANCELLED */
 const char *fill_error_message(const Fill *f); /* NULL unless FAILED/CANCELLED */
 bool fill_kept(const Fill *f);                 /* DONE and stored (false: streamed through, too large) */
 /* A read-only fd of the file being filled, valid for the fill's whole life (it survives the rename
- * into place and the unlink of a too-large image). Readers pread() it up to fill_bytes_written(). */
+ * into place and the unlink of a too-large image). Readers pread() it up to fill_bytes_written().
+ * -EBADF until on_headers (nothing is written before the response headers are accepted). */
 int fill_read_fd(const Fill *f);
 void fill_cancel(Fill *f);
 

@@ -50,6 +50,7 @@ struct CacheWrite {
         Checksum expected;
         Checksum actual;
         uint64_t size;
+        bool finished;  /* actual holds the final digest */
         bool sealed;
 };
 
@@ -1065,9 +1066,13 @@ int cache_write_seal(CacheWrite *w) {
         if (w->sealed)
                 return 0;
 
-        int r = hasher_finish(w->hasher, &w->actual);
-        if (r < 0)
-                return r;
+        if (!w->finished) {
+                int k = hasher_finish(w->hasher, &w->actual);
+                if (k < 0)
+                        return k;
+                w->finished = true;
+        }
+        int r;
         if (w->has_expected && !checksum_equal(&w->expected, &w->actual))
                 return -EBADMSG;
 
@@ -1138,6 +1143,101 @@ int image_cache_commit_write(ImageCache *c, CacheWrite *w) {
         }
         write_forget(c, w);
         return r;
+}
+
+int image_cache_resume_write(ImageCache *c, const char *id, const Checksum *expected, uint64_t *ret_size,
+                             CacheWrite **ret) {
+        if (!image_id_is_valid(id))
+                return -EINVAL;
+        if (image_cache_is_cached(c, id))
+                return -EEXIST;
+        if (image_cache_is_being_cached(c, id))
+                return -EBUSY;
+
+        CacheWrite *w = calloc(1, sizeof(CacheWrite));
+        if (!w)
+                return -ENOMEM;
+        *w = (CacheWrite) {
+                .id = strdup(id),
+                .fd = -EBADF,
+                .incomplete_fd = c->incomplete_fd,
+                .dir_fd = c->dir_fd,
+                .has_expected = expected,
+        };
+        if (expected)
+                w->expected = *expected;
+
+        int r = w->id ? hasher_new(expected ? expected->algo : CHECKSUM_SHA256, &w->hasher) : -ENOMEM;
+        if (r < 0)
+                goto fail;
+
+        /* Read-write: the digest is rebuilt from the same fd. */
+        w->fd = openat(c->incomplete_fd, id, O_RDWR | O_NOFOLLOW | O_CLOEXEC);
+        if (w->fd < 0) {
+                r = -errno;
+                goto fail;
+        }
+        struct stat st;
+        if (fstat(w->fd, &st) < 0) {
+                r = -errno;
+                goto fail;
+        }
+        if (!S_ISREG(st.st_mode)) {
+                r = -ENOENT;
+                goto fail;
+        }
+        if (lseek(w->fd, 0, SEEK_END) < 0) {
+                r = -errno;
+                goto fail;
+        }
+        w->size = (uint64_t) st.st_size;
+
+        g_hash_table_insert(c->writes, w->id, w);
+        *ret_size = w->size;
+        *ret = w;
+        return 0;
+
+fail:
+        cache_write_free(w);
+        return r;
+}
+
+int cache_write_rehash(CacheWrite *w) {
+        if (w->sealed || w->finished)
+                return -ESTALE;
+
+        Hasher *h = NULL;
+        int r = checksum_fd(w->fd, hasher_algo(w->hasher), w->size, &h);
+        if (r < 0)
+                return r;
+
+        /* checksum_fd() stops early at EOF: the file must still hold what we counted. */
+        struct stat st;
+        if (fstat(w->fd, &st) < 0 || (uint64_t) st.st_size != w->size) {
+                hasher_free(h);
+                return -EIO;
+        }
+        hasher_free(w->hasher);
+        w->hasher = h;
+        return 0;
+}
+
+void image_cache_suspend_write(ImageCache *c, CacheWrite *w) {
+        if (!w)
+                return;
+        if (w->sealed) {
+                /* Renamed into place but never indexed: not servable, nothing to resume either. */
+                image_cache_abort_write(c, w);
+                return;
+        }
+        write_forget(c, w);
+}
+
+int cache_write_digest(const CacheWrite *w, Checksum *ret) {
+        if (!w->finished)
+                return -ESTALE;
+        *ret = w->actual;
+        return 0;
 }
 
 void image_cache_abort_write(ImageCache *c, CacheWrite *w) {

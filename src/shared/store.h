@@ -132,3 +132,20 @@ int cache_write_seal(CacheWrite *w);
 int image_cache_commit_write(ImageCache *c, CacheWrite *w);
 /* Gives up a write: the partial file goes to invalid/. Frees w. */
 void image_cache_abort_write(ImageCache *c, CacheWrite *w);
+
+/* Resuming an interrupted write (a reset transfer, a restart, a crash): reopens the partial file left in
+ * incomplete/<id> for appending, registers the write and returns the bytes already there in
+ * *ret_size. -ENOENT when there is no such file; -EEXIST and -EBUSY as begin_write. The digest over the
+ * bytes on disk is not rebuilt here, because that reads the whole partial file: call cache_write_rehash()
+ * (a worker thread may) before the first append. */
+int image_cache_resume_write(ImageCache *c, const char *id, const Checksum *expected, uint64_t *ret_size,
+                             CacheWrite **ret);
+/* Rebuilds the running digest over the bytes already in the file (checksum_fd). Touches nothing but w.
+ * -EIO if the file no longer holds the size it had. */
+int cache_write_rehash(CacheWrite *w);
+/* Stops a write but keeps the partial file in incomplete/ for a later resume (its idle time still
+ * counts for Clean). Frees w. */
+void image_cache_suspend_write(ImageCache *c, CacheWrite *w);
+/* The digest the write computed, once cache_write_seal() has finished it (also when the comparison
+ * failed with -EBADMSG, to say what arrived). -ESTALE before. */
+int cache_write_digest(const CacheWrite *w, Checksum *ret);
