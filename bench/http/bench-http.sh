@@ -1,0 +1,148 @@
+#!/bin/bash
+# SPDX-License-Identifier: MIT
+# imgcached's HTTP side against nginx (1 worker, sendfile on) on the same file, in one run, on loopback:
+#   hit: GET throughput of a big image with 1 and 4 clients; 4 KiB random Range requests/s and p99 at 1,
+#        16 and 128 connections (wrk + Lua); HEAD/s.
+#   miss: time to first byte and throughput of a first GET through imgcached vs curl straight from the
+#        upstream (tests/fetch's upstream-server).
+# Run by hand:  bench/http/bench-http.sh BUILDDIR [SIZE_MIB] [SECONDS]
+# Needs: nginx (nginx-light), wrk, curl, dbus-daemon (dbus-run-session); ab (apache2-utils) for HEAD/s. Asserts nothing about time.
+set -euo pipefail
+
+build=$(realpath "${1:?usage: $0 BUILDDIR [SIZE_MIB] [SECONDS]}")
+size_mib=${2:-1024}
+secs=${3:-5}
+imgcached=$build/src/daemon/imgcached
+upstream_server=$build/tests/fetch/upstream-server
+for p in nginx wrk curl dbus-run-session "$imgcached"; do
+        command -v "$p" >/dev/null || { echo "missing: $p" >&2; exit 1; }
+done
+
+work=$(mktemp -d /tmp/bench-http.XXXXXX)
+pids=()
+cleanup() {
+        [ -s "$work/imgcached.pid" ] && kill "$(cat "$work/imgcached.pid")" 2>/dev/null || true
+        for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+        for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+        rm -rf "$work"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_http() { for _ in $(seq 100); do curl -s -o /dev/null "$1" && return 0; sleep 0.1; done; echo "no answer from $1" >&2; exit 1; }
+
+mkdir -p "$work/cache" "$work/www" "$work/upstream" "$work/ngx"
+echo "# preparing a ${size_mib} MiB image"
+head -c $((size_mib * 1024 * 1024)) /dev/urandom > "$work/cache/big"
+ln "$work/cache/big" "$work/www/big"
+
+# nginx: one worker, sendfile, keep-alive without a request cap, no access log.
+ngx_port=$(free_port)
+cat > "$work/ngx/nginx.conf" <<EOF
+user root;
+worker_processes 1;
+daemon off;
+pid $work/ngx/nginx.pid;
+error_log $work/ngx/error.log;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    keepalive_requests 100000000;
+    client_body_temp_path $work/ngx; proxy_temp_path $work/ngx; fastcgi_temp_path $work/ngx;
+    uwsgi_temp_path $work/ngx; scgi_temp_path $work/ngx;
+    server { listen 127.0.0.1:$ngx_port; location /images/ { alias $work/www/; } }
+}
+EOF
+nginx -c "$work/ngx/nginx.conf" & pids+=($!)
+
+# imgcached on a private session bus; the upstream for misses.
+up_port=$(free_port)
+if [ -x "$upstream_server" ]; then
+        "$upstream_server" --dir="$work/upstream" --port="$up_port" & pids+=($!)
+fi
+img_port=$(free_port)
+printf '[Cache]\nMaxSize=100G\nKeepFree=0\n[Daemon]\nExitOnIdleSec=infinity\n[HTTP]\nMaxConnections=4096\n' > "$work/imgcached.conf"
+# dbus-run-session outlives nothing it started: the daemon's own pid (via exec) is killed at the end.
+dbus-run-session -- sh -c 'echo $$ > "$0"; exec "$@"' "$work/imgcached.pid" "$imgcached" --user --cache-dir="$work/cache" --config="$work/imgcached.conf" \
+        --listen="127.0.0.1:$img_port" --upstream="http://127.0.0.1:$up_port/images/{id}" \
+        2> "$work/imgcached.log" & pids+=($!)
+
+ngx=http://127.0.0.1:$ngx_port/images
+img=http://127.0.0.1:$img_port/images
+wait_http "$ngx/big"
+wait_http "$img/big"
+cat "$work/big" > /dev/null 2>&1 || cat "$work/cache/big" > /dev/null  # page cache warm for both
+
+cat > "$work/range.lua" <<EOF
+local size = $((size_mib * 1024 * 1024))
+math.randomseed(42)
+request = function()
+        local start = math.random(0, size / 4096 - 1) * 4096
+        return wrk.format("GET", nil, { ["Range"] = "bytes=" .. start .. "-" .. (start + 4095) })
+end
+EOF
+
+mib_s() { awk -v b="$1" 'BEGIN { printf "%.0f", b / 1048576 }'; }
+
+# Throughput: n parallel curls downloading the whole image; the best of 3 runs, MiB/s summed.
+throughput() {
+        local url=$1 n=$2 best=0
+        for _ in 1 2 3; do
+                local start end total
+                start=$(date +%s.%N)
+                local cpids=()
+                for _ in $(seq "$n"); do curl -s -o /dev/null "$url" & cpids+=($!); done
+                wait "${cpids[@]}"
+                end=$(date +%s.%N)
+                total=$(awk -v s="$start" -v e="$end" -v n="$n" -v m="$size_mib" 'BEGIN { printf "%.0f", n * m / (e - s) }')
+                [ "$total" -gt "$best" ] && best=$total
+        done
+        echo "$best"
+}
+
+wrk_run() {
+        local url=$1 conns=$2 script=$3 out
+        local threads=$(( conns < 2 ? 1 : 2 ))
+        out=$(wrk -t"$threads" -c"$conns" -d"${secs}s" --latency -s "$script" "$url")
+        local rps p99
+        rps=$(awk '/^Requests\/sec:/ { printf "%.0f", $2 }' <<<"$out")
+        p99=$(awk '$1 == "99%" { print $2 }' <<<"$out")
+        echo "$rps $p99"
+}
+
+echo "# GET ${size_mib} MiB, MiB/s (best of 3)"
+printf '%-22s %10s %10s %7s\n' test imgcached nginx ratio
+for n in 1 4; do
+        a=$(throughput "$img/big" "$n"); b=$(throughput "$ngx/big" "$n")
+        printf '%-22s %10s %10s %7s\n' "get-${n}-clients" "$a" "$b" "$(awk -v a="$a" -v b="$b" 'BEGIN { printf "%.2f", a / b }')"
+done
+
+echo "# 4 KiB random Range GETs, requests/s and p99 (wrk ${secs}s)"
+printf '%-22s %10s %10s %10s %10s %7s\n' test img-rps img-p99 ngx-rps ngx-p99 ratio
+for c in 1 16 128; do
+        read -r ar ap <<<"$(wrk_run "$img/big" "$c" "$work/range.lua")"
+        read -r br bp <<<"$(wrk_run "$ngx/big" "$c" "$work/range.lua")"
+        printf '%-22s %10s %10s %10s %10s %7s\n' "range-4k-c${c}" "$ar" "$ap" "$br" "$bp" "$(awk -v a="$ar" -v b="$br" 'BEGIN { printf "%.2f", a / b }')"
+done
+# wrk cannot do HEAD (it waits for the body Content-Length announces); ab -i can.
+if command -v ab >/dev/null; then
+        for c in 1 16; do
+                ar=$(ab -q -k -i -c "$c" -t "$secs" -n 10000000 "$img/big" 2>/dev/null | awk '/^Requests per second/ { printf "%.0f", $4 }')
+                br=$(ab -q -k -i -c "$c" -t "$secs" -n 10000000 "$ngx/big" 2>/dev/null | awk '/^Requests per second/ { printf "%.0f", $4 }')
+                printf '%-22s %10s %10s %10s %10s %7s\n' "head-c${c} (ab)" "$ar" "-" "$br" "-" "$(awk -v a="$ar" -v b="$br" 'BEGIN { printf "%.2f", a / b }')"
+        done
+fi
+
+if [ -x "$upstream_server" ]; then
+        echo "# miss: first GET through imgcached vs straight from the upstream (TTFB s, MiB/s)"
+        printf '%-22s %10s %10s\n' path ttfb MiB/s
+        for i in 1 2 3; do
+                ln "$work/cache/big" "$work/upstream/m$i"
+                read -r t s <<<"$(curl -s -o /dev/null -w '%{time_starttransfer} %{speed_download}\n' "http://127.0.0.1:$up_port/images/m$i")"
+                printf '%-22s %10s %10s\n' "upstream-direct-$i" "$t" "$(mib_s "$s")"
+                read -r t s <<<"$(curl -s -o /dev/null -w '%{time_starttransfer} %{speed_download}\n' "$img/m$i")"
+                printf '%-22s %10s %10s\n' "imgcached-miss-$i" "$t" "$(mib_s "$s")"
+        done
+fi

@@ -1,0 +1,409 @@
+/* SPDX-License-Identifier: MIT */
+
+#include <assert.h>
+#include <ctype.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <strings.h>
+#include <sys/statvfs.h>
+
+#include "fetch.h"
+#include "http-manage.h"
+#include "log.h"
+
+#define JSON_CONTENT_TYPE "application/json"
+
+/* The image API versions /versions advertises. The cache API arrived with 2.14 (Glance Yoga), and
+ * python-glanceclient looks for it there before it offers its cache commands. */
+#define VERSIONS_CURRENT_MINOR 16
+
+void http_reply_done(HttpReply *r) {
+        if (!r)
+                return;
+        free(r->body);
+        r->body = NULL;
+}
+
+static int reply_json(HttpReply *ret, unsigned status, json_t *j) {
+        char *s = json_dumps(j, JSON_COMPACT);
+        if (!s)
+                return -ENOMEM;
+        *ret = (HttpReply) { .status = status, .body = s, .content_type = JSON_CONTENT_TYPE };
+        return 0;
+}
+
+static int reply_status(HttpReply *ret, unsigned status) {
+        *ret = (HttpReply) { .status = status };
+        return 0;
+}
+
+static int reply_text(HttpReply *ret, unsigned status, const char *text) {
+        char *s = strdup(text);
+        if (!s)
+                return -ENOMEM;
+        *ret = (HttpReply) { .status = status, .body = s, .content_type = "text/plain; charset=utf-8" };
+        return 0;
+}
+
+static double usec_to_epoch(usec_t t) {
+        return (double) t / (double) USEC_PER_SEC;
+}
+
+static json_t *cached_images_json(ImageCache *cache) {
+        json_auto_t *a = json_array();
+        const CacheEntry **entries = NULL;
+        size_t n = 0;
+
+        if (!a || image_cache_list(cache, &entries, &n) < 0)
+                return NULL;
+
+        for (size_t i = 0; i < n; i++) {
+                const CacheEntry *e = entries[i];
+                json_t *o = json_pack("{s:s, s:I, s:f, s:f, s:I}",
+                                      "image_id", e->id,
+                                      "hits", (json_int_t) e->hits,
+                                      "last_accessed", usec_to_epoch(e->last_accessed),
+                                      "last_modified", usec_to_epoch(e->last_modified),
+                                      "size", (json_int_t) e->size);
+                if (!o || json_array_append_new(a, o) < 0) {
+                        free(entries);
+                        return NULL;
+                }
+        }
+
+        free(entries);
+        return TAKE_PTR(a);
+}
+
+static json_t *queued_images_json(ImageCache *cache) {
+        json_auto_t *a = json_array();
+        QueuedImage *q = NULL;
+        size_t n = 0;
+
+        if (!a || image_cache_list_queued(cache, &q, &n) < 0)
+                return NULL;
+
+        /* image_cache_list_queued() lists oldest first: the order prefetch processes them. */
+        for (size_t i = 0; i < n; i++)
+                if (json_array_append_new(a, json_string(q[i].id)) < 0) {
+                        queued_images_free(q, n);
+                        return NULL;
+                }
+
+        queued_images_free(q, n);
+        return TAKE_PTR(a);
+}
+
+static int default_queue_image(const HttpManageContext *ctx, const char *id) {
+        int r = image_cache_queue(ctx->cache, id);
+        if (r <= 0)
+                return r;
+
+        if (ctx->config->prefetch_on_queue && ctx->fetcher && fetcher_has_upstream(ctx->fetcher)) {
+                Fill *f = NULL;
+                int k = fetcher_fill(ctx->fetcher, id, NULL, &f);
+                if (k < 0 && k != -EEXIST)
+                        log_debug_errno(k, "Failed to start fetching queued image %s, ignoring: %m", id);
+                fill_unref(f);
+        }
+        return r;
+}
+
+static int queue_image(const HttpManageContext *ctx, const char *id) {
+        if (ctx->hooks && ctx->hooks->queue_image)
+                return ctx->hooks->queue_image(ctx->server, id, ctx->hooks->userdata);
+        return default_queue_image(ctx, id);
+}
+
+static int prune(const HttpManageContext *ctx, unsigned *ret_files, uint64_t *ret_bytes) {
+        struct statvfs sv;
+
+        if (ctx->hooks && ctx->hooks->prune)
+                return ctx->hooks->prune(ctx->server, ret_files, ret_bytes, ctx->hooks->userdata);
+
+        if (fstatvfs(image_cache_dir_fd(ctx->cache), &sv) < 0)
+                return negative_errno();
+        return image_cache_prune(ctx->cache,
+                                 size_limit_resolve(&ctx->config->max_size, (uint64_t) sv.f_blocks * sv.f_frsize),
+                                 ret_files, ret_bytes);
+}
+
+static int clean(const HttpManageContext *ctx, unsigned *ret_stalled, unsigned *ret_invalid) {
+        if (ctx->hooks && ctx->hooks->clean)
+                return ctx->hooks->clean(ctx->server, ret_stalled, ret_invalid, ctx->hooks->userdata);
+        return image_cache_clean(ctx->cache, ctx->config->stall_time, ret_stalled, ret_invalid);
+}
+
+/* Deletes the cached copy and the queue entry. 1 when either existed. */
+static int delete_image(const HttpManageContext *ctx, const char *id) {
+        bool found = false;
+        int r;
+
+        r = image_cache_delete(ctx->cache, id);
+        if (r < 0 && r != -ENOENT)
+                return r;
+        found = r >= 0;
+
+        r = image_cache_dequeue(ctx->cache, id);
+        if (r < 0)
+                return r;
+        return found || r > 0;
+}
+
+static bool host_is_sane(const char *host) {
+        /* Echoed into a link: a host name or address with an optional port, nothing else. */
+        if (isempty(host) || strlen(host) > 255)
+                return false;
+        for (const char *p = host; *p; p++)
+                if (!isalnum((unsigned char) *p) && !strchr(".-:[]_%", *p))
+                        return false;
+        return true;
+}
+
+static int versions_reply(const char *host, HttpReply *ret) {
+        json_auto_t *versions = json_array();
+        char href[300];
+
+        if (!versions)
+                return -ENOMEM;
+
+        snprintf(href, sizeof(href), "http://%s/v2/", host_is_sane(host) ? host : "localhost");
+
+        for (int minor = VERSIONS_CURRENT_MINOR; minor >= 0; minor--) {
+                char id[16];
+                snprintf(id, sizeof(id), "v2.%d", minor);
+                json_t *v = json_pack("{s:s, s:s, s:[{s:s, s:s}]}",
+                                      "id", id,
+                                      "status", minor == VERSIONS_CURRENT_MINOR ? "CURRENT" : "SUPPORTED",
+                                      "links", "rel", "self", "href", href);
+                if (!v || json_array_append_new(versions, v) < 0)
+                        return -ENOMEM;
+        }
+
+        json_auto_t *j = json_pack("{s:O}", "versions", versions);
+        if (!j)
+                return -ENOMEM;
+        /* Glance answers /versions with 300 Multiple Choices on "/", and 200 on /versions. */
+        return reply_json(ret, 200, j);
+}
+
+static int error_reply(HttpReply *ret, int r, const char *what) {
+        char msg[256];
+
+        if (r == -ENOMEM)
+                return r;
+        snprintf(msg, sizeof(msg), "%s: %s\n", what, strerror(-r));
+        return reply_text(ret, 500, msg);
+}
+
+int http_manage_dispatch(const HttpManageContext *ctx, const HttpRouteMatch *route, HttpMethod method,
+                         const char *clear_target, const char *host, HttpReply *ret) {
+        json_auto_t *j = NULL;
+        unsigned n = 0, m = 0;
+        uint64_t bytes = 0;
+        int r;
+
+        assert(ctx);
+        assert(route);
+        assert(route->status == 0);
+        assert(ret);
+
+        switch (route->route) {
+
+        case HTTP_ROUTE_VERSIONS:
+                return versions_reply(host, ret);
+
+        case HTTP_ROUTE_CACHE:
+                if (method == HTTP_METHOD_GET) {
+                        json_t *cached = cached_images_json(ctx->cache), *queued = queued_images_json(ctx->cache);
+                        if (!cached || !queued) {
+                                json_decref(cached);
+                                json_decref(queued);
+                                return -ENOMEM;
+                        }
+                        j = json_pack("{s:o, s:o}", "cached_images", cached, "queued_images", queued);
+                        if (!j)
+                                return -ENOMEM;
+                        return reply_json(ret, 200, j);
+                }
+
+                /* DELETE: x-image-cache-clear-target says what to clear; absent, empty or "both" is both. */
+                bool cache = true, queue = true;
+                if (!isempty(clear_target) && strcasecmp(clear_target, "both") != 0) {
+                        if (strcasecmp(clear_target, "cache") == 0)
+                                queue = false;
+                        else if (strcasecmp(clear_target, "queue") == 0)
+                                cache = false;
+                        else
+                                return reply_text(ret, 400,
+                                                  "x-image-cache-clear-target must be 'cache', 'queue' or 'both'\n");
+                }
+                if (cache && (r = image_cache_delete_all(ctx->cache, &n)) < 0)
+                        return error_reply(ret, r, "Failed to delete cached images");
+                if (queue && (r = image_cache_dequeue_all(ctx->cache, &m)) < 0)
+                        return error_reply(ret, r, "Failed to delete queued images");
+                return reply_status(ret, 204);
+
+        case HTTP_ROUTE_CACHE_IMAGE:
+                if (method == HTTP_METHOD_PUT) {
+                        r = queue_image(ctx, route->id);
+                        if (r < 0)
+                                return error_reply(ret, r, "Failed to queue image");
+                        return reply_status(ret, 202);
+                }
+                r = delete_image(ctx, route->id);
+                if (r < 0)
+                        return error_reply(ret, r, "Failed to delete image");
+                if (r == 0)
+                        return reply_text(ret, 404, "Image is neither cached nor queued\n");
+                return reply_status(ret, 204);
+
+        case HTTP_ROUTE_CACHE_PRUNE:
+                r = prune(ctx, &n, &bytes);
+                if (r < 0)
+                        return error_reply(ret, r, "Failed to prune the cache");
+                j = json_pack("{s:I, s:I}", "total_files_pruned", (json_int_t) n,
+                              "total_bytes_pruned", (json_int_t) bytes);
+                if (!j)
+                        return -ENOMEM;
+                return reply_json(ret, 200, j);
+
+        case HTTP_ROUTE_CACHE_CLEAN:
+                r = clean(ctx, &n, &m);
+                if (r < 0)
+                        return error_reply(ret, r, "Failed to clean the cache");
+                j = json_pack("{s:I, s:I}", "total_stalled_removed", (json_int_t) n,
+                              "total_invalid_removed", (json_int_t) m);
+                if (!j)
+                        return -ENOMEM;
+                return reply_json(ret, 200, j);
+
+        case HTTP_ROUTE_CACHED_IMAGES:
+                if (method == HTTP_METHOD_GET) {
+                        json_t *cached = cached_images_json(ctx->cache);
+                        if (!cached)
+                                return -ENOMEM;
+                        j = json_pack("{s:o}", "cached_images", cached);
+                } else {
+                        r = image_cache_delete_all(ctx->cache, &n);
+                        if (r < 0)
+                                return error_reply(ret, r, "Failed to delete cached images");
+                        j = json_pack("{s:I}", "num_deleted", (json_int_t) n);
+                }
+                if (!j)
+                        return -ENOMEM;
+                return reply_json(ret, 200, j);
+
+        case HTTP_ROUTE_CACHED_IMAGE:
+                /* Glance's middleware: DELETE /cached_images/<id>, 200 whether or not it was cached. */
+                r = image_cache_delete(ctx->cache, route->id);
+                if (r < 0 && r != -ENOENT)
+                        return error_reply(ret, r, "Failed to delete image");
+                return reply_status(ret, 200);
+
+        case HTTP_ROUTE_QUEUED_IMAGES:
+                if (method == HTTP_METHOD_GET) {
+                        json_t *queued = queued_images_json(ctx->cache);
+                        if (!queued)
+                                return -ENOMEM;
+                        j = json_pack("{s:o}", "queued_images", queued);
+                } else {
+                        r = image_cache_dequeue_all(ctx->cache, &n);
+                        if (r < 0)
+                                return error_reply(ret, r, "Failed to delete queued images");
+                        j = json_pack("{s:I}", "num_deleted", (json_int_t) n);
+                }
+                if (!j)
+                        return -ENOMEM;
+                return reply_json(ret, 200, j);
+
+        case HTTP_ROUTE_QUEUED_IMAGE:
+                if (method == HTTP_METHOD_PUT)
+                        r = queue_image(ctx, route->id);
+                else
+                        r = image_cache_dequeue(ctx->cache, route->id);
+                if (r < 0)
+                        return error_reply(ret, r, method == HTTP_METHOD_PUT ? "Failed to queue image"
+                                                                             : "Failed to dequeue image");
+                return reply_status(ret, 200);
+
+        default:
+                assert(!"not a management route");
+                return reply_status(ret, 404);
+        }
+}
+
+char *http_metrics_render(const HttpManageContext *ctx, const HttpCounters *counters) {
+        HttpExternalMetrics ext = {};
+        char *buf = NULL;
+        size_t size = 0;
+
+        if (ctx->hooks && ctx->hooks->external_metrics)
+                ctx->hooks->external_metrics(ctx->server, &ext, ctx->hooks->userdata);
+
+        const struct {
+                const char *name, *type, *help;
+                uint64_t value;
+        } metrics[] = {
+                { "imgcache_http_requests_total", "counter", "HTTP requests answered.", counters->requests },
+                { "imgcache_http_connections", "gauge", "Open HTTP connections.", counters->connections },
+                { "imgcache_hits_total", "counter", "Image GETs answered from the cache.", counters->hits },
+                { "imgcache_misses_total", "counter", "Image GETs that had to go to the upstream.", counters->misses },
+                { "imgcache_bytes_served_total", "counter", "Image bytes sent to HTTP clients.", counters->bytes_served },
+                { "imgcache_bytes_fetched_total", "counter", "Bytes fetched from the upstream.", ext.bytes_fetched },
+                { "imgcache_cache_size_bytes", "gauge", "Bytes of complete images in the cache.", image_cache_size(ctx->cache) },
+                { "imgcache_cache_images", "gauge", "Complete images in the cache.", image_cache_count(ctx->cache) },
+                { "imgcache_evictions_total", "counter", "Images pruned or evicted to make room.", ext.evictions },
+                { "imgcache_transfers_active", "gauge", "Fills from the upstream not finished yet.",
+                  ctx->fetcher ? fetcher_n_active(ctx->fetcher) : 0 },
+                { "imgcache_transfers_started_total", "counter", "Fills from the upstream started.", ext.transfers_started },
+                { "imgcache_transfers_failed_total", "counter", "Fills from the upstream that failed.", ext.transfers_failed },
+        };
+
+        FILE *f = open_memstream(&buf, &size);
+        if (!f)
+                return NULL;
+
+        for (size_t i = 0; i < ELEMENTSOF(metrics); i++)
+                fprintf(f, "# HELP %s %s\n# TYPE %s %s\n%s %" PRIu64 "\n",
+                        metrics[i].name, metrics[i].help, metrics[i].name, metrics[i].type,
+                        metrics[i].name, metrics[i].value);
+
+        if (ferror(f) || fclose(f) != 0) {
+                free(buf);
+                return NULL;
+        }
+        return buf;
+}
+
+int http_read_token_file(const char *path, char **ret) {
+        _cleanup_(fclosep) FILE *f = NULL;
+        char *line = NULL;
+        size_t n = 0;
+        ssize_t k;
+
+        assert(path);
+        assert(ret);
+
+        f = fopen(path, "re");
+        if (!f)
+                return negative_errno();
+
+        errno = 0;
+        k = getline(&line, &n, f);
+        if (k < 0) {
+                free(line);
+                return errno > 0 ? -errno : -ENOMSG;
+        }
+        while (k > 0 && isspace((unsigned char) line[k - 1]))
+                line[--k] = 0;
+        if (k == 0) {
+                free(line);
+                return -ENOMSG;
+        }
+
+        *ret = line;
+        return 0;
+}

@@ -1,0 +1,38 @@
+/* SPDX-License-Identifier: MIT */
+#pragma once
+
+#include "http-util.h"
+#include "http.h"
+
+/* The management side of the HTTP server: Glance's cache API (/v2/cache…, the legacy /v2/cached_images
+ * and /v2/queued_images of the cache_manage middleware, /versions), /healthcheck and /metrics. It turns a
+ * routed request into a status and a body; http.c owns the protocol. JSON goes through jansson. */
+
+typedef struct HttpManageContext {
+        ImageCache *cache;
+        Fetcher *fetcher;               /* may be NULL */
+        const Config *config;
+        HttpServer *server;
+        const HttpServerHooks *hooks;
+} HttpManageContext;
+
+typedef struct HttpReply {
+        unsigned status;
+        char *body;                     /* malloc'ed, NULL for none */
+        const char *content_type;       /* static */
+} HttpReply;
+
+void http_reply_done(HttpReply *r);
+
+/* Answers a management route (route->management, already authorized, status 0). clear_target is the
+ * x-image-cache-clear-target header, host the Host header (for /versions' links); either may be NULL.
+ * Returns 0 with *ret filled, or -ENOMEM. */
+int http_manage_dispatch(const HttpManageContext *ctx, const HttpRouteMatch *route, HttpMethod method,
+                         const char *clear_target, const char *host, HttpReply *ret);
+
+/* GET /metrics: the Prometheus text exposition format (version 0.0.4). NULL on OOM. */
+#define HTTP_METRICS_CONTENT_TYPE "text/plain; version=0.0.4; charset=utf-8"
+char *http_metrics_render(const HttpManageContext *ctx, const HttpCounters *counters);
+
+/* Reads the management token: the file's first line, trailing whitespace dropped. -ENOMSG when empty. */
+int http_read_token_file(const char *path, char **ret);

@@ -1,0 +1,1088 @@
+/* SPDX-License-Identifier: MIT */
+
+#include <assert.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <microhttpd.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+
+#include <systemd/sd-daemon.h>
+
+#include "fetch.h"
+#include "http-manage.h"
+#include "http-util.h"
+#include "http.h"
+#include "log.h"
+
+/* A miss being served: the fill it reads, and the connection to wake when the fill moves on. Before the
+ * fill has response headers it belongs to the request (Request.waiting, the connection suspended in the
+ * access handler); after that to the MHD response streaming it, which frees it. */
+typedef struct Stream Stream;
+struct Stream {
+        HttpServer *server;
+        struct MHD_Connection *connection;
+        Fill *fill;
+        FillSubscription *subscription;
+        bool suspended;    /* we suspended the connection and owe it a resume */
+        uint64_t offset;   /* file offset of the first body byte */
+        uint64_t end;      /* file offset after the last body byte; UINT64_MAX: wherever the fill ends */
+        Stream *prev, *next;
+};
+
+/* Per request; lives inside the connection's context, so a hit allocates nothing of ours. */
+typedef struct Request {
+        HttpRouteMatch match;
+        HttpMethod method;
+        bool count_body;       /* add body_size to bytes_served when the response completes */
+        uint64_t body_size;
+        Stream *waiting;       /* a miss waiting for the fill's headers */
+        bool begun;            /* request_begin() ran */
+} Request;
+
+typedef struct HttpConnection {
+        HttpServer *server;
+        Request request;
+} HttpConnection;
+
+struct HttpServer {
+        sd_event *event;
+        ImageCache *cache;
+        Fetcher *fetcher;
+        const Config *config;
+        HttpServerHooks hooks;
+
+        bool management_api;
+        char *token;            /* NULL: every management request is refused */
+
+        struct MHD_Daemon *mhd;
+        sd_event_source *io_source;
+        sd_event_source *timer_source;
+        uint16_t port;
+
+        HttpCounters counters;
+        Stream *streams;        /* every live Stream, to abort them at shutdown */
+        bool stopping;
+};
+
+static void http_server_schedule_run(HttpServer *s);
+
+/* ---- responses ---------------------------------------------------------------------------------- */
+
+static enum MHD_Result queue_response(struct MHD_Connection *c, unsigned status, struct MHD_Response *resp) {
+        enum MHD_Result ret;
+
+        if (!resp)
+                return MHD_NO;  /* OOM: MHD closes the connection */
+        ret = MHD_queue_response(c, status, resp);
+        MHD_destroy_response(resp);
+        return ret;
+}
+
+static enum MHD_Result respond_text(struct MHD_Connection *c, unsigned status, const char *text) {
+        struct MHD_Response *resp;
+
+        resp = MHD_create_response_from_buffer(strlen(text), (void *) text, MHD_RESPMEM_MUST_COPY);
+        if (!resp)
+                return MHD_NO;
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "text/plain; charset=utf-8");
+        return queue_response(c, status, resp);
+}
+
+static enum MHD_Result respond_printf(struct MHD_Connection *c, unsigned status, const char *format, ...)
+        _printf_(3, 4);
+static enum MHD_Result respond_printf(struct MHD_Connection *c, unsigned status, const char *format, ...) {
+        char buf[512];
+        va_list ap;
+
+        va_start(ap, format);
+        (void) vsnprintf(buf, sizeof(buf), format, ap);
+        va_end(ap);
+        return respond_text(c, status, buf);
+}
+
+static enum MHD_Result respond_405(struct MHD_Connection *c, const char *allow) {
+        struct MHD_Response *resp;
+        static const char text[] = "Method not allowed\n";
+
+        resp = MHD_create_response_from_buffer(strlen(text), (void *) text, MHD_RESPMEM_PERSISTENT);
+        if (!resp)
+                return MHD_NO;
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "text/plain; charset=utf-8");
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, allow);
+        return queue_response(c, MHD_HTTP_METHOD_NOT_ALLOWED, resp);
+}
+
+static enum MHD_Result respond_401(struct MHD_Connection *c) {
+        struct MHD_Response *resp;
+        static const char text[] = "A valid X-Auth-Token or Authorization: Bearer token is required\n";
+
+        resp = MHD_create_response_from_buffer(strlen(text), (void *) text, MHD_RESPMEM_PERSISTENT);
+        if (!resp)
+                return MHD_NO;
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "text/plain; charset=utf-8");
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer realm=\"imgcache\"");
+        return queue_response(c, MHD_HTTP_UNAUTHORIZED, resp);
+}
+
+/* The body of a HEAD response is never read; a callback response gives MHD the size for Content-Length
+ * without opening the file. */
+static ssize_t never_read(void *cls, uint64_t pos, char *buf, size_t max) {
+        return MHD_CONTENT_READER_END_WITH_ERROR;
+}
+
+static struct MHD_Response *response_for_head(uint64_t size) {
+        return MHD_create_response_from_callback(size, 1024, never_read, NULL, NULL);
+}
+
+static void add_image_headers(struct MHD_Response *resp, const char *etag, const char *last_modified,
+                              bool ranges) {
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/octet-stream");
+        if (ranges)
+                MHD_add_response_header(resp, MHD_HTTP_HEADER_ACCEPT_RANGES, "bytes");
+        if (etag)
+                MHD_add_response_header(resp, MHD_HTTP_HEADER_ETAG, etag);
+        if (last_modified)
+                MHD_add_response_header(resp, MHD_HTTP_HEADER_LAST_MODIFIED, last_modified);
+}
+
+static enum MHD_Result respond_416(struct MHD_Connection *c, uint64_t size) {
+        static const char text[] = "Range not satisfiable\n";
+        struct MHD_Response *resp;
+        char cr[48];
+
+        resp = MHD_create_response_from_buffer(strlen(text), (void *) text, MHD_RESPMEM_PERSISTENT);
+        if (!resp)
+                return MHD_NO;
+        snprintf(cr, sizeof(cr), "bytes */%" PRIu64, size);
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "text/plain; charset=utf-8");
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_RANGE, cr);
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_ACCEPT_RANGES, "bytes");
+        return queue_response(c, MHD_HTTP_RANGE_NOT_SATISFIABLE, resp);
+}
+
+static void add_content_range(struct MHD_Response *resp, uint64_t start, uint64_t length, uint64_t size) {
+        char cr[80];
+
+        snprintf(cr, sizeof(cr), "bytes %" PRIu64 "-%" PRIu64 "/%" PRIu64, start, start + length - 1, size);
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_RANGE, cr);
+}
+
+static const char *header(struct MHD_Connection *c, const char *name) {
+        return MHD_lookup_connection_value(c, MHD_HEADER_KIND, name);
+}
+
+static void counters_changed(HttpServer *s) {
+        if (s->hooks.counters_changed)
+                s->hooks.counters_changed(s, s->hooks.userdata);
+}
+
+static bool fill_state_failed(FillState state) {
+        return state == FILL_FAILED || state == FILL_CANCELLED;
+}
+
+/* ---- hits --------------------------------------------------------------------------------------- */
+
+/* Serves a cached image. Returns MHD_YES/MHD_NO, or -1 when the file vanished under us (deleted or
+ * pruned since the lookup): the caller then treats the request as a miss. */
+static int serve_hit(HttpServer *s, Request *req, struct MHD_Connection *c, const CacheEntry *e) {
+        char etag_buf[HTTP_ETAG_MAX], lm[HTTP_DATE_MAX];
+        const char *etag, *inm, *range;
+        uint64_t size = e->size, start = 0, length;
+        HttpRangeResult rr = HTTP_RANGE_NONE;
+        struct MHD_Response *resp;
+        unsigned status = MHD_HTTP_OK;
+        int fd = -EBADF;
+
+        etag = http_format_etag(e->checksum, e->size, e->last_modified, etag_buf, sizeof(etag_buf));
+        http_format_date(e->last_modified, lm);
+
+        /* If-None-Match wins over If-Modified-Since (RFC 9110 §13.2.2). */
+        inm = header(c, MHD_HTTP_HEADER_IF_NONE_MATCH);
+        if (inm ? http_etag_list_matches(inm, etag)
+                : http_not_modified_since(header(c, MHD_HTTP_HEADER_IF_MODIFIED_SINCE), e->last_modified)) {
+                resp = MHD_create_response_from_buffer(0, NULL, MHD_RESPMEM_PERSISTENT);
+                if (!resp)
+                        return MHD_NO;
+                if (etag)
+                        MHD_add_response_header(resp, MHD_HTTP_HEADER_ETAG, etag);
+                MHD_add_response_header(resp, MHD_HTTP_HEADER_LAST_MODIFIED, lm);
+                return queue_response(c, MHD_HTTP_NOT_MODIFIED, resp);
+        }
+
+        if (req->method == HTTP_METHOD_GET) {
+                struct stat st;
+
+                fd = openat(image_cache_dir_fd(s->cache), e->id, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NOFOLLOW);
+                if (fd < 0)
+                        return errno == ENOENT ? -1 : (int) respond_text(c, 500, "Failed to open the image\n");
+                /* The file, not the index, decides what sendfile can deliver. */
+                if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+                        safe_close(fd);
+                        return respond_text(c, 500, "Failed to open the image\n");
+                }
+                size = (uint64_t) st.st_size;
+
+                /* Range applies to GET only (RFC 9110 §14.2). */
+                range = header(c, MHD_HTTP_HEADER_RANGE);
+                if (range && http_if_range_matches(header(c, MHD_HTTP_HEADER_IF_RANGE), etag, e->last_modified))
+                        rr = http_range_parse(range, size, &start, &length);
+        }
+
+        switch (rr) {
+        case HTTP_RANGE_UNSATISFIABLE:
+                safe_close(fd);
+                return respond_416(c, size);
+        case HTTP_RANGE_SATISFIABLE:
+                status = MHD_HTTP_PARTIAL_CONTENT;
+                break;
+        default:
+                start = 0;
+                length = size;
+        }
+
+        if (req->method == HTTP_METHOD_GET)
+                /* sendfile(); MHD owns fd from here on, also on failure. */
+                resp = MHD_create_response_from_fd_at_offset64(length, fd, start);
+        else
+                resp = response_for_head(length);
+        if (!resp) {
+                safe_close(fd);
+                return MHD_NO;
+        }
+
+        add_image_headers(resp, etag, lm, true);
+        if (status == MHD_HTTP_PARTIAL_CONTENT)
+                add_content_range(resp, start, length, size);
+
+        if (req->method == HTTP_METHOD_GET) {
+                req->count_body = true;
+                req->body_size = length;
+                s->counters.hits++;
+                if (s->hooks.count_hit)
+                        s->hooks.count_hit(s, e->id, s->hooks.userdata);
+                else
+                        (void) image_cache_record_hit(s->cache, e->id);
+                counters_changed(s);
+        }
+
+        return queue_response(c, status, resp);
+}
+
+/* ---- misses ------------------------------------------------------------------------------------- */
+
+static void stream_wake(Stream *st) {
+        if (!st->suspended)
+                return;
+        st->suspended = false;
+        MHD_resume_connection(st->connection);
+        /* In external-event mode MHD does not wake itself for a resume (its ITC is not readable
+         * through the epoll fd then): run it on the next iteration, coalesced with other wakes. */
+        http_server_schedule_run(st->server);
+}
+
+static void stream_on_event(Fill *f, void *userdata) {
+        stream_wake(userdata);
+}
+
+static Stream *stream_free(Stream *st) {
+        if (!st)
+                return NULL;
+
+        if (st->prev)
+                st->prev->next = st->next;
+        else if (st->server->streams == st)
+                st->server->streams = st->next;
+        if (st->next)
+                st->next->prev = st->prev;
+
+        /* Not fill_cancel(): a client that goes away leaves the fill to the others and to the cache. */
+        fill_subscription_free(st->subscription);
+        fill_unref(st->fill);
+        free(st);
+        return NULL;
+}
+
+static void stream_free_callback(void *cls) {
+        stream_free(cls);
+}
+
+static int stream_new(HttpServer *s, struct MHD_Connection *c, Fill *f, Stream **ret) {
+        static const FillListener listener = {
+                .on_headers = stream_on_event,
+                .on_data = stream_on_event,
+                .on_finished = stream_on_event,
+        };
+        Stream *st;
+        int r;
+
+        st = calloc(1, sizeof(Stream));
+        if (!st)
+                return -ENOMEM;
+        *st = (Stream) {
+                .server = s,
+                .connection = c,
+                .fill = fill_ref(f),
+                .end = UINT64_MAX,
+                .next = s->streams,
+        };
+        if (s->streams)
+                s->streams->prev = st;
+        s->streams = st;
+
+        r = fill_subscribe(f, &listener, st, &st->subscription);
+        if (r < 0) {
+                stream_free(st);
+                return r;
+        }
+
+        *ret = st;
+        return 0;
+}
+
+static void stream_suspend(Stream *st) {
+        assert(!st->suspended);
+        st->suspended = true;
+        MHD_suspend_connection(st->connection);
+}
+
+/* Reads the body of a miss from the file being filled. Bytes are handed out as they land on disk, except
+ * the last byte of the image, which waits until the fill is DONE (verified and committed): a digest
+ * mismatch discovered at the end then aborts every client still reading, and none ever receives a
+ * complete, wrong body. */
+static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max) {
+        Stream *st = cls;
+        uint64_t off, written, total, limit;
+        FillState state;
+        ssize_t k;
+
+        if (st->server->stopping)
+                return MHD_CONTENT_READER_END_WITH_ERROR;
+
+        off = st->offset + pos;
+        if (st->end != UINT64_MAX && off >= st->end)
+                return MHD_CONTENT_READER_END_OF_STREAM;
+
+        state = fill_state(st->fill);
+        if (fill_state_failed(state))
+                return MHD_CONTENT_READER_END_WITH_ERROR;
+
+        written = fill_bytes_written(st->fill);
+        if (state == FILL_DONE)
+                limit = written;
+        else {
+                total = fill_bytes_total(st->fill);
+                if (total == UINT64_MAX)
+                        limit = written > 0 ? written - 1 : 0;
+                else
+                        limit = MIN(written, total > 0 ? total - 1 : 0);
+        }
+        if (st->end != UINT64_MAX)
+                limit = MIN(limit, st->end);
+
+        if (off >= limit) {
+                if (state == FILL_DONE)
+                        /* Everything there is was sent. With a known length MHD stops asking by itself, so
+                         * getting here with bytes owed means the file is shorter than promised. */
+                        return st->end == UINT64_MAX ? MHD_CONTENT_READER_END_OF_STREAM
+                                                     : MHD_CONTENT_READER_END_WITH_ERROR;
+                stream_suspend(st);
+                return 0;
+        }
+
+        do
+                k = pread(fill_read_fd(st->fill), buf, MIN((uint64_t) max, limit - off), (off_t) off);
+        while (k < 0 && errno == EINTR);
+        if (k <= 0) {
+                log_debug_errno(k < 0 ? errno : EIO, "Failed to read %s at %" PRIu64 ": %m",
+                                fill_image_id(st->fill), off);
+                return MHD_CONTENT_READER_END_WITH_ERROR;
+        }
+
+        st->server->counters.bytes_served += (uint64_t) k;
+        return k;
+}
+
+static unsigned fill_error_to_status(int error) {
+        switch (error) {
+        case -ENOENT:
+                return MHD_HTTP_NOT_FOUND;
+        case -ETIMEDOUT:
+                return MHD_HTTP_GATEWAY_TIMEOUT;
+        case -ECANCELED:
+        case -ENOSPC:
+                return MHD_HTTP_SERVICE_UNAVAILABLE;
+        default:
+                return MHD_HTTP_BAD_GATEWAY;
+        }
+}
+
+/* Answers a miss whose fill has headers (or ended). Consumes st. */
+static enum MHD_Result respond_miss(HttpServer *s, Request *req, struct MHD_Connection *c, Stream *st) {
+        FillState state = fill_state(st->fill);
+        uint64_t total, start = 0, length = 0;
+        HttpRangeResult rr = HTTP_RANGE_NONE;
+        struct MHD_Response *resp;
+        unsigned status = MHD_HTTP_OK;
+        const char *range;
+
+        if (fill_state_failed(state)) {
+                int error = fill_error(st->fill);
+                const char *msg = fill_error_message(st->fill);
+                unsigned code = fill_error_to_status(error);
+                enum MHD_Result ret;
+
+                /* The message belongs to the fill: answer before letting go of it. */
+                if (code == MHD_HTTP_NOT_FOUND)
+                        ret = respond_text(c, code, "No such image upstream\n");
+                else
+                        ret = respond_printf(c, code, "Fetching the image failed: %s\n",
+                                             msg ?: strerror(error < 0 ? -error : EIO));
+                stream_free(st);
+                return ret;
+        }
+
+        total = state == FILL_DONE ? fill_bytes_written(st->fill) : fill_bytes_total(st->fill);
+
+        if (req->method == HTTP_METHOD_HEAD) {
+                stream_free(st);
+                resp = response_for_head(total == UINT64_MAX ? MHD_SIZE_UNKNOWN : total);
+                if (!resp)
+                        return MHD_NO;
+                add_image_headers(resp, NULL, NULL, total != UINT64_MAX);
+                return queue_response(c, MHD_HTTP_OK, resp);
+        }
+
+        /* A Range needs the total length; without it (or with an If-Range we cannot check before the
+         * checksum is known) the whole image is sent. */
+        range = header(c, MHD_HTTP_HEADER_RANGE);
+        if (range && total != UINT64_MAX && !header(c, MHD_HTTP_HEADER_IF_RANGE))
+                rr = http_range_parse(range, total, &start, &length);
+
+        switch (rr) {
+        case HTTP_RANGE_UNSATISFIABLE:
+                stream_free(st);
+                return respond_416(c, total);
+        case HTTP_RANGE_SATISFIABLE:
+                status = MHD_HTTP_PARTIAL_CONTENT;
+                st->offset = start;
+                st->end = start + length;
+                break;
+        default:
+                length = total;
+                st->end = total;
+        }
+
+        resp = MHD_create_response_from_callback(length == UINT64_MAX ? MHD_SIZE_UNKNOWN : length,
+                                                 HTTP_STREAM_BLOCK_SIZE, stream_read, st, stream_free_callback);
+        if (!resp) {
+                stream_free(st);
+                return MHD_NO;
+        }
+        /* st belongs to the response now. */
+        add_image_headers(resp, NULL, NULL, total != UINT64_MAX);
+        if (status == MHD_HTTP_PARTIAL_CONTENT)
+                add_content_range(resp, start, length, total);
+        return queue_response(c, status, resp);
+}
+
+static bool fill_has_headers(Fill *f) {
+        FillState state = fill_state(f);
+        return state >= FILL_RECEIVING;  /* RECEIVING, SEALING or any final state */
+}
+
+static enum MHD_Result serve_miss(HttpServer *s, Request *req, struct MHD_Connection *c) {
+        _cleanup_(fill_unrefp) Fill *f = NULL;
+        Stream *st = NULL;
+        int r;
+
+        if (!s->fetcher)
+                return respond_text(c, MHD_HTTP_NOT_FOUND, "Image not cached, and no upstream to fetch it from\n");
+
+        r = fetcher_fill(s->fetcher, req->match.id, /* expected= */ NULL, &f);
+        if (r == -ENXIO)
+                return respond_text(c, MHD_HTTP_NOT_FOUND, "Image not cached, and no upstream to fetch it from\n");
+        if (r < 0)
+                return respond_printf(c, MHD_HTTP_INTERNAL_SERVER_ERROR, "Failed to start fetching the image: %s\n",
+                                      strerror(-r));
+
+        if (req->method == HTTP_METHOD_GET) {
+                s->counters.misses++;
+                counters_changed(s);
+        }
+
+        r = stream_new(s, c, f, &st);
+        if (r < 0)
+                return MHD_NO;
+
+        if (fill_has_headers(f))
+                return respond_miss(s, req, c, st);
+
+        /* Wait for the upstream's headers: they decide the status, and the length if any. */
+        req->waiting = st;
+        stream_suspend(st);
+        return MHD_YES;
+}
+
+static enum MHD_Result serve_image(HttpServer *s, Request *req, struct MHD_Connection *c) {
+        const CacheEntry *e;
+
+        e = image_cache_get(s->cache, req->match.id);
+        if (e) {
+                int r = serve_hit(s, req, c, e);
+                if (r >= 0)
+                        return (enum MHD_Result) r;
+                /* Deleted since the index said so: fetch it again. */
+        }
+
+        return serve_miss(s, req, c);
+}
+
+/* ---- management --------------------------------------------------------------------------------- */
+
+static bool authorized(HttpServer *s, struct MHD_Connection *c) {
+        const char *offered;
+
+        offered = http_request_token(header(c, "X-Auth-Token"), header(c, MHD_HTTP_HEADER_AUTHORIZATION));
+        return s->token && offered && http_token_equal(offered, s->token);
+}
+
+static enum MHD_Result serve_management(HttpServer *s, Request *req, struct MHD_Connection *c) {
+        HttpManageContext ctx = {
+                .cache = s->cache,
+                .fetcher = s->fetcher,
+                .config = s->config,
+                .server = s,
+                .hooks = &s->hooks,
+        };
+        HttpReply reply = {};
+        struct MHD_Response *resp;
+        int r;
+
+        r = http_manage_dispatch(&ctx, &req->match, req->method, header(c, "x-image-cache-clear-target"),
+                                 header(c, MHD_HTTP_HEADER_HOST), &reply);
+        if (r < 0)
+                return MHD_NO;
+
+        if (reply.body) {
+                resp = MHD_create_response_from_buffer(strlen(reply.body), reply.body, MHD_RESPMEM_MUST_FREE);
+                if (!resp) {
+                        http_reply_done(&reply);
+                        return MHD_NO;
+                }
+                reply.body = NULL;  /* MHD frees it */
+        } else
+                resp = MHD_create_response_from_buffer(0, NULL, MHD_RESPMEM_PERSISTENT);
+        if (!resp)
+                return MHD_NO;
+        if (reply.content_type)
+                MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, reply.content_type);
+
+        return queue_response(c, reply.status, resp);
+}
+
+static enum MHD_Result serve_metrics(HttpServer *s, struct MHD_Connection *c) {
+        HttpManageContext ctx = {
+                .cache = s->cache,
+                .fetcher = s->fetcher,
+                .config = s->config,
+                .server = s,
+                .hooks = &s->hooks,
+        };
+        struct MHD_Response *resp;
+        char *text;
+
+        text = http_metrics_render(&ctx, &s->counters);
+        if (!text)
+                return MHD_NO;
+        resp = MHD_create_response_from_buffer(strlen(text), text, MHD_RESPMEM_MUST_FREE);
+        if (!resp) {
+                free(text);
+                return MHD_NO;
+        }
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, HTTP_METRICS_CONTENT_TYPE);
+        return queue_response(c, MHD_HTTP_OK, resp);
+}
+
+/* ---- MHD callbacks ------------------------------------------------------------------------------ */
+
+static enum MHD_Result request_begin(HttpServer *s, Request *req, struct MHD_Connection *c, const char *url,
+                                     const char *method) {
+        const HttpRouteMatch *m = &req->match;
+
+        req->method = http_method_from_string(method);
+        http_route(req->method, url, &req->match);
+
+        if (m->route == HTTP_ROUTE_NONE)
+                return respond_text(c, MHD_HTTP_NOT_FOUND, "Not found\n");
+
+        if (m->management) {
+                /* Off means absent: nothing tells a scanner the API exists. */
+                if (!s->management_api)
+                        return respond_text(c, MHD_HTTP_NOT_FOUND, "Not found\n");
+                if (!authorized(s, c))
+                        return respond_401(c);
+        }
+
+        if (m->status == MHD_HTTP_METHOD_NOT_ALLOWED)
+                return respond_405(c, m->allow);
+        if (m->status == MHD_HTTP_BAD_REQUEST)
+                return respond_printf(c, MHD_HTTP_BAD_REQUEST, "Invalid image id: %s\n", m->id_reason);
+
+        switch (m->route) {
+        case HTTP_ROUTE_IMAGE:
+                return serve_image(s, req, c);
+        case HTTP_ROUTE_HEALTHCHECK:
+                return respond_text(c, MHD_HTTP_OK, "OK\n");
+        case HTTP_ROUTE_METRICS:
+                return serve_metrics(s, c);
+        default:
+                return serve_management(s, req, c);
+        }
+}
+
+static enum MHD_Result http_on_request(void *cls, struct MHD_Connection *c, const char *url, const char *method,
+                                       const char *version, const char *upload_data, size_t *upload_data_size,
+                                       void **req_cls) {
+        HttpServer *s = cls;
+        Request *req = *req_cls;
+
+        if (!req) {
+                const union MHD_ConnectionInfo *info;
+                HttpConnection *hc;
+
+                info = MHD_get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+                hc = info ? info->socket_context : NULL;
+                if (!hc)
+                        return MHD_NO;
+
+                req = &hc->request;
+                *req = (Request) {};
+                *req_cls = req;
+                /* Answer on the next call, once the request is read completely: MHD 0.9.75 treats a
+                 * response queued on this first call as "early" and closes the connection after it,
+                 * which would cost every client its keep-alive. */
+                return MHD_YES;
+        }
+
+        /* A request body nobody asked for: drop it. */
+        if (*upload_data_size > 0) {
+                *upload_data_size = 0;
+                return MHD_YES;
+        }
+
+        if (!req->begun) {
+                req->begun = true;
+                return request_begin(s, req, c, url, method);
+        }
+
+        if (req->waiting) {
+                Stream *st = req->waiting;
+
+                if (!fill_has_headers(st->fill) && !s->stopping) {
+                        stream_suspend(st);
+                        return MHD_YES;
+                }
+                req->waiting = NULL;
+                if (s->stopping) {
+                        stream_free(st);
+                        return MHD_NO;
+                }
+                return respond_miss(s, req, c, st);
+        }
+
+        return MHD_YES;
+}
+
+static void http_on_completed(void *cls, struct MHD_Connection *c, void **req_cls,
+                              enum MHD_RequestTerminationCode toe) {
+        HttpServer *s = cls;
+        Request *req = *req_cls;
+
+        if (!req)
+                return;
+
+        req->waiting = stream_free(req->waiting);
+        if (req->count_body && toe == MHD_REQUEST_TERMINATED_COMPLETED_OK)
+                s->counters.bytes_served += req->body_size;
+        s->counters.requests++;
+        *req = (Request) {};
+        *req_cls = NULL;
+        counters_changed(s);
+}
+
+static void http_on_connection(void *cls, struct MHD_Connection *c, void **socket_context,
+                               enum MHD_ConnectionNotificationCode toe) {
+        HttpServer *s = cls;
+
+        if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
+                HttpConnection *hc = calloc(1, sizeof(HttpConnection));
+                if (hc)
+                        hc->server = s;
+                *socket_context = hc;  /* NULL: the first request is refused (connection closed) */
+                s->counters.connections++;
+        } else {
+                free(*socket_context);
+                *socket_context = NULL;
+                assert(s->counters.connections > 0);
+                s->counters.connections--;
+        }
+
+        if (s->hooks.connections_changed)
+                s->hooks.connections_changed(s, s->counters.connections, s->hooks.userdata);
+}
+
+static void http_on_log(void *cls, const char *format, va_list ap) {
+        char buf[512];
+        size_t n;
+
+        (void) vsnprintf(buf, sizeof(buf), format, ap);
+        n = strlen(buf);
+        while (n > 0 && buf[n - 1] == '\n')
+                buf[--n] = 0;
+        /* MHD reports client misbehaviour here too (bad requests, resets): not worth more than debug. */
+        log_debug("microhttpd: %s", buf);
+}
+
+/* ---- the event loop ----------------------------------------------------------------------------- */
+
+/* MHD never needs more than its connection timeout; a day bounds absurd values without overflow. */
+#define HTTP_TIMER_MAX_MSEC (24ULL * 3600ULL * 1000ULL)
+
+static void http_server_arm_timer(HttpServer *s) {
+        MHD_UNSIGNED_LONG_LONG ms;
+        int r;
+
+        if (MHD_get_timeout(s->mhd, &ms) != MHD_YES) {
+                (void) sd_event_source_set_enabled(s->timer_source, SD_EVENT_OFF);
+                return;
+        }
+
+        /* MHD gives a timeout relative to now in ms (0: it has work already); sd-event's plain
+         * set_time wants an absolute time in µs, so use the relative variant. */
+        r = sd_event_source_set_time_relative(s->timer_source,
+                                              (usec_t) MIN(ms, (MHD_UNSIGNED_LONG_LONG) HTTP_TIMER_MAX_MSEC) * USEC_PER_MSEC);
+        if (r >= 0)
+                r = sd_event_source_set_enabled(s->timer_source, SD_EVENT_ONESHOT);
+        if (r < 0)
+                log_warning_errno(r, "Failed to arm the HTTP timer, ignoring: %m");
+}
+
+static void http_server_schedule_run(HttpServer *s) {
+        int r;
+
+        if (s->stopping || !s->timer_source)
+                return;
+        r = sd_event_source_set_time_relative(s->timer_source, 0);
+        if (r >= 0)
+                r = sd_event_source_set_enabled(s->timer_source, SD_EVENT_ONESHOT);
+        if (r < 0)
+                log_warning_errno(r, "Failed to schedule the HTTP server, ignoring: %m");
+}
+
+static void http_server_run(HttpServer *s) {
+        if (MHD_run(s->mhd) != MHD_YES)
+                log_debug("MHD_run() failed, ignoring.");
+        http_server_arm_timer(s);
+}
+
+static int http_on_io(sd_event_source *es, int fd, uint32_t revents, void *userdata) {
+        http_server_run(userdata);
+        return 0;
+}
+
+static int http_on_timer(sd_event_source *es, uint64_t usec, void *userdata) {
+        http_server_run(userdata);
+        return 0;
+}
+
+/* ---- sockets ------------------------------------------------------------------------------------ */
+
+int http_listen_fd_from_systemd(int *ret_fd) {
+        int n, r, fd, flags;
+
+        assert(ret_fd);
+
+        n = sd_listen_fds(/* unset_environment= */ 0);
+        if (n < 0)
+                return n;
+        if (n == 0)
+                return 0;
+        if (n > 1)
+                return -EINVAL;  /* exactly one socket: imgcached.socket has one ListenStream= */
+
+        fd = SD_LISTEN_FDS_START;
+        r = sd_is_socket(fd, AF_UNSPEC, SOCK_STREAM, /* listening= */ 1);
+        if (r < 0)
+                return r;
+        if (r == 0)
+                return -EINVAL;
+
+        /* MHD expects a non-blocking listening socket in external-event mode. */
+        flags = fcntl(fd, F_GETFL);
+        if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0)
+                return negative_errno();
+        if (fcntl(fd, F_SETFD, FD_CLOEXEC) < 0)
+                return negative_errno();
+
+        *ret_fd = fd;
+        return 1;
+}
+
+int http_open_listen_socket(const char *address, int *ret_fd) {
+        struct addrinfo hints = {
+                .ai_family = AF_UNSPEC,
+                .ai_socktype = SOCK_STREAM,
+                .ai_flags = AI_NUMERICSERV | AI_PASSIVE,
+        }, *ai = NULL;
+        char host[256];
+        const char *port, *h;
+        size_t n;
+        int fd, r;
+
+        assert(address);
+        assert(ret_fd);
+
+        if (address[0] == '[') {
+                const char *close = strchr(address, ']');
+                if (!close || close[1] != ':')
+                        return -EINVAL;
+                h = address + 1;
+                n = (size_t) (close - h);
+                port = close + 2;
+        } else {
+                const char *colon = strrchr(address, ':');
+                if (!colon)
+                        return -EINVAL;
+                h = address;
+                n = (size_t) (colon - address);
+                port = colon + 1;
+        }
+        if (n == 0 || n >= sizeof(host) || isempty(port))
+                return -EINVAL;
+        memcpy(host, h, n);
+        host[n] = 0;
+
+        /* Resolving a host name blocks; this runs once at start, before the loop. */
+        r = getaddrinfo(host, port, &hints, &ai);
+        if (r != 0)
+                return r == EAI_SYSTEM ? negative_errno() : -EADDRNOTAVAIL;
+
+        fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+        if (fd < 0) {
+                r = negative_errno();
+                freeaddrinfo(ai);
+                return r;
+        }
+
+        if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &(int) { 1 }, sizeof(int)) < 0 ||
+            bind(fd, ai->ai_addr, ai->ai_addrlen) < 0 ||
+            listen(fd, SOMAXCONN) < 0) {
+                r = negative_errno();
+                freeaddrinfo(ai);
+                safe_close(fd);
+                return r;
+        }
+
+        freeaddrinfo(ai);
+        *ret_fd = fd;
+        return 0;
+}
+
+static uint16_t socket_port(int fd) {
+        struct sockaddr_storage ss;
+        socklen_t len = sizeof(ss);
+
+        if (getsockname(fd, (struct sockaddr *) &ss, &len) < 0)
+                return 0;
+        if (ss.ss_family == AF_INET)
+                return ntohs(((struct sockaddr_in *) &ss)->sin_port);
+        if (ss.ss_family == AF_INET6)
+                return ntohs(((struct sockaddr_in6 *) &ss)->sin6_port);
+        return 0;
+}
+
+/* ---- lifetime ----------------------------------------------------------------------------------- */
+
+static int load_token(HttpServer *s, const Config *config) {
+        char *token = NULL;
+        int r;
+
+        if (!config->management_api) {
+                free(s->token);
+                s->token = NULL;
+                s->management_api = false;
+                return 0;
+        }
+
+        s->management_api = true;
+        if (isempty(config->management_token_file))
+                log_warning("ManagementAPI=yes without ManagementTokenFile=: every management request is refused.");
+        else {
+                r = http_read_token_file(config->management_token_file, &token);
+                if (r == -ENOMEM)
+                        return r;
+                if (r < 0)
+                        log_warning_errno(r, "Failed to read ManagementTokenFile=%s, refusing every management request: %m",
+                                          config->management_token_file);
+        }
+
+        free(s->token);
+        s->token = token;
+        return 0;
+}
+
+int http_server_new(sd_event *event, ImageCache *cache, Fetcher *fetcher, const Config *config,
+                    const HttpServerOptions *options, HttpServer **ret) {
+        _cleanup_(http_server_freep) HttpServer *s = NULL;
+        const union MHD_DaemonInfo *info;
+        int fd = -EBADF, r;
+
+        assert(event);
+        assert(cache);
+        assert(config);
+        assert(ret);
+
+        s = calloc(1, sizeof(HttpServer));
+        if (!s)
+                return -ENOMEM;
+        s->event = sd_event_ref(event);
+        s->cache = cache;
+        s->fetcher = fetcher;
+        s->config = config;
+
+        r = load_token(s, config);
+        if (r < 0)
+                return r;
+
+        if (options && options->listen_fd >= 0)
+                fd = options->listen_fd;
+        else {
+                const char *address = (options ? options->listen : NULL) ?: config->listen;
+                if (!address)
+                        return -EINVAL;
+                r = http_open_listen_socket(address, &fd);
+                if (r < 0)
+                        return log_error_errno(r, "Failed to listen on %s: %m", address);
+        }
+        s->port = socket_port(fd);
+
+        /* sendfile() has no MSG_NOSIGNAL: a client that hangs up mid-transfer would kill us with SIGPIPE.
+         * MHD only uses sendfile when told SIGPIPE is taken care of. */
+        (void) signal(SIGPIPE, SIG_IGN);
+
+        s->mhd = MHD_start_daemon(
+                        MHD_USE_EPOLL | MHD_USE_ITC | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_TURBO | MHD_USE_ERROR_LOG,
+                        /* port= */ 0,
+                        /* apc= */ NULL, NULL,
+                        http_on_request, s,
+                        MHD_OPTION_EXTERNAL_LOGGER, http_on_log, s,
+                        MHD_OPTION_LISTEN_SOCKET, fd,
+                        MHD_OPTION_CONNECTION_LIMIT, (unsigned) MAX(config->max_connections, 1U),
+                        MHD_OPTION_CONNECTION_TIMEOUT,
+                        (unsigned) (options && options->connection_timeout_sec ? options->connection_timeout_sec
+                                                                               : HTTP_CONNECTION_TIMEOUT_SEC),
+                        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t) HTTP_CONNECTION_MEMORY_LIMIT,
+                        MHD_OPTION_NOTIFY_COMPLETED, http_on_completed, s,
+                        MHD_OPTION_NOTIFY_CONNECTION, http_on_connection, s,
+                        MHD_OPTION_SIGPIPE_HANDLED_BY_APP, (int) 1,
+                        /* HTTP/1.1 without Host:, spaces in the target and such get 400 (RFC 9112). */
+                        MHD_OPTION_STRICT_FOR_CLIENT, (int) 1,
+                        MHD_OPTION_END);
+        if (!s->mhd) {
+                /* MHD did not take the socket. An inherited one stays open for systemd either way. */
+                if (!(options && options->listen_fd >= 0))
+                        safe_close(fd);
+                return log_error_errno(-EIO, "Failed to start the HTTP server.");
+        }
+
+        info = MHD_get_daemon_info(s->mhd, MHD_DAEMON_INFO_EPOLL_FD);
+        if (!info)
+                return log_error_errno(-EIO, "Failed to get the HTTP server's epoll fd.");
+
+        r = sd_event_add_io(event, &s->io_source, info->epoll_fd, EPOLLIN, http_on_io, s);
+        if (r < 0)
+                return log_error_errno(r, "Failed to watch the HTTP server's epoll fd: %m");
+        (void) sd_event_source_set_description(s->io_source, "http-io");
+
+        r = sd_event_add_time_relative(event, &s->timer_source, CLOCK_MONOTONIC, 0,
+                                       /* accuracy= */ 1, http_on_timer, s);
+        if (r < 0)
+                return log_error_errno(r, "Failed to create the HTTP timer: %m");
+        (void) sd_event_source_set_enabled(s->timer_source, SD_EVENT_OFF);
+        (void) sd_event_source_set_description(s->timer_source, "http-timer");
+
+        http_server_arm_timer(s);
+
+        *ret = TAKE_PTR(s);
+        return 0;
+}
+
+HttpServer *http_server_free(HttpServer *s) {
+        if (!s)
+                return NULL;
+
+        /* Nothing of ours is called back while MHD closes connections below. */
+        s->hooks = (HttpServerHooks) {};
+        s->io_source = sd_event_source_disable_unref(s->io_source);
+        s->timer_source = sd_event_source_disable_unref(s->timer_source);
+
+        if (s->mhd) {
+                MHD_socket fd;
+
+                /* Stop accepting without touching the listening socket itself (no shutdown()), and take
+                 * it back from MHD: a socket inherited from systemd must stay usable for the next
+                 * activation. Our copy is closed; systemd keeps its own. */
+                fd = MHD_quiesce_daemon(s->mhd);
+                if (fd != MHD_INVALID_SOCKET)
+                        safe_close(fd);
+
+                /* MHD refuses to stop with suspended connections: wake them all; their streams see
+                 * "stopping" and end with an error. */
+                s->stopping = true;
+                for (Stream *st = s->streams; st; st = st->next)
+                        stream_wake(st);
+
+                MHD_stop_daemon(s->mhd);
+        }
+
+        /* Streams of requests that never got an answer were freed with their requests above. */
+        assert(!s->streams);
+
+        free(s->token);
+        sd_event_unref(s->event);
+        free(s);
+        return NULL;
+}
+
+void http_server_set_hooks(HttpServer *s, const HttpServerHooks *hooks) {
+        assert(s);
+        s->hooks = hooks ? *hooks : (HttpServerHooks) {};
+}
+
+int http_server_reconfigure(HttpServer *s, const Config *config) {
+        assert(s);
+        assert(config);
+
+        s->config = config;
+        return load_token(s, config);
+}
+
+const HttpCounters *http_server_counters(const HttpServer *s) {
+        assert(s);
+        return &s->counters;
+}
+
+unsigned http_server_n_connections(const HttpServer *s) {
+        assert(s);
+        return s->counters.connections;
+}
+
+uint16_t http_server_port(const HttpServer *s) {
+        assert(s);
+        return s->port;
+}

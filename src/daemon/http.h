@@ -1,0 +1,93 @@
+/* SPDX-License-Identifier: MIT */
+#pragma once
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <systemd/sd-event.h>
+
+#include "config.h"
+#include "store.h"
+
+/* The HTTP side of imgcached: libmicrohttpd in external-epoll mode on the daemon's sd-event loop, serving
+ * cached images with sendfile, streaming misses from the fill that is writing them (fetch.h), and the
+ * Glance-compatible management API (http-manage.h). Everything runs on the loop's thread.
+ *
+ * MHD's epoll fd is one IO source; one timer, re-armed after every MHD_run() from MHD_get_timeout() as a
+ * *relative* deadline, covers MHD's own timeouts and connections MHD still has work for. */
+
+typedef struct Fetcher Fetcher;
+typedef struct HttpServer HttpServer;
+
+/* Idle timeout of a connection (no bytes moving; a connection suspended while it waits for a fill does
+ * not time out). */
+#define HTTP_CONNECTION_TIMEOUT_SEC 60U
+/* Memory MHD may use per connection; bounds the request head (oversized heads get 431). */
+#define HTTP_CONNECTION_MEMORY_LIMIT (64U * 1024U)
+/* Largest block a streamed miss hands MHD at a time (allocated with each miss response): larger blocks
+ * mean fewer wake-ups per byte; 256 KiB took a miss from ~190 to ~310 MiB/s here. */
+#define HTTP_STREAM_BLOCK_SIZE (256U * 1024U)
+
+typedef struct HttpCounters {
+        uint64_t requests;      /* requests answered */
+        uint64_t hits;          /* GETs of an image answered from the cache (200/206) */
+        uint64_t misses;        /* GETs of an image that had to come from the upstream */
+        uint64_t bytes_served;  /* body bytes of image responses handed to clients */
+        unsigned connections;   /* open right now */
+} HttpCounters;
+
+/* What /metrics reports that the HTTP server does not see itself. */
+typedef struct HttpExternalMetrics {
+        uint64_t bytes_fetched;      /* bytes written by fills */
+        uint64_t evictions;          /* images pruned or evicted */
+        uint64_t transfers_started;  /* fills started */
+        uint64_t transfers_failed;   /* fills that failed */
+} HttpExternalMetrics;
+
+/* How the daemon plugs in. Every member may be NULL: the server then acts on the store directly. */
+typedef struct HttpServerHooks {
+        /* The number of open connections changed (idle accounting). */
+        void (*connections_changed)(HttpServer *s, unsigned n, void *userdata);
+        /* Hits, misses or bytes served changed (PropertiesChanged, coalesced by the receiver). */
+        void (*counters_changed)(HttpServer *s, void *userdata);
+        /* A hit to count; default image_cache_record_hit(). */
+        void (*count_hit)(HttpServer *s, const char *id, void *userdata);
+        /* Management actions; the defaults act on the store (and start a fill on queue when
+         * PrefetchOnQueue=yes). queue_image returns 1 queued, 0 already queued or cached. */
+        int (*queue_image)(HttpServer *s, const char *id, void *userdata);
+        int (*prune)(HttpServer *s, unsigned *ret_files, uint64_t *ret_bytes, void *userdata);
+        int (*clean)(HttpServer *s, unsigned *ret_stalled, unsigned *ret_invalid, void *userdata);
+        void (*external_metrics)(HttpServer *s, HttpExternalMetrics *ret, void *userdata);
+        void *userdata;
+} HttpServerHooks;
+
+typedef struct HttpServerOptions {
+        int listen_fd;                     /* >= 0: serve this listening socket (taken over) */
+        const char *listen;                /* else bind this HOST:PORT (port 0: any); NULL: config->listen */
+        unsigned connection_timeout_sec;   /* 0: HTTP_CONNECTION_TIMEOUT_SEC */
+} HttpServerOptions;
+
+/* The socket systemd passed, checked: 1 and *ret_fd set (non-blocking now) when there is exactly one
+ * listening stream socket, 0 when none was passed, -EINVAL (logged by the caller) for anything else. */
+int http_listen_fd_from_systemd(int *ret_fd);
+/* A listening TCP socket on HOST:PORT or [IPV6]:PORT (non-blocking, close-on-exec). */
+int http_open_listen_socket(const char *address, int *ret_fd);
+
+/* fetcher may be NULL: misses are then 404. The config is copied where needed (token read now). */
+int http_server_new(sd_event *event, ImageCache *cache, Fetcher *fetcher, const Config *config,
+                    const HttpServerOptions *options, HttpServer **ret);
+/* Stops serving: resumes and aborts suspended streams, quiesces MHD so the listening socket is left
+ * untouched (an inherited socket must keep working for the next activation), stops MHD. */
+HttpServer *http_server_free(HttpServer *s);
+static inline void http_server_freep(HttpServer **s) {
+        http_server_free(*s);
+}
+
+void http_server_set_hooks(HttpServer *s, const HttpServerHooks *hooks);
+/* Applies a reloaded configuration: ManagementAPI= and the token file. MaxConnections= and the listen
+ * address take effect at the next start. */
+int http_server_reconfigure(HttpServer *s, const Config *config);
+
+const HttpCounters *http_server_counters(const HttpServer *s);
+unsigned http_server_n_connections(const HttpServer *s);
+/* The local port of the listening socket (for Listen=…:0 in tests). */
+uint16_t http_server_port(const HttpServer *s);

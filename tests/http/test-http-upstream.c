@@ -1,0 +1,321 @@
+/* SPDX-License-Identifier: MIT */
+
+/* Misses end to end in one process: the HTTP server and the real fetcher (fetch.c, libcurl multi) on the
+ * test's sd-event loop, the upstream fixture (tests/lib/upstream-fixture.h) on 127.0.0.1 in its own
+ * threads, real clients (libcurl easy) in threads. Stalls in the fixture, not sleeps, hold a transfer at
+ * a known byte. */
+
+#include <glib.h>
+
+#include "http-test.h"
+#include "log.h"
+#include "test-util.h"
+#include "upstream-fixture.h"
+
+#define SIZE (4 * 1024 * 1024 + 5)
+
+typedef struct Fixture {
+        TestServer t;
+        UpstreamFixture *fx;
+        uint8_t *data;
+        uint64_t max_size;
+} Fixture;
+
+static void setup_config(Config *c, void *userdata) {
+        Fixture *f = userdata;
+        free(c->upstream_url);
+        c->upstream_url = upstream_fixture_url(f->fx, "/images/{id}");
+        if (f->max_size)
+                c->max_size = (SizeLimit) { .bytes = f->max_size, .permille = UINT64_MAX };
+}
+
+static void fixture_setup(Fixture *f, gconstpointer user) {
+        g_assert_cmpint(upstream_fixture_new(0, &f->fx), ==, 0);
+        f->data = test_random_data(SIZE, 3);
+        f->max_size = GPOINTER_TO_SIZE(user);
+        test_server_start(&f->t, setup_config, f, 0);
+}
+
+static void fixture_teardown(Fixture *f, gconstpointer user) {
+        /* The server first: its streams hold fills of the fetcher. */
+        test_server_stop(&f->t);
+        upstream_fixture_free(f->fx);
+        g_free(f->data);
+}
+
+static void add(Fixture *f, const char *id, const UpstreamImageOptions *o) {
+        g_autofree char *path = g_strdup_printf("/images/%s", id);
+        g_assert_cmpint(upstream_fixture_add_image(f->fx, path, f->data, SIZE, o), ==, 0);
+}
+
+static void assert_body(TestClient *c, const void *data, size_t size) {
+        g_autofree char *want = test_sha256(data, size);
+        g_autofree char *got = test_sha256(c->body->data, c->body->len);
+        g_assert_cmpuint(c->body->len, ==, size);
+        g_assert_cmpstr(got, ==, want);
+}
+
+static bool cached(void *userdata) {
+        void **p = userdata;
+        return image_cache_is_cached(((TestServer *) p[0])->cache, p[1]);
+}
+
+static void wait_cached(TestServer *t, const char *id) {
+        void *p[] = { t, (void *) id };
+        test_run_until(t, cached, p);
+}
+
+static bool stalled(void *userdata) {
+        Fixture *f = userdata;
+        return upstream_fixture_stalled(f->fx) > 0;
+}
+
+static bool idle(void *userdata) {
+        Fixture *f = userdata;
+        return fetcher_n_active(f->t.fetcher) == 0;
+}
+
+static void test_miss_then_hit(Fixture *f, gconstpointer user) {
+        UpstreamImageOptions o = { .digest = UPSTREAM_DIGEST_SHA256 };
+        g_autofree char *len = g_strdup_printf("%d", SIZE);
+        add(f, "m", &o);
+
+        TestClient *c = test_request(&f->t, "GET", "/images/m", NULL);
+        g_assert_cmpint(c->result, ==, CURLE_OK);
+        g_assert_cmpint(c->status, ==, 200);
+        assert_body(c, f->data, SIZE);
+        g_autofree char *cl = test_client_header(c, "Content-Length");
+        g_assert_cmpstr(cl, ==, len);
+        test_client_free(c);
+
+        wait_cached(&f->t, "m");
+        c = test_request(&f->t, "GET", "/v2/images/m/file", NULL);
+        g_assert_cmpint(c->status, ==, 200);
+        assert_body(c, f->data, SIZE);
+        g_autofree char *etag = test_client_header(c, "ETag");
+        g_assert_true(g_str_has_prefix(etag, "\"sha256:"));
+        test_client_free(c);
+
+        g_assert_cmpuint(upstream_fixture_requests(f->fx, "/images/m"), ==, 1);
+        const HttpCounters *k = http_server_counters(f->t.server);
+        g_assert_cmpuint(k->misses, ==, 1);
+        g_assert_cmpuint(k->hits, ==, 1);
+}
+
+static void test_eight_clients(Fixture *f, gconstpointer user) {
+        /* The upstream stops after 1 MiB until released, so all eight are surely in before the end. */
+        UpstreamImageOptions o = { .stall_after = 1024 * 1024 };
+        TestClient *c[8];
+        add(f, "m", &o);
+
+        for (size_t i = 0; i < ELEMENTSOF(c); i++) {
+                c[i] = test_client_new(&f->t, "GET", "/images/m", NULL);
+                test_client_start(c[i]);
+        }
+        test_run_until(&f->t, stalled, f);
+        for (size_t i = 0; i < ELEMENTSOF(c); i++)
+                test_run_until_received(&f->t, c[i], 1024 * 1024);
+        g_assert_cmpuint(http_server_counters(f->t.server)->misses, ==, ELEMENTSOF(c));
+
+        upstream_fixture_release(f->fx);
+        test_run_until_done(&f->t, c, ELEMENTSOF(c));
+        for (size_t i = 0; i < ELEMENTSOF(c); i++) {
+                g_assert_cmpint(c[i]->result, ==, CURLE_OK);
+                g_assert_cmpint(c[i]->status, ==, 200);
+                assert_body(c[i], f->data, SIZE);
+                test_client_free(c[i]);
+        }
+        g_assert_cmpuint(upstream_fixture_requests(f->fx, "/images/m"), ==, 1);
+        wait_cached(&f->t, "m");
+}
+
+static void test_slow_reader(Fixture *f, gconstpointer user) {
+        TestClient *slow, *fast;
+        add(f, "m", NULL);
+
+        slow = test_client_new(&f->t, "GET", "/images/m", NULL);
+        slow->pause_after = 1;
+        test_client_start(slow);
+        test_run_until_paused(&f->t, slow);
+
+        /* The fast client and the fill finish while the slow one reads nothing. */
+        fast = test_client_new(&f->t, "GET", "/images/m", NULL);
+        test_client_start(fast);
+        test_run_until_done(&f->t, &fast, 1);
+        g_assert_cmpint(fast->result, ==, CURLE_OK);
+        assert_body(fast, f->data, SIZE);
+        wait_cached(&f->t, "m");
+        g_assert_true(g_atomic_int_get(&slow->paused));
+        g_assert_false(g_atomic_int_get(&slow->done));
+
+        test_client_resume(slow);
+        test_run_until_done(&f->t, &slow, 1);
+        g_assert_cmpint(slow->result, ==, CURLE_OK);
+        assert_body(slow, f->data, SIZE);
+        test_client_free(slow);
+        test_client_free(fast);
+        g_assert_cmpuint(upstream_fixture_requests(f->fx, "/images/m"), ==, 1);
+}
+
+static void test_bad_digest(Fixture *f, gconstpointer user) {
+        /* The upstream promises a sha256 and sends one wrong byte: every client is cut off short of the
+         * end, and the image is not cached. */
+        UpstreamImageOptions o = { .digest = UPSTREAM_DIGEST_SHA256, .wrong_body = true };
+        TestClient *c[3];
+        add(f, "m", &o);
+
+        for (size_t i = 0; i < ELEMENTSOF(c); i++) {
+                c[i] = test_client_new(&f->t, "GET", "/images/m", NULL);
+                test_client_start(c[i]);
+        }
+        test_run_until_done(&f->t, c, ELEMENTSOF(c));
+        for (size_t i = 0; i < ELEMENTSOF(c); i++) {
+                g_assert_cmpint(c[i]->status, ==, 200);
+                g_assert_cmpint(c[i]->result, ==, CURLE_PARTIAL_FILE);
+                g_assert_cmpuint(c[i]->body->len, <, SIZE);
+                test_client_free(c[i]);
+        }
+        test_run_until(&f->t, idle, f);
+        g_assert_false(image_cache_is_cached(f->t.cache, "m"));
+}
+
+static void test_upstream_reset(Fixture *f, gconstpointer user) {
+        /* The upstream resets the connection mid-body: the clients see an aborted transfer (never a short
+         * 200 that looks complete), nothing is cached. */
+        UpstreamImageOptions o = { .stall_after = 512 * 1024, .reset_after = 1024 * 1024 };
+        TestClient *c[2];
+        add(f, "m", &o);
+
+        /* Both clients are mid-body (the upstream holds at 512 KiB) before the reset comes. */
+        for (size_t i = 0; i < ELEMENTSOF(c); i++) {
+                c[i] = test_client_new(&f->t, "GET", "/images/m", NULL);
+                test_client_start(c[i]);
+        }
+        test_run_until(&f->t, stalled, f);
+        for (size_t i = 0; i < ELEMENTSOF(c); i++)
+                test_run_until_received(&f->t, c[i], 1);
+        upstream_fixture_release(f->fx);
+        test_run_until_done(&f->t, c, ELEMENTSOF(c));
+        for (size_t i = 0; i < ELEMENTSOF(c); i++) {
+                g_assert_cmpint(c[i]->status, ==, 200);
+                g_assert_cmpint(c[i]->result, ==, CURLE_PARTIAL_FILE);
+                g_assert_cmpuint(c[i]->body->len, <=, 1024 * 1024);
+                test_client_free(c[i]);
+        }
+        test_run_until(&f->t, idle, f);
+        g_assert_false(image_cache_is_cached(f->t.cache, "m"));
+}
+
+static void test_upstream_errors(Fixture *f, gconstpointer user) {
+        UpstreamImageOptions o404 = { .status = 404 }, o500 = { .status = 500 };
+        add(f, "gone", &o404);
+        add(f, "broken", &o500);
+
+        TestClient *c = test_request(&f->t, "GET", "/images/gone", NULL);
+        g_assert_cmpint(c->status, ==, 404);
+        test_client_free(c);
+        c = test_request(&f->t, "GET", "/images/nowhere", NULL);   /* the fixture knows no such path */
+        g_assert_cmpint(c->status, ==, 404);
+        test_client_free(c);
+        c = test_request(&f->t, "GET", "/images/broken", NULL);
+        g_assert_cmpint(c->status, ==, 502);
+        test_client_free(c);
+        c = test_request(&f->t, "HEAD", "/images/broken", NULL);
+        g_assert_cmpint(c->status, ==, 502);
+        test_client_free(c);
+}
+
+static void test_range_on_miss(Fixture *f, gconstpointer user) {
+        /* The upstream stalls after 2 MiB: a Range inside them is answered in full while the fill waits;
+         * one beyond them gets its bytes after the release. */
+        UpstreamImageOptions o = { .stall_after = 2 * 1024 * 1024 };
+        add(f, "m", &o);
+
+        TestClient *early = test_client_new(&f->t, "GET", "/images/m", "Range: bytes=1000000-1999999", NULL);
+        TestClient *late = test_client_new(&f->t, "GET", "/images/m", "Range: bytes=3000000-3000999", NULL);
+        test_client_start(early);
+        test_client_start(late);
+        test_run_until_done(&f->t, &early, 1);
+        g_assert_cmpint(early->status, ==, 206);
+        g_assert_cmpint(early->result, ==, CURLE_OK);
+        assert_body(early, f->data + 1000000, 1000000);
+        g_assert_cmpuint(upstream_fixture_stalled(f->fx), ==, 1);
+        g_assert_false(g_atomic_int_get(&late->done));
+
+        upstream_fixture_release(f->fx);
+        test_run_until_done(&f->t, &late, 1);
+        g_assert_cmpint(late->status, ==, 206);
+        assert_body(late, f->data + 3000000, 1000);
+        g_autofree char *cr = g_strdup_printf("bytes 3000000-3000999/%d", SIZE);
+        g_autofree char *got = test_client_header(late, "Content-Range");
+        g_assert_cmpstr(got, ==, cr);
+        test_client_free(early);
+        test_client_free(late);
+        g_assert_cmpuint(upstream_fixture_requests(f->fx, "/images/m"), ==, 1);
+}
+
+static void test_chunked_upstream(Fixture *f, gconstpointer user) {
+        /* Held at 1 MiB so the answer starts while the length is still unknown. */
+        UpstreamImageOptions o = { .no_content_length = true, .stall_after = 1024 * 1024 };
+        add(f, "m", &o);
+
+        TestClient *c = test_client_new(&f->t, "GET", "/images/m", "Range: bytes=0-9", NULL);
+        test_client_start(c);
+        test_run_until(&f->t, stalled, f);
+        test_run_until_received(&f->t, c, 1);
+        upstream_fixture_release(f->fx);
+        test_run_until_done(&f->t, &c, 1);
+        g_assert_cmpint(c->result, ==, CURLE_OK);
+        g_assert_cmpint(c->status, ==, 200);   /* no length: the whole image */
+        assert_body(c, f->data, SIZE);
+        g_autofree char *te = test_client_header(c, "Transfer-Encoding");
+        g_assert_cmpstr(te, ==, "chunked");
+        test_client_free(c);
+        wait_cached(&f->t, "m");
+}
+
+static void test_too_large(Fixture *f, gconstpointer user) {
+        /* MaxSize=1M (this fixture's parameter): the image streams through and is not kept. */
+        add(f, "m", NULL);
+        TestClient *c = test_request(&f->t, "GET", "/images/m", NULL);
+        g_assert_cmpint(c->result, ==, CURLE_OK);
+        g_assert_cmpint(c->status, ==, 200);
+        assert_body(c, f->data, SIZE);
+        test_client_free(c);
+        test_run_until(&f->t, idle, f);
+        g_assert_false(image_cache_is_cached(f->t.cache, "m"));
+}
+
+static void test_head_miss(Fixture *f, gconstpointer user) {
+        g_autofree char *len = g_strdup_printf("%d", SIZE);
+        add(f, "m", NULL);
+        TestClient *c = test_request(&f->t, "HEAD", "/images/m", NULL);
+        g_assert_cmpint(c->status, ==, 200);
+        g_autofree char *cl = test_client_header(c, "Content-Length");
+        g_assert_cmpstr(cl, ==, len);
+        test_client_free(c);
+        /* The HEAD started the fill; it completes without anyone reading. */
+        wait_cached(&f->t, "m");
+}
+
+int main(int argc, char *argv[]) {
+        g_test_init(&argc, &argv, NULL);
+        log_setup(program_invocation_short_name);
+        curl_global_init(CURL_GLOBAL_DEFAULT);
+
+#define ADD(name, fn, max) g_test_add(name, Fixture, GSIZE_TO_POINTER(max), fixture_setup, fn, fixture_teardown)
+        ADD("/http-upstream/miss-then-hit", test_miss_then_hit, 0);
+        ADD("/http-upstream/eight-clients", test_eight_clients, 0);
+        ADD("/http-upstream/slow-reader", test_slow_reader, 0);
+        ADD("/http-upstream/bad-digest", test_bad_digest, 0);
+        ADD("/http-upstream/upstream-reset", test_upstream_reset, 0);
+        ADD("/http-upstream/upstream-errors", test_upstream_errors, 0);
+        ADD("/http-upstream/range-on-miss", test_range_on_miss, 0);
+        ADD("/http-upstream/chunked-upstream", test_chunked_upstream, 0);
+        ADD("/http-upstream/too-large", test_too_large, 1024 * 1024);
+        ADD("/http-upstream/head-miss", test_head_miss, 0);
+
+        int r = g_test_run();
+        curl_global_cleanup();
+        return r;
+}
