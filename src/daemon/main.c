@@ -141,6 +141,9 @@ static int run(int argc, char *argv[]) {
         r = manager_load(m);
         if (r < 0)
                 return r;
+        r = manager_start_http(m);
+        if (r < 0)
+                return r;
         r = manager_connect_bus(m);
         if (r < 0)
                 return r;

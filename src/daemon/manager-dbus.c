@@ -6,7 +6,9 @@
 
 #include "bus-error.h"
 #include "checksum.h"
+#include "fetch.h"
 #include "imgcache-config.h"
+#include "job.h"
 #include "log.h"
 #include "manager.h"
 #include "pin.h"
@@ -236,6 +238,7 @@ static int method_queue_image(sd_bus_message *message, void *userdata, sd_bus_er
                 log_image(LOG_INFO, NULL, id, "Queued image %s%s%s.", id, has_checksum ? " expecting " : "",
                           has_checksum ? checksum : "");
                 (void) manager_emit_image_queued(m, id);
+                manager_fetch_queued(m, id); /* PrefetchOnQueue=yes */
         }
         return sd_bus_reply_method_return(message, "b", r > 0);
 }
@@ -383,15 +386,48 @@ static int method_verify(sd_bus_message *message, void *userdata, sd_bus_error *
         return 1; /* the job replies */
 }
 
-/* ---- fetching: a later issue -------------------------------------------------------------------- */
+/* ---- fetching (job.c) --------------------------------------------------------------------------- */
+
+static bool has_upstream(Manager *m) {
+        return m->fetcher && fetcher_has_upstream(m->fetcher);
+}
+
+static int fetch_error(sd_bus_error *error, int r, const char *id) {
+        if (r == -E2BIG)
+                return sd_bus_error_setf(error, SD_BUS_ERROR_LIMITS_EXCEEDED, "Too many jobs (%u).", MANAGER_JOBS_MAX);
+        return sd_bus_error_set_errnof(error, r, "Cannot fetch image %s: %m", id);
+}
 
 static int method_prefetch(sd_bus_message *message, void *userdata, sd_bus_error *error) {
-        return no_upstream(userdata, error);
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+        Manager *m = userdata;
+        int r;
+
+        if (!has_upstream(m))
+                return no_upstream(m, error);
+
+        r = manager_authorize(m, message, ACTION_QUEUE, NULL, error);
+        if (r <= 0)
+                return r == 0 ? 1 : r;
+
+        r = sd_bus_message_new_method_return(message, &reply);
+        if (r >= 0)
+                r = sd_bus_message_open_container(reply, 'a', "o");
+        if (r >= 0)
+                r = manager_prefetch(m, reply);
+        if (r >= 0)
+                r = sd_bus_message_close_container(reply);
+        if (r < 0)
+                return sd_bus_error_set_errnof(error, r, "Cannot prefetch: %m");
+        return sd_bus_send(NULL, reply, NULL);
 }
 
 static int method_fetch_image(sd_bus_message *message, void *userdata, sd_bus_error *error) {
+        Manager *m = userdata;
         const char *id, *checksum;
-        int r;
+        Checksum c;
+        Job *j;
+        int r, has_checksum;
 
         r = sd_bus_message_read(message, "ss", &id, &checksum);
         if (r < 0)
@@ -399,14 +435,35 @@ static int method_fetch_image(sd_bus_message *message, void *userdata, sd_bus_er
         r = bus_error_check_image_id(error, id);
         if (r < 0)
                 return r;
-        r = parse_caller_checksum(checksum, id, NULL, error);
+        has_checksum = parse_caller_checksum(checksum, id, &c, error);
+        if (has_checksum < 0)
+                return has_checksum;
+        if (!has_upstream(m))
+                return no_upstream(m, error);
+
+        r = manager_authorize(m, message, ACTION_QUEUE, id, error);
+        if (r <= 0)
+                return r == 0 ? 1 : r;
+
+        r = manager_fetch(m, id, has_checksum ? &c : NULL, &j);
         if (r < 0)
-                return r;
-        return no_upstream(userdata, error);
+                return fetch_error(error, r, id);
+        return sd_bus_reply_method_return(message, "o", job_path(j));
 }
 
 static int method_list_jobs(sd_bus_message *message, void *userdata, sd_bus_error *error) {
-        return no_upstream(userdata, error);
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+        Manager *m = userdata;
+        int r;
+
+        if (!has_upstream(m))
+                return no_upstream(m, error);
+        r = sd_bus_message_new_method_return(message, &reply);
+        if (r >= 0)
+                r = manager_append_jobs(m, reply);
+        if (r < 0)
+                return r;
+        return sd_bus_send(NULL, reply, NULL);
 }
 
 /* ---- local readers ------------------------------------------------------------------------------ */
@@ -546,6 +603,9 @@ int manager_connect_bus(Manager *m) {
         r = sd_bus_add_object_vtable(m->bus, NULL, MANAGER_PATH, MANAGER_INTERFACE, manager_vtable, m);
         if (r < 0)
                 return log_error_errno(r, "Cannot export %s: %m", MANAGER_PATH);
+        r = manager_add_job_objects(m);
+        if (r < 0)
+                return r;
         r = sd_bus_attach_event(m->bus, m->event, SD_EVENT_PRIORITY_NORMAL);
         if (r < 0)
                 return log_error_errno(r, "Cannot attach the bus to the event loop: %m");

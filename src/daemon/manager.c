@@ -11,7 +11,10 @@
 
 #include <systemd/sd-daemon.h>
 
+#include "fetch.h"
+#include "http.h"
 #include "imgcache-config.h"
+#include "job.h"
 #include "log.h"
 #include "manager.h"
 #include "parse-util.h"
@@ -67,6 +70,11 @@ int manager_new(const ManagerOptions *o, Manager **ret) {
         r = sd_event_new(&m->event);
         if (r < 0)
                 return log_error_errno(r, "Cannot allocate the event loop: %m");
+        /* Under WatchdogSec= the loop pings systemd itself (WATCHDOG=1 at half the interval): a hung
+         * loop is exactly what the watchdog is there to catch. A no-op without $WATCHDOG_USEC. */
+        r = sd_event_set_watchdog(m->event, true);
+        if (r < 0)
+                log_warning_errno(r, "Cannot enable the service watchdog, ignoring: %m");
 
         if (!m->user) {
                 r = polkit_registry_new(&m->polkit);
@@ -82,6 +90,8 @@ Manager *manager_free(Manager *m) {
         if (!m)
                 return NULL;
 
+        m->http = http_server_free(m->http); /* before the fetcher: its streams hold fills */
+        manager_free_jobs(m); /* cancels fills (partial files stay for a resume); JobRemoved still goes out */
         while (m->verify_jobs)
                 verify_job_free(m->verify_jobs->data);
         while (m->pins)
@@ -221,6 +231,9 @@ int manager_load(Manager *m) {
                 return r;
         observer.userdata = m;
         image_cache_set_observer(m->cache, &observer);
+        r = manager_setup_fetcher(m);
+        if (r < 0)
+                return r;
         manager_snapshot(m, &m->announced);
         return 0;
 }
@@ -250,6 +263,9 @@ int manager_reload(Manager *m) {
                                    m->config_path);
                 config_done(&m->config);
                 m->config = c;
+                manager_reconfigure_fetcher(m);
+                if (m->http)
+                        (void) http_server_reconfigure(m->http, &m->config);
                 log_info("Reloaded %s.", m->config_path);
         }
         manager_notify_status(m, "READY=1\n");
@@ -273,6 +289,9 @@ static void on_image_added(ImageCache *c, const CacheEntry *e, void *userdata) {
 
 static void on_image_removed(ImageCache *c, const char *id, uint64_t size, RemoveReason reason, void *userdata) {
         Manager *m = userdata;
+
+        if (reason == REMOVE_PRUNED)
+                m->evictions++;
 
         if (reason == REMOVE_INVALID)
                 log_image(LOG_WARNING, IMGCACHE_MESSAGE_IMAGE_INVALID, id,
@@ -417,6 +436,90 @@ void manager_count_hit(Manager *m, const char *id) {
         manager_properties_changed(m);
 }
 
+/* ---- the HTTP server (http.h) ------------------------------------------------------------------ */
+
+static void on_http_counters(HttpServer *s, void *userdata) {
+        Manager *m = userdata;
+        const HttpCounters *k = http_server_counters(s);
+
+        if (m->misses == k->misses && m->bytes_served == k->bytes_served)
+                return;
+        m->misses = k->misses;
+        m->bytes_served = k->bytes_served;
+        manager_properties_changed(m);
+}
+
+static void on_http_hit(HttpServer *s, const char *id, void *userdata) {
+        Manager *m = userdata;
+
+        (void) image_cache_record_hit(m->cache, id);
+        manager_count_hit(m, id);
+}
+
+static void on_http_metrics(HttpServer *s, HttpExternalMetrics *ret, void *userdata) {
+        Manager *m = userdata;
+
+        *ret = (HttpExternalMetrics) {
+                .bytes_fetched = m->bytes_fetched,
+                .evictions = m->evictions,
+                .transfers_started = m->fills_started,
+                .transfers_failed = m->fills_failed,
+        };
+}
+
+static void on_fill_started(Fetcher *fe, Fill *f, void *userdata) {
+        Manager *m = userdata;
+        m->fills_started++;
+}
+
+static void on_fill_finished(Fetcher *fe, Fill *f, void *userdata) {
+        Manager *m = userdata;
+
+        m->bytes_fetched += fill_bytes_written(f);
+        if (fill_state(f) != FILL_DONE)
+                m->fills_failed++;
+}
+
+int manager_start_http(Manager *m) {
+        static const HttpServerHooks hooks_template = {
+                .counters_changed = on_http_counters,
+                .count_hit = on_http_hit,
+                .external_metrics = on_http_metrics,
+        };
+        HttpServerHooks hooks = hooks_template;
+        HttpServerOptions o = { .listen_fd = -EBADF, .listen = m->listen_override };
+        int r;
+
+        r = http_listen_fd_from_systemd(&o.listen_fd);
+        if (r < 0)
+                return log_error_errno(r, "Expected exactly one listening stream socket from systemd: %m");
+
+        r = http_server_new(m->event, m->cache, m->fetcher, &m->config, &o, &m->http);
+        if (r < 0) {
+                /* Socket-activated, serving HTTP is the point. Otherwise (Listen= taken, say, by another
+                 * instance) the bus API still works: say so and go on. */
+                if (o.listen_fd >= 0)
+                        return r;
+                log_warning("Continuing without HTTP.");
+                return 0;
+        }
+        hooks.userdata = m;
+        http_server_set_hooks(m->http, &hooks);
+
+        if (m->fetcher) {
+                FetcherObserver fo = {
+                        .fill_started = on_fill_started,
+                        .fill_finished = on_fill_finished,
+                        .userdata = m,
+                };
+                fetcher_set_observer(m->fetcher, &fo);
+        }
+
+        log_debug("HTTP server listening on port %u%s.", http_server_port(m->http),
+                  o.listen_fd >= 0 ? " (socket from systemd)" : "");
+        return 0;
+}
+
 /* ---- authorization, idleness, the loop -------------------------------------------------------- */
 
 int manager_authorize(Manager *m, sd_bus_message *message, const char *action, const char *image_id,
@@ -427,7 +530,9 @@ int manager_authorize(Manager *m, sd_bus_message *message, const char *action, c
 }
 
 bool manager_is_busy(const Manager *m) {
-        return polkit_registry_pending(m->polkit) > 0 || m->n_verify_jobs > 0 || m->n_pins > 0;
+        return polkit_registry_pending(m->polkit) > 0 || m->n_verify_jobs > 0 || m->n_pins > 0 ||
+                (m->fetcher && fetcher_n_active(m->fetcher) > 0) || manager_n_jobs(m) > 0 ||
+                (m->http && http_server_n_connections(m->http) > 0);
 }
 
 static int on_name_released(sd_bus_message *reply, void *userdata, sd_bus_error *ret_error) {
@@ -448,31 +553,43 @@ static int manager_release_name(Manager *m) {
         return sd_bus_release_name_async(m->bus, NULL, MANAGER_BUS_NAME, on_name_released, m);
 }
 
+/* When the daemon may exit on idle: ExitOnIdleSec after the last dispatched event with nothing in flight.
+ * A wake-up that dispatches nothing (the watchdog ping sd-event sends by itself) is not activity. */
+static usec_t next_idle_deadline(const Manager *m, usec_t deadline, bool had_activity) {
+        if (m->config.exit_on_idle == USEC_INFINITY || manager_is_busy(m))
+                return USEC_INFINITY;
+        if (had_activity || deadline == USEC_INFINITY)
+                return usec_add(now_usec(CLOCK_MONOTONIC), m->config.exit_on_idle);
+        return deadline;
+}
+
 int manager_run(Manager *m) {
-        bool releasing = false;
+        usec_t idle_deadline = USEC_INFINITY;
+        bool releasing = false, had_activity = true;
         int r, code = 0;
 
         for (;;) {
-                usec_t timeout = UINT64_MAX;
-
                 if (sd_event_get_state(m->event) == SD_EVENT_FINISHED)
                         break;
                 if (m->name_released && !manager_is_busy(m)) {
                         (void) sd_bus_flush(m->bus);
                         break;
                 }
-                if (!releasing && !manager_is_busy(m) && m->config.exit_on_idle != USEC_INFINITY)
-                        timeout = m->config.exit_on_idle;
 
-                r = sd_event_run(m->event, timeout);
-                if (r < 0)
-                        return log_error_errno(r, "Event loop failed: %m");
-                if (r == 0 && timeout != UINT64_MAX && !manager_is_busy(m)) {
+                idle_deadline = releasing ? USEC_INFINITY : next_idle_deadline(m, idle_deadline, had_activity);
+                usec_t now = now_usec(CLOCK_MONOTONIC);
+                if (idle_deadline != USEC_INFINITY && now >= idle_deadline) {
                         r = manager_release_name(m);
                         if (r < 0)
                                 return log_error_errno(r, "Cannot release the bus name: %m");
                         releasing = true;
+                        continue;
                 }
+
+                r = sd_event_run(m->event, idle_deadline == USEC_INFINITY ? UINT64_MAX : idle_deadline - now);
+                if (r < 0)
+                        return log_error_errno(r, "Event loop failed: %m");
+                had_activity = r > 0;
         }
 
         if (sd_event_get_state(m->event) == SD_EVENT_FINISHED)

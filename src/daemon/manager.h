@@ -12,6 +12,9 @@
 #include "store.h"
 #include "util.h"
 
+typedef struct Fetcher Fetcher;
+typedef struct HttpServer HttpServer;
+typedef struct JobRegistry JobRegistry;
 typedef struct Pin Pin;
 typedef struct PolkitRegistry PolkitRegistry;
 typedef struct VerifyJob VerifyJob;
@@ -64,12 +67,16 @@ typedef struct Manager {
         Config config;
 
         GHashTable *queued_checksums; /* image id → "algo:hex" given with QueueImage, for the fetcher */
+        Fetcher *fetcher;             /* fills from the upstream (fetch.h) */
+        JobRegistry *jobs;            /* org.imgcache.Job objects (job.h) */
         GList *pins;                  /* Pin* */
         unsigned n_pins;
         GList *verify_jobs;           /* VerifyJob* */
         unsigned n_verify_jobs;
 
         uint64_t hits, misses, bytes_served; /* since start */
+        HttpServer *http;             /* the HTTP side (http.h); NULL when it could not listen */
+        uint64_t evictions, bytes_fetched, fills_started, fills_failed; /* for /metrics, since start */
 
         sd_event_source *properties_timer;
         sd_event_source *flush_timer;
@@ -93,8 +100,11 @@ int manager_run(Manager *m);
 /* Re-reads the configuration (SIGHUP). A broken file is logged and the old configuration kept. */
 int manager_reload(Manager *m);
 
+/* Starts the HTTP server on the socket systemd passed, else on --listen=/Listen=. */
+int manager_start_http(Manager *m);
+
 /* True while something other than an incoming call needs the daemon: a polkit query, a Verify worker,
- * a pin. */
+ * a pin, a fill from the upstream. */
 bool manager_is_busy(const Manager *m);
 
 /* Sends STATUS= (images, size of max, hit ratio), after extra ("READY=1\n" or NULL). */

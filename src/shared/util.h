@@ -105,6 +105,11 @@ static inline usec_t timespec_to_usec(const struct timespec *ts) {
         return (usec_t) ts->tv_sec * USEC_PER_SEC + (usec_t) ts->tv_nsec / NSEC_PER_USEC;
 }
 
+/* a + b, saturating at USEC_INFINITY. */
+static inline usec_t usec_add(usec_t a, usec_t b) {
+        return a > USEC_INFINITY - b ? USEC_INFINITY : a + b;
+}
+
 static inline usec_t now_usec(clockid_t clock) {
         struct timespec ts;
         if (clock_gettime(clock, &ts) < 0)
