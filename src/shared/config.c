@@ -25,7 +25,6 @@ DEFINE_TRIVIAL_CLEANUP_FUNC(GKeyFile *, g_key_file_unref);
 DEFINE_TRIVIAL_CLEANUP_FUNC(GError *, g_error_free);
 DEFINE_TRIVIAL_CLEANUP_FUNC(GPtrArray *, g_ptr_array_unref);
 DEFINE_TRIVIAL_CLEANUP_FUNC(char **, g_strfreev);
-DEFINE_TRIVIAL_CLEANUP_FUNC(DIR *, closedir);
 
 static const char *const driver_kind_table[_DRIVER_KIND_MAX] = {
         [DRIVER_SQLITE] = "sqlite",

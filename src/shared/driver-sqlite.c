@@ -109,22 +109,6 @@ static int errno_from_sqlite(sqlite3 *db, int rc) {
         }
 }
 
-static void set_error(char **ret_error, const char *format, ...) _printf_(2, 3);
-static void set_error(char **ret_error, const char *format, ...) {
-        va_list ap;
-        char *m;
-
-        if (!ret_error)
-                return;
-
-        va_start(ap, format);
-        if (vasprintf(&m, format, ap) < 0)
-                m = NULL; /* out of memory: the caller still has the errno */
-        va_end(ap);
-
-        *ret_error = m;
-}
-
 /* Fails open() with the mapped errno and a message naming the database and sqlite's own words. */
 static int open_fail(SqliteState *s, int rc, const char *what, char **ret_error) {
         const char *msg = s->db ? sqlite3_errmsg(s->db) : sqlite3_errstr(rc);
@@ -135,13 +119,13 @@ static int open_fail(SqliteState *s, int rc, const char *what, char **ret_error)
 
         if (r == -EBADMSG)
                 /* Never delete it ourselves: it may be a Glance database an operator wants to rescue. */
-                set_error(ret_error,
+                set_error_message(ret_error,
                           "Metadata database %s is damaged or not an SQLite database (%s). It was left "
                           "untouched; move it away to start over with empty metadata (the images are kept "
                           "and adopted again).",
                           s->db_path, msg);
         else
-                set_error(ret_error, "Failed to %s metadata database %s: %s", what, s->db_path, msg);
+                set_error_message(ret_error, "Failed to %s metadata database %s: %s", what, s->db_path, msg);
         return r;
 }
 
@@ -334,7 +318,7 @@ static int sqlite_open(int dir_fd, const char *path, void **ret_state, char **re
         /* Asked for read-write, sqlite quietly settles for read-only when the file is not writable. Say so
          * now rather than with an obscure error at the first hit flush. */
         if (sqlite3_db_readonly(s->db, "main") > 0) {
-                set_error(ret_error,
+                set_error_message(ret_error,
                           "Metadata database %s can only be opened read-only; "
                           "check its owner and permissions.",
                           s->db_path);
@@ -363,7 +347,7 @@ static int sqlite_open(int dir_fd, const char *path, void **ret_state, char **re
 
         rc = migrate(s, &too_new);
         if (too_new > 0) {
-                set_error(ret_error,
+                set_error_message(ret_error,
                           "Metadata database %s has schema version %d, newer than version %d understood "
                           "by this imgcache; refusing to use it (was it written by a newer release?).",
                           s->db_path, too_new, SCHEMA_VERSION);

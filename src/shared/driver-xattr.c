@@ -40,27 +40,6 @@ static XattrState *xattr_state_free(XattrState *s) {
 }
 DEFINE_TRIVIAL_CLEANUP_FUNC(XattrState *, xattr_state_free);
 
-static void closedirp(DIR **d) {
-        if (*d)
-                (void) closedir(*d);
-}
-
-static void set_error(char **ret_error, const char *format, ...) _printf_(2, 3);
-static void set_error(char **ret_error, const char *format, ...) {
-        va_list ap;
-        char *m;
-
-        if (!ret_error)
-                return;
-
-        va_start(ap, format);
-        if (vasprintf(&m, format, ap) < 0)
-                m = NULL; /* out of memory: the caller still has the errno */
-        va_end(ap);
-
-        *ret_error = m;
-}
-
 static bool errno_is_xattr_unsupported(int e) {
         /* ENOTSUP and EOPNOTSUPP are the same value on Linux, but not by any standard. */
         return e == EOPNOTSUPP || e == ENOTSUP;
@@ -197,7 +176,7 @@ static int xattr_open(int dir_fd, const char *path, void **ret_state, char **ret
                     O_RDONLY | O_CREAT | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC, 0644);
         if (fd < 0) {
                 int r = -errno;
-                set_error(ret_error, "Failed to open %s/%s: %s", path, IMAGE_CACHE_LOCK_FILE, strerror(-r));
+                set_error_message(ret_error, "Failed to open %s/%s: %s", path, IMAGE_CACHE_LOCK_FILE, strerror(-r));
                 return r;
         }
 
@@ -205,13 +184,13 @@ static int xattr_open(int dir_fd, const char *path, void **ret_state, char **ret
                 int r = -errno;
 
                 if (errno_is_xattr_unsupported(-r)) {
-                        set_error(ret_error,
+                        set_error_message(ret_error,
                                   "Filesystem of %s does not support user extended attributes "
                                   "(mount with user_xattr or use Driver=sqlite)", path);
                         return -EOPNOTSUPP;
                 }
 
-                set_error(ret_error, "Failed to set extended attribute %s on %s/%s: %s",
+                set_error_message(ret_error, "Failed to set extended attribute %s on %s/%s: %s",
                           XATTR_PROBE, path, IMAGE_CACHE_LOCK_FILE, strerror(-r));
                 return r;
         }
@@ -290,28 +269,18 @@ static int xattr_load(void *state, DriverLoadFunc f, void *userdata) {
         _cleanup_(closedirp) DIR *d = NULL;
         XattrState *s = state;
         struct dirent *de;
-        int fd;
+        int r;
 
         assert(s);
         assert(f);
 
-        /* A fresh descriptor, so the walk starts at the beginning every time and s->dir_fd's offset
-         * stays untouched. */
-        fd = openat(s->dir_fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-        if (fd < 0)
-                return -errno;
-
-        d = fdopendir(fd);
-        if (!d) {
-                int r = -errno;
-                safe_close(fd);
+        r = opendir_at(s->dir_fd, &d);
+        if (r < 0)
                 return r;
-        }
 
         for (errno = 0; (de = readdir(d)); errno = 0) {
                 char checksum[XATTR_VALUE_MAX];
                 CacheEntry e;
-                int r;
 
                 r = read_entry(dirfd(d), de, &e, checksum);
                 if (r < 0)

@@ -77,17 +77,6 @@ static const DriverOps *driver_ops_for(DriverKind k) {
         }
 }
 
-static _printf_(2, 3) void set_error(char **ret_error, const char *fmt, ...) {
-        if (!ret_error || *ret_error)
-                return;
-
-        va_list ap;
-        va_start(ap, fmt);
-        if (vasprintf(ret_error, fmt, ap) < 0)
-                *ret_error = NULL;
-        va_end(ap);
-}
-
 static void index_entry_free(IndexEntry *ie) {
         if (!ie)
                 return;
@@ -117,7 +106,7 @@ static int take_lock(ImageCache *c, char **ret_error) {
         c->lock_fd = openat(c->dir_fd, IMAGE_CACHE_LOCK_FILE, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0644);
         if (c->lock_fd < 0) {
                 int r = -errno;
-                set_error(ret_error, "Cannot open lock file %s/%s: %s", c->path, IMAGE_CACHE_LOCK_FILE, strerror(-r));
+                set_error_message(ret_error, "Cannot open lock file %s/%s: %s", c->path, IMAGE_CACHE_LOCK_FILE, strerror(-r));
                 return r;
         }
 
@@ -128,10 +117,10 @@ static int take_lock(ImageCache *c, char **ret_error) {
                 holder[MAX(n, (ssize_t) 0)] = 0;
                 holder[strcspn(holder, "\n")] = 0;
                 if (r == -EBUSY)
-                        set_error(ret_error, "Cache directory %s is in use by another process (pid %s)",
+                        set_error_message(ret_error, "Cache directory %s is in use by another process (pid %s)",
                                   c->path, isempty(holder) ? "unknown" : holder);
                 else
-                        set_error(ret_error, "Cannot lock %s/%s: %s", c->path, IMAGE_CACHE_LOCK_FILE, strerror(-r));
+                        set_error_message(ret_error, "Cannot lock %s/%s: %s", c->path, IMAGE_CACHE_LOCK_FILE, strerror(-r));
                 return r;
         }
 
@@ -146,14 +135,14 @@ static int take_lock(ImageCache *c, char **ret_error) {
 static int open_directories(ImageCache *c, char **ret_error) {
         int r = mkdir_parents_and_self(c->path, 0755);
         if (r < 0) {
-                set_error(ret_error, "Cannot create cache directory %s: %s", c->path, strerror(-r));
+                set_error_message(ret_error, "Cannot create cache directory %s: %s", c->path, strerror(-r));
                 return r;
         }
 
         c->dir_fd = open(c->path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
         if (c->dir_fd < 0) {
                 r = -errno;
-                set_error(ret_error, "Cannot open cache directory %s: %s", c->path, strerror(-r));
+                set_error_message(ret_error, "Cannot open cache directory %s: %s", c->path, strerror(-r));
                 return r;
         }
 
@@ -169,7 +158,7 @@ static int open_directories(ImageCache *c, char **ret_error) {
         for (size_t i = 0; i < ELEMENTSOF(subdirs); i++) {
                 r = open_subdir(c->dir_fd, subdirs[i].name, subdirs[i].fd);
                 if (r < 0) {
-                        set_error(ret_error, "Cannot open %s/%s/: %s", c->path, subdirs[i].name, strerror(-r));
+                        set_error_message(ret_error, "Cannot open %s/%s/: %s", c->path, subdirs[i].name, strerror(-r));
                         return r;
                 }
         }
@@ -256,17 +245,11 @@ static int reconcile_file(ImageCache *c, ReconcileState *s, const char *name, co
 }
 
 static int reconcile_scan_directory(ImageCache *c, ReconcileState *s) {
-        int fd = dup(c->dir_fd);
-        if (fd < 0)
-                return -errno;
-        DIR *d = fdopendir(fd);
-        if (!d) {
-                safe_close(fd);
-                return -errno;
-        }
-        rewinddir(d);
+        _cleanup_(closedirp) DIR *d = NULL;
+        int r = opendir_at(c->dir_fd, &d);
+        if (r < 0)
+                return r;
 
-        int r = 0;
         struct dirent *de;
         while ((errno = 0, de = readdir(d))) {
                 /* Dot files, cache.db* and the subdirectories are not valid ids, so this skips them. */
@@ -289,7 +272,6 @@ static int reconcile_scan_directory(ImageCache *c, ReconcileState *s) {
         }
         if (r == 0 && errno != 0)
                 r = -errno;
-        closedir(d);
         return r;
 }
 
@@ -362,12 +344,12 @@ int image_cache_open(const char *path, DriverKind driver, ImageCache **ret, char
         int r;
 
         if (!path || path[0] != '/') {
-                set_error(ret_error, "Cache directory must be an absolute path: %s", strempty(path));
+                set_error_message(ret_error, "Cache directory must be an absolute path: %s", strempty(path));
                 return -EINVAL;
         }
         const DriverOps *ops = driver_ops_for(driver);
         if (!ops) {
-                set_error(ret_error, "Unknown metadata driver");
+                set_error_message(ret_error, "Unknown metadata driver");
                 return -EINVAL;
         }
 
@@ -400,14 +382,14 @@ int image_cache_open(const char *path, DriverKind driver, ImageCache **ret, char
                         *ret_error = driver_error;
                 else
                         free(driver_error);
-                set_error(ret_error, "Cannot open %s metadata of %s: %s", ops->name, c->path, strerror(-r));
+                set_error_message(ret_error, "Cannot open %s metadata of %s: %s", ops->name, c->path, strerror(-r));
                 return r;
         }
         c->driver = ops;
 
         r = reconcile(c);
         if (r < 0) {
-                set_error(ret_error, "Cannot reconcile metadata with the files in %s: %s", c->path, strerror(-r));
+                set_error_message(ret_error, "Cannot reconcile metadata with the files in %s: %s", c->path, strerror(-r));
                 return r;
         }
 
@@ -758,18 +740,12 @@ int image_cache_prune(ImageCache *c, uint64_t max_size, unsigned *ret_files, uin
 /* Unlinks the regular files of dir_fd for which keep() says no. */
 static int unlink_files_in(int dir_fd, bool (*keep)(ImageCache *c, const char *name, const struct stat *st, usec_t arg),
                            ImageCache *c, usec_t arg, unsigned *ret_n) {
-        int fd = dup(dir_fd);
-        if (fd < 0)
-                return -errno;
-        DIR *d = fdopendir(fd);
-        if (!d) {
-                safe_close(fd);
-                return -errno;
-        }
-        rewinddir(d);
+        _cleanup_(closedirp) DIR *d = NULL;
+        int r = opendir_at(dir_fd, &d);
+        if (r < 0)
+                return r;
 
         unsigned n = 0;
-        int r = 0;
         struct dirent *de;
         while ((errno = 0, de = readdir(d))) {
                 if (streq(de->d_name, ".") || streq(de->d_name, ".."))
@@ -788,7 +764,6 @@ static int unlink_files_in(int dir_fd, bool (*keep)(ImageCache *c, const char *n
         }
         if (r == 0 && errno != 0)
                 r = -errno;
-        closedir(d);
         *ret_n = n;
         return r;
 }
@@ -901,19 +876,13 @@ static int compare_queued(const void *a, const void *b) {
 }
 
 int image_cache_list_queued(const ImageCache *c, QueuedImage **ret, size_t *ret_n) {
-        int fd = dup(c->queue_fd);
-        if (fd < 0)
-                return -errno;
-        DIR *d = fdopendir(fd);
-        if (!d) {
-                safe_close(fd);
-                return -errno;
-        }
-        rewinddir(d);
+        _cleanup_(closedirp) DIR *d = NULL;
+        int r = opendir_at(c->queue_fd, &d);
+        if (r < 0)
+                return r;
 
         QueuedImage *v = NULL;
         size_t n = 0, allocated = 0;
-        int r = 0;
         struct dirent *de;
         while ((errno = 0, de = readdir(d))) {
                 struct stat st;
@@ -939,7 +908,6 @@ int image_cache_list_queued(const ImageCache *c, QueuedImage **ret, size_t *ret_
         }
         if (r == 0 && errno != 0)
                 r = -errno;
-        closedir(d);
         if (r < 0) {
                 queued_images_free(v, n);
                 return r;

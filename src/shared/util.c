@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 
 #include <fcntl.h>
+#include <stdarg.h>
 #include <sys/stat.h>
 
 #include "util.h"
@@ -62,5 +63,31 @@ int mkdir_parents_and_self(const char *path, mode_t mode) {
                 return r;
         if (mkdir(path, mode) < 0 && errno != EEXIST)
                 return -errno;
+        return 0;
+}
+
+void set_error_message(char **ret_error, const char *fmt, ...) {
+        if (!ret_error || *ret_error)
+                return;
+
+        va_list ap;
+        va_start(ap, fmt);
+        if (vasprintf(ret_error, fmt, ap) < 0)
+                *ret_error = NULL; /* out of memory: the caller still returns its errno */
+        va_end(ap);
+}
+
+int opendir_at(int dir_fd, DIR **ret) {
+        int fd = openat(dir_fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (fd < 0)
+                return -errno;
+
+        DIR *d = fdopendir(fd);
+        if (!d) {
+                int r = -errno;
+                safe_close(fd);
+                return r;
+        }
+        *ret = d;
         return 0;
 }

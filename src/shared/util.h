@@ -4,6 +4,7 @@
 /* Small helpers every part of imgcache uses: scope-based cleanup, fd handling, time.
  * Written for this project; the idioms follow systemd's coding style. */
 
+#include <dirent.h>
 #include <errno.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -128,3 +129,16 @@ int fsync_directory_fd(int dir_fd);
 
 /* mkdir -p: creates path and any missing parents with mode. Existing directories are fine. */
 int mkdir_parents_and_self(const char *path, mode_t mode);
+
+/* For library code that explains failures to the operator: formats a message into *ret_error unless
+ * ret_error is NULL or already holds one (the first, most specific explanation wins). */
+void set_error_message(char **ret_error, const char *fmt, ...) _printf_(2, 3);
+
+/* A fresh directory stream over dir_fd's directory: it starts at the beginning and leaves dir_fd's own
+ * offset alone, so walks never disturb each other. */
+int opendir_at(int dir_fd, DIR **ret);
+
+static inline void closedirp(DIR **d) {
+        if (*d)
+                (void) closedir(*d);
+}
