@@ -967,7 +967,9 @@ static void cache_write_free(CacheWrite *w) {
         free(w);
 }
 
-int image_cache_begin_write(ImageCache *c, const char *id, const Checksum *expected, CacheWrite **ret) {
+/* A write of id that nobody else has: checks and allocation shared by begin and resume. The file is the
+ * caller's to open. */
+static int write_new(ImageCache *c, const char *id, const Checksum *expected, CacheWrite **ret) {
         if (!image_id_is_valid(id))
                 return -EINVAL;
         if (image_cache_is_cached(c, id))
@@ -993,6 +995,15 @@ int image_cache_begin_write(ImageCache *c, const char *id, const Checksum *expec
                 cache_write_free(w);
                 return r;
         }
+        *ret = w;
+        return 0;
+}
+
+int image_cache_begin_write(ImageCache *c, const char *id, const Checksum *expected, CacheWrite **ret) {
+        CacheWrite *w;
+        int r = write_new(c, id, expected, &w);
+        if (r < 0)
+                return r;
 
         /* No live write owns a leftover partial file (we checked above): it is from a crash. Start over. */
         (void) unlinkat(c->incomplete_fd, id, 0);
@@ -1115,29 +1126,10 @@ int image_cache_commit_write(ImageCache *c, CacheWrite *w) {
 
 int image_cache_resume_write(ImageCache *c, const char *id, const Checksum *expected, uint64_t *ret_size,
                              CacheWrite **ret) {
-        if (!image_id_is_valid(id))
-                return -EINVAL;
-        if (image_cache_is_cached(c, id))
-                return -EEXIST;
-        if (image_cache_is_being_cached(c, id))
-                return -EBUSY;
-
-        CacheWrite *w = calloc(1, sizeof(CacheWrite));
-        if (!w)
-                return -ENOMEM;
-        *w = (CacheWrite) {
-                .id = strdup(id),
-                .fd = -EBADF,
-                .incomplete_fd = c->incomplete_fd,
-                .dir_fd = c->dir_fd,
-                .has_expected = expected,
-        };
-        if (expected)
-                w->expected = *expected;
-
-        int r = w->id ? hasher_new(expected ? expected->algo : CHECKSUM_SHA256, &w->hasher) : -ENOMEM;
+        CacheWrite *w;
+        int r = write_new(c, id, expected, &w);
         if (r < 0)
-                goto fail;
+                return r;
 
         /* Read-write: the digest is rebuilt from the same fd. */
         w->fd = openat(c->incomplete_fd, id, O_RDWR | O_NOFOLLOW | O_CLOEXEC);
