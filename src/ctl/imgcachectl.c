@@ -924,7 +924,17 @@ static int call_count(sd_bus *bus, const char *member, const char *what, const c
         return !arg_quiet;
 }
 
-static int verb_dequeue_all(int argc, char *argv[], Context *c) {
+/* The verbs that empty something in one call and report how many went: one shape, different words. */
+typedef struct EmptyingVerb {
+        const char *question; /* asked on a terminal */
+        const char *method;   /* returns "u" */
+        const char *action;   /* for "Failed to …" */
+        const char *json_key;
+        const char *verb;     /* "<verb> N images<where>." */
+        const char *where;
+} EmptyingVerb;
+
+static int run_emptying_verb(Context *c, const EmptyingVerb *v) {
         uint32_t n;
         sd_bus *bus;
         int r;
@@ -933,14 +943,26 @@ static int verb_dequeue_all(int argc, char *argv[], Context *c) {
         if (r < 0)
                 return r;
 
-        r = confirm("Remove all images from the prefetch queue?");
+        r = confirm("%s", v->question);
         if (r < 0)
                 return r;
 
-        r = call_count(bus, "DequeueAll", "empty the queue", "dequeued", &n);
+        r = call_count(bus, v->method, v->action, v->json_key, &n);
         if (r > 0)
-                printf("Removed %" PRIu32 " %s from the queue.\n", n, plural(n, "image", "images"));
+                printf("%s %" PRIu32 " %s%s.\n", v->verb, n, plural(n, "image", "images"), v->where);
         return r < 0 ? r : 0;
+}
+
+static int verb_dequeue_all(int argc, char *argv[], Context *c) {
+        static const EmptyingVerb v = {
+                .question = "Remove all images from the prefetch queue?",
+                .method = "DequeueAll",
+                .action = "empty the queue",
+                .json_key = "dequeued",
+                .verb = "Removed",
+                .where = " from the queue",
+        };
+        return run_emptying_verb(c, &v);
 }
 
 /* ---- deletion and maintenance ---------------------------------------------------------------------- */
@@ -980,22 +1002,15 @@ static int verb_delete(int argc, char *argv[], Context *c) {
 }
 
 static int verb_delete_all(int argc, char *argv[], Context *c) {
-        uint32_t n;
-        sd_bus *bus;
-        int r;
-
-        r = acquire_bus(c, &bus);
-        if (r < 0)
-                return r;
-
-        r = confirm("Delete all cached images?");
-        if (r < 0)
-                return r;
-
-        r = call_count(bus, "DeleteAllImages", "delete all images", "deleted", &n);
-        if (r > 0)
-                printf("Deleted %" PRIu32 " %s.\n", n, plural(n, "image", "images"));
-        return r < 0 ? r : 0;
+        static const EmptyingVerb v = {
+                .question = "Delete all cached images?",
+                .method = "DeleteAllImages",
+                .action = "delete all images",
+                .json_key = "deleted",
+                .verb = "Deleted",
+                .where = "",
+        };
+        return run_emptying_verb(c, &v);
 }
 
 static int verb_prune(int argc, char *argv[], Context *c) {
