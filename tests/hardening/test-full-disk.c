@@ -1,0 +1,241 @@
+/* SPDX-License-Identifier: MIT */
+
+/* Full disk through the daemon: imgcached (private bus, tests/lib/test-bus.h) with its cache directory
+ * on a 2 MiB tmpfs, mounted in a private user+mount namespace (the test re-runs itself under
+ * `unshare --user --map-root-user --mount`; skipped where such namespaces are not allowed). Two images
+ * are cached, then a chunked 3 MiB image (no Content-Length, so nothing is refused up front) runs the
+ * filesystem out of space: that fill fails with an Error saying so, its partial is gone (neither
+ * incomplete/ nor invalid/ nor <id>), both earlier images still serve byte-exact over HTTP, the daemon
+ * keeps answering, and after DeleteImage frees space an image that did not fit before is fetched. */
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <string.h>
+#include <sys/mount.h>
+#include <sys/socket.h>
+#include <sys/statvfs.h>
+#include <unistd.h>
+
+#include <gio/gio.h>
+
+#include "checksum.h"
+#include "test-bus.h"
+#include "upstream-fixture.h"
+#include "util.h"
+
+#define JOB_IFACE "org.imgcache.Job"
+#define SMALL1 (600 * 1024)
+#define SMALL2 (900 * 1024)
+#define MID (900 * 1024)
+#define BIG (3 * 1024 * 1024)
+
+typedef struct Env {
+        TestBus *bus;
+        UpstreamFixture *fx;
+        uint16_t http_port;
+        GHashTable *removed, *errors;
+        guint subs[2];
+} Env;
+
+static void on_signal(GDBusConnection *c, const char *sender, const char *path, const char *iface,
+                      const char *member, GVariant *params, gpointer userdata) {
+        Env *e = userdata;
+        if (streq(member, "JobRemoved")) {
+                const char *p, *result;
+                guint32 id;
+                g_variant_get(params, "(u&o&s)", &id, &p, &result);
+                g_hash_table_replace(e->removed, g_strdup(p), g_strdup(result));
+        } else {
+                const char *iface_name, *err;
+                g_autoptr(GVariant) changed = NULL;
+                g_autoptr(GVariant) invalidated = NULL;
+                g_variant_get(params, "(&s@a{sv}@as)", &iface_name, &changed, &invalidated);
+                if (streq(iface_name, JOB_IFACE) && g_variant_lookup(changed, "Error", "&s", &err) && !isempty(err))
+                        g_hash_table_replace(e->errors, g_strdup(path), g_strdup(err));
+        }
+}
+
+static GVariant *call(Env *e, const char *method, GVariant *params, GError **error) {
+        return g_dbus_connection_call_sync(test_bus_connection(e->bus), TEST_BUS_NAME, TEST_BUS_PATH, TEST_BUS_IFACE,
+                                           method, params, NULL, G_DBUS_CALL_FLAGS_NONE, TEST_BUS_TIMEOUT_MS,
+                                           NULL, error);
+}
+
+static gboolean on_deadline(gpointer userdata) {
+        *(gboolean *) userdata = TRUE;
+        return G_SOURCE_REMOVE;
+}
+
+static char *fill(Env *e, const char *id, char **ret_error) {
+        g_autoptr(GError) error = NULL;
+        g_autoptr(GVariant) v = call(e, "FetchImage", g_variant_new("(ss)", id, ""), &error);
+        g_assert_no_error(error);
+        const char *path;
+        g_variant_get(v, "(&o)", &path);
+        gboolean expired = FALSE;
+        guint t = g_timeout_add(TEST_BUS_TIMEOUT_MS * 3, on_deadline, &expired);
+        while (!g_hash_table_contains(e->removed, path) && !expired)
+                g_main_context_iteration(NULL, TRUE);
+        if (!expired)
+                g_source_remove(t);
+        if (!g_hash_table_contains(e->removed, path))
+                g_error("timed out waiting for the job of %s; daemon said:\n%s", id, test_bus_daemon_stderr(e->bus));
+        if (ret_error)
+                *ret_error = g_strdup(g_hash_table_lookup(e->errors, path));
+        g_test_message("%s: %s: %s", id, (char *) g_hash_table_lookup(e->removed, path),
+                       strempty(g_hash_table_lookup(e->errors, path)));
+        char *r = g_strdup(g_hash_table_lookup(e->removed, path));
+        g_hash_table_remove(e->removed, path); /* job paths may be reused */
+        g_hash_table_remove(e->errors, path);
+        return r;
+}
+
+static uint8_t *make_data(size_t n, unsigned seed) {
+        uint8_t *d = g_malloc(n);
+        for (size_t i = 0; i < n; i++)
+                d[i] = (uint8_t) (i * 29 + seed * 13 + (i >> 8));
+        return d;
+}
+
+/* GET over the daemon's HTTP listener with curl; the body must be byte-exact. */
+static void assert_served(Env *e, const char *id, const uint8_t *data, size_t n) {
+        g_autofree char *url = g_strdup_printf("http://127.0.0.1:%u/images/%s", e->http_port, id);
+        g_autofree char *out = g_build_filename(test_bus_dir(e->bus), "served", NULL);
+        const char *argv[] = { "curl", "-sSf", "--max-time", "10", "-o", out, url, NULL };
+        int status = test_bus_run(e->bus, argv, NULL, NULL);
+        g_assert_cmpint(status, ==, 0);
+        g_autofree char *got = NULL;
+        gsize len = 0;
+        g_assert_true(g_file_get_contents(out, &got, &len, NULL));
+        g_assert_cmpuint(len, ==, n);
+        g_assert_true(memcmp(got, data, n) == 0);
+        (void) unlink(out);
+}
+
+static gboolean exists_in(Env *e, const char *sub, const char *id) {
+        g_autofree char *p = sub ? g_build_filename(test_bus_cache_dir(e->bus), sub, id, NULL)
+                                 : g_build_filename(test_bus_cache_dir(e->bus), id, NULL);
+        return g_file_test(p, G_FILE_TEST_EXISTS);
+}
+
+static uint16_t free_port(void) {
+        struct sockaddr_in sa = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+        socklen_t len = sizeof(sa);
+        int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        g_assert_cmpint(fd, >=, 0);
+        g_assert_cmpint(bind(fd, (struct sockaddr *) &sa, sizeof(sa)), ==, 0);
+        g_assert_cmpint(getsockname(fd, (struct sockaddr *) &sa, &len), ==, 0);
+        close(fd);
+        return ntohs(sa.sin_port);
+}
+
+static void full_disk_inner(void) {
+        Env e = {
+                .removed = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free),
+                .errors = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free),
+        };
+        g_assert_cmpint(upstream_fixture_new(0, &e.fx), ==, 0);
+        g_autofree uint8_t *s1 = make_data(SMALL1, 1), *s2 = make_data(SMALL2, 2), *mid = make_data(MID, 3),
+                           *big = make_data(BIG, 4);
+        upstream_fixture_add_image(e.fx, "/images/s1", s1, SMALL1, NULL);
+        upstream_fixture_add_image(e.fx, "/images/s2", s2, SMALL2, NULL);
+        upstream_fixture_add_image(e.fx, "/images/mid", mid, MID, NULL);
+        UpstreamImageOptions chunked = { .no_content_length = true, .etag = "\"big\"" };
+        upstream_fixture_add_image(e.fx, "/images/big", big, BIG, &chunked);
+
+        e.bus = test_bus_new();
+        g_assert_cmpint(mount("tmpfs", test_bus_cache_dir(e.bus), "tmpfs", 0, "size=2m,mode=0700"), ==, 0);
+        e.http_port = free_port();
+        g_autofree char *url = upstream_fixture_url(e.fx, "/images/{id}");
+        g_autofree char *config = g_strdup_printf("[Cache]\nKeepFree=0\nMaxSize=1G\nEnforceMaxSize=no\n"
+                                                  "[Upstream]\nURL=%s\n[HTTP]\nListen=127.0.0.1:%u\n"
+                                                  "[Daemon]\nExitOnIdleSec=infinity\n", url, e.http_port);
+        test_bus_write_config(e.bus, config);
+        GDBusConnection *c = test_bus_connection(e.bus);
+        e.subs[0] = g_dbus_connection_signal_subscribe(c, NULL, TEST_BUS_IFACE, "JobRemoved", TEST_BUS_PATH, NULL,
+                                                       G_DBUS_SIGNAL_FLAGS_NONE, on_signal, &e, NULL);
+        e.subs[1] = g_dbus_connection_signal_subscribe(c, NULL, "org.freedesktop.DBus.Properties", "PropertiesChanged",
+                                                       NULL, JOB_IFACE, G_DBUS_SIGNAL_FLAGS_NONE, on_signal, &e, NULL);
+        if (!test_bus_start_daemon(e.bus, NULL))
+                g_error("imgcached did not start:\n%s", test_bus_daemon_stderr(e.bus));
+
+        g_autofree char *r1 = fill(&e, "s1", NULL);
+        g_assert_cmpstr(r1, ==, "done");
+        g_autofree char *r2 = fill(&e, "s2", NULL);
+        g_assert_cmpstr(r2, ==, "done");
+
+        g_autofree char *err = NULL;
+        g_autofree char *rb = fill(&e, "big", &err);
+        g_assert_cmpstr(rb, ==, "failed");
+        g_assert_nonnull(err);
+        if (!strstr(err, "No space") && !strstr(err, "space"))
+                g_error("the Error of the fill that ran out of space does not say so: \"%s\"", err);
+        g_assert_false(exists_in(&e, NULL, "big"));
+        g_assert_false(exists_in(&e, "incomplete", "big"));
+        g_assert_false(exists_in(&e, "invalid", "big"));
+
+        /* The daemon answers; nothing earlier was lost. */
+        g_autoptr(GError) error = NULL;
+        g_autoptr(GVariant) list = call(&e, "ListImages", NULL, &error);
+        g_assert_no_error(error);
+        g_autoptr(GVariant) arr = g_variant_get_child_value(list, 0);
+        g_assert_cmpuint(g_variant_n_children(arr), ==, 2);
+        assert_served(&e, "s1", s1, SMALL1);
+        assert_served(&e, "s2", s2, SMALL2);
+
+        /* mid does not fit now; after DeleteImage(s2) it does, and comes in whole. */
+        struct statvfs sv;
+        g_assert_cmpint(statvfs(test_bus_cache_dir(e.bus), &sv), ==, 0);
+        g_test_message("free before DeleteImage: %llu bytes", (unsigned long long) sv.f_bavail * sv.f_frsize);
+        g_assert_cmpuint((guint64) sv.f_bavail * sv.f_frsize, <, MID);
+        g_autoptr(GVariant) del = call(&e, "DeleteImage", g_variant_new("(s)", "s2"), &error);
+        g_assert_no_error(error);
+        g_autofree char *rm = fill(&e, "mid", NULL);
+        g_assert_cmpstr(rm, ==, "done");
+        assert_served(&e, "mid", mid, MID);
+        assert_served(&e, "s1", s1, SMALL1);
+
+        g_dbus_connection_signal_unsubscribe(c, e.subs[0]);
+        g_dbus_connection_signal_unsubscribe(c, e.subs[1]);
+        g_autofree char *cache = g_strdup(test_bus_cache_dir(e.bus));
+        g_assert_cmpint(test_bus_stop_daemon(e.bus), ==, 0);
+        (void) umount2(cache, MNT_DETACH);
+        test_bus_free(e.bus);
+        upstream_fixture_free(e.fx);
+        g_hash_table_destroy(e.removed);
+        g_hash_table_destroy(e.errors);
+}
+
+static void test_full_disk(void) {
+        if (g_getenv("IMGCACHE_TEST_IN_NAMESPACE")) {
+                full_disk_inner();
+                return;
+        }
+        const char *probe[] = { "unshare", "--user", "--map-root-user", "--mount", "true", NULL };
+        int probe_status = 0;
+        if (!g_spawn_sync(NULL, (char **) probe, NULL, G_SPAWN_SEARCH_PATH | G_SPAWN_STDOUT_TO_DEV_NULL |
+                          G_SPAWN_STDERR_TO_DEV_NULL, NULL, NULL, NULL, NULL, &probe_status, NULL) ||
+            !g_spawn_check_wait_status(probe_status, NULL)) {
+                g_test_skip("no unprivileged user+mount namespaces here");
+                return;
+        }
+        g_autofree char *self = g_file_read_link("/proc/self/exe", NULL);
+        const char *argv[] = { "unshare", "--user", "--map-root-user", "--mount", self, "--tap", "-p",
+                               "/full-disk/fill-to-enospc", NULL };
+        g_auto(GStrv) env = g_environ_setenv(g_get_environ(), "IMGCACHE_TEST_IN_NAMESPACE", "1", TRUE);
+        g_autofree char *out = NULL, *err = NULL;
+        g_autoptr(GError) error = NULL;
+        int status = 0;
+        g_assert_true(g_spawn_sync(NULL, (char **) argv, env, G_SPAWN_SEARCH_PATH, NULL, NULL, &out, &err, &status, &error));
+        g_test_message("namespace run:\n%s", out);
+        if (!g_spawn_check_wait_status(status, NULL))
+                g_error("full-disk run failed:\n%s\n%s", out, err);
+        g_assert_nonnull(strstr(out, "ok 1 /full-disk/fill-to-enospc"));
+        g_assert_null(strstr(out, "# SKIP"));
+}
+
+int main(int argc, char *argv[]) {
+        g_test_init(&argc, &argv, NULL);
+        g_test_add_func("/full-disk/fill-to-enospc", test_full_disk);
+        return g_test_run();
+}
