@@ -235,7 +235,9 @@ const char *test_bus_config_path(const TestBus *b) {
 }
 
 const char *test_bus_daemon_path(void) {
-        return g_getenv("IMGCACHED") ?: "imgcached";
+        /* IMGCACHED_WRAPPER: a script that execs the daemon under a checker (valgrind in tools/run-tests);
+         * meson's test environment sets IMGCACHED, so the wrapper needs a name of its own. */
+        return g_getenv("IMGCACHED_WRAPPER") ?: g_getenv("IMGCACHED") ?: "imgcached";
 }
 
 GDBusConnection *test_bus_connection(TestBus *b) {

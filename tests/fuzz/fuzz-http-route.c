@@ -1,0 +1,40 @@
+/* SPDX-License-Identifier: MIT */
+/* The router: the input is "METHOD\npath"; the match must be internally consistent (a 400 carries a
+ * reason, a known route an Allow value, an id is a NUL-terminated prefix of the path). */
+
+#include <assert.h>
+#include <string.h>
+
+#include "fuzz.h"
+#include "http-util.h"
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+        if (size > FUZZ_INPUT_MAX)
+                return 0;
+
+        char *method = fuzz_next_field(&data, &size, '\n');
+        char *path = fuzz_strndup(data, size);
+        HttpMethod m = http_method_from_string(method);
+        assert(m >= 0 && m < _HTTP_METHOD_MAX);
+
+        HttpRouteMatch match;
+        http_route(m, path, &match);
+        assert(match.route >= 0 && match.route < _HTTP_ROUTE_MAX);
+        assert(match.status == 0 || match.status == 400 || match.status == 404 || match.status == 405);
+        if (match.route == HTTP_ROUTE_NONE)
+                assert(match.status == 404);
+        else
+                assert(match.allow && match.status != 404);
+        if (match.status == 400)
+                assert(match.id_reason && *match.id_reason);
+        assert(memchr(match.id, 0, sizeof(match.id)));
+        if (match.status == 0 && match.id[0])
+                assert(image_id_is_valid(match.id) && strstr(path, match.id));
+
+        http_route(m, NULL, &match);
+        assert(match.route == HTTP_ROUTE_NONE && match.status == 404);
+
+        free(method);
+        free(path);
+        return 0;
+}
