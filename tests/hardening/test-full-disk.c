@@ -23,7 +23,6 @@
 #include "upstream-fixture.h"
 #include "util.h"
 
-#define JOB_IFACE "org.imgcache.Job"
 #define SMALL1 (600 * 1024)
 #define SMALL2 (900 * 1024)
 #define MID (900 * 1024)
@@ -33,61 +32,13 @@ typedef struct Env {
         TestBus *bus;
         UpstreamFixture *fx;
         uint16_t http_port;
-        GHashTable *removed, *errors;
-        guint subs[2];
+        TestJobWatch *jobs;
 } Env;
-
-static void on_signal(GDBusConnection *c, const char *sender, const char *path, const char *iface,
-                      const char *member, GVariant *params, gpointer userdata) {
-        Env *e = userdata;
-        if (streq(member, "JobRemoved")) {
-                const char *p, *result;
-                guint32 id;
-                g_variant_get(params, "(u&o&s)", &id, &p, &result);
-                g_hash_table_replace(e->removed, g_strdup(p), g_strdup(result));
-        } else {
-                const char *iface_name, *err;
-                g_autoptr(GVariant) changed = NULL;
-                g_autoptr(GVariant) invalidated = NULL;
-                g_variant_get(params, "(&s@a{sv}@as)", &iface_name, &changed, &invalidated);
-                if (streq(iface_name, JOB_IFACE) && g_variant_lookup(changed, "Error", "&s", &err) && !isempty(err))
-                        g_hash_table_replace(e->errors, g_strdup(path), g_strdup(err));
-        }
-}
 
 static GVariant *call(Env *e, const char *method, GVariant *params, GError **error) {
         return g_dbus_connection_call_sync(test_bus_connection(e->bus), TEST_BUS_NAME, TEST_BUS_PATH, TEST_BUS_IFACE,
                                            method, params, NULL, G_DBUS_CALL_FLAGS_NONE, TEST_BUS_TIMEOUT_MS,
                                            NULL, error);
-}
-
-static gboolean on_deadline(gpointer userdata) {
-        *(gboolean *) userdata = TRUE;
-        return G_SOURCE_REMOVE;
-}
-
-static char *fill(Env *e, const char *id, char **ret_error) {
-        g_autoptr(GError) error = NULL;
-        g_autoptr(GVariant) v = call(e, "FetchImage", g_variant_new("(ss)", id, ""), &error);
-        g_assert_no_error(error);
-        const char *path;
-        g_variant_get(v, "(&o)", &path);
-        gboolean expired = FALSE;
-        guint t = g_timeout_add(TEST_BUS_TIMEOUT_MS * 3, on_deadline, &expired);
-        while (!g_hash_table_contains(e->removed, path) && !expired)
-                g_main_context_iteration(NULL, TRUE);
-        if (!expired)
-                g_source_remove(t);
-        if (!g_hash_table_contains(e->removed, path))
-                g_error("timed out waiting for the job of %s; daemon said:\n%s", id, test_bus_daemon_stderr(e->bus));
-        if (ret_error)
-                *ret_error = g_strdup(g_hash_table_lookup(e->errors, path));
-        g_test_message("%s: %s: %s", id, (char *) g_hash_table_lookup(e->removed, path),
-                       strempty(g_hash_table_lookup(e->errors, path)));
-        char *r = g_strdup(g_hash_table_lookup(e->removed, path));
-        g_hash_table_remove(e->removed, path); /* job paths may be reused */
-        g_hash_table_remove(e->errors, path);
-        return r;
 }
 
 static uint8_t *make_data(size_t n, unsigned seed) {
@@ -130,10 +81,7 @@ static uint16_t free_port(void) {
 }
 
 static void full_disk_inner(void) {
-        Env e = {
-                .removed = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free),
-                .errors = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free),
-        };
+        Env e = {};
         g_assert_cmpint(upstream_fixture_new(0, &e.fx), ==, 0);
         g_autofree uint8_t *s1 = make_data(SMALL1, 1), *s2 = make_data(SMALL2, 2), *mid = make_data(MID, 3),
                            *big = make_data(BIG, 4);
@@ -151,21 +99,17 @@ static void full_disk_inner(void) {
                                                   "[Upstream]\nURL=%s\n[HTTP]\nListen=127.0.0.1:%u\n"
                                                   "[Daemon]\nExitOnIdleSec=infinity\n", url, e.http_port);
         test_bus_write_config(e.bus, config);
-        GDBusConnection *c = test_bus_connection(e.bus);
-        e.subs[0] = g_dbus_connection_signal_subscribe(c, NULL, TEST_BUS_IFACE, "JobRemoved", TEST_BUS_PATH, NULL,
-                                                       G_DBUS_SIGNAL_FLAGS_NONE, on_signal, &e, NULL);
-        e.subs[1] = g_dbus_connection_signal_subscribe(c, NULL, "org.freedesktop.DBus.Properties", "PropertiesChanged",
-                                                       NULL, JOB_IFACE, G_DBUS_SIGNAL_FLAGS_NONE, on_signal, &e, NULL);
+        e.jobs = test_job_watch_new(e.bus);
         if (!test_bus_start_daemon(e.bus, NULL))
                 g_error("imgcached did not start:\n%s", test_bus_daemon_stderr(e.bus));
 
-        g_autofree char *r1 = fill(&e, "s1", NULL);
+        g_autofree char *r1 = test_job_watch_fetch(e.jobs, "s1", "", NULL);
         g_assert_cmpstr(r1, ==, "done");
-        g_autofree char *r2 = fill(&e, "s2", NULL);
+        g_autofree char *r2 = test_job_watch_fetch(e.jobs, "s2", "", NULL);
         g_assert_cmpstr(r2, ==, "done");
 
         g_autofree char *err = NULL;
-        g_autofree char *rb = fill(&e, "big", &err);
+        g_autofree char *rb = test_job_watch_fetch(e.jobs, "big", "", &err);
         g_assert_cmpstr(rb, ==, "failed");
         g_assert_nonnull(err);
         if (!strstr(err, "No space") && !strstr(err, "space"))
@@ -190,20 +134,17 @@ static void full_disk_inner(void) {
         g_assert_cmpuint((guint64) sv.f_bavail * sv.f_frsize, <, MID);
         g_autoptr(GVariant) del = call(&e, "DeleteImage", g_variant_new("(s)", "s2"), &error);
         g_assert_no_error(error);
-        g_autofree char *rm = fill(&e, "mid", NULL);
+        g_autofree char *rm = test_job_watch_fetch(e.jobs, "mid", "", NULL);
         g_assert_cmpstr(rm, ==, "done");
         assert_served(&e, "mid", mid, MID);
         assert_served(&e, "s1", s1, SMALL1);
 
-        g_dbus_connection_signal_unsubscribe(c, e.subs[0]);
-        g_dbus_connection_signal_unsubscribe(c, e.subs[1]);
+        test_job_watch_free(e.jobs);
         g_autofree char *cache = g_strdup(test_bus_cache_dir(e.bus));
         g_assert_cmpint(test_bus_stop_daemon(e.bus), ==, 0);
         (void) umount2(cache, MNT_DETACH);
         test_bus_free(e.bus);
         upstream_fixture_free(e.fx);
-        g_hash_table_destroy(e.removed);
-        g_hash_table_destroy(e.errors);
 }
 
 static void test_full_disk(void) {

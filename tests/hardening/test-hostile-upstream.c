@@ -23,7 +23,6 @@
 #include "test-bus.h"
 #include "util.h"
 
-#define JOB_IFACE "org.imgcache.Job"
 #define GOOD_SIZE (256 * 1024)
 #define MAX_SIZE (4 * 1024 * 1024)
 #define ENDLESS_LIMIT ((uint64_t) 64 * 1024 * 1024) /* the origin gives up after this much */
@@ -204,34 +203,11 @@ static void origin_free(Origin *o) {
 typedef struct Env {
         TestBus *bus;
         Origin *o;
-        GHashTable *removed; /* job path → result */
-        GHashTable *errors;  /* job path → last Error seen */
-        guint subs[2];
+        TestJobWatch *jobs;
 } Env;
 
-static void on_signal(GDBusConnection *c, const char *sender, const char *path, const char *iface,
-                      const char *member, GVariant *params, gpointer userdata) {
-        Env *e = userdata;
-        if (streq(member, "JobRemoved")) {
-                const char *p, *result;
-                guint32 id;
-                g_variant_get(params, "(u&o&s)", &id, &p, &result);
-                g_hash_table_replace(e->removed, g_strdup(p), g_strdup(result));
-        } else if (streq(member, "PropertiesChanged")) {
-                const char *iface_name, *err;
-                g_autoptr(GVariant) changed = NULL;
-                g_autoptr(GVariant) invalidated = NULL;
-                g_variant_get(params, "(&s@a{sv}@as)", &iface_name, &changed, &invalidated);
-                if (streq(iface_name, JOB_IFACE) && g_variant_lookup(changed, "Error", "&s", &err) && !isempty(err))
-                        g_hash_table_replace(e->errors, g_strdup(path), g_strdup(err));
-        }
-}
-
 static void env_setup(Env *e) {
-        *e = (Env) {
-                .removed = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free),
-                .errors = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free),
-        };
+        *e = (Env) {};
         e->o = origin_new();
         e->bus = test_bus_new();
         g_autofree char *config = g_strdup_printf(
@@ -239,57 +215,20 @@ static void env_setup(Env *e) {
                 "[Upstream]\nURL=http://127.0.0.1:%u/images/{id}\nLowSpeedTimeoutSec=2\nConnectTimeoutSec=5\n"
                 "[Daemon]\nExitOnIdleSec=infinity\n", MAX_SIZE, e->o->port);
         test_bus_write_config(e->bus, config);
-        GDBusConnection *c = test_bus_connection(e->bus);
-        e->subs[0] = g_dbus_connection_signal_subscribe(c, NULL, TEST_BUS_IFACE, "JobRemoved", TEST_BUS_PATH, NULL,
-                                                        G_DBUS_SIGNAL_FLAGS_NONE, on_signal, e, NULL);
-        e->subs[1] = g_dbus_connection_signal_subscribe(c, NULL, "org.freedesktop.DBus.Properties",
-                                                        "PropertiesChanged", NULL, JOB_IFACE,
-                                                        G_DBUS_SIGNAL_FLAGS_NONE, on_signal, e, NULL);
+        e->jobs = test_job_watch_new(e->bus);
         g_assert_true(test_bus_start_daemon(e->bus, NULL));
 }
 
 static void env_teardown(Env *e) {
-        GDBusConnection *c = test_bus_connection(e->bus);
-        for (size_t i = 0; i < G_N_ELEMENTS(e->subs); i++)
-                g_dbus_connection_signal_unsubscribe(c, e->subs[i]);
+        test_job_watch_free(e->jobs);
         test_bus_free(e->bus);
         origin_free(e->o);
-        g_hash_table_destroy(e->removed);
-        g_hash_table_destroy(e->errors);
 }
 
 static GVariant *call(Env *e, const char *method, GVariant *params, GError **error) {
         return g_dbus_connection_call_sync(test_bus_connection(e->bus), TEST_BUS_NAME, TEST_BUS_PATH, TEST_BUS_IFACE,
                                            method, params, NULL, G_DBUS_CALL_FLAGS_NONE, TEST_BUS_TIMEOUT_MS,
                                            NULL, error);
-}
-
-static gboolean on_deadline(gpointer userdata) {
-        *(gboolean *) userdata = TRUE;
-        return G_SOURCE_REMOVE;
-}
-
-/* FetchImage(id, checksum), waits for JobRemoved (bounded); returns the result, *ret_error the last Error. */
-static char *fill(Env *e, const char *id, const char *checksum, char **ret_error) {
-        g_autoptr(GError) error = NULL;
-        g_autoptr(GVariant) v = call(e, "FetchImage", g_variant_new("(ss)", id, checksum), &error);
-        g_assert_no_error(error);
-        const char *path;
-        g_variant_get(v, "(&o)", &path);
-        gboolean expired = FALSE;
-        guint t = g_timeout_add(TEST_BUS_TIMEOUT_MS * 3, on_deadline, &expired);
-        gint64 t0 = g_get_monotonic_time();
-        while (!g_hash_table_contains(e->removed, path) && !expired)
-                g_main_context_iteration(NULL, TRUE);
-        if (!expired)
-                g_source_remove(t);
-        if (!g_hash_table_contains(e->removed, path))
-                g_error("timed out waiting for the job of %s; daemon said:\n%s", id, test_bus_daemon_stderr(e->bus));
-        if (ret_error)
-                *ret_error = g_strdup(g_hash_table_lookup(e->errors, path));
-        g_test_message("%s: %s after %.2f s: %s", id, (char *) g_hash_table_lookup(e->removed, path),
-                       (g_get_monotonic_time() - t0) / 1e6, strempty(g_hash_table_lookup(e->errors, path)));
-        return g_strdup(g_hash_table_lookup(e->removed, path));
 }
 
 static char *sha256_of(const void *data, size_t n) {
@@ -331,7 +270,7 @@ static void assert_not_cached(Env *e, const char *id) {
 /* The daemon still answers and still fills: the good image comes in byte-exact (checksum verified). */
 static void assert_daemon_healthy(Env *e) {
         g_autofree char *sum = sha256_of(e->o->good, GOOD_SIZE);
-        g_autofree char *result = fill(e, "good", sum, NULL);
+        g_autofree char *result = test_job_watch_fetch(e->jobs, "good", sum, NULL);
         g_assert_cmpstr(result, ==, "done");
         g_autoptr(GError) error = NULL;
         g_autoptr(GVariant) v = call(e, "GetImage", g_variant_new("(s)", "good"), &error);
@@ -362,7 +301,7 @@ static void run_case(gconstpointer data) {
         env_setup(&e);
         g_autofree char *sum = k->with_checksum ? sha256_of(e.o->good, GOOD_SIZE) : g_strdup("");
         g_autofree char *err = NULL;
-        g_autofree char *result = fill(&e, k->id, sum, &err);
+        g_autofree char *result = test_job_watch_fetch(e.jobs, k->id, sum, &err);
         g_assert_cmpstr(result, ==, "failed");
         g_assert_nonnull(err);
         g_autofree char *lower = g_ascii_strdown(err, -1);

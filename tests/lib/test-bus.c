@@ -474,3 +474,93 @@ int test_bus_run(TestBus *b, const char *const *argv, char **ret_stdout, char **
         g_free(s.err);
         return status;
 }
+
+/* ---- watching fetch jobs ------------------------------------------------------------------------ */
+
+struct TestJobWatch {
+        TestBus *bus;
+        GHashTable *removed; /* job path → result */
+        GHashTable *errors;  /* job path → last non-empty Error */
+        guint subs[2];
+};
+
+static void on_job_signal(GDBusConnection *c, const char *sender, const char *path, const char *iface,
+                          const char *member, GVariant *params, gpointer userdata) {
+        TestJobWatch *w = userdata;
+
+        if (g_str_equal(member, "JobRemoved")) {
+                const char *p, *result;
+                guint32 id;
+                g_variant_get(params, "(u&o&s)", &id, &p, &result);
+                g_hash_table_replace(w->removed, g_strdup(p), g_strdup(result));
+                return;
+        }
+
+        const char *iface_name, *err;
+        g_autoptr(GVariant) changed = NULL;
+        g_autoptr(GVariant) invalidated = NULL;
+        g_variant_get(params, "(&s@a{sv}@as)", &iface_name, &changed, &invalidated);
+        if (g_str_equal(iface_name, "org.imgcache.Job") && g_variant_lookup(changed, "Error", "&s", &err) && *err)
+                g_hash_table_replace(w->errors, g_strdup(path), g_strdup(err));
+}
+
+TestJobWatch *test_job_watch_new(TestBus *b) {
+        TestJobWatch *w = g_new0(TestJobWatch, 1);
+        GDBusConnection *c = test_bus_connection(b);
+
+        w->bus = b;
+        w->removed = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
+        w->errors = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
+        w->subs[0] = g_dbus_connection_signal_subscribe(c, NULL, TEST_BUS_IFACE, "JobRemoved", TEST_BUS_PATH, NULL,
+                                                        G_DBUS_SIGNAL_FLAGS_NONE, on_job_signal, w, NULL);
+        w->subs[1] = g_dbus_connection_signal_subscribe(c, NULL, "org.freedesktop.DBus.Properties",
+                                                        "PropertiesChanged", NULL, "org.imgcache.Job",
+                                                        G_DBUS_SIGNAL_FLAGS_NONE, on_job_signal, w, NULL);
+        return w;
+}
+
+void test_job_watch_free(TestJobWatch *w) {
+        if (!w)
+                return;
+        for (size_t i = 0; i < G_N_ELEMENTS(w->subs); i++)
+                g_dbus_connection_signal_unsubscribe(test_bus_connection(w->bus), w->subs[i]);
+        g_hash_table_destroy(w->removed);
+        g_hash_table_destroy(w->errors);
+        g_free(w);
+}
+
+static gboolean on_job_deadline(gpointer userdata) {
+        *(gboolean *) userdata = TRUE;
+        return G_SOURCE_REMOVE;
+}
+
+char *test_job_watch_fetch(TestJobWatch *w, const char *id, const char *checksum, char **ret_error) {
+        g_autoptr(GError) error = NULL;
+        g_autoptr(GVariant) v = g_dbus_connection_call_sync(
+                        test_bus_connection(w->bus), TEST_BUS_NAME, TEST_BUS_PATH, TEST_BUS_IFACE, "FetchImage",
+                        g_variant_new("(ss)", id, checksum), NULL, G_DBUS_CALL_FLAGS_NONE, TEST_BUS_TIMEOUT_MS,
+                        NULL, &error);
+        g_assert_no_error(error);
+        g_autofree char *path = NULL;
+        g_variant_get(v, "(o)", &path);
+
+        gboolean expired = FALSE;
+        guint t = g_timeout_add(TEST_BUS_TIMEOUT_MS * 3, on_job_deadline, &expired);
+        gint64 t0 = g_get_monotonic_time();
+        while (!g_hash_table_contains(w->removed, path) && !expired)
+                g_main_context_iteration(NULL, TRUE);
+        if (!expired)
+                g_source_remove(t);
+        if (!g_hash_table_contains(w->removed, path))
+                g_error("timed out waiting for the job of %s; daemon said:\n%s", id, test_bus_daemon_stderr(w->bus));
+
+        const char *err = g_hash_table_lookup(w->errors, path);
+        char *result = g_strdup(g_hash_table_lookup(w->removed, path));
+        g_test_message("%s: %s after %.2f s: %s", id, result, (g_get_monotonic_time() - t0) / 1e6, err ?: "");
+        if (ret_error)
+                *ret_error = g_strdup(err);
+        /* Job paths may be reused by later jobs. */
+        g_hash_table_remove(w->errors, path);
+        g_hash_table_remove(w->removed, path);
+        return result;
+}

@@ -68,3 +68,13 @@ int test_bus_run(TestBus *b, const char *const *argv, char **ret_stdout, char **
 
 /* Iterates the default main context until *flag becomes TRUE or timeout_ms passes; returns *flag. */
 gboolean test_bus_wait_flag(const gboolean *flag, guint timeout_ms);
+
+/* Watching fetch jobs: results (JobRemoved) and last Error of each job path, seen through signals
+ * subscribed at creation (so before any call the test makes). */
+typedef struct TestJobWatch TestJobWatch;
+TestJobWatch *test_job_watch_new(TestBus *b);
+void test_job_watch_free(TestJobWatch *w);
+/* FetchImage(id, checksum), then runs the default main context until the job is removed (bounded by
+ * 3 × TEST_BUS_TIMEOUT_MS, failing the test with the daemon's stderr on timeout). Returns the result
+ * ("done", "failed", "cancelled"; g_free it); *ret_error gets the job's last Error (may be NULL). */
+char *test_job_watch_fetch(TestJobWatch *w, const char *id, const char *checksum, char **ret_error);
