@@ -16,6 +16,7 @@
 #include <sys/xattr.h>
 
 #include "fetch.h"
+#include "fill-writer.h"
 #include "image-id.h"
 #include "imgcache-config.h"
 #include "log.h"
@@ -43,6 +44,11 @@
 
 #define FETCH_MAX_REDIRECTS 10
 #define FETCH_BUFFER_SIZE (512L * 1024L)
+/* Bytes one fill may take in one turn of the event loop. curl reads for as long as the socket has data,
+ * and a fast upstream always has data: without a budget one transfer would keep the loop for hundreds
+ * of milliseconds, holding up every HTTP client and D-Bus call meanwhile. */
+#define FETCH_TURN_BUDGET (1024UL * 1024UL)
+#define FETCH_TIMER_SLACK_USEC (50ULL * USEC_PER_MSEC)
 #define FETCH_ETAG_XATTR "user.imgcache.etag"
 #define FETCH_ETAG_MAX 1024
 #define FETCH_TOKEN_MAX 8192
@@ -117,7 +123,11 @@ struct Fill {
         bool no_resume;
 
         /* The body. */
-        CacheWrite *write;
+        CacheWrite *write;       /* NULL while the writer has it */
+        FillWriter *writer;      /* from the first byte of the body until it is all on disk */
+        bool writer_blocked;     /* paused: the writer's queue is full */
+        bool unpausing;          /* inside fill_unpause() */
+        bool draining;           /* body complete, waiting for the writer to finish */
         int read_fd;
         bool has_expected;
         Checksum expected;
@@ -125,6 +135,9 @@ struct Fill {
         bool too_large;          /* streamed through, not kept */
         bool kept;
         bool paused;             /* waiting for WORK_REHASH */
+        bool yielded;            /* spent its turn's budget; in Fetcher.yielded */
+        uint64_t turn;           /* the Fetcher.turn that turn_bytes counts for */
+        size_t turn_bytes;
         bool transfer_done;      /* the body ended while paused (nothing left to receive) */
         bool worker_busy;
         bool cancel_requested;
@@ -168,6 +181,9 @@ struct Fetcher {
         GHashTable *all;          /* Fill*: every fill alive, final or not (to detach them at free) */
         GQueue pending;           /* Fill*, FIFO, waiting for a slot */
         GQueue notify;            /* Fill* (a reference each), to dispatch */
+        GQueue yielded;           /* Fill* (a reference each), paused until the loop has turned */
+        sd_event_source *resume;  /* defer: unpauses the yielded fills */
+        uint64_t turn;            /* counts curl_multi_socket_action() calls */
         unsigned n_slots_used;
         FetcherObserver observer;
         bool freeing;
@@ -330,6 +346,7 @@ static int on_curl_io(sd_event_source *s, int fd, uint32_t revents, void *userda
         if (revents & (EPOLLERR | EPOLLHUP))
                 action |= CURL_CSELECT_ERR;
 
+        fe->turn++;
         (void) curl_multi_socket_action(fe->multi, fd, action, &running);
         fetcher_process_multi(fe);
         return 0;
@@ -378,6 +395,7 @@ static int on_curl_timer_elapsed(sd_event_source *s, uint64_t usec, void *userda
         Fetcher *fe = userdata;
         int running;
 
+        fe->turn++;
         (void) curl_multi_socket_action(fe->multi, CURL_SOCKET_TIMEOUT, 0, &running);
         fetcher_process_multi(fe);
         return 0;
@@ -403,6 +421,10 @@ static int on_curl_timer(CURLM *multi, long timeout_ms, void *userp) {
                         (void) sd_event_source_set_description(fe->timer, "curl-timer");
         } else {
                 r = sd_event_source_set_time_relative(fe->timer, usec);
+                /* curl re-arms on every read with its next check (a second away while data flows); slack
+                 * on such timeouts spares a timerfd reprogramming per read. Short ones stay exact. */
+                if (r >= 0)
+                        r = sd_event_source_set_time_accuracy(fe->timer, timeout_ms >= 1000 ? FETCH_TIMER_SLACK_USEC : 1);
                 if (r >= 0)
                         r = sd_event_source_set_enabled(fe->timer, SD_EVENT_ONESHOT);
         }
@@ -717,6 +739,73 @@ static int fill_accept(Fill *f) {
         return ACCEPT_BODY;
 }
 
+static int fill_set_write_error(Fill *f, int r) {
+        char sz[32];
+        if (r == -ENOSPC || r == -EDQUOT)
+                return fill_set_error(f, -ENOSPC, "No space left in the cache for %s after %s bytes", f->id,
+                                      format_bytes(f->bytes_written, sz));
+        return fill_set_error(f, r, "Cannot write %s: %s", f->id, strerror(-r));
+}
+
+/* True when taking n more bytes would exceed this turn's budget: the fill is then paused and resumed from
+ * a defer source, after the sources that were already waiting (HTTP clients, bus calls) had their turn.
+ * curl keeps the refused bytes and hands them over again when resumed. */
+static bool fill_turn_spent(Fill *f, size_t n) {
+        Fetcher *fe = f->fetcher;
+
+        if (f->turn != fe->turn) {
+                f->turn = fe->turn;
+                f->turn_bytes = 0;
+        }
+        if (f->turn_bytes > 0 && f->turn_bytes + n > FETCH_TURN_BUDGET) {
+                f->yielded = true;
+                g_queue_push_tail(&fe->yielded, fill_ref(f));
+                (void) sd_event_source_set_enabled(fe->resume, SD_EVENT_ONESHOT);
+                return true;
+        }
+        f->turn_bytes += n;
+        return false;
+}
+
+/* Lets a paused transfer go on. curl hands the bytes it held back to the write callback right inside this
+ * call, and they are all taken (the budget and the writer's cap are soft): libcurl 7.88 spins when a
+ * transfer pauses again while those bytes are being delivered. */
+static void fill_unpause(Fill *f) {
+        if (!f->curl)
+                return;
+        f->unpausing = true;
+        (void) curl_easy_pause(f->curl, CURLPAUSE_CONT);
+        f->unpausing = false;
+}
+
+static size_t fill_take_record(Fill *f, const char *ptr, size_t n) {
+        if (f->record_len + n > UPSTREAM_RECORD_MAX) {
+                fill_set_error(f, -EPROTO, "The image record of %s is larger than %u bytes", f->id, UPSTREAM_RECORD_MAX);
+                return 0;
+        }
+        char *p = realloc(f->record_buf, f->record_len + n + 1);
+        if (!p) {
+                fill_set_error(f, -ENOMEM, "Out of memory");
+                return 0;
+        }
+        memcpy(p + f->record_len, ptr, n);
+        f->record_len += n;
+        p[f->record_len] = 0;
+        f->record_buf = p;
+        return n;
+}
+
+static void fill_on_writer_progress(FillWriter *fw, void *userdata);
+
+/* Hands the write to a writer thread for the rest of the body (after a resume's rehash, which needs it). */
+static int fill_start_writer(Fill *f) {
+        int r = fill_writer_new(f->fetcher->event, f->write, f->read_fd, fill_on_writer_progress, f, &f->writer);
+        if (r < 0)
+                return fill_set_error(f, r, "Cannot start writing %s: %s", f->id, strerror(-r));
+        f->write = NULL;
+        return 0;
+}
+
 static size_t on_curl_write(char *ptr, size_t size, size_t nmemb, void *userdata) {
         Fill *f = userdata;
         size_t n = size * nmemb;
@@ -735,22 +824,16 @@ static size_t on_curl_write(char *ptr, size_t size, size_t nmemb, void *userdata
                 return n;
         if (f->paused)
                 return CURL_WRITEFUNC_PAUSE;
+        if (f->phase == PHASE_RECORD)
+                return fill_take_record(f, ptr, n);
 
-        if (f->phase == PHASE_RECORD) {
-                if (f->record_len + n > UPSTREAM_RECORD_MAX) {
-                        fill_set_error(f, -EPROTO, "The image record of %s is larger than %u bytes", f->id, UPSTREAM_RECORD_MAX);
-                        return 0;
-                }
-                char *p = realloc(f->record_buf, f->record_len + n + 1);
-                if (!p) {
-                        fill_set_error(f, -ENOMEM, "Out of memory");
-                        return 0;
-                }
-                memcpy(p + f->record_len, ptr, n);
-                f->record_len += n;
-                p[f->record_len] = 0;
-                f->record_buf = p;
-                return n;
+        if (!f->unpausing && fill_turn_spent(f, n))
+                return CURL_WRITEFUNC_PAUSE;
+        if (!f->writer && fill_start_writer(f) < 0)
+                return 0;
+        if (!f->unpausing && fill_writer_full(f->writer)) {
+                f->writer_blocked = true; /* fill_on_writer_progress() goes on */
+                return CURL_WRITEFUNC_PAUSE;
         }
 
         if (f->bytes_total != UINT64_MAX && f->bytes_written + n > f->bytes_total) {
@@ -767,13 +850,11 @@ static size_t on_curl_write(char *ptr, size_t size, size_t nmemb, void *userdata
                 f->too_large = true;
         }
 
-        int r = cache_write_append(f->write, ptr, n);
+        int r = fill_writer_error(f->writer);
+        if (r >= 0)
+                r = fill_writer_append(f->writer, ptr, n);
         if (r < 0) {
-                if (r == -ENOSPC || r == -EDQUOT)
-                        fill_set_error(f, -ENOSPC, "No space left in the cache for %s after %s bytes", f->id,
-                                       format_bytes(f->bytes_written, sz));
-                else
-                        fill_set_error(f, r, "Cannot write %s: %s", f->id, strerror(-r));
+                fill_set_write_error(f, r);
                 return 0;
         }
         f->bytes_written += n;
@@ -990,6 +1071,9 @@ static int map_curl_error(Fill *f, CURLcode code) {
         }
 }
 
+static void fill_seal(Fill *f);
+static void fill_on_writer_progress(FillWriter *fw, void *userdata);
+
 static void fill_body_complete(Fill *f) {
         char sz[32], sz2[32];
 
@@ -1002,9 +1086,48 @@ static void fill_body_complete(Fill *f) {
         f->bytes_total = f->bytes_written;
         fill_drop_handle(f);
         fill_release_slot(f);
+        if (f->writer) {
+                /* The writer may still have chunks to write: seal when it is done. */
+                f->draining = true;
+                fill_writer_close(f->writer);
+                fill_on_writer_progress(f->writer, f);
+                return;
+        }
+        fill_seal(f);
+}
+
+static void fill_seal(Fill *f) {
+        f->draining = false;
         f->state = FILL_SEALING;
         fill_schedule(f);
         fill_start_work(f, WORK_SEAL);
+}
+
+/* The writer wrote chunks or failed: go on receiving, or seal, or fail. */
+static void fill_on_writer_progress(FillWriter *fw, void *userdata) {
+        Fill *f = userdata;
+
+        int r = fill_writer_error(fw);
+        if (r < 0) {
+                if (f->error >= 0)
+                        fill_set_write_error(f, r);
+                fill_finish(f, f->error);
+                return;
+        }
+        if (f->draining) {
+                if (fill_writer_done(fw)) {
+                        f->write = fill_writer_free(TAKE_PTR(f->writer), false);
+                        fill_seal(f);
+                }
+                return;
+        }
+        if (f->writer_blocked && !fill_writer_full(fw)) {
+                f->writer_blocked = false;
+                fill_ref(f);
+                fill_unpause(f);
+                fetcher_process_multi(f->fetcher);
+                fill_unref(f);
+        }
 }
 
 static void fill_on_transfer_done(Fill *f, CURLcode code) {
@@ -1208,6 +1331,21 @@ static void fill_on_sealed(Fill *f, int r) {
         fill_finish(f, 0);
 }
 
+static int on_resume(sd_event_source *s, void *userdata) {
+        Fetcher *fe = userdata;
+        Fill *f;
+
+        fe->turn++;
+        while ((f = g_queue_pop_head(&fe->yielded))) {
+                f->yielded = false;
+                if (!fill_is_final(f))
+                        fill_unpause(f);
+                fill_unref(f);
+        }
+        fetcher_process_multi(fe);
+        return 0;
+}
+
 static void fill_on_rehashed(Fill *f, int r) {
         f->paused = false;
         if (f->cancel_requested) {
@@ -1225,9 +1363,7 @@ static void fill_on_rehashed(Fill *f, int r) {
                 fill_body_complete(f);
                 return;
         }
-        /* curl hands the data it held back to the write callback, possibly right inside this call. */
-        if (f->curl)
-                (void) curl_easy_pause(f->curl, CURLPAUSE_CONT);
+        fill_unpause(f);
         fetcher_process_multi(f->fetcher);
 }
 
@@ -1273,6 +1409,10 @@ static bool error_keeps_partial(int error) {
 
 static void fill_dispose_write(Fill *f, int error) {
         Fetcher *fe = f->fetcher;
+        bool keep = !f->too_large && f->bytes_written > 0 && error_keeps_partial(error);
+
+        if (f->writer)
+                f->write = fill_writer_free(TAKE_PTR(f->writer), /* write_rest= */ keep);
         if (!f->write)
                 return;
 
@@ -1280,7 +1420,7 @@ static void fill_dispose_write(Fill *f, int error) {
         snprintf(path, sizeof(path), IMAGE_CACHE_INVALID_DIR "/%s", f->id);
         if (error == -EBADMSG)
                 image_cache_abort_write(fe->cache, TAKE_PTR(f->write)); /* evidence, for Clean */
-        else if (!f->too_large && f->bytes_written > 0 && error_keeps_partial(error))
+        else if (keep)
                 image_cache_suspend_write(fe->cache, TAKE_PTR(f->write));
         else {
                 image_cache_abort_write(fe->cache, TAKE_PTR(f->write));
@@ -1496,6 +1636,7 @@ int fetcher_new(sd_event *event, ImageCache *cache, const Config *config, Fetche
         pthread_mutex_init(&fe->work_lock, NULL);
         g_queue_init(&fe->pending);
         g_queue_init(&fe->notify);
+        g_queue_init(&fe->yielded);
         g_queue_init(&fe->work_running);
         g_queue_init(&fe->work_done);
 
@@ -1525,6 +1666,14 @@ int fetcher_new(sd_event *event, ImageCache *cache, const Config *config, Fetche
                 goto fail;
         (void) sd_event_source_set_enabled(fe->dispatch, SD_EVENT_OFF);
         (void) sd_event_source_set_description(fe->dispatch, "fetch-dispatch");
+        /* News of a fill (headers, bytes, the end) reaches listeners before the fill moves on. */
+        (void) sd_event_source_set_priority(fe->dispatch, SD_EVENT_PRIORITY_NORMAL - 1);
+
+        r = sd_event_add_defer(event, &fe->resume, on_resume, fe);
+        if (r < 0)
+                goto fail;
+        (void) sd_event_source_set_enabled(fe->resume, SD_EVENT_OFF);
+        (void) sd_event_source_set_description(fe->resume, "fetch-resume");
 
         fe->work_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
         if (fe->work_fd < 0) {
@@ -1576,6 +1725,8 @@ Fetcher *fetcher_free(Fetcher *fe) {
                 }
         }
         on_dispatch(NULL, fe);
+        for (Fill *y; (y = g_queue_pop_head(&fe->yielded)); )
+                fill_unref(y);
         for (GList *l = fills; l; l = l->next)
                 fill_unref(l->data);
         g_list_free(fills);
@@ -1595,6 +1746,8 @@ Fetcher *fetcher_free(Fetcher *fe) {
                 g_hash_table_destroy(fe->fills);
         sd_event_source_disable_unref(fe->timer);
         sd_event_source_disable_unref(fe->dispatch);
+        sd_event_source_disable_unref(fe->resume);
+        fill_writer_trim_pool();
         sd_event_source_disable_unref(fe->work_source);
         safe_close(fe->work_fd);
         pthread_mutex_destroy(&fe->work_lock);
@@ -1694,7 +1847,7 @@ Fill *fill_unref(Fill *f) {
         if (!f || --f->n_ref > 0)
                 return NULL;
 
-        assert(!f->curl && !f->write && !f->subs);
+        assert(!f->curl && !f->write && !f->writer && !f->subs);
         if (f->fetcher)
                 g_hash_table_remove(f->fetcher->all, f);
         curl_slist_free_all(f->request_headers);
@@ -1739,8 +1892,17 @@ bool fill_kept(const Fill *f) {
         return f->state == FILL_DONE && f->kept;
 }
 
-int fill_read_fd(const Fill *f) {
-        return f->read_fd;
+ssize_t fill_pread(const Fill *f, void *buf, size_t size, uint64_t offset) {
+        if (f->read_fd < 0)
+                return -EBADF;
+        /* The newest bytes may not be on disk yet; once the writer is gone, everything is. */
+        if (f->writer)
+                return fill_writer_pread(f->writer, buf, size, offset);
+        ssize_t k;
+        do
+                k = pread(f->read_fd, buf, size, (off_t) offset);
+        while (k < 0 && errno == EINTR);
+        return k < 0 ? -errno : k;
 }
 
 /* Cancelling a fill that is sealing has no effect: the image is complete and about to be committed. */

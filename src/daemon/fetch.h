@@ -12,7 +12,7 @@
 /* Filling the cache from the upstream: one libcurl multi handle driven by sd-event, one Fill per image
  * however many parties want it (a D-Bus job, HTTP clients, prefetch). A Fill writes incomplete/<id>
  * through the store (hashing as it goes), then seals (verify + fsync + rename, on a worker thread) and
- * commits. Readers stream the growing file through fill_read_fd() as bytes arrive.
+ * commits. Readers stream the growing image through fill_pread() as bytes arrive.
  *
  * Lifetime: the Fetcher owns running fills; callers hold references (fill_ref/fill_unref) and
  * subscriptions. A Fill that finished stays valid for as long as someone holds a reference. */
@@ -99,10 +99,11 @@ uint64_t fill_bytes_total(const Fill *f);      /* UINT64_MAX while unknown */
 int fill_error(const Fill *f);                 /* 0 unless FAILED/CANCELLED */
 const char *fill_error_message(const Fill *f); /* NULL unless FAILED/CANCELLED */
 bool fill_kept(const Fill *f);                 /* DONE and stored (false: streamed through, too large) */
-/* A read-only fd of the file being filled, valid for the fill's whole life (it survives the rename
- * into place and the unlink of a too-large image). Readers pread() it up to fill_bytes_written().
- * -EBADF until on_headers (nothing is written before the response headers are accepted). */
-int fill_read_fd(const Fill *f);
+/* Reads the image's bytes at offset, up to fill_bytes_written(), wherever they are (on disk, or still
+ * gathered in memory); valid for the fill's whole life (the file survives the rename into place and the
+ * unlink of a too-large image). Returns the bytes read, 0 at the end, -EBADF until on_headers (nothing is
+ * written before the response headers are accepted), or -errno. */
+ssize_t fill_pread(const Fill *f, void *buf, size_t size, uint64_t offset);
 void fill_cancel(Fill *f);
 
 /* Listeners are called on the event loop, never from inside curl callbacks. */

@@ -62,6 +62,7 @@ struct HttpServer {
         struct MHD_Daemon *mhd;
         sd_event_source *io_source;
         sd_event_source *timer_source;
+        sd_event_source *wake_source;  /* defer: run MHD for connections resumed by a fill */
         uint16_t port;
 
         HttpCounters counters;
@@ -394,11 +395,9 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max) {
                 return 0;
         }
 
-        do
-                k = pread(fill_read_fd(st->fill), buf, MIN((uint64_t) max, limit - off), (off_t) off);
-        while (k < 0 && errno == EINTR);
+        k = fill_pread(st->fill, buf, (size_t) MIN((uint64_t) max, limit - off), off);
         if (k <= 0) {
-                log_debug_errno(k < 0 ? errno : EIO, "Failed to read %s at %" PRIu64 ": %m",
+                log_debug_errno(k < 0 ? (int) k : -EIO, "Failed to read %s at %" PRIu64 ": %m",
                                 fill_image_id(st->fill), off);
                 return MHD_CONTENT_READER_END_WITH_ERROR;
         }
@@ -752,6 +751,8 @@ static void http_on_log(void *cls, const char *format, va_list ap) {
 
 /* MHD never needs more than its connection timeout; a day bounds absurd values without overflow. */
 #define HTTP_TIMER_MAX_MSEC (24ULL * 3600ULL * 1000ULL)
+/* Slack for timeouts of a second or more (connection timeouts), so that sd-event can leave them be. */
+#define HTTP_TIMER_SLACK_USEC (100ULL * USEC_PER_MSEC)
 
 static void http_server_arm_timer(HttpServer *s) {
         MHD_UNSIGNED_LONG_LONG ms;
@@ -766,6 +767,10 @@ static void http_server_arm_timer(HttpServer *s) {
          * set_time wants an absolute time in µs, so use the relative variant. */
         r = sd_event_source_set_time_relative(s->timer_source,
                                               (usec_t) MIN(ms, (MHD_UNSIGNED_LONG_LONG) HTTP_TIMER_MAX_MSEC) * USEC_PER_MSEC);
+        /* MHD re-arms after every run; a connection timeout keeps moving by microseconds, and an exact
+         * timer would reprogram the timerfd on each turn of the loop while bytes stream. */
+        if (r >= 0)
+                r = sd_event_source_set_time_accuracy(s->timer_source, ms >= 1000 ? HTTP_TIMER_SLACK_USEC : 1);
         if (r >= 0)
                 r = sd_event_source_set_enabled(s->timer_source, SD_EVENT_ONESHOT);
         if (r < 0)
@@ -773,13 +778,9 @@ static void http_server_arm_timer(HttpServer *s) {
 }
 
 static void http_server_schedule_run(HttpServer *s) {
-        int r;
-
-        if (s->stopping || !s->timer_source)
+        if (s->stopping || !s->wake_source)
                 return;
-        r = sd_event_source_set_time_relative(s->timer_source, 0);
-        if (r >= 0)
-                r = sd_event_source_set_enabled(s->timer_source, SD_EVENT_ONESHOT);
+        int r = sd_event_source_set_enabled(s->wake_source, SD_EVENT_ONESHOT);
         if (r < 0)
                 log_warning_errno(r, "Failed to schedule the HTTP server, ignoring: %m");
 }
@@ -791,6 +792,11 @@ static void http_server_run(HttpServer *s) {
 }
 
 static int http_on_io(sd_event_source *es, int fd, uint32_t revents, void *userdata) {
+        http_server_run(userdata);
+        return 0;
+}
+
+static int http_on_wake(sd_event_source *es, void *userdata) {
         http_server_run(userdata);
         return 0;
 }
@@ -1016,6 +1022,17 @@ int http_server_new(sd_event *event, ImageCache *cache, Fetcher *fetcher, const 
         (void) sd_event_source_set_enabled(s->timer_source, SD_EVENT_OFF);
         (void) sd_event_source_set_description(s->timer_source, "http-timer");
 
+        /* Ahead of the sources that move a fill's bytes (same priority, they would take turns with it):
+         * the first bytes of a miss, or the next ones of a client waiting for the fill, go out before
+         * the fill takes its next turn. Fill events are bounded by the fill's progress, so this cannot
+         * starve it. */
+        r = sd_event_add_defer(event, &s->wake_source, http_on_wake, s);
+        if (r < 0)
+                return log_error_errno(r, "Failed to create the HTTP wake-up source: %m");
+        (void) sd_event_source_set_enabled(s->wake_source, SD_EVENT_OFF);
+        (void) sd_event_source_set_priority(s->wake_source, SD_EVENT_PRIORITY_NORMAL - 1);
+        (void) sd_event_source_set_description(s->wake_source, "http-wake");
+
         http_server_arm_timer(s);
 
         *ret = TAKE_PTR(s);
@@ -1030,6 +1047,7 @@ HttpServer *http_server_free(HttpServer *s) {
         s->hooks = (HttpServerHooks) {};
         s->io_source = sd_event_source_disable_unref(s->io_source);
         s->timer_source = sd_event_source_disable_unref(s->timer_source);
+        s->wake_source = sd_event_source_disable_unref(s->wake_source);
 
         if (s->mhd) {
                 MHD_socket fd;

@@ -167,8 +167,9 @@ const char *fill_error_message(const Fill *f) {
 bool fill_kept(const Fill *f) {
         return f->kept;
 }
-int fill_read_fd(const Fill *f) {
-        return f->fd;
+ssize_t fill_pread(const Fill *f, void *buf, size_t size, uint64_t offset) {
+        ssize_t k = pread(f->fd, buf, size, (off_t) offset);
+        return k < 0 ? -errno : k;
 }
 
 void fill_cancel(Fill *f) {

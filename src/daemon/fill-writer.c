@@ -1,0 +1,322 @@
+/* SPDX-License-Identifier: MIT */
+
+#include <assert.h>
+#include <errno.h>
+#include <glib.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include "fill-writer.h"
+#include "util.h"
+
+typedef struct Chunk {
+        uint64_t offset;  /* in the file */
+        size_t len;
+        uint8_t data[];   /* CACHE_WRITE_CHUNK bytes */
+} Chunk;
+
+struct FillWriter {
+        CacheWrite *write;  /* the thread's while it runs */
+        int read_fd;
+
+        pthread_t thread;
+        bool has_thread;
+        int event_fd;       /* the thread → the loop: chunks written, or an error */
+        sd_event_source *event_source;
+        FillWriterProgress on_progress;
+        void *userdata;
+
+        /* Shared with the thread, under lock. */
+        pthread_mutex_t lock;
+        pthread_cond_t wake;
+        GQueue to_write;    /* Chunk*, oldest first; the head is being written */
+        unsigned n_written; /* chunks written since the start */
+        uint64_t on_disk;   /* the file holds every byte before this offset */
+        int error;
+        bool stop;
+
+        /* The loop's. A chunk's bytes do not change once queued and only the loop frees chunks, so the
+         * loop reads them without the lock. */
+        GQueue in_flight;   /* Chunk*: queued and not yet collected, oldest first */
+        unsigned n_collected;
+        Chunk *current;     /* being filled */
+        GQueue spare;       /* Chunk*: written and collected, for reuse (fresh memory is slow to touch) */
+        uint64_t end;       /* offset after the last appended byte */
+        bool closed;
+};
+
+/* Chunks outlive their writer here, up to as many as one writer uses: memory the process touched before
+ * is cheap, fresh memory costs a page fault per page (a multi-millisecond stall per chunk on a VM), and
+ * the next fill's first bytes should not wait for that. The loop's thread only. */
+static GQueue chunk_pool = G_QUEUE_INIT;
+#define CHUNK_POOL_MAX (FILL_WRITER_MAX_QUEUED + 1)
+
+static Chunk *chunk_take(FillWriter *fw) {
+        Chunk *c = g_queue_pop_head(&fw->spare) ?: g_queue_pop_head(&chunk_pool);
+        if (!c)
+                c = malloc(sizeof(Chunk) + CACHE_WRITE_CHUNK);
+        if (c)
+                *c = (Chunk) { .offset = fw->end };
+        return c;
+}
+
+static void chunks_release(GQueue *q) {
+        Chunk *c;
+        while ((c = g_queue_pop_head(q)))
+                if (g_queue_get_length(&chunk_pool) < CHUNK_POOL_MAX)
+                        g_queue_push_head(&chunk_pool, c);
+                else
+                        free(c);
+}
+
+void fill_writer_trim_pool(void) {
+        Chunk *c;
+        while ((c = g_queue_pop_head(&chunk_pool)))
+                free(c);
+}
+
+static void writer_notify(FillWriter *fw) {
+        uint64_t one = 1;
+        (void) !write(fw->event_fd, &one, sizeof(one));
+}
+
+static int chunk_write(CacheWrite *w, const Chunk *c) {
+        int r = cache_write_append(w, c->data, c->len);
+        if (r >= 0)
+                r = cache_write_flush(w); /* the last chunk ends before a boundary */
+        return r;
+}
+
+static void *writer_thread(void *userdata) {
+        FillWriter *fw = userdata;
+
+        pthread_mutex_lock(&fw->lock);
+        for (;;) {
+                while (!fw->stop && g_queue_is_empty(&fw->to_write))
+                        pthread_cond_wait(&fw->wake, &fw->lock);
+                if (fw->stop)
+                        break;
+                Chunk *c = g_queue_peek_head(&fw->to_write);
+                pthread_mutex_unlock(&fw->lock);
+
+                int r = chunk_write(fw->write, c);
+
+                pthread_mutex_lock(&fw->lock);
+                (void) g_queue_pop_head(&fw->to_write);
+                if (r < 0)
+                        fw->error = r;
+                else {
+                        fw->n_written++;
+                        fw->on_disk = c->offset + c->len;
+                }
+                writer_notify(fw);
+                if (r < 0)
+                        break;
+        }
+        pthread_mutex_unlock(&fw->lock);
+        return NULL;
+}
+
+/* Frees (for reuse) the chunks the thread is done with. */
+static void writer_collect(FillWriter *fw) {
+        pthread_mutex_lock(&fw->lock);
+        unsigned n_written = fw->n_written;
+        pthread_mutex_unlock(&fw->lock);
+
+        for (; fw->n_collected < n_written; fw->n_collected++)
+                g_queue_push_tail(&fw->spare, g_queue_pop_head(&fw->in_flight));
+}
+
+static int on_writer_event(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
+        FillWriter *fw = userdata;
+        uint64_t n;
+
+        (void) !read(fd, &n, sizeof(n));
+        writer_collect(fw);
+        fw->on_progress(fw, fw->userdata);
+        return 0;
+}
+
+int fill_writer_new(sd_event *event, CacheWrite *w, int read_fd, FillWriterProgress on_progress, void *userdata,
+                    FillWriter **ret) {
+        FillWriter *fw = calloc(1, sizeof(FillWriter));
+        if (!fw)
+                return -ENOMEM;
+        *fw = (FillWriter) {
+                .write = w,
+                .read_fd = read_fd,
+                .event_fd = -EBADF,
+                .on_progress = on_progress,
+                .userdata = userdata,
+                .end = cache_write_size(w),
+                .on_disk = cache_write_size(w),
+        };
+        pthread_mutex_init(&fw->lock, NULL);
+        pthread_cond_init(&fw->wake, NULL);
+        g_queue_init(&fw->to_write);
+        g_queue_init(&fw->in_flight);
+        g_queue_init(&fw->spare);
+
+        int r;
+        fw->event_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+        if (fw->event_fd < 0) {
+                r = -errno;
+                goto fail;
+        }
+        r = sd_event_add_io(event, &fw->event_source, fw->event_fd, EPOLLIN, on_writer_event, fw);
+        if (r < 0)
+                goto fail;
+        (void) sd_event_source_set_description(fw->event_source, "fill-writer");
+
+        r = -pthread_create(&fw->thread, NULL, writer_thread, fw);
+        if (r < 0)
+                goto fail;
+        fw->has_thread = true;
+
+        *ret = fw;
+        return 0;
+
+fail:
+        (void) fill_writer_free(fw, false);
+        return r;
+}
+
+static void writer_queue_current(FillWriter *fw) {
+        Chunk *c = TAKE_PTR(fw->current);
+        g_queue_push_tail(&fw->in_flight, c);
+        pthread_mutex_lock(&fw->lock);
+        g_queue_push_tail(&fw->to_write, c);
+        pthread_cond_signal(&fw->wake);
+        pthread_mutex_unlock(&fw->lock);
+}
+
+/* After the thread stopped: what it did not write, in order, here. */
+static void writer_write_rest(FillWriter *fw) {
+        if (fw->error < 0)
+                return;
+        if (fw->current && fw->current->len > 0)
+                writer_queue_current(fw);
+        for (GList *l = fw->to_write.head; l; l = l->next)
+                if (chunk_write(fw->write, l->data) < 0)
+                        return;
+}
+
+CacheWrite *fill_writer_free(FillWriter *fw, bool write_rest) {
+        if (!fw)
+                return NULL;
+
+        if (fw->has_thread) {
+                pthread_mutex_lock(&fw->lock);
+                fw->stop = true;
+                pthread_cond_signal(&fw->wake);
+                pthread_mutex_unlock(&fw->lock);
+                (void) pthread_join(fw->thread, NULL);
+                fw->has_thread = false;
+        }
+        if (write_rest)
+                writer_write_rest(fw);
+        CacheWrite *w = fw->write;
+
+        g_queue_clear(&fw->to_write); /* the same chunks as in_flight */
+        chunks_release(&fw->in_flight);
+        chunks_release(&fw->spare);
+        if (fw->current)
+                g_queue_push_tail(&fw->spare, TAKE_PTR(fw->current));
+        chunks_release(&fw->spare);
+        sd_event_source_disable_unref(fw->event_source);
+        safe_close(fw->event_fd);
+        pthread_cond_destroy(&fw->wake);
+        pthread_mutex_destroy(&fw->lock);
+        free(fw);
+        return w;
+}
+
+int fill_writer_append(FillWriter *fw, const void *data, size_t size) {
+        const uint8_t *p = data;
+
+        assert(!fw->closed);
+        while (size > 0) {
+                if (!fw->current) {
+                        fw->current = chunk_take(fw);
+                        if (!fw->current)
+                                return -ENOMEM;
+                }
+                /* Up to the next boundary of the file: a chunk starts at most that far before it. */
+                size_t room = CACHE_WRITE_CHUNK - (size_t) (fw->end % CACHE_WRITE_CHUNK);
+                size_t n = MIN(room, size);
+                memcpy(fw->current->data + fw->current->len, p, n);
+                fw->current->len += n;
+                fw->end += n;
+                p += n;
+                size -= n;
+                if (n == room)
+                        writer_queue_current(fw);
+        }
+        return 0;
+}
+
+bool fill_writer_full(const FillWriter *fw) {
+        return g_queue_get_length((GQueue *) &fw->in_flight) >= FILL_WRITER_MAX_QUEUED;
+}
+
+void fill_writer_close(FillWriter *fw) {
+        if (fw->closed)
+                return;
+        fw->closed = true;
+        if (fw->current && fw->current->len > 0)
+                writer_queue_current(fw);
+}
+
+bool fill_writer_done(const FillWriter *fw) {
+        return fw->closed && !fw->current && g_queue_is_empty((GQueue *) &fw->in_flight);
+}
+
+int fill_writer_error(const FillWriter *fw) {
+        FillWriter *m = (FillWriter *) fw;
+        pthread_mutex_lock(&m->lock);
+        int r = m->error;
+        pthread_mutex_unlock(&m->lock);
+        return r;
+}
+
+/* The chunk that holds offset, among those not on disk yet. */
+static const Chunk *writer_find_chunk(const FillWriter *fw, uint64_t offset) {
+        for (GList *l = fw->in_flight.head; l; l = l->next) {
+                const Chunk *c = l->data;
+                if (offset >= c->offset && offset < c->offset + c->len)
+                        return c;
+        }
+        const Chunk *c = fw->current;
+        return c && offset >= c->offset && offset < c->offset + c->len ? c : NULL;
+}
+
+ssize_t fill_writer_pread(const FillWriter *fw, void *buf, size_t size, uint64_t offset) {
+        FillWriter *m = (FillWriter *) fw;
+
+        if (offset >= fw->end)
+                return 0;
+        size = (size_t) MIN((uint64_t) size, fw->end - offset);
+
+        pthread_mutex_lock(&m->lock);
+        uint64_t on_disk = m->on_disk;
+        pthread_mutex_unlock(&m->lock);
+
+        if (offset < on_disk) {
+                ssize_t k;
+                do
+                        k = pread(fw->read_fd, buf, (size_t) MIN((uint64_t) size, on_disk - offset), (off_t) offset);
+                while (k < 0 && errno == EINTR);
+                return k < 0 ? -errno : k;
+        }
+
+        const Chunk *c = writer_find_chunk(fw, offset);
+        if (!c)
+                return -EIO; /* cannot happen: every byte before end is on disk or in a chunk */
+        size_t n = (size_t) MIN((uint64_t) size, c->offset + c->len - offset);
+        memcpy(buf, c->data + (offset - c->offset), n);
+        return (ssize_t) n;
+}

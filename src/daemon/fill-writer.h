@@ -1,0 +1,50 @@
+/* SPDX-License-Identifier: MIT */
+#pragma once
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <systemd/sd-event.h>
+
+#include "store.h"
+
+/* Writing a fill's bytes to disk on a thread of its own, so that the event loop receiving them (which
+ * also serves every HTTP client and D-Bus call) never waits for the disk: a write into fresh page cache,
+ * dirty-page throttling or a slow disk would otherwise hold all of them up.
+ *
+ * The loop appends bytes, which are gathered into chunks ending on CACHE_WRITE_CHUNK boundaries of the
+ * file. Full chunks are queued to the thread, which appends and hashes them through the CacheWrite. At
+ * most FILL_WRITER_MAX_QUEUED chunks wait: the receiver stops taking bytes while fill_writer_full() and
+ * goes on when on_progress is called. Readers get every appended byte from fill_writer_pread(), from the
+ * file or from the chunks not written yet.
+ *
+ * Everything here but the thread runs on the event loop. */
+
+#define FILL_WRITER_MAX_QUEUED 16U
+
+typedef struct FillWriter FillWriter;
+/* Chunks were written, or the thread failed (fill_writer_error()). */
+typedef void (*FillWriterProgress)(FillWriter *fw, void *userdata);
+
+/* Takes over w until fill_writer_free(); read_fd (borrowed) reads the file w writes. */
+int fill_writer_new(sd_event *event, CacheWrite *w, int read_fd, FillWriterProgress on_progress, void *userdata,
+                    FillWriter **ret);
+/* Stops the thread (after the chunk being written) and gives back the write. With write_rest, the bytes
+ * not written yet are written here first (blocking: to keep a partial file for a resume); otherwise they
+ * are dropped. */
+CacheWrite *fill_writer_free(FillWriter *fw, bool write_rest);
+
+/* Frees the chunks kept for the next writers (they are reused otherwise). */
+void fill_writer_trim_pool(void);
+
+/* Copies size bytes in. Only -ENOMEM: errors of the disk come from fill_writer_error(). */
+int fill_writer_append(FillWriter *fw, const void *data, size_t size);
+bool fill_writer_full(const FillWriter *fw);
+/* No more bytes: queues the last, partial chunk. */
+void fill_writer_close(FillWriter *fw);
+/* Closed, and every byte is in the file. */
+bool fill_writer_done(const FillWriter *fw);
+/* The first error of the thread (-ENOSPC, -EIO, ...), or 0. */
+int fill_writer_error(const FillWriter *fw);
+/* Appended bytes at offset: up to size bytes, 0 at the end, or -errno. */
+ssize_t fill_writer_pread(const FillWriter *fw, void *buf, size_t size, uint64_t offset);
