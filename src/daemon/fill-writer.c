@@ -16,7 +16,7 @@
 typedef struct Chunk {
         uint64_t offset;  /* in the file */
         size_t len;
-        uint8_t data[];   /* CACHE_WRITE_CHUNK bytes */
+        uint8_t data[];   /* FILL_WRITER_CHUNK bytes */
 } Chunk;
 
 struct FillWriter {
@@ -58,7 +58,7 @@ static GQueue chunk_pool = G_QUEUE_INIT;
 static Chunk *chunk_take(FillWriter *fw) {
         Chunk *c = g_queue_pop_head(&fw->spare) ?: g_queue_pop_head(&chunk_pool);
         if (!c)
-                c = malloc(sizeof(Chunk) + CACHE_WRITE_CHUNK);
+                c = malloc(sizeof(Chunk) + FILL_WRITER_CHUNK);
         if (c)
                 *c = (Chunk) { .offset = fw->end };
         return c;
@@ -85,10 +85,7 @@ static void writer_notify(FillWriter *fw) {
 }
 
 static int chunk_write(CacheWrite *w, const Chunk *c) {
-        int r = cache_write_append(w, c->data, c->len);
-        if (r >= 0)
-                r = cache_write_flush(w); /* the last chunk ends before a boundary */
-        return r;
+        return cache_write_append(w, c->data, c->len);
 }
 
 static void *writer_thread(void *userdata) {
@@ -246,7 +243,7 @@ int fill_writer_append(FillWriter *fw, const void *data, size_t size) {
                                 return -ENOMEM;
                 }
                 /* Up to the next boundary of the file: a chunk starts at most that far before it. */
-                size_t room = CACHE_WRITE_CHUNK - (size_t) (fw->end % CACHE_WRITE_CHUNK);
+                size_t room = FILL_WRITER_CHUNK - (size_t) (fw->end % FILL_WRITER_CHUNK);
                 size_t n = MIN(room, size);
                 memcpy(fw->current->data + fw->current->len, p, n);
                 fw->current->len += n;

@@ -12,14 +12,17 @@
  * also serves every HTTP client and D-Bus call) never waits for the disk: a write into fresh page cache,
  * dirty-page throttling or a slow disk would otherwise hold all of them up.
  *
- * The loop appends bytes, which are gathered into chunks ending on CACHE_WRITE_CHUNK boundaries of the
- * file. Full chunks are queued to the thread, which appends and hashes them through the CacheWrite. At
+ * The loop appends bytes, which are gathered into chunks ending on FILL_WRITER_CHUNK boundaries of the
+ * file: each write is then one syscall covering whole pages, where bytes written as they arrive (pieces
+ * of a few KiB) would each be a syscall ending inside a page, which the kernel zeroes around them. Full
+ * chunks are queued to the thread, which appends and hashes them through the CacheWrite. At
  * most FILL_WRITER_MAX_QUEUED chunks wait: the receiver stops taking bytes while fill_writer_full() and
  * goes on when on_progress is called. Readers get every appended byte from fill_writer_pread(), from the
  * file or from the chunks not written yet.
  *
  * Everything here but the thread runs on the event loop. */
 
+#define FILL_WRITER_CHUNK (1024U * 1024U)
 #define FILL_WRITER_MAX_QUEUED 16U
 
 typedef struct FillWriter FillWriter;

@@ -49,10 +49,7 @@ struct CacheWrite {
         bool has_expected;
         Checksum expected;
         Checksum actual;
-        uint64_t size;     /* bytes appended: on disk, then in buf */
-        uint64_t flushed;  /* bytes on disk */
-        uint8_t *buf;      /* CACHE_WRITE_CHUNK bytes, allocated on first use */
-        size_t buf_len;
+        uint64_t size;
         bool finished;  /* actual holds the final digest */
         bool sealed;
 };
@@ -966,7 +963,6 @@ static void cache_write_free(CacheWrite *w) {
                 return;
         safe_close(w->fd);
         hasher_free(w->hasher);
-        free(w->buf);
         free(w->id);
         free(w);
 }
@@ -1023,70 +1019,17 @@ int image_cache_begin_write(ImageCache *c, const char *id, const Checksum *expec
         return 0;
 }
 
-/* Writes bytes at the end of the file and hashes them. */
-static int write_out(CacheWrite *w, const void *data, size_t size) {
+int cache_write_append(CacheWrite *w, const void *data, size_t size) {
+        if (w->sealed)
+                return -ESTALE;
+
         int r = loop_write(w->fd, data, size);
         if (r < 0)
                 return r;
         r = hasher_update(w->hasher, data, size);
         if (r < 0)
                 return r;
-        w->flushed += size;
-        return 0;
-}
-
-int cache_write_flush(CacheWrite *w) {
-        if (w->buf_len == 0)
-                return 0;
-        int r = write_out(w, w->buf, w->buf_len);
-        if (r < 0)
-                return r;
-        w->buf_len = 0;
-        return 0;
-}
-
-/* Bytes arrive from the network in pieces of a few KiB. Written as they come, each piece would be a
- * syscall, and most would end inside a page, which the kernel then zeroes around them (a whole large
- * folio on recent kernels); that made the write, not the network, the bottleneck of a fill. So appends
- * are gathered into chunks that end on CACHE_WRITE_CHUNK boundaries of the file, and whole aligned
- * chunks go to the file without a copy. */
-int cache_write_append(CacheWrite *w, const void *data, size_t size) {
-        const uint8_t *p = data;
-        int r;
-
-        if (w->sealed)
-                return -ESTALE;
-
-        while (size > 0) {
-                if (w->buf_len == 0 && w->flushed % CACHE_WRITE_CHUNK == 0 && size >= CACHE_WRITE_CHUNK) {
-                        size_t n = size - size % CACHE_WRITE_CHUNK;
-                        r = write_out(w, p, n);
-                        if (r < 0)
-                                return r;
-                        w->size += n;
-                        p += n;
-                        size -= n;
-                        continue;
-                }
-                if (!w->buf) {
-                        w->buf = malloc(CACHE_WRITE_CHUNK);
-                        if (!w->buf)
-                                return -ENOMEM;
-                }
-                /* Up to the next boundary: the buffer starts at w->flushed, so this fits. */
-                size_t room = CACHE_WRITE_CHUNK - (size_t) (w->size % CACHE_WRITE_CHUNK);
-                size_t n = MIN(room, size);
-                memcpy(w->buf + w->buf_len, p, n);
-                w->buf_len += n;
-                w->size += n;
-                p += n;
-                size -= n;
-                if (n == room) {
-                        r = cache_write_flush(w);
-                        if (r < 0)
-                                return r;
-                }
-        }
+        w->size += size;
         return 0;
 }
 
@@ -1102,15 +1045,13 @@ int cache_write_seal(CacheWrite *w) {
         if (w->sealed)
                 return 0;
 
-        int r = cache_write_flush(w);
-        if (r < 0)
-                return r;
         if (!w->finished) {
                 int k = hasher_finish(w->hasher, &w->actual);
                 if (k < 0)
                         return k;
                 w->finished = true;
         }
+        int r;
         if (w->has_expected && !checksum_equal(&w->expected, &w->actual))
                 return -EBADMSG;
 
@@ -1209,7 +1150,7 @@ int image_cache_resume_write(ImageCache *c, const char *id, const Checksum *expe
                 r = -errno;
                 goto fail;
         }
-        w->size = w->flushed = (uint64_t) st.st_size;
+        w->size = (uint64_t) st.st_size;
 
         g_hash_table_insert(c->writes, w->id, w);
         *ret_size = w->size;
@@ -1244,9 +1185,6 @@ int cache_write_rehash(CacheWrite *w) {
 void image_cache_suspend_write(ImageCache *c, CacheWrite *w) {
         if (!w)
                 return;
-        /* What is kept is what the next fill resumes from. On failure the file keeps a prefix, which
-         * resuming handles: it asks for whatever follows the bytes on disk. */
-        (void) cache_write_flush(w);
         if (w->sealed) {
                 /* Renamed into place but never indexed: not servable, nothing to resume either. */
                 image_cache_abort_write(c, w);

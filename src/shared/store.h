@@ -121,12 +121,7 @@ int image_cache_dequeue_all(ImageCache *c, unsigned *ret_n);
  * commit (metadata). begin_write fails with -EEXIST when the image is cached and -EBUSY when this
  * process is writing it already. expected may be NULL; the digest is then sha256 and recorded. */
 int image_cache_begin_write(ImageCache *c, const char *id, const Checksum *expected, CacheWrite **ret);
-/* Appends are gathered in memory into chunks aligned to CACHE_WRITE_CHUNK bytes of the file; a chunk
- * is written (and hashed) when it is full. An error may come from an earlier append's bytes. */
-#define CACHE_WRITE_CHUNK (1024U * 1024U)
 int cache_write_append(CacheWrite *w, const void *data, size_t size);
-/* Writes out what is gathered. Seal and suspend do this themselves. */
-int cache_write_flush(CacheWrite *w);
 uint64_t cache_write_size(const CacheWrite *w);
 const char *cache_write_id(const CacheWrite *w);
 /* Finishes the digest and compares it with the expected one (-EBADMSG on mismatch), then fsyncs and

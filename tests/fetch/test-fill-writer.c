@@ -56,13 +56,17 @@ static uint8_t *make_data(size_t n) {
         return d;
 }
 
-/* Runs the loop until the writer is done (or failed), with a deadline. */
-static void wait_done(Env *e, FillWriter *fw) {
+/* Runs the loop until cond(fw) or a failure, with a deadline. */
+static void run_until(Env *e, FillWriter *fw, bool (*cond)(const FillWriter *)) {
         usec_t deadline = now_usec(CLOCK_MONOTONIC) + 30 * USEC_PER_SEC;
-        while (!fill_writer_done(fw) && fill_writer_error(fw) == 0) {
+        while (!cond(fw) && fill_writer_error(fw) == 0) {
                 g_assert_cmpuint(now_usec(CLOCK_MONOTONIC), <, deadline);
                 g_assert_cmpint(sd_event_run(e->event, 100 * USEC_PER_MSEC), >=, 0);
         }
+}
+
+static bool has_room(const FillWriter *fw) {
+        return !fill_writer_full(fw);
 }
 
 static void assert_reads_back(FillWriter *fw, const uint8_t *data, size_t n) {
@@ -82,7 +86,7 @@ static void assert_reads_back(FillWriter *fw, const uint8_t *data, size_t n) {
 static void test_whole_image(void) {
         Env e;
         env_setup(&e, "img");
-        size_t n = 5 * CACHE_WRITE_CHUNK + 12345;
+        size_t n = 5 * FILL_WRITER_CHUNK + 12345;
         g_autofree uint8_t *data = make_data(n);
 
         FillWriter *fw = NULL;
@@ -94,7 +98,7 @@ static void test_whole_image(void) {
         g_assert_false(fill_writer_done(fw));
 
         fill_writer_close(fw);
-        wait_done(&e, fw);
+        run_until(&e, fw, fill_writer_done);
         g_assert_cmpint(fill_writer_error(fw), ==, 0);
         g_assert_cmpuint(e.progress, >, 0);
         assert_reads_back(fw, data, n);
@@ -114,25 +118,22 @@ static void test_cap_holds_back(void) {
         env_setup(&e, "capped");
         FillWriter *fw = NULL;
         g_assert_cmpint(fill_writer_new(e.event, e.write, e.read_fd, on_progress, &e, &fw), ==, 0);
-        g_autofree uint8_t *chunk = make_data(CACHE_WRITE_CHUNK);
+        g_autofree uint8_t *chunk = make_data(FILL_WRITER_CHUNK);
 
         /* Whole chunks as fast as they come: the queue reaches its cap before the thread can drain it
          * all, at the latest after the cap's worth of chunks (the receiver stops there). */
         unsigned n = 0;
         while (!fill_writer_full(fw)) {
                 g_assert_cmpuint(n, <, 1000);
-                g_assert_cmpint(fill_writer_append(fw, chunk, CACHE_WRITE_CHUNK), ==, 0);
+                g_assert_cmpint(fill_writer_append(fw, chunk, FILL_WRITER_CHUNK), ==, 0);
                 n++;
         }
         /* The loop hears of progress, and the cap frees up. */
-        usec_t deadline = now_usec(CLOCK_MONOTONIC) + 30 * USEC_PER_SEC;
-        while (fill_writer_full(fw)) {
-                g_assert_cmpuint(now_usec(CLOCK_MONOTONIC), <, deadline);
-                g_assert_cmpint(sd_event_run(e.event, 100 * USEC_PER_MSEC), >=, 0);
-        }
+        run_until(&e, fw, has_room);
+        g_assert_false(fill_writer_full(fw));
         g_assert_cmpuint(e.progress, >, 0);
         fill_writer_close(fw);
-        wait_done(&e, fw);
+        run_until(&e, fw, fill_writer_done);
         image_cache_abort_write(e.cache, fill_writer_free(fw, false));
         env_teardown(&e);
 }
@@ -142,7 +143,7 @@ static void test_cap_holds_back(void) {
 static void test_stop_keeps_rest(void) {
         Env e;
         env_setup(&e, "part");
-        size_t n = 3 * CACHE_WRITE_CHUNK + 777;
+        size_t n = 3 * FILL_WRITER_CHUNK + 777;
         g_autofree uint8_t *data = make_data(n);
         FillWriter *fw = NULL;
         g_assert_cmpint(fill_writer_new(e.event, e.write, e.read_fd, on_progress, &e, &fw), ==, 0);
