@@ -135,7 +135,6 @@ struct Fill {
         bool too_large;          /* streamed through, not kept */
         bool kept;
         bool paused;             /* waiting for WORK_REHASH */
-        bool yielded;            /* spent its turn's budget; in Fetcher.yielded */
         uint64_t turn;           /* the Fetcher.turn that turn_bytes counts for */
         size_t turn_bytes;
         bool transfer_done;      /* the body ended while paused (nothing left to receive) */
@@ -758,7 +757,6 @@ static bool fill_turn_spent(Fill *f, size_t n) {
                 f->turn_bytes = 0;
         }
         if (f->turn_bytes > 0 && f->turn_bytes + n > FETCH_TURN_BUDGET) {
-                f->yielded = true;
                 g_queue_push_tail(&fe->yielded, fill_ref(f));
                 (void) sd_event_source_set_enabled(fe->resume, SD_EVENT_ONESHOT);
                 return true;
@@ -850,9 +848,8 @@ static size_t on_curl_write(char *ptr, size_t size, size_t nmemb, void *userdata
                 f->too_large = true;
         }
 
-        int r = fill_writer_error(f->writer);
-        if (r >= 0)
-                r = fill_writer_append(f->writer, ptr, n);
+        /* A failure of the writer thread ends the fill from fill_on_writer_progress(). */
+        int r = fill_writer_append(f->writer, ptr, n);
         if (r < 0) {
                 fill_set_write_error(f, r);
                 return 0;
@@ -1337,7 +1334,6 @@ static int on_resume(sd_event_source *s, void *userdata) {
 
         fe->turn++;
         while ((f = g_queue_pop_head(&fe->yielded))) {
-                f->yielded = false;
                 if (!fill_is_final(f))
                         fill_unpause(f);
                 fill_unref(f);
@@ -1898,11 +1894,7 @@ ssize_t fill_pread(const Fill *f, void *buf, size_t size, uint64_t offset) {
         /* The newest bytes may not be on disk yet; once the writer is gone, everything is. */
         if (f->writer)
                 return fill_writer_pread(f->writer, buf, size, offset);
-        ssize_t k;
-        do
-                k = pread(f->read_fd, buf, size, (off_t) offset);
-        while (k < 0 && errno == EINTR);
-        return k < 0 ? -errno : k;
+        return pread_retry(f->read_fd, buf, size, offset);
 }
 
 /* Cancelling a fill that is sealing has no effect: the image is complete and about to be committed. */

@@ -302,13 +302,8 @@ ssize_t fill_writer_pread(const FillWriter *fw, void *buf, size_t size, uint64_t
         uint64_t on_disk = m->on_disk;
         pthread_mutex_unlock(&m->lock);
 
-        if (offset < on_disk) {
-                ssize_t k;
-                do
-                        k = pread(fw->read_fd, buf, (size_t) MIN((uint64_t) size, on_disk - offset), (off_t) offset);
-                while (k < 0 && errno == EINTR);
-                return k < 0 ? -errno : k;
-        }
+        if (offset < on_disk)
+                return pread_retry(fw->read_fd, buf, (size_t) MIN((uint64_t) size, on_disk - offset), offset);
 
         const Chunk *c = writer_find_chunk(fw, offset);
         if (!c)

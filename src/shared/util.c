@@ -19,6 +19,14 @@ int free_and_strdup(char **dst, const char *src) {
         return 0;
 }
 
+ssize_t pread_retry(int fd, void *buf, size_t n, uint64_t offset) {
+        ssize_t k;
+        do
+                k = pread(fd, buf, n, (off_t) offset);
+        while (k < 0 && errno == EINTR);
+        return k < 0 ? -errno : k;
+}
+
 int loop_write(int fd, const void *buf, size_t n) {
         const char *p = buf;
 

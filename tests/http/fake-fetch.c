@@ -168,8 +168,7 @@ bool fill_kept(const Fill *f) {
         return f->kept;
 }
 ssize_t fill_pread(const Fill *f, void *buf, size_t size, uint64_t offset) {
-        ssize_t k = pread(f->fd, buf, size, (off_t) offset);
-        return k < 0 ? -errno : k;
+        return pread_retry(f->fd, buf, size, offset);
 }
 
 void fill_cancel(Fill *f) {
