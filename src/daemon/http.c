@@ -29,6 +29,7 @@ struct Stream {
         Fill *fill;
         FillSubscription *subscription;
         bool suspended;    /* we suspended the connection and owe it a resume */
+        bool close_delimited; /* no length and no chunked encoding (HTTP/1.0): the body ends with the connection */
         uint64_t offset;   /* file offset of the first body byte */
         uint64_t end;      /* file offset after the last body byte; UINT64_MAX: wherever the fill ends */
         Stream *prev, *next;
@@ -42,6 +43,7 @@ typedef struct Request {
         uint64_t body_size;
         Stream *waiting;       /* a miss waiting for the fill's headers */
         bool begun;            /* request_begin() ran */
+        bool http10;           /* an HTTP/1.0 client: no chunked encoding */
 } Request;
 
 typedef struct HttpConnection {
@@ -64,6 +66,7 @@ struct HttpServer {
         sd_event_source *timer_source;
         sd_event_source *wake_source;  /* defer: run MHD for connections resumed by a fill */
         uint16_t port;
+        unsigned connection_timeout_sec;
 
         HttpCounters counters;
         Stream *streams;        /* every live Stream, to abort them at shutdown */
@@ -351,6 +354,41 @@ static void stream_suspend(Stream *st) {
         MHD_suspend_connection(st->connection);
 }
 
+/* libmicrohttpd 0.9.75 closes a connection whose content reader returns END_WITH_ERROR, or END_OF_STREAM
+ * for a body that has neither a length nor chunked encoding, but on that path it neither cleans the
+ * connection up nor, with MHD_USE_TURBO, shuts its socket down; and a connection that was suspended is not
+ * in its epoll set then, so no event on the socket brings it back either. In epoll mode MHD looks at such a
+ * connection again only once it reaches the tail of its timeout list, which with any older connection open
+ * (one idle keep-alive client is enough) is that connection's timeout, 60 s away: all that time the client
+ * waits for the end of a transfer that has ended, and the connection holds its fd and its slot.
+ * So the reader ends the connection itself before it returns such an end: shutdown() tells the client at
+ * once (MHD asks a reader for more only after all it had was sent), and a timeout of its own moves the
+ * connection to the short list of those MHD visits on every run, where the next run cleans it up. */
+static void stream_end_connection(Stream *st) {
+        HttpServer *s = st->server;
+        const union MHD_ConnectionInfo *info;
+
+        info = MHD_get_connection_info(st->connection, MHD_CONNECTION_INFO_CONNECTION_FD);
+        if (info)
+                (void) shutdown(info->connect_fd, SHUT_WR);
+        /* Any value but the daemon's own puts it on that list. */
+        (void) MHD_set_connection_option(st->connection, MHD_CONNECTION_OPTION_TIMEOUT,
+                                         s->connection_timeout_sec == 1 ? 2U : 1U);
+        http_server_schedule_run(s);
+}
+
+static ssize_t stream_fail(Stream *st) {
+        stream_end_connection(st);
+        return MHD_CONTENT_READER_END_WITH_ERROR;
+}
+
+static ssize_t stream_finish(Stream *st) {
+        /* A chunked body ends with its last chunk, and the connection goes on. */
+        if (st->close_delimited)
+                stream_end_connection(st);
+        return MHD_CONTENT_READER_END_OF_STREAM;
+}
+
 /* Reads the body of a miss from the file being filled. Bytes are handed out as they land on disk, except
  * the last byte of the image, which waits until the fill is DONE (verified and committed): a digest
  * mismatch discovered at the end then aborts every client still reading, and none ever receives a
@@ -362,15 +400,15 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max) {
         ssize_t k;
 
         if (st->server->stopping)
-                return MHD_CONTENT_READER_END_WITH_ERROR;
+                return stream_fail(st);
 
         off = st->offset + pos;
         if (st->end != UINT64_MAX && off >= st->end)
-                return MHD_CONTENT_READER_END_OF_STREAM;
+                return stream_finish(st);
 
         state = fill_state(st->fill);
         if (fill_state_failed(state))
-                return MHD_CONTENT_READER_END_WITH_ERROR;
+                return stream_fail(st);
 
         written = fill_bytes_written(st->fill);
         if (state == FILL_DONE)
@@ -389,8 +427,7 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max) {
                 if (state == FILL_DONE)
                         /* Everything there is was sent. With a known length MHD stops asking by itself, so
                          * getting here with bytes owed means the file is shorter than promised. */
-                        return st->end == UINT64_MAX ? MHD_CONTENT_READER_END_OF_STREAM
-                                                     : MHD_CONTENT_READER_END_WITH_ERROR;
+                        return st->end == UINT64_MAX ? stream_finish(st) : stream_fail(st);
                 stream_suspend(st);
                 return 0;
         }
@@ -399,7 +436,7 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max) {
         if (k <= 0) {
                 log_debug_errno(k < 0 ? (int) k : -EIO, "Failed to read %s at %" PRIu64 ": %m",
                                 fill_image_id(st->fill), off);
-                return MHD_CONTENT_READER_END_WITH_ERROR;
+                return stream_fail(st);
         }
 
         st->server->counters.bytes_served += (uint64_t) k;
@@ -474,6 +511,8 @@ static enum MHD_Result respond_miss(HttpServer *s, Request *req, struct MHD_Conn
         default:
                 length = total;
                 st->end = total;
+                /* MHD's rule: chunked encoding for every client but HTTP/1.0 (stream_finish()). */
+                st->close_delimited = total == UINT64_MAX && req->http10;
         }
 
         resp = MHD_create_response_from_callback(length == UINT64_MAX ? MHD_SIZE_UNKNOWN : length,
@@ -610,10 +649,11 @@ static enum MHD_Result serve_metrics(HttpServer *s, struct MHD_Connection *c) {
 /* ---- MHD callbacks ------------------------------------------------------------------------------ */
 
 static enum MHD_Result request_begin(HttpServer *s, Request *req, struct MHD_Connection *c, const char *url,
-                                     const char *method) {
+                                     const char *method, const char *version) {
         const HttpRouteMatch *m = &req->match;
 
         req->method = http_method_from_string(method);
+        req->http10 = streq(version, MHD_HTTP_VERSION_1_0);
         http_route(req->method, url, &req->match);
 
         if (m->route == HTTP_ROUTE_NONE)
@@ -676,7 +716,7 @@ static enum MHD_Result http_on_request(void *cls, struct MHD_Connection *c, cons
 
         if (!req->begun) {
                 req->begun = true;
-                return request_begin(s, req, c, url, method);
+                return request_begin(s, req, c, url, method, version);
         }
 
         if (req->waiting) {
@@ -976,6 +1016,8 @@ int http_server_new(sd_event *event, ImageCache *cache, Fetcher *fetcher, const 
                         return log_error_errno(r, "Failed to listen on %s: %m", address);
         }
         s->port = socket_port(fd);
+        s->connection_timeout_sec = options && options->connection_timeout_sec ? options->connection_timeout_sec
+                                                                               : HTTP_CONNECTION_TIMEOUT_SEC;
 
         /* sendfile() has no MSG_NOSIGNAL: a client that hangs up mid-transfer would kill us with SIGPIPE.
          * MHD only uses sendfile when told SIGPIPE is taken care of. */
@@ -989,9 +1031,7 @@ int http_server_new(sd_event *event, ImageCache *cache, Fetcher *fetcher, const 
                         MHD_OPTION_EXTERNAL_LOGGER, http_on_log, s,
                         MHD_OPTION_LISTEN_SOCKET, fd,
                         MHD_OPTION_CONNECTION_LIMIT, (unsigned) MAX(config->max_connections, 1U),
-                        MHD_OPTION_CONNECTION_TIMEOUT,
-                        (unsigned) (options && options->connection_timeout_sec ? options->connection_timeout_sec
-                                                                               : HTTP_CONNECTION_TIMEOUT_SEC),
+                        MHD_OPTION_CONNECTION_TIMEOUT, s->connection_timeout_sec,
                         MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t) HTTP_CONNECTION_MEMORY_LIMIT,
                         MHD_OPTION_NOTIFY_COMPLETED, http_on_completed, s,
                         MHD_OPTION_NOTIFY_CONNECTION, http_on_connection, s,

@@ -6,7 +6,9 @@
  * are cached, then a chunked 3 MiB image (no Content-Length, so nothing is refused up front) runs the
  * filesystem out of space: that fill fails with an Error saying so, its partial is gone (neither
  * incomplete/ nor invalid/ nor <id>), both earlier images still serve byte-exact over HTTP, the daemon
- * keeps answering, and after DeleteImage frees space an image that did not fit before is fetched. */
+ * keeps answering, and after DeleteImage frees space an image that did not fit before is fetched. The same
+ * failure under an HTTP client streaming the miss ends that client's transfer at once, even with an idle
+ * keep-alive connection open (which once kept it waiting for the 60 s connection timeout). */
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -69,6 +71,35 @@ static gboolean exists_in(Env *e, const char *sub, const char *id) {
         return g_file_test(p, G_FILE_TEST_EXISTS);
 }
 
+/* An idle keep-alive client of the daemon's HTTP listener: one request answered, the connection left open.
+ * Returns the socket. */
+static int hold_idle_connection(Env *e) {
+        static const char request[] = "GET /healthcheck HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
+        struct sockaddr_in sa = {
+                .sin_family = AF_INET,
+                .sin_port = htons(e->http_port),
+                .sin_addr.s_addr = htonl(INADDR_LOOPBACK),
+        };
+        struct timeval tv = { .tv_sec = TEST_BUS_TIMEOUT_MS / 1000 };
+        g_autoptr(GString) response = g_string_new(NULL);
+        char buf[512];
+        int fd;
+
+        fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        g_assert_cmpint(fd, >=, 0);
+        g_assert_cmpint(setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)), ==, 0);
+        g_assert_cmpint(connect(fd, (struct sockaddr *) &sa, sizeof(sa)), ==, 0);
+        g_assert_cmpint(send(fd, request, strlen(request), MSG_NOSIGNAL), ==, (ssize_t) strlen(request));
+        /* The body of /healthcheck is "OK\n". */
+        while (!g_str_has_suffix(response->str, "\r\n\r\nOK\n")) {
+                ssize_t k = recv(fd, buf, sizeof(buf), 0);
+                g_assert_cmpint(k, >, 0);
+                g_string_append_len(response, buf, k);
+        }
+        g_assert_true(g_str_has_prefix(response->str, "HTTP/1.1 200"));
+        return fd;
+}
+
 static uint16_t free_port(void) {
         struct sockaddr_in sa = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
         socklen_t len = sizeof(sa);
@@ -90,6 +121,7 @@ static void full_disk_inner(void) {
         upstream_fixture_add_image(e.fx, "/images/mid", mid, MID, NULL);
         UpstreamImageOptions chunked = { .no_content_length = true, .etag = "\"big\"" };
         upstream_fixture_add_image(e.fx, "/images/big", big, BIG, &chunked);
+        upstream_fixture_add_image(e.fx, "/images/big2", big, BIG, &chunked);
 
         e.bus = test_bus_new();
         g_assert_cmpint(mount("tmpfs", test_bus_cache_dir(e.bus), "tmpfs", 0, "size=2m,mode=0700"), ==, 0);
@@ -117,6 +149,16 @@ static void full_disk_inner(void) {
         g_assert_false(exists_in(&e, NULL, "big"));
         g_assert_false(exists_in(&e, "incomplete", "big"));
         g_assert_false(exists_in(&e, "invalid", "big"));
+
+        /* Out of space under a client streaming the miss: curl sees the transfer cut short (18) before
+         * its own limit (28), which is under test_bus_run()'s deadline and far under the daemon's 60 s
+         * connection timeout. */
+        int idle_fd = hold_idle_connection(&e);
+        g_autofree char *url2 = g_strdup_printf("http://127.0.0.1:%u/images/big2", e.http_port);
+        const char *curl_argv[] = { "curl", "-sS", "--max-time", "8", "-o", "/dev/null", url2, NULL };
+        g_assert_cmpint(test_bus_run(e.bus, curl_argv, NULL, NULL), ==, 18);
+        g_assert_false(exists_in(&e, NULL, "big2"));
+        close(idle_fd);
 
         /* The daemon answers; nothing earlier was lost. */
         g_autoptr(GError) error = NULL;

@@ -139,7 +139,7 @@ static void run_curl(TestClient *c) {
         g_assert_nonnull(e);
         curl_easy_setopt(e, CURLOPT_URL, c->url);
         curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
-        curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long) TEST_HTTP_TIMEOUT_MS);
+        curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, c->timeout_ms > 0 ? c->timeout_ms : (long) TEST_HTTP_TIMEOUT_MS);
         curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
         curl_easy_setopt(e, CURLOPT_WRITEDATA, c);
         curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
@@ -160,6 +160,18 @@ static void run_curl(TestClient *c) {
         curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &c->status);
         curl_easy_cleanup(e);
         curl_slist_free_all(headers);
+}
+
+/* Whether buf holds a whole response with a Content-Length (the only kind keep_open waits for). */
+static bool raw_response_complete(const GString *buf) {
+        const char *sep = strstr(buf->str, "\r\n\r\n"), *cl;
+
+        if (!sep)
+                return false;
+        cl = strcasestr(buf->str, "\r\nContent-Length:");
+        if (!cl || cl > sep)
+                return false;
+        return (size_t) (buf->str + buf->len - (sep + 4)) >= strtoull(cl + strlen("\r\nContent-Length:"), NULL, 10);
 }
 
 static void run_raw(TestClient *c) {
@@ -189,8 +201,13 @@ static void run_raw(TestClient *c) {
                 if (k <= 0)
                         break;
                 g_string_append_len(c->head, buf, k);
+                if (c->keep_open && raw_response_complete(c->head))
+                        break;
         }
-        close(fd);
+        if (c->keep_open)
+                c->raw_fd = fd;
+        else
+                close(fd);
 
         c->result = CURLE_OK;
         c->status = 0;
@@ -220,6 +237,7 @@ static TestClient *client_alloc(TestServer *t) {
         c->server = t;
         c->body = g_byte_array_new();
         c->head = g_string_new(NULL);
+        c->raw_fd = -EBADF;
         g_mutex_init(&c->lock);
         g_cond_init(&c->cond);
         return c;
@@ -273,6 +291,8 @@ void test_client_free(TestClient *c) {
                 test_client_resume(c);
                 g_thread_join(c->thread);
         }
+        if (c->raw_fd >= 0)
+                close(c->raw_fd);
         g_free(c->url);
         g_free(c->method);
         g_free(c->raw);

@@ -55,6 +55,9 @@ typedef struct TestClient {
         size_t abort_after;       /* >0: hang up (curl write callback fails) once this many body bytes came */
         size_t pause_after;       /* >0: stop reading after this many body bytes until test_client_resume() */
         bool http10;
+        bool keep_open;           /* raw: stop reading after one complete response (Content-Length) and
+                                   * hold the connection open, idle, until test_client_free() */
+        long timeout_ms;          /* curl: give up after this long (0: TEST_HTTP_TIMEOUT_MS) */
 
         /* out, valid once done */
         CURLcode result;
@@ -69,6 +72,7 @@ typedef struct TestClient {
 
         TestServer *server;
         GThread *thread;
+        int raw_fd;               /* keep_open: the connection held */
         GMutex lock;
         GCond cond;
         bool resume;

@@ -19,6 +19,7 @@ typedef struct Fixture {
         UpstreamFixture *fx;
         uint8_t *data;
         uint64_t max_size;
+        const struct EndCase *end_case;
 } Fixture;
 
 static void setup_config(Config *c, void *userdata) {
@@ -298,6 +299,167 @@ static void test_head_miss(Fixture *f, gconstpointer user) {
         wait_cached(&f->t, "m");
 }
 
+/* ---- a miss that ends early ends its clients at once -------------------------------------------------- */
+
+/* The clients of these cases give up after a quarter of the server's connection timeout: before the fix
+ * for a closed stream, such a client waited for that timeout (of an older, idle connection), so it timed
+ * out here instead of seeing the end of its transfer. */
+#define END_CLIENT_TIMEOUT_MS ((long) HTTP_CONNECTION_TIMEOUT_SEC * 1000 / 4)
+
+typedef struct EndCase {
+        UpstreamImageOptions o;    /* stall_after set: the clients are mid-body when the end comes */
+        usec_t low_speed_timeout;  /* >0: LowSpeedTimeoutSec=, the stall ends the fill by itself */
+        bool cancel;               /* the fill is cancelled at the stall */
+        bool http10;               /* HTTP/1.0 clients: a body of unknown length ends with the connection */
+        CURLcode result;           /* what every client sees */
+} EndCase;
+
+static void end_setup_config(Config *c, void *userdata) {
+        Fixture *f = userdata;
+        const EndCase *ec = f->end_case;
+
+        setup_config(c, f);
+        if (ec->low_speed_timeout > 0)
+                c->low_speed_timeout = ec->low_speed_timeout;
+}
+
+static void end_fixture_setup(Fixture *f, gconstpointer user) {
+        g_assert_cmpint(upstream_fixture_new(0, &f->fx), ==, 0);
+        f->data = test_random_data(SIZE, 3);
+        f->end_case = user;
+        test_server_start(&f->t, end_setup_config, f, HTTP_CONNECTION_TIMEOUT_SEC);
+}
+
+static bool only_connections(void *userdata) {
+        void **p = userdata;
+        return http_server_counters(p[0])->connections == GPOINTER_TO_UINT(p[1]);
+}
+
+static void wait_connections(TestServer *t, unsigned n) {
+        void *p[] = { t->server, GUINT_TO_POINTER(n) };
+        test_run_until(t, only_connections, p);
+}
+
+/* An idle keep-alive client: one request answered, the connection left open. libmicrohttpd 0.9.75 visits
+ * its connections in the order of their timeouts, so this one, older than the miss's, is what kept a
+ * miss's connection closed by a failure from being cleaned up (and its client from hearing of it). */
+static TestClient *hold_idle_connection(TestServer *t) {
+        TestClient *idle = test_client_new_raw(t, "GET /healthcheck HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
+
+        idle->keep_open = true;
+        test_client_start(idle);
+        test_run_until_done(t, &idle, 1);
+        g_assert_cmpint(idle->status, ==, 200);
+        g_assert_cmpuint(http_server_counters(t->server)->connections, ==, 1);
+        return idle;
+}
+
+static void test_miss_end(Fixture *f, gconstpointer user) {
+        const EndCase *ec = user;
+        TestClient *keepalive, *c[2];
+        uint64_t start;
+
+        g_assert_cmpuint(ec->o.stall_after, >, 0);
+        add(f, "m", &ec->o);
+        keepalive = hold_idle_connection(&f->t);
+
+        for (size_t i = 0; i < ELEMENTSOF(c); i++) {
+                c[i] = test_client_new(&f->t, "GET", "/images/m", NULL);
+                c[i]->timeout_ms = END_CLIENT_TIMEOUT_MS;
+                c[i]->http10 = ec->http10;
+                test_client_start(c[i]);
+        }
+        test_run_until(&f->t, stalled, f);
+        for (size_t i = 0; i < ELEMENTSOF(c); i++)
+                test_run_until_received(&f->t, c[i], 1);
+
+        start = now_usec(CLOCK_MONOTONIC);
+        if (ec->cancel)
+                fill_cancel(fetcher_find(f->t.fetcher, "m"));
+        else if (ec->low_speed_timeout == 0)
+                upstream_fixture_release(f->fx);
+        test_run_until_done(&f->t, c, ELEMENTSOF(c));
+        g_test_message("clients ended %.3f s after the end of the miss (bound %.0f s)",
+                       (double) (now_usec(CLOCK_MONOTONIC) - start) / USEC_PER_SEC,
+                       (double) END_CLIENT_TIMEOUT_MS / 1000);
+
+        for (size_t i = 0; i < ELEMENTSOF(c); i++) {
+                g_assert_cmpint(c[i]->status, ==, 200);
+                g_assert_cmpint(c[i]->result, ==, ec->result);
+                if (ec->result == CURLE_OK)
+                        assert_body(c[i], f->data, SIZE);
+                else
+                        g_assert_cmpuint(c[i]->body->len, <, SIZE);
+                test_client_free(c[i]);
+        }
+
+        /* The server let go of the ended connections (not only told their clients), and kept the idle one. */
+        wait_connections(&f->t, 1);
+        test_run_until(&f->t, idle, f);
+        g_assert_cmpint(image_cache_is_cached(f->t.cache, "m"), ==, ec->result == CURLE_OK);
+        test_client_free(keepalive);
+}
+
+static void test_miss_end_before_headers(Fixture *f, gconstpointer user) {
+        /* The upstream fails before any header: the waiting client gets its 502, on a connection that stays
+         * open for the next request. */
+        UpstreamImageOptions o = { .status = 500 };
+        TestClient *keepalive, *c;
+
+        add(f, "m", &o);
+        keepalive = hold_idle_connection(&f->t);
+        c = test_client_new(&f->t, "GET", "/images/m", NULL);
+        c->timeout_ms = END_CLIENT_TIMEOUT_MS;
+        test_client_start(c);
+        test_run_until_done(&f->t, &c, 1);
+        g_assert_cmpint(c->result, ==, CURLE_OK);
+        g_assert_cmpint(c->status, ==, 502);
+        test_client_free(c);
+        wait_connections(&f->t, 1);
+        test_client_free(keepalive);
+}
+
+static const EndCase end_reset = {
+        .o = { .stall_after = 512 * 1024, .reset_after = 1024 * 1024 },
+        .result = CURLE_PARTIAL_FILE,
+};
+static const EndCase end_reset_chunked = {
+        .o = { .no_content_length = true, .stall_after = 512 * 1024, .reset_after = 1024 * 1024 },
+        .result = CURLE_PARTIAL_FILE,
+};
+static const EndCase end_bad_digest = {
+        .o = { .digest = UPSTREAM_DIGEST_SHA256, .wrong_body = true, .stall_after = 512 * 1024 },
+        .result = CURLE_PARTIAL_FILE,
+};
+static const EndCase end_bad_digest_chunked = {
+        .o = { .no_content_length = true, .digest = UPSTREAM_DIGEST_SHA256, .wrong_body = true,
+               .stall_after = 512 * 1024 },
+        .result = CURLE_PARTIAL_FILE,
+};
+static const EndCase end_short_body = {
+        .o = { .stall_after = 512 * 1024, .close_after = 1024 * 1024 },
+        .result = CURLE_PARTIAL_FILE,
+};
+static const EndCase end_cancel = {
+        .o = { .stall_after = 512 * 1024 },
+        .cancel = true,
+        .result = CURLE_PARTIAL_FILE,
+};
+static const EndCase end_low_speed = {
+        .o = { .stall_after = 512 * 1024 },
+        .low_speed_timeout = USEC_PER_SEC,
+        .result = CURLE_PARTIAL_FILE,
+};
+static const EndCase end_http10_chunked = {
+        /* Not a failure: without a length and without chunked encoding the body ends with the connection,
+         * which the reader now ends itself. (This case passed before that too: the end of such a body
+         * always follows a write, when MHD still watches the socket; it checks the body stays whole.) */
+        .o = { .no_content_length = true, .stall_after = 512 * 1024 },
+        .http10 = true,
+        .result = CURLE_OK,
+};
+static const EndCase end_none = {};
+
 int main(int argc, char *argv[]) {
         g_test_init(&argc, &argv, NULL);
         log_setup(program_invocation_short_name);
@@ -314,6 +476,17 @@ int main(int argc, char *argv[]) {
         ADD("/http-upstream/chunked-upstream", test_chunked_upstream, 0);
         ADD("/http-upstream/too-large", test_too_large, 1024 * 1024);
         ADD("/http-upstream/head-miss", test_head_miss, 0);
+
+#define ADD_END(name, fn, c) g_test_add(name, Fixture, c, end_fixture_setup, fn, fixture_teardown)
+        ADD_END("/http-upstream/end/reset", test_miss_end, &end_reset);
+        ADD_END("/http-upstream/end/reset-chunked", test_miss_end, &end_reset_chunked);
+        ADD_END("/http-upstream/end/bad-digest", test_miss_end, &end_bad_digest);
+        ADD_END("/http-upstream/end/bad-digest-chunked", test_miss_end, &end_bad_digest_chunked);
+        ADD_END("/http-upstream/end/short-body", test_miss_end, &end_short_body);
+        ADD_END("/http-upstream/end/cancel", test_miss_end, &end_cancel);
+        ADD_END("/http-upstream/end/low-speed", test_miss_end, &end_low_speed);
+        ADD_END("/http-upstream/end/http10-chunked", test_miss_end, &end_http10_chunked);
+        ADD_END("/http-upstream/end/before-headers", test_miss_end_before_headers, &end_none);
 
         int r = g_test_run();
         curl_global_cleanup();
