@@ -622,11 +622,14 @@ static void fill_start_work(Fill *f, WorkKind kind);
 static int fill_accept(Fill *f) {
         Fetcher *fe = f->fetcher;
         long status = 0;
-        char *effective = NULL, *scheme = NULL;
+        _cleanup_(freep) char *effective = NULL;
+        char *url = NULL, *scheme = NULL;
         char sz[32], sz2[32];
 
         (void) curl_easy_getinfo(f->curl, CURLINFO_RESPONSE_CODE, &status);
-        (void) curl_easy_getinfo(f->curl, CURLINFO_EFFECTIVE_URL, &effective);
+        /* For messages, which reach the journal and D-Bus callers: never the URL's credentials. */
+        (void) curl_easy_getinfo(f->curl, CURLINFO_EFFECTIVE_URL, &url);
+        effective = url_redact_userinfo(url);
         (void) curl_easy_getinfo(f->curl, CURLINFO_SCHEME, &scheme);
         if (status == 0 && scheme && strcasecmp(scheme, "file") == 0)
                 status = 200;
@@ -639,8 +642,11 @@ static int fill_accept(Fill *f) {
                         return fill_set_error(f, -EPROTO, "Upstream answered %ld without a Location for %s", status, f->id);
                 if (f->redirects >= FETCH_MAX_REDIRECTS)
                         return fill_set_error(f, -EPROTO, "Too many redirects fetching %s", f->id);
-                if (strncasecmp(location, "http://", 7) != 0 && strncasecmp(location, "https://", 8) != 0)
-                        return fill_set_error(f, -EPROTO, "Upstream redirected %s to a refused protocol: %s", f->id, location);
+                if (strncasecmp(location, "http://", 7) != 0 && strncasecmp(location, "https://", 8) != 0) {
+                        _cleanup_(freep) char *shown = url_redact_userinfo(location);
+                        return fill_set_error(f, -EPROTO, "Upstream redirected %s to a refused protocol: %s",
+                                              f->id, strempty(shown));
+                }
                 f->redirect_to = strdup(location);
                 if (!f->redirect_to)
                         return fill_set_error(f, -ENOMEM, "Out of memory");

@@ -457,6 +457,27 @@ static unsigned fill_error_to_status(int error) {
         }
 }
 
+/* What a client is told of a failed fill: the class of failure only. The fill's own message names the
+ * upstream (its URL, address, curl's details) and goes to the journal; HTTP clients are untrusted. */
+static const char *fill_error_to_client_text(int error) {
+        switch (error) {
+        case -ENOENT:
+                return "No such image upstream";
+        case -ETIMEDOUT:
+                return "Fetching the image timed out";
+        case -ECANCELED:
+                return "Fetching the image was cancelled";
+        case -ENOSPC:
+                return "No space left in the cache";
+        case -EBADMSG:
+                return "The image from the upstream did not match its checksum or size";
+        case -EFBIG:
+                return "The image is too large";
+        default:
+                return "Fetching the image from the upstream failed";
+        }
+}
+
 /* Answers a miss whose fill has headers (or ended). Consumes st. */
 static enum MHD_Result respond_miss(HttpServer *s, Request *req, struct MHD_Connection *c, Stream *st) {
         FillState state = fill_state(st->fill);
@@ -468,18 +489,9 @@ static enum MHD_Result respond_miss(HttpServer *s, Request *req, struct MHD_Conn
 
         if (fill_state_failed(state)) {
                 int error = fill_error(st->fill);
-                const char *msg = fill_error_message(st->fill);
-                unsigned code = fill_error_to_status(error);
-                enum MHD_Result ret;
 
-                /* The message belongs to the fill: answer before letting go of it. */
-                if (code == MHD_HTTP_NOT_FOUND)
-                        ret = respond_text(c, code, "No such image upstream\n");
-                else
-                        ret = respond_printf(c, code, "Fetching the image failed: %s\n",
-                                             msg ?: strerror(error < 0 ? -error : EIO));
                 stream_free(st);
-                return ret;
+                return respond_printf(c, fill_error_to_status(error), "%s\n", fill_error_to_client_text(error));
         }
 
         total = state == FILL_DONE ? fill_bytes_written(st->fill) : fill_bytes_total(st->fill);

@@ -6,6 +6,30 @@
 
 #include "util.h"
 
+char *url_redact_userinfo(const char *url) {
+        const char *authority, *end, *at;
+        char *copy;
+
+        if (!url)
+                return strdup("");
+        authority = strstr(url, "://");
+        if (!authority)
+                return strdup(url);
+        authority += 3;
+        /* The authority ends at the first '/', '?' or '#'; an '@' after that is part of the path. */
+        end = authority + strcspn(authority, "/?#");
+        at = memrchr(authority, '@', (size_t) (end - authority));
+        if (!at)
+                return strdup(url);
+
+        copy = malloc(strlen(url) + 1);
+        if (!copy)
+                return NULL;
+        memcpy(copy, url, (size_t) (authority - url));
+        strcpy(copy + (authority - url), at + 1);
+        return copy;
+}
+
 int free_and_strdup(char **dst, const char *src) {
         char *copy = NULL;
 

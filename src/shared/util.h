@@ -121,6 +121,10 @@ static inline usec_t now_usec(clockid_t clock) {
 /* Replaces *dst with a copy of src (or NULL). Returns -ENOMEM on failure, leaving *dst alone. */
 int free_and_strdup(char **dst, const char *src);
 
+/* A copy of url without its userinfo ("scheme://user:pass@host/…" → "scheme://host/…"), for messages: a
+ * URL with credentials may be logged or shown only this way. NULL gives "", NULL return: out of memory. */
+char *url_redact_userinfo(const char *url);
+
 /* pread() retried on EINTR: the bytes read, 0 at the end, or -errno. */
 ssize_t pread_retry(int fd, void *buf, size_t n, uint64_t offset);
 /* Writes all of buf, retrying on EINTR and short writes. */

@@ -460,6 +460,68 @@ static const EndCase end_http10_chunked = {
 };
 static const EndCase end_none = {};
 
+/* ---- what a client is told of a failure ------------------------------------------------------------ */
+
+#define LEAK_USER "imgcache-user"
+#define LEAK_SECRET "s3cret-in-url"
+
+static void leak_setup_config(Config *c, void *userdata) {
+        Fixture *f = userdata;
+        free(c->upstream_url);
+        c->upstream_url = g_strdup_printf("http://" LEAK_USER ":" LEAK_SECRET "@127.0.0.1:%u/images/{id}",
+                                          upstream_fixture_port(f->fx));
+}
+
+static void leak_fixture_setup(Fixture *f, gconstpointer user) {
+        g_assert_cmpint(upstream_fixture_new(0, &f->fx), ==, 0);
+        f->data = test_random_data(SIZE, 3);
+        test_server_start(&f->t, leak_setup_config, f, 0);
+}
+
+static bool fill_final(void *userdata) {
+        return fill_state_is_final(fill_state(userdata));
+}
+
+static void assert_names_nothing(Fixture *f, const char *text) {
+        g_autofree char *port = g_strdup_printf("%u", upstream_fixture_port(f->fx));
+        g_assert_null(strstr(text, LEAK_USER));
+        g_assert_null(strstr(text, LEAK_SECRET));
+        g_assert_null(strstr(text, "127.0.0.1"));
+        g_assert_null(strstr(text, port));
+}
+
+static void test_error_names_no_upstream(Fixture *f, gconstpointer user) {
+        /* An upstream URL with credentials, and an upstream that answers 500, then one that resets. */
+        UpstreamImageOptions o500 = { .status = 500 }, oreset = { .reset_after = 1 };
+        add(f, "broken", &o500);
+        add(f, "reset", &oreset);
+
+        TestClient *c = test_request(&f->t, "GET", "/images/broken", NULL);
+        g_assert_cmpint(c->status, ==, 502);
+        g_test_message("502 body: %.*s", (int) c->body->len, (const char *) c->body->data);
+        g_assert_cmpuint(c->body->len, >, 0);
+        g_byte_array_append(c->body, (const guint8 *) "", 1);
+        assert_names_nothing(f, (const char *) c->body->data);
+        test_client_free(c);
+
+        /* The fill's own message (journal, D-Bus Job.Error) names the upstream, without the credentials. */
+        _cleanup_(fill_unrefp) Fill *fill = NULL;
+        g_assert_cmpint(fetcher_fill(f->t.fetcher, "broken", NULL, &fill), ==, 0);
+        test_run_until(&f->t, fill_final, fill);
+        const char *msg = fill_error_message(fill);
+        g_assert_nonnull(msg);
+        g_test_message("fill message: %s", msg);
+        g_assert_null(strstr(msg, LEAK_SECRET));
+        g_assert_null(strstr(msg, LEAK_USER));
+        g_assert_nonnull(strstr(msg, "http://127.0.0.1:"));
+
+        c = test_request(&f->t, "GET", "/images/reset", NULL);
+        g_assert_cmpint(c->status, ==, 502);
+        g_byte_array_append(c->body, (const guint8 *) "", 1);
+        assert_names_nothing(f, (const char *) c->body->data);
+        test_client_free(c);
+}
+
 int main(int argc, char *argv[]) {
         g_test_init(&argc, &argv, NULL);
         log_setup(program_invocation_short_name);
@@ -487,6 +549,8 @@ int main(int argc, char *argv[]) {
         ADD_END("/http-upstream/end/low-speed", test_miss_end, &end_low_speed);
         ADD_END("/http-upstream/end/http10-chunked", test_miss_end, &end_http10_chunked);
         ADD_END("/http-upstream/end/before-headers", test_miss_end_before_headers, &end_none);
+        g_test_add("/http-upstream/error-names-no-upstream", Fixture, NULL, leak_fixture_setup,
+                   test_error_names_no_upstream, fixture_teardown);
 
         int r = g_test_run();
         curl_global_cleanup();
