@@ -14,6 +14,7 @@
 #include <systemd/sd-daemon.h>
 
 #include "fetch.h"
+#include "http-limits.h"
 #include "http-manage.h"
 #include "http-util.h"
 #include "http.h"
@@ -44,12 +45,25 @@ typedef struct Request {
         Stream *waiting;       /* a miss waiting for the fill's headers */
         bool begun;            /* request_begin() ran */
         bool http10;           /* an HTTP/1.0 client: no chunked encoding */
+        bool bad_target;       /* the decoded target held a control byte */
 } Request;
 
 typedef struct HttpConnection {
         HttpServer *server;
         Request request;
+        HeaderDeadline header;   /* armed while a request's headers are being read */
+        bool bad_target;         /* set by the unescape callback for the request being read */
 } HttpConnection;
+
+/* A fill a client address started, counted against MaxFetchesPerIP= until it ends. Ended ones are swept
+ * when the next fill starts (a subscription would count as a reader of the fill). */
+typedef struct PeerFill PeerFill;
+struct PeerFill {
+        HttpServer *server;
+        Fill *fill;
+        char key[PEER_KEY_MAX];
+        PeerFill *prev, *next;
+};
 
 struct HttpServer {
         sd_event *event;
@@ -70,6 +84,9 @@ struct HttpServer {
 
         HttpCounters counters;
         Stream *streams;        /* every live Stream, to abort them at shutdown */
+        HeaderDeadlines *header_deadlines;
+        PeerCounts *peer_fill_counts;
+        PeerFill *peer_fills;
         bool stopping;
 };
 
@@ -107,6 +124,19 @@ static enum MHD_Result respond_printf(struct MHD_Connection *c, unsigned status,
         (void) vsnprintf(buf, sizeof(buf), format, ap);
         va_end(ap);
         return respond_text(c, status, buf);
+}
+
+/* A request we will not read any further: 400, and the connection is closed after it, because whatever
+ * follows on it could be framed either way. */
+static enum MHD_Result respond_400_close(struct MHD_Connection *c, const char *text) {
+        struct MHD_Response *resp;
+
+        resp = MHD_create_response_from_buffer(strlen(text), (void *) text, MHD_RESPMEM_MUST_COPY);
+        if (!resp)
+                return MHD_NO;
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "text/plain; charset=utf-8");
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
+        return queue_response(c, MHD_HTTP_BAD_REQUEST, resp);
 }
 
 static enum MHD_Result respond_405(struct MHD_Connection *c, const char *allow) {
@@ -545,6 +575,69 @@ static bool fill_has_headers(Fill *f) {
         return state >= FILL_RECEIVING;  /* RECEIVING, SEALING or any final state */
 }
 
+static PeerFill *peer_fill_free(PeerFill *pf) {
+        HttpServer *s;
+
+        if (!pf)
+                return NULL;
+        s = pf->server;
+        if (pf->prev)
+                pf->prev->next = pf->next;
+        else
+                s->peer_fills = pf->next;
+        if (pf->next)
+                pf->next->prev = pf->prev;
+        peer_counts_add(s->peer_fill_counts, pf->key, -1);
+        fill_unref(pf->fill);
+        free(pf);
+        return NULL;
+}
+
+static void peer_fills_sweep(HttpServer *s) {
+        for (PeerFill *pf = s->peer_fills, *next; pf; pf = next) {
+                next = pf->next;
+                if (fill_state_is_final(fill_state(pf->fill)))
+                        peer_fill_free(pf);
+        }
+}
+
+/* Counts f, just started for the client at key, until it ends. */
+static int peer_fill_new(HttpServer *s, const char *key, Fill *f) {
+        PeerFill *pf;
+
+        pf = calloc(1, sizeof(PeerFill));
+        if (!pf)
+                return -ENOMEM;
+        *pf = (PeerFill) { .server = s, .fill = fill_ref(f), .next = s->peer_fills };
+        (void) snprintf(pf->key, sizeof(pf->key), "%s", key);
+        if (s->peer_fills)
+                s->peer_fills->prev = pf;
+        s->peer_fills = pf;
+        peer_counts_add(s->peer_fill_counts, key, +1);
+        return 0;
+}
+
+/* Starts (or joins) the fill of a miss. A client may have started at most MaxFetchesPerIP= fills that
+ * still run; joining a running one is always fine. -EUSERS when this one would be one too many. */
+static int http_server_fill(HttpServer *s, struct MHD_Connection *c, const char *id, Fill **ret) {
+        char key[PEER_KEY_MAX];
+        bool counted;
+        int r;
+
+        peer_fills_sweep(s);
+        counted = !fetcher_find(s->fetcher, id) && peer_key(c, key);
+        if (counted && peer_counts_get(s->peer_fill_counts, key) >= s->config->max_fills_per_ip)
+                return -EUSERS;
+
+        r = fetcher_fill(s->fetcher, id, /* expected= */ NULL, ret);
+        if (r < 0 || !counted || fill_state_is_final(fill_state(*ret)))
+                return r;
+        r = peer_fill_new(s, key, *ret);
+        if (r < 0)
+                *ret = fill_unref(*ret);
+        return r;
+}
+
 static enum MHD_Result serve_miss(HttpServer *s, Request *req, struct MHD_Connection *c) {
         _cleanup_(fill_unrefp) Fill *f = NULL;
         Stream *st = NULL;
@@ -553,9 +646,13 @@ static enum MHD_Result serve_miss(HttpServer *s, Request *req, struct MHD_Connec
         if (!s->fetcher)
                 return respond_text(c, MHD_HTTP_NOT_FOUND, "Image not cached, and no upstream to fetch it from\n");
 
-        r = fetcher_fill(s->fetcher, req->match.id, /* expected= */ NULL, &f);
+        r = http_server_fill(s, c, req->match.id, &f);
         if (r == -ENXIO)
                 return respond_text(c, MHD_HTTP_NOT_FOUND, "Image not cached, and no upstream to fetch it from\n");
+        if (r == -EUSERS)
+                return respond_printf(c, MHD_HTTP_SERVICE_UNAVAILABLE,
+                                      "Too many fetches started from this address (MaxFetchesPerIP=%u)\n",
+                                      s->config->max_fills_per_ip);
         if (r < 0)
                 return respond_printf(c, MHD_HTTP_INTERNAL_SERVER_ERROR, "Failed to start fetching the image: %s\n",
                                       strerror(-r));
@@ -664,6 +761,17 @@ static enum MHD_Result request_begin(HttpServer *s, Request *req, struct MHD_Con
                                      const char *method, const char *version) {
         const HttpRouteMatch *m = &req->match;
 
+        const char *problem;
+
+        if (req->bad_target)
+                return respond_400_close(c, "Control characters in the request target\n");
+        problem = http_request_framing_problem(c);
+        if (problem) {
+                char text[128];
+                (void) snprintf(text, sizeof(text), "Ambiguous request: %s\n", problem);
+                return respond_400_close(c, text);
+        }
+
         req->method = http_method_from_string(method);
         req->http10 = streq(version, MHD_HTTP_VERSION_1_0);
         http_route(req->method, url, &req->match);
@@ -696,6 +804,11 @@ static enum MHD_Result request_begin(HttpServer *s, Request *req, struct MHD_Con
         }
 }
 
+static HttpConnection *connection_context(struct MHD_Connection *c) {
+        const union MHD_ConnectionInfo *info = MHD_get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+        return info ? info->socket_context : NULL;
+}
+
 static enum MHD_Result http_on_request(void *cls, struct MHD_Connection *c, const char *url, const char *method,
                                        const char *version, const char *upload_data, size_t *upload_data_size,
                                        void **req_cls) {
@@ -703,16 +816,16 @@ static enum MHD_Result http_on_request(void *cls, struct MHD_Connection *c, cons
         Request *req = *req_cls;
 
         if (!req) {
-                const union MHD_ConnectionInfo *info;
-                HttpConnection *hc;
+                HttpConnection *hc = connection_context(c);
 
-                info = MHD_get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
-                hc = info ? info->socket_context : NULL;
                 if (!hc)
                         return MHD_NO;
 
+                /* The headers are complete. */
+                header_deadline_stop(s->header_deadlines, &hc->header);
                 req = &hc->request;
-                *req = (Request) {};
+                *req = (Request) { .bad_target = hc->bad_target };
+                hc->bad_target = false;
                 *req_cls = req;
                 /* Answer on the next call, once the request is read completely: MHD 0.9.75 treats a
                  * response queued on this first call as "early" and closes the connection after it,
@@ -772,12 +885,17 @@ static void http_on_connection(void *cls, struct MHD_Connection *c, void **socke
 
         if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
                 HttpConnection *hc = calloc(1, sizeof(HttpConnection));
-                if (hc)
+                if (hc) {
                         hc->server = s;
+                        header_deadline_start(s->header_deadlines, &hc->header, c, s->config->header_timeout);
+                }
                 *socket_context = hc;  /* NULL: the first request is refused (connection closed) */
                 s->counters.connections++;
         } else {
-                free(*socket_context);
+                HttpConnection *hc = *socket_context;
+                if (hc)
+                        header_deadline_stop(s->header_deadlines, &hc->header);
+                free(hc);
                 *socket_context = NULL;
                 assert(s->counters.connections > 0);
                 s->counters.connections--;
@@ -785,6 +903,30 @@ static void http_on_connection(void *cls, struct MHD_Connection *c, void **socke
 
         if (s->hooks.connections_changed)
                 s->hooks.connections_changed(s, s->counters.connections, s->hooks.userdata);
+}
+
+/* The request line of a request is in: its headers have HeaderTimeoutSec= from now (the first request of
+ * a connection keeps the clock that started with the connection). */
+static void *http_on_uri(void *cls, const char *uri, struct MHD_Connection *c) {
+        HttpServer *s = cls;
+        HttpConnection *hc = connection_context(c);
+
+        if (hc) {
+                hc->bad_target = false;
+                header_deadline_start(s->header_deadlines, &hc->header, c, s->config->header_timeout);
+        }
+        return NULL;  /* the request's context is made on the first access-handler call */
+}
+
+static size_t http_on_unescape(void *cls, struct MHD_Connection *c, char *uri) {
+        HttpConnection *hc = connection_context(c);
+        bool bad;
+        size_t n;
+
+        n = http_unescape(uri, &bad);
+        if (bad && hc)
+                hc->bad_target = true;
+        return n;
 }
 
 static void http_on_log(void *cls, const char *format, va_list ap) {
@@ -1017,6 +1159,13 @@ int http_server_new(sd_event *event, ImageCache *cache, Fetcher *fetcher, const 
         if (r < 0)
                 return r;
 
+        r = header_deadlines_new(event, &s->header_deadlines);
+        if (r < 0)
+                return r;
+        r = peer_counts_new(&s->peer_fill_counts);
+        if (r < 0)
+                return r;
+
         if (options && options->listen_fd >= 0)
                 fd = options->listen_fd;
         else {
@@ -1043,6 +1192,9 @@ int http_server_new(sd_event *event, ImageCache *cache, Fetcher *fetcher, const 
                         MHD_OPTION_EXTERNAL_LOGGER, http_on_log, s,
                         MHD_OPTION_LISTEN_SOCKET, fd,
                         MHD_OPTION_CONNECTION_LIMIT, (unsigned) MAX(config->max_connections, 1U),
+                        MHD_OPTION_PER_IP_CONNECTION_LIMIT, config->max_connections_per_ip,
+                        MHD_OPTION_URI_LOG_CALLBACK, http_on_uri, s,
+                        MHD_OPTION_UNESCAPE_CALLBACK, http_on_unescape, s,
                         MHD_OPTION_CONNECTION_TIMEOUT, s->connection_timeout_sec,
                         MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t) HTTP_CONNECTION_MEMORY_LIMIT,
                         MHD_OPTION_NOTIFY_COMPLETED, http_on_completed, s,
@@ -1122,6 +1274,11 @@ HttpServer *http_server_free(HttpServer *s) {
 
         /* Streams of requests that never got an answer were freed with their requests above. */
         assert(!s->streams);
+
+        while (s->peer_fills)
+                peer_fill_free(s->peer_fills);
+        peer_counts_free(s->peer_fill_counts);
+        header_deadlines_free(s->header_deadlines);
 
         free(s->token);
         sd_event_unref(s->event);

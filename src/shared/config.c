@@ -36,6 +36,13 @@ static const char *const upstream_kind_table[_UPSTREAM_KIND_MAX] = {
         [UPSTREAM_GLANCE] = "glance",
 };
 
+static const char *const read_access_table[_READ_ACCESS_MAX] = {
+        [READ_ACCESS_AUTO] = "auto",
+        [READ_ACCESS_UPSTREAM] = "upstream",
+        [READ_ACCESS_TOKEN] = "token",
+        [READ_ACCESS_OPEN] = "open",
+};
+
 static int string_table_lookup(const char *const *table, size_t n, const char *s) {
         if (!s)
                 return -EINVAL;
@@ -55,6 +62,16 @@ const char *driver_kind_to_string(DriverKind k) {
 
 DriverKind driver_kind_from_string(const char *s) {
         return (DriverKind) string_table_lookup(driver_kind_table, ELEMENTSOF(driver_kind_table), s);
+}
+
+const char *read_access_to_string(ReadAccess a) {
+        if (a < 0 || a >= _READ_ACCESS_MAX)
+                return NULL;
+        return read_access_table[a];
+}
+
+ReadAccess read_access_from_string(const char *s) {
+        return (ReadAccess) string_table_lookup(read_access_table, ELEMENTSOF(read_access_table), s);
 }
 
 const char *upstream_kind_to_string(UpstreamKind k) {
@@ -167,6 +184,17 @@ static int config_parse_upstream(const char *value, void *field, const char **re
         return 0;
 }
 
+static int config_parse_read_access(const char *value, void *field, const char **ret_reason) {
+        ReadAccess a;
+
+        a = read_access_from_string(value);
+        if (a < 0)
+                return reason(ret_reason, "unknown read access (expected auto, upstream, token or open)", -EINVAL);
+
+        *(ReadAccess *) field = a;
+        return 0;
+}
+
 static int config_parse_unsigned(const char *value, unsigned min, unsigned max, const char *range_reason,
                                  void *field, const char **ret_reason) {
         unsigned u;
@@ -190,6 +218,14 @@ static int config_parse_fetches(const char *value, void *field, const char **ret
 
 static int config_parse_connections(const char *value, void *field, const char **ret_reason) {
         return config_parse_unsigned(value, 1, 65535, "number out of range (1-65535)", field, ret_reason);
+}
+
+static int config_parse_connections_per_ip(const char *value, void *field, const char **ret_reason) {
+        return config_parse_unsigned(value, 0, 65535, "number out of range (0-65535, 0: no limit)", field, ret_reason);
+}
+
+static int config_parse_fills_per_ip(const char *value, void *field, const char **ret_reason) {
+        return config_parse_unsigned(value, 1, 64, "number out of range (1-64)", field, ret_reason);
 }
 
 static bool string_has_cntrl_or_space(const char *s) {
@@ -365,11 +401,20 @@ static const ConfigKey config_keys[] = {
         KEY("Upstream", "MaxParallelFetches",  config_parse_fetches,     max_parallel_fetches,  "4"),
         KEY("Upstream", "ConnectTimeoutSec",   config_parse_sec,         connect_timeout,       "30s"),
         KEY("Upstream", "LowSpeedTimeoutSec",  config_parse_sec,         low_speed_timeout,     "60s"),
+        KEY("Upstream", "NotFoundCacheSec",    config_parse_sec,         not_found_cache,       "30s"),
         KEY("HTTP",     "Listen",              config_parse_listen,      listen,
             "127.0.0.1:9393"),
         KEY("HTTP",     "ManagementAPI",       config_parse_bool,        management_api,        "no"),
         KEY("HTTP",     "ManagementTokenFile", config_parse_path,        management_token_file, NULL),
         KEY("HTTP",     "MaxConnections",      config_parse_connections, max_connections,       "1024"),
+        KEY("HTTP",     "MaxConnectionsPerIP", config_parse_connections_per_ip, max_connections_per_ip, "32"),
+        KEY("HTTP",     "HeaderTimeoutSec",    config_parse_sec,         header_timeout,        "10s"),
+        KEY("HTTP",     "MaxFetchesPerIP",     config_parse_fills_per_ip, max_fills_per_ip,     "4"),
+        KEY("HTTP",     "ReadAccess",          config_parse_read_access, read_access,           "auto"),
+        KEY("HTTP",     "ReadTokenFile",       config_parse_path,        read_token_file,       NULL),
+        KEY("HTTP",     "AcknowledgeOpenReadAccess", config_parse_bool,  acknowledge_open_read_access, "no"),
+        KEY("HTTP",     "ReadAccessAllowCacheSec", config_parse_sec,     read_access_allow_cache, "60s"),
+        KEY("HTTP",     "ReadAccessDenyCacheSec", config_parse_sec,      read_access_deny_cache, "10s"),
         KEY("Daemon",   "ExitOnIdleSec",       config_parse_idle_sec,    exit_on_idle,          "60s"),
 };
 
@@ -406,6 +451,7 @@ void config_done(Config *c) {
         free_and_null(&c->ca_file);
         free_and_null(&c->listen);
         free_and_null(&c->management_token_file);
+        free_and_null(&c->read_token_file);
 }
 
 int config_init(Config *c) {
@@ -435,13 +481,15 @@ static int config_copy(const Config *src, Config *ret) {
         Config t = *src;
 
         t.directory = t.upstream_url = t.token_file = t.ca_file = t.listen = t.management_token_file = NULL;
+        t.read_token_file = NULL;
 
         if (free_and_strdup(&t.directory, src->directory) < 0 ||
             free_and_strdup(&t.upstream_url, src->upstream_url) < 0 ||
             free_and_strdup(&t.token_file, src->token_file) < 0 ||
             free_and_strdup(&t.ca_file, src->ca_file) < 0 ||
             free_and_strdup(&t.listen, src->listen) < 0 ||
-            free_and_strdup(&t.management_token_file, src->management_token_file) < 0) {
+            free_and_strdup(&t.management_token_file, src->management_token_file) < 0 ||
+            free_and_strdup(&t.read_token_file, src->read_token_file) < 0) {
                 config_done(&t);
                 return -ENOMEM;
         }

@@ -25,10 +25,22 @@ typedef enum UpstreamKind {
         _UPSTREAM_KIND_INVALID = -EINVAL,
 } UpstreamKind;
 
+/* Who may read cached images over HTTP ([HTTP] ReadAccess=). AUTO: UPSTREAM with Kind=glance, else OPEN. */
+typedef enum ReadAccess {
+        READ_ACCESS_AUTO,
+        READ_ACCESS_UPSTREAM,   /* the caller's token, checked with the upstream per image */
+        READ_ACCESS_TOKEN,      /* static read tokens from ReadTokenFile= */
+        READ_ACCESS_OPEN,       /* anyone who reaches the listener */
+        _READ_ACCESS_MAX,
+        _READ_ACCESS_INVALID = -EINVAL,
+} ReadAccess;
+
 const char *driver_kind_to_string(DriverKind k);
 DriverKind driver_kind_from_string(const char *s);
 const char *upstream_kind_to_string(UpstreamKind k);
 UpstreamKind upstream_kind_from_string(const char *s);
+const char *read_access_to_string(ReadAccess a);
+ReadAccess read_access_from_string(const char *s);
 
 /* A size given either in bytes or as a share of the cache filesystem. */
 typedef struct SizeLimit {
@@ -57,16 +69,32 @@ typedef struct Config {
         unsigned max_parallel_fetches; /* default 4 */
         usec_t connect_timeout;        /* default 30s */
         usec_t low_speed_timeout;      /* default 60s */
+        usec_t not_found_cache;        /* default 30s: an upstream 404 is believed this long; 0: not at all */
 
         /* [HTTP] */
         char *listen;                  /* default "127.0.0.1:9393" */
         bool management_api;           /* default no */
         char *management_token_file;
         unsigned max_connections;      /* default 1024 */
+        unsigned max_connections_per_ip; /* default 32; 0: no limit */
+        usec_t header_timeout;         /* default 10s: a request's headers must be complete this soon */
+        unsigned max_fills_per_ip;     /* default 4: fills one client address may have started and running */
+        ReadAccess read_access;        /* default auto */
+        char *read_token_file;         /* ReadAccess=token */
+        bool acknowledge_open_read_access; /* default no: ReadAccess=open on a non-loopback listener */
+        usec_t read_access_allow_cache; /* default 60s: how long an upstream's yes is believed */
+        usec_t read_access_deny_cache;  /* default 10s: how long its no is */
 
         /* [Daemon] */
         usec_t exit_on_idle;           /* default 60s; USEC_INFINITY = never */
 } Config;
+
+/* ReadAccess=auto resolved against Kind=. */
+static inline ReadAccess config_read_access(const Config *c) {
+        if (c->read_access != READ_ACCESS_AUTO)
+                return c->read_access;
+        return c->upstream_kind == UPSTREAM_GLANCE ? READ_ACCESS_UPSTREAM : READ_ACCESS_OPEN;
+}
 
 /* Fills c with the defaults above. */
 int config_init(Config *c);

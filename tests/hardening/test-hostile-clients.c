@@ -1,12 +1,14 @@
 /* SPDX-License-Identifier: MIT */
 
 /* Hostile HTTP clients against imgcached's HTTP listener (private bus, tests/lib/test-bus.h), loopback
- * only: IDLE connections held open without a byte sent, LORIS slow-loris clients that trickle header
- * lines, SLOW readers that asked for a large image and take one byte per probe round, oversized headers,
- * invalid methods and paths, pipelined garbage. Throughout, a normal client GETs a cached image: every
- * probe must succeed byte-exact within PROBE_MAX_MS (latencies printed); each bad request must get its
- * status; the daemon's RSS is printed before and after and must stay within RSS_GROWTH_MAX. Every loop is
- * bounded in count, every read in time (poll with a timeout); nothing sleeps to synchronise. */
+ * only, each kind from its own source address in 127.0.0.0/8: IDLE connections held open without a byte
+ * sent (from IDLE_ADDR, far more than MaxConnectionsPerIP= allows), LORIS slow-loris clients that trickle
+ * header lines (dropped by HeaderTimeoutSec=), SLOW readers that asked for a large image and take one
+ * byte per probe round, oversized headers, invalid methods and paths, pipelined garbage. Throughout, a
+ * normal client on PROBE_ADDR GETs a cached image: every probe must succeed byte-exact within
+ * PROBE_MAX_MS (latencies printed); each bad request must get its status; the daemon's RSS is printed
+ * before and after and must stay within RSS_GROWTH_MAX. Every loop is bounded in count, every read in
+ * time (poll with a timeout); nothing sleeps to synchronise. */
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -32,6 +34,12 @@
 #define PROBE_MAX_MS 2000
 #define IO_TIMEOUT_MS 5000
 #define RSS_GROWTH_MAX (64 * 1024) /* KiB */
+#define PER_IP 32                  /* MaxConnectionsPerIP= */
+#define HEADER_TIMEOUT_SEC 3       /* HeaderTimeoutSec= */
+#define IDLE_ADDR "127.0.0.2"
+#define PROBE_ADDR "127.0.0.3"
+#define LORIS_ADDR "127.0.0.4"
+#define SLOW_ADDR "127.0.0.5"
 
 typedef struct Env {
         TestBus *bus;
@@ -51,11 +59,14 @@ static uint16_t free_port(void) {
         return ntohs(sa.sin_port);
 }
 
-static int connect_to(Env *e) {
+static int connect_from(Env *e, const char *source) {
         struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons(e->port),
                                   .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+        struct sockaddr_in src = { .sin_family = AF_INET };
         int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
         g_assert_cmpint(fd, >=, 0);
+        g_assert_cmpint(inet_pton(AF_INET, source, &src.sin_addr), ==, 1);
+        g_assert_cmpint(bind(fd, (struct sockaddr *) &src, sizeof(src)), ==, 0);
         if (connect(fd, (struct sockaddr *) &sa, sizeof(sa)) < 0)
                 g_error("connect: %s", g_strerror(errno));
         return fd;
@@ -100,8 +111,8 @@ static int status_of(const GByteArray *b) {
 }
 
 /* One request on a fresh connection; returns the status (0: none). */
-static int request(Env *e, const char *req, size_t n, GByteArray **ret) {
-        int fd = connect_to(e);
+static int request_from(Env *e, const char *source, const char *req, size_t n, GByteArray **ret) {
+        int fd = connect_from(e, source);
         send_str(fd, req, n);
         GByteArray *b = read_all(fd, (size_t) BIG_SIZE * 2);
         close(fd);
@@ -111,6 +122,26 @@ static int request(Env *e, const char *req, size_t n, GByteArray **ret) {
         else
                 g_byte_array_unref(b);
         return s;
+}
+
+static int request(Env *e, const char *req, size_t n, GByteArray **ret) {
+        return request_from(e, PROBE_ADDR, req, n, ret);
+}
+
+/* Whether the server closed fd within timeout_ms (EOF or reset, whatever it sent before). */
+static bool closed_by_server(int fd, int timeout_ms) {
+        gint64 deadline = g_get_monotonic_time() + (gint64) timeout_ms * 1000;
+        char buf[4096];
+
+        for (;;) {
+                struct pollfd p = { .fd = fd, .events = POLLIN };
+                int left = (int) ((deadline - g_get_monotonic_time()) / 1000);
+                if (left <= 0 || poll(&p, 1, left) <= 0)
+                        return false;
+                ssize_t k = recv(fd, buf, sizeof(buf), MSG_DONTWAIT);
+                if (k == 0 || (k < 0 && errno != EAGAIN && errno != EINTR))
+                        return true;
+        }
 }
 
 /* A normal client: GET the cached image, byte-exact, within PROBE_MAX_MS. Returns the latency in ms. */
@@ -157,7 +188,9 @@ static void test_hostile_clients(void) {
         g_autofree char *url = upstream_fixture_url(e.fx, "/images/{id}");
         g_autofree char *config = g_strdup_printf("[Cache]\nKeepFree=0\nMaxSize=1G\n[Upstream]\nURL=%s\n"
                                                   "[HTTP]\nListen=127.0.0.1:%u\nMaxConnections=2048\n"
-                                                  "[Daemon]\nExitOnIdleSec=infinity\n", url, e.port);
+                                                  "MaxConnectionsPerIP=%d\nHeaderTimeoutSec=%d\n"
+                                                  "[Daemon]\nExitOnIdleSec=infinity\n", url, e.port, PER_IP,
+                                                  HEADER_TIMEOUT_SEC);
         test_bus_write_config(e.bus, config);
         if (!test_bus_start_daemon(e.bus, NULL))
                 g_error("imgcached did not start:\n%s", test_bus_daemon_stderr(e.bus));
@@ -172,14 +205,15 @@ static void test_hostile_clients(void) {
         long rss_before = rss_kib(pid);
 
         int idle[IDLE], loris[LORIS], slow[SLOW];
+        gint64 loris_start = g_get_monotonic_time();
         for (int i = 0; i < IDLE; i++)
-                idle[i] = connect_to(&e);
+                idle[i] = connect_from(&e, IDLE_ADDR);
         for (int i = 0; i < LORIS; i++) {
-                loris[i] = connect_to(&e);
+                loris[i] = connect_from(&e, LORIS_ADDR);
                 send_str(loris[i], "GET /images/img HTTP/1.1\r\nHost: 127.0.0.1\r\n", 43);
         }
         for (int i = 0; i < SLOW; i++) {
-                slow[i] = connect_to(&e);
+                slow[i] = connect_from(&e, SLOW_ADDR);
                 int small = 4096;
                 (void) setsockopt(slow[i], SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
                 send_str(slow[i], get_big, strlen(get_big));
@@ -204,6 +238,24 @@ static void test_hostile_clients(void) {
         }
         g_test_message("under load (%d idle, %d slow-loris, %d slow readers): probe latency avg %.1f ms, max %.1f ms",
                        IDLE, LORIS, SLOW, sum / ROUNDS, worst);
+
+        /* The idle address holds at most PER_IP connections: one more is closed unanswered. The first
+         * idle ones are still open (the per-address limit took the rest). */
+        static const char health[] = "GET /healthcheck HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+        g_assert_cmpint(request_from(&e, IDLE_ADDR, health, strlen(health), NULL), ==, 0);
+        g_assert_false(closed_by_server(idle[0], 0));
+        unsigned idle_closed = 0;
+        for (int i = 0; i < IDLE; i++)
+                idle_closed += closed_by_server(idle[i], i < PER_IP ? 0 : IO_TIMEOUT_MS);
+        g_test_message("idle connections from one address closed by the server: %u of %d", idle_closed, IDLE);
+        g_assert_cmpuint(idle_closed, >=, IDLE - PER_IP);
+
+        /* The slow-loris clients never finish their headers: the server drops each within the header
+         * timeout (plus a second of timer slack), though they were never idle. */
+        for (int i = 0; i < LORIS; i++)
+                g_assert_true(closed_by_server(loris[i], (HEADER_TIMEOUT_SEC + 2) * 1000 + IO_TIMEOUT_MS));
+        g_test_message("slow-loris clients dropped %.1f s after they connected (HeaderTimeoutSec=%d)",
+                       (g_get_monotonic_time() - loris_start) / 1e6, HEADER_TIMEOUT_SEC);
 
         /* Bad requests, each on its own connection, while the hostile clients are still there. */
         g_autofree char *huge_header = g_strdup_printf("GET /images/img HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: %0*d\r\n\r\n",

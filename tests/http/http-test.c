@@ -187,6 +187,11 @@ static void run_raw(TestClient *c) {
         fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
         g_assert_cmpint(fd, >=, 0);
         g_assert_cmpint(setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)), ==, 0);
+        if (c->raw_bind) {
+                struct sockaddr_in src = { .sin_family = AF_INET };
+                g_assert_cmpint(inet_pton(AF_INET, c->raw_bind, &src.sin_addr), ==, 1);
+                g_assert_cmpint(bind(fd, (struct sockaddr *) &src, sizeof(src)), ==, 0);
+        }
         g_assert_cmpint(connect(fd, (struct sockaddr *) &sa, sizeof(sa)), ==, 0);
 
         for (size_t off = 0; off < c->raw_size;) {

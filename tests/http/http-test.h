@@ -52,6 +52,7 @@ typedef struct TestClient {
         char *raw;                /* instead of curl: send these bytes on a plain socket, read to EOF */
         size_t raw_size;
         uint16_t raw_port;
+        const char *raw_bind;     /* raw: the source address (127.0.0.0/8), NULL: the kernel's choice */
         size_t abort_after;       /* >0: hang up (curl write callback fails) once this many body bytes came */
         size_t pause_after;       /* >0: stop reading after this many body bytes until test_client_resume() */
         bool http10;

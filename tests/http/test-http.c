@@ -5,6 +5,7 @@
  * fake-fetch.c, which the test scripts step by step, so the streaming rules can be checked exactly:
  * when headers go out, which bytes a client may have at each moment, what an abort looks like. */
 
+#include <errno.h>
 #include <fcntl.h>
 #include <glib.h>
 #include <jansson.h>
@@ -450,6 +451,182 @@ static void test_connection_timeout(void) {
         g_assert_cmpint(recv(fd, buf, sizeof(buf), 0), ==, 0);  /* EOF from the server */
         close(fd);
 
+        test_server_stop(&t);
+}
+
+/* ---- limits on one client ---- */
+
+/* A loopback connection from a chosen source address (127.0.0.0/8 is all loopback), so one test can be
+ * several clients. */
+static int connect_from(const char *source, uint16_t port) {
+        struct sockaddr_in src = { .sin_family = AF_INET }, dst = {
+                .sin_family = AF_INET,
+                .sin_port = htons(port),
+                .sin_addr.s_addr = htonl(INADDR_LOOPBACK),
+        };
+        int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+        g_assert_cmpint(fd, >=, 0);
+        g_assert_cmpint(inet_pton(AF_INET, source, &src.sin_addr), ==, 1);
+        g_assert_cmpint(bind(fd, (struct sockaddr *) &src, sizeof(src)), ==, 0);
+        g_assert_cmpint(connect(fd, (struct sockaddr *) &dst, sizeof(dst)), ==, 0);
+        return fd;
+}
+
+static void send_all(int fd, const char *s) {
+        g_assert_cmpint(send(fd, s, strlen(s), MSG_NOSIGNAL), ==, (ssize_t) strlen(s));
+}
+
+typedef struct Hangup {
+        int fd;
+        bool seen;
+} Hangup;
+
+/* The server closed fd: EOF or reset, without waiting (the loop runs in between). */
+static bool server_hung_up(void *userdata) {
+        Hangup *h = userdata;
+        char buf[4096];
+        ssize_t k;
+
+        while ((k = recv(h->fd, buf, sizeof(buf), MSG_DONTWAIT)) > 0)
+                ;
+        if (k == 0 || (k < 0 && errno != EAGAIN && errno != EWOULDBLOCK))
+                h->seen = true;
+        return h->seen;
+}
+
+static void wait_hangup(TestServer *t, int fd) {
+        Hangup h = { fd };
+        test_run_until(t, server_hung_up, &h);
+}
+
+static void per_ip_setup(Config *c, void *userdata) {
+        c->max_connections_per_ip = 2;
+}
+
+static void test_connections_per_ip(void) {
+        TestServer t;
+        int a[2], extra;
+
+        test_server_start(&t, per_ip_setup, NULL, 0);
+        uint16_t port = http_server_port(t.server);
+
+        for (size_t i = 0; i < ELEMENTSOF(a); i++)
+                a[i] = connect_from("127.0.0.2", port);
+        void *two[] = { t.server, GUINT_TO_POINTER(2) };
+        test_run_until(&t, connections_are, two);
+
+        /* A third from the same address is closed at once; another address is served meanwhile. */
+        extra = connect_from("127.0.0.2", port);
+        wait_hangup(&t, extra);
+        close(extra);
+        TestClient *c = test_client_new_raw(&t, "GET /healthcheck HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        c->raw_bind = "127.0.0.3";
+        test_client_start(c);
+        test_run_until_done(&t, &c, 1);
+        g_assert_cmpint(c->status, ==, 200);
+        test_client_free(c);
+        g_assert_cmpuint(http_server_n_connections(t.server), ==, 2);
+
+        for (size_t i = 0; i < ELEMENTSOF(a); i++)
+                close(a[i]);
+        void *zero[] = { t.server, GUINT_TO_POINTER(0) };
+        test_run_until(&t, connections_are, zero);
+        test_server_stop(&t);
+}
+
+static void header_timeout_setup(Config *c, void *userdata) {
+        c->header_timeout = USEC_PER_SEC;
+}
+
+static void test_header_timeout(void) {
+        /* A client that keeps sending header lines is never idle, so only the header deadline (1 s here,
+         * against the 60 s idle timeout) ends it; one that finishes its headers in time is served, and its
+         * kept-alive connection is then idle, not on a deadline. */
+        TestServer t;
+        int loris, good;
+        uint64_t start;
+
+        test_server_start(&t, header_timeout_setup, NULL, 0);
+        uint16_t port = http_server_port(t.server);
+
+        good = connect_from("127.0.0.4", port);
+        send_all(good, "GET /healthcheck HTTP/1.1\r\nHost: x\r\n\r\n");
+        loris = connect_from("127.0.0.5", port);
+        send_all(loris, "GET /healthcheck HTTP/1.1\r\nHost: x\r\n");
+        start = now_usec(CLOCK_MONOTONIC);
+
+        /* One more header line every 100 ms (the client's pace; the loop runs in between) until the
+         * server hangs up. */
+        Hangup h = { loris };
+        unsigned lines = 0;
+        uint64_t next = start;
+        while (!server_hung_up(&h)) {
+                uint64_t now = now_usec(CLOCK_MONOTONIC);
+                g_assert_cmpuint(now - start, <, 20 * USEC_PER_SEC);
+                if (now >= next) {
+                        g_autofree char *line = g_strdup_printf("X-Loris-%u: 1\r\n", lines++);
+                        (void) send(loris, line, strlen(line), MSG_NOSIGNAL);
+                        next = now + 100 * USEC_PER_MSEC;
+                }
+                g_assert_cmpint(sd_event_run(t.event, next > now ? next - now : 0), >=, 0);
+        }
+        g_test_message("slow client dropped after %.2f s and %u header lines",
+                       (double) (now_usec(CLOCK_MONOTONIC) - start) / USEC_PER_SEC, lines);
+        g_assert_cmpuint(now_usec(CLOCK_MONOTONIC) - start, >=, USEC_PER_SEC / 2);
+        close(loris);
+
+        /* The good client got its answer and is still connected, past the header deadline. */
+        void *one[] = { t.server, GUINT_TO_POINTER(1) };
+        test_run_until(&t, connections_are, one);
+        char buf[512];
+        ssize_t k = recv(good, buf, sizeof(buf) - 1, MSG_DONTWAIT);
+        g_assert_cmpint(k, >, 0);
+        buf[k] = 0;
+        g_assert_true(g_str_has_prefix(buf, "HTTP/1.1 200"));
+        close(good);
+        test_server_stop(&t);
+}
+
+static void test_strict_requests(void) {
+        static const struct {
+                const char *name, *request;
+        } cases[] = {
+                { "NUL in the path", "GET /images/img0%00.bin HTTP/1.1\r\nHost: x\r\n\r\n" },
+                { "newline in the path", "GET /images/img0%0a HTTP/1.1\r\nHost: x\r\n\r\n" },
+                { "DEL in the path", "GET /images/img0%7f HTTP/1.1\r\nHost: x\r\n\r\n" },
+                { "control byte in the query", "GET /images/img0?x=%01 HTTP/1.1\r\nHost: x\r\n\r\n" },
+                { "Content-Length and Transfer-Encoding",
+                  "GET /images/img0 HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n" },
+                { "two Content-Lengths",
+                  "GET /images/img0 HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nContent-Length: 5\r\n\r\nhello" },
+                { "the same Content-Length twice",
+                  "GET /images/img0 HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n" },
+        };
+        TestServer t;
+
+        test_server_start(&t, NULL, NULL, 0);
+        test_server_add_image(&t, "img0", "image zero", 10);
+
+        for (size_t i = 0; i < ELEMENTSOF(cases); i++) {
+                /* A second request follows on the same connection: it must never be answered. */
+                g_autofree char *two = g_strconcat(cases[i].request, "GET /healthcheck HTTP/1.1\r\nHost: x\r\n\r\n", NULL);
+                TestClient *c = test_client_new_raw(&t, two);
+                test_client_start(c);
+                test_run_until_done(&t, &c, 1);
+                g_test_message("%s: %.*s", cases[i].name, (int) strcspn(c->head->str, "\r"), c->head->str);
+                g_assert_cmpint(c->status, ==, 400);
+                g_autofree char *conn = test_client_header(c, "Connection");
+                g_assert_cmpstr(conn, ==, "close");
+                g_assert_null(strstr(c->head->str, "image zero"));
+                g_assert_null(strstr(c->head->str, "HTTP/1.1 200"));
+                test_client_free(c);
+        }
+
+        /* The same target without the control byte is fine. */
+        TestClient *c = test_request(&t, "GET", "/images/img0", NULL);
+        g_assert_cmpint(c->status, ==, 200);
+        test_client_free(c);
         test_server_stop(&t);
 }
 
@@ -1128,6 +1305,62 @@ static void test_miss_shutdown(MissFixture *f, gconstpointer user) {
         test_client_free(reading);
 }
 
+static void fills_per_ip_setup(Config *c, void *userdata) {
+        c->max_fills_per_ip = 1;
+}
+
+static TestClient *get_from(TestServer *t, const char *source, const char *id) {
+        g_autofree char *req = g_strdup_printf("GET /images/%s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", id);
+        TestClient *c = test_client_new_raw(t, req);
+        c->raw_bind = source;
+        test_client_start(c);
+        return c;
+}
+
+static void test_miss_fills_per_ip(void) {
+        /* MaxFetchesPerIP=1: a client address that started a fill still running cannot start another, but
+         * may join a running one; other addresses are not affected; when the fill ends, the count drops. */
+        TestServer t;
+        test_server_start(&t, fills_per_ip_setup, NULL, 0);
+
+        TestClient *a = get_from(&t, "127.0.0.6", "a");
+        Fill *fa = wait_fill(&t, "a");
+        wait_subscribers(&t, fa, 1);
+
+        TestClient *refused = get_from(&t, "127.0.0.6", "b");
+        test_run_until_done(&t, &refused, 1);
+        g_assert_cmpint(refused->status, ==, 503);
+        g_assert_nonnull(strstr(refused->head->str, "MaxFetchesPerIP=1"));
+        g_assert_null(fake_fetcher_get(t.fetcher, "b"));
+        test_client_free(refused);
+
+        TestClient *joiner = get_from(&t, "127.0.0.6", "a");
+        wait_subscribers(&t, fa, 2);
+        TestClient *other = get_from(&t, "127.0.0.7", "b");
+        Fill *fb = wait_fill(&t, "b");
+        wait_subscribers(&t, fb, 1);
+
+        fake_fill_finish(fa, -EIO, /* keep= */ false);
+        TestClient *ended[] = { a, joiner };
+        test_run_until_done(&t, ended, ELEMENTSOF(ended));
+        g_assert_cmpint(a->status, ==, 502);
+        g_assert_cmpint(joiner->status, ==, 502);
+
+        TestClient *again = get_from(&t, "127.0.0.6", "c");
+        Fill *fc = wait_fill(&t, "c");
+        wait_subscribers(&t, fc, 1);
+
+        fake_fill_finish(fb, -EIO, false);
+        fake_fill_finish(fc, -EIO, false);
+        TestClient *rest[] = { other, again };
+        test_run_until_done(&t, rest, ELEMENTSOF(rest));
+        test_client_free(a);
+        test_client_free(joiner);
+        test_client_free(other);
+        test_client_free(again);
+        test_server_stop(&t);
+}
+
 int main(int argc, char *argv[]) {
         g_test_init(&argc, &argv, NULL);
         log_setup(program_invocation_short_name);
@@ -1145,6 +1378,9 @@ int main(int argc, char *argv[]) {
         ADD("/http/healthcheck-metrics", test_healthcheck_metrics);
         g_test_add_func("/http/limits/max-connections", test_max_connections);
         g_test_add_func("/http/limits/connection-timeout", test_connection_timeout);
+        g_test_add_func("/http/limits/connections-per-ip", test_connections_per_ip);
+        g_test_add_func("/http/limits/header-timeout", test_header_timeout);
+        g_test_add_func("/http/limits/strict-requests", test_strict_requests);
 
 #define MANAGE(name, fn, notoken) \
         g_test_add(name, ManageFixture, notoken, manage_setup, fn, manage_teardown)
@@ -1156,6 +1392,7 @@ int main(int argc, char *argv[]) {
 
 #define MISS(name, fn) g_test_add(name, MissFixture, NULL, miss_setup, fn, miss_teardown)
         MISS("/http/miss/stream", test_miss_stream);
+        g_test_add_func("/http/miss/fills-per-ip", test_miss_fills_per_ip);
         MISS("/http/miss/joiners", test_miss_joiners);
         MISS("/http/miss/slow-reader", test_miss_slow_reader);
         MISS("/http/miss/bad-digest", test_miss_bad_digest);

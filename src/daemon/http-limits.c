@@ -1,0 +1,225 @@
+/* SPDX-License-Identifier: MIT */
+
+#include <arpa/inet.h>
+#include <assert.h>
+#include <errno.h>
+#include <glib.h>
+#include <netinet/in.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+
+#include "http-limits.h"
+#include "log.h"
+
+/* ---- header deadlines ----------------------------------------------------------------------------- */
+
+struct HeaderDeadlines {
+        sd_event_source *timer;
+        HeaderDeadline *head, *tail;   /* in the order of their deadlines */
+        uint64_t n_expired;
+};
+
+static void header_deadlines_arm(HeaderDeadlines *h) {
+        int r;
+
+        if (!h->head) {
+                (void) sd_event_source_set_enabled(h->timer, SD_EVENT_OFF);
+                return;
+        }
+        r = sd_event_source_set_time(h->timer, h->head->at);
+        if (r >= 0)
+                r = sd_event_source_set_enabled(h->timer, SD_EVENT_ONESHOT);
+        if (r < 0)
+                log_warning_errno(r, "Failed to arm the header timer, ignoring: %m");
+}
+
+static void header_deadline_unlink(HeaderDeadlines *h, HeaderDeadline *d) {
+        if (d->prev)
+                d->prev->next = d->next;
+        else
+                h->head = d->next;
+        if (d->next)
+                d->next->prev = d->prev;
+        else
+                h->tail = d->prev;
+        *d = (HeaderDeadline) {};
+}
+
+static int header_deadlines_on_timer(sd_event_source *es, uint64_t usec, void *userdata) {
+        HeaderDeadlines *h = userdata;
+
+        while (h->head && h->head->at <= usec) {
+                HeaderDeadline *d = h->head;
+                const union MHD_ConnectionInfo *info;
+
+                /* The connection is reading (not suspended), so MHD sees the hang-up at once and closes it;
+                 * the owner stops the deadline when MHD tells it the connection is gone. */
+                info = MHD_get_connection_info(d->connection, MHD_CONNECTION_INFO_CONNECTION_FD);
+                if (info)
+                        (void) shutdown(info->connect_fd, SHUT_RDWR);
+                h->n_expired++;
+                header_deadline_unlink(h, d);
+        }
+        header_deadlines_arm(h);
+        return 0;
+}
+
+int header_deadlines_new(sd_event *event, HeaderDeadlines **ret) {
+        HeaderDeadlines *h;
+        int r;
+
+        h = calloc(1, sizeof(HeaderDeadlines));
+        if (!h)
+                return -ENOMEM;
+        /* A second of slack: the deadline is a defence, not a promise. */
+        r = sd_event_add_time(event, &h->timer, CLOCK_MONOTONIC, 0, USEC_PER_SEC, header_deadlines_on_timer, h);
+        if (r < 0) {
+                free(h);
+                return r;
+        }
+        (void) sd_event_source_set_enabled(h->timer, SD_EVENT_OFF);
+        (void) sd_event_source_set_description(h->timer, "http-header-deadline");
+        *ret = h;
+        return 0;
+}
+
+HeaderDeadlines *header_deadlines_free(HeaderDeadlines *h) {
+        if (!h)
+                return NULL;
+        while (h->head)
+                header_deadline_unlink(h, h->head);
+        sd_event_source_disable_unref(h->timer);
+        free(h);
+        return NULL;
+}
+
+void header_deadline_start(HeaderDeadlines *h, HeaderDeadline *d, struct MHD_Connection *c, usec_t timeout) {
+        bool was_empty = !h->head;
+
+        if (d->at != 0 || timeout == 0 || timeout == USEC_INFINITY)
+                return;
+
+        *d = (HeaderDeadline) {
+                .connection = c,
+                .at = usec_add(now_usec(CLOCK_MONOTONIC), timeout),
+                .prev = h->tail,
+        };
+        if (h->tail)
+                h->tail->next = d;
+        else
+                h->head = d;
+        h->tail = d;
+        if (was_empty)
+                header_deadlines_arm(h);
+}
+
+void header_deadline_stop(HeaderDeadlines *h, HeaderDeadline *d) {
+        bool was_head = h->head == d;
+
+        if (d->at == 0)
+                return;
+        header_deadline_unlink(h, d);
+        if (was_head)
+                header_deadlines_arm(h);
+}
+
+uint64_t header_deadlines_expired(const HeaderDeadlines *h) {
+        return h->n_expired;
+}
+
+/* ---- ambiguous requests ----------------------------------------------------------------------------- */
+
+typedef struct FramingHeaders {
+        unsigned content_length;
+        unsigned transfer_encoding;
+} FramingHeaders;
+
+static enum MHD_Result count_framing_header(void *cls, enum MHD_ValueKind kind, const char *key,
+                                            const char *value) {
+        FramingHeaders *f = cls;
+
+        if (strcasecmp(key, MHD_HTTP_HEADER_CONTENT_LENGTH) == 0)
+                f->content_length++;
+        else if (strcasecmp(key, MHD_HTTP_HEADER_TRANSFER_ENCODING) == 0)
+                f->transfer_encoding++;
+        return MHD_YES;
+}
+
+const char *http_request_framing_problem(struct MHD_Connection *c) {
+        FramingHeaders f = {};
+
+        (void) MHD_get_connection_values(c, MHD_HEADER_KIND, count_framing_header, &f);
+        if (f.content_length > 0 && f.transfer_encoding > 0)
+                return "both Content-Length and Transfer-Encoding";
+        if (f.content_length > 1)
+                return "more than one Content-Length";
+        return NULL;
+}
+
+size_t http_unescape(char *s, bool *ret_bad) {
+        size_t n = MHD_http_unescape(s);
+        bool bad = false;
+
+        for (size_t i = 0; i < n; i++)
+                if ((unsigned char) s[i] < ' ' || s[i] == 0x7f) {
+                        bad = true;
+                        break;
+                }
+        *ret_bad = bad;
+        return n;
+}
+
+/* ---- fills per client address ------------------------------------------------------------------------ */
+
+struct PeerCounts {
+        GHashTable *counts;   /* char* key → GUINT_TO_POINTER(n), entries with n > 0 only */
+};
+
+int peer_counts_new(PeerCounts **ret) {
+        PeerCounts *p = calloc(1, sizeof(PeerCounts));
+        if (!p)
+                return -ENOMEM;
+        p->counts = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+        *ret = p;
+        return 0;
+}
+
+PeerCounts *peer_counts_free(PeerCounts *p) {
+        if (!p)
+                return NULL;
+        g_hash_table_unref(p->counts);
+        free(p);
+        return NULL;
+}
+
+bool peer_key(struct MHD_Connection *c, char key[static PEER_KEY_MAX]) {
+        const union MHD_ConnectionInfo *info;
+        const struct sockaddr *sa;
+
+        info = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+        sa = info ? info->client_addr : NULL;
+        if (!sa)
+                return false;
+        if (sa->sa_family == AF_INET)
+                return inet_ntop(AF_INET, &((const struct sockaddr_in *) sa)->sin_addr, key, PEER_KEY_MAX);
+        if (sa->sa_family == AF_INET6)
+                return inet_ntop(AF_INET6, &((const struct sockaddr_in6 *) sa)->sin6_addr, key, PEER_KEY_MAX);
+        return false;
+}
+
+unsigned peer_counts_get(PeerCounts *p, const char *key) {
+        return GPOINTER_TO_UINT(g_hash_table_lookup(p->counts, key));
+}
+
+void peer_counts_add(PeerCounts *p, const char *key, int delta) {
+        unsigned n = peer_counts_get(p, key);
+
+        assert(delta >= 0 || n >= (unsigned) -delta);
+        n = (unsigned) ((int) n + delta);
+        if (n == 0)
+                g_hash_table_remove(p->counts, key);
+        else
+                g_hash_table_insert(p->counts, g_strdup(key), GUINT_TO_POINTER(n));
+}

@@ -1,0 +1,64 @@
+/* SPDX-License-Identifier: MIT */
+#pragma once
+
+#include <microhttpd.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <systemd/sd-event.h>
+
+#include "util.h"
+
+/* What keeps one HTTP client from hurting the others, beyond what libmicrohttpd does itself (its global
+ * and per-address connection limits, its idle timeout): a deadline for a request's headers, the
+ * requests refused as ambiguous, and a count of the fills each client address started. */
+
+/* ---- header deadlines ----------------------------------------------------------------------------- */
+
+/* MHD's connection timeout measures idleness, so a client sending one header line every few seconds
+ * would hold its connection for ever. A HeaderDeadline (one per connection, embedded in the caller's
+ * connection state) runs from the start of the connection, or from the request line of a later request
+ * on it, to the end of the request's headers; when it passes, the socket is shut down and MHD closes
+ * the connection. The timeout is the same for all, so the list is kept in order by appending. */
+typedef struct HeaderDeadline HeaderDeadline;
+struct HeaderDeadline {
+        struct MHD_Connection *connection;
+        usec_t at;                /* 0: not armed */
+        HeaderDeadline *prev, *next;
+};
+
+typedef struct HeaderDeadlines HeaderDeadlines;
+
+int header_deadlines_new(sd_event *event, HeaderDeadlines **ret);
+HeaderDeadlines *header_deadlines_free(HeaderDeadlines *h);
+/* Arms d for c unless it is armed already (the first request's clock starts with the connection).
+ * timeout 0 or USEC_INFINITY: no deadline. */
+void header_deadline_start(HeaderDeadlines *h, HeaderDeadline *d, struct MHD_Connection *c, usec_t timeout);
+void header_deadline_stop(HeaderDeadlines *h, HeaderDeadline *d);
+/* Connections dropped for being too slow with their headers, since the start. */
+uint64_t header_deadlines_expired(const HeaderDeadlines *h);
+
+/* ---- ambiguous requests ----------------------------------------------------------------------------- */
+
+/* A request whose framing two parsers could read differently (request smuggling): Content-Length together
+ * with Transfer-Encoding, or more than one Content-Length. Returns the reason, or NULL. */
+const char *http_request_framing_problem(struct MHD_Connection *c);
+
+/* Percent-decodes s in place as MHD does (for MHD_OPTION_UNESCAPE_CALLBACK) and returns the new length;
+ * *ret_bad tells whether the result holds a NUL or another control byte: "/images/a%00.bin" would
+ * otherwise reach the router as "/images/a". */
+size_t http_unescape(char *s, bool *ret_bad);
+
+/* ---- fills per client address ------------------------------------------------------------------------ */
+
+/* How many fills each client address started that are still running. Keys are the address bytes, so a
+ * client cannot dodge the count by changing ports. */
+typedef struct PeerCounts PeerCounts;
+
+int peer_counts_new(PeerCounts **ret);
+PeerCounts *peer_counts_free(PeerCounts *p);
+/* The address of c as a key (static buffer of the caller, at least PEER_KEY_MAX). false: unknown. */
+#define PEER_KEY_MAX 64
+bool peer_key(struct MHD_Connection *c, char key[static PEER_KEY_MAX]);
+unsigned peer_counts_get(PeerCounts *p, const char *key);
+void peer_counts_add(PeerCounts *p, const char *key, int delta);
