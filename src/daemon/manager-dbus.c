@@ -92,7 +92,7 @@ static int no_upstream(Manager *m, sd_bus_error *error) {
 
 /* Pins and OpenImage refused because their fds would come out of the share of HTTP connections, fills
  * and sqlite (manager_fd_budget_left()); the caller can retry once a pin ends. */
-static int fd_budget_spent(Manager *m, sd_bus_error *error, const char *id) {
+static int fd_budget_spent(const Manager *m, sd_bus_error *error, const char *id) {
         return sd_bus_error_setf(error, IMGCACHE_ERROR_TOO_MANY_OPEN_FILES,
                                  "Cannot open or pin image %s: the budget of %u file descriptors for pins and "
                                  "OpenImage is used up (%u pins held; RLIMIT_NOFILE is %" PRIu64 ").",
