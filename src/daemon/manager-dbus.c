@@ -90,6 +90,15 @@ static int no_upstream(Manager *m, sd_bus_error *error) {
                                  manager_upstream(m));
 }
 
+/* Pins and OpenImage refused because their fds would come out of the share of HTTP connections, fills
+ * and sqlite (manager_fd_budget_left()); the caller can retry once a pin ends. */
+static int fd_budget_spent(const Manager *m, sd_bus_error *error, const char *id) {
+        return sd_bus_error_setf(error, IMGCACHE_ERROR_TOO_MANY_OPEN_FILES,
+                                 "Cannot open or pin image %s: the budget of %u file descriptors for pins and "
+                                 "OpenImage is used up (%u pins held; RLIMIT_NOFILE is %" PRIu64 ").",
+                                 id, m->fd_budget, m->n_pins, m->fd_limit);
+}
+
 /* ---- read-only methods -------------------------------------------------------------------------- */
 
 static int method_list_images(sd_bus_message *message, void *userdata, sd_bus_error *error) {
@@ -468,9 +477,23 @@ static int method_list_jobs(sd_bus_message *message, void *userdata, sd_bus_erro
 
 /* ---- local readers ------------------------------------------------------------------------------ */
 
+/* Opens a cached image and replies with the fd; the fd counts against the fd budget from the open until
+ * our copy is closed, after sd-bus queued the reply with its own. */
+static int open_image_reply(Manager *m, sd_bus_message *message, const char *id, sd_bus_error *error) {
+        _cleanup_(closep) int fd = -EBADF;
+        int r;
+
+        r = image_cache_open_for_read(m->cache, id, &fd);
+        if (r == -ENOENT)
+                return not_cached(error, id);
+        if (r < 0)
+                return sd_bus_error_set_errnof(error, r, "Cannot open image %s: %m", id);
+        manager_count_hit(m, id);
+        return sd_bus_reply_method_return(message, "h", fd); /* sd-bus sends a copy; ours closes */
+}
+
 static int method_open_image(sd_bus_message *message, void *userdata, sd_bus_error *error) {
         Manager *m = userdata;
-        _cleanup_(closep) int fd = -EBADF;
         const char *id;
         int r;
 
@@ -482,18 +505,17 @@ static int method_open_image(sd_bus_message *message, void *userdata, sd_bus_err
                 manager_properties_changed(m);
                 return not_cached(error, id);
         }
+        if (!manager_fd_budget_left(m))
+                return fd_budget_spent(m, error, id);
 
         r = manager_authorize(m, message, ACTION_OPEN, id, error);
         if (r <= 0)
                 return r == 0 ? 1 : r;
 
-        r = image_cache_open_for_read(m->cache, id, &fd);
-        if (r == -ENOENT)
-                return not_cached(error, id);
-        if (r < 0)
-                return sd_bus_error_set_errnof(error, r, "Cannot open image %s: %m", id);
-        manager_count_hit(m, id);
-        return sd_bus_reply_method_return(message, "h", fd); /* sd-bus sends a copy; ours closes */
+        m->n_open_fds++;
+        r = open_image_reply(m, message, id, error);
+        m->n_open_fds--;
+        return r;
 }
 
 static int method_pin_image(sd_bus_message *message, void *userdata, sd_bus_error *error) {
@@ -517,6 +539,8 @@ static int method_pin_image(sd_bus_message *message, void *userdata, sd_bus_erro
         if (m->n_pins >= MANAGER_PINS_MAX)
                 return sd_bus_error_setf(error, SD_BUS_ERROR_LIMITS_EXCEEDED, "Too many pins (%u).",
                                          MANAGER_PINS_MAX);
+        if (!manager_fd_budget_left(m))
+                return fd_budget_spent(m, error, id);
 
         r = manager_authorize(m, message, ACTION_OPEN, id, error);
         if (r <= 0)

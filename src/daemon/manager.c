@@ -2,10 +2,12 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/resource.h>
 #include <sys/statvfs.h>
 #include <sys/time.h>
 
@@ -45,6 +47,63 @@ static char *default_path(bool user, const char *xdg_var, const char *home_suffi
         return asprintf(&p, "%s/imgcache%s", base, leaf) < 0 ? NULL : p;
 }
 
+/* Raises the soft RLIMIT_NOFILE to the hard limit, as systemd recommends for daemons: the soft default of
+ * 1024 only protects programs that use select(), and nothing here does (sd-event, MHD in epoll mode and
+ * curl's socket callbacks all use epoll). Returns the soft limit in effect afterwards. */
+static uint64_t raise_fd_limit(void) {
+        struct rlimit rl;
+
+        if (getrlimit(RLIMIT_NOFILE, &rl) < 0) {
+                log_warning_errno(errno, "Cannot read RLIMIT_NOFILE, assuming 1024: %m");
+                return 1024;
+        }
+        if (rl.rlim_cur < rl.rlim_max) {
+                struct rlimit raised = { .rlim_cur = rl.rlim_max, .rlim_max = rl.rlim_max };
+
+                if (setrlimit(RLIMIT_NOFILE, &raised) >= 0)
+                        rl = raised;
+                else
+                        log_debug_errno(errno, "Cannot raise RLIMIT_NOFILE from %llu to %llu, ignoring: %m",
+                                        (unsigned long long) rl.rlim_cur, (unsigned long long) rl.rlim_max);
+        }
+        return rl.rlim_cur == RLIM_INFINITY ? UINT64_MAX : (uint64_t) rl.rlim_cur;
+}
+
+/* The fds everything but pins and OpenImage may need at once under configuration c. */
+static uint64_t fds_for_others(const Config *c) {
+        return (uint64_t) MAX(c->max_connections, 1U) * MANAGER_FDS_PER_CONNECTION +
+                (uint64_t) MAX(c->max_parallel_fetches, 1U) * MANAGER_FDS_PER_FILL +
+                (uint64_t) MANAGER_VERIFY_MAX * MANAGER_FDS_PER_VERIFY + MANAGER_FDS_RESERVE;
+}
+
+/* Sizes the budget of pins and OpenImage: MANAGER_PINS_MAX when RLIMIT_NOFILE holds it next to the share
+ * of connections, fills and the reserve, else what is left after that share (possibly nothing). Warns when
+ * the budget shrinks to a new value, naming what is needed and what the limit is. */
+static void manager_update_fd_budget(Manager *m) {
+        uint64_t others = fds_for_others(&m->config), needed = others + MANAGER_PINS_MAX;
+        unsigned budget;
+
+        if (m->fd_limit >= needed)
+                budget = MANAGER_PINS_MAX;
+        else
+                budget = m->fd_limit > others ? (unsigned) (m->fd_limit - others) : 0;
+
+        if (budget < MANAGER_PINS_MAX && budget != m->fd_budget)
+                log_warning("MaxConnections=%u, MaxParallelFetches=%u and %u pins need %" PRIu64 " file "
+                            "descriptors, but RLIMIT_NOFILE is %" PRIu64 "; limiting pins and OpenImage to %u "
+                            "file descriptors. Raise LimitNOFILE= of imgcached.service or lower MaxConnections=.",
+                            m->config.max_connections, m->config.max_parallel_fetches, MANAGER_PINS_MAX, needed,
+                            m->fd_limit, budget);
+        else if (budget != m->fd_budget)
+                log_debug("Budget of pins and OpenImage: %u file descriptors (RLIMIT_NOFILE %" PRIu64
+                          ", %" PRIu64 " needed).", budget, m->fd_limit, needed);
+        m->fd_budget = budget;
+}
+
+bool manager_fd_budget_left(const Manager *m) {
+        return (uint64_t) m->n_pins + m->n_open_fds < m->fd_budget;
+}
+
 int manager_new(const ManagerOptions *o, Manager **ret) {
         _cleanup_(manager_freep) Manager *m = NULL;
         int r;
@@ -53,6 +112,8 @@ int manager_new(const ManagerOptions *o, Manager **ret) {
         if (!m)
                 return log_error_errno(ENOMEM, "Out of memory.");
         m->user = o->user;
+        m->fd_limit = raise_fd_limit();
+        m->fd_budget = UINT_MAX;
         m->queued_checksums = g_hash_table_new_full(g_str_hash, g_str_equal, free, free);
         r = config_init(&m->config);
         if (r < 0)
@@ -212,6 +273,7 @@ int manager_load(Manager *m) {
         r = load_config_file(m->config_path, &m->config);
         if (r < 0)
                 return r;
+        manager_update_fd_budget(m);
 
         if (!m->cache_dir) {
                 m->cache_dir = m->config.directory ? strdup(m->config.directory) :
@@ -263,6 +325,7 @@ int manager_reload(Manager *m) {
                                    m->config_path);
                 config_done(&m->config);
                 m->config = c;
+                manager_update_fd_budget(m);
                 manager_reconfigure_fetcher(m);
                 if (m->http)
                         (void) http_server_reconfigure(m->http, &m->config);

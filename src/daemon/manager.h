@@ -29,6 +29,19 @@ typedef struct VerifyJob VerifyJob;
 #define MANAGER_VERIFY_MAX 8
 #define MANAGER_PINS_MAX 4096
 
+/* File descriptors, for the budget of pins and OpenImage (manager_fd_budget_left()). Pins get what
+ * RLIMIT_NOFILE leaves after everything else had its share: an HTTP connection holds its socket and the
+ * image file it serves; a fill its curl socket, the resolver's socket pair, the partial file opened for
+ * writing and for reading, and one spare; a Verify worker the image and an eventfd. The reserve is the
+ * rest: stdio, the bus, the event loop (epoll, signalfd, timerfds), MHD (listening socket, epoll, ITC),
+ * curl's multi handle, sqlite (database, journal, lock), the cache directory and its subdirectories, and
+ * the two fds a PinImage call holds besides its pin until the reply is sent. units/imgcached.service.in
+ * sizes LimitNOFILE= from the same numbers. */
+#define MANAGER_FDS_PER_CONNECTION 2U
+#define MANAGER_FDS_PER_FILL 6U
+#define MANAGER_FDS_PER_VERIFY 2U
+#define MANAGER_FDS_RESERVE 64U
+
 /* The values behind the changing properties, as last announced; compared to find what changed. */
 typedef struct PropertySnapshot {
         char *driver;
@@ -71,6 +84,9 @@ typedef struct Manager {
         JobRegistry *jobs;            /* org.imgcache.Job objects (job.h) */
         GList *pins;                  /* Pin* */
         unsigned n_pins;
+        uint64_t fd_limit;            /* RLIMIT_NOFILE, once raised to the hard limit */
+        unsigned fd_budget;           /* fds pins and OpenImage may hold at once; UINT_MAX before the load */
+        unsigned n_open_fds;          /* OpenImage fds opened and not closed yet (the reply is in flight) */
         GList *verify_jobs;           /* VerifyJob* */
         unsigned n_verify_jobs;
 
@@ -102,6 +118,12 @@ int manager_reload(Manager *m);
 
 /* Starts the HTTP server on the socket systemd passed, else on --listen=/Listen=. */
 int manager_start_http(Manager *m);
+
+/* True when one more pin or OpenImage fits the fd budget: pins (one fd each, the read end of their pipe,
+ * for as long as they last) and OpenImage calls in flight (one fd each, until the reply has been queued
+ * and our copy closed) together stay within m->fd_budget, so that connections, fills and sqlite never
+ * meet EMFILE because of them. */
+bool manager_fd_budget_left(const Manager *m);
 
 /* True while something other than an incoming call needs the daemon: a polkit query, a Verify worker,
  * a pin, a fill from the upstream. */

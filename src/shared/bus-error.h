@@ -7,12 +7,14 @@
  * imgcachectl call imgcache_bus_error_register() once at start, so sd_bus_error_get_errno() and
  * sd_bus_error_set_errno() translate in both directions. */
 
-#define IMGCACHE_ERROR_NO_SUCH_IMAGE      "org.imgcache.Error.NoSuchImage"      /* ENOENT */
-#define IMGCACHE_ERROR_INVALID_IMAGE_ID   "org.imgcache.Error.InvalidImageId"   /* EINVAL */
-#define IMGCACHE_ERROR_NO_SUCH_JOB        "org.imgcache.Error.NoSuchJob"        /* ENXIO */
-#define IMGCACHE_ERROR_NO_UPSTREAM        "org.imgcache.Error.NoUpstream"       /* EHOSTUNREACH */
-#define IMGCACHE_ERROR_UPSTREAM_FAILED    "org.imgcache.Error.UpstreamFailed"   /* EREMOTEIO */
-#define IMGCACHE_ERROR_CHECKSUM_MISMATCH  "org.imgcache.Error.ChecksumMismatch" /* EBADMSG */
+#define IMGCACHE_ERROR_NO_SUCH_IMAGE       "org.imgcache.Error.NoSuchImage"       /* ENOENT */
+#define IMGCACHE_ERROR_INVALID_IMAGE_ID    "org.imgcache.Error.InvalidImageId"    /* EINVAL */
+#define IMGCACHE_ERROR_NO_SUCH_JOB         "org.imgcache.Error.NoSuchJob"         /* ENXIO */
+#define IMGCACHE_ERROR_NO_UPSTREAM         "org.imgcache.Error.NoUpstream"        /* EHOSTUNREACH */
+#define IMGCACHE_ERROR_UPSTREAM_FAILED     "org.imgcache.Error.UpstreamFailed"    /* EREMOTEIO */
+#define IMGCACHE_ERROR_CHECKSUM_MISMATCH   "org.imgcache.Error.ChecksumMismatch"  /* EBADMSG */
+/* Pins and OpenImage used up the file descriptors imgcached sets aside for them (imgcached(8), LIMITS). */
+#define IMGCACHE_ERROR_TOO_MANY_OPEN_FILES "org.imgcache.Error.TooManyOpenFiles"  /* EMFILE */
 
 extern const sd_bus_error_map imgcache_bus_error_map[];
 

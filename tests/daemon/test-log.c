@@ -75,6 +75,7 @@ static void test_error_map(void) {
                 { IMGCACHE_ERROR_NO_UPSTREAM, EHOSTUNREACH },
                 { IMGCACHE_ERROR_UPSTREAM_FAILED, EREMOTEIO },
                 { IMGCACHE_ERROR_CHECKSUM_MISMATCH, EBADMSG },
+                { IMGCACHE_ERROR_TOO_MANY_OPEN_FILES, EMFILE },
         };
 
         g_assert_cmpint(imgcache_bus_error_register(), ==, 0);
