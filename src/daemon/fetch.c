@@ -15,6 +15,7 @@
 #include <sys/statvfs.h>
 #include <sys/xattr.h>
 
+#include "curl-loop.h"
 #include "fetch.h"
 #include "fill-writer.h"
 #include "image-id.h"
@@ -48,7 +49,6 @@
  * and a fast upstream always has data: without a budget one transfer would keep the loop for hundreds
  * of milliseconds, holding up every HTTP client and D-Bus call meanwhile. */
 #define FETCH_TURN_BUDGET (1024UL * 1024UL)
-#define FETCH_TIMER_SLACK_USEC (50ULL * USEC_PER_MSEC)
 #define FETCH_ETAG_XATTR "user.imgcache.etag"
 #define FETCH_ETAG_MAX 1024
 #define FETCH_TOKEN_MAX 8192
@@ -99,6 +99,7 @@ struct Fill {
         /* The current request. */
         FillPhase phase;
         CURL *curl;
+        CurlTask task;           /* curl-loop's handle on the transfer */
         struct curl_slist *request_headers;
         char *phase_url;     /* first URL of the phase: redirects to another origin lose the token */
         unsigned redirects;
@@ -155,12 +156,10 @@ struct Fill {
 struct Fetcher {
         sd_event *event;
         ImageCache *cache;
-        CURLM *multi;
-        sd_event_source *timer;
+        CurlLoop *curl;
         sd_event_source *dispatch;
         sd_event_source *work_source;
         int work_fd;
-        GHashTable *sockets;      /* sd_event_source* of curl sockets (also curl_multi_assign()ed) */
 
         pthread_mutex_t work_lock;
         GQueue work_running;      /* Work*, loop thread only */
@@ -182,7 +181,7 @@ struct Fetcher {
         GQueue notify;            /* Fill* (a reference each), to dispatch */
         GQueue yielded;           /* Fill* (a reference each), paused until the loop has turned */
         sd_event_source *resume;  /* defer: unpauses the yielded fills */
-        uint64_t turn;            /* counts curl_multi_socket_action() calls */
+        uint64_t resumes;         /* turns of the loop that unpaused fills (on top of the CurlLoop's) */
         unsigned n_slots_used;
         FetcherObserver observer;
         bool freeing;
@@ -204,11 +203,16 @@ const char *fill_state_to_string(FillState s) {
         return fill_state_table[s];
 }
 
-static void fetcher_process_multi(Fetcher *fe);
 static void fetcher_start_pending(Fetcher *fe);
 static int fill_request(Fill *f, const char *url);
 static void fill_finish(Fill *f, int error);
+static void fill_on_curl_done(CurlTask *t, CURL *easy, CURLcode code);
 static void fill_schedule(Fill *f);
+
+/* The turn of the event loop a fill's budget counts for: the CurlLoop's turns, and ours that unpaused. */
+static uint64_t fetcher_turn(const Fetcher *fe) {
+        return curl_loop_turns(fe->curl) + fe->resumes;
+}
 
 /* ---- small helpers ------------------------------------------------------------------------------ */
 
@@ -330,108 +334,6 @@ static void fill_prepare_resume(Fill *f) {
         f->resume_etag = strdup(etag);
         if (f->resume_etag)
                 f->resume_offset = (uint64_t) st.st_size;
-}
-
-/* ---- curl ↔ sd-event ---------------------------------------------------------------------------- */
-
-static int on_curl_io(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
-        Fetcher *fe = userdata;
-        int action = 0, running;
-
-        if (revents & (EPOLLIN | EPOLLPRI))
-                action |= CURL_CSELECT_IN;
-        if (revents & EPOLLOUT)
-                action |= CURL_CSELECT_OUT;
-        if (revents & (EPOLLERR | EPOLLHUP))
-                action |= CURL_CSELECT_ERR;
-
-        fe->turn++;
-        (void) curl_multi_socket_action(fe->multi, fd, action, &running);
-        fetcher_process_multi(fe);
-        return 0;
-}
-
-static int on_curl_socket(CURL *easy, curl_socket_t fd, int what, void *userp, void *socketp) {
-        Fetcher *fe = userp;
-        sd_event_source *s = socketp;
-
-        if (what == CURL_POLL_REMOVE) {
-                if (s) {
-                        g_hash_table_remove(fe->sockets, s); /* unrefs */
-                        (void) curl_multi_assign(fe->multi, fd, NULL);
-                }
-                return 0;
-        }
-
-        uint32_t events = 0;
-        if (what & CURL_POLL_IN)
-                events |= EPOLLIN;
-        if (what & CURL_POLL_OUT)
-                events |= EPOLLOUT;
-
-        if (s) {
-                if (sd_event_source_set_io_events(s, events) < 0 ||
-                    sd_event_source_set_enabled(s, SD_EVENT_ON) < 0)
-                        return -1;
-                return 0;
-        }
-
-        int r = sd_event_add_io(fe->event, &s, fd, events, on_curl_io, fe);
-        if (r < 0) {
-                log_warning_errno(r, "Cannot watch a connection to the upstream: %m");
-                return -1;
-        }
-        (void) sd_event_source_set_description(s, "curl-socket");
-        g_hash_table_add(fe->sockets, s);
-        if (curl_multi_assign(fe->multi, fd, s) != CURLM_OK) {
-                g_hash_table_remove(fe->sockets, s);
-                return -1;
-        }
-        return 0;
-}
-
-static int on_curl_timer_elapsed(sd_event_source *s, uint64_t usec, void *userdata) {
-        Fetcher *fe = userdata;
-        int running;
-
-        fe->turn++;
-        (void) curl_multi_socket_action(fe->multi, CURL_SOCKET_TIMEOUT, 0, &running);
-        fetcher_process_multi(fe);
-        return 0;
-}
-
-static int on_curl_timer(CURLM *multi, long timeout_ms, void *userp) {
-        Fetcher *fe = userp;
-
-        if (timeout_ms < 0) {
-                if (fe->timer)
-                        (void) sd_event_source_set_enabled(fe->timer, SD_EVENT_OFF);
-                return 0;
-        }
-
-        /* Relative, in µs (the ms value curl gives is exact, so nothing to round), and with an accuracy of
-         * 1µs: sd-event's default of 250ms would coalesce curl's short timeouts into long waits. */
-        usec_t usec = (usec_t) timeout_ms * USEC_PER_MSEC;
-        int r;
-        if (!fe->timer) {
-                r = sd_event_add_time_relative(fe->event, &fe->timer, CLOCK_MONOTONIC, usec, 1,
-                                               on_curl_timer_elapsed, fe);
-                if (r >= 0)
-                        (void) sd_event_source_set_description(fe->timer, "curl-timer");
-        } else {
-                r = sd_event_source_set_time_relative(fe->timer, usec);
-                /* curl re-arms on every read with its next check (a second away while data flows); slack
-                 * on such timeouts spares a timerfd reprogramming per read. Short ones stay exact. */
-                if (r >= 0)
-                        r = sd_event_source_set_time_accuracy(fe->timer, timeout_ms >= 1000 ? FETCH_TIMER_SLACK_USEC : 1);
-                if (r >= 0)
-                        r = sd_event_source_set_enabled(fe->timer, SD_EVENT_ONESHOT);
-        }
-        if (r < 0) {
-                log_warning_errno(r, "Cannot arm the transfer timer: %m");
-                return -1;
-        }
-        return 0;
 }
 
 /* ---- curl callbacks (record only; no curl calls, no listeners) ---------------------------------- */
@@ -758,8 +660,8 @@ static int fill_set_write_error(Fill *f, int r) {
 static bool fill_turn_spent(Fill *f, size_t n) {
         Fetcher *fe = f->fetcher;
 
-        if (f->turn != fe->turn) {
-                f->turn = fe->turn;
+        if (f->turn != fetcher_turn(fe)) {
+                f->turn = fetcher_turn(fe);
                 f->turn_bytes = 0;
         }
         if (f->turn_bytes > 0 && f->turn_bytes + n > FETCH_TURN_BUDGET) {
@@ -894,7 +796,7 @@ static bool same_origin(const char *a, const char *b) {
 static void fill_drop_handle(Fill *f) {
         if (f->curl) {
                 if (f->fetcher)
-                        (void) curl_multi_remove_handle(f->fetcher->multi, f->curl);
+                        curl_loop_remove(f->fetcher->curl, f->curl);
                 curl_easy_cleanup(f->curl);
                 f->curl = NULL;
         }
@@ -931,7 +833,6 @@ static int fill_request(Fill *f, const char *url) {
         f->curl = h;
 
         SETOPT(h, CURLOPT_URL, url);
-        SETOPT(h, CURLOPT_PRIVATE, f);
         SETOPT(h, CURLOPT_NOSIGNAL, 1L);
         SETOPT(h, CURLOPT_PROTOCOLS_STR, "http,https,file");
         SETOPT(h, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
@@ -993,7 +894,8 @@ static int fill_request(Fill *f, const char *url) {
         if (l)
                 SETOPT(h, CURLOPT_HTTPHEADER, l);
 
-        if (curl_multi_add_handle(fe->multi, h) != CURLM_OK)
+        f->task.on_done = fill_on_curl_done;
+        if (curl_loop_add(fe->curl, h, &f->task) < 0)
                 goto oom;
         if (f->state == FILL_PENDING)
                 f->state = FILL_CONNECTING;
@@ -1128,7 +1030,7 @@ static void fill_on_writer_progress(FillWriter *fw, void *userdata) {
                 f->writer_blocked = false;
                 fill_ref(f);
                 fill_unpause(f);
-                fetcher_process_multi(f->fetcher);
+                curl_loop_collect(f->fetcher->curl);
                 fill_unref(f);
         }
 }
@@ -1213,25 +1115,14 @@ static void fill_on_transfer_done(Fill *f, CURLcode code) {
         fill_body_complete(f);
 }
 
-static void fetcher_process_multi(Fetcher *fe) {
-        CURLMsg *msg;
-        int left;
+static void fill_on_curl_done(CurlTask *t, CURL *easy, CURLcode code) {
+        Fill *f = container_of(t, Fill, task);
 
-        while ((msg = curl_multi_info_read(fe->multi, &left))) {
-                if (msg->msg != CURLMSG_DONE)
-                        continue;
-                Fill *f = NULL;
-                CURL *h = msg->easy_handle;
-                CURLcode code = msg->data.result;
-                (void) curl_easy_getinfo(h, CURLINFO_PRIVATE, (char **) &f);
-                if (!f || f->curl != h)
-                        continue;
-                /* The message points into the handle: read it before anything removes the handle. */
-                (void) curl_multi_remove_handle(fe->multi, h);
-                fill_ref(f);
-                fill_on_transfer_done(f, code);
-                fill_unref(f);
-        }
+        if (f->curl != easy)
+                return;
+        fill_ref(f);
+        fill_on_transfer_done(f, code);
+        fill_unref(f);
 }
 
 /* ---- worker threads (seal, rehash) -------------------------------------------------------------- */
@@ -1338,13 +1229,13 @@ static int on_resume(sd_event_source *s, void *userdata) {
         Fetcher *fe = userdata;
         Fill *f;
 
-        fe->turn++;
+        fe->resumes++;
         while ((f = g_queue_pop_head(&fe->yielded))) {
                 if (!fill_is_final(f))
                         fill_unpause(f);
                 fill_unref(f);
         }
-        fetcher_process_multi(fe);
+        curl_loop_collect(fe->curl);
         return 0;
 }
 
@@ -1366,7 +1257,7 @@ static void fill_on_rehashed(Fill *f, int r) {
                 return;
         }
         fill_unpause(f);
-        fetcher_process_multi(f->fetcher);
+        curl_loop_collect(f->fetcher->curl);
 }
 
 static void work_complete(Work *w) {
@@ -1602,27 +1493,12 @@ static int fetcher_apply_config(Fetcher *fe, const Config *config) {
 
 /* ---- Fetcher API -------------------------------------------------------------------------------- */
 
-static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
-static CURLcode curl_init_result;
-
-static void curl_init_once(void) {
-        curl_init_result = curl_global_init(CURL_GLOBAL_DEFAULT);
-}
-
 static void fill_unref_void(void *p) {
         fill_unref(p);
 }
 
-static void source_unref_void(void *p) {
-        sd_event_source_disable_unref(p);
-}
-
 int fetcher_new(sd_event *event, ImageCache *cache, const Config *config, Fetcher **ret) {
         int r;
-
-        (void) pthread_once(&curl_once, curl_init_once);
-        if (curl_init_result != CURLE_OK)
-                return -EIO;
 
         Fetcher *fe = calloc(1, sizeof(Fetcher));
         if (!fe)
@@ -1632,7 +1508,6 @@ int fetcher_new(sd_event *event, ImageCache *cache, const Config *config, Fetche
                 .cache = cache,
                 .work_fd = -EBADF,
                 .fills = g_hash_table_new_full(g_str_hash, g_str_equal, NULL, fill_unref_void),
-                .sockets = g_hash_table_new_full(g_direct_hash, g_direct_equal, source_unref_void, NULL),
                 .all = g_hash_table_new(g_direct_hash, g_direct_equal),
         };
         pthread_mutex_init(&fe->work_lock, NULL);
@@ -1646,18 +1521,9 @@ int fetcher_new(sd_event *event, ImageCache *cache, const Config *config, Fetche
         if (r < 0)
                 goto fail;
 
-        fe->multi = curl_multi_init();
-        if (!fe->multi) {
-                r = -ENOMEM;
+        r = curl_loop_new(event, &fe->curl);
+        if (r < 0)
                 goto fail;
-        }
-        if (curl_multi_setopt(fe->multi, CURLMOPT_SOCKETFUNCTION, on_curl_socket) != CURLM_OK ||
-            curl_multi_setopt(fe->multi, CURLMOPT_SOCKETDATA, fe) != CURLM_OK ||
-            curl_multi_setopt(fe->multi, CURLMOPT_TIMERFUNCTION, on_curl_timer) != CURLM_OK ||
-            curl_multi_setopt(fe->multi, CURLMOPT_TIMERDATA, fe) != CURLM_OK) {
-                r = -EIO;
-                goto fail;
-        }
 
         const curl_version_info_data *vi = curl_version_info(CURLVERSION_NOW);
         if (!(vi->features & CURL_VERSION_ASYNCHDNS))
@@ -1740,13 +1606,9 @@ Fetcher *fetcher_free(Fetcher *fe) {
         g_hash_table_destroy(fe->all);
         fe->all = NULL;
 
-        if (fe->multi)
-                (void) curl_multi_cleanup(fe->multi);
-        if (fe->sockets)
-                g_hash_table_destroy(fe->sockets);
+        curl_loop_free(fe->curl);
         if (fe->fills)
                 g_hash_table_destroy(fe->fills);
-        sd_event_source_disable_unref(fe->timer);
         sd_event_source_disable_unref(fe->dispatch);
         sd_event_source_disable_unref(fe->resume);
         fill_writer_trim_pool();

@@ -22,6 +22,9 @@ typedef uint64_t usec_t;
 #define NSEC_PER_USEC ((uint64_t) 1000ULL)
 
 #define _cleanup_(f) __attribute__((cleanup(f)))
+
+/* The struct of type t whose member m is at p. */
+#define container_of(p, t, m) ((t *) ((char *) (p) - offsetof(t, m)))
 #define _unused_ __attribute__((unused))
 #define _printf_(a, b) __attribute__((format(printf, a, b)))
 #define _pure_ __attribute__((pure))
