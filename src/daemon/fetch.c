@@ -51,7 +51,6 @@
 #define FETCH_TURN_BUDGET (1024UL * 1024UL)
 #define FETCH_ETAG_XATTR "user.imgcache.etag"
 #define FETCH_ETAG_MAX 1024
-#define FETCH_TOKEN_MAX 8192
 
 typedef enum FillPhase {
         PHASE_RECORD,  /* Glance: GET {URL}/v2/images/<id> */
@@ -1437,29 +1436,6 @@ static void fill_schedule(Fill *f) {
 
 /* ---- configuration ------------------------------------------------------------------------------ */
 
-static int read_token(const char *path, char **ret) {
-        _cleanup_(closep) int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
-        if (fd < 0)
-                return -errno;
-        char buf[FETCH_TOKEN_MAX + 1];
-        ssize_t n = read(fd, buf, sizeof(buf));
-        if (n < 0)
-                return -errno;
-        if (n > FETCH_TOKEN_MAX)
-                return -EFBIG;
-        while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == '\r' || buf[n - 1] == ' ' || buf[n - 1] == '\t'))
-                n--;
-        buf[n] = 0;
-        /* A header value: no line breaks, no NULs, something in it. */
-        if (n == 0 || strlen(buf) != (size_t) n || strpbrk(buf, "\r\n"))
-                return -EBADMSG;
-        char *t = strdup(buf);
-        if (!t)
-                return -ENOMEM;
-        *ret = t;
-        return 0;
-}
-
 static int fetcher_apply_config(Fetcher *fe, const Config *config) {
         _cleanup_(freep) char *url = NULL, *token = NULL, *ca = NULL;
 
@@ -1468,7 +1444,7 @@ static int fetcher_apply_config(Fetcher *fe, const Config *config) {
         if (!isempty(config->ca_file) && !(ca = strdup(config->ca_file)))
                 return -ENOMEM;
         if (!isempty(config->token_file)) {
-                int r = read_token(config->token_file, &token);
+                int r = read_token_file_first(config->token_file, &token);
                 if (r < 0)
                         return log_error_errno(r, "Cannot read TokenFile=%s: %m", config->token_file);
         }
@@ -1697,6 +1673,32 @@ int fetcher_fill(Fetcher *fe, const char *id, const Checksum *expected, Fill **r
 
         *ret = f;
         return 0;
+}
+
+int fetcher_query(Fetcher *fe, const char *id, const char *credentials, UpstreamQueryDone done, void *userdata,
+                  UpstreamQuery **ret) {
+        _cleanup_(freep) char *own = NULL;
+        UpstreamQueryOptions o = {
+                .kind = fe->kind,
+                .url = fe->url,
+                .id = id,
+                .credentials = credentials,
+                .ca_file = fe->ca_file,
+                .connect_timeout = fe->connect_timeout,
+        };
+        int r;
+
+        if (isempty(fe->url))
+                return -ENXIO;
+        if (!credentials && fe->token) {
+                if (asprintf(&own, "X-Auth-Token: %s", fe->token) < 0)
+                        return -ENOMEM;
+                o.credentials = own;
+        }
+        r = upstream_query_start(fe->curl, &o, done, userdata, ret);
+        if (own)
+                explicit_bzero(own, strlen(own));
+        return r;
 }
 
 /* ---- Fill API ----------------------------------------------------------------------------------- */

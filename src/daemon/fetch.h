@@ -8,6 +8,7 @@
 #include "checksum.h"
 #include "config.h"
 #include "store.h"
+#include "upstream-query.h"
 
 /* Filling the cache from the upstream: one libcurl multi handle driven by sd-event, one Fill per image
  * however many parties want it (a D-Bus job, HTTP clients, prefetch). A Fill writes incomplete/<id>
@@ -85,6 +86,10 @@ unsigned fetcher_n_active(const Fetcher *fe);  /* fills not yet final */
 int fetcher_fill(Fetcher *fe, const char *id, const Checksum *expected, Fill **ret);
 /* The running fill of id, or NULL; no new reference. */
 Fill *fetcher_find(const Fetcher *fe, const char *id);
+/* Asks the upstream about id without fetching it (upstream-query.h): with credentials (a whole header
+ * line, an HTTP client's), or with the daemon's own token when NULL. -ENXIO without an upstream. */
+int fetcher_query(Fetcher *fe, const char *id, const char *credentials, UpstreamQueryDone done, void *userdata,
+                  UpstreamQuery **ret);
 
 Fill *fill_ref(Fill *f);
 Fill *fill_unref(Fill *f);

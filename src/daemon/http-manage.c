@@ -377,33 +377,3 @@ char *http_metrics_render(const HttpManageContext *ctx, const HttpCounters *coun
         }
         return buf;
 }
-
-int http_read_token_file(const char *path, char **ret) {
-        _cleanup_(fclosep) FILE *f = NULL;
-        char *line = NULL;
-        size_t n = 0;
-        ssize_t k;
-
-        assert(path);
-        assert(ret);
-
-        f = fopen(path, "re");
-        if (!f)
-                return negative_errno();
-
-        errno = 0;
-        k = getline(&line, &n, f);
-        if (k < 0) {
-                free(line);
-                return errno > 0 ? -errno : -ENOMSG;
-        }
-        while (k > 0 && isspace((unsigned char) line[k - 1]))
-                line[--k] = 0;
-        if (k == 0) {
-                free(line);
-                return -ENOMSG;
-        }
-
-        *ret = line;
-        return 0;
-}

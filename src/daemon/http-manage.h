@@ -33,6 +33,3 @@ int http_manage_dispatch(const HttpManageContext *ctx, const HttpRouteMatch *rou
 /* GET /metrics: the Prometheus text exposition format (version 0.0.4). NULL on OOM. */
 #define HTTP_METRICS_CONTENT_TYPE "text/plain; version=0.0.4; charset=utf-8"
 char *http_metrics_render(const HttpManageContext *ctx, const HttpCounters *counters);
-
-/* Reads the management token: the file's first line, trailing whitespace dropped. -ENOMSG when empty. */
-int http_read_token_file(const char *path, char **ret);

@@ -1123,7 +1123,7 @@ static int load_token(HttpServer *s, const Config *config) {
         if (isempty(config->management_token_file))
                 log_warning("ManagementAPI=yes without ManagementTokenFile=: every management request is refused.");
         else {
-                r = http_read_token_file(config->management_token_file, &token);
+                r = read_token_file_first(config->management_token_file, &token);
                 if (r == -ENOMEM)
                         return r;
                 if (r < 0)

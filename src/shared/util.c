@@ -1,7 +1,11 @@
 /* SPDX-License-Identifier: MIT */
 
+#include <ctype.h>
 #include <fcntl.h>
 #include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 #include <sys/stat.h>
 
 #include "util.h"
@@ -28,6 +32,95 @@ char *url_redact_userinfo(const char *url) {
         memcpy(copy, url, (size_t) (authority - url));
         strcpy(copy + (authority - url), at + 1);
         return copy;
+}
+
+static bool token_is_valid(const char *t, size_t n) {
+        for (size_t i = 0; i < n; i++)
+                if ((unsigned char) t[i] < ' ' || t[i] == 0x7f)
+                        return false;
+        return n > 0;
+}
+
+void token_strv_free(char **tokens) {
+        if (!tokens)
+                return;
+        for (char **t = tokens; *t; t++) {
+                explicit_bzero(*t, strlen(*t));
+                free(*t);
+        }
+        free(tokens);
+}
+
+int read_token_file(const char *path, size_t max, char ***ret) {
+        _cleanup_(fclosep) FILE *f = NULL;
+        char **tokens = NULL, *line = NULL;
+        size_t n_tokens = 0, size = 0;
+        ssize_t k;
+        int r = 0;
+
+        f = fopen(path, "re");
+        if (!f)
+                return -errno;
+
+        while (n_tokens < max && (k = getline(&line, &size, f)) >= 0) {
+                char *t = line, **grown;
+                size_t n = (size_t) k;
+
+                while (n > 0 && isspace((unsigned char) t[n - 1]))
+                        n--;
+                while (n > 0 && isspace((unsigned char) *t))
+                        t++, n--;
+                if (n == 0 || *t == '#')
+                        continue;
+                if (n > TOKEN_MAX) {
+                        r = -EFBIG;
+                        break;
+                }
+                if (!token_is_valid(t, n)) {
+                        r = -EBADMSG;
+                        break;
+                }
+                grown = realloc(tokens, (n_tokens + 2) * sizeof(char *));
+                if (!grown || !(grown[n_tokens] = strndup(t, n))) {
+                        tokens = grown ?: tokens;
+                        r = -ENOMEM;
+                        break;
+                }
+                tokens = grown;
+                tokens[++n_tokens] = NULL;
+        }
+        if (line) {
+                explicit_bzero(line, size);
+                free(line);
+        }
+        if (r == 0 && ferror(f))
+                r = -EIO;
+        if (r == 0 && n_tokens == 0)
+                r = -ENOMSG;
+        if (r < 0) {
+                if (tokens)
+                        tokens[n_tokens] = NULL;
+                token_strv_free(tokens);
+                return r;
+        }
+        *ret = tokens;
+        return 0;
+}
+
+int read_token_file_first(const char *path, char **ret) {
+        char **tokens = NULL;
+        int r;
+
+        r = read_token_file(path, 2, &tokens);
+        if (r < 0)
+                return r;
+        if (tokens[1]) {
+                token_strv_free(tokens);
+                return -EBADMSG;
+        }
+        *ret = tokens[0];
+        free(tokens);
+        return 0;
 }
 
 int free_and_strdup(char **dst, const char *src) {

@@ -128,6 +128,17 @@ int free_and_strdup(char **dst, const char *src);
  * URL with credentials may be logged or shown only this way. NULL gives "", NULL return: out of memory. */
 char *url_redact_userinfo(const char *url);
 
+/* Secret tokens from a file (TokenFile=, ManagementTokenFile=, ReadTokenFile=): one per line, surrounding
+ * white space dropped, blank lines and lines starting with '#' skipped; a token must be a usable header
+ * value (no control bytes, at most TOKEN_MAX bytes). At most max tokens are read (1: the first one).
+ * Returns a NULL-terminated array (free with token_strv_free(), which wipes them); -ENOMSG when the file
+ * holds none, -EBADMSG for a line that is no token, -EFBIG for one too long. */
+#define TOKEN_MAX 8192
+int read_token_file(const char *path, size_t max, char ***ret);
+void token_strv_free(char **tokens);
+/* The token of a file that holds one secret; -EBADMSG when it holds more than one. */
+int read_token_file_first(const char *path, char **ret);
+
 /* pread() retried on EINTR: the bytes read, 0 at the end, or -errno. */
 ssize_t pread_retry(int fd, void *buf, size_t n, uint64_t offset);
 /* Writes all of buf, retrying on EINTR and short writes. */

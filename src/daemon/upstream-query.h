@@ -1,0 +1,43 @@
+/* SPDX-License-Identifier: MIT */
+#pragma once
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "config.h"
+#include "curl-loop.h"
+
+/* One small question to the upstream about an image, without its data: for Kind=glance the image record
+ * (GET {URL}/v2/images/<id>), for Kind=generic a HEAD of the image URL. Asked with whichever credentials
+ * the caller gives: the daemon's own (HEAD on a miss) or an HTTP client's (read authorization). Redirects
+ * are not followed: a client's token goes to the configured origin only. */
+
+typedef struct UpstreamQuery UpstreamQuery;
+
+typedef struct UpstreamAnswer {
+        long status;        /* HTTP status; 0 when there was no answer (error says why) */
+        int error;          /* negative errno when status is 0 or the record could not be read */
+        bool available;     /* 2xx and, for Glance, a well-formed record with status "active" */
+        bool has_size;
+        uint64_t size;
+} UpstreamAnswer;
+
+typedef void (*UpstreamQueryDone)(const UpstreamAnswer *a, void *userdata);
+
+typedef struct UpstreamQueryOptions {
+        UpstreamKind kind;
+        const char *url;            /* URL= of the configuration */
+        const char *id;
+        const char *credentials;    /* a whole header line ("X-Auth-Token: …"), or NULL */
+        const char *ca_file;
+        usec_t connect_timeout;
+        usec_t timeout;             /* the whole exchange; 0: UPSTREAM_QUERY_TIMEOUT_USEC */
+} UpstreamQueryOptions;
+
+#define UPSTREAM_QUERY_TIMEOUT_USEC (15ULL * USEC_PER_SEC)
+
+/* Starts the query; done is called once, from the loop, unless the query is freed first. The credentials
+ * are copied into the request and wiped when it ends. */
+int upstream_query_start(CurlLoop *l, const UpstreamQueryOptions *o, UpstreamQueryDone done, void *userdata,
+                         UpstreamQuery **ret);
+UpstreamQuery *upstream_query_free(UpstreamQuery *q);  /* cancels; done is not called */
