@@ -19,6 +19,8 @@
 #include "http-util.h"
 #include "http.h"
 #include "log.h"
+#include "read-guard.h"
+#include "ttl-cache.h"
 
 /* A miss being served: the fill it reads, and the connection to wake when the fill moves on. Before the
  * fill has response headers it belongs to the request (Request.waiting, the connection suspended in the
@@ -37,7 +39,8 @@ struct Stream {
 };
 
 /* Per request; lives inside the connection's context, so a hit allocates nothing of ours. */
-typedef struct Request {
+typedef struct Request Request;
+struct Request {
         HttpRouteMatch match;
         HttpMethod method;
         bool count_body;       /* add body_size to bytes_served when the response completes */
@@ -46,7 +49,20 @@ typedef struct Request {
         bool begun;            /* request_begin() ran */
         bool http10;           /* an HTTP/1.0 client: no chunked encoding */
         bool bad_target;       /* the decoded target held a control byte */
-} Request;
+
+        /* Waiting with the connection suspended for an answer of the upstream (not a fill): a read
+         * verdict or the metadata for a HEAD. */
+        HttpServer *server;
+        struct MHD_Connection *connection;
+        bool suspended;
+        Request *waiting_prev, *waiting_next;
+        ReadCheck *read_check;
+        bool read_decided;     /* read_verdict holds the upstream's verdict */
+        int read_verdict;
+        UpstreamQuery *probe;
+        bool probe_done;       /* probe_answer holds the upstream's answer */
+        UpstreamAnswer probe_answer;
+};
 
 typedef struct HttpConnection {
         HttpServer *server;
@@ -87,6 +103,9 @@ struct HttpServer {
         HeaderDeadlines *header_deadlines;
         PeerCounts *peer_fill_counts;
         PeerFill *peer_fills;
+        ReadGuard *read_guard;
+        TtlCache *not_found;     /* ids the upstream recently said it does not have (NotFoundCacheSec=) */
+        Request *waiting;        /* requests suspended for an answer of the upstream */
         bool stopping;
 };
 
@@ -307,6 +326,124 @@ static int serve_hit(HttpServer *s, Request *req, struct MHD_Connection *c, cons
         return queue_response(c, status, resp);
 }
 
+/* ---- waiting for the upstream (a read verdict, a HEAD's metadata) --------------------------------- */
+
+static void request_suspend(Request *req) {
+        HttpServer *s = req->server;
+
+        assert(!req->suspended);
+        req->suspended = true;
+        req->waiting_next = s->waiting;
+        if (s->waiting)
+                s->waiting->waiting_prev = req;
+        s->waiting = req;
+        MHD_suspend_connection(req->connection);
+}
+
+static void request_unlink(Request *req) {
+        HttpServer *s = req->server;
+
+        if (!req->suspended)
+                return;
+        req->suspended = false;
+        if (req->waiting_prev)
+                req->waiting_prev->waiting_next = req->waiting_next;
+        else
+                s->waiting = req->waiting_next;
+        if (req->waiting_next)
+                req->waiting_next->waiting_prev = req->waiting_prev;
+        req->waiting_prev = req->waiting_next = NULL;
+}
+
+static void request_resume(Request *req) {
+        if (!req->suspended)
+                return;
+        request_unlink(req);
+        MHD_resume_connection(req->connection);
+        http_server_schedule_run(req->server);
+}
+
+/* Ends every wait for the upstream, answering 503: at shutdown, and when a reload replaces the guard. */
+static void http_server_abandon_waiting(HttpServer *s) {
+        while (s->waiting) {
+                Request *req = s->waiting;
+
+                req->read_check = read_check_free(req->read_check);
+                req->probe = upstream_query_free(req->probe);
+                req->read_decided = true;
+                req->read_verdict = MHD_HTTP_SERVICE_UNAVAILABLE;
+                request_resume(req);
+        }
+}
+
+static void request_on_read_verdict(int verdict, void *userdata) {
+        Request *req = userdata;
+
+        req->read_check = NULL;  /* the guard frees it */
+        req->read_decided = true;
+        req->read_verdict = verdict;
+        request_resume(req);
+}
+
+static void request_on_probe_answer(const UpstreamAnswer *a, void *userdata) {
+        Request *req = userdata;
+
+        req->probe = upstream_query_free(req->probe);
+        req->probe_done = true;
+        req->probe_answer = *a;
+        request_resume(req);
+}
+
+static enum MHD_Result respond_read_refused(struct MHD_Connection *c, int verdict) {
+        switch (verdict) {
+        case MHD_HTTP_UNAUTHORIZED:
+                return respond_401(c);
+        case MHD_HTTP_FORBIDDEN:
+                return respond_text(c, MHD_HTTP_FORBIDDEN, "Forbidden\n");
+        case MHD_HTTP_NOT_FOUND:
+                return respond_text(c, MHD_HTTP_NOT_FOUND, "Not found\n");
+        case MHD_HTTP_SERVICE_UNAVAILABLE:
+                return respond_text(c, MHD_HTTP_SERVICE_UNAVAILABLE, "Try again\n");
+        default:
+                return respond_text(c, MHD_HTTP_BAD_GATEWAY, "Cannot check access with the upstream\n");
+        }
+}
+
+static void remember_not_found(HttpServer *s, const char *id) {
+        ttl_cache_put(s->not_found, id, 1, s->config->not_found_cache);
+}
+
+/* A HEAD of an image that is neither cached nor being fetched: answered from what the upstream says of
+ * it (the Glance record, or a HEAD), without fetching it. */
+static enum MHD_Result serve_head_probe(HttpServer *s, Request *req, struct MHD_Connection *c) {
+        int r;
+
+        r = fetcher_query(s->fetcher, req->match.id, /* credentials= */ NULL, request_on_probe_answer, req,
+                          &req->probe);
+        if (r < 0)
+                return respond_text(c, MHD_HTTP_BAD_GATEWAY, "Fetching the image from the upstream failed\n");
+        request_suspend(req);
+        return MHD_YES;
+}
+
+static enum MHD_Result respond_probe(HttpServer *s, Request *req, struct MHD_Connection *c) {
+        const UpstreamAnswer *a = &req->probe_answer;
+        struct MHD_Response *resp;
+
+        if (a->status == 404 || a->status == 410 || (a->status >= 200 && a->status < 300 && !a->available)) {
+                remember_not_found(s, req->match.id);
+                return respond_text(c, MHD_HTTP_NOT_FOUND, "No such image upstream\n");
+        }
+        if (a->status < 200 || a->status >= 400)
+                return respond_text(c, MHD_HTTP_BAD_GATEWAY, "Fetching the image from the upstream failed\n");
+
+        resp = response_for_head(a->has_size ? a->size : MHD_SIZE_UNKNOWN);
+        if (!resp)
+                return MHD_NO;
+        add_image_headers(resp, NULL, NULL, a->has_size);
+        return queue_response(c, MHD_HTTP_OK, resp);
+}
+
 /* ---- misses ------------------------------------------------------------------------------------- */
 
 static void stream_wake(Stream *st) {
@@ -520,6 +657,8 @@ static enum MHD_Result respond_miss(HttpServer *s, Request *req, struct MHD_Conn
         if (fill_state_failed(state)) {
                 int error = fill_error(st->fill);
 
+                if (error == -ENOENT)
+                        remember_not_found(s, fill_image_id(st->fill));
                 stream_free(st);
                 return respond_printf(c, fill_error_to_status(error), "%s\n", fill_error_to_client_text(error));
         }
@@ -645,6 +784,11 @@ static enum MHD_Result serve_miss(HttpServer *s, Request *req, struct MHD_Connec
 
         if (!s->fetcher)
                 return respond_text(c, MHD_HTTP_NOT_FOUND, "Image not cached, and no upstream to fetch it from\n");
+        /* Unknown ids go to the upstream once per NotFoundCacheSec=, however often they are asked for. */
+        if (ttl_cache_get(s->not_found, req->match.id, now_usec(CLOCK_MONOTONIC), NULL))
+                return respond_text(c, MHD_HTTP_NOT_FOUND, "No such image upstream\n");
+        if (req->method == HTTP_METHOD_HEAD && fetcher_has_upstream(s->fetcher) && !fetcher_find(s->fetcher, req->match.id))
+                return serve_head_probe(s, req, c);
 
         r = http_server_fill(s, c, req->match.id, &f);
         if (r == -ENXIO)
@@ -757,6 +901,23 @@ static enum MHD_Result serve_metrics(HttpServer *s, struct MHD_Connection *c) {
 
 /* ---- MHD callbacks ------------------------------------------------------------------------------ */
 
+/* Serves an image to whoever ReadAccess= lets read it, asking the upstream first where it must. */
+static enum MHD_Result authorize_image(HttpServer *s, Request *req, struct MHD_Connection *c) {
+        int r;
+
+        r = read_guard_check(s->read_guard, header(c, "X-Auth-Token"), header(c, MHD_HTTP_HEADER_AUTHORIZATION),
+                             req->match.id, request_on_read_verdict, req, &req->read_check);
+        if (r == -EINPROGRESS) {
+                request_suspend(req);
+                return MHD_YES;
+        }
+        if (r < 0)
+                return MHD_NO;
+        if (r > 0)
+                return respond_read_refused(c, r);
+        return serve_image(s, req, c);
+}
+
 static enum MHD_Result request_begin(HttpServer *s, Request *req, struct MHD_Connection *c, const char *url,
                                      const char *method, const char *version) {
         const HttpRouteMatch *m = &req->match;
@@ -774,6 +935,8 @@ static enum MHD_Result request_begin(HttpServer *s, Request *req, struct MHD_Con
 
         req->method = http_method_from_string(method);
         req->http10 = streq(version, MHD_HTTP_VERSION_1_0);
+        req->server = s;
+        req->connection = c;
         http_route(req->method, url, &req->match);
 
         if (m->route == HTTP_ROUTE_NONE)
@@ -794,7 +957,7 @@ static enum MHD_Result request_begin(HttpServer *s, Request *req, struct MHD_Con
 
         switch (m->route) {
         case HTTP_ROUTE_IMAGE:
-                return serve_image(s, req, c);
+                return authorize_image(s, req, c);
         case HTTP_ROUTE_HEALTHCHECK:
                 return respond_text(c, MHD_HTTP_OK, "OK\n");
         case HTTP_ROUTE_METRICS:
@@ -844,6 +1007,17 @@ static enum MHD_Result http_on_request(void *cls, struct MHD_Connection *c, cons
                 return request_begin(s, req, c, url, method, version);
         }
 
+        if (req->read_decided) {
+                req->read_decided = false;
+                if (req->read_verdict != 0)
+                        return respond_read_refused(c, req->read_verdict);
+                return serve_image(s, req, c);
+        }
+        if (req->probe_done) {
+                req->probe_done = false;
+                return respond_probe(s, req, c);
+        }
+
         if (req->waiting) {
                 Stream *st = req->waiting;
 
@@ -871,6 +1045,9 @@ static void http_on_completed(void *cls, struct MHD_Connection *c, void **req_cl
                 return;
 
         req->waiting = stream_free(req->waiting);
+        req->read_check = read_check_free(req->read_check);
+        req->probe = upstream_query_free(req->probe);
+        request_unlink(req);
         if (req->count_body && toe == MHD_REQUEST_TERMINATED_COMPLETED_OK)
                 s->counters.bytes_served += req->body_size;
         s->counters.requests++;
@@ -1108,6 +1285,36 @@ static uint16_t socket_port(int fd) {
 
 /* ---- lifetime ----------------------------------------------------------------------------------- */
 
+static bool socket_is_loopback(int fd) {
+        struct sockaddr_storage ss;
+        socklen_t len = sizeof(ss);
+
+        if (getsockname(fd, (struct sockaddr *) &ss, &len) < 0)
+                return false;
+        switch (ss.ss_family) {
+        case AF_INET:
+                return (ntohl(((struct sockaddr_in *) &ss)->sin_addr.s_addr) >> 24) == 127;
+        case AF_INET6: {
+                const struct in6_addr *a = &((struct sockaddr_in6 *) &ss)->sin6_addr;
+                return IN6_IS_ADDR_LOOPBACK(a) || (IN6_IS_ADDR_V4MAPPED(a) && a->s6_addr[12] == 127);
+        }
+        case AF_UNIX:
+                return true;
+        default:
+                return false;
+        }
+}
+
+/* The read guard for config, on the listener fd. ReadAccess=open serves every cached image to whoever
+ * reaches the listener: on anything but loopback only with AcknowledgeOpenReadAccess=yes. */
+static int http_server_make_guard(HttpServer *s, const Config *config, int fd, ReadGuard **ret) {
+        if (config_read_access(config) == READ_ACCESS_OPEN && !config->acknowledge_open_read_access &&
+            !socket_is_loopback(fd))
+                return log_error_errno(-EPERM,
+                                       "ReadAccess=open on a listener that is not loopback would serve every cached image to anyone who reaches it: set ReadAccess=upstream or token, or AcknowledgeOpenReadAccess=yes.");
+        return read_guard_new(config, s->fetcher, ret);
+}
+
 static int load_token(HttpServer *s, const Config *config) {
         char *token = NULL;
         int r;
@@ -1165,6 +1372,9 @@ int http_server_new(sd_event *event, ImageCache *cache, Fetcher *fetcher, const 
         r = peer_counts_new(&s->peer_fill_counts);
         if (r < 0)
                 return r;
+        r = ttl_cache_new(HTTP_NOT_FOUND_CACHE_MAX, &s->not_found);
+        if (r < 0)
+                return r;
 
         if (options && options->listen_fd >= 0)
                 fd = options->listen_fd;
@@ -1177,6 +1387,13 @@ int http_server_new(sd_event *event, ImageCache *cache, Fetcher *fetcher, const 
                         return log_error_errno(r, "Failed to listen on %s: %m", address);
         }
         s->port = socket_port(fd);
+
+        r = http_server_make_guard(s, config, fd, &s->read_guard);
+        if (r < 0) {
+                if (!(options && options->listen_fd >= 0))
+                        safe_close(fd);
+                return r;
+        }
         s->connection_timeout_sec = options && options->connection_timeout_sec ? options->connection_timeout_sec
                                                                                : HTTP_CONNECTION_TIMEOUT_SEC;
 
@@ -1268,6 +1485,7 @@ HttpServer *http_server_free(HttpServer *s) {
                 s->stopping = true;
                 for (Stream *st = s->streams; st; st = st->next)
                         stream_wake(st);
+                http_server_abandon_waiting(s);
 
                 MHD_stop_daemon(s->mhd);
         }
@@ -1277,6 +1495,8 @@ HttpServer *http_server_free(HttpServer *s) {
 
         while (s->peer_fills)
                 peer_fill_free(s->peer_fills);
+        read_guard_free(s->read_guard);
+        ttl_cache_free(s->not_found);
         peer_counts_free(s->peer_fill_counts);
         header_deadlines_free(s->header_deadlines);
 
@@ -1292,8 +1512,19 @@ void http_server_set_hooks(HttpServer *s, const HttpServerHooks *hooks) {
 }
 
 int http_server_reconfigure(HttpServer *s, const Config *config) {
+        ReadGuard *guard = NULL;
+        int r;
+
         assert(s);
         assert(config);
+
+        /* A guard that cannot be made (ReadTokenFile= gone, open on the network) leaves the old one. */
+        r = http_server_make_guard(s, config, MHD_get_daemon_info(s->mhd, MHD_DAEMON_INFO_LISTEN_FD)->listen_fd, &guard);
+        if (r < 0)
+                return r;
+        http_server_abandon_waiting(s);
+        read_guard_free(s->read_guard);
+        s->read_guard = guard;
 
         s->config = config;
         return load_token(s, config);

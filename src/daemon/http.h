@@ -26,6 +26,8 @@ typedef struct HttpServer HttpServer;
 /* Largest block a streamed miss hands MHD at a time (allocated with each miss response): larger blocks
  * mean fewer wake-ups per byte; 256 KiB took a miss from ~190 to ~310 MiB/s here. */
 #define HTTP_STREAM_BLOCK_SIZE (256U * 1024U)
+/* Ids remembered as missing upstream (NotFoundCacheSec=), at most. */
+#define HTTP_NOT_FOUND_CACHE_MAX 4096U
 
 typedef struct HttpCounters {
         uint64_t requests;      /* requests answered */

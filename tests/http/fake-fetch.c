@@ -28,11 +28,22 @@ struct Fill {
         Fill *next;   /* in the fetcher's list */
 };
 
+struct UpstreamQuery {
+        Fetcher *fetcher;
+        char *id;
+        char *credentials;
+        UpstreamQueryDone done;
+        void *userdata;
+        UpstreamQuery *next;
+};
+
 struct Fetcher {
         ImageCache *cache;
         bool upstream;
         unsigned n_started;
+        unsigned n_queries;
         Fill *fills;  /* every fill ever started, newest first; the fetcher holds a reference to each */
+        UpstreamQuery *queries;  /* unanswered */
 };
 
 const char *fill_state_to_string(FillState s) {
@@ -55,6 +66,7 @@ int fetcher_new(sd_event *event, ImageCache *cache, const Config *config, Fetche
 Fetcher *fetcher_free(Fetcher *fe) {
         if (!fe)
                 return NULL;
+        assert(!fe->queries);  /* their owners (the HTTP server) went first */
         while (fe->fills) {
                 Fill *f = fe->fills;
                 fe->fills = f->next;
@@ -125,6 +137,62 @@ int fetcher_fill(Fetcher *fe, const char *id, const Checksum *expected, Fill **r
 
         *ret = fill_ref(f);
         return 0;
+}
+
+int fetcher_query(Fetcher *fe, const char *id, const char *credentials, UpstreamQueryDone done, void *userdata,
+                  UpstreamQuery **ret) {
+        UpstreamQuery *q;
+
+        if (!fe->upstream)
+                return -ENXIO;
+        q = calloc(1, sizeof(UpstreamQuery));
+        if (!q)
+                return -ENOMEM;
+        *q = (UpstreamQuery) {
+                .fetcher = fe,
+                .id = strdup(id),
+                .credentials = credentials ? strdup(credentials) : NULL,
+                .done = done,
+                .userdata = userdata,
+                .next = fe->queries,
+        };
+        fe->queries = q;
+        fe->n_queries++;
+        *ret = q;
+        return 0;
+}
+
+UpstreamQuery *upstream_query_free(UpstreamQuery *q) {
+        if (!q)
+                return NULL;
+        for (UpstreamQuery **p = &q->fetcher->queries; *p; p = &(*p)->next)
+                if (*p == q) {
+                        *p = q->next;
+                        break;
+                }
+        free(q->id);
+        free(q->credentials);
+        free(q);
+        return NULL;
+}
+
+UpstreamQuery *fake_fetcher_query(Fetcher *fe, const char *id) {
+        for (UpstreamQuery *q = fe->queries; q; q = q->next)
+                if (streq(q->id, id))
+                        return q;
+        return NULL;
+}
+
+unsigned fake_fetcher_n_queries(Fetcher *fe) {
+        return fe->n_queries;
+}
+
+const char *fake_query_credentials(const UpstreamQuery *q) {
+        return q->credentials;
+}
+
+void fake_query_answer(UpstreamQuery *q, const UpstreamAnswer *a) {
+        q->done(a, q->userdata);  /* frees q */
 }
 
 Fill *fill_ref(Fill *f) {

@@ -28,5 +28,12 @@ void fake_fill_write(Fill *f, const void *data, size_t size);
 /* Ends the fill: error 0 = DONE (committed into the store when keep is true, else streamed through),
  * else FAILED with that error. Calls on_finished. */
 void fake_fill_finish(Fill *f, int error, bool keep);
+/* Questions to the upstream (fetcher_query()): the unanswered one for id, or NULL; how many were asked;
+ * the credentials it carries (NULL: the daemon's own); answering it calls its done, which frees it. */
+UpstreamQuery *fake_fetcher_query(Fetcher *fe, const char *id);
+unsigned fake_fetcher_n_queries(Fetcher *fe);
+const char *fake_query_credentials(const UpstreamQuery *q);
+void fake_query_answer(UpstreamQuery *q, const UpstreamAnswer *a);
+
 /* Listeners currently subscribed to f. */
 unsigned fake_fill_n_subscribers(Fill *f);

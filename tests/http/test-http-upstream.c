@@ -20,6 +20,8 @@ typedef struct Fixture {
         uint8_t *data;
         uint64_t max_size;
         const struct EndCase *end_case;
+        const struct ReadCase *read_case;
+        char *tmp;
 } Fixture;
 
 static void setup_config(Config *c, void *userdata) {
@@ -288,6 +290,7 @@ static void test_too_large(Fixture *f, gconstpointer user) {
 }
 
 static void test_head_miss(Fixture *f, gconstpointer user) {
+        /* A HEAD of a missing image is answered from the upstream's own HEAD: the length, and no download. */
         g_autofree char *len = g_strdup_printf("%d", SIZE);
         add(f, "m", NULL);
         TestClient *c = test_request(&f->t, "HEAD", "/images/m", NULL);
@@ -295,8 +298,28 @@ static void test_head_miss(Fixture *f, gconstpointer user) {
         g_autofree char *cl = test_client_header(c, "Content-Length");
         g_assert_cmpstr(cl, ==, len);
         test_client_free(c);
-        /* The HEAD started the fill; it completes without anyone reading. */
+        g_assert_cmpuint(upstream_fixture_requests(f->fx, "/images/m"), ==, 1);
+        g_assert_cmpuint(upstream_fixture_bytes_sent(f->fx, "/images/m"), ==, 0);
+        g_assert_cmpuint(fetcher_n_active(f->t.fetcher), ==, 0);
+        g_assert_false(image_cache_is_cached(f->t.cache, "m"));
+
+        /* A GET then fills it as ever. */
+        c = test_request(&f->t, "GET", "/images/m", NULL);
+        g_assert_cmpint(c->status, ==, 200);
+        assert_body(c, f->data, SIZE);
+        test_client_free(c);
         wait_cached(&f->t, "m");
+}
+
+static void test_unknown_id_asked_once(Fixture *f, gconstpointer user) {
+        /* Unknown ids are remembered for NotFoundCacheSec= (30 s by default): asking again and again makes
+         * one upstream request. */
+        for (int i = 0; i < 5; i++) {
+                TestClient *c = test_request(&f->t, i % 2 ? "HEAD" : "GET", "/images/nowhere", NULL);
+                g_assert_cmpint(c->status, ==, 404);
+                test_client_free(c);
+        }
+        g_assert_cmpuint(upstream_fixture_requests(f->fx, "/images/nowhere"), ==, 1);
 }
 
 /* ---- a miss that ends early ends its clients at once -------------------------------------------------- */
@@ -522,6 +545,165 @@ static void test_error_names_no_upstream(Fixture *f, gconstpointer user) {
         test_client_free(c);
 }
 
+/* ---- read authorization ---------------------------------------------------------------------------- */
+
+/* A Glance upstream that knows three users: alice owns "private" and shares it with carol; bob is another
+ * tenant; "public" is everyone's. The daemon fetches with its own service token. */
+#define DAEMON_TOKEN "daemon-service-token"
+
+typedef struct ReadCase {
+        ReadAccess mode;
+        usec_t allow_ttl;        /* 0: the default */
+        const char *read_tokens; /* ReadTokenFile= contents */
+} ReadCase;
+
+static void read_setup_config(Config *c, void *userdata) {
+        Fixture *f = userdata;
+        const ReadCase *rc = f->read_case;
+
+        free(c->upstream_url);
+        c->upstream_url = upstream_fixture_url(f->fx, "");
+        c->upstream_kind = UPSTREAM_GLANCE;
+        c->token_file = g_build_filename(f->tmp, "daemon-token", NULL);
+        c->read_access = rc->mode;
+        if (rc->allow_ttl)
+                c->read_access_allow_cache = c->read_access_deny_cache = rc->allow_ttl;
+        if (rc->read_tokens)
+                c->read_token_file = g_build_filename(f->tmp, "read-tokens", NULL);
+}
+
+static void read_fixture_setup(Fixture *f, gconstpointer user) {
+        static const char *const owners[] = { "alice", "carol", NULL };
+        const ReadCase *rc = user;
+
+        g_assert_cmpint(upstream_fixture_new(0, &f->fx), ==, 0);
+        f->data = test_random_data(SIZE, 5);
+        f->read_case = rc;
+        f->tmp = test_tmpdir_new();
+        test_write_file(f->tmp, "daemon-token", DAEMON_TOKEN "\n", strlen(DAEMON_TOKEN) + 1);
+        if (rc->read_tokens)
+                test_write_file(f->tmp, "read-tokens", rc->read_tokens, strlen(rc->read_tokens));
+        g_assert_cmpint(upstream_fixture_set_token(f->fx, DAEMON_TOKEN), ==, 0);
+        upstream_fixture_add_user_token(f->fx, "alice");
+        upstream_fixture_add_user_token(f->fx, "bob");
+        upstream_fixture_add_user_token(f->fx, "carol");
+        g_assert_cmpint(upstream_fixture_add_glance_image(f->fx, "public", f->data, SIZE, NULL, NULL), ==, 0);
+        UpstreamGlanceOptions priv = { .readers = owners };
+        g_assert_cmpint(upstream_fixture_add_glance_image(f->fx, "private", f->data, SIZE, NULL, &priv), ==, 0);
+        test_server_start(&f->t, read_setup_config, f, 0);
+}
+
+static void read_fixture_teardown(Fixture *f, gconstpointer user) {
+        fixture_teardown(f, user);
+        test_tmpdir_remove(f->tmp);
+        g_free(f->tmp);
+}
+
+static TestClient *get_with(Fixture *f, const char *path, const char *header) {
+        return test_request(&f->t, "GET", path, header, NULL);
+}
+
+static void assert_status(TestClient *c, long status) {
+        g_assert_cmpint(c->status, ==, status);
+        test_client_free(c);
+}
+
+static void test_read_upstream(Fixture *f, gconstpointer user) {
+        TestClient *c;
+
+        /* No token: 401, and nobody was asked. */
+        c = get_with(f, "/images/private", NULL);
+        g_assert_cmpint(c->status, ==, 401);
+        g_byte_array_append(c->body, (const guint8 *) "", 1);
+        g_assert_null(strstr((const char *) c->body->data, "private"));
+        test_client_free(c);
+        g_assert_cmpuint(upstream_fixture_requests(f->fx, "/v2/images/private"), ==, 0);
+
+        /* Another tenant's token: not visible (Glance's 404), and still nothing fetched. */
+        assert_status(get_with(f, "/images/private", "X-Auth-Token: bob"), 404);
+        g_assert_false(image_cache_is_cached(f->t.cache, "private"));
+        g_assert_cmpuint(upstream_fixture_token_requests(f->fx, DAEMON_TOKEN), ==, 0);
+        /* A token the image service does not know: 401. */
+        assert_status(get_with(f, "/images/public", "X-Auth-Token: mallory"), 401);
+
+        /* The owner: byte-exact, the miss filled with the daemon's own token. */
+        c = get_with(f, "/images/private", "X-Auth-Token: alice");
+        g_assert_cmpint(c->status, ==, 200);
+        assert_body(c, f->data, SIZE);
+        test_client_free(c);
+        wait_cached(&f->t, "private");
+        g_assert_cmpuint(upstream_fixture_token_requests(f->fx, "alice"), ==, 1);
+        g_assert_cmpuint(upstream_fixture_requests(f->fx, "/v2/images/private/file"), ==, 1);
+
+        /* Within the TTL: a hit asks nobody; the denial is remembered too. */
+        c = get_with(f, "/images/private", "X-Auth-Token: alice");
+        g_assert_cmpint(c->status, ==, 200);
+        assert_body(c, f->data, SIZE);
+        test_client_free(c);
+        g_assert_cmpuint(upstream_fixture_token_requests(f->fx, "alice"), ==, 1);
+        assert_status(get_with(f, "/images/private", "X-Auth-Token: bob"), 404);
+        g_assert_cmpuint(upstream_fixture_token_requests(f->fx, "bob"), ==, 1);
+
+        /* A member, with a Bearer token; a HEAD is authorized the same way. */
+        assert_status(get_with(f, "/images/private", "Authorization: Bearer carol"), 200);
+        c = test_request(&f->t, "HEAD", "/images/private", "X-Auth-Token: bob", NULL);
+        assert_status(c, 404);
+        c = test_request(&f->t, "HEAD", "/images/public", "X-Auth-Token: bob", NULL);
+        assert_status(c, 200);
+        g_assert_cmpuint(upstream_fixture_requests(f->fx, "/v2/images/private/file"), ==, 1);
+}
+
+static void test_read_upstream_ttl(Fixture *f, gconstpointer user) {
+        /* Verdicts believed for 1 µs: every request asks again, so a revoked token is refused at once. */
+        assert_status(get_with(f, "/images/public", "X-Auth-Token: alice"), 200);
+        assert_status(get_with(f, "/images/public", "X-Auth-Token: alice"), 200);
+        g_assert_cmpuint(upstream_fixture_token_requests(f->fx, "alice"), ==, 2);
+        upstream_fixture_revoke_user_token(f->fx, "alice");
+        assert_status(get_with(f, "/images/public", "X-Auth-Token: alice"), 401);
+        g_assert_cmpuint(upstream_fixture_token_requests(f->fx, "alice"), ==, 3);
+}
+
+static void test_read_token(Fixture *f, gconstpointer user) {
+        assert_status(get_with(f, "/images/public", NULL), 401);
+        assert_status(get_with(f, "/images/public", "X-Auth-Token: wrong"), 401);
+        assert_status(get_with(f, "/images/public", "X-Auth-Token: read-two"), 200);
+        assert_status(get_with(f, "/images/private", "Authorization: Bearer read-one"), 200);
+        /* Static tokens are never shown to the upstream. */
+        g_assert_cmpuint(upstream_fixture_token_requests(f->fx, "read-two"), ==, 0);
+}
+
+static void test_read_open_needs_loopback(void) {
+        /* ReadAccess=open on a listener that is not loopback is refused unless acknowledged. */
+        g_autofree char *dir = test_tmpdir_new();
+        ImageCache *cache = NULL;
+        HttpServer *s = NULL;
+        sd_event *e = NULL;
+        Config c;
+
+        g_assert_cmpint(sd_event_new(&e), >=, 0);
+        g_assert_cmpint(image_cache_open(dir, DRIVER_SQLITE, &cache, NULL), ==, 0);
+        g_assert_cmpint(config_init(&c), ==, 0);
+        c.read_access = READ_ACCESS_OPEN;
+        HttpServerOptions o = { .listen_fd = -EBADF, .listen = "0.0.0.0:0" };
+        g_assert_cmpint(http_server_new(e, cache, NULL, &c, &o, &s), ==, -EPERM);
+        c.acknowledge_open_read_access = true;
+        g_assert_cmpint(http_server_new(e, cache, NULL, &c, &o, &s), ==, 0);
+        s = http_server_free(s);
+        /* Loopback needs no acknowledgement. */
+        c.acknowledge_open_read_access = false;
+        o.listen = "127.0.0.1:0";
+        g_assert_cmpint(http_server_new(e, cache, NULL, &c, &o, &s), ==, 0);
+        s = http_server_free(s);
+        config_done(&c);
+        image_cache_close(cache);
+        sd_event_unref(e);
+        test_tmpdir_remove(dir);
+}
+
+static const ReadCase read_upstream = { .mode = READ_ACCESS_AUTO };  /* Kind=glance: upstream */
+static const ReadCase read_upstream_ttl = { .mode = READ_ACCESS_UPSTREAM, .allow_ttl = 1 };
+static const ReadCase read_token = { .mode = READ_ACCESS_TOKEN, .read_tokens = "# readers\nread-one\nread-two\n" };
+
 int main(int argc, char *argv[]) {
         g_test_init(&argc, &argv, NULL);
         log_setup(program_invocation_short_name);
@@ -538,6 +720,7 @@ int main(int argc, char *argv[]) {
         ADD("/http-upstream/chunked-upstream", test_chunked_upstream, 0);
         ADD("/http-upstream/too-large", test_too_large, 1024 * 1024);
         ADD("/http-upstream/head-miss", test_head_miss, 0);
+        ADD("/http-upstream/unknown-id-asked-once", test_unknown_id_asked_once, 0);
 
 #define ADD_END(name, fn, c) g_test_add(name, Fixture, c, end_fixture_setup, fn, fixture_teardown)
         ADD_END("/http-upstream/end/reset", test_miss_end, &end_reset);
@@ -551,6 +734,11 @@ int main(int argc, char *argv[]) {
         ADD_END("/http-upstream/end/before-headers", test_miss_end_before_headers, &end_none);
         g_test_add("/http-upstream/error-names-no-upstream", Fixture, NULL, leak_fixture_setup,
                    test_error_names_no_upstream, fixture_teardown);
+#define ADD_READ(name, fn, c) g_test_add(name, Fixture, c, read_fixture_setup, fn, read_fixture_teardown)
+        ADD_READ("/http-upstream/read/upstream", test_read_upstream, &read_upstream);
+        ADD_READ("/http-upstream/read/upstream-ttl", test_read_upstream_ttl, &read_upstream_ttl);
+        ADD_READ("/http-upstream/read/token", test_read_token, &read_token);
+        g_test_add_func("/http-upstream/read/open-needs-loopback", test_read_open_needs_loopback);
 
         int r = g_test_run();
         curl_global_cleanup();

@@ -1230,22 +1230,86 @@ static void test_miss_range(MissFixture *f, gconstpointer user) {
         test_client_free(c);
 }
 
+static bool query_asked(void *userdata) {
+        void **p = userdata;
+        return fake_fetcher_query(((TestServer *) p[0])->fetcher, p[1]) != NULL;
+}
+
+static UpstreamQuery *wait_query(TestServer *t, const char *id) {
+        void *p[] = { t, (void *) id };
+        test_run_until(t, query_asked, p);
+        return fake_fetcher_query(t->fetcher, id);
+}
+
 static void test_miss_head(MissFixture *f, gconstpointer user) {
         g_autofree char *len = g_strdup_printf("%d", MISS_SIZE);
+
+        /* A HEAD of an image nobody fetches is answered from what the upstream says of it (asked with the
+         * daemon's own credentials): no fill starts. */
         TestClient *c = test_client_new(&f->t, "HEAD", "/images/m", NULL);
         test_client_start(c);
+        UpstreamQuery *q = wait_query(&f->t, "m");
+        g_assert_null(fake_query_credentials(q));
+        test_run_pending(&f->t);
+        g_assert_cmpuint(c->head->len, ==, 0);
+        fake_query_answer(q, &(UpstreamAnswer) { .status = 200, .available = true, .has_size = true, .size = MISS_SIZE });
+        test_run_until_done(&f->t, &c, 1);
+        g_assert_cmpint(c->status, ==, 200);
+        assert_header(c, "Content-Length", len);
+        assert_header(c, "Accept-Ranges", "bytes");
+        test_client_free(c);
+        g_assert_cmpuint(fake_fetcher_n_started(f->t.fetcher), ==, 0);
+        g_assert_cmpuint(http_server_counters(f->t.server)->misses, ==, 0);
+
+        /* While a GET fetches it, a HEAD is answered from the fill's headers, asking nobody. */
+        TestClient *get = test_client_new(&f->t, "GET", "/images/m", NULL);
+        test_client_start(get);
         Fill *fill = wait_fill(&f->t, "m");
         wait_subscribers(&f->t, fill, 1);
+        c = test_client_new(&f->t, "HEAD", "/images/m", NULL);
+        test_client_start(c);
+        wait_subscribers(&f->t, fill, 2);
         fake_fill_headers(fill, MISS_SIZE);
         test_run_until_done(&f->t, &c, 1);
         g_assert_cmpint(c->status, ==, 200);
         assert_header(c, "Content-Length", len);
         assert_header(c, "Accept-Ranges", "bytes");
         test_client_free(c);
+        g_assert_cmpuint(fake_fetcher_n_queries(f->t.fetcher), ==, 1);
         /* The HEAD went away; the fill goes on (nobody cancelled it). A HEAD is no miss. */
-        wait_subscribers(&f->t, fill, 0);
+        wait_subscribers(&f->t, fill, 1);
         g_assert_cmpint(fill_state(fill), ==, FILL_RECEIVING);
-        g_assert_cmpuint(http_server_counters(f->t.server)->misses, ==, 0);
+        g_assert_cmpuint(http_server_counters(f->t.server)->misses, ==, 1);  /* the GET's */
+        write_chunks(fill, f->data, 0, MISS_SIZE);
+        fake_fill_finish(fill, 0, /* keep= */ true);
+        test_run_until_done(&f->t, &get, 1);
+        g_assert_cmpint(get->status, ==, 200);
+        test_client_free(get);
+
+        /* An id the upstream does not have: 404, and remembered (NotFoundCacheSec=): the next HEAD and GET
+         * of it ask nobody and start nothing. */
+        c = test_client_new(&f->t, "HEAD", "/images/gone", NULL);
+        test_client_start(c);
+        fake_query_answer(wait_query(&f->t, "gone"), &(UpstreamAnswer) { .status = 404 });
+        test_run_until_done(&f->t, &c, 1);
+        g_assert_cmpint(c->status, ==, 404);
+        test_client_free(c);
+        c = test_request(&f->t, "HEAD", "/images/gone", NULL);
+        g_assert_cmpint(c->status, ==, 404);
+        test_client_free(c);
+        c = test_request(&f->t, "GET", "/images/gone", NULL);
+        g_assert_cmpint(c->status, ==, 404);
+        test_client_free(c);
+        g_assert_cmpuint(fake_fetcher_n_queries(f->t.fetcher), ==, 2);
+        g_assert_null(fake_fetcher_get(f->t.fetcher, "gone"));
+
+        /* An upstream that cannot answer: 502, nothing remembered. */
+        c = test_client_new(&f->t, "HEAD", "/images/flaky", NULL);
+        test_client_start(c);
+        fake_query_answer(wait_query(&f->t, "flaky"), &(UpstreamAnswer) { .error = -ETIMEDOUT });
+        test_run_until_done(&f->t, &c, 1);
+        g_assert_cmpint(c->status, ==, 502);
+        test_client_free(c);
 }
 
 static void test_miss_client_gone(MissFixture *f, gconstpointer user) {

@@ -52,6 +52,10 @@ struct Entry {
         char *id;
         UpstreamGlanceOptions glance;
         char *g_status, *g_checksum, *g_algo, *g_value;
+
+        /* Both kinds, for Glance images: who may see it (NULL: every valid token) */
+        char **readers;
+        unsigned hidden_status;
 };
 
 typedef struct PathStats {
@@ -74,6 +78,8 @@ struct UpstreamFixture {
         GHashTable *stats;     /* path → PathStats* */
         GPtrArray *log;        /* char*: the path of every request, in arrival order */
         char *token;
+        GPtrArray *user_tokens; /* char*: the tokens of the image service's users (besides the daemon's) */
+        GHashTable *token_requests; /* token → requests that carried it */
         char *directory;
         bool directory_glance;
         UpstreamImageOptions directory_opts;
@@ -105,6 +111,7 @@ static uint64_t now_mono_usec(void) {
 static void entry_unref(UpstreamFixture *fx, Entry *e);
 
 static void entry_free(UpstreamFixture *fx, Entry *e) {
+        g_strfreev(e->readers);
         if (e->kind == ENTRY_RECORD) {
                 entry_unref(fx, e->image);
                 free(e->id);
@@ -717,6 +724,9 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         const char *range = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Range");
         const char *if_range = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "If-Range");
         const char *token = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "X-Auth-Token");
+        const char *authorization = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Authorization");
+        if (!token && authorization && g_ascii_strncasecmp(authorization, "Bearer ", 7) == 0)
+                token = authorization + 7;
 
         pthread_mutex_lock(&fx->lock);
         PathStats *s = stats_get(fx, url);
@@ -724,8 +734,16 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         g_ptr_array_add(fx->log, g_strdup(url));
         g_ptr_array_add(s->ranges, g_strdup(range ?: ""));
         g_ptr_array_add(s->if_ranges, g_strdup(if_range ?: ""));
-        bool token_ok = !fx->token || streq_ptr(token, fx->token);
+        if (token)
+                g_hash_table_insert(fx->token_requests, g_strdup(token),
+                                    GUINT_TO_POINTER(GPOINTER_TO_UINT(g_hash_table_lookup(fx->token_requests, token)) + 1));
+        bool daemon_token = fx->token && streq_ptr(token, fx->token);
+        bool user_token = token && g_ptr_array_find_with_equal_func(fx->user_tokens, token, g_str_equal, NULL);
+        bool token_ok = (!fx->token && fx->user_tokens->len == 0) || daemon_token || user_token;
         Entry *e = lookup_entry(fx, url);
+        /* The daemon's token sees every image, as a service user's does in Glance. */
+        bool hidden = e && e->readers && !daemon_token && !(token && g_strv_contains((const char *const *) e->readers, token));
+        unsigned hidden_status = e && e->hidden_status ? e->hidden_status : MHD_HTTP_NOT_FOUND;
         pthread_mutex_unlock(&fx->lock);
 
         enum MHD_Result ret;
@@ -737,6 +755,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
                 ret = respond_status(c, MHD_HTTP_UNAUTHORIZED);
         else if (!e)
                 ret = respond_status(c, MHD_HTTP_NOT_FOUND);
+        else if (hidden)
+                ret = respond_status(c, hidden_status);
         else if (e->kind == ENTRY_RECORD)
                 ret = respond_record(c, e);
         else
@@ -786,6 +806,8 @@ int upstream_fixture_new(uint16_t port, UpstreamFixture **ret) {
         fx->entries = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, entry_unref_void);
         fx->stats = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, path_stats_free);
         fx->log = g_ptr_array_new_with_free_func(g_free);
+        fx->user_tokens = g_ptr_array_new_with_free_func(g_free);
+        fx->token_requests = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
 
         struct sockaddr_in sa = {
                 .sin_family = AF_INET,
@@ -825,6 +847,8 @@ void upstream_fixture_free(UpstreamFixture *fx) {
         g_hash_table_destroy(fx->entries);
         g_hash_table_destroy(fx->stats);
         g_ptr_array_free(fx->log, TRUE);
+        g_ptr_array_free(fx->user_tokens, TRUE);
+        g_hash_table_destroy(fx->token_requests);
         free(fx->token);
         free(fx->directory);
         free((char *) fx->directory_opts.etag);
@@ -917,6 +941,12 @@ int upstream_fixture_add_glance_image(UpstreamFixture *fx, const char *id, const
                 return -ENOMEM;
         }
 
+        if (g && g->readers) {
+                img->readers = g_strdupv((char **) g->readers);
+                rec->readers = g_strdupv((char **) g->readers);
+                img->hidden_status = rec->hidden_status = g->hidden_status;
+        }
+
         char *file_path = g_strdup_printf("/v2/images/%s/file", id);
         char *record_path = g_strdup_printf("/v2/images/%s", id);
         entries_replace(fx, file_path, img);
@@ -943,6 +973,27 @@ int upstream_fixture_serve_directory(UpstreamFixture *fx, const char *dir, bool 
         fx->directory_opts.etag = etag;
         pthread_mutex_unlock(&fx->lock);
         return 0;
+}
+
+void upstream_fixture_add_user_token(UpstreamFixture *fx, const char *token) {
+        pthread_mutex_lock(&fx->lock);
+        g_ptr_array_add(fx->user_tokens, g_strdup(token));
+        pthread_mutex_unlock(&fx->lock);
+}
+
+unsigned upstream_fixture_token_requests(UpstreamFixture *fx, const char *token) {
+        pthread_mutex_lock(&fx->lock);
+        unsigned n = GPOINTER_TO_UINT(g_hash_table_lookup(fx->token_requests, token));
+        pthread_mutex_unlock(&fx->lock);
+        return n;
+}
+
+void upstream_fixture_revoke_user_token(UpstreamFixture *fx, const char *token) {
+        guint i;
+        pthread_mutex_lock(&fx->lock);
+        if (g_ptr_array_find_with_equal_func(fx->user_tokens, token, g_str_equal, &i))
+                g_ptr_array_remove_index(fx->user_tokens, i);
+        pthread_mutex_unlock(&fx->lock);
 }
 
 int upstream_fixture_set_token(UpstreamFixture *fx, const char *token) {

@@ -68,6 +68,9 @@ typedef struct UpstreamGlanceOptions {
         const char *os_hash_value; /* NULL: the true digest of os_hash_algo */
         int64_t size;              /* 0: the true size; -1: JSON null; else this value */
         unsigned record_status;    /* 0: 200 with the record; else answer the record request with it */
+        const char *const *readers; /* tokens that may see the record and the data (NULL: every valid token;
+                                     * the daemon's own token sees all); others get hidden_status */
+        unsigned hidden_status;    /* 0: 404, as Glance answers for an image the caller may not see */
 } UpstreamGlanceOptions;
 
 /* port 0: any free port on 127.0.0.1. */
@@ -98,7 +101,12 @@ int upstream_fixture_add_glance_image(UpstreamFixture *fx, const char *id, const
 int upstream_fixture_serve_directory(UpstreamFixture *fx, const char *dir, bool glance,
                                      const UpstreamImageOptions *o);
 
-/* Every request must carry "X-Auth-Token: token" or is answered 401 (NULL: no check). */
+/* Every request must carry "X-Auth-Token: token" (or "Authorization: Bearer token") or is answered 401
+ * (NULL: no check). Tokens added as user tokens are valid too; a revoked one is answered 401 again. */
+void upstream_fixture_add_user_token(UpstreamFixture *fx, const char *token);
+void upstream_fixture_revoke_user_token(UpstreamFixture *fx, const char *token);
+/* Requests that carried token (as X-Auth-Token or Bearer), whatever the answer. */
+unsigned upstream_fixture_token_requests(UpstreamFixture *fx, const char *token);
 int upstream_fixture_set_token(UpstreamFixture *fx, const char *token);
 
 /* Lets every response stalled so far continue (a later stall_after stalls again). */

@@ -364,10 +364,18 @@ check_loopback_only() {
 # The drop-in imgcached.socket and imgcached(8) document for serving other hosts: ListenStream= reset, a
 # new address, IPAddressDeny=any plus IPAddressAllow=. widen_socket applies it (to OTHER_ADDR, allowing
 # only OTHER_ADDR itself), unwiden_socket goes back to the shipped socket.
+# As documented, read authorization comes first: ReadAccess=token with a read token file
+# (widen_socket open leaves it out, to see the daemon refuse).
 readonly WIDEN_DROPIN=/etc/systemd/system/$SOCKET.d/50-test-widen.conf
+readonly READ_DROPIN=$CONF_D/50-test-read-access.conf READ_TOKENS=/etc/imgcache/read-tokens
 widen_socket() {
         stop_service
         add_other_addrs
+        if [ "${1:-}" != open ]; then
+                printf 'test-read-token\n' > "$READ_TOKENS"
+                chown root:imgcache "$READ_TOKENS"; chmod 0640 "$READ_TOKENS"
+                printf '[HTTP]\nReadAccess=token\nReadTokenFile=%s\n' "$READ_TOKENS" > "$READ_DROPIN"
+        fi
         mkdir -p "${WIDEN_DROPIN%/*}"
         printf '[Socket]\nListenStream=\nListenStream=%s:%s\nIPAddressDeny=any\nIPAddressAllow=%s/32\n' \
                 "$OTHER_ADDR" "$PORT" "$OTHER_ADDR" > "$WIDEN_DROPIN"
@@ -375,7 +383,7 @@ widen_socket() {
         systemctl restart "$SOCKET"
 }
 unwiden_socket() {
-        rm -f "$WIDEN_DROPIN"
+        rm -f "$WIDEN_DROPIN" "$READ_DROPIN" "$READ_TOKENS"
         systemctl daemon-reload
         stop_service
         systemctl restart "$SOCKET"
@@ -399,6 +407,22 @@ check_widening_dropin() {
         info "/healthcheck on $OTHER_ADDR:$PORT → 200"
         [ $old_rc = 7 ] || fail "127.0.0.1:$PORT still answers with the drop-in (curl exit $old_rc)"
         info "127.0.0.1:$PORT refused"
+}
+
+# Widened without read authorization, ReadAccess=open (the default with a generic upstream) would serve
+# every image to the network: the daemon refuses to start, saying so in one line.
+check_open_refused_on_network() {
+        need_http
+        local since rc line
+        since=$(date +%s.%N)
+        widen_socket open
+        curl_rc "http://$OTHER_ADDR:$PORT/healthcheck" 10 >/dev/null; rc=$?
+        line=$(journal_since "$since" -u "$SERVICE" | grep -F "ReadAccess=open on a listener that is not loopback" | head -n 1)
+        systemctl reset-failed "$SERVICE" 2>/dev/null || true
+        unwiden_socket
+        [ $rc != 0 ] || fail "/healthcheck on $OTHER_ADDR:$PORT answered with ReadAccess=open"
+        [ -n "$line" ] || fail "no journal line saying why the daemon refused to start"
+        info "curl exit $rc; journal: $line"
 }
 
 # With the drop-in a peer outside IPAddressAllow= gets nothing: its packets are dropped, so curl times out.
@@ -620,6 +644,7 @@ run_check "socket activation: curl :$PORT starts it and gets an image; again aft
 run_check "socket activation with a miss: fetched from the upstream while served" check_http_miss
 run_check "the documented drop-in moves the socket to another address" check_widening_dropin
 run_check "the documented drop-in's IPAddressAllow= drops other peers" check_ip_address_allow
+run_check "widened without read authorization, the daemon refuses ReadAccess=open" check_open_refused_on_network
 run_check "imgcache-prune.timer fires and prunes the over-size cache" check_prune_timer
 run_check "imgcache-clean.timer fires and cleans incomplete/ and invalid/" check_clean_timer
 run_check "imgcache-prefetch.service (timer shipped disabled) runs" check_prefetch_service
