@@ -5,6 +5,8 @@
 #        16 and 128 connections (wrk + Lua); HEAD/s.
 #   miss: time to first byte and throughput of a first GET through imgcached vs curl straight from the
 #        upstream (tests/fetch's upstream-server).
+#   read access: 4 KiB Range hits at one connection with ReadAccess=open, ReadAccess=upstream with the
+#        verdict cached, and ReadAccess=upstream asking the (Glance-mode) upstream on every request.
 # Run by hand:  bench/http/bench-http.sh BUILDDIR [SIZE_MIB] [SECONDS]
 # Needs: nginx (nginx-light), wrk, curl, dbus-daemon (dbus-run-session); ab (apache2-utils) for HEAD/s. Asserts nothing about time.
 set -euo pipefail
@@ -21,7 +23,7 @@ done
 work=$(mktemp -d /tmp/bench-http.XXXXXX)
 pids=()
 cleanup() {
-        [ -s "$work/imgcached.pid" ] && kill "$(cat "$work/imgcached.pid")" 2>/dev/null || true
+        for f in "$work"/*.pid; do [ -s "$f" ] && kill "$(cat "$f")" 2>/dev/null || true; done
         for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
         for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
         rm -rf "$work"
@@ -65,12 +67,18 @@ fi
 img_port=$(free_port)
 # The management API deletes each miss after it is measured (see below).
 printf 'bench' > "$work/token"
-printf '[Cache]\nMaxSize=100G\nKeepFree=0\n[Daemon]\nExitOnIdleSec=infinity\n[HTTP]\nMaxConnections=4096\nManagementAPI=yes\nManagementTokenFile=%s\n' \
+# wrk opens up to 128 connections from one address: no per-address limit here.
+printf '[Cache]\nMaxSize=100G\nKeepFree=0\n[Daemon]\nExitOnIdleSec=infinity\n[HTTP]\nMaxConnections=4096\nMaxConnectionsPerIP=0\nManagementAPI=yes\nManagementTokenFile=%s\n' \
         "$work/token" > "$work/imgcached.conf"
+# start_daemon NAME PORT CACHE_DIR ARGS...: imgcached on a private session bus of its own.
 # dbus-run-session outlives nothing it started: the daemon's own pid (via exec) is killed at the end.
-dbus-run-session -- sh -c 'echo $$ > "$0"; exec "$@"' "$work/imgcached.pid" "$imgcached" --user --cache-dir="$work/cache" --config="$work/imgcached.conf" \
-        --listen="127.0.0.1:$img_port" --upstream="http://127.0.0.1:$up_port/images/{id}" \
-        2> "$work/imgcached.log" & pids+=($!)
+start_daemon() {
+        local name=$1 port=$2 dir=$3; shift 3
+        dbus-run-session -- sh -c 'echo $$ > "$0"; exec "$@"' "$work/$name.pid" "$imgcached" --user --cache-dir="$dir" \
+                --listen="127.0.0.1:$port" "$@" 2> "$work/$name.log" & pids+=($!)
+}
+start_daemon imgcached "$img_port" "$work/cache" --config="$work/imgcached.conf" \
+        --upstream="http://127.0.0.1:$up_port/images/{id}"
 
 ngx=http://127.0.0.1:$ngx_port/images
 img=http://127.0.0.1:$img_port/images
@@ -157,4 +165,49 @@ if [ -x "$upstream_server" ]; then
                 curl -s -o /dev/null -X DELETE -H 'X-Auth-Token: bench' "http://127.0.0.1:$img_port/v2/cache/m$i"
                 rm -f "$work/upstream/m$i"
         done
+fi
+
+if [ -x "$upstream_server" ]; then
+        # A Glance-mode upstream that wants a token; two more daemons in front of it with ReadAccess=upstream
+        # (the auto default for Kind=glance), one believing a verdict for 60 s, one asking every time. Each
+        # has the image cached (a hard link into its own cache directory); the client presents the token.
+        mkdir -p "$work/glance" "$work/cache-ra" "$work/cache-ra0"
+        ln "$work/cache/big" "$work/glance/big"
+        ln "$work/cache/big" "$work/cache-ra/big"
+        ln "$work/cache/big" "$work/cache-ra0/big"
+        gl_port=$(free_port)
+        "$upstream_server" --dir="$work/glance" --glance --token=bench-token --port="$gl_port" & pids+=($!)
+        printf 'bench-token' > "$work/glance-token"
+        for ttl in 60 0; do
+                printf '[Upstream]\nKind=glance\nURL=http://127.0.0.1:%s\nTokenFile=%s\n[Daemon]\nExitOnIdleSec=infinity\n[HTTP]\nMaxConnectionsPerIP=0\nReadAccessAllowCacheSec=%s\n' \
+                        "$gl_port" "$work/glance-token" "$ttl" > "$work/ra$ttl.conf"
+        done
+        ra_port=$(free_port); ra0_port=$(free_port)
+        start_daemon ra "$ra_port" "$work/cache-ra" --config="$work/ra60.conf"
+        start_daemon ra0 "$ra0_port" "$work/cache-ra0" --config="$work/ra0.conf"
+        wait_http "http://127.0.0.1:$ra_port/healthcheck"
+        wait_http "http://127.0.0.1:$ra0_port/healthcheck"
+        cat > "$work/range-token.lua" <<EOF2
+local size = $((size_mib * 1024 * 1024))
+math.randomseed(42)
+request = function()
+        local start = math.random(0, size / 4096 - 1) * 4096
+        return wrk.format("GET", nil, { ["Range"] = "bytes=" .. start .. "-" .. (start + 4095),
+                                        ["X-Auth-Token"] = "bench-token" })
+end
+EOF2
+        # A request that is refused would count as fast: check each path answers 206 first.
+        for u in "$img/big" "http://127.0.0.1:$ra_port/images/big" "http://127.0.0.1:$ra0_port/images/big"; do
+                code=$(curl -s -o /dev/null -w '%{http_code}' -r 0-4095 -H 'X-Auth-Token: bench-token' "$u")
+                [ "$code" = 206 ] || { echo "$u answered $code" >&2; exit 1; }
+        done
+        echo "# read access: 4 KiB Range hits, one connection (wrk ${secs}s): requests/s, avg and p99 latency"
+        printf '%-26s %10s %10s %10s %7s\n' mode rps avg p99 ratio
+        lat() { wrk -t1 -c1 -d"${secs}s" --latency -s "$2" "$1" | awk '/^Requests\/sec:/ { r = $2 } $1 == "Latency" { a = $2 } $1 == "99%" { p = $2 } END { printf "%.0f %s %s", r, a, p }'; }
+        read -r or oa op <<<"$(lat "$img/big" "$work/range.lua")"
+        read -r cr ca cp <<<"$(lat "http://127.0.0.1:$ra_port/images/big" "$work/range-token.lua")"
+        read -r ur ua up <<<"$(lat "http://127.0.0.1:$ra0_port/images/big" "$work/range-token.lua")"
+        printf '%-26s %10s %10s %10s %7s\n' "open" "$or" "$oa" "$op" 1.00
+        printf '%-26s %10s %10s %10s %7s\n' "upstream, verdict cached" "$cr" "$ca" "$cp" "$(awk -v a="$cr" -v b="$or" 'BEGIN { printf "%.2f", a / b }')"
+        printf '%-26s %10s %10s %10s %7s\n' "upstream, asked each time" "$ur" "$ua" "$up" "$(awk -v a="$ur" -v b="$or" 'BEGIN { printf "%.2f", a / b }')"
 fi

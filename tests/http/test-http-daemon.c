@@ -433,6 +433,61 @@ static void test_management(Fixture *f, gconstpointer user) {
         stop_running(&r);
 }
 
+/* ReadAccess=upstream against a Glance stand-in: the caller's token decides, per image, hit or miss. */
+static void test_read_access(Fixture *f, gconstpointer user) {
+        static const char *const readers[] = { "alice", NULL };
+        g_autofree char *token_file = g_build_filename(test_bus_dir(f->bus), "glance-token", NULL);
+        g_autofree char *file = g_build_filename(test_bus_dir(f->bus), "out", NULL);
+        g_autofree char *base = upstream_fixture_url(f->fx, "");
+        g_autoptr(GPtrArray) argv = g_ptr_array_new_with_free_func(g_free);
+        g_autofree char *status = NULL;
+        Running r;
+
+        g_assert_true(g_file_set_contents(token_file, "service-token\n", -1, NULL));
+        g_assert_cmpint(upstream_fixture_set_token(f->fx, "service-token"), ==, 0);
+        upstream_fixture_add_user_token(f->fx, "alice");
+        upstream_fixture_add_user_token(f->fx, "bob");
+        UpstreamGlanceOptions priv = { .readers = readers };
+        g_assert_cmpint(upstream_fixture_add_glance_image(f->fx, "priv", f->data, IMAGE_SIZE, NULL, &priv), ==, 0);
+        g_autofree char *config = g_strdup_printf("[Upstream]\nKind=glance\nURL=%s\nTokenFile=%s\n"
+                                                  "[Daemon]\nExitOnIdleSec=infinity\n", base, token_file);
+        test_bus_write_config(f->bus, config);
+        r.sock = listen_socket(&r.port);
+        daemon_argv(f, argv);
+        g_ptr_array_add(argv, NULL);
+        child_start(&r.d, r.sock, (const char *const *) argv->pdata);
+        g_assert_true(test_bus_wait_name(f->bus, TRUE, TEST_BUS_TIMEOUT_MS));
+
+        g_autofree char *url = g_strdup_printf("http://127.0.0.1:%u/images/priv", r.port);
+        static const struct { const char *header, *status; } refused[] = {
+                { "X-Nothing: 1", "401" },              /* anonymous */
+                { "X-Auth-Token: bob", "404" },         /* another tenant: not visible */
+                { "X-Auth-Token: mallory", "401" },     /* unknown to the image service */
+        };
+        for (size_t i = 0; i < G_N_ELEMENTS(refused); i++) {
+                g_assert_cmpint(run(f, &status, NULL, "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}",
+                                    "-H", refused[i].header, url, NULL), ==, 0);
+                g_assert_cmpstr(status, ==, refused[i].status);
+                g_clear_pointer(&status, g_free);
+        }
+        g_assert_cmpuint(upstream_fixture_requests(f->fx, "/v2/images/priv/file"), ==, 0);
+
+        /* The owner: the miss, then a hit that asks the upstream nothing. */
+        for (int i = 0; i < 2; i++) {
+                g_assert_cmpint(run(f, NULL, NULL, "curl", "-sSf", "-H", "X-Auth-Token: alice", "-o", file, url, NULL), ==, 0);
+                assert_file(file, f->data, IMAGE_SIZE);
+        }
+        g_assert_cmpuint(upstream_fixture_token_requests(f->fx, "alice"), ==, 1);
+        g_assert_cmpuint(upstream_fixture_requests(f->fx, "/v2/images/priv/file"), ==, 1);
+
+        /* A cached image the image service does not know is no one's to read. */
+        g_autofree char *img = g_strdup_printf("http://127.0.0.1:%u/images/img", r.port);
+        g_assert_cmpint(run(f, &status, NULL, "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}",
+                            "-H", "X-Auth-Token: alice", img, NULL), ==, 0);
+        g_assert_cmpstr(status, ==, "404");
+        stop_running(&r);
+}
+
 int main(int argc, char *argv[]) {
         g_test_init(&argc, &argv, NULL);
 
@@ -443,6 +498,7 @@ int main(int argc, char *argv[]) {
         ADD("/http-daemon/wget", test_wget);
         ADD("/http-daemon/qemu-img", test_qemu_img);
         ADD("/http-daemon/management", test_management);
+        ADD("/http-daemon/read-access", test_read_access);
 
         return g_test_run();
 }
