@@ -203,7 +203,7 @@ EOF2
         done
         echo "# read access: 4 KiB Range hits, one connection (wrk ${secs}s): requests/s, avg and p99 latency"
         printf '%-26s %10s %10s %10s %7s\n' mode rps avg p99 ratio
-        lat() { wrk -t1 -c1 -d"${secs}s" --latency -s "$2" "$1" | awk '/^Requests\/sec:/ { r = $2 } $1 == "Latency" { a = $2 } $1 == "99%" { p = $2 } END { printf "%.0f %s %s", r, a, p }'; }
+        lat() { wrk -t1 -c1 -d"${secs}s" --latency -s "$2" "$1" | awk '/^Requests\/sec:/ { r = $2 } $1 == "Latency" && $2 != "Distribution" { a = $2 } $1 == "99%" { p = $2 } END { printf "%.0f %s %s", r, a, p }'; }
         read -r or oa op <<<"$(lat "$img/big" "$work/range.lua")"
         read -r cr ca cp <<<"$(lat "http://127.0.0.1:$ra_port/images/big" "$work/range-token.lua")"
         read -r ur ua up <<<"$(lat "http://127.0.0.1:$ra0_port/images/big" "$work/range-token.lua")"
