@@ -71,12 +71,12 @@ typedef struct HttpConnection {
         bool bad_target;         /* set by the unescape callback for the request being read */
 } HttpConnection;
 
-/* A fill a client address started, counted against MaxFetchesPerIP= until it ends. Ended ones are swept
- * when the next fill starts (a subscription would count as a reader of the fill). */
+/* A fill a client address started, counted against MaxFetchesPerIP= until it ends. It lets go of the
+ * fill as soon as it ends: a reference held longer would keep the fill's file open, deleted or not. */
 typedef struct PeerFill PeerFill;
 struct PeerFill {
         HttpServer *server;
-        Fill *fill;
+        FillSubscription *subscription;
         char key[PEER_KEY_MAX];
         PeerFill *prev, *next;
 };
@@ -727,32 +727,37 @@ static PeerFill *peer_fill_free(PeerFill *pf) {
         if (pf->next)
                 pf->next->prev = pf->prev;
         peer_counts_add(s->peer_fill_counts, pf->key, -1);
-        fill_unref(pf->fill);
+        fill_subscription_free(pf->subscription);
         free(pf);
         return NULL;
 }
 
-static void peer_fills_sweep(HttpServer *s) {
-        for (PeerFill *pf = s->peer_fills, *next; pf; pf = next) {
-                next = pf->next;
-                if (fill_state_is_final(fill_state(pf->fill)))
-                        peer_fill_free(pf);
-        }
+static void peer_fill_on_finished(Fill *f, void *userdata) {
+        peer_fill_free(userdata);
 }
 
 /* Counts f, just started for the client at key, until it ends. */
 static int peer_fill_new(HttpServer *s, const char *key, Fill *f) {
+        /* Not a reader: it must not keep a fill too large to keep streaming (FillListener). */
+        static const FillListener listener = { .on_finished = peer_fill_on_finished, .requires_kept = true };
         PeerFill *pf;
+        int r;
 
         pf = calloc(1, sizeof(PeerFill));
         if (!pf)
                 return -ENOMEM;
-        *pf = (PeerFill) { .server = s, .fill = fill_ref(f), .next = s->peer_fills };
+        *pf = (PeerFill) { .server = s, .next = s->peer_fills };
         (void) snprintf(pf->key, sizeof(pf->key), "%s", key);
         if (s->peer_fills)
                 s->peer_fills->prev = pf;
         s->peer_fills = pf;
         peer_counts_add(s->peer_fill_counts, key, +1);
+
+        r = fill_subscribe(f, &listener, pf, &pf->subscription);
+        if (r < 0) {
+                peer_fill_free(pf);
+                return r;
+        }
         return 0;
 }
 
@@ -763,7 +768,6 @@ static int http_server_fill(HttpServer *s, struct MHD_Connection *c, const char 
         bool counted;
         int r;
 
-        peer_fills_sweep(s);
         counted = !fetcher_find(s->fetcher, id) && peer_key(c, key);
         if (counted && peer_counts_get(s->peer_fill_counts, key) >= s->config->max_fills_per_ip)
                 return -EUSERS;

@@ -20,6 +20,7 @@
 #include <gio/gunixfdlist.h>
 
 #include "test-bus.h"
+#include "test-util.h"
 #include "upstream-fixture.h"
 
 #define ERR_TOO_MANY_OPEN_FILES "org.imgcache.Error.TooManyOpenFiles"
@@ -139,45 +140,6 @@ static void assert_served(Env *e, const char *id, const void *data, size_t n) {
         (void) unlink(out);
 }
 
-/* An idle keep-alive client of the daemon's HTTP listener: one request answered, the connection left
- * open. Returns the socket. */
-static int hold_idle_connection(Env *e) {
-        static const char request[] = "GET /healthcheck HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
-        struct sockaddr_in sa = {
-                .sin_family = AF_INET,
-                .sin_port = htons(e->http_port),
-                .sin_addr.s_addr = htonl(INADDR_LOOPBACK),
-        };
-        struct timeval tv = { .tv_sec = TEST_BUS_TIMEOUT_MS / 1000 };
-        g_autoptr(GString) response = g_string_new(NULL);
-        char buf[512];
-        int fd;
-
-        fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        g_assert_cmpint(fd, >=, 0);
-        g_assert_cmpint(setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)), ==, 0);
-        g_assert_cmpint(connect(fd, (struct sockaddr *) &sa, sizeof(sa)), ==, 0);
-        g_assert_cmpint(send(fd, request, strlen(request), MSG_NOSIGNAL), ==, (ssize_t) strlen(request));
-        while (!strstr(response->str, "\r\n\r\n")) {
-                ssize_t k = recv(fd, buf, sizeof(buf), 0);
-                g_assert_cmpint(k, >, 0);
-                g_string_append_len(response, buf, k);
-        }
-        g_assert_true(g_str_has_prefix(response->str, "HTTP/1.1 200"));
-        return fd;
-}
-
-static uint16_t free_port(void) {
-        struct sockaddr_in sa = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-        socklen_t len = sizeof(sa);
-        int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        g_assert_cmpint(fd, >=, 0);
-        g_assert_cmpint(bind(fd, (struct sockaddr *) &sa, sizeof(sa)), ==, 0);
-        g_assert_cmpint(getsockname(fd, (struct sockaddr *) &sa, &len), ==, 0);
-        close(fd);
-        return ntohs(sa.sin_port);
-}
-
 /* A script that runs the daemon (or the wrapper already configured, valgrind say) under prlimit, and
  * IMGCACHED_WRAPPER pointing at it. */
 static void install_prlimit_wrapper(Env *e) {
@@ -250,7 +212,7 @@ static void test_fd_budget(void) {
 
         e.bus = test_bus_new();
         seed_images(&e);
-        e.http_port = free_port();
+        e.http_port = test_free_port();
         g_autofree char *url = upstream_fixture_url(e.fx, "/images/{id}");
         g_autofree char *config = g_strdup_printf("[Upstream]\nURL=%s\nMaxParallelFetches=1\n"
                                                   "[HTTP]\nListen=127.0.0.1:%u\nMaxConnections=%u\n"
@@ -296,7 +258,7 @@ static void test_fd_budget(void) {
         if (!g_str_equal(result, "done"))
                 g_error("FetchImage(miss1) at a spent fd budget: %s (%s)\ndaemon:\n%s", result, job_error,
                         test_bus_daemon_stderr(e.bus));
-        int idle_fd = hold_idle_connection(&e);
+        int idle_fd = test_hold_idle_http_connection(e.http_port, TEST_BUS_TIMEOUT_MS);
         assert_served(&e, "miss2", miss2, MISS_SIZE);
         assert_served(&e, "miss1", miss1, MISS_SIZE);
         g_autofree char *content0 = seeded_content(0);

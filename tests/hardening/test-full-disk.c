@@ -22,6 +22,7 @@
 
 #include "checksum.h"
 #include "test-bus.h"
+#include "test-util.h"
 #include "upstream-fixture.h"
 #include "util.h"
 
@@ -71,46 +72,6 @@ static gboolean exists_in(Env *e, const char *sub, const char *id) {
         return g_file_test(p, G_FILE_TEST_EXISTS);
 }
 
-/* An idle keep-alive client of the daemon's HTTP listener: one request answered, the connection left open.
- * Returns the socket. */
-static int hold_idle_connection(Env *e) {
-        static const char request[] = "GET /healthcheck HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
-        struct sockaddr_in sa = {
-                .sin_family = AF_INET,
-                .sin_port = htons(e->http_port),
-                .sin_addr.s_addr = htonl(INADDR_LOOPBACK),
-        };
-        struct timeval tv = { .tv_sec = TEST_BUS_TIMEOUT_MS / 1000 };
-        g_autoptr(GString) response = g_string_new(NULL);
-        char buf[512];
-        int fd;
-
-        fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        g_assert_cmpint(fd, >=, 0);
-        g_assert_cmpint(setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)), ==, 0);
-        g_assert_cmpint(connect(fd, (struct sockaddr *) &sa, sizeof(sa)), ==, 0);
-        g_assert_cmpint(send(fd, request, strlen(request), MSG_NOSIGNAL), ==, (ssize_t) strlen(request));
-        /* The body of /healthcheck is "OK\n". */
-        while (!g_str_has_suffix(response->str, "\r\n\r\nOK\n")) {
-                ssize_t k = recv(fd, buf, sizeof(buf), 0);
-                g_assert_cmpint(k, >, 0);
-                g_string_append_len(response, buf, k);
-        }
-        g_assert_true(g_str_has_prefix(response->str, "HTTP/1.1 200"));
-        return fd;
-}
-
-static uint16_t free_port(void) {
-        struct sockaddr_in sa = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-        socklen_t len = sizeof(sa);
-        int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        g_assert_cmpint(fd, >=, 0);
-        g_assert_cmpint(bind(fd, (struct sockaddr *) &sa, sizeof(sa)), ==, 0);
-        g_assert_cmpint(getsockname(fd, (struct sockaddr *) &sa, &len), ==, 0);
-        close(fd);
-        return ntohs(sa.sin_port);
-}
-
 static void full_disk_inner(void) {
         Env e = {};
         g_assert_cmpint(upstream_fixture_new(0, &e.fx), ==, 0);
@@ -125,7 +86,7 @@ static void full_disk_inner(void) {
 
         e.bus = test_bus_new();
         g_assert_cmpint(mount("tmpfs", test_bus_cache_dir(e.bus), "tmpfs", 0, "size=2m,mode=0700"), ==, 0);
-        e.http_port = free_port();
+        e.http_port = test_free_port();
         g_autofree char *url = upstream_fixture_url(e.fx, "/images/{id}");
         g_autofree char *config = g_strdup_printf("[Cache]\nKeepFree=0\nMaxSize=1G\nEnforceMaxSize=no\n"
                                                   "[Upstream]\nURL=%s\n[HTTP]\nListen=127.0.0.1:%u\n"
@@ -153,7 +114,7 @@ static void full_disk_inner(void) {
         /* Out of space under a client streaming the miss: curl sees the transfer cut short (18) before
          * its own limit (28), which is under test_bus_run()'s deadline and far under the daemon's 60 s
          * connection timeout. */
-        int idle_fd = hold_idle_connection(&e);
+        int idle_fd = test_hold_idle_http_connection(e.http_port, TEST_BUS_TIMEOUT_MS);
         g_autofree char *url2 = g_strdup_printf("http://127.0.0.1:%u/images/big2", e.http_port);
         const char *curl_argv[] = { "curl", "-sS", "--max-time", "8", "-o", "/dev/null", url2, NULL };
         g_assert_cmpint(test_bus_run(e.bus, curl_argv, NULL, NULL), ==, 18);

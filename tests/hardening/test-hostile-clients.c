@@ -22,6 +22,7 @@
 #include <gio/gio.h>
 
 #include "test-bus.h"
+#include "test-util.h"
 #include "upstream-fixture.h"
 #include "util.h"
 
@@ -47,17 +48,6 @@ typedef struct Env {
         uint16_t port;
         uint8_t *image;
 } Env;
-
-static uint16_t free_port(void) {
-        struct sockaddr_in sa = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-        socklen_t len = sizeof(sa);
-        int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        g_assert_cmpint(fd, >=, 0);
-        g_assert_cmpint(bind(fd, (struct sockaddr *) &sa, sizeof(sa)), ==, 0);
-        g_assert_cmpint(getsockname(fd, (struct sockaddr *) &sa, &len), ==, 0);
-        close(fd);
-        return ntohs(sa.sin_port);
-}
 
 static int connect_from(Env *e, const char *source) {
         struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons(e->port),
@@ -184,7 +174,7 @@ static void test_hostile_clients(void) {
         upstream_fixture_add_image(e.fx, "/images/img", e.image, IMAGE_SIZE, NULL);
         upstream_fixture_add_image(e.fx, "/images/big", big, BIG_SIZE, NULL);
         e.bus = test_bus_new();
-        e.port = free_port();
+        e.port = test_free_port();
         g_autofree char *url = upstream_fixture_url(e.fx, "/images/{id}");
         g_autofree char *config = g_strdup_printf("[Cache]\nKeepFree=0\nMaxSize=1G\n[Upstream]\nURL=%s\n"
                                                   "[HTTP]\nListen=127.0.0.1:%u\nMaxConnections=2048\n"

@@ -35,5 +35,5 @@ unsigned fake_fetcher_n_queries(Fetcher *fe);
 const char *fake_query_credentials(const UpstreamQuery *q);
 void fake_query_answer(UpstreamQuery *q, const UpstreamAnswer *a);
 
-/* Listeners currently subscribed to f. */
+/* Readers currently subscribed to f (listeners with on_data: the streams of HTTP clients). */
 unsigned fake_fill_n_subscribers(Fill *f);

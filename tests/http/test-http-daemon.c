@@ -80,12 +80,6 @@ static int listen_socket(uint16_t *ret_port) {
         return fd;
 }
 
-static uint16_t free_port(void) {
-        uint16_t port;
-        close(listen_socket(&port));
-        return port;
-}
-
 static void child_setup(gpointer data) {
         (void) prctl(PR_SET_PDEATHSIG, SIGKILL);
 }
@@ -191,7 +185,7 @@ static void test_socket_activate(Fixture *f, gconstpointer user) {
         }
         write_config(f, "1s", NULL);
 
-        uint16_t port = free_port();
+        uint16_t port = test_free_port();
         listen = g_strdup_printf("127.0.0.1:%u", port);
         g_ptr_array_add(argv, g_strdup("systemd-socket-activate"));
         g_ptr_array_add(argv, g_strdup("-l"));

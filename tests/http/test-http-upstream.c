@@ -322,6 +322,36 @@ static void test_unknown_id_asked_once(Fixture *f, gconstpointer user) {
         g_assert_cmpuint(upstream_fixture_requests(f->fx, "/images/nowhere"), ==, 1);
 }
 
+/* Files of the image that this process still holds open, after it was deleted. */
+static unsigned open_deleted_files(const char *name) {
+        g_autoptr(GDir) d = g_dir_open("/proc/self/fd", 0, NULL);
+        g_autofree char *suffix = g_strdup_printf("/%s (deleted)", name);
+        const char *e;
+        unsigned n = 0;
+
+        g_assert_nonnull(d);
+        while ((e = g_dir_read_name(d))) {
+                g_autofree char *p = g_build_filename("/proc/self/fd", e, NULL);
+                g_autofree char *target = g_file_read_link(p, NULL);
+                n += target && g_str_has_suffix(target, suffix);
+        }
+        return n;
+}
+
+static void test_miss_lets_go(Fixture *f, gconstpointer user) {
+        /* Once a miss is served and cached, nothing of the HTTP side keeps the fill (and so its file)
+         * alive: deleting the image frees its space at once. */
+        add(f, "m", NULL);
+        TestClient *c = test_request(&f->t, "GET", "/images/m", NULL);
+        g_assert_cmpint(c->status, ==, 200);
+        test_client_free(c);
+        wait_cached(&f->t, "m");
+        test_run_until(&f->t, idle, f);
+        test_run_pending(&f->t);
+        g_assert_cmpint(image_cache_delete(f->t.cache, "m"), ==, 0);
+        g_assert_cmpuint(open_deleted_files("m"), ==, 0);
+}
+
 /* ---- a miss that ends early ends its clients at once -------------------------------------------------- */
 
 /* The clients of these cases give up after a quarter of the server's connection timeout: before the fix
@@ -721,6 +751,7 @@ int main(int argc, char *argv[]) {
         ADD("/http-upstream/too-large", test_too_large, 1024 * 1024);
         ADD("/http-upstream/head-miss", test_head_miss, 0);
         ADD("/http-upstream/unknown-id-asked-once", test_unknown_id_asked_once, 0);
+        ADD("/http-upstream/miss-lets-go", test_miss_lets_go, 0);
 
 #define ADD_END(name, fn, c) g_test_add(name, Fixture, c, end_fixture_setup, fn, fixture_teardown)
         ADD_END("/http-upstream/end/reset", test_miss_end, &end_reset);

@@ -1,9 +1,13 @@
 /* SPDX-License-Identifier: MIT */
 
+#include <arpa/inet.h>
 #include <fcntl.h>
 #include <ftw.h>
 #include <glib.h>
+#include <netinet/in.h>
 #include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -52,4 +56,43 @@ int test_file_exists(const char *dir, const char *name) {
         g_autofree char *path = g_build_filename(dir, name, NULL);
         struct stat st;
         return lstat(path, &st) >= 0;
+}
+
+uint16_t test_free_port(void) {
+        struct sockaddr_in sa = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+        socklen_t len = sizeof(sa);
+        int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+        g_assert_cmpint(fd, >=, 0);
+        g_assert_cmpint(bind(fd, (struct sockaddr *) &sa, sizeof(sa)), ==, 0);
+        g_assert_cmpint(getsockname(fd, (struct sockaddr *) &sa, &len), ==, 0);
+        close(fd);
+        return ntohs(sa.sin_port);
+}
+
+int test_hold_idle_http_connection(uint16_t port, unsigned timeout_ms) {
+        static const char request[] = "GET /healthcheck HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
+        struct sockaddr_in sa = {
+                .sin_family = AF_INET,
+                .sin_port = htons(port),
+                .sin_addr.s_addr = htonl(INADDR_LOOPBACK),
+        };
+        struct timeval tv = { .tv_sec = timeout_ms / 1000, .tv_usec = (timeout_ms % 1000) * 1000 };
+        g_autoptr(GString) response = g_string_new(NULL);
+        char buf[512];
+        int fd;
+
+        fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        g_assert_cmpint(fd, >=, 0);
+        g_assert_cmpint(setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)), ==, 0);
+        g_assert_cmpint(connect(fd, (struct sockaddr *) &sa, sizeof(sa)), ==, 0);
+        g_assert_cmpint(send(fd, request, strlen(request), MSG_NOSIGNAL), ==, (ssize_t) strlen(request));
+        /* The body of /healthcheck is "OK\n". */
+        while (!g_str_has_suffix(response->str, "\r\n\r\nOK\n")) {
+                ssize_t k = recv(fd, buf, sizeof(buf), 0);
+                g_assert_cmpint(k, >, 0);
+                g_string_append_len(response, buf, k);
+        }
+        g_assert_true(g_str_has_prefix(response->str, "HTTP/1.1 200"));
+        return fd;
 }

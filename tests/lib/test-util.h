@@ -2,6 +2,7 @@
 #pragma once
 
 #include <stddef.h>
+#include <stdint.h>
 
 /* Scratch directories and files for tests. Every helper asserts (g_assert) on failure, so a broken
  * environment fails the test at the line that needed it. */
@@ -17,3 +18,10 @@ void test_write_file(const char *dir, const char *name, const void *data, size_t
 char *test_read_file(const char *path, size_t *ret_size);
 /* Whether dir/name exists (without following a final symlink). */
 int test_file_exists(const char *dir, const char *name);
+
+/* A TCP port on 127.0.0.1 that was free a moment ago (for a daemon's Listen=). */
+uint16_t test_free_port(void);
+/* An idle keep-alive client of an HTTP server on 127.0.0.1:port: GET /healthcheck answered 200 in full,
+ * the connection left open (libmicrohttpd orders its timeout list by age, so such an older connection
+ * is what once kept a failed miss's client waiting). Returns the socket; close it when done. */
+int test_hold_idle_http_connection(uint16_t port, unsigned timeout_ms);
