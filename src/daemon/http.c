@@ -1516,6 +1516,7 @@ void http_server_set_hooks(HttpServer *s, const HttpServerHooks *hooks) {
 }
 
 int http_server_reconfigure(HttpServer *s, const Config *config) {
+        const union MHD_DaemonInfo *info;
         ReadGuard *guard = NULL;
         int r;
 
@@ -1523,7 +1524,8 @@ int http_server_reconfigure(HttpServer *s, const Config *config) {
         assert(config);
 
         /* A guard that cannot be made (ReadTokenFile= gone, open on the network) leaves the old one. */
-        r = http_server_make_guard(s, config, MHD_get_daemon_info(s->mhd, MHD_DAEMON_INFO_LISTEN_FD)->listen_fd, &guard);
+        info = MHD_get_daemon_info(s->mhd, MHD_DAEMON_INFO_LISTEN_FD);
+        r = http_server_make_guard(s, config, info ? info->listen_fd : -EBADF, &guard);
         if (r < 0)
                 return r;
         http_server_abandon_waiting(s);
