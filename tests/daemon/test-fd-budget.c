@@ -205,6 +205,12 @@ static void test_fd_budget(void) {
                 g_test_skip("prlimit (util-linux) is not installed");
                 return;
         }
+        /* valgrind keeps descriptors of its own at the top of the client's limit and refuses to raise it:
+         * under it the daemon cannot see the limits this test sets (it runs in the plain and ASan passes). */
+        if (g_getenv("IMGCACHED_WRAPPER")) {
+                g_test_skip("the daemon runs under IMGCACHED_WRAPPER, whose fd limits are its own");
+                return;
+        }
 
         g_assert_cmpint(upstream_fixture_new(0, &e.fx), ==, 0);
         upstream_fixture_add_image(e.fx, "/images/miss1", miss1, MISS_SIZE, NULL);
