@@ -34,7 +34,17 @@
 DEFINE_PROPERTY_GET(version, "s", ((void) m, PROJECT_VERSION))
 DEFINE_PROPERTY_GET(driver, "s", strempty(driver_kind_to_string(m->config.driver)))
 DEFINE_PROPERTY_GET(cache_directory, "s", m->cache_dir)
-DEFINE_PROPERTY_GET(upstream, "s", manager_upstream(m))
+/* Everyone on the bus may read it: never the credentials a URL may carry. */
+static int property_get_upstream(sd_bus *bus, const char *path, const char *interface, const char *property,
+                                 sd_bus_message *reply, void *userdata, sd_bus_error *error) {
+        Manager *m = userdata;
+        _cleanup_(freep) char *shown = url_redact_userinfo(manager_upstream(m));
+
+        if (!shown)
+                return -ENOMEM;
+        return sd_bus_message_append(reply, "s", shown);
+}
+
 DEFINE_PROPERTY_GET(max_size, "t", manager_max_size(m))
 DEFINE_PROPERTY_GET(stall_time, "t", (uint64_t) m->config.stall_time)
 DEFINE_PROPERTY_GET(current_size, "t", image_cache_size(m->cache))

@@ -404,7 +404,7 @@ void manager_snapshot(const Manager *m, PropertySnapshot *ret) {
         *ret = (PropertySnapshot) {
                 .driver = strdup(strempty(driver_kind_to_string(m->config.driver))),
                 .cache_directory = strdup(strempty(m->cache_dir)),
-                .upstream = strdup(manager_upstream(m)),
+                .upstream = url_redact_userinfo(manager_upstream(m)),
                 .max_size = manager_max_size(m),
                 .stall_time = m->config.stall_time,
                 .current_size = m->cache ? image_cache_size(m->cache) : 0,

@@ -837,6 +837,13 @@ static void test_no_upstream(void) {
         const char *path = NULL;
         g_variant_get(job, "(&o)", &path);
         g_assert_true(g_str_has_prefix(path, "/org/imgcache/job/"));
+
+        /* Every bus peer may read Upstream: a URL's credentials are not shown. */
+        test_bus_stop_daemon(b);
+        const char *secret[] = { "--upstream=http://fetcher:s3cret@mirror.example/{id}", NULL };
+        start_daemon(b, secret);
+        g_autofree char *shown = busctl_get_property(b, "Upstream");
+        g_assert_cmpstr(shown, ==, "s \"http://mirror.example/{id}\"");
 }
 
 /* ---- properties --------------------------------------------------------------------------------- */
