@@ -544,10 +544,11 @@ static void assert_names_nothing(Fixture *f, const char *text) {
 }
 
 static void test_error_names_no_upstream(Fixture *f, gconstpointer user) {
-        /* An upstream URL with credentials, and an upstream that answers 500, then one that resets. */
-        UpstreamImageOptions o500 = { .status = 500 }, oreset = { .reset_after = 1 };
+        /* An upstream URL with credentials, and an upstream that answers 500, then 401. (Both fail before
+         * any header reaches the client: after that a failure aborts the connection, with no body.) */
+        UpstreamImageOptions o500 = { .status = 500 }, o401 = { .status = 401 };
         add(f, "broken", &o500);
-        add(f, "reset", &oreset);
+        add(f, "refused", &o401);
 
         TestClient *c = test_request(&f->t, "GET", "/images/broken", NULL);
         g_assert_cmpint(c->status, ==, 502);
@@ -568,7 +569,7 @@ static void test_error_names_no_upstream(Fixture *f, gconstpointer user) {
         g_assert_null(strstr(msg, LEAK_USER));
         g_assert_nonnull(strstr(msg, "http://127.0.0.1:"));
 
-        c = test_request(&f->t, "GET", "/images/reset", NULL);
+        c = test_request(&f->t, "GET", "/images/refused", NULL);
         g_assert_cmpint(c->status, ==, 502);
         g_byte_array_append(c->body, (const guint8 *) "", 1);
         assert_names_nothing(f, (const char *) c->body->data);
