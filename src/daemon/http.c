@@ -35,7 +35,7 @@ struct Stream {
         bool close_delimited; /* no length and no chunked encoding (HTTP/1.0): the body ends with the connection */
         uint64_t offset;   /* file offset of the first body byte */
         uint64_t end;      /* file offset after the last body byte; UINT64_MAX: wherever the fill ends */
-        Stream *prev, *next;
+        Stream *streams_prev, *streams_next;
 };
 
 /* Per request; lives inside the connection's context, so a hit allocates nothing of ours. */
@@ -55,7 +55,7 @@ struct Request {
         HttpServer *server;
         struct MHD_Connection *connection;
         bool suspended;
-        Request *waiting_prev, *waiting_next;
+        Request *waiting_prev, *waiting_next;  /* in HttpServer.waiting */
         ReadCheck *read_check;
         bool read_decided;     /* read_verdict holds the upstream's verdict */
         int read_verdict;
@@ -78,7 +78,7 @@ struct PeerFill {
         HttpServer *server;
         FillSubscription *subscription;
         char key[PEER_KEY_MAX];
-        PeerFill *prev, *next;
+        PeerFill *peer_fills_prev, *peer_fills_next;
 };
 
 struct HttpServer {
@@ -333,10 +333,7 @@ static void request_suspend(Request *req) {
 
         assert(!req->suspended);
         req->suspended = true;
-        req->waiting_next = s->waiting;
-        if (s->waiting)
-                s->waiting->waiting_prev = req;
-        s->waiting = req;
+        LIST_PREPEND(waiting, s->waiting, req);
         MHD_suspend_connection(req->connection);
 }
 
@@ -346,13 +343,7 @@ static void request_unlink(Request *req) {
         if (!req->suspended)
                 return;
         req->suspended = false;
-        if (req->waiting_prev)
-                req->waiting_prev->waiting_next = req->waiting_next;
-        else
-                s->waiting = req->waiting_next;
-        if (req->waiting_next)
-                req->waiting_next->waiting_prev = req->waiting_prev;
-        req->waiting_prev = req->waiting_next = NULL;
+        LIST_REMOVE(waiting, s->waiting, req);
 }
 
 static void request_resume(Request *req) {
@@ -464,12 +455,7 @@ static Stream *stream_free(Stream *st) {
         if (!st)
                 return NULL;
 
-        if (st->prev)
-                st->prev->next = st->next;
-        else if (st->server->streams == st)
-                st->server->streams = st->next;
-        if (st->next)
-                st->next->prev = st->prev;
+        LIST_REMOVE(streams, st->server->streams, st);
 
         /* Not fill_cancel(): a client that goes away leaves the fill to the others and to the cache. */
         fill_subscription_free(st->subscription);
@@ -499,11 +485,8 @@ static int stream_new(HttpServer *s, struct MHD_Connection *c, Fill *f, Stream *
                 .connection = c,
                 .fill = fill_ref(f),
                 .end = UINT64_MAX,
-                .next = s->streams,
         };
-        if (s->streams)
-                s->streams->prev = st;
-        s->streams = st;
+        LIST_PREPEND(streams, s->streams, st);
 
         r = fill_subscribe(f, &listener, st, &st->subscription);
         if (r < 0) {
@@ -720,12 +703,7 @@ static PeerFill *peer_fill_free(PeerFill *pf) {
         if (!pf)
                 return NULL;
         s = pf->server;
-        if (pf->prev)
-                pf->prev->next = pf->next;
-        else
-                s->peer_fills = pf->next;
-        if (pf->next)
-                pf->next->prev = pf->prev;
+        LIST_REMOVE(peer_fills, s->peer_fills, pf);
         peer_counts_add(s->peer_fill_counts, pf->key, -1);
         fill_subscription_free(pf->subscription);
         free(pf);
@@ -746,11 +724,9 @@ static int peer_fill_new(HttpServer *s, const char *key, Fill *f) {
         pf = calloc(1, sizeof(PeerFill));
         if (!pf)
                 return -ENOMEM;
-        *pf = (PeerFill) { .server = s, .next = s->peer_fills };
+        *pf = (PeerFill) { .server = s };
         (void) snprintf(pf->key, sizeof(pf->key), "%s", key);
-        if (s->peer_fills)
-                s->peer_fills->prev = pf;
-        s->peer_fills = pf;
+        LIST_PREPEND(peer_fills, s->peer_fills, pf);
         peer_counts_add(s->peer_fill_counts, key, +1);
 
         r = fill_subscribe(f, &listener, pf, &pf->subscription);
@@ -1487,7 +1463,7 @@ HttpServer *http_server_free(HttpServer *s) {
                 /* MHD refuses to stop with suspended connections: wake them all; their streams see
                  * "stopping" and end with an error. */
                 s->stopping = true;
-                for (Stream *st = s->streams; st; st = st->next)
+                for (Stream *st = s->streams; st; st = st->streams_next)
                         stream_wake(st);
                 http_server_abandon_waiting(s);
 

@@ -21,7 +21,7 @@ struct ReadCheck {
         Pending *pending;
         ReadCheckDone done;
         void *userdata;
-        ReadCheck *prev, *next;
+        ReadCheck *checks_prev, *checks_next;
 };
 
 /* One question to the upstream for a (token, image) pair, and everyone waiting for its answer. */
@@ -106,7 +106,7 @@ int read_guard_new(const Config *config, Fetcher *fetcher, ReadGuard **ret) {
 static void pending_free(Pending *p) {
         while (p->checks) {
                 ReadCheck *c = p->checks;
-                p->checks = c->next;
+                LIST_REMOVE(checks, p->checks, c);
                 free(c);
         }
         upstream_query_free(p->query);
@@ -195,7 +195,7 @@ static void on_answer(const UpstreamAnswer *a, void *userdata) {
         pending_free(p);
         while (checks) {
                 ReadCheck *c = checks;
-                checks = c->next;
+                LIST_REMOVE(checks, checks, c);
                 c->done(verdict, c->userdata);
                 free(c);
         }
@@ -298,10 +298,8 @@ int read_guard_check(ReadGuard *g, const char *x_auth_token, const char *authori
                         pending_free(p);
                 return -ENOMEM;
         }
-        *c = (ReadCheck) { .pending = p, .done = done, .userdata = userdata, .next = p->checks };
-        if (p->checks)
-                p->checks->prev = c;
-        p->checks = c;
+        *c = (ReadCheck) { .pending = p, .done = done, .userdata = userdata };
+        LIST_PREPEND(checks, p->checks, c);
         *ret_check = c;
         return -EINPROGRESS;
 }
@@ -312,12 +310,7 @@ ReadCheck *read_check_free(ReadCheck *c) {
         if (!c)
                 return NULL;
         p = c->pending;
-        if (c->prev)
-                c->prev->next = c->next;
-        else
-                p->checks = c->next;
-        if (c->next)
-                c->next->prev = c->prev;
+        LIST_REMOVE(checks, p->checks, c);
         free(c);
         /* Nobody waits any more: the question is withdrawn. */
         if (!p->checks)

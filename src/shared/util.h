@@ -23,6 +23,26 @@ typedef uint64_t usec_t;
 
 #define _cleanup_(f) __attribute__((cleanup(f)))
 
+/* Intrusive doubly linked lists: item->name##_prev / item->name##_next, head a pointer to the first. */
+#define LIST_PREPEND(name, head, item)                                  \
+        do {                                                            \
+                (item)->name##_prev = NULL;                             \
+                (item)->name##_next = (head);                           \
+                if (head)                                               \
+                        (head)->name##_prev = (item);                   \
+                (head) = (item);                                        \
+        } while (0)
+#define LIST_REMOVE(name, head, item)                                   \
+        do {                                                            \
+                if ((item)->name##_prev)                                \
+                        (item)->name##_prev->name##_next = (item)->name##_next; \
+                else                                                    \
+                        (head) = (item)->name##_next;                   \
+                if ((item)->name##_next)                                \
+                        (item)->name##_next->name##_prev = (item)->name##_prev; \
+                (item)->name##_prev = (item)->name##_next = NULL;       \
+        } while (0)
+
 /* The struct of type t whose member m is at p. */
 #define container_of(p, t, m) ((t *) ((char *) (p) - offsetof(t, m)))
 #define _unused_ __attribute__((unused))
