@@ -160,14 +160,8 @@ const char *http_request_framing_problem(struct MHD_Connection *c) {
 
 size_t http_unescape(char *s, bool *ret_bad) {
         size_t n = MHD_http_unescape(s);
-        bool bad = false;
 
-        for (size_t i = 0; i < n; i++)
-                if ((unsigned char) s[i] < ' ' || s[i] == 0x7f) {
-                        bad = true;
-                        break;
-                }
-        *ret_bad = bad;
+        *ret_bad = memory_has_control(s, n);
         return n;
 }
 

@@ -214,15 +214,10 @@ static char *verdict_key(const char *token, bool bearer, const char *id) {
         return g_strdup_printf("%s/%c/%s", hex, bearer ? 'b' : 'x', id);
 }
 
+/* The rules of read_token_file(): what a token file could hold is what a client may present. */
 static bool token_is_sane(const char *t) {
         size_t n = strlen(t);
-
-        if (n == 0 || n > TOKEN_MAX)
-                return false;
-        for (size_t i = 0; i < n; i++)
-                if ((unsigned char) t[i] < ' ' || t[i] == 0x7f)
-                        return false;
-        return true;
+        return n > 0 && n <= TOKEN_MAX && !memory_has_control(t, n);
 }
 
 static int pending_start(ReadGuard *g, char *key, const char *token, bool bearer, const char *id, Pending **ret) {

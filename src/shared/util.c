@@ -34,11 +34,13 @@ char *url_redact_userinfo(const char *url) {
         return copy;
 }
 
-static bool token_is_valid(const char *t, size_t n) {
+bool memory_has_control(const void *p, size_t n) {
+        const unsigned char *b = p;
+
         for (size_t i = 0; i < n; i++)
-                if ((unsigned char) t[i] < ' ' || t[i] == 0x7f)
-                        return false;
-        return n > 0;
+                if (b[i] < ' ' || b[i] == 0x7f)
+                        return true;
+        return false;
 }
 
 void token_strv_free(char **tokens) {
@@ -76,7 +78,7 @@ int read_token_file(const char *path, size_t max, char ***ret) {
                         r = -EFBIG;
                         break;
                 }
-                if (!token_is_valid(t, n)) {
+                if (memory_has_control(t, n)) {
                         r = -EBADMSG;
                         break;
                 }

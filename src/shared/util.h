@@ -148,6 +148,9 @@ int free_and_strdup(char **dst, const char *src);
  * URL with credentials may be logged or shown only this way. NULL gives "", NULL return: out of memory. */
 char *url_redact_userinfo(const char *url);
 
+/* Whether the n bytes at p hold a control byte (below 0x20, or DEL), e.g. a NUL or a line break. */
+bool memory_has_control(const void *p, size_t n);
+
 /* Secret tokens from a file (TokenFile=, ManagementTokenFile=, ReadTokenFile=): one per line, surrounding
  * white space dropped, blank lines and lines starting with '#' skipped; a token must be a usable header
  * value (no control bytes, at most TOKEN_MAX bytes). At most max tokens are read (1: the first one).
