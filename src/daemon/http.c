@@ -354,7 +354,7 @@ static void request_resume(Request *req) {
         http_server_schedule_run(req->server);
 }
 
-/* Ends every wait for the upstream, answering 503: at shutdown, and when a reload replaces the guard. */
+/* Ends every wait for the upstream at shutdown, answering 503. */
 static void http_server_abandon_waiting(HttpServer *s) {
         while (s->waiting) {
                 Request *req = s->waiting;
@@ -1285,14 +1285,14 @@ static bool socket_is_loopback(int fd) {
         }
 }
 
-/* The read guard for config, on the listener fd. ReadAccess=open serves every cached image to whoever
- * reaches the listener: on anything but loopback only with AcknowledgeOpenReadAccess=yes. */
-static int http_server_make_guard(HttpServer *s, const Config *config, int fd, ReadGuard **ret) {
+/* ReadAccess=open serves every cached image to whoever reaches the listener fd: on anything but loopback
+ * only with AcknowledgeOpenReadAccess=yes. */
+static int check_open_read_access(const Config *config, int fd) {
         if (config_read_access(config) == READ_ACCESS_OPEN && !config->acknowledge_open_read_access &&
             !socket_is_loopback(fd))
                 return log_error_errno(-EPERM,
                                        "ReadAccess=open on a listener that is not loopback would serve every cached image to anyone who reaches it: set ReadAccess=upstream or token, or AcknowledgeOpenReadAccess=yes.");
-        return read_guard_new(config, s->fetcher, ret);
+        return 0;
 }
 
 static int load_token(HttpServer *s, const Config *config) {
@@ -1368,7 +1368,9 @@ int http_server_new(sd_event *event, ImageCache *cache, Fetcher *fetcher, const 
         }
         s->port = socket_port(fd);
 
-        r = http_server_make_guard(s, config, fd, &s->read_guard);
+        r = check_open_read_access(config, fd);
+        if (r >= 0)
+                r = read_guard_new(config, s->fetcher, &s->read_guard);
         if (r < 0) {
                 if (!(options && options->listen_fd >= 0))
                         safe_close(fd);
@@ -1493,20 +1495,18 @@ void http_server_set_hooks(HttpServer *s, const HttpServerHooks *hooks) {
 
 int http_server_reconfigure(HttpServer *s, const Config *config) {
         const union MHD_DaemonInfo *info;
-        ReadGuard *guard = NULL;
         int r;
 
         assert(s);
         assert(config);
 
-        /* A guard that cannot be made (ReadTokenFile= gone, open on the network) leaves the old one. */
+        /* Settings that cannot be applied (ReadTokenFile= gone, open on the network) leave the old ones. */
         info = MHD_get_daemon_info(s->mhd, MHD_DAEMON_INFO_LISTEN_FD);
-        r = http_server_make_guard(s, config, info ? info->listen_fd : -EBADF, &guard);
+        r = check_open_read_access(config, info ? info->listen_fd : -EBADF);
+        if (r >= 0)
+                r = read_guard_reconfigure(s->read_guard, config);
         if (r < 0)
                 return r;
-        http_server_abandon_waiting(s);
-        read_guard_free(s->read_guard);
-        s->read_guard = guard;
 
         s->config = config;
         return load_token(s, config);

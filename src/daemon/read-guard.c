@@ -51,7 +51,9 @@ static int digest(const char *s, uint8_t ret[static DIGEST_SIZE]) {
         return 0;
 }
 
-static int load_tokens(ReadGuard *g, const char *path) {
+/* The digests of the tokens in path; *ret is freed by the caller. */
+static int load_tokens(const char *path, uint8_t (**ret)[DIGEST_SIZE], size_t *ret_n) {
+        uint8_t (*digests)[DIGEST_SIZE];
         char **tokens = NULL;
         size_t n = 0;
         int r;
@@ -66,16 +68,51 @@ static int load_tokens(ReadGuard *g, const char *path) {
                                        path, strerror(-r));
         while (tokens[n])
                 n++;
-        g->tokens = calloc(n, DIGEST_SIZE);
-        if (!g->tokens) {
+        digests = calloc(n, DIGEST_SIZE);
+        if (!digests) {
                 token_strv_free(tokens);
                 return -ENOMEM;
         }
         for (size_t i = 0; i < n && r >= 0; i++)
-                r = digest(tokens[i], g->tokens[i]);
+                r = digest(tokens[i], digests[i]);
         token_strv_free(tokens);
+        if (r < 0) {
+                free(digests);
+                return r;
+        }
+        *ret = digests;
+        *ret_n = n;
+        return 0;
+}
+
+static void forget_tokens(ReadGuard *g) {
+        if (g->tokens)
+                explicit_bzero(g->tokens, g->n_tokens * DIGEST_SIZE);
+        free(g->tokens);
+        g->tokens = NULL;
+        g->n_tokens = 0;
+}
+
+int read_guard_reconfigure(ReadGuard *g, const Config *config) {
+        uint8_t (*tokens)[DIGEST_SIZE] = NULL;
+        ReadAccess mode = config_read_access(config);
+        size_t n = 0;
+        int r;
+
+        if (mode == READ_ACCESS_TOKEN) {
+                r = load_tokens(config->read_token_file, &tokens, &n);
+                if (r < 0)
+                        return r;
+        }
+        forget_tokens(g);
+        g->tokens = tokens;
         g->n_tokens = n;
-        return r;
+        g->mode = mode;
+        g->allow_ttl = config->read_access_allow_cache;
+        g->deny_ttl = config->read_access_deny_cache;
+        /* Verdicts were believed for the old settings; checks in flight go on and are remembered. */
+        ttl_cache_clear(g->verdicts);
+        return 0;
 }
 
 int read_guard_new(const Config *config, Fetcher *fetcher, ReadGuard **ret) {
@@ -86,15 +123,12 @@ int read_guard_new(const Config *config, Fetcher *fetcher, ReadGuard **ret) {
         if (!g)
                 return -ENOMEM;
         *g = (ReadGuard) {
-                .mode = config_read_access(config),
                 .fetcher = fetcher,
-                .allow_ttl = config->read_access_allow_cache,
-                .deny_ttl = config->read_access_deny_cache,
                 .pending = g_hash_table_new(g_str_hash, g_str_equal),
         };
         r = ttl_cache_new(READ_GUARD_CACHE_MAX, &g->verdicts);
-        if (r >= 0 && g->mode == READ_ACCESS_TOKEN)
-                r = load_tokens(g, config->read_token_file);
+        if (r >= 0)
+                r = read_guard_reconfigure(g, config);
         if (r < 0) {
                 read_guard_free(g);
                 return r;
@@ -131,9 +165,7 @@ ReadGuard *read_guard_free(ReadGuard *g) {
         }
         g_hash_table_unref(g->pending);
         ttl_cache_free(g->verdicts);
-        if (g->tokens)
-                explicit_bzero(g->tokens, g->n_tokens * DIGEST_SIZE);
-        free(g->tokens);
+        forget_tokens(g);
         free(g);
         return NULL;
 }

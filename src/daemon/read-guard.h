@@ -28,6 +28,9 @@ typedef void (*ReadCheckDone)(int verdict, void *userdata);
 /* Reads ReadTokenFile= for ReadAccess=token; -ENOKEY (logged, naming the file) when there is none. */
 int read_guard_new(const Config *config, Fetcher *fetcher, ReadGuard **ret);
 ReadGuard *read_guard_free(ReadGuard *g);
+/* A reloaded configuration: on failure (no ReadTokenFile=) the old settings stay. Checks in flight go on;
+ * remembered verdicts are forgotten. */
+int read_guard_reconfigure(ReadGuard *g, const Config *config);
 ReadAccess read_guard_mode(const ReadGuard *g);
 
 /* Decides at once (returns the verdict, >= 0) or starts or joins a check with the upstream (returns

@@ -82,6 +82,10 @@ void ttl_cache_remove(TtlCache *c, const char *key) {
         (void) g_hash_table_remove(c->entries, key);
 }
 
+void ttl_cache_clear(TtlCache *c) {
+        g_hash_table_remove_all(c->entries);
+}
+
 size_t ttl_cache_size(const TtlCache *c) {
         return g_hash_table_size(c->entries);
 }

@@ -19,4 +19,5 @@ void ttl_cache_put(TtlCache *c, const char *key, int value, usec_t ttl);
 /* The value stored for key that has not expired by now. */
 bool ttl_cache_get(TtlCache *c, const char *key, usec_t now, int *ret_value);
 void ttl_cache_remove(TtlCache *c, const char *key);
+void ttl_cache_clear(TtlCache *c);
 size_t ttl_cache_size(const TtlCache *c);

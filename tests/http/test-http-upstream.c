@@ -731,6 +731,34 @@ static void test_read_open_needs_loopback(void) {
         test_tmpdir_remove(dir);
 }
 
+static void test_read_reload(Fixture *f, gconstpointer user) {
+        /* A reload changes the rules for the next request, forgets remembered verdicts, and keeps the old
+         * rules when the new ones cannot be applied. */
+        Config *c = &f->t.config;
+        g_autofree char *tokens = g_build_filename(f->tmp, "reload-tokens", NULL);
+
+        assert_status(get_with(f, "/images/public", "X-Auth-Token: alice"), 200);
+        g_assert_cmpuint(upstream_fixture_token_requests(f->fx, "alice"), ==, 1);
+
+        /* ReadAccess=token without a token file: refused, and the upstream rules stay. */
+        c->read_access = READ_ACCESS_TOKEN;
+        g_assert_cmpint(http_server_reconfigure(f->t.server, c), <, 0);
+        assert_status(get_with(f, "/images/public", "X-Auth-Token: alice"), 200);
+        g_assert_cmpuint(upstream_fixture_token_requests(f->fx, "alice"), ==, 1);
+
+        test_write_file(f->tmp, "reload-tokens", "static-one\n", 11);
+        g_assert_cmpint(free_and_strdup(&c->read_token_file, tokens), ==, 0);
+        g_assert_cmpint(http_server_reconfigure(f->t.server, c), ==, 0);
+        assert_status(get_with(f, "/images/public", "X-Auth-Token: alice"), 401);
+        assert_status(get_with(f, "/images/public", "X-Auth-Token: static-one"), 200);
+
+        /* Back to upstream: alice's earlier yes is forgotten, so the upstream is asked again. */
+        c->read_access = READ_ACCESS_UPSTREAM;
+        g_assert_cmpint(http_server_reconfigure(f->t.server, c), ==, 0);
+        assert_status(get_with(f, "/images/public", "X-Auth-Token: alice"), 200);
+        g_assert_cmpuint(upstream_fixture_token_requests(f->fx, "alice"), ==, 2);
+}
+
 static const ReadCase read_upstream = { .mode = READ_ACCESS_AUTO };  /* Kind=glance: upstream */
 static const ReadCase read_upstream_ttl = { .mode = READ_ACCESS_UPSTREAM, .allow_ttl = 1 };
 static const ReadCase read_token = { .mode = READ_ACCESS_TOKEN, .read_tokens = "# readers\nread-one\nread-two\n" };
@@ -770,6 +798,7 @@ int main(int argc, char *argv[]) {
         ADD_READ("/http-upstream/read/upstream", test_read_upstream, &read_upstream);
         ADD_READ("/http-upstream/read/upstream-ttl", test_read_upstream_ttl, &read_upstream_ttl);
         ADD_READ("/http-upstream/read/token", test_read_token, &read_token);
+        ADD_READ("/http-upstream/read/reload", test_read_reload, &read_upstream);
         g_test_add_func("/http-upstream/read/open-needs-loopback", test_read_open_needs_loopback);
 
         int r = g_test_run();
