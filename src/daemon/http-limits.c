@@ -16,14 +16,18 @@
 /* ---- header deadlines ----------------------------------------------------------------------------- */
 
 struct HeaderDeadlines {
-        sd_event_source *timer;
+        sd_event_source *timer;        /* armed while the list is not empty, or with a deadline since met */
+        bool armed;
         HeaderDeadline *head, *tail;   /* in the order of their deadlines */
         uint64_t n_expired;
 };
 
+/* Deadlines met in time are only unlinked: the timer is not touched for each connection, and finds the
+ * list as it is when it fires. */
 static void header_deadlines_arm(HeaderDeadlines *h) {
         int r;
 
+        h->armed = h->head;
         if (!h->head) {
                 (void) sd_event_source_set_enabled(h->timer, SD_EVENT_OFF);
                 return;
@@ -31,8 +35,10 @@ static void header_deadlines_arm(HeaderDeadlines *h) {
         r = sd_event_source_set_time(h->timer, h->head->at);
         if (r >= 0)
                 r = sd_event_source_set_enabled(h->timer, SD_EVENT_ONESHOT);
-        if (r < 0)
+        if (r < 0) {
+                h->armed = false;
                 log_warning_errno(r, "Failed to arm the header timer, ignoring: %m");
+        }
 }
 
 static void header_deadline_unlink(HeaderDeadlines *h, HeaderDeadline *d) {
@@ -96,8 +102,6 @@ HeaderDeadlines *header_deadlines_free(HeaderDeadlines *h) {
 }
 
 void header_deadline_start(HeaderDeadlines *h, HeaderDeadline *d, struct MHD_Connection *c, usec_t timeout) {
-        bool was_empty = !h->head;
-
         if (d->at != 0 || timeout == 0 || timeout == USEC_INFINITY)
                 return;
 
@@ -111,18 +115,14 @@ void header_deadline_start(HeaderDeadlines *h, HeaderDeadline *d, struct MHD_Con
         else
                 h->head = d;
         h->tail = d;
-        if (was_empty)
+        /* An armed timer fires no later than this deadline: the list only grows later ones. */
+        if (!h->armed)
                 header_deadlines_arm(h);
 }
 
 void header_deadline_stop(HeaderDeadlines *h, HeaderDeadline *d) {
-        bool was_head = h->head == d;
-
-        if (d->at == 0)
-                return;
-        header_deadline_unlink(h, d);
-        if (was_head)
-                header_deadlines_arm(h);
+        if (d->at != 0)
+                header_deadline_unlink(h, d);
 }
 
 uint64_t header_deadlines_expired(const HeaderDeadlines *h) {
