@@ -123,14 +123,28 @@ static enum MHD_Result queue_response(struct MHD_Connection *c, unsigned status,
         return ret;
 }
 
-static enum MHD_Result respond_text(struct MHD_Connection *c, unsigned status, const char *text) {
+/* A plain-text response (text copied), or NULL on OOM. */
+static struct MHD_Response *text_response(const char *text) {
         struct MHD_Response *resp;
 
         resp = MHD_create_response_from_buffer(strlen(text), (void *) text, MHD_RESPMEM_MUST_COPY);
-        if (!resp)
-                return MHD_NO;
-        MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "text/plain; charset=utf-8");
+        if (resp)
+                MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "text/plain; charset=utf-8");
+        return resp;
+}
+
+/* text_response() with one more header (name NULL: none), queued. */
+static enum MHD_Result respond_text_with(struct MHD_Connection *c, unsigned status, const char *text,
+                                         const char *name, const char *value) {
+        struct MHD_Response *resp = text_response(text);
+
+        if (resp && name)
+                MHD_add_response_header(resp, name, value);
         return queue_response(c, status, resp);
+}
+
+static enum MHD_Result respond_text(struct MHD_Connection *c, unsigned status, const char *text) {
+        return respond_text_with(c, status, text, NULL, NULL);
 }
 
 static enum MHD_Result respond_printf(struct MHD_Connection *c, unsigned status, const char *format, ...)
@@ -148,38 +162,17 @@ static enum MHD_Result respond_printf(struct MHD_Connection *c, unsigned status,
 /* A request we will not read any further: 400, and the connection is closed after it, because whatever
  * follows on it could be framed either way. */
 static enum MHD_Result respond_400_close(struct MHD_Connection *c, const char *text) {
-        struct MHD_Response *resp;
-
-        resp = MHD_create_response_from_buffer(strlen(text), (void *) text, MHD_RESPMEM_MUST_COPY);
-        if (!resp)
-                return MHD_NO;
-        MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "text/plain; charset=utf-8");
-        MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
-        return queue_response(c, MHD_HTTP_BAD_REQUEST, resp);
+        return respond_text_with(c, MHD_HTTP_BAD_REQUEST, text, MHD_HTTP_HEADER_CONNECTION, "close");
 }
 
 static enum MHD_Result respond_405(struct MHD_Connection *c, const char *allow) {
-        struct MHD_Response *resp;
-        static const char text[] = "Method not allowed\n";
-
-        resp = MHD_create_response_from_buffer(strlen(text), (void *) text, MHD_RESPMEM_PERSISTENT);
-        if (!resp)
-                return MHD_NO;
-        MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "text/plain; charset=utf-8");
-        MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, allow);
-        return queue_response(c, MHD_HTTP_METHOD_NOT_ALLOWED, resp);
+        return respond_text_with(c, MHD_HTTP_METHOD_NOT_ALLOWED, "Method not allowed\n", MHD_HTTP_HEADER_ALLOW, allow);
 }
 
 static enum MHD_Result respond_401(struct MHD_Connection *c) {
-        struct MHD_Response *resp;
-        static const char text[] = "A valid X-Auth-Token or Authorization: Bearer token is required\n";
-
-        resp = MHD_create_response_from_buffer(strlen(text), (void *) text, MHD_RESPMEM_PERSISTENT);
-        if (!resp)
-                return MHD_NO;
-        MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "text/plain; charset=utf-8");
-        MHD_add_response_header(resp, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer realm=\"imgcache\"");
-        return queue_response(c, MHD_HTTP_UNAUTHORIZED, resp);
+        return respond_text_with(c, MHD_HTTP_UNAUTHORIZED,
+                                 "A valid X-Auth-Token or Authorization: Bearer token is required\n",
+                                 MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer realm=\"imgcache\"");
 }
 
 /* The body of a HEAD response is never read; a callback response gives MHD the size for Content-Length
@@ -204,15 +197,13 @@ static void add_image_headers(struct MHD_Response *resp, const char *etag, const
 }
 
 static enum MHD_Result respond_416(struct MHD_Connection *c, uint64_t size) {
-        static const char text[] = "Range not satisfiable\n";
         struct MHD_Response *resp;
         char cr[48];
 
-        resp = MHD_create_response_from_buffer(strlen(text), (void *) text, MHD_RESPMEM_PERSISTENT);
+        resp = text_response("Range not satisfiable\n");
         if (!resp)
                 return MHD_NO;
         snprintf(cr, sizeof(cr), "bytes */%" PRIu64, size);
-        MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "text/plain; charset=utf-8");
         MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_RANGE, cr);
         MHD_add_response_header(resp, MHD_HTTP_HEADER_ACCEPT_RANGES, "bytes");
         return queue_response(c, MHD_HTTP_RANGE_NOT_SATISFIABLE, resp);
