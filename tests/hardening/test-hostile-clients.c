@@ -49,19 +49,6 @@ typedef struct Env {
         uint8_t *image;
 } Env;
 
-static int connect_from(Env *e, const char *source) {
-        struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons(e->port),
-                                  .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-        struct sockaddr_in src = { .sin_family = AF_INET };
-        int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        g_assert_cmpint(fd, >=, 0);
-        g_assert_cmpint(inet_pton(AF_INET, source, &src.sin_addr), ==, 1);
-        g_assert_cmpint(bind(fd, (struct sockaddr *) &src, sizeof(src)), ==, 0);
-        if (connect(fd, (struct sockaddr *) &sa, sizeof(sa)) < 0)
-                g_error("connect: %s", g_strerror(errno));
-        return fd;
-}
-
 static void send_str(int fd, const char *s, size_t n) {
         while (n > 0) {
                 ssize_t k = send(fd, s, n, MSG_NOSIGNAL);
@@ -102,7 +89,7 @@ static int status_of(const GByteArray *b) {
 
 /* One request on a fresh connection; returns the status (0: none). */
 static int request_from(Env *e, const char *source, const char *req, size_t n, GByteArray **ret) {
-        int fd = connect_from(e, source);
+        int fd = test_connect_from(source, e->port);
         send_str(fd, req, n);
         GByteArray *b = read_all(fd, (size_t) BIG_SIZE * 2);
         close(fd);
@@ -197,13 +184,13 @@ static void test_hostile_clients(void) {
         int idle[IDLE], loris[LORIS], slow[SLOW];
         gint64 loris_start = g_get_monotonic_time();
         for (int i = 0; i < IDLE; i++)
-                idle[i] = connect_from(&e, IDLE_ADDR);
+                idle[i] = test_connect_from(IDLE_ADDR, e.port);
         for (int i = 0; i < LORIS; i++) {
-                loris[i] = connect_from(&e, LORIS_ADDR);
+                loris[i] = test_connect_from(LORIS_ADDR, e.port);
                 send_str(loris[i], "GET /images/img HTTP/1.1\r\nHost: 127.0.0.1\r\n", 43);
         }
         for (int i = 0; i < SLOW; i++) {
-                slow[i] = connect_from(&e, SLOW_ADDR);
+                slow[i] = test_connect_from(SLOW_ADDR, e.port);
                 int small = 4096;
                 (void) setsockopt(slow[i], SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
                 send_str(slow[i], get_big, strlen(get_big));

@@ -175,24 +175,12 @@ static bool raw_response_complete(const GString *buf) {
 }
 
 static void run_raw(TestClient *c) {
-        struct sockaddr_in sa = {
-                .sin_family = AF_INET,
-                .sin_port = htons(c->raw_port),
-                .sin_addr.s_addr = htonl(INADDR_LOOPBACK),
-        };
         struct timeval tv = { .tv_sec = TEST_HTTP_TIMEOUT_MS / 1000 };
         char buf[4096];
         int fd;
 
-        fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        g_assert_cmpint(fd, >=, 0);
+        fd = test_connect_from(c->raw_bind, c->raw_port);
         g_assert_cmpint(setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)), ==, 0);
-        if (c->raw_bind) {
-                struct sockaddr_in src = { .sin_family = AF_INET };
-                g_assert_cmpint(inet_pton(AF_INET, c->raw_bind, &src.sin_addr), ==, 1);
-                g_assert_cmpint(bind(fd, (struct sockaddr *) &src, sizeof(src)), ==, 0);
-        }
-        g_assert_cmpint(connect(fd, (struct sockaddr *) &sa, sizeof(sa)), ==, 0);
 
         for (size_t off = 0; off < c->raw_size;) {
                 ssize_t k = send(fd, c->raw + off, c->raw_size - off, MSG_NOSIGNAL);

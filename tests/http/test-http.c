@@ -395,32 +395,19 @@ static bool connections_are(void *userdata) {
         return http_server_n_connections(p[0]) == GPOINTER_TO_UINT(p[1]);
 }
 
-static int connect_loopback(uint16_t port) {
-        struct sockaddr_in sa = {
-                .sin_family = AF_INET,
-                .sin_port = htons(port),
-                .sin_addr.s_addr = htonl(INADDR_LOOPBACK),
-        };
-        int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        g_assert_cmpint(fd, >=, 0);
-        /* The kernel completes loopback connects into the backlog at once, accepted or not. */
-        g_assert_cmpint(connect(fd, (struct sockaddr *) &sa, sizeof(sa)), ==, 0);
-        return fd;
-}
-
 static void test_max_connections(void) {
         TestServer t;
 
         test_server_start(&t, limit_setup, NULL, 0);
         uint16_t port = http_server_port(t.server);
 
-        int a = connect_loopback(port);
+        int a = test_connect_from(NULL, port);
         void *one[] = { t.server, GUINT_TO_POINTER(1) };
         test_run_until(&t, connections_are, one);
 
         /* A second connection waits in the backlog: MHD stops accepting at MaxConnections=. Whatever is
          * ready gets dispatched, and the count stays at one. */
-        int b = connect_loopback(port);
+        int b = test_connect_from(NULL, port);
         test_run_pending(&t);
         test_run_pending(&t);
         g_assert_cmpuint(http_server_n_connections(t.server), ==, 1);
@@ -440,7 +427,7 @@ static void test_connection_timeout(void) {
         TestServer t;
 
         test_server_start(&t, NULL, NULL, /* timeout_sec= */ 1);
-        int fd = connect_loopback(http_server_port(t.server));
+        int fd = test_connect_from(NULL, http_server_port(t.server));
 
         void *one[] = { t.server, GUINT_TO_POINTER(1) };
         test_run_until(&t, connections_are, one);
@@ -455,23 +442,6 @@ static void test_connection_timeout(void) {
 }
 
 /* ---- limits on one client ---- */
-
-/* A loopback connection from a chosen source address (127.0.0.0/8 is all loopback), so one test can be
- * several clients. */
-static int connect_from(const char *source, uint16_t port) {
-        struct sockaddr_in src = { .sin_family = AF_INET }, dst = {
-                .sin_family = AF_INET,
-                .sin_port = htons(port),
-                .sin_addr.s_addr = htonl(INADDR_LOOPBACK),
-        };
-        int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-
-        g_assert_cmpint(fd, >=, 0);
-        g_assert_cmpint(inet_pton(AF_INET, source, &src.sin_addr), ==, 1);
-        g_assert_cmpint(bind(fd, (struct sockaddr *) &src, sizeof(src)), ==, 0);
-        g_assert_cmpint(connect(fd, (struct sockaddr *) &dst, sizeof(dst)), ==, 0);
-        return fd;
-}
 
 static void send_all(int fd, const char *s) {
         g_assert_cmpint(send(fd, s, strlen(s), MSG_NOSIGNAL), ==, (ssize_t) strlen(s));
@@ -512,12 +482,12 @@ static void test_connections_per_ip(void) {
         uint16_t port = http_server_port(t.server);
 
         for (size_t i = 0; i < ELEMENTSOF(a); i++)
-                a[i] = connect_from("127.0.0.2", port);
+                a[i] = test_connect_from("127.0.0.2", port);
         void *two[] = { t.server, GUINT_TO_POINTER(2) };
         test_run_until(&t, connections_are, two);
 
         /* A third from the same address is closed at once; another address is served meanwhile. */
-        extra = connect_from("127.0.0.2", port);
+        extra = test_connect_from("127.0.0.2", port);
         wait_hangup(&t, extra);
         close(extra);
         TestClient *c = test_client_new_raw(&t, "GET /healthcheck HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
@@ -550,9 +520,9 @@ static void test_header_timeout(void) {
         test_server_start(&t, header_timeout_setup, NULL, 0);
         uint16_t port = http_server_port(t.server);
 
-        good = connect_from("127.0.0.4", port);
+        good = test_connect_from("127.0.0.4", port);
         send_all(good, "GET /healthcheck HTTP/1.1\r\nHost: x\r\n\r\n");
-        loris = connect_from("127.0.0.5", port);
+        loris = test_connect_from("127.0.0.5", port);
         send_all(loris, "GET /healthcheck HTTP/1.1\r\nHost: x\r\n");
         start = now_usec(CLOCK_MONOTONIC);
 

@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 
 #include <arpa/inet.h>
+#include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
 #include <glib.h>
@@ -58,6 +59,25 @@ int test_file_exists(const char *dir, const char *name) {
         return lstat(path, &st) >= 0;
 }
 
+int test_connect_from(const char *source, uint16_t port) {
+        struct sockaddr_in src = { .sin_family = AF_INET }, dst = {
+                .sin_family = AF_INET,
+                .sin_port = htons(port),
+                .sin_addr.s_addr = htonl(INADDR_LOOPBACK),
+        };
+        int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+        g_assert_cmpint(fd, >=, 0);
+        if (source) {
+                g_assert_cmpint(inet_pton(AF_INET, source, &src.sin_addr), ==, 1);
+                g_assert_cmpint(bind(fd, (struct sockaddr *) &src, sizeof(src)), ==, 0);
+        }
+        /* The kernel completes loopback connects into the backlog at once, accepted or not. */
+        if (connect(fd, (struct sockaddr *) &dst, sizeof(dst)) < 0)
+                g_error("connect to 127.0.0.1:%u: %s", port, g_strerror(errno));
+        return fd;
+}
+
 uint16_t test_free_port(void) {
         struct sockaddr_in sa = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
         socklen_t len = sizeof(sa);
@@ -72,20 +92,13 @@ uint16_t test_free_port(void) {
 
 int test_hold_idle_http_connection(uint16_t port, unsigned timeout_ms) {
         static const char request[] = "GET /healthcheck HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
-        struct sockaddr_in sa = {
-                .sin_family = AF_INET,
-                .sin_port = htons(port),
-                .sin_addr.s_addr = htonl(INADDR_LOOPBACK),
-        };
         struct timeval tv = { .tv_sec = timeout_ms / 1000, .tv_usec = (timeout_ms % 1000) * 1000 };
         g_autoptr(GString) response = g_string_new(NULL);
         char buf[512];
         int fd;
 
-        fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        g_assert_cmpint(fd, >=, 0);
+        fd = test_connect_from(NULL, port);
         g_assert_cmpint(setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)), ==, 0);
-        g_assert_cmpint(connect(fd, (struct sockaddr *) &sa, sizeof(sa)), ==, 0);
         g_assert_cmpint(send(fd, request, strlen(request), MSG_NOSIGNAL), ==, (ssize_t) strlen(request));
         /* The body of /healthcheck is "OK\n". */
         while (!g_str_has_suffix(response->str, "\r\n\r\nOK\n")) {

@@ -19,6 +19,9 @@ char *test_read_file(const char *path, size_t *ret_size);
 /* Whether dir/name exists (without following a final symlink). */
 int test_file_exists(const char *dir, const char *name);
 
+/* A TCP connection to 127.0.0.1:port from source (an address in 127.0.0.0/8, so that one test can be
+ * several clients), or from the kernel's choice when source is NULL. */
+int test_connect_from(const char *source, uint16_t port);
 /* A TCP port on 127.0.0.1 that was free a moment ago (for a daemon's Listen=). */
 uint16_t test_free_port(void);
 /* An idle keep-alive client of an HTTP server on 127.0.0.1:port: GET /healthcheck answered 200 in full,
