@@ -19,7 +19,6 @@ struct HeaderDeadlines {
         sd_event_source *timer;        /* armed while the list is not empty, or with a deadline since met */
         bool armed;
         HeaderDeadline *head, *tail;   /* in the order of their deadlines */
-        uint64_t n_expired;
 };
 
 /* Deadlines met in time are only unlinked: the timer is not touched for each connection, and finds the
@@ -65,7 +64,6 @@ static int header_deadlines_on_timer(sd_event_source *es, uint64_t usec, void *u
                 info = MHD_get_connection_info(d->connection, MHD_CONNECTION_INFO_CONNECTION_FD);
                 if (info)
                         (void) shutdown(info->connect_fd, SHUT_RDWR);
-                h->n_expired++;
                 header_deadline_unlink(h, d);
         }
         header_deadlines_arm(h);
@@ -123,10 +121,6 @@ void header_deadline_start(HeaderDeadlines *h, HeaderDeadline *d, struct MHD_Con
 void header_deadline_stop(HeaderDeadlines *h, HeaderDeadline *d) {
         if (d->at != 0)
                 header_deadline_unlink(h, d);
-}
-
-uint64_t header_deadlines_expired(const HeaderDeadlines *h) {
-        return h->n_expired;
 }
 
 /* ---- ambiguous requests ----------------------------------------------------------------------------- */

@@ -35,8 +35,6 @@ HeaderDeadlines *header_deadlines_free(HeaderDeadlines *h);
  * timeout 0 or USEC_INFINITY: no deadline. */
 void header_deadline_start(HeaderDeadlines *h, HeaderDeadline *d, struct MHD_Connection *c, usec_t timeout);
 void header_deadline_stop(HeaderDeadlines *h, HeaderDeadline *d);
-/* Connections dropped for being too slow with their headers, since the start. */
-uint64_t header_deadlines_expired(const HeaderDeadlines *h);
 
 /* ---- ambiguous requests ----------------------------------------------------------------------------- */
 

@@ -40,7 +40,6 @@ struct ReadGuard {
         usec_t allow_ttl, deny_ttl;
         TtlCache *verdicts;              /* key → verdict */
         GHashTable *pending;             /* key → Pending* */
-        uint64_t n_checks;
 };
 
 static int digest(const char *s, uint8_t ret[static DIGEST_SIZE]) {
@@ -170,14 +169,6 @@ ReadGuard *read_guard_free(ReadGuard *g) {
         return NULL;
 }
 
-ReadAccess read_guard_mode(const ReadGuard *g) {
-        return g->mode;
-}
-
-uint64_t read_guard_upstream_checks(const ReadGuard *g) {
-        return g->n_checks;
-}
-
 /* Every token is compared, match or not, so the time taken says nothing about which. */
 static int check_static_token(ReadGuard *g, const char *token) {
         uint8_t d[DIGEST_SIZE];
@@ -272,7 +263,6 @@ static int pending_start(ReadGuard *g, char *key, const char *token, bool bearer
                 return r;
         }
         g_hash_table_insert(g->pending, key, p);
-        g->n_checks++;
         *ret = p;
         return 0;
 }

@@ -31,7 +31,6 @@ ReadGuard *read_guard_free(ReadGuard *g);
 /* A reloaded configuration: on failure (no ReadTokenFile=) the old settings stay. Checks in flight go on;
  * remembered verdicts are forgotten. */
 int read_guard_reconfigure(ReadGuard *g, const Config *config);
-ReadAccess read_guard_mode(const ReadGuard *g);
 
 /* Decides at once (returns the verdict, >= 0) or starts or joins a check with the upstream (returns
  * -EINPROGRESS and *ret_check; done is called later from the loop, unless the check is freed first, and
@@ -39,6 +38,3 @@ ReadAccess read_guard_mode(const ReadGuard *g);
 int read_guard_check(ReadGuard *g, const char *x_auth_token, const char *authorization, const char *id,
                      ReadCheckDone done, void *userdata, ReadCheck **ret_check);
 ReadCheck *read_check_free(ReadCheck *c);
-
-/* Checks with the upstream made so far (for tests and metrics). */
-uint64_t read_guard_upstream_checks(const ReadGuard *g);
