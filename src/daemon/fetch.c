@@ -182,7 +182,7 @@ struct Fetcher {
         sd_event_source *resume;  /* defer: unpauses the yielded fills */
         uint64_t resumes;         /* turns of the loop that unpaused fills (on top of the CurlLoop's) */
         unsigned n_slots_used;
-        FetcherObserver observer;
+        FetcherObserver *observers;
         bool freeing;
 };
 
@@ -1396,8 +1396,9 @@ static void fill_dispatch(Fill *f) {
         }
         if (final && !f->observer_finished && fe) {
                 f->observer_finished = true;
-                if (fe->observer.fill_finished)
-                        fe->observer.fill_finished(fe, f, fe->observer.userdata);
+                for (FetcherObserver *o = fe->observers; o; o = o->observers_next)
+                        if (o->fill_finished)
+                                o->fill_finished(fe, f, o->userdata);
         }
 
         if (--f->n_dispatching == 0)
@@ -1609,8 +1610,12 @@ int fetcher_reconfigure(Fetcher *fe, const Config *config) {
         return 0;
 }
 
-void fetcher_set_observer(Fetcher *fe, const FetcherObserver *o) {
-        fe->observer = o ? *o : (FetcherObserver) {};
+void fetcher_add_observer(Fetcher *fe, FetcherObserver *o) {
+        LIST_PREPEND(observers, fe->observers, o);
+}
+
+void fetcher_remove_observer(Fetcher *fe, FetcherObserver *o) {
+        LIST_REMOVE(observers, fe->observers, o);
 }
 
 bool fetcher_has_upstream(const Fetcher *fe) {
@@ -1663,8 +1668,9 @@ int fetcher_fill(Fetcher *fe, const char *id, const Checksum *expected, Fill **r
 
         g_hash_table_add(fe->all, f);
         g_hash_table_insert(fe->fills, f->id, fill_ref(f));
-        if (fe->observer.fill_started)
-                fe->observer.fill_started(fe, f, fe->observer.userdata);
+        for (FetcherObserver *o = fe->observers; o; o = o->observers_next)
+                if (o->fill_started)
+                        o->fill_started(fe, f, o->userdata);
 
         if (fe->n_slots_used < fe->max_parallel)
                 fill_start(f);

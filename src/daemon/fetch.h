@@ -63,12 +63,15 @@ typedef struct FillListener {
         bool requires_kept;
 } FillListener;
 
-/* Observer of the fetcher as a whole (jobs, idle accounting, metrics, logging). */
-typedef struct FetcherObserver {
+/* Observers of the fetcher as a whole (jobs, idle accounting, metrics, logging),  told of every fill in
+ * no particular order. The struct is borrowed: it must stay valid until removed. */
+typedef struct FetcherObserver FetcherObserver;
+struct FetcherObserver {
         void (*fill_started)(Fetcher *fe, Fill *f, void *userdata);
         void (*fill_finished)(Fetcher *fe, Fill *f, void *userdata);
         void *userdata;
-} FetcherObserver;
+        FetcherObserver *observers_prev, *observers_next; /* the Fetcher's list */
+};
 
 int fetcher_new(sd_event *event, ImageCache *cache, const Config *config, Fetcher **ret);
 Fetcher *fetcher_free(Fetcher *fe); /* cancels running fills */
@@ -77,7 +80,8 @@ static inline void fetcher_freep(Fetcher **fe) {
 }
 /* Applies a reloaded configuration to fills started from now on. */
 int fetcher_reconfigure(Fetcher *fe, const Config *config);
-void fetcher_set_observer(Fetcher *fe, const FetcherObserver *o);
+void fetcher_add_observer(Fetcher *fe, FetcherObserver *o);
+void fetcher_remove_observer(Fetcher *fe, FetcherObserver *o);
 bool fetcher_has_upstream(const Fetcher *fe);
 unsigned fetcher_n_active(const Fetcher *fe);  /* fills not yet final */
 

@@ -570,12 +570,12 @@ int manager_start_http(Manager *m) {
         http_server_set_hooks(m->http, &hooks);
 
         if (m->fetcher) {
-                FetcherObserver fo = {
+                m->fetcher_observer = (FetcherObserver) {
                         .fill_started = on_fill_started,
                         .fill_finished = on_fill_finished,
                         .userdata = m,
                 };
-                fetcher_set_observer(m->fetcher, &fo);
+                fetcher_add_observer(m->fetcher, &m->fetcher_observer);
         }
 
         log_debug("HTTP server listening on port %u%s.", http_server_port(m->http),

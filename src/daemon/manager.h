@@ -9,10 +9,10 @@
 #include <systemd/sd-event.h>
 
 #include "config.h"
+#include "fetch.h"
 #include "store.h"
 #include "util.h"
 
-typedef struct Fetcher Fetcher;
 typedef struct HttpServer HttpServer;
 typedef struct JobRegistry JobRegistry;
 typedef struct Pin Pin;
@@ -80,7 +80,8 @@ typedef struct Manager {
         Config config;
 
         GHashTable *queued_checksums; /* image id → "algo:hex" given with QueueImage, for the fetcher */
-        Fetcher *fetcher;             /* fills from the upstream (fetch.h) */
+        Fetcher *fetcher;
+        FetcherObserver fetcher_observer;             /* fills from the upstream (fetch.h) */
         JobRegistry *jobs;            /* org.imgcache.Job objects (job.h) */
         GList *pins;                  /* Pin* */
         unsigned n_pins;

@@ -6,6 +6,7 @@
 #include <stdarg.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 
 #include "image-id.h"
 #include "store.h"
@@ -446,6 +447,30 @@ int image_cache_dir_fd(const ImageCache *c) {
 
 DriverKind image_cache_driver(const ImageCache *c) {
         return c->driver_kind;
+}
+
+int image_cache_fs_space(const ImageCache *c, uint64_t *ret_size, uint64_t *ret_available) {
+        struct statvfs sv;
+
+        if (fstatvfs(c->dir_fd, &sv) < 0)
+                return -errno;
+        if (ret_size)
+                *ret_size = (uint64_t) sv.f_blocks * sv.f_frsize;
+        if (ret_available)
+                *ret_available = (uint64_t) sv.f_bavail * sv.f_frsize;
+        return 0;
+}
+
+int image_cache_resolve_limit(const ImageCache *c, const SizeLimit *limit, uint64_t *ret) {
+        uint64_t fs_size = 0;
+
+        if (limit->permille != UINT64_MAX) {
+                int r = image_cache_fs_space(c, &fs_size, NULL);
+                if (r < 0)
+                        return r;
+        }
+        *ret = size_limit_resolve(limit, fs_size);
+        return 0;
 }
 
 ReconcileStats image_cache_reconcile_stats(const ImageCache *c) {

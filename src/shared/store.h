@@ -55,6 +55,13 @@ const char *image_cache_path(const ImageCache *c);
 int image_cache_dir_fd(const ImageCache *c);
 DriverKind image_cache_driver(const ImageCache *c);
 
+/* The filesystem holding the cache: its size and the bytes an unprivileged writer may still use. */
+int image_cache_fs_space(const ImageCache *c, uint64_t *ret_size, uint64_t *ret_available);
+/* MaxSize (or any limit given as bytes or as a share of the cache filesystem) in bytes. The one
+ * resolution every caller uses: a share of a filesystem that cannot be examined is an error (-errno),
+ * never a guess, so that Prune does not empty the cache and a fill does not run unbounded. */
+int image_cache_resolve_limit(const ImageCache *c, const SizeLimit *limit, uint64_t *ret);
+
 /* What reconciliation did at open, for the log. */
 typedef struct ReconcileStats {
         unsigned adopted;  /* files without metadata, now indexed */

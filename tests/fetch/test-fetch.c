@@ -428,7 +428,7 @@ static void test_parallel_limit(void) {
         UpstreamImageOptions o = { .rate = 2 * 1024 * 1024 };
         Order order = { g_ptr_array_new_with_free_func(g_free), g_ptr_array_new_with_free_func(g_free) };
         FetcherObserver obs = { .fill_started = on_started, .fill_finished = on_finished, .userdata = &order };
-        fetcher_set_observer(env_fetcher(&e), &obs);
+        fetcher_add_observer(env_fetcher(&e), &obs);
 
         GPtrArray *fills = g_ptr_array_new();
         for (unsigned i = 0; i < 6; i++) {

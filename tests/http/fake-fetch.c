@@ -82,7 +82,10 @@ int fetcher_reconfigure(Fetcher *fe, const Config *config) {
         return 0;
 }
 
-void fetcher_set_observer(Fetcher *fe, const FetcherObserver *o) {
+void fetcher_add_observer(Fetcher *fe, FetcherObserver *o) {
+}
+
+void fetcher_remove_observer(Fetcher *fe, FetcherObserver *o) {
 }
 
 bool fetcher_has_upstream(const Fetcher *fe) {
