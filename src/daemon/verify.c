@@ -2,13 +2,13 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/eventfd.h>
 #include <unistd.h>
 
 #include "bus-error.h"
 #include "checksum.h"
 #include "log.h"
 #include "verify.h"
+#include "worker.h"
 
 struct VerifyJob {
         Manager *manager;
@@ -16,49 +16,37 @@ struct VerifyJob {
         char *image_id;
         int fd;              /* the image, read by the worker */
         ChecksumAlgo algo;
-        int event_fd;        /* the worker's "done" */
-        sd_event_source *source;
-        GThread *thread;
-
-        /* Written by the worker before it signals event_fd, read by the loop after. */
-        int result;
-        Checksum actual;
+        Worker *worker;
+        Checksum actual;     /* written by the worker, read by the loop after it returned */
 };
 
 VerifyJob *verify_job_free(VerifyJob *j) {
         if (!j)
                 return NULL;
-        if (j->thread)
-                g_thread_join(j->thread);
+        j->worker = worker_abandon(j->worker);
         if (j->manager) {
                 j->manager->verify_jobs = g_list_remove(j->manager->verify_jobs, j);
                 j->manager->n_verify_jobs--;
         }
-        sd_event_source_disable_unref(j->source);
         sd_bus_message_unref(j->request);
         safe_close(j->fd);
-        safe_close(j->event_fd);
         free(j->image_id);
         free(j);
         return NULL;
 }
 
-static gpointer verify_worker(gpointer userdata) {
+static int verify_run(void *userdata) {
         VerifyJob *j = userdata;
         _cleanup_(hasher_freep) Hasher *h = NULL;
-        uint64_t one = 1;
 
-        j->result = checksum_fd(j->fd, j->algo, UINT64_MAX, &h);
-        if (j->result >= 0)
-                j->result = hasher_finish(h, &j->actual);
-        if (write(j->event_fd, &one, sizeof one) < 0)
-                abort(); /* an eventfd write of 1 cannot fail short of a programming error */
-        return NULL;
+        int r = checksum_fd(j->fd, j->algo, UINT64_MAX, &h);
+        if (r < 0)
+                return r;
+        return hasher_finish(h, &j->actual);
 }
 
-static int verify_job_reply(VerifyJob *j) {
+static int verify_job_reply(VerifyJob *j, int r) {
         Manager *m = j->manager;
-        int r = j->result;
 
         if (r >= 0)
                 r = image_cache_verify_end(m->cache, j->image_id, &j->actual);
@@ -76,17 +64,14 @@ static int verify_job_reply(VerifyJob *j) {
         return sd_bus_reply_method_return(j->request, "b", r > 0);
 }
 
-static int on_verify_done(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
+static void on_verify_done(int result, void *userdata) {
         VerifyJob *j = userdata;
-        int r;
 
-        g_thread_join(j->thread);
-        j->thread = NULL;
-        r = verify_job_reply(j);
+        j->worker = NULL; /* freed by the helper */
+        int r = verify_job_reply(j, result);
         if (r < 0)
                 log_debug_errno(r, "Cannot reply to Verify(%s), ignoring: %m", j->image_id);
         verify_job_free(j);
-        return 0;
 }
 
 int verify_job_start(Manager *m, sd_bus_message *message, const char *id, sd_bus_error *error) {
@@ -101,7 +86,7 @@ int verify_job_start(Manager *m, sd_bus_message *message, const char *id, sd_bus
         j = calloc(1, sizeof(VerifyJob));
         if (!j)
                 return -ENOMEM;
-        *j = (VerifyJob) { .fd = -EBADF, .event_fd = -EBADF, .image_id = strdup(id) };
+        *j = (VerifyJob) { .fd = -EBADF, .image_id = strdup(id) };
         if (!j->image_id) {
                 verify_job_free(j);
                 return -ENOMEM;
@@ -112,23 +97,16 @@ int verify_job_start(Manager *m, sd_bus_message *message, const char *id, sd_bus
                 verify_job_free(j);
                 return sd_bus_error_setf(error, IMGCACHE_ERROR_NO_SUCH_IMAGE, "Image %s is not cached.", id);
         }
-        if (r >= 0) {
-                j->event_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-                if (j->event_fd < 0)
-                        r = -errno;
-        }
         if (r >= 0)
-                r = sd_event_add_io(m->event, &j->source, j->event_fd, EPOLLIN, on_verify_done, j);
+                r = worker_start(m->event, "verify", verify_run, on_verify_done, j, &j->worker);
         if (r < 0) {
                 verify_job_free(j);
                 return r;
         }
-        (void) sd_event_source_set_description(j->source, "verify");
 
         j->request = sd_bus_message_ref(message);
         j->manager = m;
         m->verify_jobs = g_list_prepend(m->verify_jobs, j);
         m->n_verify_jobs++;
-        j->thread = g_thread_new("verify", verify_worker, j);
         return 0;
 }

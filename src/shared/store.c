@@ -9,51 +9,7 @@
 #include <sys/statvfs.h>
 
 #include "image-id.h"
-#include "store.h"
-
-/* One complete image in the in-memory index. The CacheEntry comes first so that a pointer to it is a
- * pointer to the whole. */
-typedef struct IndexEntry {
-        CacheEntry e;
-        unsigned pins;
-        bool hits_dirty;
-} IndexEntry;
-
-struct ImageCache {
-        char *path;
-        int dir_fd;
-        int lock_fd;
-        int incomplete_fd;
-        int invalid_fd;
-        int queue_fd;
-
-        DriverKind driver_kind;
-        const DriverOps *driver;
-        void *driver_state;
-
-        GHashTable *index;   /* id (owned by the entry) → IndexEntry* */
-        GHashTable *dirty;   /* id → IndexEntry*: hits not yet persisted */
-        GHashTable *writes;  /* id (owned by the write) → CacheWrite*: writes in progress */
-        uint64_t total_size;
-
-        ImageCacheObserver observer;
-        ReconcileStats reconcile;
-};
-
-struct CacheWrite {
-        char *id;
-        int fd;
-        /* Borrowed from the cache, which outlives its writes; plain ints so sealing needs no cache. */
-        int incomplete_fd;
-        int dir_fd;
-        Hasher *hasher;
-        bool has_expected;
-        Checksum expected;
-        Checksum actual;
-        uint64_t size;
-        bool finished;  /* actual holds the final digest */
-        bool sealed;
-};
+#include "store-internal.h"
 
 static const char *const remove_reason_table[_REMOVE_REASON_MAX] = {
         [REMOVE_DELETED] = "deleted",
@@ -204,7 +160,7 @@ static int reconcile_collect_row(const CacheEntry *e, void *userdata) {
         return 0;
 }
 
-static void index_insert(ImageCache *c, IndexEntry *ie) {
+void index_insert(ImageCache *c, IndexEntry *ie) {
         c->total_size += ie->e.size;
         g_hash_table_replace(c->index, ie->e.id, ie);
 }
@@ -398,7 +354,6 @@ int image_cache_open(const char *path, DriverKind driver, ImageCache **ret, char
         return 0;
 }
 
-static void cache_write_free(CacheWrite *w);
 
 ImageCache *image_cache_close(ImageCache *c) {
         if (!c)
@@ -479,7 +434,7 @@ ReconcileStats image_cache_reconcile_stats(const ImageCache *c) {
 
 /* ---- lookups ------------------------------------------------------------------------------------ */
 
-static IndexEntry *index_lookup(const ImageCache *c, const char *id) {
+IndexEntry *index_lookup(const ImageCache *c, const char *id) {
         if (!id)
                 return NULL;
         return g_hash_table_lookup(c->index, id);
@@ -578,7 +533,7 @@ static int open_image_file(ImageCache *c, const char *id, int *ret_fd) {
 }
 
 int image_cache_open_for_read(ImageCache *c, const char *id, int *ret_fd) {
-        int fd, r;
+        int fd = -EBADF, r;
 
         r = open_image_file(c, id, &fd);
         if (r < 0)
@@ -649,7 +604,7 @@ bool image_cache_is_pinned(const ImageCache *c, const char *id) {
 /* ---- removal ------------------------------------------------------------------------------------ */
 
 /* Moves a file from one directory to another, replacing what is there. */
-static int move_file(int from_dir, const char *from, int to_dir, const char *to) {
+int move_file(int from_dir, const char *from, int to_dir, const char *to) {
         if (renameat(from_dir, from, to_dir, to) < 0)
                 return -errno;
         return 0;
@@ -763,6 +718,43 @@ int image_cache_prune(ImageCache *c, uint64_t max_size, unsigned *ret_files, uin
 }
 
 /* Unlinks the regular files of dir_fd for which keep() says no. */
+/* Prunes down to target, adding what went to the running totals. */
+static int prune_add(ImageCache *c, uint64_t target, unsigned *files, uint64_t *bytes) {
+        unsigned n = 0;
+        uint64_t b = 0;
+        int r = image_cache_prune(c, target, &n, &b);
+        *files += n;
+        *bytes += b;
+        return r;
+}
+
+int image_cache_make_room(ImageCache *c, uint64_t incoming, uint64_t max_size, uint64_t keep_free,
+                          unsigned *ret_files, uint64_t *ret_bytes) {
+        uint64_t available, freed = 0;
+        unsigned files = 0;
+        int r = 0, k;
+
+        if (max_size != UINT64_MAX && c->total_size > (max_size > incoming ? max_size - incoming : 0))
+                r = prune_add(c, max_size > incoming ? max_size - incoming : 0, &files, &freed);
+
+        /* What the pruning above freed is not visible in statvfs until the unlinks are through. */
+        if (keep_free > 0 && image_cache_fs_space(c, NULL, &available) >= 0) {
+                available += freed;
+                uint64_t need = keep_free > UINT64_MAX - incoming ? UINT64_MAX : keep_free + incoming;
+                if (available < need) {
+                        uint64_t deficit = need - available;
+                        k = prune_add(c, c->total_size > deficit ? c->total_size - deficit : 0, &files, &freed);
+                        if (r >= 0)
+                                r = k;
+                }
+        }
+        if (ret_files)
+                *ret_files = files;
+        if (ret_bytes)
+                *ret_bytes = freed;
+        return r;
+}
+
 static int unlink_files_in(int dir_fd, bool (*keep)(ImageCache *c, const char *name, const struct stat *st, usec_t arg),
                            ImageCache *c, usec_t arg, unsigned *ret_n) {
         _cleanup_(closedirp) DIR *d = NULL;
@@ -979,258 +971,4 @@ int image_cache_dequeue_all(ImageCache *c, unsigned *ret_n) {
         if (ret_n)
                 *ret_n = n;
         return r;
-}
-
-/* ---- writing ------------------------------------------------------------------------------------ */
-
-static void cache_write_free(CacheWrite *w) {
-        if (!w)
-                return;
-        safe_close(w->fd);
-        hasher_free(w->hasher);
-        free(w->id);
-        free(w);
-}
-
-/* A write of id that nobody else has: checks and allocation shared by begin and resume. The file is the
- * caller's to open. */
-static int write_new(ImageCache *c, const char *id, const Checksum *expected, CacheWrite **ret) {
-        if (!image_id_is_valid(id))
-                return -EINVAL;
-        if (image_cache_is_cached(c, id))
-                return -EEXIST;
-        if (image_cache_is_being_cached(c, id))
-                return -EBUSY;
-
-        CacheWrite *w = calloc(1, sizeof(CacheWrite));
-        if (!w)
-                return -ENOMEM;
-        *w = (CacheWrite) {
-                .id = strdup(id),
-                .fd = -EBADF,
-                .incomplete_fd = c->incomplete_fd,
-                .dir_fd = c->dir_fd,
-                .has_expected = expected,
-        };
-        if (expected)
-                w->expected = *expected;
-
-        int r = w->id ? hasher_new(expected ? expected->algo : CHECKSUM_SHA256, &w->hasher) : -ENOMEM;
-        if (r < 0) {
-                cache_write_free(w);
-                return r;
-        }
-        *ret = w;
-        return 0;
-}
-
-int image_cache_begin_write(ImageCache *c, const char *id, const Checksum *expected, CacheWrite **ret) {
-        CacheWrite *w;
-        int r = write_new(c, id, expected, &w);
-        if (r < 0)
-                return r;
-
-        /* No live write owns a leftover partial file (we checked above): it is from a crash. Start over. */
-        (void) unlinkat(c->incomplete_fd, id, 0);
-        w->fd = openat(c->incomplete_fd, id, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
-        if (w->fd < 0) {
-                r = -errno;
-                cache_write_free(w);
-                return r;
-        }
-
-        g_hash_table_insert(c->writes, w->id, w);
-        *ret = w;
-        return 0;
-}
-
-int cache_write_append(CacheWrite *w, const void *data, size_t size) {
-        if (w->sealed)
-                return -ESTALE;
-
-        int r = loop_write(w->fd, data, size);
-        if (r < 0)
-                return r;
-        r = hasher_update(w->hasher, data, size);
-        if (r < 0)
-                return r;
-        w->size += size;
-        return 0;
-}
-
-uint64_t cache_write_size(const CacheWrite *w) {
-        return w->size;
-}
-
-const char *cache_write_id(const CacheWrite *w) {
-        return w->id;
-}
-
-int cache_write_seal(CacheWrite *w) {
-        if (w->sealed)
-                return 0;
-
-        if (!w->finished) {
-                int k = hasher_finish(w->hasher, &w->actual);
-                if (k < 0)
-                        return k;
-                w->finished = true;
-        }
-        int r;
-        if (w->has_expected && !checksum_equal(&w->expected, &w->actual))
-                return -EBADMSG;
-
-        /* Data on disk before the name: after a crash the name never points at a torn file. */
-        if (fsync(w->fd) < 0)
-                return -errno;
-        if (renameat(w->incomplete_fd, w->id, w->dir_fd, w->id) < 0)
-                return -errno;
-        r = fsync_directory_fd(w->dir_fd);
-        if (r < 0)
-                return r;
-
-        w->sealed = true;
-        return 0;
-}
-
-/* Index and persist a sealed image; the file is already in place. */
-static int index_sealed(ImageCache *c, CacheWrite *w) {
-        struct stat st;
-        if (fstat(w->fd, &st) < 0)
-                return -errno;
-
-        _cleanup_(freep) IndexEntry *ie = calloc(1, sizeof(IndexEntry));
-        if (!ie)
-                return -ENOMEM;
-        usec_t now = now_usec(CLOCK_REALTIME);
-        ie->e = (CacheEntry) {
-                .id = strdup(w->id),
-                .size = w->size,
-                .last_accessed = now,
-                .last_modified = timespec_to_usec(&st.st_mtim),
-                .checksum = checksum_to_string(&w->actual),
-        };
-        if (!ie->e.id || !ie->e.checksum) {
-                cache_entry_done(&ie->e);
-                return -ENOMEM;
-        }
-
-        int r = c->driver->put(c->driver_state, &ie->e, 1);
-        if (r < 0) {
-                cache_entry_done(&ie->e);
-                return r;
-        }
-
-        index_insert(c, TAKE_PTR(ie));
-        (void) unlinkat(c->queue_fd, w->id, 0); /* cached now, so no longer queued */
-
-        if (c->observer.image_added)
-                c->observer.image_added(c, image_cache_get(c, w->id), c->observer.userdata);
-        return 0;
-}
-
-static void write_forget(ImageCache *c, CacheWrite *w) {
-        g_hash_table_remove(c->writes, w->id);
-        cache_write_free(w);
-}
-
-int image_cache_commit_write(ImageCache *c, CacheWrite *w) {
-        int r = cache_write_seal(w);
-        if (r >= 0)
-                r = index_sealed(c, w);
-        if (r < 0) {
-                /* Wherever it got to, the file must not stay servable without metadata we trust. */
-                if (w->sealed)
-                        (void) move_file(c->dir_fd, w->id, c->invalid_fd, w->id);
-                else
-                        (void) move_file(c->incomplete_fd, w->id, c->invalid_fd, w->id);
-        }
-        write_forget(c, w);
-        return r;
-}
-
-int image_cache_resume_write(ImageCache *c, const char *id, const Checksum *expected, uint64_t *ret_size,
-                             CacheWrite **ret) {
-        CacheWrite *w;
-        int r = write_new(c, id, expected, &w);
-        if (r < 0)
-                return r;
-
-        /* Read-write: the digest is rebuilt from the same fd. */
-        w->fd = openat(c->incomplete_fd, id, O_RDWR | O_NOFOLLOW | O_CLOEXEC);
-        if (w->fd < 0) {
-                r = -errno;
-                goto fail;
-        }
-        struct stat st;
-        if (fstat(w->fd, &st) < 0) {
-                r = -errno;
-                goto fail;
-        }
-        if (!S_ISREG(st.st_mode)) {
-                r = -ENOENT;
-                goto fail;
-        }
-        if (lseek(w->fd, 0, SEEK_END) < 0) {
-                r = -errno;
-                goto fail;
-        }
-        w->size = (uint64_t) st.st_size;
-
-        g_hash_table_insert(c->writes, w->id, w);
-        *ret_size = w->size;
-        *ret = w;
-        return 0;
-
-fail:
-        cache_write_free(w);
-        return r;
-}
-
-int cache_write_rehash(CacheWrite *w) {
-        if (w->sealed || w->finished)
-                return -ESTALE;
-
-        Hasher *h = NULL;
-        int r = checksum_fd(w->fd, hasher_algo(w->hasher), w->size, &h);
-        if (r < 0)
-                return r;
-
-        /* checksum_fd() stops early at EOF: the file must still hold what we counted. */
-        struct stat st;
-        if (fstat(w->fd, &st) < 0 || (uint64_t) st.st_size != w->size) {
-                hasher_free(h);
-                return -EIO;
-        }
-        hasher_free(w->hasher);
-        w->hasher = h;
-        return 0;
-}
-
-void image_cache_suspend_write(ImageCache *c, CacheWrite *w) {
-        if (!w)
-                return;
-        if (w->sealed) {
-                /* Renamed into place but never indexed: not servable, nothing to resume either. */
-                image_cache_abort_write(c, w);
-                return;
-        }
-        write_forget(c, w);
-}
-
-int cache_write_digest(const CacheWrite *w, Checksum *ret) {
-        if (!w->finished)
-                return -ESTALE;
-        *ret = w->actual;
-        return 0;
-}
-
-void image_cache_abort_write(ImageCache *c, CacheWrite *w) {
-        if (!w)
-                return;
-        if (w->sealed)
-                (void) move_file(c->dir_fd, w->id, c->invalid_fd, w->id);
-        else
-                (void) move_file(c->incomplete_fd, w->id, c->invalid_fd, w->id);
-        write_forget(c, w);
 }

@@ -12,8 +12,13 @@
 
 /* The image cache: a directory laid out like Glance's (complete images named by id, incomplete/,
  * invalid/, queue/), metadata through a driver, an in-memory index, batched hit accounting. It knows
- * nothing of D-Bus or HTTP. One process owns a directory at a time (flock on .lock). Not thread-safe:
- * everything but cache_write_seal() runs on the owner's thread. */
+ * nothing of D-Bus or HTTP. One process owns a directory at a time (flock on .lock).
+ *
+ * Threads: an ImageCache is not thread-safe; every image_cache_*() call runs on the owner's thread. The
+ * cache_write_*() calls on one CacheWrite (append, seal, rehash, digest, size, id, set_etag,
+ * open_reader) touch nothing but that write's own fds and files, so a worker thread may make them while
+ * it alone holds the write; the owner's thread must not use the write meanwhile, and hands it back (commit,
+ * suspend, abort, discard) on its own thread. */
 
 typedef struct ImageCache ImageCache;
 typedef struct CacheWrite CacheWrite;
@@ -101,6 +106,12 @@ int image_cache_delete_all(ImageCache *c, unsigned *ret_n);
 /* Least recently used first until the cache holds at most max_size bytes; pinned images are skipped.
  * Glance's semantics: max_size 0 empties the cache. */
 int image_cache_prune(ImageCache *c, uint64_t max_size, unsigned *ret_files, uint64_t *ret_bytes);
+/* Admission of an image about to be written: evicts least recently used unpinned images so that
+ * `incoming` more bytes fit, the cache staying within max_size (UINT64_MAX: unbounded) and keep_free
+ * bytes of the filesystem staying free. Says what it evicted; an error is the first failure, after
+ * evicting what it could. */
+int image_cache_make_room(ImageCache *c, uint64_t incoming, uint64_t max_size, uint64_t keep_free,
+                          unsigned *ret_files, uint64_t *ret_bytes);
 /* Removes everything in invalid/ and incomplete/ files untouched for longer than stall_time that no
  * write of this process owns. */
 int image_cache_clean(ImageCache *c, usec_t stall_time, unsigned *ret_stalled, unsigned *ret_invalid);
@@ -137,8 +148,13 @@ int cache_write_seal(CacheWrite *w);
 /* Records a sealed write in the index and the driver and frees w. If w was not sealed yet, seals it
  * first. On any failure the file goes to invalid/ and w is freed all the same. */
 int image_cache_commit_write(ImageCache *c, CacheWrite *w);
-/* Gives up a write: the partial file goes to invalid/. Frees w. */
+/* Gives up a write: the partial file goes to invalid/ (evidence, for Clean). Frees w. */
 void image_cache_abort_write(ImageCache *c, CacheWrite *w);
+/* Gives up a write and removes its file, wherever it got to (also after a seal: an image streamed through
+ * without being kept). Open fds on it stay readable. Frees w. */
+void image_cache_discard_write(ImageCache *c, CacheWrite *w);
+/* A read-only fd on the file w writes, valid across the rename into place and an unlink. */
+int cache_write_open_reader(const CacheWrite *w, int *ret_fd);
 
 /* Resuming an interrupted write (a reset transfer, a restart, a crash): reopens the partial file left in
  * incomplete/<id> for appending, registers the write and returns the bytes already there in
@@ -153,6 +169,18 @@ int cache_write_rehash(CacheWrite *w);
 /* Stops a write but keeps the partial file in incomplete/ for a later resume (its idle time still
  * counts for Clean). Frees w. */
 void image_cache_suspend_write(ImageCache *c, CacheWrite *w);
+/* The partial file's upstream validator. A resume asks for the rest only under the ETag the bytes on disk
+ * came with (If-Range): kept in the user.imgcache.etag xattr of incomplete/<id>, or in incomplete/.<id>.etag
+ * where the filesystem has no user xattrs. Setting a weak or missing ETag forgets it (0). Commit, abort,
+ * discard and a new begin_write forget it too. */
+#define PARTIAL_ETAG_MAX 1024
+bool partial_etag_is_strong(const char *etag);
+int cache_write_set_etag(CacheWrite *w, const char *etag);
+/* The size of incomplete/<id> and its ETag, when it may be resumed; -ENOENT when there is none, the file
+ * is empty or the ETag is missing or weak. */
+int image_cache_partial_info(ImageCache *c, const char *id, uint64_t *ret_size, char **ret_etag);
+/* Removes a partial file that cannot be continued, and its ETag. -EBUSY while a write owns it. */
+int image_cache_forget_partial(ImageCache *c, const char *id);
 /* The digest the write computed, once cache_write_seal() has finished it (also when the comparison
  * failed with -EBADMSG, to say what arrived). -ESTALE before. */
 int cache_write_digest(const CacheWrite *w, Checksum *ret);

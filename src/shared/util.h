@@ -66,6 +66,17 @@ typedef uint64_t usec_t;
                 (p) = NULL;                     \
                 _p_;                            \
         })
+/* Frees a and takes b's pointer in its place (b becomes NULL). */
+#define free_and_replace(a, b)                  \
+        do {                                    \
+                free(a);                        \
+                (a) = TAKE_PTR(b);              \
+        } while (0)
+/* free() that returns NULL, for "p = mfree(p)". */
+static inline void *mfree(void *p) {
+        free(p);
+        return NULL;
+}
 #define TAKE_FD(fd)                             \
         ({                                      \
                 int _fd_ = (fd);                \

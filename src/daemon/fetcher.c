@@ -1,0 +1,315 @@
+/* SPDX-License-Identifier: MIT */
+
+/* The Fetcher: one fill per image however many parties want it, at most MaxParallelFetches of them
+ * talking to the upstream at once, the rest waiting in order; the configuration they use; the observers
+ * told of each fill; and the loop-side sources the fills share (news delivery, the turn budget). */
+
+#include <assert.h>
+#include <curl/curl.h>
+#include <inttypes.h>
+
+#include "fill-internal.h"
+#include "image-id.h"
+#include "log.h"
+
+static void fill_unref_void(void *p) {
+        fill_unref(p);
+}
+
+/* ---- slots, the turn budget, news ------------------------------------------------------------------- */
+
+static void fetcher_start_pending(Fetcher *fe) {
+        while (!fe->freeing && fe->n_slots_used < MAX(fe->max_parallel, 1u) && !g_queue_is_empty(&fe->pending)) {
+                fe->n_slots_used++;
+                fill_start(g_queue_pop_head(&fe->pending));
+        }
+}
+
+void fetcher_release_slot(Fetcher *fe) {
+        assert(fe->n_slots_used > 0);
+        fe->n_slots_used--;
+        fetcher_start_pending(fe);
+}
+
+/* The turn of the event loop a fill's budget counts for: the CurlLoop's turns, and ours that resumed. */
+uint64_t fetcher_turn(const Fetcher *fe) {
+        return (fe->curl ? curl_loop_turns(fe->curl) : 0) + fe->resumes;
+}
+
+void fetcher_yield(Fetcher *fe, Fill *f) {
+        g_queue_push_tail(&fe->yielded, fill_ref(f));
+        (void) sd_event_source_set_enabled(fe->resume, SD_EVENT_ONESHOT);
+}
+
+static int on_resume(sd_event_source *s, void *userdata) {
+        Fetcher *fe = userdata;
+        Fill *f;
+
+        fe->resumes++;
+        while ((f = g_queue_pop_head(&fe->yielded))) {
+                fill_resume_transfer(f);
+                fill_unref(f);
+        }
+        return 0;
+}
+
+static int on_dispatch(sd_event_source *s, void *userdata) {
+        Fetcher *fe = userdata;
+        Fill *f;
+
+        while ((f = g_queue_pop_head(&fe->notify))) {
+                f->notify_queued = false;
+                fill_dispatch(f);
+                fill_unref(f);
+        }
+        return 0;
+}
+
+void fetcher_fill_finished(Fetcher *fe, Fill *f, bool was_waiting) {
+        if (was_waiting)
+                g_queue_remove(&fe->pending, f);
+        if (g_hash_table_lookup(fe->fills, f->id) == f)
+                g_hash_table_remove(fe->fills, f->id); /* drops the table's reference */
+}
+
+void fetcher_tell_finished(Fetcher *fe, Fill *f) {
+        for (FetcherObserver *o = fe->observers; o; o = o->observers_next)
+                if (o->fill_finished)
+                        o->fill_finished(fe, f, o->userdata);
+}
+
+/* ---- room for an incoming image ------------------------------------------------------------------------ */
+
+void fetcher_make_room(Fetcher *fe, const char *id, uint64_t incoming) {
+        uint64_t max_size = UINT64_MAX, fs_size, keep_free = 0, bytes = 0;
+        unsigned files = 0;
+        int r;
+
+        if (fe->enforce_max_size && image_cache_resolve_limit(fe->cache, &fe->max_size, &max_size) < 0)
+                max_size = UINT64_MAX; /* the fill itself already failed if MaxSize could not be resolved */
+        if (image_cache_fs_space(fe->cache, &fs_size, NULL) >= 0)
+                keep_free = size_limit_resolve(&fe->keep_free, fs_size);
+
+        r = image_cache_make_room(fe->cache, incoming, max_size, keep_free, &files, &bytes);
+        if (r < 0)
+                log_image_errno(LOG_WARNING, r, NULL, id, "Cannot make room for %s: %m", id);
+        if (files > 0)
+                log_image(LOG_INFO, NULL, id, "Evicted %u images (%" PRIu64 " bytes) to admit %s", files, bytes, id);
+}
+
+/* ---- configuration ------------------------------------------------------------------------------------- */
+
+static int fetcher_apply_config(Fetcher *fe, const Config *config) {
+        _cleanup_(freep) char *url = NULL, *token = NULL, *ca = NULL;
+
+        if (!isempty(config->upstream_url) && !(url = strdup(config->upstream_url)))
+                return -ENOMEM;
+        if (!isempty(config->ca_file) && !(ca = strdup(config->ca_file)))
+                return -ENOMEM;
+        if (!isempty(config->token_file)) {
+                int r = read_token_file_first(config->token_file, &token);
+                if (r < 0)
+                        return log_error_errno(r, "Cannot read TokenFile=%s: %m", config->token_file);
+        }
+
+        free_and_replace(fe->url, url);
+        if (fe->token)
+                explicit_bzero(fe->token, strlen(fe->token));
+        free_and_replace(fe->token, token);
+        free_and_replace(fe->ca_file, ca);
+        fe->kind = config->upstream_kind;
+        fe->max_parallel = MAX(config->max_parallel_fetches, 1u);
+        fe->connect_timeout = config->connect_timeout;
+        fe->low_speed_timeout = config->low_speed_timeout;
+        fe->max_size = config->max_size;
+        fe->keep_free = config->keep_free;
+        fe->enforce_max_size = config->enforce_max_size;
+        return 0;
+}
+
+/* ---- the Fetcher API ------------------------------------------------------------------------------------ */
+
+static int fetcher_add_sources(Fetcher *fe) {
+        int r = sd_event_add_defer(fe->event, &fe->dispatch, on_dispatch, fe);
+        if (r < 0)
+                return r;
+        (void) sd_event_source_set_enabled(fe->dispatch, SD_EVENT_OFF);
+        (void) sd_event_source_set_description(fe->dispatch, "fetch-dispatch");
+        /* News of a fill (headers, bytes, the end) reaches listeners before the fill moves on. */
+        (void) sd_event_source_set_priority(fe->dispatch, SD_EVENT_PRIORITY_NORMAL - 1);
+
+        r = sd_event_add_defer(fe->event, &fe->resume, on_resume, fe);
+        if (r < 0)
+                return r;
+        (void) sd_event_source_set_enabled(fe->resume, SD_EVENT_OFF);
+        (void) sd_event_source_set_description(fe->resume, "fetch-resume");
+        return 0;
+}
+
+int fetcher_new_with_transport(sd_event *event, ImageCache *cache, const Config *config,
+                               const FillTransport *transport, Fetcher **ret) {
+        Fetcher *fe = calloc(1, sizeof(Fetcher));
+        int r;
+
+        if (!fe)
+                return -ENOMEM;
+        *fe = (Fetcher) {
+                .event = sd_event_ref(event),
+                .cache = cache,
+                .transport = transport,
+                .fills = g_hash_table_new_full(g_str_hash, g_str_equal, NULL, fill_unref_void),
+                .all = g_hash_table_new(g_direct_hash, g_direct_equal),
+        };
+        g_queue_init(&fe->pending);
+        g_queue_init(&fe->notify);
+        g_queue_init(&fe->yielded);
+
+        r = fetcher_apply_config(fe, config);
+        if (r >= 0)
+                r = curl_loop_new(event, &fe->curl); /* also for queries */
+        if (r >= 0)
+                r = fetcher_add_sources(fe);
+        if (r < 0) {
+                fetcher_free(fe);
+                return r;
+        }
+        *ret = fe;
+        return 0;
+}
+
+int fetcher_new(sd_event *event, ImageCache *cache, const Config *config, Fetcher **ret) {
+        const curl_version_info_data *vi = curl_version_info(CURLVERSION_NOW);
+        if (!(vi->features & CURL_VERSION_ASYNCHDNS))
+                log_warning("libcurl %s resolves names synchronously: a slow DNS server will stall the daemon", vi->version);
+        return fetcher_new_with_transport(event, cache, config, &fill_curl_transport, ret);
+}
+
+/* Every fill still running ends (a seal in flight is committed first); those that others still hold
+ * outlive the fetcher, final, and must not reach back. */
+static void fetcher_abandon_fills(Fetcher *fe) {
+        GList *fills = g_hash_table_get_values(fe->fills);
+        for (GList *l = fills; l; l = l->next)
+                fill_ref(l->data);
+        for (GList *l = fills; l; l = l->next)
+                fill_abandon(l->data);
+        on_dispatch(NULL, fe);
+        for (Fill *y; (y = g_queue_pop_head(&fe->yielded));)
+                fill_unref(y);
+        g_list_free_full(fills, fill_unref_void);
+
+        GHashTableIter it;
+        gpointer key;
+        g_hash_table_iter_init(&it, fe->all);
+        while (g_hash_table_iter_next(&it, &key, NULL))
+                ((Fill *) key)->fetcher = NULL;
+}
+
+Fetcher *fetcher_free(Fetcher *fe) {
+        if (!fe)
+                return NULL;
+
+        fe->freeing = true;
+        if (fe->fills)
+                fetcher_abandon_fills(fe);
+        if (fe->all)
+                g_hash_table_destroy(fe->all);
+        curl_loop_free(fe->curl);
+        if (fe->fills)
+                g_hash_table_destroy(fe->fills);
+        sd_event_source_disable_unref(fe->dispatch);
+        sd_event_source_disable_unref(fe->resume);
+        fill_writer_trim_pool();
+        if (fe->token)
+                explicit_bzero(fe->token, strlen(fe->token));
+        free(fe->token);
+        free(fe->url);
+        free(fe->ca_file);
+        sd_event_unref(fe->event);
+        free(fe);
+        return NULL;
+}
+
+int fetcher_reconfigure(Fetcher *fe, const Config *config) {
+        int r = fetcher_apply_config(fe, config);
+        if (r < 0)
+                return r;
+        fetcher_start_pending(fe);
+        return 0;
+}
+
+void fetcher_add_observer(Fetcher *fe, FetcherObserver *o) {
+        LIST_PREPEND(observers, fe->observers, o);
+}
+
+void fetcher_remove_observer(Fetcher *fe, FetcherObserver *o) {
+        LIST_REMOVE(observers, fe->observers, o);
+}
+
+bool fetcher_has_upstream(const Fetcher *fe) {
+        return !isempty(fe->url);
+}
+
+unsigned fetcher_n_active(const Fetcher *fe) {
+        return g_hash_table_size(fe->fills);
+}
+
+Fill *fetcher_find(const Fetcher *fe, const char *id) {
+        return id ? g_hash_table_lookup(fe->fills, id) : NULL;
+}
+
+int fetcher_fill(Fetcher *fe, const char *id, const Checksum *expected, Fill **ret) {
+        if (!image_id_is_valid(id))
+                return -EINVAL;
+        if (!fetcher_has_upstream(fe))
+                return -ENXIO;
+        if (fe->freeing)
+                return -ECANCELED;
+
+        Fill *f = g_hash_table_lookup(fe->fills, id);
+        if (f) {
+                *ret = fill_ref(f);
+                return 0;
+        }
+        if (image_cache_is_cached(fe->cache, id))
+                return -EEXIST;
+
+        f = fill_new(fe, id, expected);
+        if (!f)
+                return -ENOMEM;
+        g_hash_table_add(fe->all, f);
+        g_hash_table_insert(fe->fills, f->id, fill_ref(f));
+        for (FetcherObserver *o = fe->observers; o; o = o->observers_next)
+                if (o->fill_started)
+                        o->fill_started(fe, f, o->userdata);
+
+        g_queue_push_tail(&fe->pending, f);
+        fetcher_start_pending(fe);
+        *ret = f;
+        return 0;
+}
+
+int fetcher_query(Fetcher *fe, const char *id, const char *credentials, UpstreamQueryDone done, void *userdata,
+                  UpstreamQuery **ret) {
+        _cleanup_(freep) char *own = NULL;
+        UpstreamQueryOptions o = {
+                .kind = fe->kind,
+                .url = fe->url,
+                .id = id,
+                .credentials = credentials,
+                .ca_file = fe->ca_file,
+                .connect_timeout = fe->connect_timeout,
+        };
+        int r;
+
+        if (isempty(fe->url))
+                return -ENXIO;
+        if (!credentials && fe->token) {
+                if (asprintf(&own, "X-Auth-Token: %s", fe->token) < 0)
+                        return -ENOMEM;
+                o.credentials = own;
+        }
+        r = upstream_query_start(fe->curl, &o, done, userdata, ret);
+        if (own)
+                explicit_bzero(own, strlen(own));
+        return r;
+}

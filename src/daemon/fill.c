@@ -1,0 +1,834 @@
+/* SPDX-License-Identifier: MIT */
+
+/* One fill as a state machine. The steps (FillStep, fill-internal.h) and what moves a fill between them:
+ *
+ *   WAITING ──slot──→ REQUESTING ──Glance record──→ READING_RECORD ──end──→ REQUESTING (the image)
+ *                        │ ↑ 3xx: REDIRECTED ──end──┘ (the next request, same phase)
+ *                        │ ↑ 416, a 206 that is not our continuation: RESTARTING ──end──┘ (whole image)
+ *                        ↓ image headers
+ *                     ADMITTING ──(loop) make room, open the write──→ RECEIVING
+ *                        │                                           ↑   │ ↕ PAUSED_TURN   (turn budget)
+ *                        └─ a partial file: REHASHING ──worker done──┘   │ ↕ PAUSED_WRITER (writer full)
+ *                                                                         │ ↕ RESUMING (held bytes)
+ *                                                     end of the body ───→ DRAINING ──writer done──→ SEALING
+ *                                                                                                     │ worker
+ *   every step ──error, cancel──→ FAILED / CANCELLED      (REHASHING, SEALING: after the worker)     DONE
+ *
+ * fill_set_state() is the one place the step changes; it schedules news for subscribers when the state
+ * they see (FillState) changes. The transport's callbacks (fill_on_headers, fill_on_body) run inside
+ * curl and only look at memory and answer: admission, the next request and the end are on the loop.
+ *
+ * What happens to the partial file when a fill ends early:
+ *   network trouble (reset, timeout, 5xx mid-body), cancel, shutdown → kept in incomplete/ with the
+ *       upstream's ETag, so the next fill resumes with Range + If-Range (a crash leaves it there too);
+ *   the digest or the length is wrong → invalid/ (Clean removes it), it must not be resumed;
+ *   no space, too large, an unreadable partial file → removed: it only takes space the cache needs. */
+
+#include <assert.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+
+#include "fill-internal.h"
+#include "image-id.h"
+#include "log.h"
+
+static const char *const fill_state_table[_FILL_STATE_MAX] = {
+        [FILL_PENDING] = "pending",
+        [FILL_CONNECTING] = "connecting",
+        [FILL_RECEIVING] = "receiving",
+        [FILL_SEALING] = "sealing",
+        [FILL_DONE] = "done",
+        [FILL_FAILED] = "failed",
+        [FILL_CANCELLED] = "cancelled",
+};
+
+const char *fill_state_to_string(FillState s) {
+        if (s < 0 || s >= _FILL_STATE_MAX)
+                return NULL;
+        return fill_state_table[s];
+}
+
+static const char *const fill_step_table[_STEP_MAX] = {
+        [STEP_WAITING] = "waiting",
+        [STEP_REQUESTING] = "requesting",
+        [STEP_READING_RECORD] = "reading-record",
+        [STEP_REDIRECTED] = "redirected",
+        [STEP_RESTARTING] = "restarting",
+        [STEP_ADMITTING] = "admitting",
+        [STEP_REHASHING] = "rehashing",
+        [STEP_RECEIVING] = "receiving",
+        [STEP_RESUMING] = "resuming",
+        [STEP_PAUSED_TURN] = "paused-turn",
+        [STEP_PAUSED_WRITER] = "paused-writer",
+        [STEP_DRAINING] = "draining",
+        [STEP_SEALING] = "sealing",
+        [STEP_DONE] = "done",
+        [STEP_FAILED] = "failed",
+        [STEP_CANCELLED] = "cancelled",
+};
+
+const char *fill_step_to_string(FillStep s) {
+        if (s < 0 || s >= _STEP_MAX)
+                return NULL;
+        return fill_step_table[s];
+}
+
+/* What callers see of each step. */
+static const FillState fill_step_state[_STEP_MAX] = {
+        [STEP_WAITING] = FILL_PENDING,
+        [STEP_REQUESTING] = FILL_CONNECTING,
+        [STEP_READING_RECORD] = FILL_CONNECTING,
+        [STEP_REDIRECTED] = FILL_CONNECTING,
+        [STEP_RESTARTING] = FILL_CONNECTING,
+        [STEP_ADMITTING] = FILL_CONNECTING,
+        [STEP_REHASHING] = FILL_RECEIVING,
+        [STEP_RECEIVING] = FILL_RECEIVING,
+        [STEP_RESUMING] = FILL_RECEIVING,
+        [STEP_PAUSED_TURN] = FILL_RECEIVING,
+        [STEP_PAUSED_WRITER] = FILL_RECEIVING,
+        [STEP_DRAINING] = FILL_RECEIVING,
+        [STEP_SEALING] = FILL_SEALING,
+        [STEP_DONE] = FILL_DONE,
+        [STEP_FAILED] = FILL_FAILED,
+        [STEP_CANCELLED] = FILL_CANCELLED,
+};
+
+static void fill_set_state(Fill *f, FillStep step) {
+        FillState before = fill_state(f);
+
+        f->step = step;
+        if (fill_state(f) != before)
+                fill_schedule(f);
+}
+
+static bool fill_is_final(const Fill *f) {
+        return f->step >= STEP_DONE;
+}
+
+static char *format_bytes(uint64_t n, char buf[static 32]) {
+        snprintf(buf, 32, "%" PRIu64, n);
+        return buf;
+}
+
+int fill_set_error(Fill *f, int error, const char *fmt, ...) {
+        assert(error < 0);
+        if (f->error < 0)
+                return f->error; /* the first cause wins */
+
+        va_list ap;
+        va_start(ap, fmt);
+        char *m = NULL;
+        if (vasprintf(&m, fmt, ap) < 0)
+                m = NULL;
+        va_end(ap);
+        f->error = error;
+        f->error_message = m;
+        return error;
+}
+
+static int fill_set_write_error(Fill *f, int r) {
+        char sz[32];
+        if (r == -ENOSPC || r == -EDQUOT)
+                return fill_set_error(f, -ENOSPC, "No space left in the cache for %s after %s bytes", f->id,
+                                      format_bytes(f->bytes_written, sz));
+        return fill_set_error(f, r, "Cannot write %s: %s", f->id, strerror(-r));
+}
+
+static void fill_finish(Fill *f, int error);
+static void fill_seal(Fill *f);
+
+/* An error was recorded: end the fill, once the worker (which holds the write) is through. */
+static void fill_fail(Fill *f) {
+        assert(f->error < 0);
+        if (!f->worker)
+                fill_finish(f, f->error);
+}
+
+/* ---- requests ------------------------------------------------------------------------------------- */
+
+static int fill_request(Fill *f, const char *url) {
+        Fetcher *fe = f->fetcher;
+        uint64_t fs_size;
+
+        if (!f->phase_url) {
+                f->phase_url = strdup(url);
+                if (!f->phase_url)
+                        return fill_set_error(f, -ENOMEM, "Out of memory");
+                f->send_token = true;
+        } else if (f->send_token && !url_same_origin(f->phase_url, url))
+                f->send_token = false; /* never hand the token to another origin */
+
+        FillRequest req = {
+                .url = url,
+                .token = f->send_token ? fe->token : NULL,
+                .json = f->phase == PHASE_RECORD,
+                .range_start = f->phase == PHASE_IMAGE ? f->resume_offset : 0,
+                .if_range = f->resume_etag,
+                .max_body = UPSTREAM_RECORD_MAX,
+        };
+        /* Nothing larger than the filesystem can be written, streamed or not. */
+        if (f->phase == PHASE_IMAGE)
+                req.max_body = image_cache_fs_space(fe->cache, &fs_size, NULL) >= 0 ? fs_size : UINT64_MAX;
+
+        int r = fe->transport->start(f, &req);
+        if (r < 0)
+                return fill_set_error(f, r, "Cannot set up the transfer of %s: %s", f->id, strerror(-r));
+        fill_set_state(f, STEP_REQUESTING);
+        return 0;
+}
+
+/* Is there a partial file we may continue? Sets resume_offset/resume_etag. */
+static void fill_prepare_resume(Fill *f) {
+        f->resume_offset = 0;
+        f->resume_etag = mfree(f->resume_etag);
+        if (!f->no_resume &&
+            image_cache_partial_info(f->fetcher->cache, f->id, &f->resume_offset, &f->resume_etag) < 0)
+                f->resume_offset = 0;
+}
+
+static int fill_start_phase(Fill *f, FillPhase phase) {
+        Fetcher *fe = f->fetcher;
+        _cleanup_(freep) char *url = NULL;
+        int r;
+
+        f->phase = phase;
+        f->phase_url = mfree(f->phase_url);
+        f->redirects = 0;
+
+        if (phase == PHASE_RECORD)
+                r = upstream_record_url(fe->url, f->id, &url);
+        else {
+                r = upstream_image_url(fe->kind, fe->url, f->id, &url);
+                fill_prepare_resume(f);
+        }
+        if (r < 0)
+                return fill_set_error(f, r, "Cannot build the upstream URL of %s", f->id);
+        return fill_request(f, url);
+}
+
+void fill_start(Fill *f) {
+        assert(f->step == STEP_WAITING);
+        f->has_slot = true;
+        if (fill_start_phase(f, f->fetcher->kind == UPSTREAM_GLANCE ? PHASE_RECORD : PHASE_IMAGE) < 0)
+                fill_fail(f);
+}
+
+/* ---- the response's headers and body (inside the transport's callbacks) ------------------------- */
+
+static int on_admit(sd_event_source *s, void *userdata);
+
+static FillIntake fill_accept_image(Fill *f, const FillResponse *r) {
+        if (r->etag && !(f->etag = strdup(r->etag))) {
+                fill_set_error(f, -ENOMEM, "Out of memory");
+                return INTAKE_ABORT;
+        }
+        fill_choose_expected(f, r);
+        /* Making room and opening files is I/O: on the loop, while the transfer is held. */
+        fill_set_state(f, STEP_ADMITTING);
+        (void) sd_event_source_set_enabled(f->admit, SD_EVENT_ONESHOT);
+        return INTAKE_HOLD;
+}
+
+FillIntake fill_on_headers(Fill *f, const FillResponse *r) {
+        if (f->error < 0 || f->step != STEP_REQUESTING)
+                return INTAKE_ABORT;
+
+        switch (fill_judge_response(f, r)) {
+        case VERDICT_REDIRECT:
+                f->next_url = strdup(r->location);
+                if (!f->next_url) {
+                        fill_set_error(f, -ENOMEM, "Out of memory");
+                        return INTAKE_ABORT;
+                }
+                fill_set_state(f, STEP_REDIRECTED);
+                return INTAKE_SKIPPED;
+        case VERDICT_RESTART:
+                fill_set_state(f, STEP_RESTARTING);
+                return INTAKE_SKIPPED;
+        case VERDICT_BODY:
+                if (f->phase == PHASE_IMAGE)
+                        return fill_accept_image(f, r);
+                fill_set_state(f, STEP_READING_RECORD);
+                return INTAKE_TAKEN;
+        default:
+                return INTAKE_ABORT;
+        }
+}
+
+static FillIntake fill_take_record(Fill *f, const char *data, size_t n) {
+        if (f->record_len + n > UPSTREAM_RECORD_MAX) {
+                fill_set_error(f, -EPROTO, "The image record of %s is larger than %u bytes", f->id, UPSTREAM_RECORD_MAX);
+                return INTAKE_ABORT;
+        }
+        char *p = realloc(f->record_buf, f->record_len + n + 1);
+        if (!p) {
+                fill_set_error(f, -ENOMEM, "Out of memory");
+                return INTAKE_ABORT;
+        }
+        memcpy(p + f->record_len, data, n);
+        f->record_len += n;
+        p[f->record_len] = 0;
+        f->record_buf = p;
+        return INTAKE_TAKEN;
+}
+
+/* True when taking n more bytes would exceed this turn's budget: the fill is then held and resumed from
+ * a defer source, after the sources that were already waiting (HTTP clients, bus calls) had their turn.
+ * The transport keeps the refused bytes and hands them over again when resumed. */
+static bool fill_turn_spent(Fill *f, size_t n) {
+        uint64_t turn = fetcher_turn(f->fetcher);
+
+        if (f->turn != turn) {
+                f->turn = turn;
+                f->turn_bytes = 0;
+        }
+        if (f->turn_bytes > 0 && f->turn_bytes + n > FETCH_TURN_BUDGET)
+                return true;
+        f->turn_bytes += n;
+        return false;
+}
+
+static FillIntake fill_take_image(Fill *f, const void *data, size_t n) {
+        char sz[32];
+
+        if (f->bytes_total != UINT64_MAX && f->bytes_written + n > f->bytes_total) {
+                fill_set_error(f, -EBADMSG, "Upstream sent more than the %s bytes announced for %s",
+                               format_bytes(f->bytes_total, sz), f->id);
+                return INTAKE_ABORT;
+        }
+        if (!f->too_large && f->bytes_written + n > f->cap) {
+                if (!fill_streams(f)) {
+                        fill_set_error(f, -EFBIG, "Image %s is larger than MaxSize (%s bytes): not fetched", f->id,
+                                       format_bytes(f->cap, sz));
+                        return INTAKE_ABORT;
+                }
+                f->too_large = true;
+        }
+
+        /* A failure of the writer thread ends the fill from on_writer_progress(). */
+        int r = fill_writer_append(f->writer, data, n);
+        if (r < 0) {
+                fill_set_write_error(f, r);
+                return INTAKE_ABORT;
+        }
+        f->bytes_written += n;
+        if (!f->data_pending) {
+                f->data_pending = true;
+                fill_schedule(f);
+        }
+        return INTAKE_TAKEN;
+}
+
+FillIntake fill_on_body(Fill *f, const void *data, size_t n) {
+        if (f->error < 0)
+                return INTAKE_ABORT;
+
+        switch (f->step) {
+        case STEP_READING_RECORD:
+                return fill_take_record(f, data, n);
+        case STEP_REDIRECTED:
+        case STEP_RESTARTING:
+                return INTAKE_SKIPPED;
+        case STEP_RECEIVING:
+                if (fill_turn_spent(f, n)) {
+                        fill_set_state(f, STEP_PAUSED_TURN);
+                        fetcher_yield(f->fetcher, f);
+                        return INTAKE_HOLD;
+                }
+                if (fill_writer_full(f->writer)) {
+                        fill_set_state(f, STEP_PAUSED_WRITER); /* on_writer_progress() resumes it */
+                        return INTAKE_HOLD;
+                }
+                return fill_take_image(f, data, n);
+        case STEP_RESUMING:
+                /* The budget and the writer's cap are soft: what was held is taken whole. */
+                return fill_take_image(f, data, n);
+        default:
+                /* Held: admitting, rehashing, paused. */
+                return INTAKE_HOLD;
+        }
+}
+
+/* ---- admission, resuming, the writer (on the loop) ------------------------------------------------- */
+
+static void on_writer_progress(FillWriter *fw, void *userdata);
+
+/* Before a byte is written: the size cap, room in the cache, the write (new or resumed) and a reader
+ * for subscribers. Negative: the error is recorded; 1: the partial file cannot be continued. */
+static int fill_admit(Fill *f) {
+        Fetcher *fe = f->fetcher;
+        uint64_t total = f->bytes_total, offset = f->body_offset, size = 0;
+        char sz[32], sz2[32];
+        int r;
+
+        r = image_cache_resolve_limit(fe->cache, &fe->max_size, &f->cap);
+        if (r < 0)
+                return fill_set_error(f, r, "Cannot resolve MaxSize= for %s: %s", f->id, strerror(-r));
+        if (total != UINT64_MAX && total > f->cap) {
+                if (!fill_streams(f))
+                        return fill_set_error(f, -EFBIG, "Image %s is %s bytes, larger than MaxSize (%s bytes): not fetched",
+                                              f->id, format_bytes(total, sz), format_bytes(f->cap, sz2));
+                f->too_large = true;
+        }
+        if (!f->too_large)
+                fetcher_make_room(fe, f->id, total != UINT64_MAX ? total - MIN(offset, total) : 0);
+
+        const Checksum *expected = f->has_expected ? &f->expected : NULL;
+        if (offset > 0) {
+                r = image_cache_resume_write(fe->cache, f->id, expected, &size, &f->write);
+                if (r >= 0 && size != offset)
+                        image_cache_suspend_write(fe->cache, TAKE_PTR(f->write));
+                if (r < 0 || size != offset)
+                        return 1;
+        } else {
+                r = image_cache_begin_write(fe->cache, f->id, expected, &f->write);
+                if (r < 0)
+                        return fill_set_error(f, r, "Cannot write %s into the cache: %s", f->id, strerror(-r));
+        }
+        r = cache_write_open_reader(f->write, &f->read_fd);
+        if (r < 0)
+                return fill_set_error(f, r, "Cannot open the partial file of %s: %s", f->id, strerror(-r));
+        r = cache_write_set_etag(f->write, f->etag);
+        if (r < 0)
+                log_image_errno(LOG_DEBUG, r, NULL, f->id,
+                                "Cannot remember the ETag of %s, a later fill will start over: %m", f->id);
+        f->bytes_written = offset;
+        return 0;
+}
+
+static void fill_body_complete(Fill *f);
+
+static void fill_resume(Fill *f) {
+        fill_ref(f);
+        fill_set_state(f, STEP_RESUMING);
+        f->fetcher->transport->resume(f);
+        if (f->step == STEP_RESUMING)
+                fill_set_state(f, STEP_RECEIVING);
+        fill_unref(f);
+}
+
+void fill_resume_transfer(Fill *f) {
+        if (f->step == STEP_PAUSED_TURN)
+                fill_resume(f);
+}
+
+/* Receiving from here on: the body goes to a writer thread. */
+static void fill_receive(Fill *f) {
+        int r = fill_writer_new(f->fetcher->event, f->write, f->read_fd, on_writer_progress, f, &f->writer);
+        if (r < 0) {
+                fill_set_error(f, r, "Cannot start writing %s: %s", f->id, strerror(-r));
+                fill_fail(f);
+                return;
+        }
+        f->write = NULL;
+        fill_set_state(f, STEP_RECEIVING);
+        if (f->transfer)
+                fill_resume(f);
+        else
+                fill_body_complete(f); /* the body was empty, or ended while held */
+}
+
+static void on_rehashed(int result, void *userdata) {
+        Fill *f = userdata;
+
+        f->worker = NULL;
+        if (f->error >= 0 && result < 0) {
+                /* The partial file is unusable: drop it, the next attempt starts over. */
+                fill_set_error(f, -EIO, "Cannot read the partial file of %s to resume: %s", f->id, strerror(-result));
+                image_cache_abort_write(f->fetcher->cache, TAKE_PTR(f->write));
+        }
+        if (f->error < 0)
+                fill_fail(f);
+        else
+                fill_receive(f);
+        fill_unref(f);
+}
+
+static int run_rehash(void *userdata) {
+        return cache_write_rehash(((Fill *) userdata)->write);
+}
+
+static int run_seal(void *userdata) {
+        return cache_write_seal(((Fill *) userdata)->write);
+}
+
+/* The worker borrows f->write (and a reference to f) until done runs. */
+static void fill_start_worker(Fill *f, const char *name, WorkerRun run, WorkerDone done) {
+        fill_ref(f);
+        if (worker_start(f->fetcher->event, name, run, done, f, &f->worker) < 0)
+                done(run(f), f); /* slower, but correct */
+}
+
+static void fill_admitted(Fill *f) {
+        int r = fill_admit(f);
+        if (r < 0) {
+                fill_fail(f);
+                return;
+        }
+        if (r > 0) {
+                /* Not the continuation we asked for after all: discard this body, then start over. */
+                fill_set_state(f, STEP_RESTARTING);
+                if (f->transfer)
+                        f->fetcher->transport->resume(f);
+                else
+                        fill_on_transfer_end(f, 0, NULL);
+                return;
+        }
+        if (f->body_offset > 0) {
+                log_image(LOG_INFO, NULL, f->id, "Resuming %s at byte %" PRIu64, f->id, f->body_offset);
+                fill_set_state(f, STEP_REHASHING);
+                fill_start_worker(f, "fill-rehash", run_rehash, on_rehashed);
+                return;
+        }
+        fill_receive(f);
+}
+
+static int on_admit(sd_event_source *s, void *userdata) {
+        Fill *f = userdata;
+
+        if (f->step == STEP_ADMITTING) {
+                fill_ref(f);
+                fill_admitted(f);
+                fill_unref(f);
+        }
+        return 0;
+}
+
+/* The writer wrote chunks or failed: go on receiving, or seal, or fail. */
+static void on_writer_progress(FillWriter *fw, void *userdata) {
+        Fill *f = userdata;
+
+        int r = fill_writer_error(fw);
+        if (r < 0) {
+                fill_set_write_error(f, r);
+                fill_fail(f);
+                return;
+        }
+        if (f->step == STEP_DRAINING && fill_writer_done(fw)) {
+                f->write = fill_writer_free(TAKE_PTR(f->writer), false);
+                fill_seal(f);
+        } else if (f->step == STEP_PAUSED_WRITER && !fill_writer_full(fw))
+                fill_resume(f);
+}
+
+/* ---- the end of a transfer, sealing ----------------------------------------------------------------- */
+
+static void fill_take_record_end(Fill *f) {
+        const char *why = "empty";
+        int r = f->record_buf ? upstream_record_parse(f->record_buf, f->record_len, &f->record, &why) : -EBADMSG;
+
+        f->record_buf = mfree(f->record_buf);
+        f->record_len = 0;
+        if (r == -ENOMEM)
+                fill_set_error(f, r, "Out of memory");
+        else if (r < 0)
+                fill_set_error(f, -EPROTO, "The upstream's record of %s is malformed: %s", f->id, why);
+        else {
+                f->has_record = true;
+                if (!streq(f->record.status, "active"))
+                        fill_set_error(f, -ENOENT, "Image %s is '%s' upstream, not 'active'", f->id, f->record.status);
+        }
+        if (f->error >= 0)
+                (void) fill_start_phase(f, PHASE_IMAGE);
+}
+
+static void fill_follow_redirect(Fill *f) {
+        _cleanup_(freep) char *to = TAKE_PTR(f->next_url);
+        f->redirects++;
+        (void) fill_request(f, to);
+}
+
+static void fill_start_over(Fill *f) {
+        /* The partial file cannot be continued: drop it and download the whole image. */
+        (void) image_cache_forget_partial(f->fetcher->cache, f->id);
+        log_image(LOG_INFO, NULL, f->id, "Upstream cannot continue %s from byte %" PRIu64 ", starting over", f->id,
+                  f->resume_offset);
+        f->no_resume = true;
+        (void) fill_start_phase(f, PHASE_IMAGE);
+}
+
+void fill_on_transfer_end(Fill *f, int error, const char *message) {
+        if (fill_is_final(f))
+                return;
+        if (error < 0)
+                fill_set_error(f, error, "%s", message ?: strerror(-error));
+
+        if (f->error >= 0)
+                switch (f->step) {
+                case STEP_READING_RECORD:
+                        fill_take_record_end(f);
+                        break;
+                case STEP_REDIRECTED:
+                        fill_follow_redirect(f);
+                        break;
+                case STEP_RESTARTING:
+                        fill_start_over(f);
+                        break;
+                case STEP_ADMITTING:
+                        /* An empty body: admit it now. */
+                        (void) sd_event_source_set_enabled(f->admit, SD_EVENT_OFF);
+                        fill_admitted(f);
+                        return;
+                case STEP_REHASHING:
+                        return; /* on_rehashed() goes on */
+                case STEP_RECEIVING:
+                case STEP_RESUMING:
+                case STEP_PAUSED_TURN:
+                case STEP_PAUSED_WRITER:
+                        fill_body_complete(f);
+                        return;
+                default:
+                        fill_set_error(f, -EPROTO, "Upstream sent no response for %s", f->id);
+                }
+        if (f->error < 0)
+                fill_fail(f);
+}
+
+static void fill_body_complete(Fill *f) {
+        char sz[32], sz2[32];
+
+        if (f->bytes_total != UINT64_MAX && f->bytes_written != f->bytes_total) {
+                fill_set_error(f, -EBADMSG, "Upstream sent %s of the %s bytes of %s", format_bytes(f->bytes_written, sz),
+                               format_bytes(f->bytes_total, sz2), f->id);
+                fill_fail(f);
+                return;
+        }
+        f->bytes_total = f->bytes_written;
+        if (f->transfer)
+                f->fetcher->transport->stop(f);
+        if (f->has_slot) {
+                f->has_slot = false;
+                fetcher_release_slot(f->fetcher);
+        }
+        /* The writer may still have chunks to write: seal when it is done. */
+        fill_set_state(f, STEP_DRAINING);
+        fill_writer_close(f->writer);
+        on_writer_progress(f->writer, f);
+}
+
+static void fill_keep(Fill *f) {
+        Fetcher *fe = f->fetcher;
+
+        int r = image_cache_commit_write(fe->cache, TAKE_PTR(f->write));
+        if (r < 0) {
+                fill_set_error(f, r, "Cannot record %s in the cache: %s", f->id, strerror(-r));
+                fill_fail(f);
+                return;
+        }
+        f->kept = true; /* the cache's observer logs "Cached" */
+
+        /* Images written concurrently may have pushed the cache over MaxSize; the newest is used last. */
+        uint64_t cap;
+        if (fe->enforce_max_size && image_cache_resolve_limit(fe->cache, &fe->max_size, &cap) >= 0 &&
+            image_cache_size(fe->cache) > cap)
+                (void) image_cache_prune(fe->cache, cap, NULL, NULL);
+        fill_finish(f, 0);
+}
+
+static void on_sealed(int result, void *userdata) {
+        Fill *f = userdata;
+        char sz[32];
+
+        f->worker = NULL;
+        if (result == -EBADMSG) {
+                Checksum actual;
+                _cleanup_(freep) char *e = checksum_to_string(&f->expected);
+                _cleanup_(freep) char *a = cache_write_digest(f->write, &actual) >= 0 ? checksum_to_string(&actual) : NULL;
+                fill_set_error(f, -EBADMSG, "Image %s failed verification: expected %s, got %s; moved to invalid/",
+                               f->id, strempty(e), a ?: "?");
+                fill_fail(f);
+        } else if (result < 0) {
+                fill_set_error(f, result == -EDQUOT ? -ENOSPC : result, "Cannot store %s: %s", f->id, strerror(-result));
+                fill_fail(f);
+        } else if (f->too_large) {
+                /* Verified and streamed; not kept. The readers' fds keep the data alive. */
+                image_cache_discard_write(f->fetcher->cache, TAKE_PTR(f->write));
+                log_image(LOG_INFO, NULL, f->id, "Streamed %s (%s bytes, verified) without keeping it: larger than MaxSize",
+                          f->id, format_bytes(f->bytes_written, sz));
+                fill_finish(f, 0);
+        } else
+                fill_keep(f);
+        fill_unref(f);
+}
+
+static void fill_seal(Fill *f) {
+        fill_set_state(f, STEP_SEALING);
+        fill_start_worker(f, "fill-seal", run_seal, on_sealed);
+}
+
+/* ---- finishing ------------------------------------------------------------------------------------ */
+
+/* Interruptions keep the partial file for a resume; bad data and lack of space do not. */
+static bool error_keeps_partial(int error) {
+        return error != -EBADMSG && error != -ENOSPC && error != -EFBIG && error != -EIO;
+}
+
+static void fill_dispose_write(Fill *f, int error) {
+        ImageCache *cache = f->fetcher->cache;
+        bool keep = !f->too_large && f->bytes_written > 0 && error_keeps_partial(error);
+
+        if (f->writer)
+                f->write = fill_writer_free(TAKE_PTR(f->writer), /* write_rest= */ keep);
+        if (!f->write)
+                return;
+        if (error == -EBADMSG)
+                image_cache_abort_write(cache, TAKE_PTR(f->write)); /* evidence, for Clean */
+        else if (keep)
+                image_cache_suspend_write(cache, TAKE_PTR(f->write));
+        else
+                image_cache_discard_write(cache, TAKE_PTR(f->write));
+}
+
+static void fill_log_end(const Fill *f) {
+        int error = f->error;
+
+        if (f->step == STEP_FAILED)
+                log_image_errno(error == -EBADMSG ? LOG_ERR : LOG_WARNING, error,
+                                error == -EBADMSG ? IMGCACHE_MESSAGE_IMAGE_INVALID : NULL, f->id, "%s",
+                                f->error_message ?: "fetch failed");
+        else if (f->step == STEP_CANCELLED)
+                log_image(LOG_INFO, NULL, f->id, "%s", f->error_message ?: "cancelled");
+}
+
+/* Ends a fill: error 0 → DONE, -ECANCELED → CANCELLED, else FAILED (f->error says why). On the loop, with
+ * no worker running. */
+static void fill_finish(Fill *f, int error) {
+        Fetcher *fe = f->fetcher;
+
+        assert(!f->worker);
+        if (fill_is_final(f))
+                return;
+        if (error < 0)
+                fill_set_error(f, error, "Fetching %s failed: %s", f->id, strerror(-error));
+
+        fill_ref(f);
+        if (f->transfer)
+                fe->transport->stop(f);
+        (void) sd_event_source_set_enabled(f->admit, SD_EVENT_OFF);
+        bool waiting = f->step == STEP_WAITING;
+        fill_dispose_write(f, error);
+        f->record_buf = mfree(f->record_buf);
+
+        fill_set_state(f, error == 0 ? STEP_DONE : error == -ECANCELED ? STEP_CANCELLED : STEP_FAILED);
+        fill_log_end(f);
+        fetcher_fill_finished(fe, f, waiting);
+        if (f->has_slot) {
+                f->has_slot = false;
+                fetcher_release_slot(fe);
+        }
+        fill_unref(f);
+}
+
+void fill_abandon(Fill *f) {
+        if (f->step == STEP_REHASHING)
+                fill_set_error(f, -ECANCELED, "Fetch of %s cancelled: the daemon is stopping", f->id);
+        /* A seal that renamed the file is committed; a rehash ends the fill as cancelled. */
+        if (f->worker)
+                worker_complete(f->worker);
+        if (!fill_is_final(f)) {
+                fill_set_error(f, -ECANCELED, "Fetch of %s cancelled: the daemon is stopping", f->id);
+                fill_finish(f, -ECANCELED);
+        }
+}
+
+/* ---- the Fill API ----------------------------------------------------------------------------------- */
+
+Fill *fill_new(Fetcher *fe, const char *id, const Checksum *expected) {
+        Fill *f = calloc(1, sizeof(Fill));
+        if (!f)
+                return NULL;
+        *f = (Fill) {
+                .n_ref = 1,
+                .fetcher = fe,
+                .id = strdup(id),
+                .step = STEP_WAITING,
+                .read_fd = -EBADF,
+                .bytes_total = UINT64_MAX,
+                .cap = UINT64_MAX,
+                .has_caller_expected = expected,
+        };
+        if (expected)
+                f->caller_expected = *expected;
+        if (!f->id || sd_event_add_defer(fe->event, &f->admit, on_admit, f) < 0) {
+                sd_event_source_unref(f->admit);
+                free(f->id);
+                free(f);
+                return NULL;
+        }
+        (void) sd_event_source_set_enabled(f->admit, SD_EVENT_OFF);
+        (void) sd_event_source_set_description(f->admit, "fill-admit");
+        return f;
+}
+
+Fill *fill_ref(Fill *f) {
+        if (f)
+                f->n_ref++;
+        return f;
+}
+
+Fill *fill_unref(Fill *f) {
+        if (!f || --f->n_ref > 0)
+                return NULL;
+
+        assert(!f->transfer && !f->write && !f->writer && !f->worker && !f->subs);
+        if (f->fetcher)
+                g_hash_table_remove(f->fetcher->all, f);
+        sd_event_source_disable_unref(f->admit);
+        free(f->next_url);
+        free(f->record_buf);
+        upstream_record_done(&f->record);
+        free(f->resume_etag);
+        free(f->phase_url);
+        free(f->etag);
+        safe_close(f->read_fd);
+        free(f->error_message);
+        free(f->id);
+        free(f);
+        return NULL;
+}
+
+const char *fill_image_id(const Fill *f) {
+        return f->id;
+}
+
+FillState fill_state(const Fill *f) {
+        return fill_step_state[f->step];
+}
+
+uint64_t fill_bytes_written(const Fill *f) {
+        return f->bytes_written;
+}
+
+uint64_t fill_bytes_total(const Fill *f) {
+        return f->bytes_total;
+}
+
+int fill_error(const Fill *f) {
+        return f->step == STEP_FAILED || f->step == STEP_CANCELLED ? f->error : 0;
+}
+
+const char *fill_error_message(const Fill *f) {
+        return f->step == STEP_FAILED || f->step == STEP_CANCELLED ? f->error_message : NULL;
+}
+
+bool fill_kept(const Fill *f) {
+        return f->step == STEP_DONE && f->kept;
+}
+
+ssize_t fill_pread(const Fill *f, void *buf, size_t size, uint64_t offset) {
+        if (f->read_fd < 0)
+                return -EBADF;
+        /* The newest bytes may not be on disk yet; once the writer is gone, everything is. */
+        if (f->writer)
+                return fill_writer_pread(f->writer, buf, size, offset);
+        return pread_retry(f->read_fd, buf, size, offset);
+}
+
+/* Cancelling a fill that is sealing has no effect: the image is complete and about to be committed. */
+void fill_cancel(Fill *f) {
+        if (!f->fetcher || fill_is_final(f) || f->step == STEP_SEALING)
+                return;
+        fill_set_error(f, -ECANCELED, "Fetch of %s cancelled", f->id);
+        fill_fail(f); /* while rehashing, once the worker is through */
+}
