@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include "ctl-bus.h"
+#include "ctl-output.h"
 #include "ctl-util.h"
 #include "log.h"
 #include "util.h"
@@ -57,6 +58,15 @@ int acquire_bus(Context *c, sd_bus **ret) {
 
         *ret = c->bus;
         return 0;
+}
+
+int acquire_bus_for_images(Context *c, int argc, char *argv[], sd_bus **ret) {
+        int r;
+
+        r = validate_ids(argc - 1, argv + 1);
+        if (r < 0)
+                return r;
+        return acquire_bus(c, ret);
 }
 
 static bool use_polkit_agent(void) {

@@ -21,6 +21,10 @@
 /* The connection of c, opened on first use; logs why it could not be. */
 int acquire_bus(Context *c, sd_bus **ret);
 
+/* For the verbs taking image ids (argv[1] on): checks them all first, so that nothing is sent when one is
+ * invalid, then acquire_bus(). */
+int acquire_bus_for_images(Context *c, int argc, char *argv[], sd_bus **ret);
+
 /* One method call on the manager or a job object, with the interactive-authorization flag set unless
  * --no-ask-password. timeout 0 = sd-bus's default. */
 int call_method(sd_bus *bus, const char *path, const char *interface, const char *member, uint64_t timeout,

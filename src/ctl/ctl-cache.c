@@ -18,8 +18,73 @@
 /* Re-hashing a large image takes a while; the default 25 s of sd-bus would cut it short. */
 #define VERIFY_TIMEOUT_USEC (6 * 3600 * USEC_PER_SEC)
 
+/* One call about one image: "s" (id), or "ss" (id, expected checksum) when checksum is not NULL. Logs a
+ * failure as "Failed to <action> image <id>: …". */
+static int call_image(sd_bus *bus, const char *method, uint64_t timeout, const char *action, const char *id,
+                      const char *checksum, sd_bus_message **ret_reply) {
+        _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
+        int r;
+
+        if (checksum)
+                r = call_manager(bus, method, timeout, &error, ret_reply, "ss", id, checksum);
+        else
+                r = call_manager(bus, method, timeout, &error, ret_reply, "s", id);
+        if (r < 0)
+                return log_call_error(r, &error, method, "%s image %s", action, id);
+        return 0;
+}
+
+/* QueueImage and Verify answer yes or no: returns the answer (0 or 1), or a negative errno, logged. */
+static int call_image_yes_no(sd_bus *bus, const char *method, uint64_t timeout, const char *action,
+                             const char *id, const char *checksum) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+        int answer, r;
+
+        r = call_image(bus, method, timeout, action, id, checksum, &reply);
+        if (r < 0)
+                return r;
+
+        r = sd_bus_message_read(reply, "b", &answer);
+        if (r < 0)
+                return log_parse_error(r);
+        return !!answer;
+}
+
+/* The verbs that go image by image print their JSON array at the end, whatever failed on the way; a
+ * failure to print counts only when nothing else failed. */
+static int print_json_results(json_t *results, int ret) {
+        int r;
+
+        if (!results)
+                return ret;
+
+        r = json_print_and_free(results);
+        return r < 0 && ret == 0 ? r : ret;
+}
+
+/* Connects, then asks (see confirm()): a daemon that is not there is reported before anyone is asked. */
+static int acquire_bus_confirmed(Context *c, const char *question, sd_bus **ret) {
+        int r;
+
+        r = acquire_bus(c, ret);
+        if (r < 0)
+                return r;
+        return confirm("%s", question);
+}
+
+static void print_queued(const char *id, int queued, json_t *results) {
+        if (results)
+                (void) json_array_append_new(results, json_pack("{s:s, s:b}", "id", id, "queued", queued));
+        else if (arg_quiet)
+                ;
+        else if (queued)
+                printf("Queued image %s.\n", id);
+        else
+                printf("Image %s is already queued or cached.\n", id);
+}
+
 int verb_queue(int argc, char *argv[], Context *c) {
-        json_t *a = NULL;
+        json_t *results;
         sd_bus *bus;
         int r, ret = 0;
 
@@ -34,69 +99,68 @@ int verb_queue(int argc, char *argv[], Context *c) {
         if (r < 0)
                 return r;
 
-        if (arg_json != JSON_MODE_OFF) {
-                a = json_array();
-                if (!a)
-                        return log_oom();
-        }
+        r = json_array_if_asked(&results);
+        if (r < 0)
+                return r;
 
+        /* One failure does not stop the rest; the exit code tells there was one. */
         for (int i = 1; i < argc; i++) {
-                _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
-                _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
-                int queued;
-
-                r = call_manager(bus, "QueueImage", 0, &error, &reply, "ss", argv[i], strempty(arg_checksum));
-                if (r < 0) {
-                        ret = log_call_error(r, &error, "QueueImage", "queue image %s", argv[i]);
-                        continue;
-                }
-
-                r = sd_bus_message_read(reply, "b", &queued);
-                if (r < 0) {
-                        ret = log_parse_error(r);
-                        continue;
-                }
-
-                if (a)
-                        (void) json_array_append_new(a, json_pack("{s:s, s:b}", "id", argv[i], "queued", queued));
-                else if (arg_quiet)
-                        ;
-                else if (queued)
-                        printf("Queued image %s.\n", argv[i]);
-                else
-                        printf("Image %s is already queued or cached.\n", argv[i]);
-        }
-
-        if (a) {
-                r = json_print_and_free(a);
-                if (r < 0 && ret == 0)
+                r = call_image_yes_no(bus, "QueueImage", 0, "queue", argv[i], strempty(arg_checksum));
+                if (r < 0)
                         ret = r;
+                else
+                        print_queued(argv[i], r, results);
         }
-        return ret;
+
+        return print_json_results(results, ret);
 }
 
-int verb_dequeue(int argc, char *argv[], Context *c) {
+/* The verbs that remove images one call each (DequeueImage, DeleteImage): one shape, different words. */
+typedef struct PerImageVerb {
+        const char *method;     /* takes "s", returns nothing */
+        const char *action;     /* "Failed to <action> image <id>" */
+        const char *done;       /* "<done> image <id><where>." */
+        const char *where;
+        bool confirm;           /* ask "Delete cached image X?" / "Delete N cached images?" first */
+} PerImageVerb;
+
+static const PerImageVerb dequeue_images = {
+        .method = "DequeueImage", .action = "dequeue", .done = "Removed", .where = " from the queue",
+};
+
+static const PerImageVerb delete_images = {
+        .method = "DeleteImage", .action = "delete", .done = "Deleted", .where = "", .confirm = true,
+};
+
+static int confirm_per_image(int argc, char *argv[]) {
+        if (argc == 2)
+                return confirm("Delete cached image %s?", argv[1]);
+        return confirm("Delete %i cached images?", argc - 1);
+}
+
+static int run_per_image_verb(Context *c, int argc, char *argv[], const PerImageVerb *v) {
         sd_bus *bus;
         int r, ret = 0;
 
-        r = validate_ids(argc - 1, argv + 1);
+        r = acquire_bus_for_images(c, argc, argv, &bus);
         if (r < 0)
                 return r;
 
-        r = acquire_bus(c, &bus);
-        if (r < 0)
-                return r;
+        if (v->confirm) {
+                r = confirm_per_image(argc, argv);
+                if (r < 0)
+                        return r;
+        }
 
+        /* One failure does not stop the rest; the exit code tells there was one. */
         for (int i = 1; i < argc; i++) {
-                _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
-
-                r = call_manager(bus, "DequeueImage", 0, &error, NULL, "s", argv[i]);
+                r = call_image(bus, v->method, 0, v->action, argv[i], /* checksum= */ NULL, NULL);
                 if (r < 0) {
-                        ret = log_call_error(r, &error, "DequeueImage", "dequeue image %s", argv[i]);
+                        ret = r;
                         continue;
                 }
                 if (!arg_quiet && arg_json == JSON_MODE_OFF)
-                        printf("Removed image %s from the queue.\n", argv[i]);
+                        printf("%s image %s%s.\n", v->done, argv[i], v->where);
         }
 
         return ret;
@@ -132,16 +196,24 @@ typedef struct EmptyingVerb {
         const char *where;
 } EmptyingVerb;
 
+static const EmptyingVerb empty_queue = {
+        .question = "Remove all images from the prefetch queue?",
+        .method = "DequeueAll", .action = "empty the queue", .json_key = "dequeued",
+        .verb = "Removed", .where = " from the queue",
+};
+
+static const EmptyingVerb empty_cache = {
+        .question = "Delete all cached images?",
+        .method = "DeleteAllImages", .action = "delete all images", .json_key = "deleted",
+        .verb = "Deleted", .where = "",
+};
+
 static int run_emptying_verb(Context *c, const EmptyingVerb *v) {
         uint32_t n;
         sd_bus *bus;
         int r;
 
-        r = acquire_bus(c, &bus);
-        if (r < 0)
-                return r;
-
-        r = confirm("%s", v->question);
+        r = acquire_bus_confirmed(c, v->question, &bus);
         if (r < 0)
                 return r;
 
@@ -151,64 +223,20 @@ static int run_emptying_verb(Context *c, const EmptyingVerb *v) {
         return r < 0 ? r : 0;
 }
 
-int verb_dequeue_all(int argc, char *argv[], Context *c) {
-        static const EmptyingVerb v = {
-                .question = "Remove all images from the prefetch queue?",
-                .method = "DequeueAll",
-                .action = "empty the queue",
-                .json_key = "dequeued",
-                .verb = "Removed",
-                .where = " from the queue",
-        };
-        return run_emptying_verb(c, &v);
+int verb_dequeue(int argc, char *argv[], Context *c) {
+        return run_per_image_verb(c, argc, argv, &dequeue_images);
 }
 
-/* ---- deletion and maintenance ---------------------------------------------------------------------- */
+int verb_dequeue_all(int argc, char *argv[], Context *c) {
+        return run_emptying_verb(c, &empty_queue);
+}
 
 int verb_delete(int argc, char *argv[], Context *c) {
-        sd_bus *bus;
-        int r, ret = 0;
-
-        r = validate_ids(argc - 1, argv + 1);
-        if (r < 0)
-                return r;
-
-        r = acquire_bus(c, &bus);
-        if (r < 0)
-                return r;
-
-        if (argc == 2)
-                r = confirm("Delete cached image %s?", argv[1]);
-        else
-                r = confirm("Delete %i cached images?", argc - 1);
-        if (r < 0)
-                return r;
-
-        for (int i = 1; i < argc; i++) {
-                _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
-
-                r = call_manager(bus, "DeleteImage", 0, &error, NULL, "s", argv[i]);
-                if (r < 0) {
-                        ret = log_call_error(r, &error, "DeleteImage", "delete image %s", argv[i]);
-                        continue;
-                }
-                if (!arg_quiet && arg_json == JSON_MODE_OFF)
-                        printf("Deleted image %s.\n", argv[i]);
-        }
-
-        return ret;
+        return run_per_image_verb(c, argc, argv, &delete_images);
 }
 
 int verb_delete_all(int argc, char *argv[], Context *c) {
-        static const EmptyingVerb v = {
-                .question = "Delete all cached images?",
-                .method = "DeleteAllImages",
-                .action = "delete all images",
-                .json_key = "deleted",
-                .verb = "Deleted",
-                .where = "",
-        };
-        return run_emptying_verb(c, &v);
+        return run_emptying_verb(c, &empty_cache);
 }
 
 int verb_prune(int argc, char *argv[], Context *c) {
@@ -220,11 +248,7 @@ int verb_prune(int argc, char *argv[], Context *c) {
         sd_bus *bus;
         int r;
 
-        r = acquire_bus(c, &bus);
-        if (r < 0)
-                return r;
-
-        r = confirm("Remove the least recently used images until the cache fits its maximum size?");
+        r = acquire_bus_confirmed(c, "Remove the least recently used images until the cache fits its maximum size?", &bus);
         if (r < 0)
                 return r;
 
@@ -256,11 +280,7 @@ int verb_clean(int argc, char *argv[], Context *c) {
         sd_bus *bus;
         int r;
 
-        r = acquire_bus(c, &bus);
-        if (r < 0)
-                return r;
-
-        r = confirm("Remove invalid images and incomplete downloads stalled for longer than the stall time?");
+        r = acquire_bus_confirmed(c, "Remove invalid images and incomplete downloads stalled for longer than the stall time?", &bus);
         if (r < 0)
                 return r;
 
@@ -281,89 +301,69 @@ int verb_clean(int argc, char *argv[], Context *c) {
         return 0;
 }
 
+/* Verify re-hashes one image; a bad one is moved to invalid/ by imgcached and counted in *n_bad. */
+static int verify_one(sd_bus *bus, const char *id, json_t *results, unsigned *n_bad) {
+        int good;
+
+        good = call_image_yes_no(bus, "Verify", VERIFY_TIMEOUT_USEC, "verify", id, /* checksum= */ NULL);
+        if (good < 0)
+                return good;
+
+        if (!good)
+                (*n_bad)++;
+
+        if (results)
+                (void) json_array_append_new(results, json_pack("{s:s, s:b}", "id", id, "good", good));
+        else if (!good)
+                log_error("Image %s failed verification and was moved to invalid/.", id);
+        else if (!arg_quiet)
+                printf("Image %s: OK\n", id);
+        return 0;
+}
+
 int verb_verify(int argc, char *argv[], Context *c) {
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *list_reply = NULL;
         _cleanup_(freep) ImageInfo *images = NULL;
-        _cleanup_(freep) const char **ids = NULL;
-        size_t n_ids;
+        size_t n_images = 0;
         unsigned n_bad = 0;
-        json_t *a = NULL;
+        json_t *results;
         sd_bus *bus;
         int r, ret = 0;
 
-        r = validate_ids(argc - 1, argv + 1);
+        r = acquire_bus_for_images(c, argc, argv, &bus);
         if (r < 0)
                 return r;
 
-        r = acquire_bus(c, &bus);
-        if (r < 0)
-                return r;
-
-        if (argc > 1) {
-                n_ids = (size_t) argc - 1;
-                ids = calloc(n_ids, sizeof(char *));
-                if (!ids)
-                        return log_oom();
-                for (size_t i = 0; i < n_ids; i++)
-                        ids[i] = argv[i + 1];
-        } else {
-                r = list_images(bus, &images, &n_ids, &list_reply);
+        /* No ids: every cached image. */
+        if (argc <= 1) {
+                r = list_images(bus, &images, &n_images, &list_reply);
                 if (r < 0)
                         return r;
-                if (n_ids == 0) {
+                if (n_images == 0) {
                         if (arg_json != JSON_MODE_OFF)
                                 return json_print_and_free(json_array());
                         if (!arg_quiet)
                                 printf("No images cached, nothing to verify.\n");
                         return 0;
                 }
-                ids = calloc(n_ids, sizeof(char *));
-                if (!ids)
-                        return log_oom();
-                for (size_t i = 0; i < n_ids; i++)
-                        ids[i] = images[i].id;
         }
 
-        if (arg_json != JSON_MODE_OFF) {
-                a = json_array();
-                if (!a)
-                        return log_oom();
+        r = json_array_if_asked(&results);
+        if (r < 0)
+                return r;
+
+        for (int i = 1; i < argc; i++) {
+                r = verify_one(bus, argv[i], results, &n_bad);
+                if (r < 0)
+                        ret = r;
         }
-
-        for (size_t i = 0; i < n_ids; i++) {
-                _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
-                _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
-                int good;
-
-                r = call_manager(bus, "Verify", VERIFY_TIMEOUT_USEC, &error, &reply, "s", ids[i]);
-                if (r < 0) {
-                        ret = log_call_error(r, &error, "Verify", "verify image %s", ids[i]);
-                        continue;
-                }
-
-                r = sd_bus_message_read(reply, "b", &good);
-                if (r < 0) {
-                        ret = log_parse_error(r);
-                        continue;
-                }
-
-                if (!good)
-                        n_bad++;
-
-                if (a)
-                        (void) json_array_append_new(a, json_pack("{s:s, s:b}", "id", ids[i], "good", good));
-                else if (!good)
-                        log_error("Image %s failed verification and was moved to invalid/.", ids[i]);
-                else if (!arg_quiet)
-                        printf("Image %s: OK\n", ids[i]);
-        }
-
-        if (a) {
-                r = json_print_and_free(a);
-                if (r < 0 && ret == 0)
+        for (size_t i = 0; i < n_images; i++) {
+                r = verify_one(bus, images[i].id, results, &n_bad);
+                if (r < 0)
                         ret = r;
         }
 
+        ret = print_json_results(results, ret);
         if (ret == 0 && n_bad > 0)
                 ret = -EBADMSG;
         return ret;

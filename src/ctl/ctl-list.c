@@ -396,11 +396,7 @@ int verb_show(int argc, char *argv[], Context *c) {
         sd_bus *bus;
         int r;
 
-        r = validate_ids(1, argv + 1);
-        if (r < 0)
-                return r;
-
-        r = acquire_bus(c, &bus);
+        r = acquire_bus_for_images(c, argc, argv, &bus);
         if (r < 0)
                 return r;
 

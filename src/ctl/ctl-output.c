@@ -40,6 +40,15 @@ int json_print_and_free(json_t *j) {
         return r;
 }
 
+int json_array_if_asked(json_t **ret) {
+        *ret = NULL;
+        if (arg_json == JSON_MODE_OFF)
+                return 0;
+
+        *ret = json_array();
+        return *ret ? 0 : log_oom();
+}
+
 int validate_ids(int argc, char *argv[]) {
         int r = 0;
 

@@ -19,6 +19,9 @@ json_t *json_u64(uint64_t v);
 /* Prints j per --json= and frees it; NULL counts as out of memory. */
 int json_print_and_free(json_t *j);
 
+/* *ret = a new JSON array with --json, NULL without. 0, or -ENOMEM (logged). */
+int json_array_if_asked(json_t **ret);
+
 /* Logs every invalid id and returns -EINVAL if there was one: nothing is sent then. */
 int validate_ids(int argc, char *argv[]);
 
