@@ -116,12 +116,37 @@ int verb_prefetch(int argc, char *argv[], Context *c) {
         return run_jobs(bus, "Prefetch", NULL, "prefetch");
 }
 
+static int read_job_row(sd_bus_message *reply, Table *t, json_t *json, void *userdata) {
+        const char *image, *state, *path;
+        double progress;
+        uint32_t id;
+        int r;
+
+        r = sd_bus_message_read(reply, "(ussdo)", &id, &image, &state, &progress, &path);
+        if (r <= 0)
+                return r < 0 ? log_parse_error(r) : 0;
+
+        if (json)
+                return json_array_append_new(json, json_pack("{s:I, s:s, s:s, s:f, s:s}",
+                                                             "job", (json_int_t) id, "image_id", image,
+                                                             "state", state, "progress", progress,
+                                                             "path", path)) < 0 ? log_oom() : 1;
+
+        /* Progress is -1 while the size is unknown. */
+        if (table_add_cellf(t, "%" PRIu32, id) < 0 ||
+            table_add_cell(t, image) < 0 ||
+            table_add_cell(t, state) < 0 ||
+            (progress >= 0 && progress <= 1 ?
+             table_add_cellf(t, "%.0f%%", progress * 100.0) :
+             table_add_cell(t, "-")) < 0)
+                return log_oom();
+        return 1;
+}
+
 int verb_jobs(int argc, char *argv[], Context *c) {
         _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
         _cleanup_(table_freep) Table *t = NULL;
-        json_t *a = NULL;
-        size_t n = 0;
         sd_bus *bus;
         int r;
 
@@ -139,50 +164,7 @@ int verb_jobs(int argc, char *argv[], Context *c) {
         (void) table_set_align(t, 0, TABLE_ALIGN_RIGHT);
         (void) table_set_align(t, 3, TABLE_ALIGN_RIGHT);
 
-        if (arg_json != JSON_MODE_OFF) {
-                a = json_array();
-                if (!a)
-                        return log_oom();
-        }
-
-        r = sd_bus_message_enter_container(reply, 'a', "(ussdo)");
-        if (r < 0)
-                goto parse_error;
-
-        for (;;) {
-                const char *image, *state, *path;
-                double progress;
-                uint32_t id;
-
-                r = sd_bus_message_read(reply, "(ussdo)", &id, &image, &state, &progress, &path);
-                if (r < 0)
-                        goto parse_error;
-                if (r == 0)
-                        break;
-
-                if (a) {
-                        if (json_array_append_new(a, json_pack("{s:I, s:s, s:s, s:f, s:s}",
-                                                               "job", (json_int_t) id, "image_id", image,
-                                                               "state", state, "progress", progress,
-                                                               "path", path)) < 0) {
-                                json_decref(a);
-                                return log_oom();
-                        }
-                } else if (table_add_cellf(t, "%" PRIu32, id) < 0 ||
-                           table_add_cell(t, image) < 0 ||
-                           table_add_cell(t, state) < 0 ||
-                           (progress >= 0 && progress <= 1 ?
-                            table_add_cellf(t, "%.0f%%", progress * 100.0) :
-                            table_add_cell(t, "-")) < 0)
-                        return log_oom();
-                n++;
-        }
-
-        return print_listing(t, a, n, "No jobs.", "job", "jobs");
-
-parse_error:
-        json_decref(a);
-        return log_parse_error(r);
+        return print_reply_listing(reply, "(ussdo)", t, read_job_row, NULL, "No jobs.", "job", "jobs");
 }
 
 int verb_cancel(int argc, char *argv[], Context *c) {

@@ -97,10 +97,57 @@ static int count_running_jobs(sd_bus *bus, uint32_t *ret) {
         return 0;
 }
 
-int verb_status(int argc, char *argv[], Context *c) {
-        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+/* MaxSize reads 0 or UINT64_MAX when the cache has no limit. */
+static bool has_size_limit(uint64_t max_size) {
+        return max_size != UINT64_MAX && max_size != 0;
+}
+
+static int print_status_json(const ManagerStatus *s, bool running_known, uint32_t running) {
+        return json_print_and_free(json_pack(
+                        "{s:s, s:s, s:s, s:s, s:o, s:o, s:o, s:I, s:I, s:o, s:o, s:o, s:o}",
+                        "version", strempty(s->version),
+                        "driver", strempty(s->driver),
+                        "cache_directory", strempty(s->directory),
+                        "upstream", strempty(s->upstream),
+                        "max_size", json_u64(s->max_size),
+                        "stall_time_usec", json_u64(s->stall_time),
+                        "current_size", json_u64(s->current_size),
+                        "image_count", (json_int_t) s->image_count,
+                        "queued_count", (json_int_t) s->queued_count,
+                        "hits", json_u64(s->hits),
+                        "misses", json_u64(s->misses),
+                        "bytes_served", json_u64(s->bytes_served),
+                        "running_jobs", running_known ? json_integer(running) : json_null()));
+}
+
+static void print_status_text(const ManagerStatus *s, bool running_known, uint32_t running) {
         char size[FORMAT_SIZE_MAX], max[FORMAT_SIZE_MAX], served[FORMAT_SIZE_MAX],
                 stall[FORMAT_TIMESPAN_MAX], pct[FORMAT_PERCENT_MAX], ratio[FORMAT_PERCENT_MAX];
+
+        format_size(size, sizeof size, s->current_size);
+        printf("   Directory: %s\n", strempty(s->directory));
+        printf("      Driver: %s\n", strempty(s->driver));
+        if (!has_size_limit(s->max_size))
+                printf("        Size: %s (no limit)\n", size);
+        else
+                printf("        Size: %s of %s (%s)\n", size, format_size(max, sizeof max, s->max_size),
+                       format_percent(pct, sizeof pct, s->current_size, s->max_size));
+        printf("      Images: %" PRIu32 "\n", s->image_count);
+        printf("      Queued: %" PRIu32 "\n", s->queued_count);
+        printf(" Hits/Misses: %" PRIu64 "/%" PRIu64 " (hit ratio %s)\n", s->hits, s->misses,
+               format_percent(ratio, sizeof ratio, s->hits, s->hits + s->misses));
+        printf("Bytes served: %s\n", format_size(served, sizeof served, s->bytes_served));
+        printf("    Upstream: %s\n", isempty(s->upstream) ? "none configured" : s->upstream);
+        printf("  Stall time: %s\n", format_timespan(stall, sizeof stall, s->stall_time));
+        if (running_known)
+                printf("Running jobs: %" PRIu32 "\n", running);
+        else
+                printf("Running jobs: n/a\n");
+        printf("     Version: %s\n", strempty(s->version));
+}
+
+int verb_status(int argc, char *argv[], Context *c) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
         ManagerStatus s;
         uint32_t running = 0;
         bool running_known;
@@ -115,52 +162,16 @@ int verb_status(int argc, char *argv[], Context *c) {
         if (r < 0)
                 return r;
 
+        /* Jobs are a second call: when it fails, the rest of the status is still worth showing. */
         running_known = count_running_jobs(bus, &running) >= 0;
 
         if (arg_json != JSON_MODE_OFF)
-                return json_print_and_free(json_pack(
-                                "{s:s, s:s, s:s, s:s, s:o, s:o, s:o, s:I, s:I, s:o, s:o, s:o, s:o}",
-                                "version", strempty(s.version),
-                                "driver", strempty(s.driver),
-                                "cache_directory", strempty(s.directory),
-                                "upstream", strempty(s.upstream),
-                                "max_size", json_u64(s.max_size),
-                                "stall_time_usec", json_u64(s.stall_time),
-                                "current_size", json_u64(s.current_size),
-                                "image_count", (json_int_t) s.image_count,
-                                "queued_count", (json_int_t) s.queued_count,
-                                "hits", json_u64(s.hits),
-                                "misses", json_u64(s.misses),
-                                "bytes_served", json_u64(s.bytes_served),
-                                "running_jobs", running_known ? json_integer(running) : json_null()));
+                return print_status_json(&s, running_known, running);
 
         open_pager();
-
-        format_size(size, sizeof size, s.current_size);
-        printf("   Directory: %s\n", strempty(s.directory));
-        printf("      Driver: %s\n", strempty(s.driver));
-        if (s.max_size == UINT64_MAX || s.max_size == 0)
-                printf("        Size: %s (no limit)\n", size);
-        else
-                printf("        Size: %s of %s (%s)\n", size, format_size(max, sizeof max, s.max_size),
-                       format_percent(pct, sizeof pct, s.current_size, s.max_size));
-        printf("      Images: %" PRIu32 "\n", s.image_count);
-        printf("      Queued: %" PRIu32 "\n", s.queued_count);
-        printf(" Hits/Misses: %" PRIu64 "/%" PRIu64 " (hit ratio %s)\n", s.hits, s.misses,
-               format_percent(ratio, sizeof ratio, s.hits, s.hits + s.misses));
-        printf("Bytes served: %s\n", format_size(served, sizeof served, s.bytes_served));
-        printf("    Upstream: %s\n", isempty(s.upstream) ? "none configured" : s.upstream);
-        printf("  Stall time: %s\n", format_timespan(stall, sizeof stall, s.stall_time));
-        if (running_known)
-                printf("Running jobs: %" PRIu32 "\n", running);
-        else
-                printf("Running jobs: n/a\n");
-        printf("     Version: %s\n", strempty(s.version));
-
+        print_status_text(&s, running_known, running);
         return 0;
 }
-
-/* ---- list / show ----------------------------------------------------------------------------------- */
 
 static int compare_images(const void *a, const void *b) {
         const ImageInfo *x = a, *y = b;
@@ -245,44 +256,27 @@ static json_t *image_to_json(const ImageInfo *i) {
                          "checksum", i->checksum);
 }
 
-int verb_list(int argc, char *argv[], Context *c) {
-        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL, *props = NULL;
+static int print_images_json(const ImageInfo *images, size_t n) {
+        json_t *a = json_array();
+
+        if (!a)
+                return log_oom();
+        for (size_t i = 0; i < n; i++)
+                if (json_array_append_new(a, image_to_json(&images[i])) < 0) {
+                        json_decref(a);
+                        return log_oom();
+                }
+        return json_print_and_free(a);
+}
+
+/* The table of list; *ret_sum is the size of the images in it. */
+static int images_to_table(const ImageInfo *images, size_t n, Table **ret, uint64_t *ret_sum) {
         _cleanup_(table_freep) Table *t = NULL;
-        _cleanup_(freep) ImageInfo *images = NULL;
         char buf[MAX(FORMAT_RELATIVE_MAX, MAX(SHORT_CHECKSUM_MAX, FORMAT_SIZE_MAX))];
-        char total[FORMAT_SIZE_MAX], max[FORMAT_SIZE_MAX];
         uint64_t sum = 0;
         usec_t now;
-        size_t n;
-        sd_bus *bus;
-        int r;
 
-        r = acquire_bus(c, &bus);
-        if (r < 0)
-                return r;
-
-        r = list_images(bus, &images, &n, &reply);
-        if (r < 0)
-                return r;
-
-        if (n > 0)
-                qsort(images, n, sizeof(ImageInfo), compare_images);
-
-        if (arg_json != JSON_MODE_OFF) {
-                json_t *a = json_array();
-
-                if (!a)
-                        return log_oom();
-                for (size_t i = 0; i < n; i++)
-                        if (json_array_append_new(a, image_to_json(&images[i])) < 0) {
-                                json_decref(a);
-                                return log_oom();
-                        }
-                return json_print_and_free(a);
-        }
-
-        r = table_new(&t, "ID", "SIZE", "HITS", "LAST ACCESSED", "CHECKSUM", NULL);
-        if (r < 0)
+        if (table_new(&t, "ID", "SIZE", "HITS", "LAST ACCESSED", "CHECKSUM", NULL) < 0)
                 return log_oom();
         (void) table_set_align(t, 1, TABLE_ALIGN_RIGHT);
         (void) table_set_align(t, 2, TABLE_ALIGN_RIGHT);
@@ -298,38 +292,94 @@ int verb_list(int argc, char *argv[], Context *c) {
                 sum += images[i].size;
         }
 
+        *ret = TAKE_PTR(t);
+        *ret_sum = sum;
+        return 0;
+}
+
+/* "N images, SIZE[ of MAX]." */
+static void print_list_footer(sd_bus *bus, size_t n, uint64_t sum) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *props = NULL;
+        char total[FORMAT_SIZE_MAX], max[FORMAT_SIZE_MAX];
+        ManagerStatus s;
+
+        /* The footer uses the daemon's own accounting, which also counts files being written. */
+        if (get_manager_status(bus, &s, &props) >= 0)
+                sum = s.current_size;
+        else
+                s.max_size = UINT64_MAX;
+
+        format_size(total, sizeof total, sum);
+        if (!has_size_limit(s.max_size))
+                printf("\n%zu %s, %s.\n", n, plural(n, "image", "images"), total);
+        else
+                printf("\n%zu %s, %s of %s.\n", n, plural(n, "image", "images"), total,
+                       format_size(max, sizeof max, s.max_size));
+}
+
+int verb_list(int argc, char *argv[], Context *c) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+        _cleanup_(table_freep) Table *t = NULL;
+        _cleanup_(freep) ImageInfo *images = NULL;
+        uint64_t sum = 0;
+        size_t n;
+        sd_bus *bus;
+        int r;
+
+        r = acquire_bus(c, &bus);
+        if (r < 0)
+                return r;
+
+        r = list_images(bus, &images, &n, &reply);
+        if (r < 0)
+                return r;
+
+        if (n > 0)
+                qsort(images, n, sizeof(ImageInfo), compare_images);
+
+        if (arg_json != JSON_MODE_OFF)
+                return print_images_json(images, n);
+
+        r = images_to_table(images, n, &t, &sum);
+        if (r < 0)
+                return r;
+
         r = print_listing(t, /* json= */ NULL, n, "No images cached.", /* noun= */ NULL, NULL);
         if (r < 0 || n == 0)
                 return r;
 
-        if (arg_legend) {
-                ManagerStatus s;
-
-                /* The footer uses the daemon's own accounting, which also counts files being written. */
-                if (get_manager_status(bus, &s, &props) >= 0)
-                        sum = s.current_size;
-                else
-                        s.max_size = UINT64_MAX;
-
-                format_size(total, sizeof total, sum);
-                if (s.max_size == UINT64_MAX || s.max_size == 0)
-                        printf("\n%zu %s, %s.\n", n, plural(n, "image", "images"), total);
-                else
-                        printf("\n%zu %s, %s of %s.\n", n, plural(n, "image", "images"), total,
-                               format_size(max, sizeof max, s.max_size));
-        }
-
+        if (arg_legend)
+                print_list_footer(bus, n, sum);
         return 0;
+}
+
+static int read_queued_row(sd_bus_message *reply, Table *t, json_t *json, void *userdata) {
+        char rel[FORMAT_RELATIVE_MAX], abs_time[FORMAT_TIMESTAMP_MAX];
+        const usec_t *now = userdata;
+        const char *id;
+        uint64_t queued_at;
+        int r;
+
+        r = sd_bus_message_read(reply, "(st)", &id, &queued_at);
+        if (r <= 0)
+                return r < 0 ? log_parse_error(r) : 0;
+
+        if (json)
+                return json_array_append_new(json, json_pack("{s:s, s:o}", "id", id,
+                                                             "queued_at", json_u64(queued_at))) < 0 ? log_oom() : 1;
+
+        if (table_add_cell(t, id) < 0 ||
+            table_add_cell(t, format_timestamp_relative(rel, sizeof rel, queued_at, *now)) < 0 ||
+            table_add_cell(t, format_timestamp(abs_time, sizeof abs_time, queued_at)) < 0)
+                return log_oom();
+        return 1;
 }
 
 int verb_list_queued(int argc, char *argv[], Context *c) {
         _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
         _cleanup_(table_freep) Table *t = NULL;
-        char rel[FORMAT_RELATIVE_MAX], abs_time[FORMAT_TIMESTAMP_MAX];
-        json_t *a = NULL;
         usec_t now;
-        size_t n = 0;
         sd_bus *bus;
         int r;
 
@@ -345,45 +395,9 @@ int verb_list_queued(int argc, char *argv[], Context *c) {
         if (r < 0)
                 return log_oom();
 
-        if (arg_json != JSON_MODE_OFF) {
-                a = json_array();
-                if (!a)
-                        return log_oom();
-        }
-
-        r = sd_bus_message_enter_container(reply, 'a', "(st)");
-        if (r < 0)
-                goto parse_error;
-
         now = now_usec(CLOCK_REALTIME);
-        for (;;) {
-                const char *id;
-                uint64_t queued_at;
-
-                r = sd_bus_message_read(reply, "(st)", &id, &queued_at);
-                if (r < 0)
-                        goto parse_error;
-                if (r == 0)
-                        break;
-
-                if (a) {
-                        if (json_array_append_new(a, json_pack("{s:s, s:o}", "id", id,
-                                                               "queued_at", json_u64(queued_at))) < 0) {
-                                json_decref(a);
-                                return log_oom();
-                        }
-                } else if (table_add_cell(t, id) < 0 ||
-                           table_add_cell(t, format_timestamp_relative(rel, sizeof rel, queued_at, now)) < 0 ||
-                           table_add_cell(t, format_timestamp(abs_time, sizeof abs_time, queued_at)) < 0)
-                        return log_oom();
-                n++;
-        }
-
-        return print_listing(t, a, n, "No images queued.", "image queued", "images queued");
-
-parse_error:
-        json_decref(a);
-        return log_parse_error(r);
+        return print_reply_listing(reply, "(st)", t, read_queued_row, &now,
+                                   "No images queued.", "image queued", "images queued");
 }
 
 int verb_show(int argc, char *argv[], Context *c) {

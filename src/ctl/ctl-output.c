@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <unistd.h>
 
+#include "ctl-bus.h"
 #include "ctl-output.h"
 #include "ctl-util.h"
 #include "image-id.h"
@@ -115,4 +116,30 @@ int print_listing(Table *t, json_t *json, size_t n, const char *nothing, const c
         if (arg_legend && noun)
                 printf("\n%zu %s.\n", n, plural(n, noun, nouns));
         return 0;
+}
+
+int print_reply_listing(sd_bus_message *reply, const char *row_type, Table *t, ReadRowFunction read_row,
+                        void *userdata, const char *nothing, const char *noun, const char *nouns) {
+        json_t *json;
+        size_t n = 0;
+        int r;
+
+        r = json_array_if_asked(&json);
+        if (r < 0)
+                return r;
+
+        r = sd_bus_message_enter_container(reply, 'a', row_type);
+        if (r < 0) {
+                json_decref(json);
+                return log_parse_error(r);
+        }
+
+        while ((r = read_row(reply, t, json, userdata)) > 0)
+                n++;
+        if (r < 0) {
+                json_decref(json);
+                return r;
+        }
+
+        return print_listing(t, json, n, nothing, noun, nouns);
 }

@@ -9,6 +9,7 @@
 #include <stdint.h>
 
 #include <jansson.h>
+#include <systemd/sd-bus.h>
 
 #include "table.h"
 #include "util.h"
@@ -38,3 +39,11 @@ void open_pager(void);
  * table through the pager, then "N things." unless the caller prints a footer of its own (noun NULL).
  * Consumes json. */
 int print_listing(Table *t, json_t *json, size_t n, const char *nothing, const char *noun, const char *nouns);
+
+/* Reads one row of an array reply and adds it to json (with --json) or to t. Returns 1 after a row, 0 at
+ * the end of the array, or a negative errno it has logged. */
+typedef int (*ReadRowFunction)(sd_bus_message *reply, Table *t, json_t *json, void *userdata);
+
+/* The listings made row by row from an array reply of row_type ("(st)", …), ending in print_listing(). */
+int print_reply_listing(sd_bus_message *reply, const char *row_type, Table *t, ReadRowFunction read_row,
+                        void *userdata, const char *nothing, const char *noun, const char *nouns);

@@ -160,6 +160,18 @@ static int job_take_properties(JobInfo *j, sd_bus_message *m) {
         return 0;
 }
 
+/* Both the PropertiesChanged signal and the first GetAll reply: a bad one is skipped, the next one
+ * will do. */
+static void job_update(Watch *w, JobInfo *j, sd_bus_message *m) {
+        int r;
+
+        r = job_take_properties(j, m);
+        if (r < 0)
+                log_debug_errno(r, "Failed to parse properties of %s, ignoring: %m", j->path);
+
+        watch_draw(w);
+}
+
 static int on_job_properties(sd_bus_message *m, void *userdata, sd_bus_error *ret_error) {
         Watch *w = userdata;
         const char *iface;
@@ -174,18 +186,12 @@ static int on_job_properties(sd_bus_message *m, void *userdata, sd_bus_error *re
         if (r < 0 || !streq(iface, BUS_JOB_IFACE))
                 return 0;
 
-        r = job_take_properties(j, m);
-        if (r < 0)
-                log_debug_errno(r, "Failed to parse properties of %s, ignoring: %m", j->path);
-
-        watch_draw(w);
+        job_update(w, j, m);
         return 0;
 }
 
 static int on_job_get_all(sd_bus_message *m, void *userdata, sd_bus_error *ret_error) {
         JobInfo *j = userdata;
-        Watch *w = j->watch;
-        int r;
 
         j->get_all_slot = sd_bus_slot_unref(j->get_all_slot);
 
@@ -193,11 +199,7 @@ static int on_job_get_all(sd_bus_message *m, void *userdata, sd_bus_error *ret_e
         if (sd_bus_message_is_method_error(m, NULL) || j->removed)
                 return 0;
 
-        r = job_take_properties(j, m);
-        if (r < 0)
-                log_debug_errno(r, "Failed to parse properties of %s, ignoring: %m", j->path);
-
-        watch_draw(w);
+        job_update(j->watch, j, m);
         return 0;
 }
 
