@@ -132,7 +132,7 @@ static int read_job_row(sd_bus_message *reply, Table *t, json_t *json, void *use
                                                              "state", state, "progress", progress,
                                                              "path", path)) < 0 ? log_oom() : 1;
 
-        /* Progress is -1 while the size is unknown. */
+        /* A progress outside 0..1 shows as "-" rather than as a nonsense percentage. */
         if (table_add_cellf(t, "%" PRIu32, id) < 0 ||
             table_add_cell(t, image) < 0 ||
             table_add_cell(t, state) < 0 ||
