@@ -1,0 +1,29 @@
+/* SPDX-License-Identifier: MIT */
+#pragma once
+
+/* The verbs that only look: status, list, list-queued, show. */
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <systemd/sd-bus.h>
+
+#include "imgcachectl.h"
+
+/* One entry of ListImages / GetImage, "(stttts)". */
+typedef struct ImageInfo {
+        const char *id;
+        uint64_t size;
+        uint64_t hits;
+        uint64_t last_accessed;
+        uint64_t last_modified;
+        const char *checksum;
+} ImageInfo;
+
+/* Reads ListImages; the strings in *ret are borrowed from *ret_reply. Logs failures. */
+int list_images(sd_bus *bus, ImageInfo **ret, size_t *ret_n, sd_bus_message **ret_reply);
+
+int verb_status(int argc, char *argv[], Context *c);
+int verb_list(int argc, char *argv[], Context *c);
+int verb_list_queued(int argc, char *argv[], Context *c);
+int verb_show(int argc, char *argv[], Context *c);
