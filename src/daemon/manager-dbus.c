@@ -407,13 +407,9 @@ static int method_verify(sd_bus_message *message, void *userdata, sd_bus_error *
 
 /* ---- fetching (job.c) --------------------------------------------------------------------------- */
 
-static bool has_upstream(Manager *m) {
-        return m->fetcher && fetcher_has_upstream(m->fetcher);
-}
-
 static int fetch_error(sd_bus_error *error, int r, const char *id) {
         if (r == -E2BIG)
-                return sd_bus_error_setf(error, SD_BUS_ERROR_LIMITS_EXCEEDED, "Too many jobs (%u).", MANAGER_JOBS_MAX);
+                return sd_bus_error_setf(error, SD_BUS_ERROR_LIMITS_EXCEEDED, "Too many jobs (%u).", JOB_REGISTRY_MAX);
         return sd_bus_error_set_errnof(error, r, "Cannot fetch image %s: %m", id);
 }
 
@@ -422,7 +418,7 @@ static int method_prefetch(sd_bus_message *message, void *userdata, sd_bus_error
         Manager *m = userdata;
         int r;
 
-        if (!has_upstream(m))
+        if (!manager_has_upstream(m))
                 return no_upstream(m, error);
 
         r = manager_authorize(m, message, ACTION_QUEUE, NULL, error);
@@ -457,7 +453,7 @@ static int method_fetch_image(sd_bus_message *message, void *userdata, sd_bus_er
         has_checksum = parse_caller_checksum(checksum, id, &c, error);
         if (has_checksum < 0)
                 return has_checksum;
-        if (!has_upstream(m))
+        if (!manager_has_upstream(m))
                 return no_upstream(m, error);
 
         r = manager_authorize(m, message, ACTION_QUEUE, id, error);
@@ -475,11 +471,11 @@ static int method_list_jobs(sd_bus_message *message, void *userdata, sd_bus_erro
         Manager *m = userdata;
         int r;
 
-        if (!has_upstream(m))
+        if (!manager_has_upstream(m))
                 return no_upstream(m, error);
         r = sd_bus_message_new_method_return(message, &reply);
         if (r >= 0)
-                r = manager_append_jobs(m, reply);
+                r = job_registry_append(m->jobs, reply);
         if (r < 0)
                 return r;
         return sd_bus_send(NULL, reply, NULL);
@@ -637,7 +633,7 @@ int manager_connect_bus(Manager *m) {
         r = sd_bus_add_object_vtable(m->bus, NULL, MANAGER_PATH, MANAGER_INTERFACE, manager_vtable, m);
         if (r < 0)
                 return log_error_errno(r, "Cannot export %s: %m", MANAGER_PATH);
-        r = manager_add_job_objects(m);
+        r = job_registry_attach_bus(m->jobs, m->bus, MANAGER_PATH, MANAGER_INTERFACE);
         if (r < 0)
                 return r;
         r = sd_bus_attach_event(m->bus, m->event, SD_EVENT_PRIORITY_NORMAL);

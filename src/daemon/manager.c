@@ -152,7 +152,7 @@ Manager *manager_free(Manager *m) {
                 return NULL;
 
         m->http = http_server_free(m->http); /* before the fetcher: its streams hold fills */
-        manager_free_jobs(m); /* cancels fills (partial files stay for a resume); JobRemoved still goes out */
+        manager_free_fetcher(m); /* cancels fills (partial files stay for a resume); JobRemoved still goes out */
         while (m->verify_jobs)
                 verify_job_free(m->verify_jobs->data);
         while (m->pins)
@@ -530,19 +530,6 @@ static void on_http_metrics(HttpServer *s, HttpExternalMetrics *ret, void *userd
         };
 }
 
-static void on_fill_started(Fetcher *fe, Fill *f, void *userdata) {
-        Manager *m = userdata;
-        m->fills_started++;
-}
-
-static void on_fill_finished(Fetcher *fe, Fill *f, void *userdata) {
-        Manager *m = userdata;
-
-        m->bytes_fetched += fill_bytes_written(f);
-        if (fill_state(f) != FILL_DONE)
-                m->fills_failed++;
-}
-
 int manager_start_http(Manager *m) {
         static const HttpServerHooks hooks_template = {
                 .counters_changed = on_http_counters,
@@ -569,15 +556,6 @@ int manager_start_http(Manager *m) {
         hooks.userdata = m;
         http_server_set_hooks(m->http, &hooks);
 
-        if (m->fetcher) {
-                m->fetcher_observer = (FetcherObserver) {
-                        .fill_started = on_fill_started,
-                        .fill_finished = on_fill_finished,
-                        .userdata = m,
-                };
-                fetcher_add_observer(m->fetcher, &m->fetcher_observer);
-        }
-
         log_debug("HTTP server listening on port %u%s.", http_server_port(m->http),
                   o.listen_fd >= 0 ? " (socket from systemd)" : "");
         return 0;
@@ -594,7 +572,7 @@ int manager_authorize(Manager *m, sd_bus_message *message, const char *action, c
 
 bool manager_is_busy(const Manager *m) {
         return polkit_registry_pending(m->polkit) > 0 || m->n_verify_jobs > 0 || m->n_pins > 0 ||
-                (m->fetcher && fetcher_n_active(m->fetcher) > 0) || manager_n_jobs(m) > 0 ||
+                (m->fetcher && fetcher_n_active(m->fetcher) > 0) || job_registry_size(m->jobs) > 0 ||
                 (m->http && http_server_n_connections(m->http) > 0);
 }
 

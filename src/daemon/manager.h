@@ -8,12 +8,14 @@
 #include <systemd/sd-bus.h>
 #include <systemd/sd-event.h>
 
+#include "checksum.h"
 #include "config.h"
 #include "fetch.h"
 #include "store.h"
 #include "util.h"
 
 typedef struct HttpServer HttpServer;
+typedef struct Job Job;
 typedef struct JobRegistry JobRegistry;
 typedef struct Pin Pin;
 typedef struct PolkitRegistry PolkitRegistry;
@@ -80,9 +82,9 @@ typedef struct Manager {
         Config config;
 
         GHashTable *queued_checksums; /* image id → "algo:hex" given with QueueImage, for the fetcher */
-        Fetcher *fetcher;
-        FetcherObserver fetcher_observer;             /* fills from the upstream (fetch.h) */
-        JobRegistry *jobs;            /* org.imgcache.Job objects (job.h) */
+        Fetcher *fetcher;             /* fills from the upstream (fetch.h); manager-fetch.c */
+        FetcherObserver fetcher_observer;
+        JobRegistry *jobs;            /* org.imgcache.Job objects (job.h); manager-fetch.c */
         GList *pins;                  /* Pin* */
         unsigned n_pins;
         uint64_t fd_limit;            /* RLIMIT_NOFILE, once raised to the hard limit */
@@ -148,6 +150,24 @@ void property_snapshot_done(PropertySnapshot *s);
  * call is dispatched again with the answer), negative errno with error set when denied or failed. */
 int manager_authorize(Manager *m, sd_bus_message *message, const char *action, const char *image_id,
                       sd_bus_error *error);
+
+/* ---- fetching (manager-fetch.c) ---- */
+
+/* m->fetcher from the configuration (URL= or --upstream=) and m->jobs; after the cache is open. */
+int manager_setup_fetcher(Manager *m);
+/* After a reload: the new upstream settings apply to fills started from now on. */
+void manager_reconfigure_fetcher(Manager *m);
+/* Cancels every fill (partial files stay for a resume), ends the jobs, frees the fetcher and the jobs. */
+void manager_free_fetcher(Manager *m);
+bool manager_has_upstream(const Manager *m);
+/* The job fetching id: the running one, or a new one (starting the fill). A cached image gets a job
+ * that ends "done" right after the reply. -ENXIO without an upstream, -E2BIG beyond JOB_REGISTRY_MAX. */
+int manager_fetch(Manager *m, const char *id, const Checksum *expected, Job **ret);
+/* Starts a job for every queued image, oldest first (the caller's QueueImage checksum applies); appends
+ * the paths to reply as "ao" contents. */
+int manager_prefetch(Manager *m, sd_bus_message *reply);
+/* PrefetchOnQueue=yes: starts the fetch of a just-queued image (failures are logged). */
+void manager_fetch_queued(Manager *m, const char *id);
 
 /* The bus object (manager-dbus.c). */
 extern const sd_bus_vtable manager_vtable[];
