@@ -86,7 +86,8 @@ struct HttpServer {
         ImageCache *cache;
         Fetcher *fetcher;
         const Config *config;
-        HttpServerHooks hooks;
+        const HttpOperations *ops;  /* the daemon's: counters and every change to the cache */
+        void *userdata;             /* of ops */
 
         bool management_api;
         char *token;            /* NULL: every management request is refused */
@@ -220,11 +221,6 @@ static const char *header(struct MHD_Connection *c, const char *name) {
         return MHD_lookup_connection_value(c, MHD_HEADER_KIND, name);
 }
 
-static void counters_changed(HttpServer *s) {
-        if (s->hooks.counters_changed)
-                s->hooks.counters_changed(s, s->hooks.userdata);
-}
-
 static bool fill_state_failed(FillState state) {
         return state == FILL_FAILED || state == FILL_CANCELLED;
 }
@@ -306,12 +302,7 @@ static int serve_hit(HttpServer *s, Request *req, struct MHD_Connection *c, cons
         if (req->method == HTTP_METHOD_GET) {
                 req->count_body = true;
                 req->body_size = length;
-                s->counters.hits++;
-                if (s->hooks.count_hit)
-                        s->hooks.count_hit(s, e->id, s->hooks.userdata);
-                else
-                        (void) image_cache_record_hit(s->cache, e->id);
-                counters_changed(s);
+                s->ops->count_hit(s->userdata, e->id);
         }
 
         return queue_response(c, status, resp);
@@ -580,7 +571,7 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max) {
                 return stream_fail(st);
         }
 
-        st->server->counters.bytes_served += (uint64_t) k;
+        st->server->ops->count_bytes_served(st->server->userdata, (uint64_t) k);
         return k;
 }
 
@@ -772,10 +763,8 @@ static enum MHD_Result serve_miss(HttpServer *s, Request *req, struct MHD_Connec
                 return respond_printf(c, MHD_HTTP_INTERNAL_SERVER_ERROR, "Failed to start fetching the image: %s\n",
                                       strerror(-r));
 
-        if (req->method == HTTP_METHOD_GET) {
-                s->counters.misses++;
-                counters_changed(s);
-        }
+        if (req->method == HTTP_METHOD_GET)
+                s->ops->count_miss(s->userdata, req->match.id);
 
         r = stream_new(s, c, f, &st);
         if (r < 0)
@@ -816,10 +805,8 @@ static bool authorized(HttpServer *s, struct MHD_Connection *c) {
 static enum MHD_Result serve_management(HttpServer *s, Request *req, struct MHD_Connection *c) {
         HttpManageContext ctx = {
                 .cache = s->cache,
-                .fetcher = s->fetcher,
-                .config = s->config,
-                .server = s,
-                .hooks = &s->hooks,
+                .ops = s->ops,
+                .userdata = s->userdata,
         };
         HttpReply reply = {};
         struct MHD_Response *resp;
@@ -850,10 +837,8 @@ static enum MHD_Result serve_management(HttpServer *s, Request *req, struct MHD_
 static enum MHD_Result serve_metrics(HttpServer *s, struct MHD_Connection *c) {
         HttpManageContext ctx = {
                 .cache = s->cache,
-                .fetcher = s->fetcher,
-                .config = s->config,
-                .server = s,
-                .hooks = &s->hooks,
+                .ops = s->ops,
+                .userdata = s->userdata,
         };
         struct MHD_Response *resp;
         char *text;
@@ -1020,11 +1005,10 @@ static void http_on_completed(void *cls, struct MHD_Connection *c, void **req_cl
         req->probe = upstream_query_free(req->probe);
         request_unlink(req);
         if (req->count_body && toe == MHD_REQUEST_TERMINATED_COMPLETED_OK)
-                s->counters.bytes_served += req->body_size;
+                s->ops->count_bytes_served(s->userdata, req->body_size);
         s->counters.requests++;
         *req = (Request) {};
         *req_cls = NULL;
-        counters_changed(s);
 }
 
 static void http_on_connection(void *cls, struct MHD_Connection *c, void **socket_context,
@@ -1048,9 +1032,6 @@ static void http_on_connection(void *cls, struct MHD_Connection *c, void **socke
                 assert(s->counters.connections > 0);
                 s->counters.connections--;
         }
-
-        if (s->hooks.connections_changed)
-                s->hooks.connections_changed(s, s->counters.connections, s->hooks.userdata);
 }
 
 /* The request line of a request is in: its headers have HeaderTimeoutSec= from now (the first request of
@@ -1315,7 +1296,8 @@ static int load_token(HttpServer *s, const Config *config) {
 }
 
 int http_server_new(sd_event *event, ImageCache *cache, Fetcher *fetcher, const Config *config,
-                    const HttpServerOptions *options, HttpServer **ret) {
+                    const HttpServerOptions *options, const HttpOperations *ops, void *userdata,
+                    HttpServer **ret) {
         _cleanup_(http_server_freep) HttpServer *s = NULL;
         const union MHD_DaemonInfo *info;
         int fd = -EBADF, r;
@@ -1323,6 +1305,9 @@ int http_server_new(sd_event *event, ImageCache *cache, Fetcher *fetcher, const 
         assert(event);
         assert(cache);
         assert(config);
+        assert(ops && ops->count_hit && ops->count_miss && ops->count_bytes_served && ops->queue_image &&
+               ops->dequeue_image && ops->dequeue_all && ops->delete_image && ops->delete_all_images &&
+               ops->prune && ops->clean && ops->metrics);
         assert(ret);
 
         s = calloc(1, sizeof(HttpServer));
@@ -1332,6 +1317,8 @@ int http_server_new(sd_event *event, ImageCache *cache, Fetcher *fetcher, const 
         s->cache = cache;
         s->fetcher = fetcher;
         s->config = config;
+        s->ops = ops;
+        s->userdata = userdata;
 
         r = load_token(s, config);
         if (r < 0)
@@ -1437,8 +1424,8 @@ HttpServer *http_server_free(HttpServer *s) {
         if (!s)
                 return NULL;
 
-        /* Nothing of ours is called back while MHD closes connections below. */
-        s->hooks = (HttpServerHooks) {};
+        /* MHD may still complete requests while it closes connections below: ops are called until
+         * MHD_stop_daemon() returns (their owner outlives the server). */
         s->io_source = sd_event_source_disable_unref(s->io_source);
         s->timer_source = sd_event_source_disable_unref(s->timer_source);
         s->wake_source = sd_event_source_disable_unref(s->wake_source);
@@ -1477,11 +1464,6 @@ HttpServer *http_server_free(HttpServer *s) {
         sd_event_unref(s->event);
         free(s);
         return NULL;
-}
-
-void http_server_set_hooks(HttpServer *s, const HttpServerHooks *hooks) {
-        assert(s);
-        s->hooks = hooks ? *hooks : (HttpServerHooks) {};
 }
 
 int http_server_reconfigure(HttpServer *s, const Config *config) {

@@ -42,7 +42,9 @@ void test_server_start(TestServer *t, void (*setup)(Config *c, void *userdata), 
                 .listen = "127.0.0.1:0",
                 .connection_timeout_sec = timeout_sec,
         };
-        g_assert_cmpint(http_server_new(t->event, t->cache, t->fetcher, &t->config, &o, &t->server), ==, 0);
+        t->ops = (TestOps) { .cache = t->cache, .fetcher = t->fetcher, .config = &t->config };
+        g_assert_cmpint(http_server_new(t->event, t->cache, t->fetcher, &t->config, &o, &test_http_operations, &t->ops,
+                                        &t->server), ==, 0);
         g_assert_cmpuint(http_server_port(t->server), >, 0);
         t->base = g_strdup_printf("http://127.0.0.1:%u", http_server_port(t->server));
 

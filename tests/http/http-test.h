@@ -11,6 +11,7 @@
 #include "fetch.h"
 #include "http.h"
 #include "store.h"
+#include "test-ops.h"
 
 /* In-process loop tests of the HTTP server: the test thread runs sd-event with the server on
  * 127.0.0.1:0 and a store in a temp dir; each client runs in its own thread (libcurl easy, or a raw
@@ -26,6 +27,7 @@ typedef struct TestServer {
         Config config;
         Fetcher *fetcher;
         HttpServer *server;
+        TestOps ops;           /* the server's operations; the counters the daemon would own */
         char *base;            /* "http://127.0.0.1:PORT" */
         int wake_fd;           /* eventfd the clients write */
         sd_event_source *wake_source;
