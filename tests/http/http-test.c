@@ -79,19 +79,6 @@ char *test_server_url(TestServer *t, const char *path) {
         return g_strconcat(t->base, path, NULL);
 }
 
-uint8_t *test_random_data(size_t size, uint32_t seed) {
-        uint8_t *p = g_malloc(size ? size : 1);
-        uint32_t x = seed ? seed : 1;
-
-        for (size_t i = 0; i < size; i++) {
-                x ^= x << 13;
-                x ^= x >> 17;
-                x ^= x << 5;
-                p[i] = (uint8_t) x;
-        }
-        return p;
-}
-
 char *test_sha256(const void *data, size_t size) {
         return g_compute_checksum_for_data(G_CHECKSUM_SHA256, data, size);
 }

@@ -23,26 +23,14 @@
 typedef struct Fixture {
         TestBus *bus;
         UpstreamFixture *fx;
-        guint8 *data;
+        uint8_t *data;
         uint16_t port;
 } Fixture;
-
-static guint8 *random_data(size_t size, guint32 seed) {
-        guint8 *p = g_malloc(size);
-        guint32 x = seed;
-        for (size_t i = 0; i < size; i++) {
-                x ^= x << 13;
-                x ^= x >> 17;
-                x ^= x << 5;
-                p[i] = (guint8) x;
-        }
-        return p;
-}
 
 static void fixture_setup(Fixture *f, gconstpointer user) {
         f->bus = test_bus_new();
         g_assert_cmpint(upstream_fixture_new(0, &f->fx), ==, 0);
-        f->data = random_data(IMAGE_SIZE, 7);
+        f->data = test_random_data(IMAGE_SIZE, 7);
 }
 
 static void fixture_teardown(Fixture *f, gconstpointer user) {
