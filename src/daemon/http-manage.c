@@ -7,9 +7,7 @@
 #include <jansson.h>
 #include <stdio.h>
 #include <strings.h>
-#include <sys/statvfs.h>
 
-#include "fetch.h"
 #include "http-manage.h"
 #include "log.h"
 
@@ -96,57 +94,17 @@ static json_t *queued_images_json(ImageCache *cache) {
         return TAKE_PTR(a);
 }
 
-static int default_queue_image(const HttpManageContext *ctx, const char *id) {
-        int r = image_cache_queue(ctx->cache, id);
-        if (r <= 0)
-                return r;
-
-        if (ctx->config->prefetch_on_queue && ctx->fetcher && fetcher_has_upstream(ctx->fetcher)) {
-                Fill *f = NULL;
-                int k = fetcher_fill(ctx->fetcher, id, NULL, &f);
-                if (k < 0 && k != -EEXIST)
-                        log_debug_errno(k, "Failed to start fetching queued image %s, ignoring: %m", id);
-                fill_unref(f);
-        }
-        return r;
-}
-
-static int queue_image(const HttpManageContext *ctx, const char *id) {
-        if (ctx->hooks && ctx->hooks->queue_image)
-                return ctx->hooks->queue_image(ctx->server, id, ctx->hooks->userdata);
-        return default_queue_image(ctx, id);
-}
-
-static int prune(const HttpManageContext *ctx, unsigned *ret_files, uint64_t *ret_bytes) {
-        struct statvfs sv;
-
-        if (ctx->hooks && ctx->hooks->prune)
-                return ctx->hooks->prune(ctx->server, ret_files, ret_bytes, ctx->hooks->userdata);
-
-        if (fstatvfs(image_cache_dir_fd(ctx->cache), &sv) < 0)
-                return negative_errno();
-        return image_cache_prune(ctx->cache,
-                                 size_limit_resolve(&ctx->config->max_size, (uint64_t) sv.f_blocks * sv.f_frsize),
-                                 ret_files, ret_bytes);
-}
-
-static int clean(const HttpManageContext *ctx, unsigned *ret_stalled, unsigned *ret_invalid) {
-        if (ctx->hooks && ctx->hooks->clean)
-                return ctx->hooks->clean(ctx->server, ret_stalled, ret_invalid, ctx->hooks->userdata);
-        return image_cache_clean(ctx->cache, ctx->config->stall_time, ret_stalled, ret_invalid);
-}
-
 /* Deletes the cached copy and the queue entry. 1 when either existed. */
 static int delete_image(const HttpManageContext *ctx, const char *id) {
         bool found = false;
         int r;
 
-        r = image_cache_delete(ctx->cache, id);
+        r = ctx->ops->delete_image(ctx->userdata, id);
         if (r < 0 && r != -ENOENT)
                 return r;
         found = r >= 0;
 
-        r = image_cache_dequeue(ctx->cache, id);
+        r = ctx->ops->dequeue_image(ctx->userdata, id);
         if (r < 0)
                 return r;
         return found || r > 0;
@@ -240,15 +198,15 @@ int http_manage_dispatch(const HttpManageContext *ctx, const HttpRouteMatch *rou
                                 return reply_text(ret, 400,
                                                   "x-image-cache-clear-target must be 'cache', 'queue' or 'both'\n");
                 }
-                if (cache && (r = image_cache_delete_all(ctx->cache, &n)) < 0)
+                if (cache && (r = ctx->ops->delete_all_images(ctx->userdata, &n)) < 0)
                         return error_reply(ret, r, "Failed to delete cached images");
-                if (queue && (r = image_cache_dequeue_all(ctx->cache, &m)) < 0)
+                if (queue && (r = ctx->ops->dequeue_all(ctx->userdata, &m)) < 0)
                         return error_reply(ret, r, "Failed to delete queued images");
                 return reply_status(ret, 204);
 
         case HTTP_ROUTE_CACHE_IMAGE:
                 if (method == HTTP_METHOD_PUT) {
-                        r = queue_image(ctx, route->id);
+                        r = ctx->ops->queue_image(ctx->userdata, route->id);
                         if (r < 0)
                                 return error_reply(ret, r, "Failed to queue image");
                         return reply_status(ret, 202);
@@ -260,18 +218,23 @@ int http_manage_dispatch(const HttpManageContext *ctx, const HttpRouteMatch *rou
                         return reply_text(ret, 404, "Image is neither cached nor queued\n");
                 return reply_status(ret, 204);
 
-        case HTTP_ROUTE_CACHE_PRUNE:
-                r = prune(ctx, &n, &bytes);
+        case HTTP_ROUTE_CACHE_PRUNE: {
+                bool limit_failed;
+
+                r = ctx->ops->prune(ctx->userdata, &n, &bytes, &limit_failed);
                 if (r < 0)
-                        return error_reply(ret, r, "Failed to prune the cache");
+                        return error_reply(ret, r, limit_failed ? "Failed to prune the cache: MaxSize= is a share of "
+                                                                  "a filesystem that cannot be examined"
+                                                                : "Failed to prune the cache");
                 j = json_pack("{s:I, s:I}", "total_files_pruned", (json_int_t) n,
                               "total_bytes_pruned", (json_int_t) bytes);
                 if (!j)
                         return -ENOMEM;
                 return reply_json(ret, 200, j);
+        }
 
         case HTTP_ROUTE_CACHE_CLEAN:
-                r = clean(ctx, &n, &m);
+                r = ctx->ops->clean(ctx->userdata, &n, &m);
                 if (r < 0)
                         return error_reply(ret, r, "Failed to clean the cache");
                 j = json_pack("{s:I, s:I}", "total_stalled_removed", (json_int_t) n,
@@ -287,7 +250,7 @@ int http_manage_dispatch(const HttpManageContext *ctx, const HttpRouteMatch *rou
                                 return -ENOMEM;
                         j = json_pack("{s:o}", "cached_images", cached);
                 } else {
-                        r = image_cache_delete_all(ctx->cache, &n);
+                        r = ctx->ops->delete_all_images(ctx->userdata, &n);
                         if (r < 0)
                                 return error_reply(ret, r, "Failed to delete cached images");
                         j = json_pack("{s:I}", "num_deleted", (json_int_t) n);
@@ -298,7 +261,7 @@ int http_manage_dispatch(const HttpManageContext *ctx, const HttpRouteMatch *rou
 
         case HTTP_ROUTE_CACHED_IMAGE:
                 /* Glance's middleware: DELETE /cached_images/<id>, 200 whether or not it was cached. */
-                r = image_cache_delete(ctx->cache, route->id);
+                r = ctx->ops->delete_image(ctx->userdata, route->id);
                 if (r < 0 && r != -ENOENT)
                         return error_reply(ret, r, "Failed to delete image");
                 return reply_status(ret, 200);
@@ -310,7 +273,7 @@ int http_manage_dispatch(const HttpManageContext *ctx, const HttpRouteMatch *rou
                                 return -ENOMEM;
                         j = json_pack("{s:o}", "queued_images", queued);
                 } else {
-                        r = image_cache_dequeue_all(ctx->cache, &n);
+                        r = ctx->ops->dequeue_all(ctx->userdata, &n);
                         if (r < 0)
                                 return error_reply(ret, r, "Failed to delete queued images");
                         j = json_pack("{s:I}", "num_deleted", (json_int_t) n);
@@ -321,9 +284,9 @@ int http_manage_dispatch(const HttpManageContext *ctx, const HttpRouteMatch *rou
 
         case HTTP_ROUTE_QUEUED_IMAGE:
                 if (method == HTTP_METHOD_PUT)
-                        r = queue_image(ctx, route->id);
+                        r = ctx->ops->queue_image(ctx->userdata, route->id);
                 else
-                        r = image_cache_dequeue(ctx->cache, route->id);
+                        r = ctx->ops->dequeue_image(ctx->userdata, route->id);
                 if (r < 0)
                         return error_reply(ret, r, method == HTTP_METHOD_PUT ? "Failed to queue image"
                                                                              : "Failed to dequeue image");
@@ -336,12 +299,11 @@ int http_manage_dispatch(const HttpManageContext *ctx, const HttpRouteMatch *rou
 }
 
 char *http_metrics_render(const HttpManageContext *ctx, const HttpCounters *counters) {
-        HttpExternalMetrics ext = {};
+        HttpMetrics ext = {};
         char *buf = NULL;
         size_t size = 0;
 
-        if (ctx->hooks && ctx->hooks->external_metrics)
-                ctx->hooks->external_metrics(ctx->server, &ext, ctx->hooks->userdata);
+        ctx->ops->metrics(ctx->userdata, &ext);
 
         const struct {
                 const char *name, *type, *help;
@@ -349,15 +311,17 @@ char *http_metrics_render(const HttpManageContext *ctx, const HttpCounters *coun
         } metrics[] = {
                 { "imgcache_http_requests_total", "counter", "HTTP requests answered.", counters->requests },
                 { "imgcache_http_connections", "gauge", "Open HTTP connections.", counters->connections },
-                { "imgcache_hits_total", "counter", "Image GETs answered from the cache.", counters->hits },
-                { "imgcache_misses_total", "counter", "Image GETs that had to go to the upstream.", counters->misses },
-                { "imgcache_bytes_served_total", "counter", "Image bytes sent to HTTP clients.", counters->bytes_served },
+                { "imgcache_hits_total", "counter", "Images answered from the cache (HTTP GETs and OpenImage).",
+                  ext.hits },
+                { "imgcache_misses_total", "counter", "Images asked for that were not cached (HTTP GETs and OpenImage).",
+                  ext.misses },
+                { "imgcache_bytes_served_total", "counter", "Image bytes sent to HTTP clients.", ext.bytes_served },
                 { "imgcache_bytes_fetched_total", "counter", "Bytes fetched from the upstream.", ext.bytes_fetched },
                 { "imgcache_cache_size_bytes", "gauge", "Bytes of complete images in the cache.", image_cache_size(ctx->cache) },
                 { "imgcache_cache_images", "gauge", "Complete images in the cache.", image_cache_count(ctx->cache) },
                 { "imgcache_evictions_total", "counter", "Images pruned or evicted to make room.", ext.evictions },
                 { "imgcache_transfers_active", "gauge", "Fills from the upstream not finished yet.",
-                  ctx->fetcher ? fetcher_n_active(ctx->fetcher) : 0 },
+                  ext.transfers_active },
                 { "imgcache_transfers_started_total", "counter", "Fills from the upstream started.", ext.transfers_started },
                 { "imgcache_transfers_failed_total", "counter", "Fills from the upstream that failed.", ext.transfers_failed },
         };

@@ -8,12 +8,11 @@
  * and /v2/queued_images of the cache_manage middleware, /versions), /healthcheck and /metrics. It turns a
  * routed request into a status and a body; http.c owns the protocol. JSON goes through jansson. */
 
+/* Reads (listings) come from the store; every change goes through ops, the daemon's operations. */
 typedef struct HttpManageContext {
         ImageCache *cache;
-        Fetcher *fetcher;               /* may be NULL */
-        const Config *config;
-        HttpServer *server;
-        const HttpServerHooks *hooks;
+        const HttpOperations *ops;
+        void *userdata;                 /* of ops */
 } HttpManageContext;
 
 typedef struct HttpReply {

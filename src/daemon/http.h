@@ -29,38 +29,44 @@ typedef struct HttpServer HttpServer;
 /* Ids remembered as missing upstream (NotFoundCacheSec=), at most. */
 #define HTTP_NOT_FOUND_CACHE_MAX 4096U
 
+/* What the server counts itself. Hits, misses and bytes served are not among them: the daemon owns those
+ * (HttpOperations), for HTTP and D-Bus readers alike. */
 typedef struct HttpCounters {
         uint64_t requests;      /* requests answered */
-        uint64_t hits;          /* GETs of an image answered from the cache (200/206) */
-        uint64_t misses;        /* GETs of an image that had to come from the upstream */
-        uint64_t bytes_served;  /* body bytes of image responses handed to clients */
         unsigned connections;   /* open right now */
 } HttpCounters;
 
-/* What /metrics reports that the HTTP server does not see itself. */
-typedef struct HttpExternalMetrics {
+/* What /metrics reports that the HTTP server does not count itself. */
+typedef struct HttpMetrics {
+        uint64_t hits;               /* images answered from the cache (HTTP GETs and the daemon's other readers) */
+        uint64_t misses;             /* image requests that were not */
+        uint64_t bytes_served;       /* body bytes of image responses handed to HTTP clients */
         uint64_t bytes_fetched;      /* bytes written by fills */
         uint64_t evictions;          /* images pruned or evicted */
+        unsigned transfers_active;   /* fills not finished yet */
         uint64_t transfers_started;  /* fills started */
         uint64_t transfers_failed;   /* fills that failed */
-} HttpExternalMetrics;
+} HttpMetrics;
 
-/* How the daemon plugs in. Every member may be NULL: the server then acts on the store directly. */
-typedef struct HttpServerHooks {
-        /* The number of open connections changed (idle accounting). */
-        void (*connections_changed)(HttpServer *s, unsigned n, void *userdata);
-        /* Hits, misses or bytes served changed (PropertiesChanged, coalesced by the receiver). */
-        void (*counters_changed)(HttpServer *s, void *userdata);
-        /* A hit to count; default image_cache_record_hit(). */
-        void (*count_hit)(HttpServer *s, const char *id, void *userdata);
-        /* Management actions; the defaults act on the store (and start a fill on queue when
-         * PrefetchOnQueue=yes). queue_image returns 1 queued, 0 already queued or cached. */
-        int (*queue_image)(HttpServer *s, const char *id, void *userdata);
-        int (*prune)(HttpServer *s, unsigned *ret_files, uint64_t *ret_bytes, void *userdata);
-        int (*clean)(HttpServer *s, unsigned *ret_stalled, unsigned *ret_invalid, void *userdata);
-        void (*external_metrics)(HttpServer *s, HttpExternalMetrics *ret, void *userdata);
-        void *userdata;
-} HttpServerHooks;
+/* The operations of the daemon the server goes through, so that a request over HTTP has the effects the
+ * same request has over D-Bus: the same signals, jobs, counters and log lines (the daemon's table is
+ * manager_http_operations, manager-ops.c). Required, every member: the server never acts on the store
+ * behind the daemon's back (it only reads the store: hits, listings). The management calls come after the
+ * token check; return values are the Manager's (manager.h). */
+typedef struct HttpOperations {
+        void (*count_hit)(void *userdata, const char *id);          /* a GET answered from the cache */
+        void (*count_miss)(void *userdata, const char *id);         /* a GET that goes to the upstream */
+        void (*count_bytes_served)(void *userdata, uint64_t n);     /* image body bytes handed to a client */
+        int (*queue_image)(void *userdata, const char *id);         /* 1 queued, 0 already queued or cached */
+        int (*dequeue_image)(void *userdata, const char *id);       /* 1 dequeued, 0 was not queued */
+        int (*dequeue_all)(void *userdata, unsigned *ret_n);
+        int (*delete_image)(void *userdata, const char *id);        /* -ENOENT: not cached */
+        int (*delete_all_images)(void *userdata, unsigned *ret_n);
+        /* MaxSize= unresolvable: -errno with *ret_limit_failed set, nothing pruned. */
+        int (*prune)(void *userdata, unsigned *ret_files, uint64_t *ret_bytes, bool *ret_limit_failed);
+        int (*clean)(void *userdata, unsigned *ret_stalled, unsigned *ret_invalid);  /* with StallTime= */
+        void (*metrics)(void *userdata, HttpMetrics *ret);
+} HttpOperations;
 
 typedef struct HttpServerOptions {
         int listen_fd;                     /* >= 0: serve this listening socket (taken over) */
@@ -74,9 +80,11 @@ int http_listen_fd_from_systemd(int *ret_fd);
 /* A listening TCP socket on HOST:PORT or [IPV6]:PORT (non-blocking, close-on-exec). */
 int http_open_listen_socket(const char *address, int *ret_fd);
 
-/* fetcher may be NULL: misses are then 404. The config is copied where needed (token read now). */
+/* fetcher may be NULL: misses are then 404. The config is copied where needed (token read now). ops
+ * (borrowed, every member set) is called with userdata. */
 int http_server_new(sd_event *event, ImageCache *cache, Fetcher *fetcher, const Config *config,
-                    const HttpServerOptions *options, HttpServer **ret);
+                    const HttpServerOptions *options, const HttpOperations *ops, void *userdata,
+                    HttpServer **ret);
 /* Stops serving: resumes and aborts suspended streams, quiesces MHD so the listening socket is left
  * untouched (an inherited socket must keep working for the next activation), stops MHD. */
 HttpServer *http_server_free(HttpServer *s);
@@ -84,7 +92,6 @@ static inline void http_server_freep(HttpServer **s) {
         http_server_free(*s);
 }
 
-void http_server_set_hooks(HttpServer *s, const HttpServerHooks *hooks);
 /* Applies a reloaded configuration: ManagementAPI= and the token file. MaxConnections= and the listen
  * address take effect at the next start. */
 int http_server_reconfigure(HttpServer *s, const Config *config);

@@ -6,23 +6,26 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <glib.h>
+
 #include "bus-error.h"
-#include "fetch.h"
 #include "job.h"
 #include "log.h"
 
-#define ACTION_QUEUE "org.imgcache.queue"
-
-typedef struct JobRegistry {
+struct JobRegistry {
+        sd_event *event;
+        JobRegistryHooks hooks;
         GHashTable *by_id;      /* GUINT_TO_POINTER(id) → Job* (owned) */
         GHashTable *by_image;   /* image id → Job* (borrowed) */
         uint32_t last_id;
+        sd_bus *bus;            /* NULL until attached */
+        const char *signal_path, *signal_interface;
         sd_bus_slot *vtable_slot;
         sd_bus_slot *enumerator_slot;
-} JobRegistry;
+};
 
 struct Job {
-        Manager *manager;
+        JobRegistry *registry;
         uint32_t id;
         char *path;
         char *image_id;
@@ -57,8 +60,16 @@ const char *job_path(const Job *j) {
         return j->path;
 }
 
-unsigned manager_n_jobs(const Manager *m) {
-        return m->jobs ? g_hash_table_size(m->jobs->by_id) : 0;
+unsigned job_registry_size(const JobRegistry *reg) {
+        return reg ? g_hash_table_size(reg->by_id) : 0;
+}
+
+bool job_registry_full(const JobRegistry *reg) {
+        return job_registry_size(reg) >= JOB_REGISTRY_MAX;
+}
+
+Job *job_registry_find_image(const JobRegistry *reg, const char *image_id) {
+        return reg ? g_hash_table_lookup(reg->by_image, image_id) : NULL;
 }
 
 static double job_progress(const Job *j) {
@@ -78,10 +89,10 @@ static void job_update_bytes(Job *j) {
 }
 
 static void job_emit(Job *j, char **names) {
-        Manager *m = j->manager;
-        if (!m->bus)
+        JobRegistry *reg = j->registry;
+        if (!reg->bus)
                 return;
-        int r = sd_bus_emit_properties_changed_strv(m->bus, j->path, JOB_INTERFACE, names);
+        int r = sd_bus_emit_properties_changed_strv(reg->bus, j->path, JOB_INTERFACE, names);
         if (r < 0)
                 log_debug_errno(r, "Cannot emit PropertiesChanged of %s, ignoring: %m", j->path);
 }
@@ -111,7 +122,7 @@ static void job_on_progress(Fill *f, void *userdata) {
                 return; /* a tick is due anyway */
         if (!j->progress_timer) {
                 /* The first change goes out at once, later ones at the tick. */
-                if (sd_event_add_time_relative(j->manager->event, &j->progress_timer, CLOCK_MONOTONIC, 0, 0,
+                if (sd_event_add_time_relative(j->registry->event, &j->progress_timer, CLOCK_MONOTONIC, 0, 0,
                                                on_progress_timer, j) >= 0)
                         (void) sd_event_source_set_description(j->progress_timer, "job-progress");
         } else {
@@ -123,7 +134,7 @@ static void job_on_progress(Fill *f, void *userdata) {
 /* ---- the end ------------------------------------------------------------------------------------ */
 
 static void job_end(Job *j, const char *state, const char *error) {
-        Manager *m = j->manager;
+        JobRegistry *reg = j->registry;
 
         j->state = state;
         free(j->error);
@@ -131,19 +142,20 @@ static void job_end(Job *j, const char *state, const char *error) {
         job_update_bytes(j);
         job_emit(j, (char *[]) { (char *) "State", (char *) "Error", (char *) "Progress", (char *) "BytesDone",
                                  (char *) "BytesTotal", NULL });
-        if (m->bus) {
-                int r = sd_bus_emit_signal(m->bus, MANAGER_PATH, MANAGER_INTERFACE, "JobRemoved", "uos", j->id,
-                                           j->path, state);
+        if (reg->bus) {
+                int r = sd_bus_emit_signal(reg->bus, reg->signal_path, reg->signal_interface, "JobRemoved", "uos",
+                                           j->id, j->path, state);
                 if (r < 0)
                         log_debug_errno(r, "Cannot emit JobRemoved, ignoring: %m");
         }
         log_image(streq(state, "done") ? LOG_INFO : LOG_NOTICE, NULL, j->image_id, "Job %" PRIu32 " (%s) %s%s%s",
                   j->id, j->image_id, state, isempty(error) ? "" : ": ", strempty(error));
 
-        if (g_hash_table_lookup(m->jobs->by_image, j->image_id) == j)
-                g_hash_table_remove(m->jobs->by_image, j->image_id);
-        g_hash_table_remove(m->jobs->by_id, GUINT_TO_POINTER(j->id)); /* frees j */
-        manager_properties_changed(m); /* QueuedCount, CurrentSize… */
+        if (g_hash_table_lookup(reg->by_image, j->image_id) == j)
+                g_hash_table_remove(reg->by_image, j->image_id);
+        g_hash_table_remove(reg->by_id, GUINT_TO_POINTER(j->id)); /* frees j */
+        if (reg->hooks.job_ended)
+                reg->hooks.job_ended(reg->hooks.userdata); /* QueuedCount, CurrentSize… */
 }
 
 static void job_on_finished(Fill *f, void *userdata) {
@@ -175,9 +187,8 @@ static int on_end_cached(sd_event_source *s, void *userdata) {
 
 /* ---- creation ----------------------------------------------------------------------------------- */
 
-static int job_new(Manager *m, const char *id, Fill *f, Job **ret) {
-        JobRegistry *reg = m->jobs;
-        if (g_hash_table_size(reg->by_id) >= MANAGER_JOBS_MAX)
+int job_new(JobRegistry *reg, const char *id, Fill *f, Job **ret) {
+        if (job_registry_full(reg))
                 return -E2BIG;
 
         Job *j = calloc(1, sizeof(Job));
@@ -187,7 +198,7 @@ static int job_new(Manager *m, const char *id, Fill *f, Job **ret) {
                 reg->last_id++;
         while (reg->last_id == 0 || g_hash_table_contains(reg->by_id, GUINT_TO_POINTER(reg->last_id)));
         *j = (Job) {
-                .manager = m,
+                .registry = reg,
                 .id = reg->last_id,
                 .image_id = strdup(id),
                 .fill = fill_ref(f),
@@ -212,7 +223,7 @@ static int job_new(Manager *m, const char *id, Fill *f, Job **ret) {
                 r = fill_subscribe(f, &listener, j, &j->subscription);
                 job_update_bytes(j);
         } else {
-                r = sd_event_add_defer(m->event, &j->end_source, on_end_cached, j);
+                r = sd_event_add_defer(reg->event, &j->end_source, on_end_cached, j);
                 if (r >= 0)
                         (void) sd_event_source_set_description(j->end_source, "job-cached");
         }
@@ -224,77 +235,12 @@ static int job_new(Manager *m, const char *id, Fill *f, Job **ret) {
         g_hash_table_insert(reg->by_id, GUINT_TO_POINTER(j->id), j);
         if (f)
                 g_hash_table_insert(reg->by_image, j->image_id, j);
-        if (m->bus)
-                (void) sd_bus_emit_signal(m->bus, MANAGER_PATH, MANAGER_INTERFACE, "JobNew", "uo", j->id, j->path);
+        if (reg->bus)
+                (void) sd_bus_emit_signal(reg->bus, reg->signal_path, reg->signal_interface, "JobNew", "uo", j->id,
+                                          j->path);
         log_image(LOG_INFO, NULL, id, "Job %" PRIu32 " fetches %s", j->id, id);
         *ret = j;
         return 0;
-}
-
-int manager_fetch(Manager *m, const char *id, const Checksum *expected, Job **ret) {
-        if (!m->fetcher || !fetcher_has_upstream(m->fetcher))
-                return -ENXIO;
-
-        Job *j = g_hash_table_lookup(m->jobs->by_image, id);
-        if (j) {
-                *ret = j;
-                return 0;
-        }
-        if (g_hash_table_size(m->jobs->by_id) >= MANAGER_JOBS_MAX)
-                return -E2BIG;
-
-        _cleanup_(fill_unrefp) Fill *f = NULL;
-        int r = fetcher_fill(m->fetcher, id, expected, &f);
-        if (r == -EEXIST)
-                return job_new(m, id, NULL, ret);
-        if (r < 0)
-                return r;
-        return job_new(m, id, f, ret);
-}
-
-static const char *queued_checksum(Manager *m, const char *id, Checksum *buf) {
-        const char *s = g_hash_table_lookup(m->queued_checksums, id);
-        return s && checksum_from_string(s, buf) >= 0 ? s : NULL;
-}
-
-int manager_prefetch(Manager *m, sd_bus_message *reply) {
-        QueuedImage *q = NULL;
-        size_t n = 0;
-        int r = image_cache_list_queued(m->cache, &q, &n);
-        if (r < 0)
-                return r;
-
-        for (size_t i = 0; i < n; i++) {
-                Checksum c;
-                Job *j;
-                if (image_cache_is_cached(m->cache, q[i].id)) {
-                        (void) image_cache_dequeue(m->cache, q[i].id); /* a leftover marker */
-                        continue;
-                }
-                r = manager_fetch(m, q[i].id, queued_checksum(m, q[i].id, &c) ? &c : NULL, &j);
-                if (r < 0) {
-                        log_image_errno(LOG_WARNING, r, NULL, q[i].id, "Cannot prefetch %s: %m", q[i].id);
-                        if (r == -E2BIG)
-                                break;
-                        continue;
-                }
-                r = sd_bus_message_append(reply, "o", j->path);
-                if (r < 0)
-                        break;
-        }
-        queued_images_free(q, n);
-        return r < 0 && r != -E2BIG ? r : 0;
-}
-
-void manager_fetch_queued(Manager *m, const char *id) {
-        Checksum c;
-        Job *j;
-
-        if (!m->config.prefetch_on_queue || !m->fetcher || !fetcher_has_upstream(m->fetcher))
-                return;
-        int r = manager_fetch(m, id, queued_checksum(m, id, &c) ? &c : NULL, &j);
-        if (r < 0)
-                log_image_errno(LOG_WARNING, r, NULL, id, "Cannot start fetching queued image %s: %m", id);
 }
 
 static gint compare_job_id(gconstpointer a, gconstpointer b) {
@@ -302,11 +248,11 @@ static gint compare_job_id(gconstpointer a, gconstpointer b) {
         return x->id < y->id ? -1 : x->id > y->id;
 }
 
-int manager_append_jobs(Manager *m, sd_bus_message *reply) {
+int job_registry_append(JobRegistry *reg, sd_bus_message *reply) {
         GPtrArray *v = g_ptr_array_new();
         GHashTableIter it;
         gpointer value;
-        g_hash_table_iter_init(&it, m->jobs->by_id);
+        g_hash_table_iter_init(&it, reg->by_id);
         while (g_hash_table_iter_next(&it, NULL, &value))
                 g_ptr_array_add(v, value);
         g_ptr_array_sort(v, compare_job_id);
@@ -325,9 +271,9 @@ int manager_append_jobs(Manager *m, sd_bus_message *reply) {
 
 /* ---- the bus objects ---------------------------------------------------------------------------- */
 
-static Job *job_from_path(Manager *m, const char *path) {
+static Job *job_from_path(JobRegistry *reg, const char *path) {
         const char *p = path + strlen(JOB_PATH_PREFIX);
-        if (!m->jobs || strncmp(path, JOB_PATH_PREFIX "/", strlen(JOB_PATH_PREFIX) + 1) != 0)
+        if (strncmp(path, JOB_PATH_PREFIX "/", strlen(JOB_PATH_PREFIX) + 1) != 0)
                 return NULL;
         p++;
         char *end;
@@ -335,7 +281,7 @@ static Job *job_from_path(Manager *m, const char *path) {
         unsigned long v = strtoul(p, &end, 10);
         if (errno || end == p || *end || *p == '0' || v > UINT32_MAX)
                 return NULL;
-        return g_hash_table_lookup(m->jobs->by_id, GUINT_TO_POINTER((uint32_t) v));
+        return g_hash_table_lookup(reg->by_id, GUINT_TO_POINTER((uint32_t) v));
 }
 
 static int job_object_find(sd_bus *bus, const char *path, const char *interface, void *userdata, void **found,
@@ -348,15 +294,15 @@ static int job_object_find(sd_bus *bus, const char *path, const char *interface,
 }
 
 static int job_node_enumerator(sd_bus *bus, const char *prefix, void *userdata, char ***nodes, sd_bus_error *error) {
-        Manager *m = userdata;
-        size_t n = manager_n_jobs(m), i = 0;
+        JobRegistry *reg = userdata;
+        size_t n = job_registry_size(reg), i = 0;
         char **v = calloc(n + 1, sizeof(char *));
         if (!v)
                 return -ENOMEM;
 
         GHashTableIter it;
         gpointer value;
-        g_hash_table_iter_init(&it, m->jobs->by_id);
+        g_hash_table_iter_init(&it, reg->by_id);
         while (g_hash_table_iter_next(&it, NULL, &value)) {
                 v[i] = strdup(((Job *) value)->path);
                 if (!v[i]) {
@@ -390,14 +336,14 @@ JOB_PROPERTY_GET(error, "s", j->error)
 
 static int method_job_cancel(sd_bus_message *message, void *userdata, sd_bus_error *error) {
         Job *j = userdata;
-        Manager *m = j->manager;
+        JobRegistry *reg = j->registry;
 
-        int r = manager_authorize(m, message, ACTION_QUEUE, j->image_id, error);
+        int r = reg->hooks.authorize_cancel(message, j->image_id, error, reg->hooks.userdata);
         if (r <= 0)
                 return r == 0 ? 1 : r; /* 0: polkit calls us again */
 
         /* The job may have ended while polkit was asked: the object is gone then. */
-        Job *again = job_from_path(m, sd_bus_message_get_path(message));
+        Job *again = job_from_path(reg, sd_bus_message_get_path(message));
         if (again != j)
                 return sd_bus_error_setf(error, IMGCACHE_ERROR_NO_SUCH_JOB, "Job %s is gone.",
                                          sd_bus_message_get_path(message));
@@ -422,59 +368,43 @@ static const sd_bus_vtable job_vtable[] = {
         SD_BUS_VTABLE_END
 };
 
-int manager_add_job_objects(Manager *m) {
-        int r = sd_bus_add_fallback_vtable(m->bus, &m->jobs->vtable_slot, JOB_PATH_PREFIX, JOB_INTERFACE, job_vtable,
-                                           job_object_find, m);
+int job_registry_attach_bus(JobRegistry *reg, sd_bus *bus, const char *signal_path, const char *signal_interface) {
+        int r = sd_bus_add_fallback_vtable(bus, &reg->vtable_slot, JOB_PATH_PREFIX, JOB_INTERFACE, job_vtable,
+                                           job_object_find, reg);
         if (r < 0)
                 return log_error_errno(r, "Cannot export the job objects: %m");
-        r = sd_bus_add_node_enumerator(m->bus, &m->jobs->enumerator_slot, JOB_PATH_PREFIX, job_node_enumerator, m);
+        r = sd_bus_add_node_enumerator(bus, &reg->enumerator_slot, JOB_PATH_PREFIX, job_node_enumerator, reg);
         if (r < 0)
                 return log_error_errno(r, "Cannot export the job objects: %m");
+        reg->bus = sd_bus_ref(bus);
+        reg->signal_path = signal_path;
+        reg->signal_interface = signal_interface;
         return 0;
 }
 
-/* ---- the fetcher -------------------------------------------------------------------------------- */
+/* ---- the registry ------------------------------------------------------------------------------- */
 
-/* The fetcher sees --upstream= as URL=. */
-static Config fetcher_config(const Manager *m) {
-        Config c = m->config; /* shallow: fetcher_new/fetcher_reconfigure copy what they keep */
-        c.upstream_url = (char *) manager_upstream(m);
-        return c;
-}
-
-int manager_setup_fetcher(Manager *m) {
+int job_registry_new(sd_event *event, const JobRegistryHooks *hooks, JobRegistry **ret) {
         JobRegistry *reg = calloc(1, sizeof(JobRegistry));
         if (!reg)
-                return log_error_errno(ENOMEM, "Out of memory.");
+                return -ENOMEM;
+        reg->event = sd_event_ref(event);
+        reg->hooks = *hooks;
         reg->by_id = g_hash_table_new_full(g_direct_hash, g_direct_equal, NULL, job_free_void);
         reg->by_image = g_hash_table_new(g_str_hash, g_str_equal);
-        m->jobs = reg;
-
-        Config c = fetcher_config(m);
-        int r = fetcher_new(m->event, m->cache, &c, &m->fetcher);
-        if (r < 0)
-                return log_error_errno(r, "Cannot set up fetching from the upstream: %m");
+        *ret = reg;
         return 0;
 }
 
-void manager_reconfigure_fetcher(Manager *m) {
-        if (!m->fetcher)
-                return;
-        Config c = fetcher_config(m);
-        int r = fetcher_reconfigure(m->fetcher, &c);
-        if (r < 0)
-                log_warning_errno(r, "Keeping the previous upstream settings: %m");
-}
-
-void manager_free_jobs(Manager *m) {
-        /* Freeing the fetcher cancels the fills; their jobs end through the listeners ("cancelled"). */
-        m->fetcher = fetcher_free(m->fetcher);
-        if (!m->jobs)
-                return;
-        g_hash_table_destroy(m->jobs->by_image);
-        g_hash_table_destroy(m->jobs->by_id); /* jobs of cached images that had not ended yet */
-        sd_bus_slot_unref(m->jobs->vtable_slot);
-        sd_bus_slot_unref(m->jobs->enumerator_slot);
-        free(m->jobs);
-        m->jobs = NULL;
+JobRegistry *job_registry_free(JobRegistry *reg) {
+        if (!reg)
+                return NULL;
+        g_hash_table_destroy(reg->by_image);
+        g_hash_table_destroy(reg->by_id);
+        sd_bus_slot_unref(reg->vtable_slot);
+        sd_bus_slot_unref(reg->enumerator_slot);
+        sd_bus_unref(reg->bus);
+        sd_event_unref(reg->event);
+        free(reg);
+        return NULL;
 }

@@ -45,7 +45,20 @@ static int property_get_upstream(sd_bus *bus, const char *path, const char *inte
         return sd_bus_message_append(reply, "s", shown);
 }
 
-DEFINE_PROPERTY_GET(max_size, "t", manager_max_size(m))
+/* A share of a filesystem that cannot be examined has no value: the error, not a guess. */
+static int property_get_max_size(sd_bus *bus, const char *path, const char *interface, const char *property,
+                                 sd_bus_message *reply, void *userdata, sd_bus_error *error) {
+        Manager *m = userdata;
+        uint64_t v;
+        int r;
+
+        r = manager_max_size(m, &v);
+        if (r < 0)
+                return sd_bus_error_set_errnof(error, r, "Cannot resolve MaxSize= against the filesystem of %s: %m",
+                                               m->cache_dir);
+        return sd_bus_message_append(reply, "t", v);
+}
+
 DEFINE_PROPERTY_GET(stall_time, "t", (uint64_t) m->config.stall_time)
 DEFINE_PROPERTY_GET(current_size, "t", image_cache_size(m->cache))
 DEFINE_PROPERTY_GET(image_count, "u", (uint32_t) image_cache_count(m->cache))
@@ -209,23 +222,6 @@ static int method_list_pins(sd_bus_message *message, void *userdata, sd_bus_erro
 
 /* ---- the queue ---------------------------------------------------------------------------------- */
 
-static int remember_checksum(Manager *m, const char *id, const Checksum *c) {
-        char *key = strdup(id), *value = checksum_to_string(c);
-
-        if (!key || !value) {
-                free(key);
-                free(value);
-                return -ENOMEM;
-        }
-        g_hash_table_replace(m->queued_checksums, key, value);
-        return 0;
-}
-
-int manager_emit_image_queued(Manager *m, const char *id) {
-        manager_properties_changed(m);
-        return sd_bus_emit_signal(m->bus, MANAGER_PATH, MANAGER_INTERFACE, "ImageQueued", "s", id);
-}
-
 static int method_queue_image(sd_bus_message *message, void *userdata, sd_bus_error *error) {
         Manager *m = userdata;
         const char *id, *checksum;
@@ -248,17 +244,9 @@ static int method_queue_image(sd_bus_message *message, void *userdata, sd_bus_er
         if (r <= 0)
                 return r == 0 ? 1 : r; /* 0: polkit will call us again */
 
-        r = image_cache_queue(m->cache, id);
+        r = manager_queue_image(m, id, has_checksum ? &c : NULL);
         if (r < 0)
                 return sd_bus_error_set_errnof(error, r, "Cannot queue image %s: %m", id);
-        if (r > 0) {
-                if (has_checksum && remember_checksum(m, id, &c) < 0)
-                        return -ENOMEM;
-                log_image(LOG_INFO, NULL, id, "Queued image %s%s%s.", id, has_checksum ? " expecting " : "",
-                          has_checksum ? checksum : "");
-                (void) manager_emit_image_queued(m, id);
-                manager_fetch_queued(m, id); /* PrefetchOnQueue=yes */
-        }
         return sd_bus_reply_method_return(message, "b", r > 0);
 }
 
@@ -277,12 +265,9 @@ static int method_dequeue_image(sd_bus_message *message, void *userdata, sd_bus_
         if (r <= 0)
                 return r == 0 ? 1 : r;
 
-        r = image_cache_dequeue(m->cache, id);
+        r = manager_dequeue_image(m, id);
         if (r < 0)
                 return sd_bus_error_set_errnof(error, r, "Cannot dequeue image %s: %m", id);
-        g_hash_table_remove(m->queued_checksums, id);
-        log_image(LOG_INFO, NULL, id, "Dequeued image %s.", id);
-        manager_properties_changed(m);
         return sd_bus_reply_method_return(message, NULL);
 }
 
@@ -295,12 +280,9 @@ static int method_dequeue_all(sd_bus_message *message, void *userdata, sd_bus_er
         if (r <= 0)
                 return r == 0 ? 1 : r;
 
-        r = image_cache_dequeue_all(m->cache, &n);
+        r = manager_dequeue_all(m, &n);
         if (r < 0)
                 return sd_bus_error_set_errnof(error, r, "Cannot empty the queue: %m");
-        g_hash_table_remove_all(m->queued_checksums);
-        log_info("Dequeued %u images.", n);
-        manager_properties_changed(m);
         return sd_bus_reply_method_return(message, "u", (uint32_t) n);
 }
 
@@ -321,7 +303,7 @@ static int method_delete_image(sd_bus_message *message, void *userdata, sd_bus_e
         if (r <= 0)
                 return r == 0 ? 1 : r;
 
-        r = image_cache_delete(m->cache, id);
+        r = manager_delete_image(m, id);
         if (r == -ENOENT)
                 return not_cached(error, id);
         if (r < 0)
@@ -338,7 +320,7 @@ static int method_delete_all_images(sd_bus_message *message, void *userdata, sd_
         if (r <= 0)
                 return r == 0 ? 1 : r;
 
-        r = image_cache_delete_all(m->cache, &n);
+        r = manager_delete_all_images(m, &n);
         if (r < 0)
                 return sd_bus_error_set_errnof(error, r, "Cannot delete all images (%u deleted): %m", n);
         return sd_bus_reply_method_return(message, "u", (uint32_t) n);
@@ -346,19 +328,22 @@ static int method_delete_all_images(sd_bus_message *message, void *userdata, sd_
 
 static int method_prune(sd_bus_message *message, void *userdata, sd_bus_error *error) {
         Manager *m = userdata;
-        uint64_t max_size, bytes = 0;
+        uint64_t bytes = 0;
         unsigned files = 0;
+        bool limit_failed;
         int r;
 
         r = manager_authorize(m, message, ACTION_MAINTAIN, NULL, error);
         if (r <= 0)
                 return r == 0 ? 1 : r;
 
-        max_size = manager_max_size(m);
-        r = image_cache_prune(m->cache, max_size, &files, &bytes);
+        r = manager_prune(m, &files, &bytes, &limit_failed);
+        if (r < 0 && limit_failed)
+                return sd_bus_error_set_errnof(error, r,
+                                               "Cannot prune %s: MaxSize= is a share of its filesystem, which "
+                                               "cannot be examined: %m", m->cache_dir);
         if (r < 0)
                 return sd_bus_error_set_errnof(error, r, "Cannot prune %s: %m", m->cache_dir);
-        log_info("Pruned %u images, %" PRIu64 " bytes (MaxSize %" PRIu64 ").", files, bytes, max_size);
         return sd_bus_reply_method_return(message, "ut", (uint32_t) files, bytes);
 }
 
@@ -376,11 +361,9 @@ static int method_clean(sd_bus_message *message, void *userdata, sd_bus_error *e
         if (r <= 0)
                 return r == 0 ? 1 : r;
 
-        r = image_cache_clean(m->cache, stall > 0 ? stall : m->config.stall_time, &stalled, &invalid);
+        r = manager_clean(m, stall, &stalled, &invalid);
         if (r < 0)
                 return sd_bus_error_set_errnof(error, r, "Cannot clean %s: %m", m->cache_dir);
-        if (stalled + invalid > 0)
-                log_info("Cleaned %u stalled and %u invalid files.", stalled, invalid);
         return sd_bus_reply_method_return(message, "uu", (uint32_t) stalled, (uint32_t) invalid);
 }
 
@@ -407,13 +390,9 @@ static int method_verify(sd_bus_message *message, void *userdata, sd_bus_error *
 
 /* ---- fetching (job.c) --------------------------------------------------------------------------- */
 
-static bool has_upstream(Manager *m) {
-        return m->fetcher && fetcher_has_upstream(m->fetcher);
-}
-
 static int fetch_error(sd_bus_error *error, int r, const char *id) {
         if (r == -E2BIG)
-                return sd_bus_error_setf(error, SD_BUS_ERROR_LIMITS_EXCEEDED, "Too many jobs (%u).", MANAGER_JOBS_MAX);
+                return sd_bus_error_setf(error, SD_BUS_ERROR_LIMITS_EXCEEDED, "Too many jobs (%u).", JOB_REGISTRY_MAX);
         return sd_bus_error_set_errnof(error, r, "Cannot fetch image %s: %m", id);
 }
 
@@ -422,7 +401,7 @@ static int method_prefetch(sd_bus_message *message, void *userdata, sd_bus_error
         Manager *m = userdata;
         int r;
 
-        if (!has_upstream(m))
+        if (!manager_has_upstream(m))
                 return no_upstream(m, error);
 
         r = manager_authorize(m, message, ACTION_QUEUE, NULL, error);
@@ -457,7 +436,7 @@ static int method_fetch_image(sd_bus_message *message, void *userdata, sd_bus_er
         has_checksum = parse_caller_checksum(checksum, id, &c, error);
         if (has_checksum < 0)
                 return has_checksum;
-        if (!has_upstream(m))
+        if (!manager_has_upstream(m))
                 return no_upstream(m, error);
 
         r = manager_authorize(m, message, ACTION_QUEUE, id, error);
@@ -475,11 +454,11 @@ static int method_list_jobs(sd_bus_message *message, void *userdata, sd_bus_erro
         Manager *m = userdata;
         int r;
 
-        if (!has_upstream(m))
+        if (!manager_has_upstream(m))
                 return no_upstream(m, error);
         r = sd_bus_message_new_method_return(message, &reply);
         if (r >= 0)
-                r = manager_append_jobs(m, reply);
+                r = job_registry_append(m->jobs, reply);
         if (r < 0)
                 return r;
         return sd_bus_send(NULL, reply, NULL);
@@ -511,8 +490,7 @@ static int method_open_image(sd_bus_message *message, void *userdata, sd_bus_err
         if (r < 0)
                 return r;
         if (!image_cache_is_cached(m->cache, id)) {
-                m->misses++;
-                manager_properties_changed(m);
+                manager_count_miss(m, id);
                 return not_cached(error, id);
         }
         if (!manager_fd_budget_left(m))
@@ -637,7 +615,7 @@ int manager_connect_bus(Manager *m) {
         r = sd_bus_add_object_vtable(m->bus, NULL, MANAGER_PATH, MANAGER_INTERFACE, manager_vtable, m);
         if (r < 0)
                 return log_error_errno(r, "Cannot export %s: %m", MANAGER_PATH);
-        r = manager_add_job_objects(m);
+        r = job_registry_attach_bus(m->jobs, m->bus, MANAGER_PATH, MANAGER_INTERFACE);
         if (r < 0)
                 return r;
         r = sd_bus_attach_event(m->bus, m->event, SD_EVENT_PRIORITY_NORMAL);

@@ -8,7 +8,6 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/resource.h>
-#include <sys/statvfs.h>
 #include <sys/time.h>
 
 #include <systemd/sd-daemon.h>
@@ -152,7 +151,7 @@ Manager *manager_free(Manager *m) {
                 return NULL;
 
         m->http = http_server_free(m->http); /* before the fetcher: its streams hold fills */
-        manager_free_jobs(m); /* cancels fills (partial files stay for a resume); JobRemoved still goes out */
+        manager_free_fetcher(m); /* cancels fills (partial files stay for a resume); JobRemoved still goes out */
         while (m->verify_jobs)
                 verify_job_free(m->verify_jobs->data);
         while (m->pins)
@@ -301,14 +300,16 @@ int manager_load(Manager *m) {
 }
 
 void manager_notify_status(Manager *m, const char *extra) {
-        char size[FORMAT_SIZE_MAX], max[FORMAT_SIZE_MAX], ratio[16] = "n/a";
-        uint64_t requests = m->hits + m->misses;
+        char size[FORMAT_SIZE_MAX], max[FORMAT_SIZE_MAX] = "unknown MaxSize", ratio[16] = "n/a";
+        uint64_t requests = m->hits + m->misses, max_size;
 
         if (requests > 0)
                 (void) snprintf(ratio, sizeof ratio, "%u%%", (unsigned) (m->hits * 100 / requests));
+        if (manager_max_size(m, &max_size) >= 0)
+                (void) format_size(max, sizeof max, max_size);
         (void) sd_notifyf(false, "%sSTATUS=%zu images, %s of %s, hit ratio %s", strempty(extra),
                           image_cache_count(m->cache), format_size(size, sizeof size, image_cache_size(m->cache)),
-                          format_size(max, sizeof max, manager_max_size(m)), ratio);
+                          max, ratio);
 }
 
 int manager_reload(Manager *m) {
@@ -370,15 +371,6 @@ static void on_image_removed(ImageCache *c, const char *id, uint64_t size, Remov
 
 /* ---- properties: values, snapshots, coalesced PropertiesChanged ------------------------------- */
 
-uint64_t manager_max_size(const Manager *m) {
-        struct statvfs sv;
-        uint64_t fs_size = 0;
-
-        if (m->cache && statvfs(image_cache_path(m->cache), &sv) >= 0)
-                fs_size = (uint64_t) sv.f_blocks * (uint64_t) sv.f_frsize;
-        return size_limit_resolve(&m->config.max_size, fs_size);
-}
-
 uint32_t manager_queued_count(const Manager *m) {
         QueuedImage *q = NULL;
         size_t n = 0;
@@ -401,11 +393,15 @@ void property_snapshot_done(PropertySnapshot *s) {
 }
 
 void manager_snapshot(const Manager *m, PropertySnapshot *ret) {
+        uint64_t max_size = 0;
+        int max_size_error = manager_max_size(m, &max_size);
+
         *ret = (PropertySnapshot) {
                 .driver = strdup(strempty(driver_kind_to_string(m->config.driver))),
                 .cache_directory = strdup(strempty(m->cache_dir)),
                 .upstream = url_redact_userinfo(manager_upstream(m)),
-                .max_size = manager_max_size(m),
+                .max_size = max_size,
+                .max_size_error = max_size_error,
                 .stall_time = m->config.stall_time,
                 .current_size = m->cache ? image_cache_size(m->cache) : 0,
                 .image_count = m->cache ? (uint32_t) image_cache_count(m->cache) : 0,
@@ -422,7 +418,10 @@ static void snapshot_diff(const PropertySnapshot *a, const PropertySnapshot *b, 
         DIFF_STR(driver, "Driver");
         DIFF_STR(cache_directory, "CacheDirectory");
         DIFF_STR(upstream, "Upstream");
-        DIFF_NUM(max_size, "MaxSize");
+        /* An unresolvable MaxSize has no value to send (and its failing getter would fail the whole
+         * signal): it is announced once it resolves again. */
+        if (b->max_size_error == 0 && (a->max_size != b->max_size || a->max_size_error != 0))
+                names[(*n)++] = "MaxSize";
         DIFF_NUM(stall_time, "StallTimeUSec");
         DIFF_NUM(current_size, "CurrentSize");
         DIFF_NUM(image_count, "ImageCount");
@@ -499,57 +498,19 @@ void manager_count_hit(Manager *m, const char *id) {
         manager_properties_changed(m);
 }
 
-/* ---- the HTTP server (http.h) ------------------------------------------------------------------ */
-
-static void on_http_counters(HttpServer *s, void *userdata) {
-        Manager *m = userdata;
-        const HttpCounters *k = http_server_counters(s);
-
-        if (m->misses == k->misses && m->bytes_served == k->bytes_served)
-                return;
-        m->misses = k->misses;
-        m->bytes_served = k->bytes_served;
+void manager_count_miss(Manager *m, const char *id) {
+        m->misses++;
         manager_properties_changed(m);
 }
 
-static void on_http_hit(HttpServer *s, const char *id, void *userdata) {
-        Manager *m = userdata;
-
-        (void) image_cache_record_hit(m->cache, id);
-        manager_count_hit(m, id);
+void manager_count_bytes_served(Manager *m, uint64_t n) {
+        m->bytes_served += n;
+        manager_properties_changed(m);
 }
 
-static void on_http_metrics(HttpServer *s, HttpExternalMetrics *ret, void *userdata) {
-        Manager *m = userdata;
-
-        *ret = (HttpExternalMetrics) {
-                .bytes_fetched = m->bytes_fetched,
-                .evictions = m->evictions,
-                .transfers_started = m->fills_started,
-                .transfers_failed = m->fills_failed,
-        };
-}
-
-static void on_fill_started(Fetcher *fe, Fill *f, void *userdata) {
-        Manager *m = userdata;
-        m->fills_started++;
-}
-
-static void on_fill_finished(Fetcher *fe, Fill *f, void *userdata) {
-        Manager *m = userdata;
-
-        m->bytes_fetched += fill_bytes_written(f);
-        if (fill_state(f) != FILL_DONE)
-                m->fills_failed++;
-}
+/* ---- the HTTP server (http.h) ------------------------------------------------------------------ */
 
 int manager_start_http(Manager *m) {
-        static const HttpServerHooks hooks_template = {
-                .counters_changed = on_http_counters,
-                .count_hit = on_http_hit,
-                .external_metrics = on_http_metrics,
-        };
-        HttpServerHooks hooks = hooks_template;
         HttpServerOptions o = { .listen_fd = -EBADF, .listen = m->listen_override };
         int r;
 
@@ -557,7 +518,7 @@ int manager_start_http(Manager *m) {
         if (r < 0)
                 return log_error_errno(r, "Expected exactly one listening stream socket from systemd: %m");
 
-        r = http_server_new(m->event, m->cache, m->fetcher, &m->config, &o, &m->http);
+        r = http_server_new(m->event, m->cache, m->fetcher, &m->config, &o, &manager_http_operations, m, &m->http);
         if (r < 0) {
                 /* Socket-activated, serving HTTP is the point. Otherwise (Listen= taken, say, by another
                  * instance) the bus API still works: say so and go on. */
@@ -565,17 +526,6 @@ int manager_start_http(Manager *m) {
                         return r;
                 log_warning("Continuing without HTTP.");
                 return 0;
-        }
-        hooks.userdata = m;
-        http_server_set_hooks(m->http, &hooks);
-
-        if (m->fetcher) {
-                m->fetcher_observer = (FetcherObserver) {
-                        .fill_started = on_fill_started,
-                        .fill_finished = on_fill_finished,
-                        .userdata = m,
-                };
-                fetcher_add_observer(m->fetcher, &m->fetcher_observer);
         }
 
         log_debug("HTTP server listening on port %u%s.", http_server_port(m->http),
@@ -594,7 +544,7 @@ int manager_authorize(Manager *m, sd_bus_message *message, const char *action, c
 
 bool manager_is_busy(const Manager *m) {
         return polkit_registry_pending(m->polkit) > 0 || m->n_verify_jobs > 0 || m->n_pins > 0 ||
-                (m->fetcher && fetcher_n_active(m->fetcher) > 0) || manager_n_jobs(m) > 0 ||
+                (m->fetcher && fetcher_n_active(m->fetcher) > 0) || job_registry_size(m->jobs) > 0 ||
                 (m->http && http_server_n_connections(m->http) > 0);
 }
 

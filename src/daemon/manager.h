@@ -8,12 +8,14 @@
 #include <systemd/sd-bus.h>
 #include <systemd/sd-event.h>
 
+#include "checksum.h"
 #include "config.h"
 #include "fetch.h"
 #include "store.h"
 #include "util.h"
 
 typedef struct HttpServer HttpServer;
+typedef struct Job Job;
 typedef struct JobRegistry JobRegistry;
 typedef struct Pin Pin;
 typedef struct PolkitRegistry PolkitRegistry;
@@ -48,6 +50,7 @@ typedef struct PropertySnapshot {
         char *cache_directory;
         char *upstream;
         uint64_t max_size;
+        int max_size_error;       /* manager_max_size() failed: max_size means nothing */
         uint64_t stall_time;
         uint64_t current_size;
         uint32_t image_count;
@@ -80,9 +83,9 @@ typedef struct Manager {
         Config config;
 
         GHashTable *queued_checksums; /* image id → "algo:hex" given with QueueImage, for the fetcher */
-        Fetcher *fetcher;
-        FetcherObserver fetcher_observer;             /* fills from the upstream (fetch.h) */
-        JobRegistry *jobs;            /* org.imgcache.Job objects (job.h) */
+        Fetcher *fetcher;             /* fills from the upstream (fetch.h); manager-fetch.c */
+        FetcherObserver fetcher_observer;
+        JobRegistry *jobs;            /* org.imgcache.Job objects (job.h); manager-fetch.c */
         GList *pins;                  /* Pin* */
         unsigned n_pins;
         uint64_t fd_limit;            /* RLIMIT_NOFILE, once raised to the hard limit */
@@ -134,11 +137,16 @@ bool manager_is_busy(const Manager *m);
 void manager_notify_status(Manager *m, const char *extra);
 /* Schedules a PropertiesChanged (and a STATUS= update) for whatever changed, coalesced. */
 void manager_properties_changed(Manager *m);
-/* Counts a hit for a reader and schedules the write-behind of the hit counters. */
+/* The counters of Hits, Misses and BytesServed (and /metrics); the Manager is their only owner, every
+ * front end reports here. count_hit also schedules the write-behind of the store's hit counters (the
+ * hit itself is recorded in the store by whoever opened the file). */
 void manager_count_hit(Manager *m, const char *id);
+void manager_count_miss(Manager *m, const char *id);
+void manager_count_bytes_served(Manager *m, uint64_t n);
 
-/* Values of properties, shared by the getters and the change detection. */
-uint64_t manager_max_size(const Manager *m);
+/* Values of properties, shared by the getters and the change detection. MaxSize= in bytes, resolved
+ * by the store: -errno when it is a share of a filesystem that cannot be examined. */
+int manager_max_size(const Manager *m, uint64_t *ret);
 uint32_t manager_queued_count(const Manager *m);
 const char *manager_upstream(const Manager *m);
 void manager_snapshot(const Manager *m, PropertySnapshot *ret);
@@ -149,6 +157,47 @@ void property_snapshot_done(PropertySnapshot *s);
 int manager_authorize(Manager *m, sd_bus_message *message, const char *action, const char *image_id,
                       sd_bus_error *error);
 
+/* ---- fetching (manager-fetch.c) ---- */
+
+/* m->fetcher from the configuration (URL= or --upstream=) and m->jobs; after the cache is open. */
+int manager_setup_fetcher(Manager *m);
+/* After a reload: the new upstream settings apply to fills started from now on. */
+void manager_reconfigure_fetcher(Manager *m);
+/* Cancels every fill (partial files stay for a resume), ends the jobs, frees the fetcher and the jobs. */
+void manager_free_fetcher(Manager *m);
+bool manager_has_upstream(const Manager *m);
+/* The job fetching id: the running one, or a new one (starting the fill). A cached image gets a job
+ * that ends "done" right after the reply. -ENXIO without an upstream, -E2BIG beyond JOB_REGISTRY_MAX. */
+int manager_fetch(Manager *m, const char *id, const Checksum *expected, Job **ret);
+/* Starts a job for every queued image, oldest first (the caller's QueueImage checksum applies); appends
+ * the paths to reply as "ao" contents. */
+int manager_prefetch(Manager *m, sd_bus_message *reply);
+/* PrefetchOnQueue=yes: starts the fetch of a just-queued image (failures are logged). */
+void manager_fetch_queued(Manager *m, const char *id);
+
+/* ---- the operations of every front end (manager-ops.c) ---- */
+
+/* The D-Bus methods call these after polkit; the HTTP server through manager_http_operations, after its
+ * token check. Each does everything the operation implies (signals, properties, remembered checksums,
+ * PrefetchOnQueue, the log), whoever asked. */
+
+/* 1 queued (ImageQueued, QueuedCount, the checksum kept for the fill, PrefetchOnQueue); 0 when the image
+ * is cached or queued already. expected may be NULL. */
+int manager_queue_image(Manager *m, const char *id, const Checksum *expected);
+/* 1 dequeued (with its checksum), 0 when it was not queued. */
+int manager_dequeue_image(Manager *m, const char *id);
+int manager_dequeue_all(Manager *m, unsigned *ret_n);
+/* -ENOENT when the image is not cached. */
+int manager_delete_image(Manager *m, const char *id);
+int manager_delete_all_images(Manager *m, unsigned *ret_n);
+/* Prunes down to MaxSize=. On failure *ret_limit_failed says whether MaxSize= could not be resolved
+ * (nothing was pruned then) or the pruning itself failed. */
+int manager_prune(Manager *m, unsigned *ret_files, uint64_t *ret_bytes, bool *ret_limit_failed);
+/* Clean with stall (0: StallTime=). */
+int manager_clean(Manager *m, usec_t stall, unsigned *ret_stalled, unsigned *ret_invalid);
+
+typedef struct HttpOperations HttpOperations;
+extern const HttpOperations manager_http_operations;
+
 /* The bus object (manager-dbus.c). */
 extern const sd_bus_vtable manager_vtable[];
-int manager_emit_image_queued(Manager *m, const char *id);

@@ -200,123 +200,6 @@ static guint32 get_u(TestBus *b, const char *property) {
         return (guint32) g_variant_get_uint64(inner);
 }
 
-/* Records every signal of the Manager object. */
-typedef struct SignalLog {
-        GPtrArray *names;   /* char* */
-        GPtrArray *params;  /* GVariant* */
-        guint id, props_id;
-        GDBusConnection *connection;
-} SignalLog;
-
-static void on_signal(GDBusConnection *c, const char *sender, const char *path, const char *interface,
-                      const char *member, GVariant *params, gpointer userdata) {
-        SignalLog *l = userdata;
-        g_ptr_array_add(l->names, g_strdup(member));
-        g_ptr_array_add(l->params, g_variant_ref(params));
-}
-
-static SignalLog *signal_log_new(TestBus *b) {
-        SignalLog *l = g_new0(SignalLog, 1);
-
-        l->names = g_ptr_array_new_with_free_func(g_free);
-        l->params = g_ptr_array_new_with_free_func((GDestroyNotify) g_variant_unref);
-        l->connection = test_bus_connection(b);
-        l->id = g_dbus_connection_signal_subscribe(l->connection, TEST_BUS_NAME, TEST_BUS_IFACE, NULL,
-                                                   TEST_BUS_PATH, NULL, G_DBUS_SIGNAL_FLAGS_NONE, on_signal, l,
-                                                   NULL);
-        l->props_id = g_dbus_connection_signal_subscribe(l->connection, TEST_BUS_NAME,
-                                                         "org.freedesktop.DBus.Properties", "PropertiesChanged",
-                                                         TEST_BUS_PATH, NULL, G_DBUS_SIGNAL_FLAGS_NONE,
-                                                         on_signal, l, NULL);
-        /* A round trip to the bus, so the match rules are in place before the test acts. */
-        g_autoptr(GVariant) v = g_dbus_connection_call_sync(l->connection, "org.freedesktop.DBus",
-                                                            "/org/freedesktop/DBus", "org.freedesktop.DBus",
-                                                            "GetId", NULL, NULL, G_DBUS_CALL_FLAGS_NONE, -1,
-                                                            NULL, NULL);
-        g_assert_nonnull(v);
-        return l;
-}
-
-static void signal_log_free(SignalLog *l) {
-        g_dbus_connection_signal_unsubscribe(l->connection, l->id);
-        g_dbus_connection_signal_unsubscribe(l->connection, l->props_id);
-        g_ptr_array_unref(l->names);
-        g_ptr_array_unref(l->params);
-        g_free(l);
-}
-G_DEFINE_AUTOPTR_CLEANUP_FUNC(SignalLog, signal_log_free)
-
-/* Index of the first signal named member whose first string argument is arg0 (NULL: any). */
-static int signal_log_find(SignalLog *l, const char *member, const char *arg0) {
-        for (guint i = 0; i < l->names->len; i++) {
-                GVariant *p = l->params->pdata[i];
-                if (!g_str_equal(l->names->pdata[i], member))
-                        continue;
-                if (arg0) {
-                        g_autoptr(GVariant) first = g_variant_get_child_value(p, 0);
-                        if (!g_variant_is_of_type(first, G_VARIANT_TYPE_STRING) ||
-                            !g_str_equal(g_variant_get_string(first, NULL), arg0))
-                                continue;
-                }
-                return (int) i;
-        }
-        return -1;
-}
-
-static gboolean on_deadline(gpointer userdata) {
-        *(gboolean *) userdata = TRUE;
-        return G_SOURCE_REMOVE;
-}
-
-/* Waits for a signal; returns its parameters (borrowed). */
-static GVariant *signal_log_wait(SignalLog *l, const char *member, const char *arg0) {
-        gboolean timed_out = FALSE;
-        guint id = g_timeout_add(TEST_BUS_TIMEOUT_MS, on_deadline, &timed_out);
-        int i;
-
-        while ((i = signal_log_find(l, member, arg0)) < 0 && !timed_out)
-                g_main_context_iteration(NULL, TRUE);
-        if (!timed_out)
-                g_source_remove(id);
-        if (i < 0)
-                g_error("Timed out waiting for signal %s(%s)", member, arg0 ?: "*");
-        return l->params->pdata[i];
-}
-
-/* Waits for a PropertiesChanged carrying property (with the value expected, unless NULL; expected is
- * consumed); returns the value. *ret_count: how many PropertiesChanged carried property until then. */
-static GVariant *wait_property_change(SignalLog *l, const char *property, GVariant *expected, guint *ret_count) {
-        g_autoptr(GVariant) want = expected ? g_variant_ref_sink(expected) : NULL;
-        gboolean timed_out = FALSE;
-        guint id = g_timeout_add(TEST_BUS_TIMEOUT_MS, on_deadline, &timed_out);
-        GVariant *found = NULL;
-        guint count = 0, scanned = 0;
-
-        while (!found && !timed_out) {
-                for (; !found && scanned < l->names->len; scanned++) {
-                        g_autoptr(GVariant) changed = NULL, v = NULL;
-                        if (!g_str_equal(l->names->pdata[scanned], "PropertiesChanged"))
-                                continue;
-                        changed = g_variant_get_child_value(l->params->pdata[scanned], 1);
-                        v = g_variant_lookup_value(changed, property, NULL);
-                        if (!v)
-                                continue;
-                        count++;
-                        if (!want || g_variant_equal(v, want))
-                                found = g_steal_pointer(&v);
-                }
-                if (!found)
-                        g_main_context_iteration(NULL, TRUE);
-        }
-        if (!timed_out)
-                g_source_remove(id);
-        if (!found)
-                g_error("Timed out waiting for PropertiesChanged of %s", property);
-        if (ret_count)
-                *ret_count = count;
-        return found;
-}
-
 /* ---- introspection equals the API of record ----------------------------------------------------- */
 
 static char *args_signature(GDBusArgInfo **args) {
@@ -481,16 +364,16 @@ static void test_bad_ids(void) {
 static void test_queue(void) {
         g_autoptr(TestBus) b = start(NULL);
         g_autofree char *out = NULL, *err = NULL;
-        g_autoptr(SignalLog) log = NULL;
+        g_autoptr(TestSignalLog) log = NULL;
 
         seed_image(b, "cached", "hello\n", 10);
         start_daemon(b, NULL);
-        log = signal_log_new(b);
+        log = test_signal_log_new(b);
 
         out = busctl_call(b, &err, "QueueImage", "ss", "img-1", "", NULL);
         g_assert_cmpstr(out, ==, "b true\n");
         g_free(out);
-        g_assert_nonnull(signal_log_wait(log, "ImageQueued", "img-1"));
+        g_assert_nonnull(test_signal_log_wait(log, "ImageQueued", "img-1"));
 
         out = busctl_call(b, &err, "QueueImage", "ss", "img-1", "", NULL);
         g_assert_cmpstr(out, ==, "b false\n"); /* already queued */
@@ -516,7 +399,7 @@ static void test_queue(void) {
         g_variant_get_child(array, 1, "(&st)", &id, &at);
         g_assert_cmpstr(id, ==, "img-2");
         g_assert_cmpuint(get_u(b, "QueuedCount"), ==, 2);
-        g_autoptr(GVariant) changed = wait_property_change(log, "QueuedCount", g_variant_new_uint32(2), NULL);
+        g_autoptr(GVariant) changed = test_signal_log_wait_property(log, "QueuedCount", g_variant_new_uint32(2), NULL);
         (void) changed;
 
         out = busctl_call(b, &err, "DequeueImage", "s", "img-1", NULL);
@@ -559,14 +442,14 @@ static void test_queue_survives_restart(void) {
 
 static void test_open_image(void) {
         g_autoptr(TestBus) b = start(NULL);
-        g_autoptr(SignalLog) log = NULL;
+        g_autoptr(TestSignalLog) log = NULL;
         char buf[64] = {};
         ssize_t n;
         int fd, flags, status;
 
         seed_image(b, "img-open", "the right bytes\n", 10);
         start_daemon(b, NULL);
-        log = signal_log_new(b);
+        log = test_signal_log_new(b);
 
         fd = call_fd(b, "OpenImage", g_variant_new("(s)", "img-open"), NULL);
         n = pread(fd, buf, sizeof buf - 1, 0);
@@ -577,13 +460,13 @@ static void test_open_image(void) {
         g_assert_cmpint(write(fd, "x", 1), ==, -1);
         close(fd);
 
-        g_autoptr(GVariant) hits = wait_property_change(log, "Hits", g_variant_new_uint64(1), NULL);
+        g_autoptr(GVariant) hits = test_signal_log_wait_property(log, "Hits", g_variant_new_uint64(1), NULL);
         g_assert_cmpuint(g_variant_get_uint64(hits), ==, 1);
         g_autofree char *h = busctl_get_property(b, "Hits");
         g_assert_cmpstr(h, ==, "t 1");
 
         assert_call_error(b, "OpenImage", g_variant_new("(s)", "img-missing"), ERR_NO_SUCH_IMAGE);
-        g_autoptr(GVariant) misses = wait_property_change(log, "Misses", g_variant_new_uint64(1), NULL);
+        g_autoptr(GVariant) misses = test_signal_log_wait_property(log, "Misses", g_variant_new_uint64(1), NULL);
         g_assert_cmpuint(g_variant_get_uint64(misses), ==, 1);
 
         /* The hit is written at exit and read back by the next daemon. */
@@ -602,7 +485,7 @@ static void test_open_image(void) {
 
 static void test_delete(void) {
         g_autoptr(TestBus) b = start(NULL);
-        g_autoptr(SignalLog) log = NULL;
+        g_autoptr(TestSignalLog) log = NULL;
         g_autofree char *out = NULL, *err = NULL;
         g_autofree char *path = NULL;
 
@@ -610,11 +493,11 @@ static void test_delete(void) {
         seed_image(b, "img-2", "22", 10);
         seed_image(b, "img-3", "333", 10);
         start_daemon(b, NULL);
-        log = signal_log_new(b);
+        log = test_signal_log_new(b);
 
         out = busctl_call(b, &err, "DeleteImage", "s", "img-1", NULL);
         g_assert_nonnull(out);
-        GVariant *p = signal_log_wait(log, "ImageRemoved", "img-1");
+        GVariant *p = test_signal_log_wait(log, "ImageRemoved", "img-1");
         const char *id, *reason;
         g_variant_get(p, "(&s&s)", &id, &reason);
         g_assert_cmpstr(reason, ==, "deleted");
@@ -623,13 +506,13 @@ static void test_delete(void) {
         assert_call_error(b, "GetImage", g_variant_new("(s)", "img-1"), ERR_NO_SUCH_IMAGE);
         assert_call_error(b, "DeleteImage", g_variant_new("(s)", "img-1"), ERR_NO_SUCH_IMAGE);
 
-        g_autoptr(GVariant) count = wait_property_change(log, "ImageCount", g_variant_new_uint32(2), NULL);
+        g_autoptr(GVariant) count = test_signal_log_wait_property(log, "ImageCount", g_variant_new_uint32(2), NULL);
         (void) count;
         g_free(out);
         out = busctl_call(b, &err, "DeleteAllImages", NULL, NULL);
         g_assert_cmpstr(out, ==, "u 2\n");
-        g_assert_nonnull(signal_log_wait(log, "ImageRemoved", "img-2"));
-        g_assert_nonnull(signal_log_wait(log, "ImageRemoved", "img-3"));
+        g_assert_nonnull(test_signal_log_wait(log, "ImageRemoved", "img-2"));
+        g_assert_nonnull(test_signal_log_wait(log, "ImageRemoved", "img-3"));
         g_assert_cmpuint(get_u(b, "ImageCount"), ==, 0);
         g_autofree char *size = busctl_get_property(b, "CurrentSize");
         g_assert_cmpstr(size, ==, "t 0");
@@ -655,7 +538,7 @@ static void wait_no_pins(TestBus *b) {
 static void test_pin_and_prune(void) {
         /* Three images of 5 bytes, MaxSize 6: Prune must leave one. LRU order: a (oldest), b, c. */
         g_autoptr(TestBus) b = start("[Cache]\nMaxSize=6\n[Daemon]\nExitOnIdleSec=infinity\n");
-        g_autoptr(SignalLog) log = NULL;
+        g_autoptr(TestSignalLog) log = NULL;
         g_autofree char *out = NULL, *err = NULL;
         guint32 files, pid;
         guint64 bytes;
@@ -665,7 +548,7 @@ static void test_pin_and_prune(void) {
         seed_image(b, "c", "ccccc", 100);
         seed_image(b, "b", "bbbbb", 200);
         start_daemon(b, NULL);
-        log = signal_log_new(b);
+        log = test_signal_log_new(b);
 
         g_autofree char *max = busctl_get_property(b, "MaxSize");
         g_assert_cmpstr(max, ==, "t 6");
@@ -686,10 +569,10 @@ static void test_pin_and_prune(void) {
         g_autoptr(GVariant) still = call_ok(b, "GetImage", g_variant_new("(s)", "a"));
         assert_call_error(b, "GetImage", g_variant_new("(s)", "b"), ERR_NO_SUCH_IMAGE);
         assert_call_error(b, "GetImage", g_variant_new("(s)", "c"), ERR_NO_SUCH_IMAGE);
-        g_assert_nonnull(signal_log_wait(log, "ImageRemoved", "b"));
-        g_assert_nonnull(signal_log_wait(log, "ImageRemoved", "c"));
-        g_assert_cmpint(signal_log_find(log, "ImageRemoved", "a"), <, 0);
-        g_variant_get(signal_log_wait(log, "ImageRemoved", "b"), "(&s&s)", &id, &why);
+        g_assert_nonnull(test_signal_log_wait(log, "ImageRemoved", "b"));
+        g_assert_nonnull(test_signal_log_wait(log, "ImageRemoved", "c"));
+        g_assert_cmpint(test_signal_log_find(log, "ImageRemoved", "a"), <, 0);
+        g_variant_get(test_signal_log_wait(log, "ImageRemoved", "b"), "(&s&s)", &id, &why);
         g_assert_cmpstr(why, ==, "pruned");
 
         /* A duplicate of the fd keeps the pin; closing the last copy ends it. */
@@ -702,13 +585,13 @@ static void test_pin_and_prune(void) {
         /* Now a can go: MaxSize=0 through a reload (SIGHUP), then Prune. */
         test_bus_write_config(b, "[Cache]\nMaxSize=0\n[Daemon]\nExitOnIdleSec=infinity\n");
         g_assert_cmpint(kill(test_bus_name_owner_pid(b), SIGHUP), ==, 0);
-        g_autoptr(GVariant) new_max = wait_property_change(log, "MaxSize", g_variant_new_uint64(0), NULL);
+        g_autoptr(GVariant) new_max = test_signal_log_wait_property(log, "MaxSize", g_variant_new_uint64(0), NULL);
         g_assert_cmpuint(g_variant_get_uint64(new_max), ==, 0);
         g_autoptr(GVariant) r = call_ok(b, "Prune", NULL);
         g_variant_get(r, "(ut)", &files, &bytes);
         g_assert_cmpuint(files, ==, 1);
         g_assert_cmpuint(bytes, ==, 5);
-        g_assert_nonnull(signal_log_wait(log, "ImageRemoved", "a"));
+        g_assert_nonnull(test_signal_log_wait(log, "ImageRemoved", "a"));
 }
 
 static void test_pin_ends_with_holder(void) {
@@ -739,14 +622,14 @@ static void test_pin_ends_with_holder(void) {
 
 static void test_verify(void) {
         g_autoptr(TestBus) b = start(NULL);
-        g_autoptr(SignalLog) log = NULL;
+        g_autoptr(TestSignalLog) log = NULL;
         g_autofree char *out = NULL, *err = NULL, *path = NULL, *invalid = NULL;
         const char *id, *checksum;
         guint64 size, hits, accessed, modified;
 
         seed_image(b, "img", "hello\n", 10);
         start_daemon(b, NULL);
-        log = signal_log_new(b);
+        log = test_signal_log_new(b);
 
         /* An adopted image has no checksum: Verify records one. */
         out = busctl_call(b, &err, "Verify", "s", "img", NULL);
@@ -764,7 +647,7 @@ static void test_verify(void) {
         g_free(out);
         out = busctl_call(b, &err, "Verify", "s", "img", NULL);
         g_assert_cmpstr(out, ==, "b false\n");
-        GVariant *p = signal_log_wait(log, "ImageRemoved", "img");
+        GVariant *p = test_signal_log_wait(log, "ImageRemoved", "img");
         const char *reason;
         g_variant_get(p, "(&s&s)", &id, &reason);
         g_assert_cmpstr(reason, ==, "invalid");
@@ -850,7 +733,7 @@ static void test_no_upstream(void) {
 
 static void test_properties(void) {
         g_autoptr(TestBus) b = start_with_daemon("[Cache]\nMaxSize=1G\nDriver=sqlite\n[Daemon]\nExitOnIdleSec=infinity\n");
-        g_autoptr(SignalLog) log = signal_log_new(b);
+        g_autoptr(TestSignalLog) log = test_signal_log_new(b);
         g_autofree char *version = NULL, *dir = NULL, *driver = NULL, *expected_dir = NULL;
         guint count = 0;
 
@@ -872,11 +755,11 @@ static void test_properties(void) {
                 g_autofree char *id = g_strdup_printf("burst-%d", i);
                 g_autoptr(GVariant) r = call_ok(b, "QueueImage", g_variant_new("(ss)", id, ""));
         }
-        g_autoptr(GVariant) last = wait_property_change(log, "QueuedCount", g_variant_new_uint32(20), &count);
+        g_autoptr(GVariant) last = test_signal_log_wait_property(log, "QueuedCount", g_variant_new_uint32(20), &count);
         g_assert_nonnull(last);
         g_test_message("%u PropertiesChanged for 20 changes", count);
         g_assert_cmpuint(count, <=, 4);
-        g_assert_cmpint(signal_log_find(log, "ImageQueued", "burst-19"), >=, 0);
+        g_assert_cmpint(test_signal_log_find(log, "ImageQueued", "burst-19"), >=, 0);
 }
 
 /* ---- sd_notify, SIGHUP, SIGTERM ----------------------------------------------------------------- */

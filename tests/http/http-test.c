@@ -42,7 +42,9 @@ void test_server_start(TestServer *t, void (*setup)(Config *c, void *userdata), 
                 .listen = "127.0.0.1:0",
                 .connection_timeout_sec = timeout_sec,
         };
-        g_assert_cmpint(http_server_new(t->event, t->cache, t->fetcher, &t->config, &o, &t->server), ==, 0);
+        t->ops = (TestOps) { .cache = t->cache, .fetcher = t->fetcher, .config = &t->config };
+        g_assert_cmpint(http_server_new(t->event, t->cache, t->fetcher, &t->config, &o, &test_http_operations, &t->ops,
+                                        &t->server), ==, 0);
         g_assert_cmpuint(http_server_port(t->server), >, 0);
         t->base = g_strdup_printf("http://127.0.0.1:%u", http_server_port(t->server));
 
@@ -75,19 +77,6 @@ void test_server_add_image(TestServer *t, const char *id, const void *data, size
 
 char *test_server_url(TestServer *t, const char *path) {
         return g_strconcat(t->base, path, NULL);
-}
-
-uint8_t *test_random_data(size_t size, uint32_t seed) {
-        uint8_t *p = g_malloc(size ? size : 1);
-        uint32_t x = seed ? seed : 1;
-
-        for (size_t i = 0; i < size; i++) {
-                x ^= x << 13;
-                x ^= x >> 17;
-                x ^= x << 5;
-                p[i] = (uint8_t) x;
-        }
-        return p;
 }
 
 char *test_sha256(const void *data, size_t size) {

@@ -11,6 +11,8 @@
 #include "fetch.h"
 #include "http.h"
 #include "store.h"
+#include "test-ops.h"
+#include "test-util.h"
 
 /* In-process loop tests of the HTTP server: the test thread runs sd-event with the server on
  * 127.0.0.1:0 and a store in a temp dir; each client runs in its own thread (libcurl easy, or a raw
@@ -26,6 +28,7 @@ typedef struct TestServer {
         Config config;
         Fetcher *fetcher;
         HttpServer *server;
+        TestOps ops;           /* the server's operations; the counters the daemon would own */
         char *base;            /* "http://127.0.0.1:PORT" */
         int wake_fd;           /* eventfd the clients write */
         sd_event_source *wake_source;
@@ -40,8 +43,6 @@ void test_server_stop(TestServer *t);
 void test_server_add_image(TestServer *t, const char *id, const void *data, size_t size);
 char *test_server_url(TestServer *t, const char *path); /* g_free */
 
-/* Deterministic pseudo-random bytes; g_free. */
-uint8_t *test_random_data(size_t size, uint32_t seed);
 char *test_sha256(const void *data, size_t size); /* g_free */
 
 typedef struct TestClient {

@@ -28,26 +28,14 @@
 typedef struct Fixture {
         TestBus *bus;
         UpstreamFixture *fx;
-        guint8 *data;
+        uint8_t *data;
         char *image_path;      /* the cached image, as the daemon will adopt it */
 } Fixture;
-
-static guint8 *random_data(size_t size, guint32 seed) {
-        guint8 *p = g_malloc(size);
-        guint32 x = seed;
-        for (size_t i = 0; i < size; i++) {
-                x ^= x << 13;
-                x ^= x >> 17;
-                x ^= x << 5;
-                p[i] = (guint8) x;
-        }
-        return p;
-}
 
 static void fixture_setup(Fixture *f, gconstpointer user) {
         f->bus = test_bus_new();
         g_assert_cmpint(upstream_fixture_new(0, &f->fx), ==, 0);
-        f->data = random_data(IMAGE_SIZE, 5);
+        f->data = test_random_data(IMAGE_SIZE, 5);
         f->image_path = g_build_filename(test_bus_cache_dir(f->bus), "img", NULL);
         g_assert_true(g_file_set_contents(f->image_path, (const char *) f->data, IMAGE_SIZE, NULL));
 }

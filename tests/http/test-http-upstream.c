@@ -100,7 +100,7 @@ static void test_miss_then_hit(Fixture *f, gconstpointer user) {
         test_client_free(c);
 
         g_assert_cmpuint(upstream_fixture_requests(f->fx, "/images/m"), ==, 1);
-        const HttpCounters *k = http_server_counters(f->t.server);
+        const TestOps *k = &f->t.ops;
         g_assert_cmpuint(k->misses, ==, 1);
         g_assert_cmpuint(k->hits, ==, 1);
 }
@@ -118,7 +118,7 @@ static void test_eight_clients(Fixture *f, gconstpointer user) {
         test_run_until(&f->t, stalled, f);
         for (size_t i = 0; i < ELEMENTSOF(c); i++)
                 test_run_until_received(&f->t, c[i], 1024 * 1024);
-        g_assert_cmpuint(http_server_counters(f->t.server)->misses, ==, ELEMENTSOF(c));
+        g_assert_cmpuint(f->t.ops.misses, ==, ELEMENTSOF(c));
 
         upstream_fixture_release(f->fx);
         test_run_until_done(&f->t, c, ELEMENTSOF(c));
@@ -709,21 +709,23 @@ static void test_read_open_needs_loopback(void) {
         ImageCache *cache = NULL;
         HttpServer *s = NULL;
         sd_event *e = NULL;
+        TestOps ops = {};
         Config c;
 
         g_assert_cmpint(sd_event_new(&e), >=, 0);
         g_assert_cmpint(image_cache_open(dir, DRIVER_SQLITE, &cache, NULL), ==, 0);
         g_assert_cmpint(config_init(&c), ==, 0);
+        ops = (TestOps) { .cache = cache, .config = &c };
         c.read_access = READ_ACCESS_OPEN;
         HttpServerOptions o = { .listen_fd = -EBADF, .listen = "0.0.0.0:0" };
-        g_assert_cmpint(http_server_new(e, cache, NULL, &c, &o, &s), ==, -EPERM);
+        g_assert_cmpint(http_server_new(e, cache, NULL, &c, &o, &test_http_operations, &ops, &s), ==, -EPERM);
         c.acknowledge_open_read_access = true;
-        g_assert_cmpint(http_server_new(e, cache, NULL, &c, &o, &s), ==, 0);
+        g_assert_cmpint(http_server_new(e, cache, NULL, &c, &o, &test_http_operations, &ops, &s), ==, 0);
         s = http_server_free(s);
         /* Loopback needs no acknowledgement. */
         c.acknowledge_open_read_access = false;
         o.listen = "127.0.0.1:0";
-        g_assert_cmpint(http_server_new(e, cache, NULL, &c, &o, &s), ==, 0);
+        g_assert_cmpint(http_server_new(e, cache, NULL, &c, &o, &test_http_operations, &ops, &s), ==, 0);
         s = http_server_free(s);
         config_done(&c);
         image_cache_close(cache);

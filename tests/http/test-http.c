@@ -84,11 +84,11 @@ static void test_hit_get(Fixture *f, gconstpointer user) {
 
         g_assert_cmpuint(image_cache_hit_count(f->t.cache, "img"), ==, 2);
         g_assert_true(image_cache_has_unflushed_hits(f->t.cache));
-        const HttpCounters *k = http_server_counters(f->t.server);
+        const TestOps *k = &f->t.ops;
         g_assert_cmpuint(k->hits, ==, 2);
         g_assert_cmpuint(k->misses, ==, 0);
         g_assert_cmpuint(k->bytes_served, ==, 2 * (uint64_t) IMAGE_SIZE);
-        g_assert_cmpuint(k->requests, ==, 2);
+        g_assert_cmpuint(http_server_counters(f->t.server)->requests, ==, 2);
 }
 
 static void test_hit_head(Fixture *f, gconstpointer user) {
@@ -965,7 +965,7 @@ static void test_miss_stream(MissFixture *f, gconstpointer user) {
         assert_header(c, "Accept-Ranges", "bytes");
         test_client_free(c);
 
-        const HttpCounters *k = http_server_counters(f->t.server);
+        const TestOps *k = &f->t.ops;
         g_assert_cmpuint(k->misses, ==, 1);
         g_assert_cmpuint(k->hits, ==, 0);
         g_assert_cmpuint(k->bytes_served, ==, MISS_SIZE);
@@ -978,7 +978,7 @@ static void test_miss_stream(MissFixture *f, gconstpointer user) {
         g_assert_nonnull(etag);
         test_client_free(c);
         g_assert_cmpuint(fake_fetcher_n_started(f->t.fetcher), ==, 1);
-        g_assert_cmpuint(http_server_counters(f->t.server)->hits, ==, 1);
+        g_assert_cmpuint(f->t.ops.hits, ==, 1);
 }
 
 static void test_miss_joiners(MissFixture *f, gconstpointer user) {
@@ -1005,7 +1005,7 @@ static void test_miss_joiners(MissFixture *f, gconstpointer user) {
                 assert_body(c[i], f->data, MISS_SIZE);
                 test_client_free(c[i]);
         }
-        g_assert_cmpuint(http_server_counters(f->t.server)->misses, ==, ELEMENTSOF(c));
+        g_assert_cmpuint(f->t.ops.misses, ==, ELEMENTSOF(c));
 }
 
 static void test_miss_slow_reader(MissFixture *f, gconstpointer user) {
@@ -1229,7 +1229,7 @@ static void test_miss_head(MissFixture *f, gconstpointer user) {
         assert_header(c, "Accept-Ranges", "bytes");
         test_client_free(c);
         g_assert_cmpuint(fake_fetcher_n_started(f->t.fetcher), ==, 0);
-        g_assert_cmpuint(http_server_counters(f->t.server)->misses, ==, 0);
+        g_assert_cmpuint(f->t.ops.misses, ==, 0);
 
         /* While a GET fetches it, a HEAD is answered from the fill's headers, asking nobody. */
         TestClient *get = test_client_new(&f->t, "GET", "/images/m", NULL);
@@ -1249,7 +1249,7 @@ static void test_miss_head(MissFixture *f, gconstpointer user) {
         /* The HEAD went away; the fill goes on (nobody cancelled it). A HEAD is no miss. */
         wait_subscribers(&f->t, fill, 1);
         g_assert_cmpint(fill_state(fill), ==, FILL_RECEIVING);
-        g_assert_cmpuint(http_server_counters(f->t.server)->misses, ==, 1);  /* the GET's */
+        g_assert_cmpuint(f->t.ops.misses, ==, 1);  /* the GET's */
         write_chunks(fill, f->data, 0, MISS_SIZE);
         fake_fill_finish(fill, 0, /* keep= */ true);
         test_run_until_done(&f->t, &get, 1);

@@ -564,3 +564,138 @@ char *test_job_watch_fetch(TestJobWatch *w, const char *id, const char *checksum
         g_hash_table_remove(w->removed, path);
         return result;
 }
+
+/* ---- signals of the Manager ---------------------------------------------------------------------- */
+
+/* Records every signal of the Manager object. */
+struct TestSignalLog {
+        GPtrArray *names;   /* char* */
+        GPtrArray *params;  /* GVariant* */
+        guint id, props_id;
+        GDBusConnection *connection;
+};
+
+static void on_manager_signal(GDBusConnection *c, const char *sender, const char *path, const char *interface,
+                      const char *member, GVariant *params, gpointer userdata) {
+        TestSignalLog *l = userdata;
+        g_ptr_array_add(l->names, g_strdup(member));
+        g_ptr_array_add(l->params, g_variant_ref(params));
+}
+
+TestSignalLog *test_signal_log_new(TestBus *b) {
+        TestSignalLog *l = g_new0(TestSignalLog, 1);
+
+        l->names = g_ptr_array_new_with_free_func(g_free);
+        l->params = g_ptr_array_new_with_free_func((GDestroyNotify) g_variant_unref);
+        l->connection = test_bus_connection(b);
+        l->id = g_dbus_connection_signal_subscribe(l->connection, TEST_BUS_NAME, TEST_BUS_IFACE, NULL,
+                                                   TEST_BUS_PATH, NULL, G_DBUS_SIGNAL_FLAGS_NONE, on_manager_signal, l,
+                                                   NULL);
+        l->props_id = g_dbus_connection_signal_subscribe(l->connection, TEST_BUS_NAME,
+                                                         "org.freedesktop.DBus.Properties", "PropertiesChanged",
+                                                         TEST_BUS_PATH, NULL, G_DBUS_SIGNAL_FLAGS_NONE,
+                                                         on_manager_signal, l, NULL);
+        /* A round trip to the bus, so the match rules are in place before the test acts. */
+        g_autoptr(GVariant) v = g_dbus_connection_call_sync(l->connection, "org.freedesktop.DBus",
+                                                            "/org/freedesktop/DBus", "org.freedesktop.DBus",
+                                                            "GetId", NULL, NULL, G_DBUS_CALL_FLAGS_NONE, -1,
+                                                            NULL, NULL);
+        g_assert_nonnull(v);
+        return l;
+}
+
+void test_signal_log_free(TestSignalLog *l) {
+        g_dbus_connection_signal_unsubscribe(l->connection, l->id);
+        g_dbus_connection_signal_unsubscribe(l->connection, l->props_id);
+        g_ptr_array_unref(l->names);
+        g_ptr_array_unref(l->params);
+        g_free(l);
+}
+
+/* Index of the first signal named member whose first string argument is arg0 (NULL: any). */
+int test_signal_log_find(TestSignalLog *l, const char *member, const char *arg0) {
+        for (guint i = 0; i < l->names->len; i++) {
+                GVariant *p = l->params->pdata[i];
+                if (!g_str_equal(l->names->pdata[i], member))
+                        continue;
+                if (arg0) {
+                        g_autoptr(GVariant) first = g_variant_get_child_value(p, 0);
+                        if (!g_variant_is_of_type(first, G_VARIANT_TYPE_STRING) ||
+                            !g_str_equal(g_variant_get_string(first, NULL), arg0))
+                                continue;
+                }
+                return (int) i;
+        }
+        return -1;
+}
+
+static gboolean on_signal_deadline(gpointer userdata) {
+        *(gboolean *) userdata = TRUE;
+        return G_SOURCE_REMOVE;
+}
+
+/* Waits for a signal; returns its parameters (borrowed). */
+GVariant *test_signal_log_wait(TestSignalLog *l, const char *member, const char *arg0) {
+        gboolean timed_out = FALSE;
+        guint id = g_timeout_add(TEST_BUS_TIMEOUT_MS, on_signal_deadline, &timed_out);
+        int i;
+
+        while ((i = test_signal_log_find(l, member, arg0)) < 0 && !timed_out)
+                g_main_context_iteration(NULL, TRUE);
+        if (!timed_out)
+                g_source_remove(id);
+        if (i < 0)
+                g_error("Timed out waiting for signal %s(%s)", member, arg0 ?: "*");
+        return l->params->pdata[i];
+}
+
+/* Waits for a PropertiesChanged carrying property (with the value expected, unless NULL; expected is
+ * consumed); returns the value. *ret_count: how many PropertiesChanged carried property until then. */
+GVariant *test_signal_log_wait_property(TestSignalLog *l, const char *property, GVariant *expected, guint *ret_count) {
+        g_autoptr(GVariant) want = expected ? g_variant_ref_sink(expected) : NULL;
+        gboolean timed_out = FALSE;
+        guint id = g_timeout_add(TEST_BUS_TIMEOUT_MS, on_signal_deadline, &timed_out);
+        GVariant *found = NULL;
+        guint count = 0, scanned = 0;
+
+        while (!found && !timed_out) {
+                for (; !found && scanned < l->names->len; scanned++) {
+                        g_autoptr(GVariant) changed = NULL, v = NULL;
+                        if (!g_str_equal(l->names->pdata[scanned], "PropertiesChanged"))
+                                continue;
+                        changed = g_variant_get_child_value(l->params->pdata[scanned], 1);
+                        v = g_variant_lookup_value(changed, property, NULL);
+                        if (!v)
+                                continue;
+                        count++;
+                        if (!want || g_variant_equal(v, want))
+                                found = g_steal_pointer(&v);
+                }
+                if (!found)
+                        g_main_context_iteration(NULL, TRUE);
+        }
+        if (!timed_out)
+                g_source_remove(id);
+        if (!found)
+                g_error("Timed out waiting for PropertiesChanged of %s", property);
+        if (ret_count)
+                *ret_count = count;
+        return found;
+}
+
+GPtrArray *test_signal_log_property_values(TestSignalLog *l, const char *property) {
+        GPtrArray *values = g_ptr_array_new_with_free_func((GDestroyNotify) g_variant_unref);
+
+        for (guint i = 0; i < l->names->len; i++) {
+                g_autoptr(GVariant) changed = NULL;
+                GVariant *v;
+
+                if (!g_str_equal(l->names->pdata[i], "PropertiesChanged"))
+                        continue;
+                changed = g_variant_get_child_value(l->params->pdata[i], 1);
+                v = g_variant_lookup_value(changed, property, NULL);
+                if (v)
+                        g_ptr_array_add(values, v);
+        }
+        return values;
+}

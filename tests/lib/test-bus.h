@@ -78,3 +78,19 @@ void test_job_watch_free(TestJobWatch *w);
  * 3 × TEST_BUS_TIMEOUT_MS, failing the test with the daemon's stderr on timeout). Returns the result
  * ("done", "failed", "cancelled"; g_free it); *ret_error gets the job's last Error (may be NULL). */
 char *test_job_watch_fetch(TestJobWatch *w, const char *id, const char *checksum, char **ret_error);
+
+/* Records every signal of the Manager object (and its PropertiesChanged), subscribed at creation with a
+ * round trip to the bus, so before anything the test does next. */
+typedef struct TestSignalLog TestSignalLog;
+TestSignalLog *test_signal_log_new(TestBus *b);
+void test_signal_log_free(TestSignalLog *l);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(TestSignalLog, test_signal_log_free)
+/* Index of the first signal named member whose first string argument is arg0 (NULL: any), or -1. */
+int test_signal_log_find(TestSignalLog *l, const char *member, const char *arg0);
+/* Waits (TEST_BUS_TIMEOUT_MS, failing the test) for such a signal; returns its parameters (borrowed). */
+GVariant *test_signal_log_wait(TestSignalLog *l, const char *member, const char *arg0);
+/* Waits for a PropertiesChanged carrying property (with the value expected, unless NULL; expected is
+ * consumed); returns the value. *ret_count: how many PropertiesChanged carried property until then. */
+GVariant *test_signal_log_wait_property(TestSignalLog *l, const char *property, GVariant *expected, guint *ret_count);
+/* Every value of property that PropertiesChanged carried so far, in order (GVariant*, owned). */
+GPtrArray *test_signal_log_property_values(TestSignalLog *l, const char *property);

@@ -109,3 +109,16 @@ int test_hold_idle_http_connection(uint16_t port, unsigned timeout_ms) {
         g_assert_true(g_str_has_prefix(response->str, "HTTP/1.1 200"));
         return fd;
 }
+
+uint8_t *test_random_data(size_t size, uint32_t seed) {
+        uint8_t *p = g_malloc(size ? size : 1);
+        uint32_t x = seed ? seed : 1;
+
+        for (size_t i = 0; i < size; i++) {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                p[i] = (uint8_t) x;
+        }
+        return p;
+}

@@ -28,3 +28,6 @@ uint16_t test_free_port(void);
  * the connection left open (libmicrohttpd orders its timeout list by age, so such an older connection
  * is what once kept a failed miss's client waiting). Returns the socket; close it when done. */
 int test_hold_idle_http_connection(uint16_t port, unsigned timeout_ms);
+
+/* Deterministic pseudo-random bytes (xorshift32 from seed); g_free. */
+uint8_t *test_random_data(size_t size, uint32_t seed);

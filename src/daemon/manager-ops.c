@@ -1,0 +1,210 @@
+/* SPDX-License-Identifier: MIT */
+/* The operations on the cache that every front end goes through: the D-Bus methods (manager-dbus.c,
+ * after polkit) and the HTTP management API (http-manage.c, after the token check, through the
+ * HttpOperations table below). Whatever an operation implies besides the store's own work — the
+ * ImageQueued signal, QueuedCount, the checksums remembered for the queue, a PrefetchOnQueue job, the
+ * log line — happens here, once, whoever asked. The counters of hits, misses and bytes served have one
+ * owner, the Manager (manager_count_*() in manager.c): the Misses property and /metrics read the same
+ * numbers. */
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
+
+#include "http.h"
+#include "log.h"
+#include "manager.h"
+
+/* ---- the queue ---------------------------------------------------------------------------------- */
+
+static int remember_checksum(Manager *m, const char *id, const Checksum *c) {
+        char *key = strdup(id), *value = checksum_to_string(c);
+
+        if (!key || !value) {
+                free(key);
+                free(value);
+                return -ENOMEM;
+        }
+        g_hash_table_replace(m->queued_checksums, key, value);
+        return 0;
+}
+
+int manager_queue_image(Manager *m, const char *id, const Checksum *expected) {
+        _cleanup_(freep) char *shown = NULL;
+        int r;
+
+        if (image_cache_is_cached(m->cache, id) || image_cache_is_queued(m->cache, id))
+                return 0;
+        r = image_cache_queue(m->cache, id);
+        if (r <= 0)
+                return r;
+
+        if (expected) {
+                r = remember_checksum(m, id, expected);
+                if (r < 0)
+                        return r;
+                shown = checksum_to_string(expected);
+        }
+        log_image(LOG_INFO, NULL, id, "Queued image %s%s%s.", id, shown ? " expecting " : "", strempty(shown));
+        if (m->bus)
+                (void) sd_bus_emit_signal(m->bus, MANAGER_PATH, MANAGER_INTERFACE, "ImageQueued", "s", id);
+        manager_properties_changed(m);
+        manager_fetch_queued(m, id); /* PrefetchOnQueue=yes */
+        return 1;
+}
+
+int manager_dequeue_image(Manager *m, const char *id) {
+        int r;
+
+        r = image_cache_dequeue(m->cache, id);
+        if (r <= 0)
+                return r;
+        g_hash_table_remove(m->queued_checksums, id);
+        log_image(LOG_INFO, NULL, id, "Dequeued image %s.", id);
+        manager_properties_changed(m);
+        return 1;
+}
+
+int manager_dequeue_all(Manager *m, unsigned *ret_n) {
+        unsigned n = 0;
+        int r;
+
+        r = image_cache_dequeue_all(m->cache, &n);
+        if (r < 0)
+                return r;
+        /* The checksums of what is no longer queued would otherwise apply to the next QueueImage of
+         * the same id that came without one. */
+        g_hash_table_remove_all(m->queued_checksums);
+        log_info("Dequeued %u images.", n);
+        manager_properties_changed(m);
+        if (ret_n)
+                *ret_n = n;
+        return 0;
+}
+
+/* ---- removal and maintenance -------------------------------------------------------------------- */
+
+/* Signals, properties and the log line of removals come from the store's observer (manager.c). */
+int manager_delete_image(Manager *m, const char *id) {
+        return image_cache_delete(m->cache, id);
+}
+
+int manager_delete_all_images(Manager *m, unsigned *ret_n) {
+        return image_cache_delete_all(m->cache, ret_n);
+}
+
+int manager_max_size(const Manager *m, uint64_t *ret) {
+        if (!m->cache)
+                return -ENXIO;
+        return image_cache_resolve_limit(m->cache, &m->config.max_size, ret);
+}
+
+int manager_prune(Manager *m, unsigned *ret_files, uint64_t *ret_bytes, bool *ret_limit_failed) {
+        uint64_t max_size, bytes = 0;
+        unsigned files = 0;
+        int r;
+
+        *ret_limit_failed = false;
+        /* A limit that cannot be resolved is not guessed: a guess of 0 would empty the cache. */
+        r = manager_max_size(m, &max_size);
+        if (r < 0) {
+                *ret_limit_failed = true;
+                return log_warning_errno(r, "Cannot prune %s: MaxSize= cannot be resolved: %m", m->cache_dir);
+        }
+        r = image_cache_prune(m->cache, max_size, &files, &bytes);
+        if (r < 0)
+                return r;
+        log_info("Pruned %u images, %" PRIu64 " bytes (MaxSize %" PRIu64 ").", files, bytes, max_size);
+        *ret_files = files;
+        *ret_bytes = bytes;
+        return 0;
+}
+
+int manager_clean(Manager *m, usec_t stall, unsigned *ret_stalled, unsigned *ret_invalid) {
+        unsigned stalled = 0, invalid = 0;
+        int r;
+
+        r = image_cache_clean(m->cache, stall > 0 ? stall : m->config.stall_time, &stalled, &invalid);
+        if (r < 0)
+                return r;
+        if (stalled + invalid > 0)
+                log_info("Cleaned %u stalled and %u invalid files.", stalled, invalid);
+        *ret_stalled = stalled;
+        *ret_invalid = invalid;
+        return 0;
+}
+
+/* ---- the same operations for the HTTP server (http.h) ----------------------------------------- */
+
+static void http_count_hit(void *userdata, const char *id) {
+        Manager *m = userdata;
+
+        /* The HTTP server has the file open already; OpenImage's open counts the hit in the store. */
+        (void) image_cache_record_hit(m->cache, id);
+        manager_count_hit(m, id);
+}
+
+static void http_count_miss(void *userdata, const char *id) {
+        manager_count_miss(userdata, id);
+}
+
+static void http_count_bytes_served(void *userdata, uint64_t n) {
+        manager_count_bytes_served(userdata, n);
+}
+
+static int http_queue_image(void *userdata, const char *id) {
+        return manager_queue_image(userdata, id, /* expected= */ NULL);
+}
+
+static int http_dequeue_image(void *userdata, const char *id) {
+        return manager_dequeue_image(userdata, id);
+}
+
+static int http_dequeue_all(void *userdata, unsigned *ret_n) {
+        return manager_dequeue_all(userdata, ret_n);
+}
+
+static int http_delete_image(void *userdata, const char *id) {
+        return manager_delete_image(userdata, id);
+}
+
+static int http_delete_all_images(void *userdata, unsigned *ret_n) {
+        return manager_delete_all_images(userdata, ret_n);
+}
+
+static int http_prune(void *userdata, unsigned *ret_files, uint64_t *ret_bytes, bool *ret_limit_failed) {
+        return manager_prune(userdata, ret_files, ret_bytes, ret_limit_failed);
+}
+
+static int http_clean(void *userdata, unsigned *ret_stalled, unsigned *ret_invalid) {
+        return manager_clean(userdata, /* stall= */ 0, ret_stalled, ret_invalid);
+}
+
+static void http_metrics(void *userdata, HttpMetrics *ret) {
+        Manager *m = userdata;
+
+        *ret = (HttpMetrics) {
+                .hits = m->hits,
+                .misses = m->misses,
+                .bytes_served = m->bytes_served,
+                .bytes_fetched = m->bytes_fetched,
+                .evictions = m->evictions,
+                .transfers_active = m->fetcher ? fetcher_n_active(m->fetcher) : 0,
+                .transfers_started = m->fills_started,
+                .transfers_failed = m->fills_failed,
+        };
+}
+
+const HttpOperations manager_http_operations = {
+        .count_hit = http_count_hit,
+        .count_miss = http_count_miss,
+        .count_bytes_served = http_count_bytes_served,
+        .queue_image = http_queue_image,
+        .dequeue_image = http_dequeue_image,
+        .dequeue_all = http_dequeue_all,
+        .delete_image = http_delete_image,
+        .delete_all_images = http_delete_all_images,
+        .prune = http_prune,
+        .clean = http_clean,
+        .metrics = http_metrics,
+};
