@@ -594,6 +594,13 @@ static ssize_t body_reader(void *cls, uint64_t pos, char *buf, size_t max) {
         memcpy(buf, e->body + rq->start + pos, (size_t) n);
         pthread_mutex_lock(&fx->lock);
         stats_get(fx, rq->path)->bytes_sent += n;
+        /* The last bytes: this request stops counting as active before the client can see its end
+         * (and start the next one), not when MHD's completion callback gets round to it, later. */
+        if (pos + n >= rq->length && rq->counted_active) {
+                rq->counted_active = false;
+                fx->active--;
+                pthread_cond_broadcast(&fx->cond);
+        }
         pthread_mutex_unlock(&fx->lock);
         return (ssize_t) n;
 }
