@@ -54,9 +54,9 @@ static int serve_hit(HttpServer *s, Request *req, struct MHD_Connection *c, cons
         if (req->method == HTTP_METHOD_GET) {
                 struct stat st;
 
-                fd = openat(image_cache_dir_fd(s->cache), e->id, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NOFOLLOW);
-                if (fd < 0)
-                        return errno == ENOENT ? -1 : (int) http_respond_text(c, 500, "Failed to open the image\n");
+                int r = image_cache_open_file(s->cache, e->id, &fd);
+                if (r < 0)
+                        return r == -ENOENT ? -1 : (int) http_respond_text(c, 500, "Failed to open the image\n");
                 /* The file, not the index, decides what sendfile can deliver. */
                 if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
                         safe_close(fd);

@@ -521,7 +521,7 @@ int image_cache_record_hit(ImageCache *c, const char *id) {
         return 0;
 }
 
-static int open_image_file(ImageCache *c, const char *id, int *ret_fd) {
+int image_cache_open_file(ImageCache *c, const char *id, int *ret_fd) {
         if (!index_lookup(c, id))
                 return -ENOENT;
 
@@ -535,7 +535,7 @@ static int open_image_file(ImageCache *c, const char *id, int *ret_fd) {
 int image_cache_open_for_read(ImageCache *c, const char *id, int *ret_fd) {
         int fd = -EBADF, r;
 
-        r = open_image_file(c, id, &fd);
+        r = image_cache_open_file(c, id, &fd);
         if (r < 0)
                 return r;
         (void) image_cache_record_hit(c, id);
@@ -830,7 +830,7 @@ int image_cache_verify_begin(ImageCache *c, const char *id, int *ret_fd, Checksu
         Checksum expected;
         bool known = ie->e.checksum && checksum_from_string(ie->e.checksum, &expected) >= 0;
 
-        int r = open_image_file(c, id, ret_fd);
+        int r = image_cache_open_file(c, id, ret_fd);
         if (r < 0)
                 return r;
         *ret_algo = known ? expected.algo : CHECKSUM_SHA256;

@@ -90,6 +90,9 @@ int image_cache_list(const ImageCache *c, const CacheEntry ***ret, size_t *ret_n
 /* Reading. open_for_read counts a hit (batched in memory); record_hit counts one for a reader that
  * already has the file open (the HTTP server). Neither writes to disk. */
 int image_cache_open_for_read(ImageCache *c, const char *id, int *ret_fd);
+/* Opens a cached image without counting a hit (for a reader that counts hits when it serves them);
+ * -ENOENT when it is not cached. */
+int image_cache_open_file(ImageCache *c, const char *id, int *ret_fd);
 int image_cache_record_hit(ImageCache *c, const char *id);
 /* Writes the batched hits in one transaction. */
 int image_cache_flush(ImageCache *c);
