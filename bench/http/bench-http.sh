@@ -22,8 +22,12 @@ done
 
 work=$(mktemp -d /tmp/bench-http.XXXXXX)
 pids=()
+sessions=()
 cleanup() {
+        # The daemons first; each dbus-run-session then stops its own bus and exits (killing it instead
+        # would leave its dbus-daemon running, holding our stdout).
         for f in "$work"/*.pid; do [ -s "$f" ] && kill "$(cat "$f")" 2>/dev/null || true; done
+        for p in "${sessions[@]}"; do wait "$p" 2>/dev/null || true; done
         for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
         for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
         rm -rf "$work"
@@ -71,11 +75,11 @@ printf 'bench' > "$work/token"
 printf '[Cache]\nMaxSize=100G\nKeepFree=0\n[Daemon]\nExitOnIdleSec=infinity\n[HTTP]\nMaxConnections=4096\nMaxConnectionsPerIP=0\nManagementAPI=yes\nManagementTokenFile=%s\n' \
         "$work/token" > "$work/imgcached.conf"
 # start_daemon NAME PORT CACHE_DIR ARGS...: imgcached on a private session bus of its own.
-# dbus-run-session outlives nothing it started: the daemon's own pid (via exec) is killed at the end.
+# The daemon's own pid (via exec) is killed at the end; its dbus-run-session then exits by itself.
 start_daemon() {
         local name=$1 port=$2 dir=$3; shift 3
         dbus-run-session -- sh -c 'echo $$ > "$0"; exec "$@"' "$work/$name.pid" "$imgcached" --user --cache-dir="$dir" \
-                --listen="127.0.0.1:$port" "$@" 2> "$work/$name.log" & pids+=($!)
+                --listen="127.0.0.1:$port" "$@" 2> "$work/$name.log" & sessions+=($!)
 }
 start_daemon imgcached "$img_port" "$work/cache" --config="$work/imgcached.conf" \
         --upstream="http://127.0.0.1:$up_port/images/{id}"
