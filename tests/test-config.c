@@ -98,6 +98,7 @@ static void assert_defaults(const Config *c) {
         g_assert_cmpuint(c->keep_free.bytes, ==, UINT64_MAX);
         g_assert_cmpuint(c->keep_free.permille, ==, 100);
         g_assert_cmpuint(c->stall_time, ==, 24 * 3600 * USEC_PER_SEC);
+        g_assert_cmpuint(c->free_space_check, ==, 10 * USEC_PER_SEC);
         g_assert_true(c->prefetch_on_queue);
         g_assert_cmpint(c->upstream_kind, ==, UPSTREAM_GENERIC);
         g_assert_null(c->upstream_url);
@@ -305,6 +306,7 @@ static void test_missing_main_with_dropins(void) {
         p = write_dropin(&t, "50-size.conf",
                          "[Cache]\n"
                          "MaxSize=25%\n"
+                         "FreeSpaceCheckSec=0\n"
                          "[Daemon]\n"
                          "ExitOnIdleSec=0\n");
         g_assert_false(g_file_test(t.conf, G_FILE_TEST_EXISTS));
@@ -315,6 +317,7 @@ static void test_missing_main_with_dropins(void) {
         g_assert_cmpuint(c.max_size.bytes, ==, UINT64_MAX);
         g_assert_cmpuint(c.max_size.permille, ==, 250);
         g_assert_cmpuint(c.exit_on_idle, ==, USEC_INFINITY);  /* 0 means never */
+        g_assert_cmpuint(c.free_space_check, ==, USEC_INFINITY);
         g_assert_cmpint(c.driver, ==, DRIVER_SQLITE);
 
         config_done(&c);

@@ -239,6 +239,19 @@ int verb_delete_all(int argc, char *argv[], Context *c) {
         return run_emptying_verb(c, &empty_cache);
 }
 
+/* Prune takes every unpinned image it needs to: what is still above MaxSize afterwards is pinned. */
+static void print_pinned_excess(sd_bus *bus) {
+        char size[FORMAT_SIZE_MAX];
+        uint64_t current, max;
+
+        if (sd_bus_get_property_trivial(bus, BUS_NAME, BUS_PATH, BUS_IFACE, "CurrentSize", NULL, 't', &current) < 0 ||
+            sd_bus_get_property_trivial(bus, BUS_NAME, BUS_PATH, BUS_IFACE, "MaxSize", NULL, 't', &max) < 0)
+                return;
+        if (current > max)
+                printf("Pinned images keep the cache %s above its maximum size.\n",
+                       format_size(size, sizeof size, current - max));
+}
+
 int verb_prune(int argc, char *argv[], Context *c) {
         _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
@@ -266,10 +279,11 @@ int verb_prune(int argc, char *argv[], Context *c) {
         if (arg_quiet)
                 return 0;
         if (files == 0)
-                printf("Nothing to prune: the cache fits its maximum size.\n");
+                printf("Nothing to prune: the cache fits its maximum size and keeps its free space.\n");
         else
                 printf("Pruned %" PRIu32 " %s, freeing %s.\n", files, plural(files, "image", "images"),
                        format_size(size, sizeof size, bytes));
+        print_pinned_excess(bus);
         return 0;
 }
 

@@ -22,6 +22,8 @@ typedef struct ManagerStatus {
         const char *directory;
         const char *upstream;
         uint64_t max_size;
+        uint64_t keep_free;
+        uint64_t free_space;
         uint64_t stall_time;
         uint64_t current_size;
         uint32_t image_count;
@@ -37,6 +39,8 @@ static const PropertyMap manager_status_map[] = {
         { "CacheDirectory", 's', offsetof(ManagerStatus, directory)    },
         { "Upstream",       's', offsetof(ManagerStatus, upstream)     },
         { "MaxSize",        't', offsetof(ManagerStatus, max_size)     },
+        { "KeepFree",       't', offsetof(ManagerStatus, keep_free)    },
+        { "FreeSpace",      't', offsetof(ManagerStatus, free_space)   },
         { "StallTimeUSec",  't', offsetof(ManagerStatus, stall_time)   },
         { "CurrentSize",    't', offsetof(ManagerStatus, current_size) },
         { "ImageCount",     'u', offsetof(ManagerStatus, image_count)  },
@@ -53,7 +57,8 @@ static int get_manager_status(sd_bus *bus, ManagerStatus *s, sd_bus_message **re
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
         int r;
 
-        *s = (ManagerStatus) {};
+        /* A daemon older than KeepFree/FreeSpace does not send them: unknown, not 0. */
+        *s = (ManagerStatus) { .keep_free = UINT64_MAX, .free_space = UINT64_MAX };
 
         r = sd_bus_call_method(bus, BUS_NAME, BUS_PATH, "org.freedesktop.DBus.Properties", "GetAll",
                                &error, &reply, "s", BUS_IFACE);
@@ -104,12 +109,14 @@ static bool has_size_limit(uint64_t max_size) {
 
 static int print_status_json(const ManagerStatus *s, bool running_known, uint32_t running) {
         return json_print_and_free(json_pack(
-                        "{s:s, s:s, s:s, s:s, s:o, s:o, s:o, s:I, s:I, s:o, s:o, s:o, s:o}",
+                        "{s:s, s:s, s:s, s:s, s:o, s:o, s:o, s:o, s:o, s:I, s:I, s:o, s:o, s:o, s:o}",
                         "version", strempty(s->version),
                         "driver", strempty(s->driver),
                         "cache_directory", strempty(s->directory),
                         "upstream", strempty(s->upstream),
                         "max_size", json_u64(s->max_size),
+                        "keep_free", s->keep_free != UINT64_MAX ? json_u64(s->keep_free) : json_null(),
+                        "free_space", s->free_space != UINT64_MAX ? json_u64(s->free_space) : json_null(),
                         "stall_time_usec", json_u64(s->stall_time),
                         "current_size", json_u64(s->current_size),
                         "image_count", (json_int_t) s->image_count,
@@ -121,8 +128,8 @@ static int print_status_json(const ManagerStatus *s, bool running_known, uint32_
 }
 
 static void print_status_text(const ManagerStatus *s, bool running_known, uint32_t running) {
-        char size[FORMAT_SIZE_MAX], max[FORMAT_SIZE_MAX], served[FORMAT_SIZE_MAX],
-                stall[FORMAT_TIMESPAN_MAX], pct[FORMAT_PERCENT_MAX], ratio[FORMAT_PERCENT_MAX];
+        char size[FORMAT_SIZE_MAX], max[FORMAT_SIZE_MAX], served[FORMAT_SIZE_MAX], avail[FORMAT_SIZE_MAX],
+                keep[FORMAT_SIZE_MAX], stall[FORMAT_TIMESPAN_MAX], pct[FORMAT_PERCENT_MAX], ratio[FORMAT_PERCENT_MAX];
 
         format_size(size, sizeof size, s->current_size);
         printf("   Directory: %s\n", strempty(s->directory));
@@ -132,6 +139,9 @@ static void print_status_text(const ManagerStatus *s, bool running_known, uint32
         else
                 printf("        Size: %s of %s (%s)\n", size, format_size(max, sizeof max, s->max_size),
                        format_percent(pct, sizeof pct, s->current_size, s->max_size));
+        if (s->free_space != UINT64_MAX && s->keep_free != UINT64_MAX)
+                printf("  Free space: %s (keeps %s free)\n", format_size(avail, sizeof avail, s->free_space),
+                       format_size(keep, sizeof keep, s->keep_free));
         printf("      Images: %" PRIu32 "\n", s->image_count);
         printf("      Queued: %" PRIu32 "\n", s->queued_count);
         printf(" Hits/Misses: %" PRIu64 "/%" PRIu64 " (hit ratio %s)\n", s->hits, s->misses,

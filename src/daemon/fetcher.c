@@ -81,20 +81,20 @@ void fetcher_tell_finished(Fetcher *fe, Fill *f) {
 /* ---- room for an incoming image ------------------------------------------------------------------------ */
 
 void fetcher_make_room(Fetcher *fe, const char *id, uint64_t incoming) {
-        uint64_t max_size = UINT64_MAX, fs_size, keep_free = 0, bytes = 0;
-        unsigned files = 0;
+        uint64_t max_size = UINT64_MAX, keep_free = 0;
+        SpaceResult res;
         int r;
 
         if (fe->enforce_max_size && image_cache_resolve_limit(fe->cache, &fe->max_size, &max_size) < 0)
                 max_size = UINT64_MAX; /* the fill itself already failed if MaxSize could not be resolved */
-        if (image_cache_fs_space(fe->cache, &fs_size, NULL) >= 0)
-                keep_free = size_limit_resolve(&fe->keep_free, fs_size);
+        if (image_cache_resolve_limit(fe->cache, &fe->keep_free, &keep_free) < 0)
+                keep_free = 0; /* the filesystem cannot be examined: there is nothing to compare with */
 
-        r = image_cache_make_room(fe->cache, incoming, max_size, keep_free, &files, &bytes);
+        r = image_cache_make_room(fe->cache, incoming, max_size, keep_free, &res);
         if (r < 0)
                 log_image_errno(LOG_WARNING, r, NULL, id, "Cannot make room for %s: %m", id);
-        if (files > 0)
-                log_image(LOG_INFO, NULL, id, "Evicted %u images (%" PRIu64 " bytes) to admit %s", files, bytes, id);
+        if (res.files > 0)
+                log_image(LOG_INFO, NULL, id, "Evicted %u images (%" PRIu64 " bytes) to admit %s", res.files, res.bytes, id);
 }
 
 /* ---- configuration ------------------------------------------------------------------------------------- */

@@ -220,14 +220,18 @@ int http_manage_dispatch(const HttpManageContext *ctx, const HttpRouteMatch *rou
 
         case HTTP_ROUTE_CACHE_PRUNE: {
                 bool limit_failed;
+                SpaceResult res;
 
-                r = ctx->ops->prune(ctx->userdata, &n, &bytes, &limit_failed);
+                r = ctx->ops->prune(ctx->userdata, &res, &limit_failed);
                 if (r < 0)
-                        return error_reply(ret, r, limit_failed ? "Failed to prune the cache: MaxSize= is a share of "
-                                                                  "a filesystem that cannot be examined"
+                        return error_reply(ret, r, limit_failed ? "Failed to prune the cache: MaxSize= or KeepFree= is "
+                                                                  "a share of a filesystem that cannot be examined"
                                                                 : "Failed to prune the cache");
-                j = json_pack("{s:I, s:I}", "total_files_pruned", (json_int_t) n,
-                              "total_bytes_pruned", (json_int_t) bytes);
+                /* Glance's two fields, then what pins kept and what KeepFree still lacks. */
+                j = json_pack("{s:I, s:I, s:I, s:I}", "total_files_pruned", (json_int_t) res.files,
+                              "total_bytes_pruned", (json_int_t) res.bytes,
+                              "bytes_pinned_over_max_size", (json_int_t) res.pinned_over_max,
+                              "bytes_short_of_keep_free", (json_int_t) res.keep_free_missing);
                 if (!j)
                         return -ENOMEM;
                 return reply_json(ret, 200, j);
@@ -319,6 +323,9 @@ char *http_metrics_render(const HttpManageContext *ctx, const HttpCounters *coun
                 { "imgcache_bytes_fetched_total", "counter", "Bytes fetched from the upstream.", ext.bytes_fetched },
                 { "imgcache_cache_size_bytes", "gauge", "Bytes of complete images in the cache.", image_cache_size(ctx->cache) },
                 { "imgcache_cache_images", "gauge", "Complete images in the cache.", image_cache_count(ctx->cache) },
+                { "imgcache_free_bytes", "gauge", "Bytes available on the cache's filesystem.", ext.free_bytes },
+                { "imgcache_keep_free_bytes", "gauge", "KeepFree= in bytes: the daemon prunes when free space falls below.",
+                  ext.keep_free_bytes },
                 { "imgcache_evictions_total", "counter", "Images pruned or evicted to make room.", ext.evictions },
                 { "imgcache_transfers_active", "gauge", "Fills from the upstream not finished yet.",
                   ext.transfers_active },
@@ -331,9 +338,10 @@ char *http_metrics_render(const HttpManageContext *ctx, const HttpCounters *coun
                 return NULL;
 
         for (size_t i = 0; i < ELEMENTSOF(metrics); i++)
-                fprintf(f, "# HELP %s %s\n# TYPE %s %s\n%s %" PRIu64 "\n",
-                        metrics[i].name, metrics[i].help, metrics[i].name, metrics[i].type,
-                        metrics[i].name, metrics[i].value);
+                if (metrics[i].value != UINT64_MAX) /* unknown (a filesystem that cannot be examined): left out */
+                        fprintf(f, "# HELP %s %s\n# TYPE %s %s\n%s %" PRIu64 "\n",
+                                metrics[i].name, metrics[i].help, metrics[i].name, metrics[i].type,
+                                metrics[i].name, metrics[i].value);
 
         if (ferror(f) || fclose(f) != 0) {
                 free(buf);

@@ -46,6 +46,8 @@ typedef struct HttpMetrics {
         unsigned transfers_active;   /* fills not finished yet */
         uint64_t transfers_started;  /* fills started */
         uint64_t transfers_failed;   /* fills that failed */
+        uint64_t free_bytes;         /* available on the cache's filesystem; UINT64_MAX: unknown */
+        uint64_t keep_free_bytes;    /* KeepFree= resolved; UINT64_MAX: unknown */
 } HttpMetrics;
 
 /* The operations of the daemon the server goes through, so that a request over HTTP has the effects the
@@ -63,7 +65,7 @@ typedef struct HttpOperations {
         int (*delete_image)(void *userdata, const char *id);        /* -ENOENT: not cached */
         int (*delete_all_images)(void *userdata, unsigned *ret_n);
         /* MaxSize= unresolvable: -errno with *ret_limit_failed set, nothing pruned. */
-        int (*prune)(void *userdata, unsigned *ret_files, uint64_t *ret_bytes, bool *ret_limit_failed);
+        int (*prune)(void *userdata, SpaceResult *ret, bool *ret_limit_failed);
         int (*clean)(void *userdata, unsigned *ret_stalled, unsigned *ret_invalid);  /* with StallTime= */
         void (*metrics)(void *userdata, HttpMetrics *ret);
 } HttpOperations;

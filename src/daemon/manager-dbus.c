@@ -32,7 +32,7 @@
         }
 
 DEFINE_PROPERTY_GET(version, "s", ((void) m, PROJECT_VERSION))
-DEFINE_PROPERTY_GET(driver, "s", strempty(driver_kind_to_string(m->config.driver)))
+DEFINE_PROPERTY_GET(driver, "s", strempty(driver_kind_to_string(manager_driver(m))))
 DEFINE_PROPERTY_GET(cache_directory, "s", m->cache_dir)
 /* Everyone on the bus may read it: never the credentials a URL may carry. */
 static int property_get_upstream(sd_bus *bus, const char *path, const char *interface, const char *property,
@@ -46,17 +46,39 @@ static int property_get_upstream(sd_bus *bus, const char *path, const char *inte
 }
 
 /* A share of a filesystem that cannot be examined has no value: the error, not a guess. */
-static int property_get_max_size(sd_bus *bus, const char *path, const char *interface, const char *property,
-                                 sd_bus_message *reply, void *userdata, sd_bus_error *error) {
-        Manager *m = userdata;
+static int append_limit(sd_bus_message *reply, sd_bus_error *error, const Manager *m, const char *name,
+                        int (*resolve)(const Manager *m, uint64_t *ret)) {
         uint64_t v;
         int r;
 
-        r = manager_max_size(m, &v);
+        r = resolve(m, &v);
         if (r < 0)
-                return sd_bus_error_set_errnof(error, r, "Cannot resolve MaxSize= against the filesystem of %s: %m",
+                return sd_bus_error_set_errnof(error, r, "Cannot resolve %s= against the filesystem of %s: %m", name,
                                                m->cache_dir);
         return sd_bus_message_append(reply, "t", v);
+}
+
+static int property_get_max_size(sd_bus *bus, const char *path, const char *interface, const char *property,
+                                 sd_bus_message *reply, void *userdata, sd_bus_error *error) {
+        return append_limit(reply, error, userdata, "MaxSize", manager_max_size);
+}
+
+static int property_get_keep_free(sd_bus *bus, const char *path, const char *interface, const char *property,
+                                  sd_bus_message *reply, void *userdata, sd_bus_error *error) {
+        return append_limit(reply, error, userdata, "KeepFree", manager_keep_free);
+}
+
+/* Read when asked (a statvfs), never announced: it changes with every byte written anywhere. */
+static int property_get_free_space(sd_bus *bus, const char *path, const char *interface, const char *property,
+                                   sd_bus_message *reply, void *userdata, sd_bus_error *error) {
+        Manager *m = userdata;
+        uint64_t available;
+        int r;
+
+        r = image_cache_fs_space(m->cache, NULL, &available);
+        if (r < 0)
+                return sd_bus_error_set_errnof(error, r, "Cannot examine the filesystem of %s: %m", m->cache_dir);
+        return sd_bus_message_append(reply, "t", available);
 }
 
 DEFINE_PROPERTY_GET(stall_time, "t", (uint64_t) m->config.stall_time)
@@ -328,23 +350,22 @@ static int method_delete_all_images(sd_bus_message *message, void *userdata, sd_
 
 static int method_prune(sd_bus_message *message, void *userdata, sd_bus_error *error) {
         Manager *m = userdata;
-        uint64_t bytes = 0;
-        unsigned files = 0;
         bool limit_failed;
+        SpaceResult res;
         int r;
 
         r = manager_authorize(m, message, ACTION_MAINTAIN, NULL, error);
         if (r <= 0)
                 return r == 0 ? 1 : r;
 
-        r = manager_prune(m, &files, &bytes, &limit_failed);
+        r = manager_prune(m, &res, &limit_failed);
         if (r < 0 && limit_failed)
                 return sd_bus_error_set_errnof(error, r,
-                                               "Cannot prune %s: MaxSize= is a share of its filesystem, which "
-                                               "cannot be examined: %m", m->cache_dir);
+                                               "Cannot prune %s: MaxSize= or KeepFree= is a share of its filesystem, "
+                                               "which cannot be examined: %m", m->cache_dir);
         if (r < 0)
                 return sd_bus_error_set_errnof(error, r, "Cannot prune %s: %m", m->cache_dir);
-        return sd_bus_reply_method_return(message, "ut", (uint32_t) files, bytes);
+        return sd_bus_reply_method_return(message, "ut", (uint32_t) res.files, res.bytes);
 }
 
 static int method_clean(sd_bus_message *message, void *userdata, sd_bus_error *error) {
@@ -553,6 +574,8 @@ const sd_bus_vtable manager_vtable[] = {
                         SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
         SD_BUS_PROPERTY("Upstream", "s", property_get_upstream, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
         SD_BUS_PROPERTY("MaxSize", "t", property_get_max_size, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
+        SD_BUS_PROPERTY("KeepFree", "t", property_get_keep_free, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
+        SD_BUS_PROPERTY("FreeSpace", "t", property_get_free_space, 0, 0),
         SD_BUS_PROPERTY("StallTimeUSec", "t", property_get_stall_time, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
         SD_BUS_PROPERTY("CurrentSize", "t", property_get_current_size, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
         SD_BUS_PROPERTY("ImageCount", "u", property_get_image_count, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),

@@ -14,6 +14,7 @@
 #include "http.h"
 #include "log.h"
 #include "manager.h"
+#include "parse-util.h"
 
 /* ---- the queue ---------------------------------------------------------------------------------- */
 
@@ -99,24 +100,48 @@ int manager_max_size(const Manager *m, uint64_t *ret) {
         return image_cache_resolve_limit(m->cache, &m->config.max_size, ret);
 }
 
-int manager_prune(Manager *m, unsigned *ret_files, uint64_t *ret_bytes, bool *ret_limit_failed) {
-        uint64_t max_size, bytes = 0;
-        unsigned files = 0;
+int manager_keep_free(const Manager *m, uint64_t *ret) {
+        if (!m->cache)
+                return -ENXIO;
+        return image_cache_resolve_limit(m->cache, &m->config.keep_free, ret);
+}
+
+/* What making room did and could not do, for the journal. */
+void manager_log_space(Manager *m, const char *what, const SpaceResult *res, uint64_t max_size, uint64_t keep_free) {
+        char freed[FORMAT_SIZE_MAX], max[FORMAT_SIZE_MAX] = "unbounded", keep[FORMAT_SIZE_MAX], size[FORMAT_SIZE_MAX],
+                pinned[96] = "", missing[128] = "";
+
+        if (max_size != UINT64_MAX)
+                (void) format_size(max, sizeof max, max_size);
+        if (res->pinned_over_max > 0)
+                (void) snprintf(pinned, sizeof pinned, " Pinned images keep the cache %s above MaxSize.",
+                                format_size(size, sizeof size, res->pinned_over_max));
+        if (res->keep_free_missing > 0)
+                (void) snprintf(missing, sizeof missing, " Free space is %s short of KeepFree, with nothing unpinned left.",
+                                format_size(size, sizeof size, res->keep_free_missing));
+        log_info("%s %u images, %s (MaxSize %s, KeepFree %s).%s%s", what, res->files,
+                 format_size(freed, sizeof freed, res->bytes), max, format_size(keep, sizeof keep, keep_free), pinned,
+                 missing);
+}
+
+int manager_prune(Manager *m, SpaceResult *ret, bool *ret_limit_failed) {
+        uint64_t max_size, keep_free;
         int r;
 
         *ret_limit_failed = false;
         /* A limit that cannot be resolved is not guessed: a guess of 0 would empty the cache. */
         r = manager_max_size(m, &max_size);
+        if (r >= 0)
+                r = manager_keep_free(m, &keep_free);
         if (r < 0) {
                 *ret_limit_failed = true;
-                return log_warning_errno(r, "Cannot prune %s: MaxSize= cannot be resolved: %m", m->cache_dir);
+                return log_warning_errno(r, "Cannot prune %s: MaxSize= or KeepFree= cannot be resolved: %m",
+                                         m->cache_dir);
         }
-        r = image_cache_prune(m->cache, max_size, &files, &bytes);
+        r = image_cache_make_room(m->cache, 0, max_size, keep_free, ret);
         if (r < 0)
                 return r;
-        log_info("Pruned %u images, %" PRIu64 " bytes (MaxSize %" PRIu64 ").", files, bytes, max_size);
-        *ret_files = files;
-        *ret_bytes = bytes;
+        manager_log_space(m, "Pruned", ret, max_size, keep_free);
         return 0;
 }
 
@@ -172,8 +197,8 @@ static int http_delete_all_images(void *userdata, unsigned *ret_n) {
         return manager_delete_all_images(userdata, ret_n);
 }
 
-static int http_prune(void *userdata, unsigned *ret_files, uint64_t *ret_bytes, bool *ret_limit_failed) {
-        return manager_prune(userdata, ret_files, ret_bytes, ret_limit_failed);
+static int http_prune(void *userdata, SpaceResult *ret, bool *ret_limit_failed) {
+        return manager_prune(userdata, ret, ret_limit_failed);
 }
 
 static int http_clean(void *userdata, unsigned *ret_stalled, unsigned *ret_invalid) {
@@ -192,7 +217,12 @@ static void http_metrics(void *userdata, HttpMetrics *ret) {
                 .transfers_active = m->fetcher ? fetcher_n_active(m->fetcher) : 0,
                 .transfers_started = m->fills_started,
                 .transfers_failed = m->fills_failed,
+                .free_bytes = UINT64_MAX,
+                .keep_free_bytes = UINT64_MAX,
         };
+        if (m->cache)
+                (void) image_cache_fs_space(m->cache, NULL, &ret->free_bytes);
+        (void) manager_keep_free(m, &ret->keep_free_bytes);
 }
 
 const HttpOperations manager_http_operations = {

@@ -160,6 +160,7 @@ Manager *manager_free(Manager *m) {
 
         sd_event_source_disable_unref(m->properties_timer);
         sd_event_source_disable_unref(m->flush_timer);
+        sd_event_source_disable_unref(m->free_space_timer);
         if (m->bus) {
                 (void) sd_bus_flush(m->bus);
                 m->bus = sd_bus_close_unref(m->bus);
@@ -296,6 +297,7 @@ int manager_load(Manager *m) {
         if (r < 0)
                 return r;
         manager_snapshot(m, &m->announced);
+        manager_arm_free_space_check(m);
         return 0;
 }
 
@@ -328,6 +330,7 @@ int manager_reload(Manager *m) {
                 m->config = c;
                 manager_update_fd_budget(m);
                 manager_reconfigure_fetcher(m);
+                manager_arm_free_space_check(m);
                 if (m->http)
                         (void) http_server_reconfigure(m->http, &m->config);
                 log_info("Reloaded %s.", m->config_path);
@@ -393,15 +396,17 @@ void property_snapshot_done(PropertySnapshot *s) {
 }
 
 void manager_snapshot(const Manager *m, PropertySnapshot *ret) {
-        uint64_t max_size = 0;
-        int max_size_error = manager_max_size(m, &max_size);
+        uint64_t max_size = 0, keep_free = 0;
+        int max_size_error = manager_max_size(m, &max_size), keep_free_error = manager_keep_free(m, &keep_free);
 
         *ret = (PropertySnapshot) {
-                .driver = strdup(strempty(driver_kind_to_string(m->config.driver))),
+                .driver = strdup(strempty(driver_kind_to_string(manager_driver(m)))),
                 .cache_directory = strdup(strempty(m->cache_dir)),
                 .upstream = url_redact_userinfo(manager_upstream(m)),
                 .max_size = max_size,
                 .max_size_error = max_size_error,
+                .keep_free = keep_free,
+                .keep_free_error = keep_free_error,
                 .stall_time = m->config.stall_time,
                 .current_size = m->cache ? image_cache_size(m->cache) : 0,
                 .image_count = m->cache ? (uint32_t) image_cache_count(m->cache) : 0,
@@ -422,6 +427,8 @@ static void snapshot_diff(const PropertySnapshot *a, const PropertySnapshot *b, 
          * signal): it is announced once it resolves again. */
         if (b->max_size_error == 0 && (a->max_size != b->max_size || a->max_size_error != 0))
                 names[(*n)++] = "MaxSize";
+        if (b->keep_free_error == 0 && (a->keep_free != b->keep_free || a->keep_free_error != 0))
+                names[(*n)++] = "KeepFree";
         DIFF_NUM(stall_time, "StallTimeUSec");
         DIFF_NUM(current_size, "CurrentSize");
         DIFF_NUM(image_count, "ImageCount");
@@ -490,6 +497,53 @@ static int on_flush_timer(sd_event_source *s, uint64_t usec, void *userdata) {
         if (image_cache_has_unflushed_hits(m->cache))
                 arm_timer(m, &m->flush_timer, MANAGER_HIT_FLUSH_USEC, on_flush_timer, "hit-flush");
         return 0;
+}
+
+/* ---- KeepFree= while running: a statvfs every FreeSpaceCheckSec= ------------------------------- */
+
+/* Whatever filled the filesystem (another program, a log, images written concurrently), unpinned images
+ * make way until KeepFree= holds again. What pins keep from it is logged once, until it changes. */
+static void manager_check_free_space(Manager *m) {
+        uint64_t keep_free, available;
+        SpaceResult res;
+        int r;
+
+        if (!m->cache || manager_keep_free(m, &keep_free) < 0 || keep_free == 0 ||
+            image_cache_fs_space(m->cache, NULL, &available) < 0)
+                return;
+        if (available >= keep_free) {
+                m->keep_free_short = false;
+                return;
+        }
+        r = image_cache_make_room(m->cache, 0, UINT64_MAX, keep_free, &res);
+        if (r < 0)
+                log_warning_errno(r, "Cannot free space in %s for KeepFree=: %m", m->cache_dir);
+        if (res.files > 0 || !m->keep_free_short)
+                manager_log_space(m, "Free space fell below KeepFree=: pruned", &res, UINT64_MAX, keep_free);
+        m->keep_free_short = res.keep_free_missing > 0;
+}
+
+static int on_free_space_timer(sd_event_source *s, uint64_t usec, void *userdata) {
+        Manager *m = userdata;
+
+        manager_check_free_space(m);
+        manager_arm_free_space_check(m);
+        return 0;
+}
+
+void manager_arm_free_space_check(Manager *m) {
+        usec_t every = m->config.free_space_check;
+
+        if (every == 0 || every == USEC_INFINITY) {
+                (void) sd_event_source_set_enabled(m->free_space_timer, SD_EVENT_OFF);
+                return;
+        }
+        arm_timer(m, &m->free_space_timer, every, on_free_space_timer, "free-space");
+}
+
+/* The driver the open cache uses (a reloaded Driver= takes effect at restart). */
+DriverKind manager_driver(const Manager *m) {
+        return m->cache ? image_cache_driver(m->cache) : m->config.driver;
 }
 
 void manager_count_hit(Manager *m, const char *id) {

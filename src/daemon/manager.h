@@ -51,6 +51,8 @@ typedef struct PropertySnapshot {
         char *upstream;
         uint64_t max_size;
         int max_size_error;       /* manager_max_size() failed: max_size means nothing */
+        uint64_t keep_free;
+        int keep_free_error;      /* likewise for manager_keep_free() */
         uint64_t stall_time;
         uint64_t current_size;
         uint32_t image_count;
@@ -100,6 +102,8 @@ typedef struct Manager {
 
         sd_event_source *properties_timer;
         sd_event_source *flush_timer;
+        sd_event_source *free_space_timer; /* FreeSpaceCheckSec=: KeepFree= while running */
+        bool keep_free_short;         /* the last check could not reach KeepFree= (logged once) */
         PropertySnapshot announced;
 
         bool name_released;           /* idle exit: the bus name is gone, finish and exit */
@@ -147,6 +151,10 @@ void manager_count_bytes_served(Manager *m, uint64_t n);
 /* Values of properties, shared by the getters and the change detection. MaxSize= in bytes, resolved
  * by the store: -errno when it is a share of a filesystem that cannot be examined. */
 int manager_max_size(const Manager *m, uint64_t *ret);
+int manager_keep_free(const Manager *m, uint64_t *ret);  /* KeepFree= in bytes, the same way */
+DriverKind manager_driver(const Manager *m);
+/* (Re)arms the free-space check of FreeSpaceCheckSec= (after load and reload). */
+void manager_arm_free_space_check(Manager *m);
 uint32_t manager_queued_count(const Manager *m);
 const char *manager_upstream(const Manager *m);
 void manager_snapshot(const Manager *m, PropertySnapshot *ret);
@@ -190,9 +198,12 @@ int manager_dequeue_all(Manager *m, unsigned *ret_n);
 /* -ENOENT when the image is not cached. */
 int manager_delete_image(Manager *m, const char *id);
 int manager_delete_all_images(Manager *m, unsigned *ret_n);
-/* Prunes down to MaxSize=. On failure *ret_limit_failed says whether MaxSize= could not be resolved
- * (nothing was pruned then) or the pruning itself failed. */
-int manager_prune(Manager *m, unsigned *ret_files, uint64_t *ret_bytes, bool *ret_limit_failed);
+/* Prunes until both MaxSize= and KeepFree= hold (least recently used first, pins skipped); *ret says
+ * what was removed and what pins kept. On failure *ret_limit_failed says whether a limit could not be
+ * resolved (nothing was pruned then) or the pruning itself failed. */
+int manager_prune(Manager *m, SpaceResult *ret, bool *ret_limit_failed);
+/* The journal line of a Prune or of the free-space watch. */
+void manager_log_space(Manager *m, const char *what, const SpaceResult *res, uint64_t max_size, uint64_t keep_free);
 /* Clean with stall (0: StallTime=). */
 int manager_clean(Manager *m, usec_t stall, unsigned *ret_stalled, unsigned *ret_invalid);
 

@@ -149,7 +149,7 @@ static int config_parse_sec(const char *value, void *field, const char **ret_rea
         return 0;
 }
 
-/* ExitOnIdleSec=0 reads naturally as "don't", so it means the same as "infinity". */
+/* ExitOnIdleSec=0 and FreeSpaceCheckSec=0 read naturally as "don't", so they mean the same as "infinity". */
 static int config_parse_idle_sec(const char *value, void *field, const char **ret_reason) {
         usec_t t;
         int r;
@@ -393,6 +393,7 @@ static const ConfigKey config_keys[] = {
         KEY("Cache",    "EnforceMaxSize",      config_parse_bool,        enforce_max_size,      "yes"),
         KEY("Cache",    "KeepFree",            config_parse_size_limit,  keep_free,             "10%"),
         KEY("Cache",    "StallTimeSec",        config_parse_sec,         stall_time,            "24h"),
+        KEY("Cache",    "FreeSpaceCheckSec",   config_parse_idle_sec,    free_space_check,      "10s"),
         KEY("Cache",    "PrefetchOnQueue",     config_parse_bool,        prefetch_on_queue,     "yes"),
         KEY("Upstream", "Kind",                config_parse_upstream,    upstream_kind,         "generic"),
         KEY("Upstream", "URL",                 config_parse_url,         upstream_url,          NULL),

@@ -59,6 +59,7 @@ typedef struct Config {
         bool enforce_max_size;    /* default yes */
         SizeLimit keep_free;      /* default 10% */
         usec_t stall_time;        /* default 24h */
+        usec_t free_space_check;  /* default 10s; USEC_INFINITY (also for 0): never */
         bool prefetch_on_queue;   /* default yes */
 
         /* [Upstream] */

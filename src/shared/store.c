@@ -719,39 +719,45 @@ int image_cache_prune(ImageCache *c, uint64_t max_size, unsigned *ret_files, uin
 
 /* Unlinks the regular files of dir_fd for which keep() says no. */
 /* Prunes down to target, adding what went to the running totals. */
-static int prune_add(ImageCache *c, uint64_t target, unsigned *files, uint64_t *bytes) {
+static int prune_add(ImageCache *c, uint64_t target, SpaceResult *res) {
         unsigned n = 0;
         uint64_t b = 0;
         int r = image_cache_prune(c, target, &n, &b);
-        *files += n;
-        *bytes += b;
+        res->files += n;
+        res->bytes += b;
         return r;
 }
 
-int image_cache_make_room(ImageCache *c, uint64_t incoming, uint64_t max_size, uint64_t keep_free,
-                          unsigned *ret_files, uint64_t *ret_bytes) {
-        uint64_t available, freed = 0;
-        unsigned files = 0;
+int image_cache_make_room(ImageCache *c, uint64_t incoming, uint64_t max_size, uint64_t keep_free, SpaceResult *ret) {
+        SpaceResult res = {};
+        uint64_t available;
         int r = 0, k;
 
-        if (max_size != UINT64_MAX && c->total_size > (max_size > incoming ? max_size - incoming : 0))
-                r = prune_add(c, max_size > incoming ? max_size - incoming : 0, &files, &freed);
+        if (max_size != UINT64_MAX) {
+                uint64_t target = max_size > incoming ? max_size - incoming : 0;
+                if (c->total_size > target)
+                        r = prune_add(c, target, &res);
+                /* What is left above the target is pinned: pruning takes every unpinned image first. */
+                if (c->total_size > target)
+                        res.pinned_over_max = c->total_size - target;
+        }
 
         /* What the pruning above freed is not visible in statvfs until the unlinks are through. */
         if (keep_free > 0 && image_cache_fs_space(c, NULL, &available) >= 0) {
-                available += freed;
+                available += res.bytes;
                 uint64_t need = keep_free > UINT64_MAX - incoming ? UINT64_MAX : keep_free + incoming;
                 if (available < need) {
-                        uint64_t deficit = need - available;
-                        k = prune_add(c, c->total_size > deficit ? c->total_size - deficit : 0, &files, &freed);
+                        uint64_t deficit = need - available, before = res.bytes;
+                        k = prune_add(c, c->total_size > deficit ? c->total_size - deficit : 0, &res);
                         if (r >= 0)
                                 r = k;
+                        available += res.bytes - before;
+                        if (available < need)
+                                res.keep_free_missing = need - available;
                 }
         }
-        if (ret_files)
-                *ret_files = files;
-        if (ret_bytes)
-                *ret_bytes = freed;
+        if (ret)
+                *ret = res;
         return r;
 }
 

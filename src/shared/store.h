@@ -109,12 +109,17 @@ int image_cache_delete_all(ImageCache *c, unsigned *ret_n);
 /* Least recently used first until the cache holds at most max_size bytes; pinned images are skipped.
  * Glance's semantics: max_size 0 empties the cache. */
 int image_cache_prune(ImageCache *c, uint64_t max_size, unsigned *ret_files, uint64_t *ret_bytes);
-/* Admission of an image about to be written: evicts least recently used unpinned images so that
- * `incoming` more bytes fit, the cache staying within max_size (UINT64_MAX: unbounded) and keep_free
- * bytes of the filesystem staying free. Says what it evicted; an error is the first failure, after
- * evicting what it could. */
-int image_cache_make_room(ImageCache *c, uint64_t incoming, uint64_t max_size, uint64_t keep_free,
-                          unsigned *ret_files, uint64_t *ret_bytes);
+/* Making room, for an image about to be written (incoming bytes) or for Prune (incoming 0): evicts
+ * least recently used unpinned images until the cache holds at most max_size - incoming bytes
+ * (UINT64_MAX: unbounded) and keep_free + incoming bytes of the filesystem are free. Says what it evicted
+ * and what it could not reach; an error is the first failure, after evicting what it could. */
+typedef struct SpaceResult {
+        unsigned files;              /* images evicted */
+        uint64_t bytes;              /* their bytes */
+        uint64_t pinned_over_max;    /* bytes above max_size that only pinned images hold */
+        uint64_t keep_free_missing;  /* bytes still missing from keep_free once nothing unpinned is left */
+} SpaceResult;
+int image_cache_make_room(ImageCache *c, uint64_t incoming, uint64_t max_size, uint64_t keep_free, SpaceResult *ret);
 /* Removes everything in invalid/ and incomplete/ files untouched for longer than stall_time that no
  * write of this process owns. */
 int image_cache_clean(ImageCache *c, usec_t stall_time, unsigned *ret_stalled, unsigned *ret_invalid);

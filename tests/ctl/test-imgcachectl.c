@@ -948,7 +948,7 @@ static void test_prune(Fixture *f, gconstpointer data) {
         json_decref(j);
 
         assert_success(text);
-        g_assert_cmpstr(text.out, ==, "Nothing to prune: the cache fits its maximum size.\n");
+        g_assert_cmpstr(text.out, ==, "Nothing to prune: the cache fits its maximum size and keeps its free space.\n");
 }
 
 static void test_prune_text(Fixture *f, gconstpointer data) {

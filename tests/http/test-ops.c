@@ -53,16 +53,18 @@ static int delete_all_images(void *userdata, unsigned *ret_n) {
         return image_cache_delete_all(t->cache, ret_n);
 }
 
-static int prune(void *userdata, unsigned *ret_files, uint64_t *ret_bytes, bool *ret_limit_failed) {
+static int prune(void *userdata, SpaceResult *ret, bool *ret_limit_failed) {
         TestOps *t = userdata;
-        uint64_t max_size;
+        uint64_t max_size, keep_free;
         int r;
 
         r = image_cache_resolve_limit(t->cache, &t->config->max_size, &max_size);
+        if (r >= 0)
+                r = image_cache_resolve_limit(t->cache, &t->config->keep_free, &keep_free);
         *ret_limit_failed = r < 0;
         if (r < 0)
                 return r;
-        return image_cache_prune(t->cache, max_size, ret_files, ret_bytes);
+        return image_cache_make_room(t->cache, 0, max_size, keep_free, ret);
 }
 
 static int clean(void *userdata, unsigned *ret_stalled, unsigned *ret_invalid) {
