@@ -122,3 +122,32 @@ uint8_t *test_random_data(size_t size, uint32_t seed) {
         }
         return p;
 }
+
+gboolean test_in_mount_namespace(const char *test_path, gboolean *ret_inside) {
+        *ret_inside = g_getenv("IMGCACHE_TEST_IN_NAMESPACE") != NULL;
+        if (*ret_inside)
+                return TRUE;
+
+        const char *probe[] = { "unshare", "--user", "--map-root-user", "--mount", "true", NULL };
+        int probe_status = 0;
+        if (!g_spawn_sync(NULL, (char **) probe, NULL, G_SPAWN_SEARCH_PATH | G_SPAWN_STDOUT_TO_DEV_NULL |
+                          G_SPAWN_STDERR_TO_DEV_NULL, NULL, NULL, NULL, NULL, &probe_status, NULL) ||
+            !g_spawn_check_wait_status(probe_status, NULL)) {
+                g_test_skip("no unprivileged user+mount namespaces here");
+                return FALSE;
+        }
+        g_autofree char *self = g_file_read_link("/proc/self/exe", NULL);
+        const char *argv[] = { "unshare", "--user", "--map-root-user", "--mount", self, "--tap", "-p", test_path, NULL };
+        g_auto(GStrv) env = g_environ_setenv(g_get_environ(), "IMGCACHE_TEST_IN_NAMESPACE", "1", TRUE);
+        g_autofree char *out = NULL, *err = NULL;
+        g_autoptr(GError) error = NULL;
+        int status = 0;
+        g_assert_true(g_spawn_sync(NULL, (char **) argv, env, G_SPAWN_SEARCH_PATH, NULL, NULL, &out, &err, &status, &error));
+        g_test_message("namespace run:\n%s", out);
+        if (!g_spawn_check_wait_status(status, NULL))
+                g_error("%s in a namespace failed:\n%s\n%s", test_path, out, err);
+        g_autofree char *ok = g_strdup_printf("ok 1 %s", test_path);
+        g_assert_nonnull(strstr(out, ok));
+        g_assert_null(strstr(out, "# SKIP"));
+        return TRUE;
+}

@@ -4,6 +4,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <glib.h>
+
 /* Scratch directories and files for tests. Every helper asserts (g_assert) on failure, so a broken
  * environment fails the test at the line that needed it. */
 
@@ -31,3 +33,10 @@ int test_hold_idle_http_connection(uint16_t port, unsigned timeout_ms);
 
 /* Deterministic pseudo-random bytes (xorshift32 from seed); g_free. */
 uint8_t *test_random_data(size_t size, uint32_t seed);
+
+/* Runs test_path of this very program again inside a new user+mount namespace (unshare --user
+ * --map-root-user --mount), where it may mount a small tmpfs, and asserts it passed there. Returns
+ * FALSE, having marked the test skipped, where such namespaces are not allowed. Inside the namespace
+ * (IMGCACHE_TEST_IN_NAMESPACE set) it returns TRUE at once without running anything: the caller then
+ * runs the test's body. */
+gboolean test_in_mount_namespace(const char *test_path, gboolean *ret_inside);
