@@ -97,10 +97,37 @@ void fetcher_make_room(Fetcher *fe, const char *id, uint64_t incoming) {
                 log_image(LOG_INFO, NULL, id, "Evicted %u images (%" PRIu64 " bytes) to admit %s", res.files, res.bytes, id);
 }
 
+#define FETCH_TOKEN_REREAD_USEC USEC_PER_SEC
+
+void fetcher_refresh_token(Fetcher *fe) {
+        _cleanup_(freep) char *token = NULL;
+        usec_t now = now_usec(CLOCK_MONOTONIC);
+        int r;
+
+        if (!fe->token_file || (fe->token_read_at > 0 && now < fe->token_read_at + FETCH_TOKEN_REREAD_USEC))
+                return;
+        fe->token_read_at = now;
+        r = read_token_file_first(fe->token_file, &token);
+        if (r < 0) {
+                log_warning_errno(r, "Cannot re-read TokenFile=%s after the upstream refused the token: %m",
+                                  fe->token_file);
+                return;
+        }
+        if (streq_ptr(token, fe->token)) {
+                explicit_bzero(token, strlen(token));
+                return;
+        }
+        if (fe->token)
+                explicit_bzero(fe->token, strlen(fe->token));
+        free_and_replace(fe->token, token);
+        fe->token_generation++;
+        log_info("The upstream refused the token: re-read TokenFile=%s, which holds a new one.", fe->token_file);
+}
+
 /* ---- configuration ------------------------------------------------------------------------------------- */
 
 static int fetcher_apply_config(Fetcher *fe, const Config *config) {
-        _cleanup_(freep) char *url = NULL, *token = NULL, *ca = NULL;
+        _cleanup_(freep) char *url = NULL, *token = NULL, *ca = NULL, *token_file = NULL;
 
         if (!isempty(config->upstream_url) && !(url = strdup(config->upstream_url)))
                 return -ENOMEM;
@@ -112,10 +139,18 @@ static int fetcher_apply_config(Fetcher *fe, const Config *config) {
                         return log_error_errno(r, "Cannot read TokenFile=%s: %m", config->token_file);
         }
 
+        if (!isempty(config->token_file) && !(token_file = strdup(config->token_file))) {
+                if (token)
+                        explicit_bzero(token, strlen(token));
+                return -ENOMEM;
+        }
         free_and_replace(fe->url, url);
+        if (!streq_ptr(fe->token, token))
+                fe->token_generation++;
         if (fe->token)
                 explicit_bzero(fe->token, strlen(fe->token));
         free_and_replace(fe->token, token);
+        free_and_replace(fe->token_file, token_file);
         free_and_replace(fe->ca_file, ca);
         fe->kind = config->upstream_kind;
         fe->max_parallel = MAX(config->max_parallel_fetches, 1u);
@@ -222,6 +257,7 @@ Fetcher *fetcher_free(Fetcher *fe) {
         if (fe->token)
                 explicit_bzero(fe->token, strlen(fe->token));
         free(fe->token);
+        free(fe->token_file);
         free(fe->url);
         free(fe->ca_file);
         sd_event_unref(fe->event);

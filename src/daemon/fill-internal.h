@@ -37,6 +37,8 @@ typedef enum FillStep {
         STEP_REDIRECTED,      /* a 3xx: its body is discarded; its end starts the request it names */
         STEP_RESTARTING,      /* the partial file cannot be continued: this body is discarded; its end
                                * drops the partial file and asks for the whole image */
+        STEP_REAUTHENTICATING, /* a 401 to our token: its body is discarded; its end re-reads TokenFile=
+                                * and asks again, once, if the token changed */
         STEP_ADMITTING,       /* the image's headers are accepted and the transfer held; on the loop:
                                * make room, open the write (fill_admit) */
         STEP_REHASHING,       /* resuming: a worker rebuilds the digest of the bytes on disk; held */
@@ -124,6 +126,10 @@ struct Fill {
         FillPhase phase;
         char *phase_url;         /* first URL of the phase: redirects to another origin lose the token */
         char *next_url;          /* REDIRECTED: where to */
+        char *request_url;       /* of the request that is out */
+        uint64_t token_generation; /* of the token that request carried */
+        bool reauthenticated;    /* asked again with a re-read token already: a second 401 is final */
+        char *refusal;           /* REAUTHENTICATING: the error, should the token not have changed */
         unsigned redirects;
         bool send_token;
         bool has_slot;           /* counts against MaxParallelFetches */
@@ -178,6 +184,9 @@ struct Fetcher {
         UpstreamKind kind;
         char *url;
         char *token;
+        char *token_file;
+        uint64_t token_generation; /* bumped whenever token changes */
+        usec_t token_read_at;     /* CLOCK_MONOTONIC of the last re-read after a 401 */
         char *ca_file;
         unsigned max_parallel;
         usec_t connect_timeout, low_speed_timeout;
@@ -209,6 +218,9 @@ void fetcher_fill_finished(Fetcher *fe, Fill *f, bool was_waiting);
 void fetcher_tell_finished(Fetcher *fe, Fill *f);  /* the observers, after the subscribers */
 /* Admission: evicts images so that incoming bytes fit within MaxSize (EnforceMaxSize=yes) and KeepFree. */
 void fetcher_make_room(Fetcher *fe, const char *id, uint64_t incoming);
+/* The upstream refused our token: re-reads TokenFile= (at most once a second for all fills), so that a
+ * rotated token is used without a reload. fe->token_generation says whether it changed. */
+void fetcher_refresh_token(Fetcher *fe);
 
 /* fill.c, for fetcher.c */
 Fill *fill_new(Fetcher *fe, const char *id, const Checksum *expected);
@@ -228,6 +240,7 @@ typedef enum ResponseVerdict {
         VERDICT_BODY,       /* the record's or the image's body follows */
         VERDICT_REDIRECT,   /* follow response->location */
         VERDICT_RESTART,    /* not the continuation asked for: download the whole image */
+        VERDICT_REAUTH,     /* 401 to our token: ask again if TokenFile= now holds another (f->refusal set) */
         VERDICT_ERROR,      /* fill_set_error() was called */
 } ResponseVerdict;
 ResponseVerdict fill_judge_response(Fill *f, const FillResponse *r);

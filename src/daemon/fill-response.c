@@ -40,7 +40,14 @@ static ResponseVerdict judge_status(Fill *f, const FillResponse *r) {
 
         if (status == 404 || status == 410)
                 fill_set_error(f, -ENOENT, "Upstream has no image %s (HTTP %ld from %s)", f->id, status, strempty(shown));
-        else if (status == 401 || status == 403)
+        else if (status == 401 && f->send_token && f->fetcher->token_file && !f->reauthenticated) {
+                /* Perhaps the token was rotated: the end of this response re-reads TokenFile=. */
+                free(f->refusal);
+                if (asprintf(&f->refusal, "Upstream refused access to %s (HTTP %ld from %s); check TokenFile=",
+                             f->id, status, strempty(shown)) < 0)
+                        f->refusal = NULL;
+                return VERDICT_REAUTH;
+        } else if (status == 401 || status == 403)
                 fill_set_error(f, -EPROTO, "Upstream refused access to %s (HTTP %ld from %s); check TokenFile=",
                                f->id, status, strempty(shown));
         else if (status == 416 && f->phase == PHASE_IMAGE && f->resume_offset > 0)

@@ -55,6 +55,7 @@ static const char *const fill_step_table[_STEP_MAX] = {
         [STEP_READING_RECORD] = "reading-record",
         [STEP_REDIRECTED] = "redirected",
         [STEP_RESTARTING] = "restarting",
+        [STEP_REAUTHENTICATING] = "reauthenticating",
         [STEP_ADMITTING] = "admitting",
         [STEP_REHASHING] = "rehashing",
         [STEP_RECEIVING] = "receiving",
@@ -81,6 +82,7 @@ static const FillState fill_step_state[_STEP_MAX] = {
         [STEP_READING_RECORD] = FILL_CONNECTING,
         [STEP_REDIRECTED] = FILL_CONNECTING,
         [STEP_RESTARTING] = FILL_CONNECTING,
+        [STEP_REAUTHENTICATING] = FILL_CONNECTING,
         [STEP_ADMITTING] = FILL_CONNECTING,
         [STEP_REHASHING] = FILL_RECEIVING,
         [STEP_RECEIVING] = FILL_RECEIVING,
@@ -159,8 +161,14 @@ static int fill_request(Fill *f, const char *url) {
         } else if (f->send_token && !url_same_origin(f->phase_url, url))
                 f->send_token = false; /* never hand the token to another origin */
 
+        char *copy = strdup(url);
+        if (!copy)
+                return fill_set_error(f, -ENOMEM, "Out of memory");
+        free_and_replace(f->request_url, copy);
+        f->token_generation = fe->token_generation;
+
         FillRequest req = {
-                .url = url,
+                .url = f->request_url,
                 .token = f->send_token ? fe->token : NULL,
                 .json = f->phase == PHASE_RECORD,
                 .range_start = f->phase == PHASE_IMAGE ? f->resume_offset : 0,
@@ -246,6 +254,9 @@ FillIntake fill_on_headers(Fill *f, const FillResponse *r) {
         case VERDICT_RESTART:
                 fill_set_state(f, STEP_RESTARTING);
                 return INTAKE_SKIPPED;
+        case VERDICT_REAUTH:
+                fill_set_state(f, STEP_REAUTHENTICATING);
+                return INTAKE_SKIPPED;
         case VERDICT_BODY:
                 if (f->phase == PHASE_IMAGE)
                         return fill_accept_image(f, r);
@@ -329,6 +340,7 @@ FillIntake fill_on_body(Fill *f, const void *data, size_t n) {
                 return fill_take_record(f, data, n);
         case STEP_REDIRECTED:
         case STEP_RESTARTING:
+        case STEP_REAUTHENTICATING:
                 return INTAKE_SKIPPED;
         case STEP_RECEIVING:
                 if (fill_turn_spent(f, n)) {
@@ -548,6 +560,25 @@ static void fill_start_over(Fill *f) {
         (void) fill_start_phase(f, PHASE_IMAGE);
 }
 
+/* Asks again, once, when TokenFile= holds another token than the refused request carried. */
+static void fill_reauthenticate(Fill *f) {
+        Fetcher *fe = f->fetcher;
+
+        fetcher_refresh_token(fe);
+        if (fe->token_generation == f->token_generation) {
+                fill_set_error(f, -EPROTO, "%s", f->refusal ?: "Upstream refused access; check TokenFile=");
+                return;
+        }
+        _cleanup_(freep) char *url = strdup(f->request_url);
+        if (!url) {
+                fill_set_error(f, -ENOMEM, "Out of memory");
+                return;
+        }
+        f->reauthenticated = true;
+        f->refusal = mfree(f->refusal);
+        (void) fill_request(f, url);
+}
+
 void fill_on_transfer_end(Fill *f, int error, const char *message) {
         if (fill_is_final(f))
                 return;
@@ -564,6 +595,9 @@ void fill_on_transfer_end(Fill *f, int error, const char *message) {
                         break;
                 case STEP_RESTARTING:
                         fill_start_over(f);
+                        break;
+                case STEP_REAUTHENTICATING:
+                        fill_reauthenticate(f);
                         break;
                 case STEP_ADMITTING:
                         /* An empty body: admit it now. */
@@ -776,6 +810,8 @@ Fill *fill_unref(Fill *f) {
                 g_hash_table_remove(f->fetcher->all, f);
         sd_event_source_disable_unref(f->admit);
         free(f->next_url);
+        free(f->request_url);
+        free(f->refusal);
         free(f->record_buf);
         upstream_record_done(&f->record);
         free(f->resume_etag);

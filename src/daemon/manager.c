@@ -126,6 +126,7 @@ int manager_new(const ManagerOptions *o, Manager **ret) {
             (o->upstream && !(m->upstream_override = strdup(o->upstream))) ||
             (o->listen && !(m->listen_override = strdup(o->listen))))
                 return log_error_errno(ENOMEM, "Out of memory.");
+        m->cache_dir_from_command_line = o->cache_dir;
 
         r = sd_event_new(&m->event);
         if (r < 0)
@@ -175,6 +176,7 @@ Manager *manager_free(Manager *m) {
         free(m->cache_dir);
         free(m->upstream_override);
         free(m->listen_override);
+        free(m->restart_needed);
         free(m);
         return NULL;
 }
@@ -309,9 +311,41 @@ void manager_notify_status(Manager *m, const char *extra) {
                 (void) snprintf(ratio, sizeof ratio, "%u%%", (unsigned) (m->hits * 100 / requests));
         if (manager_max_size(m, &max_size) >= 0)
                 (void) format_size(max, sizeof max, max_size);
-        (void) sd_notifyf(false, "%sSTATUS=%zu images, %s of %s, hit ratio %s", strempty(extra),
+        (void) sd_notifyf(false, "%sSTATUS=%zu images, %s of %s, hit ratio %s%s%s", strempty(extra),
                           image_cache_count(m->cache), format_size(size, sizeof size, image_cache_size(m->cache)),
-                          max, ratio);
+                          max, ratio, m->restart_needed ? "; restart to apply " : "", strempty(m->restart_needed));
+}
+
+/* Settings that the running daemon took at start and keeps: a reload names them rather than pretending.
+ * Adds to what earlier reloads found (they still wait for the restart). */
+static int note_restart_needed(Manager *m, const Config *new) {
+        const Config *old = &m->config;
+        const struct {
+                bool changed;
+                const char *name;
+        } keys[] = {
+                { !m->cache_dir_from_command_line && !streq_ptr(old->directory, new->directory), "Directory=" },
+                { old->driver != new->driver, "Driver=" },
+                { !m->listen_override && !m->listen_from_systemd && !streq_ptr(old->listen, new->listen), "Listen=" },
+                { old->max_connections != new->max_connections, "MaxConnections=" },
+                { old->max_connections_per_ip != new->max_connections_per_ip, "MaxConnectionsPerIP=" },
+        };
+        bool any = false;
+
+        for (size_t i = 0; i < ELEMENTSOF(keys); i++) {
+                if (!keys[i].changed || (m->restart_needed && strstr(m->restart_needed, keys[i].name)))
+                        continue;
+                char *joined = NULL;
+                if (asprintf(&joined, "%s%s%s", strempty(m->restart_needed), m->restart_needed ? ", " : "",
+                             keys[i].name) < 0)
+                        return -ENOMEM;
+                free_and_replace(m->restart_needed, joined);
+                any = true;
+        }
+        if (any)
+                log_notice("Reloaded %s, but the running daemon keeps its %s until it is restarted.", m->config_path,
+                           m->restart_needed);
+        return any;
 }
 
 int manager_reload(Manager *m) {
@@ -323,9 +357,7 @@ int manager_reload(Manager *m) {
         if (r < 0)
                 log_warning("Keeping the previous configuration.");
         else {
-                if (!streq_ptr(c.directory, m->config.directory) || c.driver != m->config.driver)
-                        log_notice("Directory= or Driver= changed in %s; the change takes effect at restart.",
-                                   m->config_path);
+                (void) note_restart_needed(m, &c);
                 config_done(&m->config);
                 m->config = c;
                 manager_update_fd_budget(m);
@@ -582,6 +614,7 @@ int manager_start_http(Manager *m) {
                 return 0;
         }
 
+        m->listen_from_systemd = o.listen_fd >= 0;
         log_debug("HTTP server listening on port %u%s.", http_server_port(m->http),
                   o.listen_fd >= 0 ? " (socket from systemd)" : "");
         return 0;

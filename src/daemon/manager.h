@@ -82,6 +82,9 @@ typedef struct Manager {
         char *cache_dir;
         char *upstream_override;
         char *listen_override;
+        bool listen_from_systemd;
+        bool cache_dir_from_command_line; /* --cache-dir=: Directory= does not apply */     /* the HTTP socket was passed in: Listen= does not apply */
+        char *restart_needed;         /* settings a reload changed that apply at the next start ("Driver=, Listen=") */
         Config config;
 
         GHashTable *queued_checksums; /* image id → "algo:hex" given with QueueImage, for the fetcher */

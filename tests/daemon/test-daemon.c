@@ -3,6 +3,7 @@
  * dbus-daemon, stock clients (busctl, gdbus) and GDBus in this process for signals and fds. */
 
 #include <errno.h>
+#include <stdint.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/socket.h>
@@ -16,6 +17,7 @@
 #include <glib/gstdio.h>
 
 #include "test-bus.h"
+#include "test-util.h"
 
 #define ERR_INVALID_ID "org.imgcache.Error.InvalidImageId"
 #define ERR_NO_SUCH_IMAGE "org.imgcache.Error.NoSuchImage"
@@ -833,12 +835,43 @@ static void test_notify_and_signals(void) {
         g_autofree char *ready3 = notify_wait(&s, "READY=1");
         g_autofree char *max = busctl_get_property(b, "MaxSize");
         g_assert_cmpstr(max, ==, "t 10737418240");
-        g_assert_nonnull(strstr(test_bus_daemon_stderr(b), "MaxSize"));
+        g_assert_true(test_bus_wait_stderr(b, "MaxSize", TEST_BUS_TIMEOUT_MS));
 
         status = test_bus_stop_daemon(b);
         g_assert_true(WIFEXITED(status));
         g_assert_cmpint(WEXITSTATUS(status), ==, 0);
         g_autofree char *stopping = notify_wait(&s, "STOPPING=1");
+        close(s.fd);
+        g_free(s.path);
+}
+
+/* A reload names what it cannot apply (one log line, the STATUS=), and the properties keep saying what
+ * the running daemon uses. */
+static void test_reload_names_restart_settings(void) {
+        uint16_t port = test_free_port(), other = test_free_port();
+        g_autofree char *config = g_strdup_printf("[HTTP]\nListen=127.0.0.1:%u\n[Daemon]\nExitOnIdleSec=infinity\n", port);
+        g_autoptr(TestBus) b = start(config);
+        NotifySocket s;
+
+        notify_socket_open(&s, b);
+        start_daemon(b, NULL);
+        g_unsetenv("NOTIFY_SOCKET");
+        g_autofree char *ready = notify_wait(&s, "READY=1");
+        g_assert_null(strstr(ready, "restart"));
+
+        g_autofree char *changed = g_strdup_printf("[Cache]\nDriver=xattr\nMaxSize=5G\n[HTTP]\nListen=127.0.0.1:%u\n"
+                                                   "[Daemon]\nExitOnIdleSec=infinity\n", other);
+        test_bus_write_config(b, changed);
+        g_assert_cmpint(kill(test_bus_name_owner_pid(b), SIGHUP), ==, 0);
+        g_autofree char *ready2 = notify_wait(&s, "READY=1");
+        g_assert_nonnull(strstr(ready2, "restart to apply Driver=, Listen="));
+        g_assert_true(test_bus_wait_stderr(b, "keeps its Driver=, Listen= until it is restarted", TEST_BUS_TIMEOUT_MS));
+        g_autofree char *driver = busctl_get_property(b, "Driver");
+        g_assert_cmpstr(driver, ==, "s \"sqlite\"");  /* what it uses, not what the file says */
+        g_autofree char *max = busctl_get_property(b, "MaxSize");
+        g_assert_cmpstr(max, ==, "t 5368709120");    /* applied at once */
+
+        g_assert_cmpint(test_bus_stop_daemon(b), ==, 0);
         close(s.fd);
         g_free(s.path);
 }
@@ -884,7 +917,7 @@ static void test_bad_config(void) {
         g_assert_false(test_bus_start_daemon(b, NULL));
         g_autofree char *where = g_strdup_printf("%s:3", test_bus_config_path(b));
         g_assert_nonnull(strstr(test_bus_daemon_stderr(b), where));
-        g_assert_nonnull(strstr(test_bus_daemon_stderr(b), "MaxSize"));
+        g_assert_true(test_bus_wait_stderr(b, "MaxSize", TEST_BUS_TIMEOUT_MS));
 
         /* Unknown command line option and extra arguments. */
         const char *bad_opt[] = { test_bus_daemon_path(), "--frobnicate", NULL };
@@ -1031,6 +1064,7 @@ int main(int argc, char *argv[]) {
         g_test_add_func("/daemon/no-upstream", test_no_upstream);
         g_test_add_func("/daemon/properties", test_properties);
         g_test_add_func("/daemon/notify-and-signals", test_notify_and_signals);
+        g_test_add_func("/daemon/reload-names-restart-settings", test_reload_names_restart_settings);
         g_test_add_func("/daemon/watchdog", test_watchdog);
         g_test_add_func("/daemon/bad-config", test_bad_config);
         g_test_add_func("/daemon/bad-cache-dir", test_bad_cache_dir);

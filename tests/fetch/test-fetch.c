@@ -285,6 +285,43 @@ static void test_token(void) {
         env_teardown(&e);
 }
 
+/* A rotated token is picked up at the upstream's 401, without a reload; asked again once only. */
+static void test_token_rotation(void) {
+        Env e;
+        env_setup(&e, UPSTREAM_GENERIC, "/images/{id}");
+        g_autofree uint8_t *data = make_data(5000, 4);
+        upstream_fixture_add_image(e.fx, "/images/r1", data, 5000, NULL);
+        upstream_fixture_add_image(e.fx, "/images/r2", data, 5000, NULL);
+        upstream_fixture_add_image(e.fx, "/images/r3", data, 5000, NULL);
+        upstream_fixture_set_token(e.fx, "old");
+        g_autofree char *tf = g_build_filename(e.dir, "token", NULL);
+        test_write_file(e.dir, "token", "old\n", 4);
+        e.config.token_file = strdup(tf);
+        Checksum sum = digest_of(CHECKSUM_SHA256, data, 5000);
+
+        Fill *f = env_fetch(&e, "r1", NULL);
+        assert_cached(&e, f, "r1", data, 5000, &sum);
+        fill_unref(f);
+
+        /* Rotated at the upstream and in the file: the 401 re-reads the file and the fill goes on. */
+        upstream_fixture_set_token(e.fx, "new");
+        test_write_file(e.dir, "token", "new\n", 4);
+        f = env_fetch(&e, "r2", NULL);
+        assert_cached(&e, f, "r2", data, 5000, &sum);
+        fill_unref(f);
+        g_assert_cmpuint(upstream_fixture_token_requests(e.fx, "old"), ==, 2); /* r1, and r2's refused try */
+        g_assert_cmpuint(upstream_fixture_token_requests(e.fx, "new"), ==, 1);
+
+        /* Rotated at the upstream only: one re-read at most, no second try with the same token. */
+        upstream_fixture_set_token(e.fx, "newer");
+        queue(&e, "r3");
+        f = env_fetch(&e, "r3", NULL);
+        assert_failed(&e, f, "r3", -EPROTO, "401");
+        g_assert_cmpuint(upstream_fixture_token_requests(e.fx, "new"), ==, 2);
+        fill_unref(f);
+        env_teardown(&e);
+}
+
 static void test_arguments(void) {
         Env e;
         env_setup(&e, UPSTREAM_GENERIC, "/images/{id}");
@@ -911,6 +948,7 @@ int main(int argc, char *argv[]) {
         }
         g_test_add_func("/fetch/good/caller-checksum", test_caller_checksum);
         g_test_add_func("/fetch/good/token", test_token);
+        g_test_add_func("/fetch/good/token-rotation", test_token_rotation);
         g_test_add_func("/fetch/arguments", test_arguments);
 
         g_test_add_data_func("/fetch/fail/404", &fail_404, test_failure);

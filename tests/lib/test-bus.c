@@ -248,6 +248,17 @@ const char *test_bus_daemon_stderr(TestBus *b) {
         return b->daemon_stderr->str;
 }
 
+gboolean test_bus_wait_stderr(TestBus *b, const char *needle, guint timeout_ms) {
+        gboolean timed_out = FALSE;
+        guint id = g_timeout_add(timeout_ms, on_timeout, &timed_out);
+
+        while (!strstr(b->daemon_stderr->str, needle) && !timed_out)
+                g_main_context_iteration(NULL, TRUE);
+        if (!timed_out)
+                g_source_remove(id);
+        return strstr(b->daemon_stderr->str, needle) != NULL;
+}
+
 void test_bus_write_config(TestBus *b, const char *text) {
         write_file(b->config_path, text);
 }

@@ -53,6 +53,8 @@ int test_bus_stop_daemon(TestBus *b);
 GPid test_bus_name_owner_pid(TestBus *b);
 /* What the last daemon started by test_bus_start_daemon() wrote to stderr so far (borrowed). */
 const char *test_bus_daemon_stderr(TestBus *b);
+/* Runs the main context until the daemon's stderr contains needle (it is read asynchronously). */
+gboolean test_bus_wait_stderr(TestBus *b, const char *needle, guint timeout_ms);
 
 /* Waits until TEST_BUS_NAME has an owner (owned = TRUE) or none (FALSE); FALSE on timeout. */
 gboolean test_bus_wait_name(TestBus *b, gboolean owned, guint timeout_ms);
