@@ -5,6 +5,7 @@
  *   WAITING ──slot──→ REQUESTING ──Glance record──→ READING_RECORD ──end──→ REQUESTING (the image)
  *                        │ ↑ 3xx: REDIRECTED ──end──┘ (the next request, same phase)
  *                        │ ↑ 416, a 206 that is not our continuation: RESTARTING ──end──┘ (whole image)
+ *                        │ ↑ 401 to our token: REAUTHENTICATING ──end, TokenFile= holds another──┘ (once)
  *                        ↓ image headers
  *                     ADMITTING ──(loop) make room, open the write──→ RECEIVING
  *                        │                                           ↑   │ ↕ PAUSED_TURN   (turn budget)
