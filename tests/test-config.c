@@ -107,6 +107,8 @@ static void assert_defaults(const Config *c) {
         g_assert_cmpuint(c->max_parallel_fetches, ==, 4);
         g_assert_cmpuint(c->connect_timeout, ==, 30 * USEC_PER_SEC);
         g_assert_cmpuint(c->low_speed_timeout, ==, 60 * USEC_PER_SEC);
+        g_assert_cmpuint(c->retry_initial, ==, 30 * USEC_PER_SEC);
+        g_assert_cmpuint(c->retry_max, ==, 3600 * USEC_PER_SEC);
         g_assert_cmpstr(c->listen, ==, "127.0.0.1:9393");
         g_assert_false(c->management_api);
         g_assert_null(c->management_token_file);
@@ -208,6 +210,8 @@ static void test_every_key(void) {
                    "MaxParallelFetches=16\n"
                    "ConnectTimeoutSec=5\n"
                    "LowSpeedTimeoutSec=2min\n"
+                   "RetryInitialSec=100ms\n"
+                   "RetryMaxSec=infinity\n"
                    "\n"
                    "[HTTP]\n"
                    "Listen=[::1]:8080\n"
@@ -239,6 +243,8 @@ static void test_every_key(void) {
         g_assert_cmpuint(c.max_parallel_fetches, ==, 16);
         g_assert_cmpuint(c.connect_timeout, ==, 5 * USEC_PER_SEC);
         g_assert_cmpuint(c.low_speed_timeout, ==, 120 * USEC_PER_SEC);
+        g_assert_cmpuint(c.retry_initial, ==, 100 * USEC_PER_MSEC);
+        g_assert_cmpuint(c.retry_max, ==, USEC_INFINITY);
         g_assert_cmpstr(c.listen, ==, "[::1]:8080");
         g_assert_true(c.management_api);
         g_assert_cmpstr(c.management_token_file, ==, "/etc/imgcache/mgmt-token");
@@ -429,6 +435,9 @@ static const struct {
         { "Upstream", "MaxParallelFetches",  "-1",                "invalid number"         },
         { "Upstream", "ConnectTimeoutSec",   "1h 30",             "time span"              },
         { "Upstream", "LowSpeedTimeoutSec",  "1x",                "time span"              },
+        { "Upstream", "RetryInitialSec",     "0",                 "more than 0"            },
+        { "Upstream", "RetryInitialSec",     "soon",              "time span"              },
+        { "Upstream", "RetryMaxSec",         "0s",                "more than 0"            },
         { "HTTP",     "Listen",              "9393",              "listen address"         },
         { "HTTP",     "Listen",              "localhost",         "listen address"         },
         { "HTTP",     "Listen",              ":9393",             "listen address"         },
@@ -626,6 +635,8 @@ static void test_empty_resets(void) {
                    "[Upstream]\n"
                    "URL=https://mirror/{id}\n"
                    "MaxParallelFetches=9\n"
+                   "RetryInitialSec=1s\n"
+                   "RetryMaxSec=2s\n"
                    "[HTTP]\n"
                    "Listen=[::1]:1\n"
                    "ManagementAPI=yes\n"
@@ -641,6 +652,8 @@ static void test_empty_resets(void) {
                          "[Upstream]\n"
                          "URL=\n"
                          "MaxParallelFetches=\n"
+                         "RetryInitialSec=\n"
+                         "RetryMaxSec=\n"
                          "[HTTP]\n"
                          "Listen=\n"
                          "ManagementAPI=\n"

@@ -325,16 +325,16 @@ static void test_prune_skips_pinned(Fixture *f, gconstpointer data) {
 
 static void test_queue(Fixture *f, gconstpointer data) {
         g_assert_false(image_cache_is_queued(f->cache, "q1"));
-        g_assert_cmpint(image_cache_queue(f->cache, "q1"), ==, 1);
+        g_assert_cmpint(image_cache_queue(f->cache, "q1", NULL), ==, 1);
         g_assert_true(image_cache_is_queued(f->cache, "q1"));
-        g_assert_cmpint(image_cache_queue(f->cache, "q1"), ==, 0); /* already queued */
+        g_assert_cmpint(image_cache_queue(f->cache, "q1", NULL), ==, 0); /* already queued */
         wait_clock_tick();
-        g_assert_cmpint(image_cache_queue(f->cache, "q0"), ==, 1);
+        g_assert_cmpint(image_cache_queue(f->cache, "q0", NULL), ==, 1);
         wait_clock_tick();
-        g_assert_cmpint(image_cache_queue(f->cache, "q2"), ==, 1);
+        g_assert_cmpint(image_cache_queue(f->cache, "q2", NULL), ==, 1);
 
         write_ok(f, "cached", "x");
-        g_assert_cmpint(image_cache_queue(f->cache, "cached"), ==, 0); /* already cached */
+        g_assert_cmpint(image_cache_queue(f->cache, "cached", NULL), ==, 0); /* already cached */
 
         /* Oldest first, not alphabetical. */
         QueuedImage *q = NULL;
@@ -362,6 +362,65 @@ static void test_queue(Fixture *f, gconstpointer data) {
         g_assert_cmpint(image_cache_list_queued(f->cache, &q, &n), ==, 0);
         g_assert_cmpuint(n, ==, 0);
         queued_images_free(q, n);
+}
+
+static char *queue_marker_path(Fixture *f, const char *id) {
+        return g_build_filename(f->dir, IMAGE_CACHE_QUEUE_DIR, id, NULL);
+}
+
+static void test_queue_checksum(Fixture *f, gconstpointer data) {
+        const char *sum = "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+        g_autofree char *with = queue_marker_path(f, "with"), *without = queue_marker_path(f, "without");
+        g_autofree char *content = NULL;
+        Checksum c, got;
+        struct stat st;
+
+        g_assert_cmpint(checksum_from_string(sum, &c), ==, 0);
+        g_assert_cmpint(image_cache_queue(f->cache, "with", &c), ==, 1);
+        g_assert_cmpint(image_cache_queue(f->cache, "without", NULL), ==, 1);
+        /* A second queue call neither replaces the checksum nor moves the queue time. */
+        g_assert_cmpint(stat(with, &st), ==, 0);
+        usec_t queued_at = timespec_to_usec(&st.st_mtim);
+        wait_clock_tick();
+        g_assert_cmpint(image_cache_queue(f->cache, "with", NULL), ==, 0);
+
+        /* One line in the marker; Glance's empty marker for none. No temporary file is left behind. */
+        g_assert_true(g_file_get_contents(with, &content, NULL, NULL));
+        g_assert_cmpstr(content, ==, "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad\n");
+        g_assert_cmpint(stat(without, &st), ==, 0);
+        g_assert_cmpint(st.st_size, ==, 0);
+        g_autofree char *queue_dir = g_build_filename(f->dir, IMAGE_CACHE_QUEUE_DIR, NULL);
+        GDir *d = g_dir_open(queue_dir, 0, NULL);
+        unsigned entries = 0;
+        while (g_dir_read_name(d))
+                entries++;
+        g_dir_close(d);
+        g_assert_cmpuint(entries, ==, 2);
+
+        /* It survives a restart, with the queue time. */
+        fixture_reopen(f);
+        g_assert_cmpint(image_cache_queued_checksum(f->cache, "with", &got), ==, 1);
+        g_assert_true(checksum_equal(&c, &got));
+        g_assert_cmpint(image_cache_queued_checksum(f->cache, "without", &got), ==, 0);
+        g_assert_cmpint(image_cache_queued_checksum(f->cache, "nothere", &got), ==, -ENOENT);
+        g_assert_cmpuint(image_cache_queued_count(f->cache), ==, 2);
+
+        QueuedImage *q = NULL;
+        size_t n = 0;
+        g_assert_cmpint(image_cache_list_queued(f->cache, &q, &n), ==, 0);
+        g_assert_cmpuint(n, ==, 2);
+        g_assert_cmpstr(q[0].id, ==, "with");
+        g_assert_cmpuint(q[0].queued_at, ==, queued_at);
+        g_assert_true(q[0].has_checksum);
+        g_assert_true(checksum_equal(&c, &q[0].checksum));
+        g_assert_cmpstr(q[1].id, ==, "without");
+        g_assert_false(q[1].has_checksum);
+        queued_images_free(q, n);
+
+        /* Whatever another tool wrote is no checksum, but still a queued image. */
+        g_assert_true(g_file_set_contents(without, "queued by hand\n", -1, NULL));
+        g_assert_cmpint(image_cache_queued_checksum(f->cache, "without", &got), ==, 0);
+        g_assert_true(image_cache_is_queued(f->cache, "without"));
 }
 
 static void test_write_good_checksum(Fixture *f, gconstpointer data) {
@@ -456,7 +515,7 @@ static void test_bad_ids(Fixture *f, gconstpointer data) {
         for (size_t i = 0; i < G_N_ELEMENTS(bad); i++) {
                 CacheWrite *w = NULL;
                 g_assert_cmpint(image_cache_begin_write(f->cache, bad[i], NULL, &w), ==, -EINVAL);
-                g_assert_cmpint(image_cache_queue(f->cache, bad[i]), ==, -EINVAL);
+                g_assert_cmpint(image_cache_queue(f->cache, bad[i], NULL), ==, -EINVAL);
                 g_assert_cmpint(image_cache_dequeue(f->cache, bad[i]), ==, -EINVAL);
                 g_assert_false(image_cache_is_queued(f->cache, bad[i]));
                 g_assert_false(image_cache_is_cached(f->cache, bad[i]));
@@ -467,7 +526,7 @@ static void test_bad_ids(Fixture *f, gconstpointer data) {
         char long_id[200];
         memset(long_id, 'a', sizeof(long_id) - 1);
         long_id[sizeof(long_id) - 1] = 0;
-        g_assert_cmpint(image_cache_queue(f->cache, long_id), ==, -EINVAL);
+        g_assert_cmpint(image_cache_queue(f->cache, long_id, NULL), ==, -EINVAL);
         g_assert_false(g_file_test(outside, G_FILE_TEST_EXISTS));
 
         /* A planted symlink or directory with an id-like name is never indexed. */
@@ -708,6 +767,7 @@ int main(int argc, char *argv[]) {
         ADD("prune-to-zero", test_prune_to_zero);
         ADD("prune-skips-pinned", test_prune_skips_pinned);
         ADD("queue", test_queue);
+        ADD("queue-checksum", test_queue_checksum);
         ADD("write-good-checksum", test_write_good_checksum);
         ADD("write-bad-checksum", test_write_bad_checksum);
         ADD("write-aborted", test_write_aborted);

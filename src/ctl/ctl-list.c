@@ -363,24 +363,42 @@ int verb_list(int argc, char *argv[], Context *c) {
         return 0;
 }
 
+/* One row of ListQueuedDetails, or of ListQueued from a daemon that predates it (no details then). */
+typedef struct QueuedRowContext {
+        usec_t now;
+        bool details;
+} QueuedRowContext;
+
 static int read_queued_row(sd_bus_message *reply, Table *t, json_t *json, void *userdata) {
-        char rel[FORMAT_RELATIVE_MAX], abs_time[FORMAT_TIMESTAMP_MAX];
-        const usec_t *now = userdata;
-        const char *id;
-        uint64_t queued_at;
+        char rel[FORMAT_RELATIVE_MAX], abs_time[FORMAT_TIMESTAMP_MAX], sum[SHORT_CHECKSUM_MAX],
+                next[FORMAT_RELATIVE_MAX];
+        const QueuedRowContext *ctx = userdata;
+        const char *id, *checksum = "", *last_error = "";
+        uint64_t queued_at, next_attempt = 0;
         int r;
 
-        r = sd_bus_message_read(reply, "(st)", &id, &queued_at);
+        if (ctx->details)
+                r = sd_bus_message_read(reply, "(stsst)", &id, &queued_at, &checksum, &last_error, &next_attempt);
+        else
+                r = sd_bus_message_read(reply, "(st)", &id, &queued_at);
         if (r <= 0)
                 return r < 0 ? log_parse_error(r) : 0;
 
         if (json)
-                return json_array_append_new(json, json_pack("{s:s, s:o}", "id", id,
-                                                             "queued_at", json_u64(queued_at))) < 0 ? log_oom() : 1;
+                return json_array_append_new(json, json_pack("{s:s, s:o, s:s, s:s, s:o}", "id", id,
+                                                             "queued_at", json_u64(queued_at),
+                                                             "checksum", checksum,
+                                                             "last_error", last_error,
+                                                             "next_attempt", json_u64(next_attempt))) < 0 ?
+                        log_oom() : 1;
 
         if (table_add_cell(t, id) < 0 ||
-            table_add_cell(t, format_timestamp_relative(rel, sizeof rel, queued_at, *now)) < 0 ||
-            table_add_cell(t, format_timestamp(abs_time, sizeof abs_time, queued_at)) < 0)
+            table_add_cell(t, format_timestamp_relative(rel, sizeof rel, queued_at, ctx->now)) < 0 ||
+            table_add_cell(t, format_timestamp(abs_time, sizeof abs_time, queued_at)) < 0 ||
+            table_add_cell(t, shorten_checksum(sum, sizeof sum, checksum)) < 0 ||
+            table_add_cell(t, next_attempt > 0 ? format_timestamp_relative(next, sizeof next, next_attempt, ctx->now)
+                                               : "-") < 0 ||
+            table_add_cell(t, isempty(last_error) ? "-" : last_error) < 0)
                 return log_oom();
         return 1;
 }
@@ -389,7 +407,7 @@ int verb_list_queued(int argc, char *argv[], Context *c) {
         _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
         _cleanup_(table_freep) Table *t = NULL;
-        usec_t now;
+        QueuedRowContext ctx = { .details = true };
         sd_bus *bus;
         int r;
 
@@ -397,16 +415,23 @@ int verb_list_queued(int argc, char *argv[], Context *c) {
         if (r < 0)
                 return r;
 
-        r = call_manager(bus, "ListQueued", 0, &error, &reply, NULL);
+        r = call_manager(bus, "ListQueuedDetails", 0, &error, &reply, NULL);
+        if (r < 0 && sd_bus_error_has_name(&error, SD_BUS_ERROR_UNKNOWN_METHOD)) {
+                /* An older imgcached (over -H, say): the queue without checksums and retries. */
+                sd_bus_error_free(&error);
+                ctx.details = false;
+                r = call_manager(bus, "ListQueued", 0, &error, &reply, NULL);
+        }
         if (r < 0)
-                return log_call_error(r, &error, "ListQueued", "list queued images");
+                return log_call_error(r, &error, ctx.details ? "ListQueuedDetails" : "ListQueued",
+                                      "list queued images");
 
-        r = table_new(&t, "ID", "QUEUED", "QUEUED AT", NULL);
+        r = table_new(&t, "ID", "QUEUED", "QUEUED AT", "CHECKSUM", "NEXT ATTEMPT", "LAST ERROR", NULL);
         if (r < 0)
                 return log_oom();
 
-        now = now_usec(CLOCK_REALTIME);
-        return print_reply_listing(reply, "(st)", t, read_queued_row, &now,
+        ctx.now = now_usec(CLOCK_REALTIME);
+        return print_reply_listing(reply, ctx.details ? "(stsst)" : "(st)", t, read_queued_row, &ctx,
                                    "No images queued.", "image queued", "images queued");
 }
 

@@ -150,6 +150,7 @@ static int run(int argc, char *argv[]) {
 
         log_info("Serving %s (%zu images) on the %s bus.", m->cache_dir, image_cache_count(m->cache),
                  m->user ? "session" : "system");
+        manager_fetch_queue_on_start(m); /* PrefetchOnQueue=yes: what was queued before is fetched now */
         manager_notify_status(m, "READY=1\n");
 
         r = manager_run(m);

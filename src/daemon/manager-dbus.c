@@ -196,9 +196,20 @@ static int method_get_image(sd_bus_message *message, void *userdata, sd_bus_erro
         return sd_bus_send(NULL, reply, NULL);
 }
 
-static int method_list_queued(sd_bus_message *message, void *userdata, sd_bus_error *error) {
+static int append_queued_details(sd_bus_message *reply, const Manager *m, const QueuedImage *q) {
+        _cleanup_(freep) char *checksum = q->has_checksum ? checksum_to_string(&q->checksum) : NULL;
+        const QueueRetry *retry = manager_queue_retry(m, q->id);
+
+        if (q->has_checksum && !checksum)
+                return -ENOMEM;
+        return sd_bus_message_append(reply, "(stsst)", q->id, (uint64_t) q->queued_at, strempty(checksum),
+                                     retry ? strempty(retry->last_error) : "",
+                                     retry ? (uint64_t) retry->next_attempt : UINT64_C(0));
+}
+
+/* ListQueued (a(st)) and, with details, ListQueuedDetails (a(stsst)). */
+static int reply_queued(sd_bus_message *message, Manager *m, bool details) {
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
-        Manager *m = userdata;
         QueuedImage *q = NULL;
         size_t n = 0;
         int r;
@@ -208,15 +219,24 @@ static int method_list_queued(sd_bus_message *message, void *userdata, sd_bus_er
                 return r;
         r = sd_bus_message_new_method_return(message, &reply);
         if (r >= 0)
-                r = sd_bus_message_open_container(reply, 'a', "(st)");
+                r = sd_bus_message_open_container(reply, 'a', details ? "(stsst)" : "(st)");
         for (size_t i = 0; r >= 0 && i < n; i++)
-                r = sd_bus_message_append(reply, "(st)", q[i].id, (uint64_t) q[i].queued_at);
+                r = details ? append_queued_details(reply, m, q + i)
+                            : sd_bus_message_append(reply, "(st)", q[i].id, (uint64_t) q[i].queued_at);
         if (r >= 0)
                 r = sd_bus_message_close_container(reply);
         queued_images_free(q, n);
         if (r < 0)
                 return r;
         return sd_bus_send(NULL, reply, NULL);
+}
+
+static int method_list_queued(sd_bus_message *message, void *userdata, sd_bus_error *error) {
+        return reply_queued(message, userdata, /* details= */ false);
+}
+
+static int method_list_queued_details(sd_bus_message *message, void *userdata, sd_bus_error *error) {
+        return reply_queued(message, userdata, /* details= */ true);
 }
 
 static int method_list_pins(sd_bus_message *message, void *userdata, sd_bus_error *error) {
@@ -590,6 +610,8 @@ const sd_bus_vtable manager_vtable[] = {
                                 method_get_image, SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_METHOD_WITH_ARGS("ListQueued", SD_BUS_NO_ARGS, SD_BUS_RESULT("a(st)", images),
                                 method_list_queued, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("ListQueuedDetails", SD_BUS_NO_ARGS, SD_BUS_RESULT("a(stsst)", images),
+                                method_list_queued_details, SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_METHOD_WITH_ARGS("QueueImage", SD_BUS_ARGS("s", id, "s", checksum), SD_BUS_RESULT("b", queued),
                                 method_queue_image, SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_METHOD_WITH_ARGS("DequeueImage", SD_BUS_ARGS("s", id), SD_BUS_NO_RESULT,

@@ -2,7 +2,7 @@
 /* The operations on the cache that every front end goes through: the D-Bus methods (manager-dbus.c,
  * after polkit) and the HTTP management API (http-manage.c, after the token check, through the
  * HttpOperations table below). Whatever an operation implies besides the store's own work — the
- * ImageQueued signal, QueuedCount, the checksums remembered for the queue, a PrefetchOnQueue job, the
+ * ImageQueued signal, QueuedCount, the retry state of queued images, a PrefetchOnQueue job, the
  * log line — happens here, once, whoever asked. The counters of hits, misses and bytes served have one
  * owner, the Manager (manager_count_*() in manager.c): the Misses property and /metrics read the same
  * numbers. */
@@ -18,33 +18,21 @@
 
 /* ---- the queue ---------------------------------------------------------------------------------- */
 
-static int remember_checksum(Manager *m, const char *id, const Checksum *c) {
-        char *key = strdup(id), *value = checksum_to_string(c);
-
-        if (!key || !value) {
-                free(key);
-                free(value);
-                return -ENOMEM;
-        }
-        g_hash_table_replace(m->queued_checksums, key, value);
-        return 0;
-}
-
 int manager_queue_image(Manager *m, const char *id, const Checksum *expected) {
         _cleanup_(freep) char *shown = NULL;
         int r;
 
         if (image_cache_is_cached(m->cache, id) || image_cache_is_queued(m->cache, id))
                 return 0;
-        r = image_cache_queue(m->cache, id);
+        /* The checksum goes into the marker, so it holds for every fill of the image, after a restart too. */
+        r = image_cache_queue(m->cache, id, expected);
         if (r <= 0)
                 return r;
 
         if (expected) {
-                r = remember_checksum(m, id, expected);
-                if (r < 0)
-                        return r;
                 shown = checksum_to_string(expected);
+                if (!shown)
+                        return -ENOMEM;
         }
         log_image(LOG_INFO, NULL, id, "Queued image %s%s%s.", id, shown ? " expecting " : "", strempty(shown));
         if (m->bus)
@@ -60,7 +48,7 @@ int manager_dequeue_image(Manager *m, const char *id) {
         r = image_cache_dequeue(m->cache, id);
         if (r <= 0)
                 return r;
-        g_hash_table_remove(m->queued_checksums, id);
+        manager_forget_retry(m, id);
         log_image(LOG_INFO, NULL, id, "Dequeued image %s.", id);
         manager_properties_changed(m);
         return 1;
@@ -73,9 +61,7 @@ int manager_dequeue_all(Manager *m, unsigned *ret_n) {
         r = image_cache_dequeue_all(m->cache, &n);
         if (r < 0)
                 return r;
-        /* The checksums of what is no longer queued would otherwise apply to the next QueueImage of
-         * the same id that came without one. */
-        g_hash_table_remove_all(m->queued_checksums);
+        manager_forget_retries(m);
         log_info("Dequeued %u images.", n);
         manager_properties_changed(m);
         if (ret_n)

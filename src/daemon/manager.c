@@ -113,7 +113,7 @@ int manager_new(const ManagerOptions *o, Manager **ret) {
         m->user = o->user;
         m->fd_limit = raise_fd_limit();
         m->fd_budget = UINT_MAX;
-        m->queued_checksums = g_hash_table_new_full(g_str_hash, g_str_equal, free, free);
+        m->retries = g_hash_table_new_full(g_str_hash, g_str_equal, NULL, queue_retry_free_void);
         r = config_init(&m->config);
         if (r < 0)
                 return log_error_errno(r, "Cannot initialize the configuration: %m");
@@ -153,6 +153,7 @@ Manager *manager_free(Manager *m) {
 
         m->http = http_server_free(m->http); /* before the fetcher: its streams hold fills */
         manager_free_fetcher(m); /* cancels fills (partial files stay for a resume); JobRemoved still goes out */
+        g_hash_table_destroy(m->retries); /* after the fetcher: its observer looks them up; timers before the loop */
         while (m->verify_jobs)
                 verify_job_free(m->verify_jobs->data);
         while (m->pins)
@@ -170,7 +171,6 @@ Manager *manager_free(Manager *m) {
         sd_event_unref(m->event);
 
         property_snapshot_done(&m->announced);
-        g_hash_table_destroy(m->queued_checksums);
         config_done(&m->config);
         free(m->config_path);
         free(m->cache_dir);
@@ -379,7 +379,7 @@ static void on_image_added(ImageCache *c, const CacheEntry *e, void *userdata) {
 
         log_image(LOG_INFO, IMGCACHE_MESSAGE_IMAGE_CACHED, e->id, "Cached image %s (%" PRIu64 " bytes).", e->id,
                   e->size);
-        g_hash_table_remove(m->queued_checksums, e->id);
+        manager_forget_retry(m, e->id);
         if (m->bus)
                 (void) sd_bus_emit_signal(m->bus, MANAGER_PATH, MANAGER_INTERFACE, "ImageCached", "st", e->id,
                                           e->size);
@@ -407,12 +407,7 @@ static void on_image_removed(ImageCache *c, const char *id, uint64_t size, Remov
 /* ---- properties: values, snapshots, coalesced PropertiesChanged ------------------------------- */
 
 uint32_t manager_queued_count(const Manager *m) {
-        QueuedImage *q = NULL;
-        size_t n = 0;
-
-        if (!m->cache || image_cache_list_queued(m->cache, &q, &n) < 0)
-                return 0;
-        queued_images_free(q, n);
+        size_t n = m->cache ? image_cache_queued_count(m->cache) : 0;
         return (uint32_t) MIN(n, (size_t) UINT32_MAX);
 }
 
@@ -656,7 +651,8 @@ static int manager_release_name(Manager *m) {
 /* When the daemon may exit on idle: ExitOnIdleSec after the last dispatched event with nothing in flight.
  * A wake-up that dispatches nothing (the watchdog ping sd-event sends by itself) is not activity. */
 static usec_t next_idle_deadline(const Manager *m, usec_t deadline, bool had_activity) {
-        if (m->config.exit_on_idle == USEC_INFINITY || manager_is_busy(m))
+        /* A retry scheduled keeps the daemon: its state lives only here (manager-fetch.c). */
+        if (m->config.exit_on_idle == USEC_INFINITY || manager_is_busy(m) || manager_retries_pending(m))
                 return USEC_INFINITY;
         if (had_activity || deadline == USEC_INFINITY)
                 return usec_add(now_usec(CLOCK_MONOTONIC), m->config.exit_on_idle);

@@ -62,6 +62,20 @@ typedef struct PropertySnapshot {
         uint64_t bytes_served;
 } PropertySnapshot;
 
+/* What the Manager remembers of a queued image whose last fetch failed (manager-fetch.c). In memory
+ * only: a restart forgets it, and fetches the queue again at once with PrefetchOnQueue=yes. The expected
+ * checksum is not here: it is stored with the queue entry (image_cache_queued_checksum()). */
+typedef struct QueueRetry {
+        struct Manager *manager;
+        char *id;
+        unsigned failures;        /* transient failures in a row, for the backoff */
+        char *last_error;         /* the message of the last failure */
+        int last_errno;           /* its -errno (fetch.h) */
+        usec_t next_attempt;      /* CLOCK_REALTIME of the retry scheduled; 0 when none is */
+        sd_event_source *timer;   /* the retry scheduled, or NULL (running, or a permanent failure) */
+} QueueRetry;
+void queue_retry_free_void(void *p);
+
 /* What the command line set; the rest comes from the config file. */
 typedef struct ManagerOptions {
         bool user;
@@ -87,7 +101,8 @@ typedef struct Manager {
         char *restart_needed;         /* settings a reload changed that apply at the next start ("Driver=, Listen=") */
         Config config;
 
-        GHashTable *queued_checksums; /* image id → "algo:hex" given with QueueImage, for the fetcher */
+        GHashTable *retries;          /* image id → QueueRetry*: queued images whose last fetch failed */
+        unsigned n_retries_pending;   /* of them, with a retry scheduled (no exit on idle meanwhile) */
         Fetcher *fetcher;             /* fills from the upstream (fetch.h); manager-fetch.c */
         FetcherObserver fetcher_observer;
         JobRegistry *jobs;            /* org.imgcache.Job objects (job.h); manager-fetch.c */
@@ -180,22 +195,33 @@ bool manager_has_upstream(const Manager *m);
 /* The job fetching id: the running one, or a new one (starting the fill). A cached image gets a job
  * that ends "done" right after the reply. -ENXIO without an upstream, -E2BIG beyond JOB_REGISTRY_MAX. */
 int manager_fetch(Manager *m, const char *id, const Checksum *expected, Job **ret);
-/* Starts a job for every queued image, oldest first (the caller's QueueImage checksum applies); appends
- * the paths to reply as "ao" contents. */
+/* Starts a job for every queued image, oldest first (the checksum stored with the queue entry applies);
+ * appends the paths to reply as "ao" contents. */
 int manager_prefetch(Manager *m, sd_bus_message *reply);
 /* PrefetchOnQueue=yes: starts the fetch of a just-queued image (failures are logged). */
 void manager_fetch_queued(Manager *m, const char *id);
+/* At start-up with PrefetchOnQueue=yes: starts the fetch of every queued image, in queue order. */
+void manager_fetch_queue_on_start(Manager *m);
+/* Retries of failed queued images: a failed fill of a queued image is fetched again after a backoff
+ * (RetryInitialSec= doubling up to RetryMaxSec=, with jitter), unless its failure is permanent (404, a
+ * digest or length mismatch, larger than MaxSize), which is reported once and left to the next explicit
+ * Prefetch. The state of image id (NULL when its last fetch did not fail), for ListQueuedDetails. */
+const QueueRetry *manager_queue_retry(const Manager *m, const char *id);
+bool manager_retries_pending(const Manager *m);   /* some retry is scheduled */
+/* Forgets the failures of id (dequeued or cached), or of every image (the queue emptied). */
+void manager_forget_retry(Manager *m, const char *id);
+void manager_forget_retries(Manager *m);
 
 /* ---- the operations of every front end (manager-ops.c) ---- */
 
 /* The D-Bus methods call these after polkit; the HTTP server through manager_http_operations, after its
- * token check. Each does everything the operation implies (signals, properties, remembered checksums,
+ * token check. Each does everything the operation implies (signals, properties, retry state,
  * PrefetchOnQueue, the log), whoever asked. */
 
-/* 1 queued (ImageQueued, QueuedCount, the checksum kept for the fill, PrefetchOnQueue); 0 when the image
- * is cached or queued already. expected may be NULL. */
+/* 1 queued (the checksum stored with the marker, ImageQueued, QueuedCount, PrefetchOnQueue); 0 when the
+ * image is cached or queued already. expected may be NULL. */
 int manager_queue_image(Manager *m, const char *id, const Checksum *expected);
-/* 1 dequeued (with its checksum), 0 when it was not queued. */
+/* 1 dequeued (and its retry state forgotten), 0 when it was not queued. */
 int manager_dequeue_image(Manager *m, const char *id);
 int manager_dequeue_all(Manager *m, unsigned *ret_n);
 /* -ENOENT when the image is not cached. */

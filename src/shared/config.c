@@ -162,6 +162,21 @@ static int config_parse_idle_sec(const char *value, void *field, const char **re
         return 0;
 }
 
+/* The bounds of the retry backoff: 0 would retry a failing upstream in a busy loop. */
+static int config_parse_positive_sec(const char *value, void *field, const char **ret_reason) {
+        usec_t t;
+        int r;
+
+        r = config_parse_sec(value, &t, ret_reason);
+        if (r < 0)
+                return r;
+        if (t == 0)
+                return reason(ret_reason, "must be more than 0", -ERANGE);
+
+        *(usec_t *) field = t;
+        return 0;
+}
+
 static int config_parse_driver(const char *value, void *field, const char **ret_reason) {
         DriverKind k;
 
@@ -403,6 +418,8 @@ static const ConfigKey config_keys[] = {
         KEY("Upstream", "ConnectTimeoutSec",   config_parse_sec,         connect_timeout,       "30s"),
         KEY("Upstream", "LowSpeedTimeoutSec",  config_parse_sec,         low_speed_timeout,     "60s"),
         KEY("Upstream", "NotFoundCacheSec",    config_parse_sec,         not_found_cache,       "30s"),
+        KEY("Upstream", "RetryInitialSec",     config_parse_positive_sec, retry_initial,        "30s"),
+        KEY("Upstream", "RetryMaxSec",         config_parse_positive_sec, retry_max,            "1h"),
         KEY("HTTP",     "Listen",              config_parse_listen,      listen,
             "127.0.0.1:9393"),
         KEY("HTTP",     "ManagementAPI",       config_parse_bool,        management_api,        "no"),

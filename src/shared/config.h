@@ -71,6 +71,9 @@ typedef struct Config {
         usec_t connect_timeout;        /* default 30s */
         usec_t low_speed_timeout;      /* default 60s */
         usec_t not_found_cache;        /* default 30s: an upstream 404 is believed this long; 0: not at all */
+        usec_t retry_initial;          /* default 30s: first delay before a failed queued image is fetched again;
+                                        * infinity: never retried */
+        usec_t retry_max;              /* default 1h: the longest delay between two retries */
 
         /* [HTTP] */
         char *listen;                  /* default "127.0.0.1:9393" */

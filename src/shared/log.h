@@ -18,6 +18,7 @@
 #define IMGCACHE_MESSAGE_IMAGE_CACHED  "6789071c983e4afb9497ee56040374dc"
 #define IMGCACHE_MESSAGE_IMAGE_REMOVED "c73248f1db9f4e7693cf6f8d944eb6d2" /* deleted or pruned */
 #define IMGCACHE_MESSAGE_IMAGE_INVALID "1d8072adbed44989add05ffaad6eb399"
+#define IMGCACHE_MESSAGE_FETCH_FAILED  "5ad4a7512aa04894b60a46ad893bce97" /* a queued image's fetch failed for good: not retried */
 
 /* Decides once where records go: program is the prefix on stderr and the SYSLOG_IDENTIFIER=.
  * $IMGCACHE_LOG_LEVEL (debug, info, notice, warning, err or a number) sets the maximum level. */

@@ -898,69 +898,156 @@ static int compare_queued(const void *a, const void *b) {
         return strcmp(x->id, y->id);
 }
 
-int image_cache_list_queued(const ImageCache *c, QueuedImage **ret, size_t *ret_n) {
+/* The checksum in queue/<id>: 1 with *ret set, 0 for an empty marker or one whose content is not a
+ * checksum (someone else's tool may write anything there), -errno when it cannot be read. */
+static int read_marker(int queue_fd, const char *id, Checksum *ret) {
+        char buf[QUEUE_MARKER_MAX + 1];
+        int fd = openat(queue_fd, id, O_RDONLY | O_NOFOLLOW | O_NOCTTY | O_NONBLOCK | O_CLOEXEC);
+        if (fd < 0)
+                return -errno;
+        ssize_t n = read(fd, buf, QUEUE_MARKER_MAX);
+        int r = n < 0 ? -errno : 0;
+        safe_close(fd);
+        if (r < 0)
+                return r;
+
+        while (n > 0 && strchr(" \t\r\n", buf[n - 1]))
+                n--;
+        buf[n] = '\0';
+        return n > 0 && checksum_from_string(buf, ret) >= 0 ? 1 : 0;
+}
+
+int image_cache_queued_checksum(const ImageCache *c, const char *id, Checksum *ret) {
+        if (!image_id_is_valid(id))
+                return -EINVAL;
+        return read_marker(c->queue_fd, id, ret);
+}
+
+/* Calls f for every marker (a regular file named by a valid id). */
+static int for_each_marker(const ImageCache *c, int (*f)(const char *id, const struct stat *st, void *userdata),
+                           void *userdata) {
         _cleanup_(closedirp) DIR *d = NULL;
         int r = opendir_at(c->queue_fd, &d);
         if (r < 0)
                 return r;
 
-        QueuedImage *v = NULL;
-        size_t n = 0, allocated = 0;
         struct dirent *de;
         while ((errno = 0, de = readdir(d))) {
                 struct stat st;
                 if (!image_id_is_valid(de->d_name) ||
                     fstatat(c->queue_fd, de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0 || !S_ISREG(st.st_mode))
                         continue;
-
-                if (n == allocated) {
-                        allocated = MAX(allocated * 2, (size_t) 16);
-                        QueuedImage *nv = realloc(v, allocated * sizeof(QueuedImage));
-                        if (!nv) {
-                                r = -ENOMEM;
-                                break;
-                        }
-                        v = nv;
-                }
-                v[n].id = strdup(de->d_name);
-                if (!v[n].id) {
-                        r = -ENOMEM;
-                        break;
-                }
-                v[n++].queued_at = timespec_to_usec(&st.st_mtim);
+                r = f(de->d_name, &st, userdata);
+                if (r < 0)
+                        return r;
         }
-        if (r == 0 && errno != 0)
-                r = -errno;
-        if (r < 0) {
-                queued_images_free(v, n);
-                return r;
-        }
+        return errno != 0 ? -errno : 0;
+}
 
-        if (n > 0)
-                qsort(v, n, sizeof(QueuedImage), compare_queued);
-        *ret = v;
-        *ret_n = n;
+static int count_marker(const char *id, const struct stat *st, void *userdata) {
+        (*(size_t *) userdata)++;
         return 0;
 }
 
-int image_cache_queue(ImageCache *c, const char *id) {
-        if (!image_id_is_valid(id))
-                return -EINVAL;
-        if (image_cache_is_cached(c, id) || image_cache_is_being_cached(c, id))
-                return 0;
+size_t image_cache_queued_count(const ImageCache *c) {
+        size_t n = 0;
+        (void) for_each_marker(c, count_marker, &n);
+        return n;
+}
 
-        int fd = openat(c->queue_fd, id, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
+typedef struct QueueList {
+        const ImageCache *cache;
+        QueuedImage *v;
+        size_t n, allocated;
+} QueueList;
+
+static int list_marker(const char *id, const struct stat *st, void *userdata) {
+        QueueList *l = userdata;
+
+        if (l->n == l->allocated) {
+                size_t allocated = MAX(l->allocated * 2, (size_t) 16);
+                QueuedImage *nv = realloc(l->v, allocated * sizeof(QueuedImage));
+                if (!nv)
+                        return -ENOMEM;
+                l->v = nv;
+                l->allocated = allocated;
+        }
+        QueuedImage *q = l->v + l->n;
+        *q = (QueuedImage) { .id = strdup(id), .queued_at = timespec_to_usec(&st->st_mtim) };
+        if (!q->id)
+                return -ENOMEM;
+        l->n++;
+        /* A marker dequeued meanwhile, or unreadable, is listed without a checksum. */
+        q->has_checksum = read_marker(l->cache->queue_fd, id, &q->checksum) > 0;
+        return 0;
+}
+
+int image_cache_list_queued(const ImageCache *c, QueuedImage **ret, size_t *ret_n) {
+        QueueList l = { .cache = c };
+        int r = for_each_marker(c, list_marker, &l);
+        if (r < 0) {
+                queued_images_free(l.v, l.n);
+                return r;
+        }
+
+        if (l.n > 0)
+                qsort(l.v, l.n, sizeof(QueuedImage), compare_queued);
+        *ret = l.v;
+        *ret_n = l.n;
+        return 0;
+}
+
+/* Writes the marker's content and its queue time into a temporary file in queue/, then links it into
+ * place: the marker appears whole (checksum and mtime) or not at all, and link(), unlike rename(), does
+ * not replace a marker that is there already, whose queue time must stay. The temporary name starts
+ * with '.', so it is never an id. */
+static int write_marker(ImageCache *c, const char *id, const Checksum *expected) {
+        _cleanup_(freep) char *tmp = NULL, *content = NULL;
+        int r = 0;
+
+        if (asprintf(&tmp, ".%s.new", id) < 0)
+                return -ENOMEM;
+        if (expected) {
+                _cleanup_(freep) char *s = checksum_to_string(expected);
+                if (!s || asprintf(&content, "%s\n", s) < 0)
+                        return -ENOMEM;
+        }
+
+        int fd = openat(c->queue_fd, tmp, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0644);
         if (fd < 0)
-                return errno == EEXIST ? 0 : -errno;
-
+                return -errno;
+        if (content) {
+                r = loop_write(fd, content, strlen(content));
+                /* The checksum must not vanish in a crash while the name survives: a marker that came
+                 * back empty would fetch the image unchecked. */
+                if (r >= 0 && fdatasync(fd) < 0)
+                        r = -errno;
+        }
         /* The marker's mtime is the queue time, which orders prefetching. The kernel stamps new files
          * from a coarse clock (a jiffy), so two quick queue calls could tie: stamp it precisely. */
         struct timespec ts[2];
         (void) clock_gettime(CLOCK_REALTIME, &ts[0]);
         ts[1] = ts[0];
-        (void) futimens(fd, ts);
+        if (r >= 0 && futimens(fd, ts) < 0)
+                r = -errno;
         safe_close(fd);
-        return 1;
+
+        if (r >= 0 && linkat(c->queue_fd, tmp, c->queue_fd, id, 0) < 0)
+                r = errno == EEXIST ? 0 : -errno;
+        else if (r >= 0)
+                r = 1;
+        (void) unlinkat(c->queue_fd, tmp, 0);
+        return r;
+}
+
+int image_cache_queue(ImageCache *c, const char *id, const Checksum *expected) {
+        if (!image_id_is_valid(id))
+                return -EINVAL;
+        if (image_cache_is_cached(c, id) || image_cache_is_being_cached(c, id))
+                return 0;
+        if (image_cache_is_queued(c, id))
+                return 0;
+        return write_marker(c, id, expected);
 }
 
 int image_cache_dequeue(ImageCache *c, const char *id) {

@@ -132,14 +132,24 @@ int image_cache_verify(ImageCache *c, const char *id);
 int image_cache_verify_begin(ImageCache *c, const char *id, int *ret_fd, ChecksumAlgo *ret_algo);
 int image_cache_verify_end(ImageCache *c, const char *id, const Checksum *actual);
 
-/* The queue: queue/<id> markers, mtime = queue time, oldest first. */
+/* The queue: queue/<id> markers, mtime = queue time, oldest first. A marker is empty (Glance's), or holds
+ * the checksum the image is expected to have, as one line "algo:hex\n"; content that is not a checksum
+ * counts as none. Glance-compatible tools see a marker either way. */
+#define QUEUE_MARKER_MAX 256
 typedef struct QueuedImage {
         char *id;
         usec_t queued_at;
+        bool has_checksum;
+        Checksum checksum;       /* the expected checksum, when has_checksum */
 } QueuedImage;
 void queued_images_free(QueuedImage *q, size_t n);
 int image_cache_list_queued(const ImageCache *c, QueuedImage **ret, size_t *ret_n);
-int image_cache_queue(ImageCache *c, const char *id);    /* 1 queued; 0 already queued or cached */
+size_t image_cache_queued_count(const ImageCache *c); /* without reading the markers */
+/* The checksum stored with a queued image: 1 with *ret set, 0 when it was queued without one, -ENOENT
+ * when it is not queued. */
+int image_cache_queued_checksum(const ImageCache *c, const char *id, Checksum *ret);
+/* 1 queued; 0 already queued or cached. expected may be NULL. The marker appears whole or not at all. */
+int image_cache_queue(ImageCache *c, const char *id, const Checksum *expected);
 int image_cache_dequeue(ImageCache *c, const char *id);  /* 1 removed; 0 was not queued */
 int image_cache_dequeue_all(ImageCache *c, unsigned *ret_n);
 

@@ -755,7 +755,9 @@ static void test_queue(Fixture *f, gconstpointer data) {
         }
         g_assert_cmpuint(count_queued(f), ==, 3);
 
-        /* list-queued: oldest first, and its JSON equals ListQueued. */
+        /* list-queued: oldest first, with the checksum stored with the entry and what is known of its
+         * fetch (nothing here: no upstream); its JSON equals ListQueuedDetails, whose first two fields
+         * are ListQueued's. */
         {
                 g_auto(Run) r = run_ctl("list-queued", NULL);
                 g_auto(Run) nl = run_ctl("--no-legend", "list-queued", NULL);
@@ -763,12 +765,17 @@ static void test_queue(Fixture *f, gconstpointer data) {
                 g_auto(GStrv) l = NULL, n = NULL;
                 g_autoptr(GVariant) reply = call_ok(f, "ListQueued", NULL, "(a(st))");
                 g_autoptr(GVariant) a = g_variant_get_child_value(reply, 0);
+                g_autoptr(GVariant) dreply = call_ok(f, "ListQueuedDetails", NULL, "(a(stsst))");
+                g_autoptr(GVariant) d = g_variant_get_child_value(dreply, 0);
                 json_t *j;
 
                 assert_success(r);
                 l = lines(r.out);
                 g_assert_cmpuint(g_strv_length(l), ==, 6);
-                g_assert_true(g_regex_match_simple("^ID +QUEUED +QUEUED AT$", l[0], 0, 0));
+                g_assert_true(g_regex_match_simple("^ID +QUEUED +QUEUED AT +CHECKSUM +NEXT ATTEMPT +LAST ERROR$",
+                                                   l[0], 0, 0));
+                g_assert_true(g_regex_match_simple("^arch .* md5:d41d8cd98f00… +- +-$", l[3], 0, 0));
+                g_assert_true(g_regex_match_simple("^fedora-40 .* - +- +-$", l[1], 0, 0));
                 g_assert_cmpstr(l[5], ==, "3 images queued.");
 
                 assert_success(nl);
@@ -783,9 +790,22 @@ static void test_queue(Fixture *f, gconstpointer data) {
                         guint64 at;
                         g_autofree char *w = first_word(n[i]);
 
+                        const char *did, *sum, *last_error;
+                        guint64 dat, next;
+                        json_t *row = json_array_get(j, i);
+
                         g_variant_get_child(a, i, "(&st)", &id, &at);
-                        g_assert_cmpstr(json_str(json_array_get(j, i), "id"), ==, id);
-                        g_assert_cmpuint(json_u64(json_array_get(j, i), "queued_at"), ==, at);
+                        g_variant_get_child(d, i, "(&st&s&st)", &did, &dat, &sum, &last_error, &next);
+                        g_assert_cmpstr(did, ==, id);
+                        g_assert_cmpuint(dat, ==, at);
+                        g_assert_cmpstr(sum, ==, g_str_equal(id, "arch") ? "md5:d41d8cd98f00b204e9800998ecf8427e" : "");
+                        g_assert_cmpstr(last_error, ==, "");
+                        g_assert_cmpuint(next, ==, 0);
+                        g_assert_cmpstr(json_str(row, "id"), ==, id);
+                        g_assert_cmpuint(json_u64(row, "queued_at"), ==, at);
+                        g_assert_cmpstr(json_str(row, "checksum"), ==, sum);
+                        g_assert_cmpstr(json_str(row, "last_error"), ==, "");
+                        g_assert_cmpuint(json_u64(row, "next_attempt"), ==, 0);
                         g_assert_cmpstr(w, ==, id);
                 }
                 json_decref(j);

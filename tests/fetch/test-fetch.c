@@ -189,7 +189,7 @@ static void assert_failed(Env *e, Fill *f, const char *id, int error, const char
 }
 
 static void queue(Env *e, const char *id) {
-        g_assert_cmpint(image_cache_queue(e->cache, id), ==, 1);
+        g_assert_cmpint(image_cache_queue(e->cache, id, NULL), ==, 1);
 }
 
 /* ---- good fetches ------------------------------------------------------------------------------- */

@@ -754,7 +754,7 @@ static void test_manage_cache_api(ManageFixture *f, gconstpointer user) {
         g_assert_true(image_cache_is_cached(f->t.cache, "two"));
         g_assert_false(image_cache_is_queued(f->t.cache, "q1"));
 
-        g_assert_cmpint(image_cache_queue(f->t.cache, "q3"), ==, 1);
+        g_assert_cmpint(image_cache_queue(f->t.cache, "q3", NULL), ==, 1);
         c = test_request(&f->t, "DELETE", "/v2/cache", TOKEN, "x-image-cache-clear-target: cache", NULL);
         g_assert_cmpint(c->status, ==, 204);
         test_client_free(c);

@@ -25,7 +25,7 @@ static int queue_image(void *userdata, const char *id) {
         Fill *f = NULL;
         int r;
 
-        r = image_cache_queue(t->cache, id);
+        r = image_cache_queue(t->cache, id, NULL);
         if (r <= 0 || !t->config->prefetch_on_queue || !t->fetcher || !fetcher_has_upstream(t->fetcher))
                 return r;
         if (fetcher_fill(t->fetcher, id, NULL, &f) >= 0)

@@ -42,6 +42,7 @@ struct Entry {
         uint8_t *body;          /* what is served: data, or a modified copy */
         size_t body_size;
         UpstreamImageOptions opts;
+        unsigned gets;          /* GETs answered, for fail_first */
         char *etag;
         pthread_mutex_t hash_lock;
         bool hashed;
@@ -98,6 +99,7 @@ typedef struct Request {
         bool counts_bytes_at_end; /* served by MHD from a buffer or fd: count the length when complete */
         bool stalled_once;
         uint64_t began_usec;
+        UpstreamImageOptions opts; /* the entry's, less the faults fail_first has used up */
 } Request;
 
 static uint64_t now_mono_usec(void) {
@@ -543,7 +545,7 @@ static ssize_t body_reader(void *cls, uint64_t pos, char *buf, size_t max) {
         Request *rq = cls;
         UpstreamFixture *fx = rq->fx;
         Entry *e = rq->entry;
-        const UpstreamImageOptions *o = &e->opts;
+        const UpstreamImageOptions *o = &rq->opts;
 
         if (pos >= rq->length)
                 return MHD_CONTENT_READER_END_OF_STREAM;
@@ -629,9 +631,23 @@ static bool parse_range(const char *v, uint64_t size, uint64_t *ret_start, uint6
         return true;
 }
 
+/* The options of this request: past fail_first GETs, the image without its faults. */
+static UpstreamImageOptions request_options(UpstreamFixture *fx, Entry *e, bool head) {
+        UpstreamImageOptions o = e->opts;
+
+        if (o.fail_first == 0 || head)
+                return o;
+        pthread_mutex_lock(&fx->lock);
+        bool faulty = e->gets++ < o.fail_first;
+        pthread_mutex_unlock(&fx->lock);
+        if (!faulty)
+                o.status = 0, o.stall_after = o.reset_after = o.close_after = 0;
+        return o;
+}
+
 static enum MHD_Result respond_image(UpstreamFixture *fx, struct MHD_Connection *c, const char *path, Entry *e,
                                      bool head, Request **ret_request) {
-        const UpstreamImageOptions *o = &e->opts;
+        const UpstreamImageOptions opts = request_options(fx, e, head), *o = &opts;
         if (o->status)
                 return respond_status(c, o->status);
 
@@ -670,6 +686,7 @@ static enum MHD_Result respond_image(UpstreamFixture *fx, struct MHD_Connection 
                 .length = length,
                 .connection = c,
                 .began_usec = now_mono_usec(),
+                .opts = opts,
         };
         pthread_mutex_lock(&fx->lock);
         e->n_ref++;

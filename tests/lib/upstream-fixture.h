@@ -57,6 +57,8 @@ typedef struct UpstreamImageOptions {
         uint64_t short_by;         /* serve (and advertise) this many bytes less than the true image */
         uint64_t long_by;          /* serve (and advertise) this many extra bytes after the true image */
         uint64_t rate;             /* >0: at most this many body bytes per second and connection */
+        unsigned fail_first;       /* >0: status, stall_after, reset_after and close_after apply to the first
+                                    * this many GETs of the image only; later ones are served well */
 } UpstreamImageOptions;
 
 /* The image record of Kind=glance (GET /v2/images/<id>). Zero = an active record describing the image
