@@ -160,7 +160,6 @@ int http_manage_dispatch(const HttpManageContext *ctx, const HttpRouteMatch *rou
                          const char *clear_target, const char *host, HttpReply *ret) {
         json_auto_t *j = NULL;
         unsigned n = 0, m = 0;
-        uint64_t bytes = 0;
         int r;
 
         assert(ctx);
