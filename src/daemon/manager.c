@@ -356,6 +356,7 @@ static void on_image_removed(ImageCache *c, const char *id, uint64_t size, Remov
 
         if (reason == REMOVE_PRUNED)
                 m->evictions++;
+        pins_end_for_image(m, id); /* deleted while pinned, or invalid: nothing left to keep */
 
         if (reason == REMOVE_INVALID)
                 log_image(LOG_WARNING, IMGCACHE_MESSAGE_IMAGE_INVALID, id,

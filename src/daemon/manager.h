@@ -187,8 +187,10 @@ int manager_queue_image(Manager *m, const char *id, const Checksum *expected);
 /* 1 dequeued (with its checksum), 0 when it was not queued. */
 int manager_dequeue_image(Manager *m, const char *id);
 int manager_dequeue_all(Manager *m, unsigned *ret_n);
-/* -ENOENT when the image is not cached. */
-int manager_delete_image(Manager *m, const char *id);
+/* -ENOENT when the image is not cached, -EBUSY when it is pinned and !ignore_pins (its pins end when it is
+ * deleted anyway). */
+int manager_delete_image(Manager *m, const char *id, bool ignore_pins);
+/* Deletes every image that is not pinned; *ret_n: how many went. The log line counts the pinned ones kept. */
 int manager_delete_all_images(Manager *m, unsigned *ret_n);
 /* Prunes down to MaxSize=. On failure *ret_limit_failed says whether MaxSize= could not be resolved
  * (nothing was pruned then) or the pruning itself failed. */
