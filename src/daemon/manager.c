@@ -356,7 +356,6 @@ static void on_image_removed(ImageCache *c, const char *id, uint64_t size, Remov
 
         if (reason == REMOVE_PRUNED)
                 m->evictions++;
-        pins_end_for_image(m, id); /* deleted while pinned, or invalid: nothing left to keep */
 
         if (reason == REMOVE_INVALID)
                 log_image(LOG_WARNING, IMGCACHE_MESSAGE_IMAGE_INVALID, id,
@@ -364,6 +363,7 @@ static void on_image_removed(ImageCache *c, const char *id, uint64_t size, Remov
         else
                 log_image(LOG_INFO, IMGCACHE_MESSAGE_IMAGE_REMOVED, id, "Image %s %s (%" PRIu64 " bytes).", id,
                           remove_reason_to_string(reason), size);
+        pins_end_for_image(m, id); /* deleted while pinned, or invalid: nothing left to keep */
         if (m->bus)
                 (void) sd_bus_emit_signal(m->bus, MANAGER_PATH, MANAGER_INTERFACE, "ImageRemoved", "ss", id,
                                           remove_reason_to_string(reason));
