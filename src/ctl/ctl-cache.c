@@ -131,7 +131,8 @@ static const PerImageVerb dequeue_images = {
 };
 
 static const PerImageVerb delete_images = {
-        .method = "DeleteImage", .ignoring_pins_method = "DeleteImageWithFlags", .action = "delete", .done = "Deleted", .where = "", .confirm = true,
+        .method = "DeleteImage", .ignoring_pins_method = "DeleteImageWithFlags", .action = "delete",
+        .done = "Deleted", .where = "", .confirm = true,
 };
 
 /* v's method on one image. The flags variant only with --ignore-pins: without it, an imgcached older than
