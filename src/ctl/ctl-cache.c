@@ -7,6 +7,7 @@
 
 #include <jansson.h>
 
+#include "bus-error.h"
 #include "ctl-bus.h"
 #include "ctl-cache.h"
 #include "ctl-list.h"
@@ -118,6 +119,7 @@ int verb_queue(int argc, char *argv[], Context *c) {
 /* The verbs that remove images one call each (DequeueImage, DeleteImage): one shape, different words. */
 typedef struct PerImageVerb {
         const char *method;     /* takes "s", returns nothing */
+        const char *ignoring_pins_method; /* with --ignore-pins: takes "st" (id, IGNORE_PINS); NULL: none */
         const char *action;     /* "Failed to <action> image <id>" */
         const char *done;       /* "<done> image <id><where>." */
         const char *where;
@@ -129,8 +131,25 @@ static const PerImageVerb dequeue_images = {
 };
 
 static const PerImageVerb delete_images = {
-        .method = "DeleteImage", .action = "delete", .done = "Deleted", .where = "", .confirm = true,
+        .method = "DeleteImage", .ignoring_pins_method = "DeleteImageWithFlags", .action = "delete",
+        .done = "Deleted", .where = "", .confirm = true,
 };
+
+/* v's method on one image. The flags variant only with --ignore-pins: without it, an imgcached older than
+ * DeleteImageWithFlags still works. */
+static int call_per_image(sd_bus *bus, const PerImageVerb *v, const char *id) {
+        _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
+        const char *method = v->ignoring_pins_method;
+        int r;
+
+        if (!arg_ignore_pins || !method)
+                return call_image(bus, v->method, 0, v->action, id, /* checksum= */ NULL, NULL);
+
+        r = call_manager(bus, method, 0, &error, NULL, "st", id, IMGCACHE_DELETE_IMAGE_IGNORE_PINS);
+        if (r < 0)
+                return log_call_error(r, &error, method, "%s image %s", v->action, id);
+        return 0;
+}
 
 static int confirm_per_image(int argc, char *argv[]) {
         if (argc == 2)
@@ -154,7 +173,7 @@ static int run_per_image_verb(Context *c, int argc, char *argv[], const PerImage
 
         /* One failure does not stop the rest; the exit code tells there was one. */
         for (int i = 1; i < argc; i++) {
-                r = call_image(bus, v->method, 0, v->action, argv[i], /* checksum= */ NULL, NULL);
+                r = call_per_image(bus, v, argv[i]);
                 if (r < 0) {
                         ret = r;
                         continue;

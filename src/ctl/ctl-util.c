@@ -16,6 +16,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bus-error.h"
 #include "ctl-util.h"
 #include "parse-util.h"
 #include "table.h"
@@ -135,6 +136,7 @@ const char *polkit_action_for_method(const char *member) {
                 { "FetchImage",      "org.imgcache.queue"    },
                 { "Cancel",          "org.imgcache.queue"    },
                 { "DeleteImage",     "org.imgcache.delete"   },
+                { "DeleteImageWithFlags", "org.imgcache.delete" },
                 { "DeleteAllImages", "org.imgcache.delete"   },
                 { "Prune",           "org.imgcache.maintain" },
                 { "Clean",           "org.imgcache.maintain" },
@@ -190,6 +192,16 @@ int access_denied_hint(const sd_bus_error *e, const char *member, bool ask_passw
         return 0;
 }
 
+/* What to do about the errors that are not about access, or NULL. */
+static const char *error_hint(const sd_bus_error *e, bool user_bus) {
+        if (sd_bus_error_has_names(e, SD_BUS_ERROR_SERVICE_UNKNOWN, SD_BUS_ERROR_NAME_HAS_NO_OWNER))
+                return user_bus ? "Is imgcached running (imgcached --user) on this session bus?" :
+                                  "Is imgcached installed and its D-Bus activation file in place?";
+        if (sd_bus_error_has_name(e, IMGCACHE_ERROR_IMAGE_PINNED))
+                return "'imgcachectl pins' lists the pins; --ignore-pins deletes it anyway.";
+        return NULL;
+}
+
 int format_call_error(const char *what, const sd_bus_error *e, int r, const char *member, bool ask_password,
                       bool user_bus, char **ret) {
         _cleanup_(freep) char *hint = NULL;
@@ -210,12 +222,8 @@ int format_call_error(const char *what, const sd_bus_error *e, int r, const char
         if (k < 0)
                 return k;
 
-        if (!hint && sd_bus_error_has_names(e,
-                                            SD_BUS_ERROR_SERVICE_UNKNOWN,
-                                            SD_BUS_ERROR_NAME_HAS_NO_OWNER)) {
-                hint = strdup(user_bus ?
-                              "Is imgcached running (imgcached --user) on this session bus?" :
-                              "Is imgcached installed and its D-Bus activation file in place?");
+        if (!hint && error_hint(e, user_bus)) {
+                hint = strdup(error_hint(e, user_bus));
                 if (!hint)
                         return -ENOMEM;
         }

@@ -5,8 +5,8 @@
  * host's system bus with -H, or a container's with -M.
  *
  * This file holds the options, --help and the verb table. The verbs live by what they do: ctl-list.c
- * (looking), ctl-cache.c (changing the cache and the queue), ctl-jobs.c with ctl-watch.c (fetch jobs);
- * ctl-bus.c and ctl-output.c are what they all share. */
+ * (looking), ctl-cache.c (changing the cache and the queue), ctl-jobs.c with ctl-watch.c (fetch jobs),
+ * ctl-pins.c (pins); ctl-bus.c and ctl-output.c are what they all share. */
 
 #include <errno.h>
 #include <getopt.h>
@@ -22,6 +22,7 @@
 #include "ctl-cache.h"
 #include "ctl-jobs.h"
 #include "ctl-list.h"
+#include "ctl-pins.h"
 #include "ctl-util.h"
 #include "imgcache-config.h"
 #include "imgcachectl.h"
@@ -38,10 +39,12 @@ bool arg_legend = true;
 bool arg_quiet = false;
 bool arg_ask_password = true;
 bool arg_force = false;
+bool arg_ignore_pins = false;
 bool arg_no_block = false;
 SortKey arg_sort = SORT_ACCESSED;
 const char *arg_checksum = NULL;
 usec_t arg_stall_time = 0;
+const char *arg_why = NULL;
 
 static const char *const json_mode_table[_JSON_MODE_MAX] = {
         [JSON_MODE_OFF] = "off",
@@ -101,6 +104,8 @@ static const Verb verbs[] = {
         { "verify",                   1, ARGS_ANY, 0,            verb_verify      },
         { "jobs",                     1, 1,        0,            verb_jobs        },
         { "cancel",                   2, ARGS_ANY, 0,            verb_cancel      },
+        { "pins",                     1, 1,        0,            verb_pins        },
+        { "pin",                      3, ARGS_ANY, 0,            verb_pin         },
 };
 
 static int dispatch_verb(int argc, char *argv[], Context *c) {
@@ -162,6 +167,12 @@ static void help(void) {
                "  jobs                     List fetch jobs\n"
                "  cancel JOB...            Cancel fetch jobs\n"
                "\n"
+               "Pin commands:\n"
+               "  pins                     List pinned images and who holds them\n"
+               "  pin ID [--why=TEXT] -- CMD [ARGS...]\n"
+               "                           Keep an image from being pruned or deleted\n"
+               "                           while a command runs\n"
+               "\n"
                "Options:\n"
                "  -h --help                Show this help\n"
                "     --version             Show the package version\n"
@@ -175,11 +186,13 @@ static void help(void) {
                "  -q --quiet               Print only errors and requested listings\n"
                "     --no-ask-password     Do not ask for a password for privileged calls\n"
                "  -f --force               Do not ask before destructive commands\n"
+               "     --ignore-pins         Let 'delete' delete pinned images too\n"
                "     --sort=id|size|hits|accessed|modified\n"
                "                           Order of 'list' (default: accessed)\n"
                "     --checksum=ALGO:HEX   Expected checksum for 'queue' and 'fetch'\n"
                "     --stall-time=TIMESPAN Age of stalled downloads for 'clean'\n"
                "     --no-block            Do not wait for 'fetch' and 'prefetch' jobs\n"
+               "     --why=TEXT            Reason shown by 'pins' for a 'pin'\n"
                "\n"
                "See the imgcachectl(1) man page for details.\n",
                program_invocation_short_name);
@@ -197,6 +210,8 @@ static int parse_argv(int argc, char *argv[]) {
                 ARG_CHECKSUM,
                 ARG_STALL_TIME,
                 ARG_NO_BLOCK,
+                ARG_IGNORE_PINS,
+                ARG_WHY,
         };
 
         static const struct option options[] = {
@@ -215,6 +230,8 @@ static int parse_argv(int argc, char *argv[]) {
                 { "checksum",        required_argument, NULL, ARG_CHECKSUM        },
                 { "stall-time",      required_argument, NULL, ARG_STALL_TIME      },
                 { "no-block",        no_argument,       NULL, ARG_NO_BLOCK        },
+                { "ignore-pins",     no_argument,       NULL, ARG_IGNORE_PINS     },
+                { "why",             required_argument, NULL, ARG_WHY             },
                 {}
         };
 
@@ -303,6 +320,14 @@ static int parse_argv(int argc, char *argv[]) {
                         arg_no_block = true;
                         break;
 
+                case ARG_IGNORE_PINS:
+                        arg_ignore_pins = true;
+                        break;
+
+                case ARG_WHY:
+                        arg_why = optarg;
+                        break;
+
                 case '?':
                         return -EINVAL;
 
@@ -339,5 +364,5 @@ finish:
         pager_close();
         polkit_agent_close();
         sd_bus_flush_close_unref(c.bus);
-        return r < 0 ? EXIT_FAILURE : EXIT_SUCCESS;
+        return r < 0 ? EXIT_FAILURE : c.exit_status;
 }

@@ -45,16 +45,19 @@ extern bool arg_legend;
 extern bool arg_quiet;
 extern bool arg_ask_password;
 extern bool arg_force;
+extern bool arg_ignore_pins;
 extern bool arg_no_block;
 extern SortKey arg_sort;
 extern const char *arg_checksum;
 extern usec_t arg_stall_time;
+extern const char *arg_why;
 
 #define log_oom() log_error_errno(ENOMEM, "Out of memory.")
 
 /* The connection, opened by the first verb that needs it (acquire_bus()) and closed by main(). */
 typedef struct Context {
         sd_bus *bus;
+        int exit_status;        /* of a successful verb: 0, or what 'pin' ran exited with */
 } Context;
 
 /* Every verb: argv[0] is the verb itself; returns 0 or a negative errno, already logged. */

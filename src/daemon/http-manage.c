@@ -94,7 +94,8 @@ static json_t *queued_images_json(ImageCache *cache) {
         return TAKE_PTR(a);
 }
 
-/* Deletes the cached copy and the queue entry. 1 when either existed. */
+/* Deletes the cached copy and the queue entry. 1 when either existed; -EBUSY, leaving both, when the
+ * image is pinned. */
 static int delete_image(const HttpManageContext *ctx, const char *id) {
         bool found = false;
         int r;
@@ -156,6 +157,12 @@ static int error_reply(HttpReply *ret, int r, const char *what) {
         return reply_text(ret, 500, msg);
 }
 
+/* A pinned image stays (DESIGN.md, "Pins"); who pinned it and why is for the bus (ListPins), not for an
+ * HTTP client. */
+static int pinned_reply(HttpReply *ret) {
+        return reply_text(ret, 409, "Image is in use and cannot be deleted\n");
+}
+
 int http_manage_dispatch(const HttpManageContext *ctx, const HttpRouteMatch *route, HttpMethod method,
                          const char *clear_target, const char *host, HttpReply *ret) {
         json_auto_t *j = NULL;
@@ -211,6 +218,8 @@ int http_manage_dispatch(const HttpManageContext *ctx, const HttpRouteMatch *rou
                         return reply_status(ret, 202);
                 }
                 r = delete_image(ctx, route->id);
+                if (r == -EBUSY)
+                        return pinned_reply(ret);
                 if (r < 0)
                         return error_reply(ret, r, "Failed to delete image");
                 if (r == 0)
@@ -265,6 +274,8 @@ int http_manage_dispatch(const HttpManageContext *ctx, const HttpRouteMatch *rou
         case HTTP_ROUTE_CACHED_IMAGE:
                 /* Glance's middleware: DELETE /cached_images/<id>, 200 whether or not it was cached. */
                 r = ctx->ops->delete_image(ctx->userdata, route->id);
+                if (r == -EBUSY)
+                        return pinned_reply(ret);
                 if (r < 0 && r != -ENOENT)
                         return error_reply(ret, r, "Failed to delete image");
                 return reply_status(ret, 200);

@@ -62,8 +62,8 @@ typedef struct HttpOperations {
         int (*queue_image)(void *userdata, const char *id);         /* 1 queued, 0 already queued or cached */
         int (*dequeue_image)(void *userdata, const char *id);       /* 1 dequeued, 0 was not queued */
         int (*dequeue_all)(void *userdata, unsigned *ret_n);
-        int (*delete_image)(void *userdata, const char *id);        /* -ENOENT: not cached */
-        int (*delete_all_images)(void *userdata, unsigned *ret_n);
+        int (*delete_image)(void *userdata, const char *id);        /* -ENOENT: not cached, -EBUSY: pinned */
+        int (*delete_all_images)(void *userdata, unsigned *ret_n);  /* pinned images are kept */
         /* MaxSize= unresolvable: -errno with *ret_limit_failed set, nothing pruned. */
         int (*prune)(void *userdata, SpaceResult *ret, bool *ret_limit_failed);
         int (*clean)(void *userdata, unsigned *ret_stalled, unsigned *ret_invalid);  /* with StallTime= */

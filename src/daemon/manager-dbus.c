@@ -330,27 +330,67 @@ static int method_dequeue_all(sd_bus_message *message, void *userdata, sd_bus_er
 
 /* ---- removal and maintenance -------------------------------------------------------------------- */
 
+/* Names the oldest holder, so the caller knows whom to ask (ListPins lists them all). */
+static int image_pinned(const Manager *m, sd_bus_error *error, const char *id) {
+        const Pin *p = pin_find(m, id);
+
+        if (!p)
+                return sd_bus_error_setf(error, IMGCACHE_ERROR_IMAGE_PINNED, "Image %s is pinned.", id);
+        return sd_bus_error_setf(error, IMGCACHE_ERROR_IMAGE_PINNED, "Image %s is pinned by pid %d: %s", id,
+                                 (int) p->pid, isempty(p->why) ? "(no reason given)" : p->why);
+}
+
+/* DeleteImage and DeleteImageWithFlags, with the id read. A pinned image is refused before polkit is asked
+ * (nobody is asked for a password for a call that would fail), and again by the operation itself. */
+static int delete_image(Manager *m, sd_bus_message *message, const char *id, bool ignore_pins,
+                        sd_bus_error *error) {
+        int r;
+
+        if (!image_cache_is_cached(m->cache, id))
+                return not_cached(error, id);
+        if (!ignore_pins && image_cache_is_pinned(m->cache, id))
+                return image_pinned(m, error, id);
+
+        r = manager_authorize(m, message, ACTION_DELETE, id, error);
+        if (r <= 0)
+                return r == 0 ? 1 : r;
+
+        r = manager_delete_image(m, id, ignore_pins);
+        if (r == -ENOENT)
+                return not_cached(error, id);
+        if (r == -EBUSY)
+                return image_pinned(m, error, id);
+        if (r < 0)
+                return sd_bus_error_set_errnof(error, r, "Cannot delete image %s: %m", id);
+        return sd_bus_reply_method_return(message, NULL);
+}
+
 static int method_delete_image(sd_bus_message *message, void *userdata, sd_bus_error *error) {
-        Manager *m = userdata;
         const char *id;
         int r;
 
         r = read_image_id(message, &id, error);
         if (r < 0)
                 return r;
-        if (!image_cache_is_cached(m->cache, id))
-                return not_cached(error, id);
+        return delete_image(userdata, message, id, /* ignore_pins= */ false, error);
+}
 
-        r = manager_authorize(m, message, ACTION_DELETE, id, error);
-        if (r <= 0)
-                return r == 0 ? 1 : r;
+static int method_delete_image_with_flags(sd_bus_message *message, void *userdata, sd_bus_error *error) {
+        const char *id;
+        uint64_t flags;
+        int r;
 
-        r = manager_delete_image(m, id);
-        if (r == -ENOENT)
-                return not_cached(error, id);
+        r = sd_bus_message_read(message, "st", &id, &flags);
         if (r < 0)
-                return sd_bus_error_set_errnof(error, r, "Cannot delete image %s: %m", id);
-        return sd_bus_reply_method_return(message, NULL);
+                return r;
+        r = bus_error_check_image_id(error, id);
+        if (r < 0)
+                return r;
+        /* Unknown bits are refused, not ignored: a later flag must not be taken for a no-op by this version. */
+        if (flags & ~IMGCACHE_DELETE_IMAGE_FLAGS_ALL)
+                return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS, "Unknown flags 0x%" PRIx64 ".",
+                                         flags & ~IMGCACHE_DELETE_IMAGE_FLAGS_ALL);
+        return delete_image(userdata, message, id, flags & IMGCACHE_DELETE_IMAGE_IGNORE_PINS, error);
 }
 
 static int method_delete_all_images(sd_bus_message *message, void *userdata, sd_bus_error *error) {
@@ -620,6 +660,8 @@ const sd_bus_vtable manager_vtable[] = {
                                 method_dequeue_all, SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_METHOD_WITH_ARGS("DeleteImage", SD_BUS_ARGS("s", id), SD_BUS_NO_RESULT,
                                 method_delete_image, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("DeleteImageWithFlags", SD_BUS_ARGS("s", id, "t", flags), SD_BUS_NO_RESULT,
+                                method_delete_image_with_flags, SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_METHOD_WITH_ARGS("DeleteAllImages", SD_BUS_NO_ARGS, SD_BUS_RESULT("u", count),
                                 method_delete_all_images, SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_METHOD_WITH_ARGS("Prune", SD_BUS_NO_ARGS, SD_BUS_RESULT("u", files, "t", bytes),

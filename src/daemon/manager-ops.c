@@ -71,13 +71,56 @@ int manager_dequeue_all(Manager *m, unsigned *ret_n) {
 
 /* ---- removal and maintenance -------------------------------------------------------------------- */
 
-/* Signals, properties and the log line of removals come from the store's observer (manager.c). */
-int manager_delete_image(Manager *m, const char *id) {
+/* Signals, properties and the log line of each removal come from the store's observer (manager.c), which
+ * also ends the pins of an image deleted while pinned. A pin is a promise to its holder that the image
+ * stays: only a caller who says so (ignore_pins) breaks it. Checked here, not only by the front ends,
+ * because a pin may be taken while polkit decides about the delete. */
+int manager_delete_image(Manager *m, const char *id, bool ignore_pins) {
+        if (!ignore_pins && image_cache_is_pinned(m->cache, id))
+                return -EBUSY;
         return image_cache_delete(m->cache, id);
 }
 
+/* Deletes the unpinned images one by one; stops at the first failure like image_cache_delete_all(). */
+static int delete_unpinned(Manager *m, unsigned *ret_deleted, unsigned *ret_skipped) {
+        _cleanup_(freep) const CacheEntry **entries = NULL;
+        size_t n;
+        int r;
+
+        r = image_cache_list(m->cache, &entries, &n);
+        if (r < 0)
+                return r;
+        /* Each delete frees only its own entry: the later pointers stay valid. */
+        for (size_t i = 0; i < n; i++) {
+                if (image_cache_is_pinned(m->cache, entries[i]->id)) {
+                        (*ret_skipped)++;
+                        continue;
+                }
+                r = image_cache_delete(m->cache, entries[i]->id);
+                if (r < 0)
+                        return r;
+                (*ret_deleted)++;
+        }
+        return 0;
+}
+
+/* Skips pinned images rather than failing: "delete everything" from a timer or a Glance client must not
+ * stop at the one image a VM is booting from, nor take it away. The skipped ones are logged. */
 int manager_delete_all_images(Manager *m, unsigned *ret_n) {
-        return image_cache_delete_all(m->cache, ret_n);
+        unsigned deleted = 0, skipped = 0;
+        int r;
+
+        if (m->n_pins == 0)
+                r = image_cache_delete_all(m->cache, &deleted); /* one transaction */
+        else
+                r = delete_unpinned(m, &deleted, &skipped);
+        if (r < 0)
+                log_warning_errno(r, "Deleted %u images, then failed: %m", deleted);
+        else
+                log_info("Deleted %u images, skipped %u pinned.", deleted, skipped);
+        if (ret_n)
+                *ret_n = deleted;
+        return r;
 }
 
 int manager_max_size(const Manager *m, uint64_t *ret) {
@@ -175,8 +218,9 @@ static int http_dequeue_all(void *userdata, unsigned *ret_n) {
         return manager_dequeue_all(userdata, ret_n);
 }
 
+/* HTTP never breaks a pin: -EBUSY is its 409. */
 static int http_delete_image(void *userdata, const char *id) {
-        return manager_delete_image(userdata, id);
+        return manager_delete_image(userdata, id, /* ignore_pins= */ false);
 }
 
 static int http_delete_all_images(void *userdata, unsigned *ret_n) {

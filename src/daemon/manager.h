@@ -224,8 +224,10 @@ int manager_queue_image(Manager *m, const char *id, const Checksum *expected);
 /* 1 dequeued (and its retry state forgotten), 0 when it was not queued. */
 int manager_dequeue_image(Manager *m, const char *id);
 int manager_dequeue_all(Manager *m, unsigned *ret_n);
-/* -ENOENT when the image is not cached. */
-int manager_delete_image(Manager *m, const char *id);
+/* -ENOENT when the image is not cached, -EBUSY when it is pinned and !ignore_pins (its pins end when it is
+ * deleted anyway). */
+int manager_delete_image(Manager *m, const char *id, bool ignore_pins);
+/* Deletes every image that is not pinned; *ret_n: how many went. The log line counts the pinned ones kept. */
 int manager_delete_all_images(Manager *m, unsigned *ret_n);
 /* Prunes until both MaxSize= and KeepFree= hold (least recently used first, pins skipped); *ret says
  * what was removed and what pins kept. On failure *ret_limit_failed says whether a limit could not be

@@ -20,7 +20,6 @@ Pin *pin_free(Pin *p) {
                           (int) p->pid, p->why);
         }
         sd_event_source_disable_unref(p->source);
-        sd_bus_track_unref(p->track);
         safe_close(p->read_fd);
         free(p->image_id);
         free(p->why);
@@ -34,11 +33,6 @@ static int on_pin_hangup(sd_event_source *s, int fd, uint32_t revents, void *use
         return 0;
 }
 
-static int on_holder_gone(sd_bus_track *t, void *userdata) {
-        pin_free(userdata);
-        return 0;
-}
-
 static pid_t sender_pid(sd_bus_message *message) {
         _cleanup_(sd_bus_creds_unrefp) sd_bus_creds *creds = NULL;
         pid_t pid = 0;
@@ -48,18 +42,17 @@ static pid_t sender_pid(sd_bus_message *message) {
         return pid;
 }
 
-static int pin_watch(Pin *p, sd_bus_message *message) {
+/* Only the hang-up of the pipe ends the pin, never the bus connection of whoever asked for it. The hang-up
+ * goes before bus messages: the last copy of the fd is closed before anything its holder sends afterwards
+ * reaches us, so a ListPins or Prune sent after the close already finds the pin gone. */
+static int pin_watch(Pin *p) {
         int r;
 
         r = sd_event_add_io(p->manager->event, &p->source, p->read_fd, EPOLLIN, on_pin_hangup, p);
         if (r < 0)
                 return r;
         (void) sd_event_source_set_description(p->source, "pin");
-
-        r = sd_bus_track_new(sd_bus_message_get_bus(message), &p->track, on_holder_gone, p);
-        if (r < 0)
-                return r;
-        return sd_bus_track_add_sender(p->track, message);
+        return sd_event_source_set_priority(p->source, SD_EVENT_PRIORITY_IMPORTANT);
 }
 
 int pin_new(Manager *m, sd_bus_message *message, const char *id, const char *why, int *ret_fd) {
@@ -96,7 +89,7 @@ int pin_new(Manager *m, sd_bus_message *message, const char *id, const char *why
         m->pins = g_list_prepend(m->pins, p);
         m->n_pins++;
 
-        r = pin_watch(p, message);
+        r = pin_watch(p);
         if (r < 0) {
                 pin_free(p);
                 return r;
@@ -105,4 +98,26 @@ int pin_new(Manager *m, sd_bus_message *message, const char *id, const char *why
         log_image(LOG_INFO, NULL, id, "Image %s pinned by pid %d: %s", id, (int) p->pid, why);
         *ret_fd = TAKE_FD(write_fd);
         return 0;
+}
+
+const Pin *pin_find(const Manager *m, const char *id) {
+        for (GList *l = g_list_last(m->pins); l; l = l->prev) { /* oldest first */
+                const Pin *p = l->data;
+                if (streq(p->image_id, id))
+                        return p;
+        }
+        return NULL;
+}
+
+void pins_end_for_image(Manager *m, const char *id) {
+        for (GList *l = m->pins, *next; l; l = next) {
+                Pin *p = l->data;
+
+                next = l->next; /* pin_free() unlinks l */
+                if (!streq(p->image_id, id))
+                        continue;
+                log_image(LOG_INFO, NULL, p->image_id, "Pin on %s by pid %d (\"%s\") ended: the image left the cache.",
+                          p->image_id, (int) p->pid, p->why);
+                pin_free(p);
+        }
 }

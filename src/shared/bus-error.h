@@ -1,11 +1,13 @@
 /* SPDX-License-Identifier: MIT */
 #pragma once
 
+#include <stdint.h>
+
 #include <systemd/sd-bus.h>
 
-/* The org.imgcache.Error.* names of the D-Bus API and their errno equivalents. Both imgcached and
- * imgcachectl call imgcache_bus_error_register() once at start, so sd_bus_error_get_errno() and
- * sd_bus_error_set_errno() translate in both directions. */
+/* The org.imgcache.Error.* names of the D-Bus API and their errno equivalents, and the flags of its
+ * *WithFlags methods. Both imgcached and imgcachectl call imgcache_bus_error_register() once at start,
+ * so sd_bus_error_get_errno() and sd_bus_error_set_errno() translate in both directions. */
 
 #define IMGCACHE_ERROR_NO_SUCH_IMAGE       "org.imgcache.Error.NoSuchImage"       /* ENOENT */
 #define IMGCACHE_ERROR_INVALID_IMAGE_ID    "org.imgcache.Error.InvalidImageId"    /* EINVAL */
@@ -13,8 +15,14 @@
 #define IMGCACHE_ERROR_NO_UPSTREAM         "org.imgcache.Error.NoUpstream"        /* EHOSTUNREACH */
 #define IMGCACHE_ERROR_UPSTREAM_FAILED     "org.imgcache.Error.UpstreamFailed"    /* EREMOTEIO */
 #define IMGCACHE_ERROR_CHECKSUM_MISMATCH   "org.imgcache.Error.ChecksumMismatch"  /* EBADMSG */
+/* DeleteImage of an image someone pinned (PinImage), without IMGCACHE_DELETE_IMAGE_IGNORE_PINS. */
+#define IMGCACHE_ERROR_IMAGE_PINNED        "org.imgcache.Error.ImagePinned"       /* EBUSY */
 /* Pins and OpenImage used up the file descriptors imgcached sets aside for them (imgcached(8), LIMITS). */
 #define IMGCACHE_ERROR_TOO_MANY_OPEN_FILES "org.imgcache.Error.TooManyOpenFiles"  /* EMFILE */
+
+/* The flags of DeleteImageWithFlags(); any other bit is refused, so that new ones can be added. */
+#define IMGCACHE_DELETE_IMAGE_IGNORE_PINS  (UINT64_C(1) << 0)  /* delete even while pinned */
+#define IMGCACHE_DELETE_IMAGE_FLAGS_ALL    IMGCACHE_DELETE_IMAGE_IGNORE_PINS
 
 extern const sd_bus_error_map imgcache_bus_error_map[];
 

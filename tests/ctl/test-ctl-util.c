@@ -194,6 +194,7 @@ static void test_ask(void) {
 
 static void test_polkit_actions(void) {
         g_assert_cmpstr(polkit_action_for_method("DeleteImage"), ==, "org.imgcache.delete");
+        g_assert_cmpstr(polkit_action_for_method("DeleteImageWithFlags"), ==, "org.imgcache.delete");
         g_assert_cmpstr(polkit_action_for_method("DeleteAllImages"), ==, "org.imgcache.delete");
         g_assert_cmpstr(polkit_action_for_method("QueueImage"), ==, "org.imgcache.queue");
         g_assert_cmpstr(polkit_action_for_method("Cancel"), ==, "org.imgcache.queue");
@@ -220,7 +221,8 @@ static char *call_error(const char *name, const char *message, int r, const char
 
 static void test_call_error(void) {
         g_autofree char *plain = NULL, *errno_only = NULL, *denied = NULL, *interactive = NULL,
-                *interactive_agent = NULL, *denied_user = NULL, *denied_unguarded = NULL, *unknown = NULL;
+                *interactive_agent = NULL, *denied_user = NULL, *denied_unguarded = NULL, *unknown = NULL,
+                *pinned = NULL;
 
         g_assert_cmpint(imgcache_bus_error_register(), ==, 0);
 
@@ -263,6 +265,13 @@ static void test_call_error(void) {
         g_assert_cmpstr(unknown, ==,
                         "Failed to delete image 6ee6: The name org.imgcache.Manager was not provided. Is imgcached "
                         "installed and its D-Bus activation file in place?");
+
+        /* A pinned image: where to look, and how to delete it anyway. */
+        pinned = call_error(IMGCACHE_ERROR_IMAGE_PINNED, "Image 6ee6 is pinned by pid 42: booting", -EBUSY,
+                            "DeleteImage", true, false);
+        g_assert_cmpstr(pinned, ==,
+                        "Failed to delete image 6ee6: Image 6ee6 is pinned by pid 42: booting. 'imgcachectl pins' "
+                        "lists the pins; --ignore-pins deletes it anyway.");
 }
 
 int main(int argc, char *argv[]) {

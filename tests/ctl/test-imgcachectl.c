@@ -876,6 +876,144 @@ static void test_delete_all(Fixture *f, gconstpointer data) {
         g_assert_cmpstr(quiet.out, ==, "");
 }
 
+/* ---- pins ----------------------------------------------------------------------------------------- */
+
+static guint count_pins(Fixture *f) {
+        g_autoptr(GVariant) v = call_ok(f, "ListPins", NULL, "(a(sus))");
+        g_autoptr(GVariant) a = g_variant_get_child_value(v, 0);
+
+        return (guint) g_variant_n_children(a);
+}
+
+static char *own_comm(void) {
+        g_autofree char *comm = NULL;
+
+        g_assert_true(g_file_get_contents("/proc/self/comm", &comm, NULL, NULL));
+        return g_strdup(g_strchomp(comm));
+}
+
+/* One pin in a --json pins listing: its pid, after checking the rest. */
+static json_int_t assert_json_pin(const char *text, const char *id, const char *command, const char *why) {
+        json_t *j = parse_json(text), *p;
+
+        g_assert_true(json_is_array(j));
+        g_assert_cmpuint(json_array_size(j), ==, 1);
+        p = json_array_get(j, 0);
+        g_assert_cmpstr(json_string_value(json_object_get(p, "id")), ==, id);
+        g_assert_cmpstr(json_string_value(json_object_get(p, "command")), ==, command);
+        g_assert_cmpstr(json_string_value(json_object_get(p, "why")), ==, why);
+        json_int_t pid = json_integer_value(json_object_get(p, "pid"));
+        g_assert_cmpint(pid, >, 0);
+        json_decref(j);
+        return pid;
+}
+
+static void test_pins(Fixture *f, gconstpointer data) {
+        g_autofree char *comm = own_comm(), *pid = g_strdup_printf("%d", (int) getpid());
+
+        {
+                g_auto(Run) r = run_ctl("pins", NULL);
+                assert_success(r);
+                g_assert_cmpstr(r.out, ==, "No images pinned.\n");
+        }
+
+        int fd = test_bus_call_fd(f->bus, NULL, "PinImage", g_variant_new("(ss)", IMAGE_SMALL, "booting a VM"));
+        {
+                g_auto(Run) r = run_ctl("pins", NULL);
+                g_auto(GStrv) l = NULL;
+
+                assert_success(r);
+                l = lines(r.out);
+                g_assert_cmpuint(g_strv_length(l), ==, 4);
+                g_assert_true(g_regex_match_simple("^IMAGE +PID +COMMAND +WHY$", l[0], 0, 0));
+                g_autofree char *row = g_strdup_printf("^%s +%s +%s +booting a VM$", IMAGE_SMALL, pid, comm);
+                g_assert_true(g_regex_match_simple(row, l[1], 0, 0));
+                g_assert_cmpstr(l[3], ==, "1 pin.");
+        }
+        {
+                g_auto(Run) r = run_ctl("--json=short", "pins", NULL);
+                assert_success(r);
+                g_assert_cmpint(assert_json_pin(r.out, IMAGE_SMALL, comm, "booting a VM"), ==, getpid());
+        }
+
+        /* The daemon sees the hang-up before the next call: the pin is gone at once. */
+        close(fd);
+        g_assert_cmpuint(count_pins(f), ==, 0);
+}
+
+/* pin ID -- CMD: the command runs with the image pinned (it lists the pin and fails to delete the image
+ * itself), imgcachectl exits with its status, and the pin is gone afterwards. */
+static void test_pin_command(Fixture *f, gconstpointer data) {
+        const char *script = "\"$0\" --json=short pins && \"$0\" delete " IMAGE_SMALL "; exit 3";
+
+        {
+                g_auto(Run) r = run_ctl("pin", IMAGE_SMALL, "--why=held by a command", "--", "sh", "-c", script,
+                                        ctl_path(), NULL);
+                g_assert_cmpint(r.status, ==, 3);
+                json_int_t holder = assert_json_pin(r.out, IMAGE_SMALL, "imgcachectl", "held by a command");
+                g_assert_cmpint(holder, !=, getpid());
+                g_autofree char *refused = g_strdup_printf(
+                        "imgcachectl: Failed to delete image %s: Image %s is pinned by pid %d: held by a command. "
+                        "'imgcachectl pins' lists the pins; --ignore-pins deletes it anyway.\n",
+                        IMAGE_SMALL, IMAGE_SMALL, (int) holder);
+                g_assert_cmpstr(r.err, ==, refused);
+                g_assert_true(image_exists(f, IMAGE_SMALL));
+                g_assert_cmpuint(count_pins(f), ==, 0);
+        }
+        {
+                /* Without --why=, the command's name. The fd is not passed on: ls sees stdin, stdout,
+                 * stderr and the directory it lists, nothing else. */
+                const char *fds = "ls /proc/self/fd | tr '\\n' ' '; echo; \"$0\" --json=short pins";
+                g_auto(Run) r = run_ctl("pin", IMAGE_SMALL, "--", "sh", "-c", fds, ctl_path(), NULL);
+                assert_success(r);
+                g_assert_true(g_str_has_prefix(r.out, "0 1 2 3 \n"));
+                (void) assert_json_pin(strchr(r.out, '\n') + 1, IMAGE_SMALL, "imgcachectl", "sh");
+        }
+        {
+                /* Killed by a signal: 128 + the signal, as a shell says. */
+                g_auto(Run) r = run_ctl("pin", IMAGE_SMALL, "--", "sh", "-c", "kill -TERM $$", NULL);
+                g_assert_cmpint(r.status, ==, 128 + SIGTERM);
+        }
+        {
+                g_auto(Run) r = run_ctl("pin", IMAGE_SMALL, "--", "/nonexistent/command", NULL);
+                g_assert_cmpint(r.status, ==, 127);
+                g_assert_nonnull(strstr(r.err, "Failed to run /nonexistent/command"));
+        }
+        {
+                g_auto(Run) r = run_ctl("pin", "not-cached", "--", "true", NULL);
+                assert_error_line(r, "Failed to pin image not-cached: Image not-cached is not cached.");
+        }
+        g_assert_cmpuint(count_pins(f), ==, 0);
+}
+
+/* delete refuses a pinned image with one clear line; delete-all keeps it; --ignore-pins deletes it. */
+static void test_delete_pinned(Fixture *f, gconstpointer data) {
+        int fd = test_bus_call_fd(f->bus, NULL, "PinImage", g_variant_new("(ss)", IMAGE_SMALL, "in use"));
+        g_autofree char *line = g_strdup_printf("Failed to delete image %s: Image %s is pinned by pid %d: in use. "
+                                                "'imgcachectl pins' lists the pins; --ignore-pins deletes it anyway.",
+                                                IMAGE_SMALL, IMAGE_SMALL, (int) getpid());
+        {
+                g_auto(Run) r = run_ctl("-f", "delete", IMAGE_SMALL, NULL);
+                assert_error_line(r, line);
+                g_assert_true(image_exists(f, IMAGE_SMALL));
+        }
+        {
+                g_auto(Run) r = run_ctl("delete-all", NULL);
+                assert_success(r);
+                g_assert_cmpstr(r.out, ==, "Deleted 1 image.\n");
+                g_assert_true(image_exists(f, IMAGE_SMALL));
+                g_assert_false(image_exists(f, IMAGE_BIG));
+        }
+        {
+                g_auto(Run) r = run_ctl("delete", "--ignore-pins", IMAGE_SMALL, NULL);
+                assert_success(r);
+                g_assert_cmpstr(r.out, ==, "Deleted image " IMAGE_SMALL ".\n");
+                g_assert_false(image_exists(f, IMAGE_SMALL));
+                g_assert_cmpuint(count_pins(f), ==, 0); /* the pin went with the image */
+        }
+        close(fd);
+}
+
 /* ---- prompts on a terminal ------------------------------------------------------------------------ */
 
 static void test_prompt(Fixture *f, gconstpointer data) {
@@ -1245,7 +1383,7 @@ static void test_help(Fixture *f, gconstpointer data) {
                 "status", "list", "list-cached", "list-queued", "show", "queue", "queue-image", "dequeue",
                 "delete-queued-image", "dequeue-all", "delete-all-queued-images", "delete", "delete-cached-image",
                 "delete-all", "delete-all-cached-images", "prune", "clean", "prefetch", "fetch", "verify", "jobs",
-                "cancel",
+                "cancel", "pins", "pin",
         };
 
         assert_success(h);
@@ -1347,7 +1485,7 @@ static void test_completion_bash(Fixture *f, gconstpointer data) {
                 g_auto(GStrv) l = lines(out);
 
                 assert_has_lines(out, expected);
-                g_assert_cmpuint(g_strv_length(l), ==, 22);
+                g_assert_cmpuint(g_strv_length(l), ==, 24);
         }
         {
                 const char *w[] = { ctl, "de", NULL };
@@ -1363,6 +1501,16 @@ static void test_completion_bash(Fixture *f, gconstpointer data) {
                 g_autofree char *out2 = bash_complete(w2, NULL);
                 g_assert_cmpstr(out, ==, IMAGE_BIG "\n" IMAGE_SMALL "\n");
                 g_assert_cmpstr(out2, ==, IMAGE_BIG "\n");
+        }
+        {
+                /* pin: a cached id first, a command after "--". */
+                const char *w[] = { ctl, "pin", "c", NULL };
+                const char *w2[] = { ctl, "pin", IMAGE_SMALL, "--", "sh", NULL };
+                const char *sh[] = { "sh", NULL };
+                g_autofree char *out = bash_complete(w, NULL);
+                g_autofree char *out2 = bash_complete(w2, NULL);
+                g_assert_cmpstr(out, ==, IMAGE_SMALL "\n");
+                assert_has_lines(out2, sh);
         }
         {
                 /* Queued ids for dequeue. */
@@ -1481,6 +1629,9 @@ int main(int argc, char *argv[]) {
         ADD("/ctl/queue", test_queue, 0);
         ADD("/ctl/delete", test_delete, 0);
         ADD("/ctl/delete-all", test_delete_all, 0);
+        ADD("/ctl/pins", test_pins, 0);
+        ADD("/ctl/pin-command", test_pin_command, 0);
+        ADD("/ctl/delete-pinned", test_delete_pinned, 0);
         ADD("/ctl/prompt", test_prompt, 0);
         ADD("/ctl/prune", test_prune, FIXTURE_SMALL_MAX);
         ADD("/ctl/prune-text", test_prune_text, FIXTURE_SMALL_MAX);

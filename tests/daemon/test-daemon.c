@@ -22,6 +22,7 @@
 #define ERR_INVALID_ID "org.imgcache.Error.InvalidImageId"
 #define ERR_NO_SUCH_IMAGE "org.imgcache.Error.NoSuchImage"
 #define ERR_NO_UPSTREAM "org.imgcache.Error.NoUpstream"
+#define ERR_IMAGE_PINNED "org.imgcache.Error.ImagePinned"
 #define ERR_INVALID_ARGS "org.freedesktop.DBus.Error.InvalidArgs"
 
 #define SHA256_HELLO "sha256:5891b5b522d5df086d0ff0b110fbd9d21bb4fc7163af34d08286a2e846f6be03" /* "hello\n" */
@@ -165,27 +166,6 @@ static void assert_call_error(TestBus *b, const char *method, GVariant *params, 
         g_assert_nonnull(error);
         name = g_dbus_error_get_remote_error(error);
         g_assert_cmpstr(name, ==, error_name);
-}
-
-/* Calls a method returning one fd; returns the fd (caller closes). */
-static int call_fd(TestBus *b, const char *method, GVariant *params, GDBusConnection *connection) {
-        g_autoptr(GUnixFDList) fds = NULL;
-        g_autoptr(GError) error = NULL;
-        g_autoptr(GVariant) v = NULL;
-        gint32 handle;
-        int fd;
-
-        v = g_dbus_connection_call_with_unix_fd_list_sync(connection ?: test_bus_connection(b), TEST_BUS_NAME,
-                                                          TEST_BUS_PATH, TEST_BUS_IFACE, method, params,
-                                                          G_VARIANT_TYPE("(h)"), G_DBUS_CALL_FLAGS_NONE,
-                                                          TEST_BUS_TIMEOUT_MS, NULL, &fds, NULL, &error);
-        g_assert_no_error(error);
-        g_variant_get(v, "(h)", &handle);
-        g_assert_nonnull(fds);
-        fd = g_unix_fd_list_get(fds, handle, &error);
-        g_assert_no_error(error);
-        g_assert_cmpint(fd, >=, 0);
-        return fd;
 }
 
 static guint32 get_u(TestBus *b, const char *property) {
@@ -453,7 +433,7 @@ static void test_open_image(void) {
         start_daemon(b, NULL);
         log = test_signal_log_new(b);
 
-        fd = call_fd(b, "OpenImage", g_variant_new("(s)", "img-open"), NULL);
+        fd = test_bus_call_fd(b, NULL, "OpenImage", g_variant_new("(s)", "img-open"));
         n = pread(fd, buf, sizeof buf - 1, 0);
         g_assert_cmpint(n, ==, 16);
         g_assert_cmpstr(buf, ==, "the right bytes\n");
@@ -528,8 +508,8 @@ static guint n_pins(TestBus *b) {
         return (guint) g_variant_n_children(a);
 }
 
-/* The pin ends asynchronously (EPOLLHUP or the holder's disconnect); each ListPins is a round trip
- * through the daemon's loop, bounded by the deadline. */
+/* The pin ends when the daemon sees the hang-up of its pipe; each ListPins is a round trip through the
+ * daemon's loop, bounded by the deadline. */
 static void wait_no_pins(TestBus *b) {
         gint64 deadline = g_get_monotonic_time() + TEST_BUS_TIMEOUT_MS * 1000;
 
@@ -555,7 +535,7 @@ static void test_pin_and_prune(void) {
         g_autofree char *max = busctl_get_property(b, "MaxSize");
         g_assert_cmpstr(max, ==, "t 6");
 
-        fd = call_fd(b, "PinImage", g_variant_new("(ss)", "a", "booting a VM"), NULL);
+        fd = test_bus_call_fd(b, NULL, "PinImage", g_variant_new("(ss)", "a", "booting a VM"));
         g_autoptr(GVariant) pins = call_ok(b, "ListPins", NULL);
         g_autoptr(GVariant) pin_list = g_variant_get_child_value(pins, 0);
         const char *id, *why;
@@ -596,27 +576,131 @@ static void test_pin_and_prune(void) {
         g_assert_nonnull(test_signal_log_wait(log, "ImageRemoved", "a"));
 }
 
-static void test_pin_ends_with_holder(void) {
-        g_autoptr(TestBus) b = start(NULL);
-        g_autoptr(GError) error = NULL;
-        g_autoptr(GDBusConnection) other = NULL;
-        int fd;
+static void on_name_lost(GDBusConnection *c, const char *sender, const char *path, const char *iface,
+                         const char *member, GVariant *params, gpointer userdata) {
+        const char *name, *old_owner, *new_owner;
 
-        seed_image(b, "img", "x", 10);
+        g_variant_get(params, "(&s&s&s)", &name, &old_owner, &new_owner);
+        if (!*new_owner)
+                *(gboolean *) userdata = TRUE;
+}
+
+/* Closes connection and waits until the bus announced that its unique name is gone. The bus sends that
+ * NameOwnerChanged to imgcached before it reads anything this test sends afterwards, so a call made after
+ * the wait reaches imgcached after the disconnect. */
+static void close_and_wait_gone(TestBus *b, GDBusConnection *connection) {
+        g_autoptr(GError) error = NULL;
+        const char *unique = g_dbus_connection_get_unique_name(connection);
+        gboolean gone = FALSE;
+        guint sub;
+
+        sub = g_dbus_connection_signal_subscribe(test_bus_connection(b), "org.freedesktop.DBus",
+                                                 "org.freedesktop.DBus", "NameOwnerChanged", "/org/freedesktop/DBus",
+                                                 unique, G_DBUS_SIGNAL_FLAGS_NONE, on_name_lost, &gone, NULL);
+        g_autoptr(GVariant) round_trip = call_ok(b, "ListPins", NULL); /* the match is in place */
+        g_assert_true(g_dbus_connection_close_sync(connection, NULL, &error));
+        g_assert_no_error(error);
+        g_assert_true(test_bus_wait_flag(&gone, TEST_BUS_TIMEOUT_MS));
+        g_dbus_connection_signal_unsubscribe(test_bus_connection(b), sub);
+}
+
+static GDBusConnection *new_connection(TestBus *b) {
+        g_autoptr(GError) error = NULL;
+        GDBusConnection *c;
+
+        c = g_dbus_connection_new_for_address_sync(test_bus_address(b),
+                                                   G_DBUS_CONNECTION_FLAGS_AUTHENTICATION_CLIENT |
+                                                   G_DBUS_CONNECTION_FLAGS_MESSAGE_BUS_CONNECTION,
+                                                   NULL, NULL, &error);
+        g_assert_no_error(error);
+        return c;
+}
+
+/* The fd is the lease: a holder that keeps a dup of it and closes its bus connection keeps the pin, through
+ * a Prune that would otherwise take the image. */
+static void test_pin_outlives_bus_connection(void) {
+        g_autoptr(TestBus) b = start("[Cache]\nMaxSize=1\n[Daemon]\nExitOnIdleSec=infinity\n");
+        g_autoptr(GDBusConnection) other = NULL;
+        const char *id, *why;
+        guint32 files, pid;
+        guint64 bytes;
+        int fd, dup_fd;
+
+        seed_image(b, "img", "xxxxx", 10);
+        seed_image(b, "old", "yyy", 20);
         start_daemon(b, NULL);
         assert_call_error(b, "PinImage", g_variant_new("(ss)", "nope", "why"), ERR_NO_SUCH_IMAGE);
 
-        other = g_dbus_connection_new_for_address_sync(test_bus_address(b),
-                                                       G_DBUS_CONNECTION_FLAGS_AUTHENTICATION_CLIENT |
-                                                       G_DBUS_CONNECTION_FLAGS_MESSAGE_BUS_CONNECTION,
-                                                       NULL, NULL, &error);
-        g_assert_no_error(error);
-        fd = call_fd(b, "PinImage", g_variant_new("(ss)", "img", "holder test"), other);
+        other = new_connection(b);
+        fd = test_bus_call_fd(b, other, "PinImage", g_variant_new("(ss)", "img", "lease test"));
+        dup_fd = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+        g_assert_cmpint(dup_fd, >=, 0);
+        close(fd);
+        close_and_wait_gone(b, other);
+
+        g_autoptr(GVariant) pins = call_ok(b, "ListPins", NULL);
+        g_autoptr(GVariant) pin_list = g_variant_get_child_value(pins, 0);
+        g_assert_cmpuint(g_variant_n_children(pin_list), ==, 1);
+        g_variant_get_child(pin_list, 0, "(&su&s)", &id, &pid, &why);
+        g_assert_cmpstr(id, ==, "img");
+        g_assert_cmpuint(pid, ==, (guint32) getpid()); /* who asked, even after it disconnected */
+        g_assert_cmpstr(why, ==, "lease test");
+
+        g_autoptr(GVariant) pruned = call_ok(b, "Prune", NULL);
+        g_variant_get(pruned, "(ut)", &files, &bytes);
+        g_assert_cmpuint(files, ==, 1); /* old only */
+        g_assert_cmpuint(bytes, ==, 3);
+        g_autoptr(GVariant) kept = call_ok(b, "GetImage", g_variant_new("(s)", "img"));
+
+        /* The hang-up goes before bus calls: the pin is gone for the first call after the last close. */
+        close(dup_fd);
+        g_assert_cmpuint(n_pins(b), ==, 0);
+        g_autoptr(GVariant) pruned_now = call_ok(b, "Prune", NULL);
+        g_variant_get(pruned_now, "(ut)", &files, &bytes);
+        g_assert_cmpuint(files, ==, 1);
+        assert_call_error(b, "GetImage", g_variant_new("(s)", "img"), ERR_NO_SUCH_IMAGE);
+}
+
+/* DeleteImage refuses a pinned image with a named error; DeleteAllImages keeps it; the flag deletes it
+ * and ends its pins. */
+static void test_delete_pinned(void) {
+        g_autoptr(TestBus) b = start(NULL);
+        g_autoptr(TestSignalLog) log = NULL;
+        g_autofree char *name = NULL, *msg = NULL, *path = NULL;
+        int fd;
+
+        seed_image(b, "img", "x", 10);
+        seed_image(b, "free", "y", 10);
+        start_daemon(b, NULL);
+        log = test_signal_log_new(b);
+        fd = test_bus_call_fd(b, NULL, "PinImage", g_variant_new("(ss)", "img", "booting a VM"));
+
+        g_assert_null(gdbus_call(b, &name, &msg, "DeleteImage", "img", NULL));
+        g_assert_cmpstr(name, ==, ERR_IMAGE_PINNED);
+        g_test_message("%s", msg);
+        g_assert_nonnull(strstr(msg, "booting a VM"));
+        g_autofree char *pid = g_strdup_printf("pid %d", (int) getpid());
+        g_assert_nonnull(strstr(msg, pid));
+        g_autoptr(GVariant) still = call_ok(b, "GetImage", g_variant_new("(s)", "img"));
+
+        g_autoptr(GVariant) n = call_ok(b, "DeleteAllImages", NULL);
+        guint32 deleted;
+        g_variant_get(n, "(u)", &deleted);
+        g_assert_cmpuint(deleted, ==, 1);
+        g_assert_nonnull(test_signal_log_wait(log, "ImageRemoved", "free"));
+        g_autoptr(GVariant) kept = call_ok(b, "GetImage", g_variant_new("(s)", "img"));
         g_assert_cmpuint(n_pins(b), ==, 1);
 
-        /* The fd stays open here; the holder's bus connection goes. */
-        g_assert_true(g_dbus_connection_close_sync(other, NULL, &error));
-        wait_no_pins(b);
+        assert_call_error(b, "DeleteImageWithFlags", g_variant_new("(st)", "img", (guint64) 0), ERR_IMAGE_PINNED);
+        assert_call_error(b, "DeleteImageWithFlags", g_variant_new("(st)", "img", (guint64) 2), ERR_INVALID_ARGS);
+        assert_call_error(b, "DeleteImageWithFlags", g_variant_new("(st)", "../x", (guint64) 1), ERR_INVALID_ID);
+        g_autoptr(GVariant) forced = call_ok(b, "DeleteImageWithFlags", g_variant_new("(st)", "img", (guint64) 1));
+        g_assert_nonnull(test_signal_log_wait(log, "ImageRemoved", "img"));
+        path = g_build_filename(test_bus_cache_dir(b), "img", NULL);
+        g_assert_false(g_file_test(path, G_FILE_TEST_EXISTS));
+        /* The pin went with its image, though its fd is still open here. */
+        g_assert_cmpuint(n_pins(b), ==, 0);
+        assert_call_error(b, "DeleteImageWithFlags", g_variant_new("(st)", "img", (guint64) 1), ERR_NO_SUCH_IMAGE);
         close(fd);
 }
 
@@ -819,7 +903,7 @@ static void test_notify_and_signals(void) {
         g_assert_nonnull(strstr(ready, "STATUS=1 images, 5B of 10G, hit ratio n/a"));
 
         /* STATUS= follows the counters. */
-        int fd = call_fd(b, "OpenImage", g_variant_new("(s)", "img"), NULL);
+        int fd = test_bus_call_fd(b, NULL, "OpenImage", g_variant_new("(s)", "img"));
         close(fd);
         g_autofree char *status_hit = notify_wait(&s, "hit ratio 100%");
         g_assert_nonnull(strstr(status_hit, "STATUS=1 images, 5B of 10G"));
@@ -1058,7 +1142,8 @@ int main(int argc, char *argv[]) {
         g_test_add_func("/daemon/open-image", test_open_image);
         g_test_add_func("/daemon/delete", test_delete);
         g_test_add_func("/daemon/pin-and-prune", test_pin_and_prune);
-        g_test_add_func("/daemon/pin-ends-with-holder", test_pin_ends_with_holder);
+        g_test_add_func("/daemon/pin-outlives-bus-connection", test_pin_outlives_bus_connection);
+        g_test_add_func("/daemon/delete-pinned", test_delete_pinned);
         g_test_add_func("/daemon/verify", test_verify);
         g_test_add_func("/daemon/clean", test_clean);
         g_test_add_func("/daemon/no-upstream", test_no_upstream);

@@ -136,6 +136,7 @@ for as_flag in "" "--interactive"; do
         denied=org.freedesktop.DBus.Error.AccessDenied
         [ -z "$as_flag" ] && denied=org.freedesktop.DBus.Error.InteractiveAuthorizationRequired
         expect_error "$denied" nobody DeleteImage $as_flag "'img1'"
+        expect_error "$denied" nobody DeleteImageWithFlags $as_flag "'img1'" "uint64 1"
         expect_error "$denied" nobody Prune $as_flag
         expect_error "$denied" nobody QueueImage $as_flag "'img9'" "''"
 done

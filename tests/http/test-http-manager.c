@@ -6,12 +6,14 @@
  *   - PUT /v2/cache/<id> emits ImageQueued and changes QueuedCount;
  *   - its PrefetchOnQueue fill is a Job: ListJobs shows it, its Cancel ends it;
  *   - Misses never goes backwards across OpenImage and HTTP misses (one owner of the counters);
- *   - an HTTP dequeue-all drops the checksums QueueImage remembered for the queue.
+ *   - an HTTP dequeue-all drops the checksums QueueImage remembered for the queue;
+ *   - a pinned image is refused (409) as DeleteImage refuses it.
  * Waits follow bus signals, bounded by TEST_BUS_TIMEOUT_MS; nothing sleeps; every process is stopped by
  * pid (test_bus_free). */
 
 #include <curl/curl.h>
 #include <glib.h>
+#include <unistd.h>
 
 #include "test-bus.h"
 #include "test-util.h"
@@ -273,6 +275,30 @@ static void test_dequeue_all_drops_checksums(Fixture *f, gconstpointer user) {
         g_assert_nonnull(test_signal_log_wait(log, "ImageCached", "img-c"));
 }
 
+/* A pinned image is refused over HTTP as over D-Bus (the same operation): 409 with a body that names
+ * nobody, the image and its queue state untouched; deleting everything keeps it. */
+static void test_delete_pinned(Fixture *f, gconstpointer user) {
+        g_autofree char *image = g_build_filename(test_bus_cache_dir(f->bus), "pinned", NULL);
+        g_autofree char *body = NULL, *legacy_body = NULL;
+        g_autoptr(GError) error = NULL;
+
+        g_assert_true(g_file_set_contents(image, "pinned image", -1, &error));
+        start_daemon(f, false);
+        int fd = test_bus_call_fd(f->bus, NULL, "PinImage", g_variant_new("(ss)", "pinned", "secret reason"));
+
+        g_assert_cmpint(http_request(f, "DELETE", "/v2/cache/pinned", TOKEN, &body), ==, 409);
+        g_assert_null(strstr(body, "secret reason"));
+        g_assert_cmpint(http_request(f, "DELETE", "/v2/cached_images/pinned", TOKEN, &legacy_body), ==, 409);
+        g_assert_cmpint(http_request(f, "DELETE", "/v2/cache", TOKEN, NULL), ==, 204);
+        g_assert_true(g_file_test(image, G_FILE_TEST_EXISTS));
+        g_assert_cmpuint(get_number(f, "ImageCount"), ==, 1);
+
+        /* Once the pin ends, the same request deletes it. */
+        close(fd);
+        g_assert_cmpint(http_request(f, "DELETE", "/v2/cache/pinned", TOKEN, NULL), ==, 204);
+        g_assert_false(g_file_test(image, G_FILE_TEST_EXISTS));
+}
+
 int main(int argc, char *argv[]) {
         g_test_init(&argc, &argv, NULL);
         g_assert_cmpint(curl_global_init(CURL_GLOBAL_DEFAULT), ==, CURLE_OK);
@@ -282,6 +308,7 @@ int main(int argc, char *argv[]) {
         ADD("/http-manager/put-prefetch-job", test_put_prefetch_job);
         ADD("/http-manager/misses-never-decrease", test_misses_never_decrease);
         ADD("/http-manager/dequeue-all-drops-checksums", test_dequeue_all_drops_checksums);
+        ADD("/http-manager/delete-pinned", test_delete_pinned);
 
         int r = g_test_run();
         curl_global_cleanup();

@@ -5,6 +5,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <gio/gunixfdlist.h>
 #include <glib/gstdio.h>
 
 #include "test-bus.h"
@@ -49,6 +50,26 @@ gboolean test_bus_wait_flag(const gboolean *flag, guint timeout_ms) {
         if (!timed_out)
                 g_source_remove(id);
         return *flag;
+}
+
+int test_bus_call_fd(TestBus *b, GDBusConnection *connection, const char *method, GVariant *params) {
+        g_autoptr(GUnixFDList) fds = NULL;
+        g_autoptr(GError) error = NULL;
+        g_autoptr(GVariant) v = NULL;
+        gint32 handle;
+        int fd;
+
+        v = g_dbus_connection_call_with_unix_fd_list_sync(connection ?: test_bus_connection(b), TEST_BUS_NAME,
+                                                          TEST_BUS_PATH, TEST_BUS_IFACE, method, params,
+                                                          G_VARIANT_TYPE("(h)"), G_DBUS_CALL_FLAGS_NONE,
+                                                          TEST_BUS_TIMEOUT_MS, NULL, &fds, NULL, &error);
+        g_assert_no_error(error);
+        g_variant_get(v, "(h)", &handle);
+        g_assert_nonnull(fds);
+        fd = g_unix_fd_list_get(fds, handle, &error);
+        g_assert_no_error(error);
+        g_assert_cmpint(fd, >=, 0);
+        return fd;
 }
 
 static void write_file(const char *path, const char *text) {

@@ -68,6 +68,10 @@ void test_bus_install_activation(TestBus *b);
  * killed or timed out. */
 int test_bus_run(TestBus *b, const char *const *argv, char **ret_stdout, char **ret_stderr);
 
+/* Calls a Manager method returning one fd, on connection (NULL: test_bus_connection()), failing the test on
+ * an error. Returns the fd (the caller closes it). */
+int test_bus_call_fd(TestBus *b, GDBusConnection *connection, const char *method, GVariant *params);
+
 /* Iterates the default main context until *flag becomes TRUE or timeout_ms passes; returns *flag. */
 gboolean test_bus_wait_flag(const gboolean *flag, guint timeout_ms);
 
