@@ -80,13 +80,11 @@ void fetcher_tell_finished(Fetcher *fe, Fill *f) {
 
 /* ---- room for an incoming image ------------------------------------------------------------------------ */
 
-void fetcher_make_room(Fetcher *fe, const char *id, uint64_t incoming) {
-        uint64_t max_size = UINT64_MAX, keep_free = 0;
+void fetcher_make_room(Fetcher *fe, const char *id, uint64_t incoming, uint64_t max_size) {
+        uint64_t keep_free = 0;
         SpaceResult res;
         int r;
 
-        if (fe->enforce_max_size && image_cache_resolve_limit(fe->cache, &fe->max_size, &max_size) < 0)
-                max_size = UINT64_MAX; /* the fill itself already failed if MaxSize could not be resolved */
         if (image_cache_resolve_limit(fe->cache, &fe->keep_free, &keep_free) < 0)
                 keep_free = 0; /* the filesystem cannot be examined: there is nothing to compare with */
 

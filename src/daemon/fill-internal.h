@@ -216,8 +216,9 @@ void fetcher_release_slot(Fetcher *fe);
 /* f reached a final step: out of the table (and of the queue for a slot, when it was waiting). */
 void fetcher_fill_finished(Fetcher *fe, Fill *f, bool was_waiting);
 void fetcher_tell_finished(Fetcher *fe, Fill *f);  /* the observers, after the subscribers */
-/* Admission: evicts images so that incoming bytes fit within MaxSize (EnforceMaxSize=yes) and KeepFree. */
-void fetcher_make_room(Fetcher *fe, const char *id, uint64_t incoming);
+/* Admission: evicts images so that incoming bytes fit within max_size (the fill's cap when
+ * EnforceMaxSize=yes, else UINT64_MAX) and KeepFree. */
+void fetcher_make_room(Fetcher *fe, const char *id, uint64_t incoming, uint64_t max_size);
 /* The upstream refused our token: re-reads TokenFile= (at most once a second for all fills), so that a
  * rotated token is used without a reload. fe->token_generation says whether it changed. */
 void fetcher_refresh_token(Fetcher *fe);
@@ -244,10 +245,7 @@ typedef enum ResponseVerdict {
         VERDICT_ERROR,      /* fill_set_error() was called */
 } ResponseVerdict;
 ResponseVerdict fill_judge_response(Fill *f, const FillResponse *r);
-/* The image's length and where the body starts in it, from a 200 or a matching 206. */
-int fill_image_extent(Fill *f, const FillResponse *r, uint64_t *ret_offset, uint64_t *ret_total);
 void fill_choose_expected(Fill *f, const FillResponse *r);
-int parse_content_range(const char *v, uint64_t *ret_start, uint64_t *ret_total);
 
 /* fill-notify.c */
 void fill_schedule(Fill *f);

@@ -10,11 +10,6 @@
 #include "fill-internal.h"
 #include "log.h"
 
-static char *format_bytes(uint64_t n, char buf[static 32]) {
-        snprintf(buf, 32, "%" PRIu64, n);
-        return buf;
-}
-
 static ResponseVerdict judge_redirect(Fill *f, const FillResponse *r) {
         if (!r->location) {
                 fill_set_error(f, -EPROTO, "Upstream answered %ld without a Location for %s", r->status, f->id);
@@ -59,7 +54,28 @@ static ResponseVerdict judge_status(Fill *f, const FillResponse *r) {
         return VERDICT_ERROR;
 }
 
-int fill_image_extent(Fill *f, const FillResponse *r, uint64_t *ret_offset, uint64_t *ret_total) {
+/* "bytes N-M/T" → N and T (UINT64_MAX when "*"). */
+static int parse_content_range(const char *v, uint64_t *ret_start, uint64_t *ret_total) {
+        unsigned long long start, end;
+        char total[32];
+        if (!v || sscanf(v, "bytes %llu-%llu/%31s", &start, &end, total) != 3 || end < start)
+                return -EBADMSG;
+        uint64_t t = UINT64_MAX;
+        if (!streq(total, "*")) {
+                char *e;
+                errno = 0;
+                unsigned long long x = strtoull(total, &e, 10);
+                if (errno || *e || x <= end)
+                        return -EBADMSG;
+                t = x;
+        }
+        *ret_start = start;
+        *ret_total = t;
+        return 0;
+}
+
+/* The image's length and where the body starts in it, from a 200 or a matching 206. */
+static int fill_image_extent(Fill *f, const FillResponse *r, uint64_t *ret_offset, uint64_t *ret_total) {
         uint64_t cl = r->content_length, start, total;
 
         if (r->status != 206) {
@@ -77,7 +93,6 @@ int fill_image_extent(Fill *f, const FillResponse *r, uint64_t *ret_offset, uint
 }
 
 ResponseVerdict fill_judge_response(Fill *f, const FillResponse *r) {
-        char sz[32], sz2[32];
         uint64_t offset, total;
 
         if (r->status >= 300 && r->status < 400)
@@ -90,8 +105,8 @@ ResponseVerdict fill_judge_response(Fill *f, const FillResponse *r) {
                 return VERDICT_RESTART;
         if (f->has_record && f->record.has_size) {
                 if (total != UINT64_MAX && total != f->record.size) {
-                        fill_set_error(f, -EBADMSG, "Upstream sends %s bytes of %s, its record says %s",
-                                       format_bytes(total, sz), f->id, format_bytes(f->record.size, sz2));
+                        fill_set_error(f, -EBADMSG, "Upstream sends %" PRIu64 " bytes of %s, its record says %" PRIu64,
+                                       total, f->id, f->record.size);
                         return VERDICT_ERROR;
                 }
                 total = f->record.size;
@@ -133,24 +148,4 @@ void fill_choose_expected(Fill *f, const FillResponse *r) {
         f->has_expected = have;
         if (have)
                 f->expected = best;
-}
-
-/* "bytes N-M/T" → N and T (UINT64_MAX when "*"). */
-int parse_content_range(const char *v, uint64_t *ret_start, uint64_t *ret_total) {
-        unsigned long long start, end;
-        char total[32];
-        if (!v || sscanf(v, "bytes %llu-%llu/%31s", &start, &end, total) != 3 || end < start)
-                return -EBADMSG;
-        uint64_t t = UINT64_MAX;
-        if (!streq(total, "*")) {
-                char *e;
-                errno = 0;
-                unsigned long long x = strtoull(total, &e, 10);
-                if (errno || *e || x <= end)
-                        return -EBADMSG;
-                t = x;
-        }
-        *ret_start = start;
-        *ret_total = t;
-        return 0;
 }

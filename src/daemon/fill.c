@@ -109,11 +109,6 @@ static bool fill_is_final(const Fill *f) {
         return f->step >= STEP_DONE;
 }
 
-static char *format_bytes(uint64_t n, char buf[static 32]) {
-        snprintf(buf, 32, "%" PRIu64, n);
-        return buf;
-}
-
 int fill_set_error(Fill *f, int error, const char *fmt, ...) {
         assert(error < 0);
         if (f->error < 0)
@@ -131,10 +126,9 @@ int fill_set_error(Fill *f, int error, const char *fmt, ...) {
 }
 
 static int fill_set_write_error(Fill *f, int r) {
-        char sz[32];
         if (r == -ENOSPC || r == -EDQUOT)
-                return fill_set_error(f, -ENOSPC, "No space left in the cache for %s after %s bytes", f->id,
-                                      format_bytes(f->bytes_written, sz));
+                return fill_set_error(f, -ENOSPC, "No space left in the cache for %s after %" PRIu64 " bytes", f->id,
+                                      f->bytes_written);
         return fill_set_error(f, r, "Cannot write %s: %s", f->id, strerror(-r));
 }
 
@@ -302,17 +296,15 @@ static bool fill_turn_spent(Fill *f, size_t n) {
 }
 
 static FillIntake fill_take_image(Fill *f, const void *data, size_t n) {
-        char sz[32];
-
         if (f->bytes_total != UINT64_MAX && f->bytes_written + n > f->bytes_total) {
-                fill_set_error(f, -EBADMSG, "Upstream sent more than the %s bytes announced for %s",
-                               format_bytes(f->bytes_total, sz), f->id);
+                fill_set_error(f, -EBADMSG, "Upstream sent more than the %" PRIu64 " bytes announced for %s",
+                               f->bytes_total, f->id);
                 return INTAKE_ABORT;
         }
         if (!f->too_large && f->bytes_written + n > f->cap) {
                 if (!fill_streams(f)) {
-                        fill_set_error(f, -EFBIG, "Image %s is larger than MaxSize (%s bytes): not fetched", f->id,
-                                       format_bytes(f->cap, sz));
+                        fill_set_error(f, -EFBIG, "Image %s is larger than MaxSize (%" PRIu64 " bytes): not fetched",
+                                       f->id, f->cap);
                         return INTAKE_ABORT;
                 }
                 f->too_large = true;
@@ -372,7 +364,6 @@ static void on_writer_progress(FillWriter *fw, void *userdata);
 static int fill_admit(Fill *f) {
         Fetcher *fe = f->fetcher;
         uint64_t total = f->bytes_total, offset = f->body_offset, size = 0;
-        char sz[32], sz2[32];
         int r;
 
         r = image_cache_resolve_limit(fe->cache, &fe->max_size, &f->cap);
@@ -380,12 +371,14 @@ static int fill_admit(Fill *f) {
                 return fill_set_error(f, r, "Cannot resolve MaxSize= for %s: %s", f->id, strerror(-r));
         if (total != UINT64_MAX && total > f->cap) {
                 if (!fill_streams(f))
-                        return fill_set_error(f, -EFBIG, "Image %s is %s bytes, larger than MaxSize (%s bytes): not fetched",
-                                              f->id, format_bytes(total, sz), format_bytes(f->cap, sz2));
+                        return fill_set_error(f, -EFBIG,
+                                              "Image %s is %" PRIu64 " bytes, larger than MaxSize (%" PRIu64 " bytes): not fetched",
+                                              f->id, total, f->cap);
                 f->too_large = true;
         }
         if (!f->too_large)
-                fetcher_make_room(fe, f->id, total != UINT64_MAX ? total - MIN(offset, total) : 0);
+                fetcher_make_room(fe, f->id, total != UINT64_MAX ? total - MIN(offset, total) : 0,
+                                  fe->enforce_max_size ? f->cap : UINT64_MAX);
 
         const Checksum *expected = f->has_expected ? &f->expected : NULL;
         if (offset > 0) {
@@ -621,11 +614,9 @@ void fill_on_transfer_end(Fill *f, int error, const char *message) {
 }
 
 static void fill_body_complete(Fill *f) {
-        char sz[32], sz2[32];
-
         if (f->bytes_total != UINT64_MAX && f->bytes_written != f->bytes_total) {
-                fill_set_error(f, -EBADMSG, "Upstream sent %s of the %s bytes of %s", format_bytes(f->bytes_written, sz),
-                               format_bytes(f->bytes_total, sz2), f->id);
+                fill_set_error(f, -EBADMSG, "Upstream sent %" PRIu64 " of the %" PRIu64 " bytes of %s", f->bytes_written,
+                               f->bytes_total, f->id);
                 fill_fail(f);
                 return;
         }
@@ -663,7 +654,6 @@ static void fill_keep(Fill *f) {
 
 static void on_sealed(int result, void *userdata) {
         Fill *f = userdata;
-        char sz[32];
 
         f->worker = NULL;
         if (result == -EBADMSG) {
@@ -679,8 +669,8 @@ static void on_sealed(int result, void *userdata) {
         } else if (f->too_large) {
                 /* Verified and streamed; not kept. The readers' fds keep the data alive. */
                 image_cache_discard_write(f->fetcher->cache, TAKE_PTR(f->write));
-                log_image(LOG_INFO, NULL, f->id, "Streamed %s (%s bytes, verified) without keeping it: larger than MaxSize",
-                          f->id, format_bytes(f->bytes_written, sz));
+                log_image(LOG_INFO, NULL, f->id, "Streamed %s (%" PRIu64 " bytes, verified) without keeping it: larger than MaxSize",
+                          f->id, f->bytes_written);
                 fill_finish(f, 0);
         } else
                 fill_keep(f);

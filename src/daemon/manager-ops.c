@@ -136,7 +136,7 @@ int manager_keep_free(const Manager *m, uint64_t *ret) {
 }
 
 /* What making room did and could not do, for the journal. */
-void manager_log_space(Manager *m, const char *what, const SpaceResult *res, uint64_t max_size, uint64_t keep_free) {
+void manager_log_space(const char *what, const SpaceResult *res, uint64_t max_size, uint64_t keep_free) {
         char freed[FORMAT_SIZE_MAX], max[FORMAT_SIZE_MAX] = "unbounded", keep[FORMAT_SIZE_MAX], size[FORMAT_SIZE_MAX],
                 pinned[96] = "", missing[128] = "";
 
@@ -170,7 +170,7 @@ int manager_prune(Manager *m, SpaceResult *ret, bool *ret_limit_failed) {
         r = image_cache_make_room(m->cache, 0, max_size, keep_free, ret);
         if (r < 0)
                 return r;
-        manager_log_space(m, "Pruned", ret, max_size, keep_free);
+        manager_log_space("Pruned", ret, max_size, keep_free);
         return 0;
 }
 

@@ -532,22 +532,18 @@ static int on_flush_timer(sd_event_source *s, uint64_t usec, void *userdata) {
 /* Whatever filled the filesystem (another program, a log, images written concurrently), unpinned images
  * make way until KeepFree= holds again. What pins keep from it is logged once, until it changes. */
 static void manager_check_free_space(Manager *m) {
-        uint64_t keep_free, available;
+        uint64_t keep_free;
         SpaceResult res;
         int r;
 
-        if (!m->cache || manager_keep_free(m, &keep_free) < 0 || keep_free == 0 ||
-            image_cache_fs_space(m->cache, NULL, &available) < 0)
+        if (!m->cache || manager_keep_free(m, &keep_free) < 0 || keep_free == 0)
                 return;
-        if (available >= keep_free) {
-                m->keep_free_short = false;
-                return;
-        }
+        /* A no-op (one statvfs) while KeepFree= holds. */
         r = image_cache_make_room(m->cache, 0, UINT64_MAX, keep_free, &res);
         if (r < 0)
                 log_warning_errno(r, "Cannot free space in %s for KeepFree=: %m", m->cache_dir);
-        if (res.files > 0 || !m->keep_free_short)
-                manager_log_space(m, "Free space fell below KeepFree=: pruned", &res, UINT64_MAX, keep_free);
+        if (res.files > 0 || (res.keep_free_missing > 0 && !m->keep_free_short))
+                manager_log_space("Free space fell below KeepFree=: pruned", &res, UINT64_MAX, keep_free);
         m->keep_free_short = res.keep_free_missing > 0;
 }
 

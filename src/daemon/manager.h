@@ -234,7 +234,7 @@ int manager_delete_all_images(Manager *m, unsigned *ret_n);
  * resolved (nothing was pruned then) or the pruning itself failed. */
 int manager_prune(Manager *m, SpaceResult *ret, bool *ret_limit_failed);
 /* The journal line of a Prune or of the free-space watch. */
-void manager_log_space(Manager *m, const char *what, const SpaceResult *res, uint64_t max_size, uint64_t keep_free);
+void manager_log_space(const char *what, const SpaceResult *res, uint64_t max_size, uint64_t keep_free);
 /* Clean with stall (0: StallTime=). */
 int manager_clean(Manager *m, usec_t stall, unsigned *ret_stalled, unsigned *ret_invalid);
 
