@@ -88,6 +88,24 @@ unsigned fetcher_n_active(const Fetcher *fe);  /* fills not yet final */
 /* The running fill of id, or a new one. Returns a new reference. -EEXIST when the image is cached
  * already, -ENXIO when no upstream is configured, -EINVAL for a bad id. expected may be NULL. */
 int fetcher_fill(Fetcher *fe, const char *id, const Checksum *expected, Fill **ret);
+/* The same, for a fill that must go to the origin only when it is new: the request of a peer in the
+ * fleet (fleet.h), which must never be forwarded again. A running fill is joined as it is. */
+typedef enum FetchFlags {
+        FETCH_ORIGIN_ONLY = 1 << 0,
+} FetchFlags;
+int fetcher_fill_full(Fetcher *fe, const char *id, const Checksum *expected, FetchFlags flags, Fill **ret);
+
+/* The fleet whose peers fills ask before the origin (borrowed; NULL: none). */
+typedef struct Fleet Fleet;
+void fetcher_set_fleet(Fetcher *fe, Fleet *fleet);
+typedef struct FleetCounters {
+        uint64_t bytes_from_peers;    /* image bytes that came from peers */
+        uint64_t bytes_from_origin;   /* image bytes that came from the upstream */
+        uint64_t fills_from_peers;    /* images kept that a peer supplied: origin fetches saved */
+        uint64_t peer_failovers;      /* a peer failed and the fill went on with the next source */
+} FleetCounters;
+const FleetCounters *fetcher_fleet_counters(const Fetcher *fe);
+CurlLoop *fetcher_curl(const Fetcher *fe);
 /* The running fill of id, or NULL; no new reference. */
 Fill *fetcher_find(const Fetcher *fe, const char *id);
 /* Asks the upstream about id without fetching it (upstream-query.h): with credentials (a whole header
@@ -108,6 +126,8 @@ uint64_t fill_bytes_total(const Fill *f);      /* UINT64_MAX while unknown */
 int fill_error(const Fill *f);                 /* 0 unless FAILED/CANCELLED */
 const char *fill_error_message(const Fill *f); /* NULL unless FAILED/CANCELLED */
 bool fill_kept(const Fill *f);                 /* DONE and stored (false: streamed through, too large) */
+/* The digest the fill verifies against, once its headers are accepted; false while none is known. */
+bool fill_expected(const Fill *f, Checksum *ret);
 /* Reads the image's bytes at offset, up to fill_bytes_written(), wherever they are (on disk, or still
  * gathered in memory); valid for the fill's whole life (the file survives the rename into place and the
  * unlink of a too-large image). Returns the bytes read, 0 at the end, -EBADF until on_headers (nothing is

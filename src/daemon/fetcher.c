@@ -292,6 +292,10 @@ Fill *fetcher_find(const Fetcher *fe, const char *id) {
 }
 
 int fetcher_fill(Fetcher *fe, const char *id, const Checksum *expected, Fill **ret) {
+        return fetcher_fill_full(fe, id, expected, 0, ret);
+}
+
+int fetcher_fill_full(Fetcher *fe, const char *id, const Checksum *expected, FetchFlags flags, Fill **ret) {
         if (!image_id_is_valid(id))
                 return -EINVAL;
         if (!fetcher_has_upstream(fe))
@@ -307,7 +311,7 @@ int fetcher_fill(Fetcher *fe, const char *id, const Checksum *expected, Fill **r
         if (image_cache_is_cached(fe->cache, id))
                 return -EEXIST;
 
-        f = fill_new(fe, id, expected);
+        f = fill_new(fe, id, expected, flags);
         if (!f)
                 return -ENOMEM;
         g_hash_table_add(fe->all, f);
@@ -320,6 +324,18 @@ int fetcher_fill(Fetcher *fe, const char *id, const Checksum *expected, Fill **r
         fetcher_start_pending(fe);
         *ret = f;
         return 0;
+}
+
+void fetcher_set_fleet(Fetcher *fe, Fleet *fleet) {
+        fe->fleet = fleet;
+}
+
+const FleetCounters *fetcher_fleet_counters(const Fetcher *fe) {
+        return &fe->fleet_counters;
+}
+
+CurlLoop *fetcher_curl(const Fetcher *fe) {
+        return fe->curl;
 }
 
 int fetcher_query(Fetcher *fe, const char *id, const char *credentials, UpstreamQueryDone done, void *userdata,

@@ -295,9 +295,12 @@ static int setup_request(CurlTransfer *t, const Fetcher *fe, const FillRequest *
         if (r->range_start > 0) {
                 snprintf(range, sizeof(range), "%" PRIu64 "-", r->range_start);
                 SETOPT(h, CURLOPT_RANGE, range);
-                if (add_header(t, "If-Range", r->if_range) < 0)
+                if (r->if_range && add_header(t, "If-Range", r->if_range) < 0)
                         return -ENOMEM;
         }
+        if (r->peer_self && (add_header(t, FLEET_HEADER_PEER, r->peer_self) < 0 ||
+                             add_header(t, FLEET_HEADER_TOKEN, r->peer_token) < 0))
+                return -ENOMEM;
         if (t->request_headers)
                 SETOPT(h, CURLOPT_HTTPHEADER, t->request_headers);
         return 0;

@@ -19,6 +19,7 @@
 #include "curl-loop.h"
 #include "fetch.h"
 #include "fill-writer.h"
+#include "fleet.h"
 #include "upstream.h"
 #include "worker.h"
 
@@ -70,6 +71,8 @@ typedef struct FillRequest {
         uint64_t range_start;    /* > 0: Range: bytes=N- with If-Range: if_range */
         const char *if_range;
         uint64_t max_body;       /* refuse a body larger than this; UINT64_MAX: no bound */
+        const char *peer_self;   /* a peer's request: our URL (the loop guard) and the peer secret */
+        const char *peer_token;
 } FillRequest;
 
 /* What the transport saw of a response when its body starts (or it ends without one). Borrowed. */
@@ -121,6 +124,14 @@ struct Fill {
 
         bool has_caller_expected;
         Checksum caller_expected;
+
+        /* Where the image comes from: the peers in sources (fleet.h), in order, then the origin. */
+        FetchFlags flags;
+        char **sources;          /* base URLs of peers; NULL: none */
+        size_t source;           /* the one asked now; == the number of sources: the origin */
+        bool switched;           /* a source failed after admission: the next continues the partial file */
+        uint64_t switched_total; /* the length subscribers were promised before the switch */
+        sd_event_source *first_byte; /* a peer must answer within PeerTimeoutSec= */
 
         /* The current request. */
         FillPhase phase;
@@ -203,6 +214,9 @@ struct Fetcher {
         unsigned n_slots_used;
         FetcherObserver *observers;
         bool freeing;
+
+        Fleet *fleet;             /* borrowed */
+        FleetCounters fleet_counters;
 };
 
 /* For tests: a fetcher whose fills talk through transport instead of curl. */
@@ -224,11 +238,14 @@ void fetcher_make_room(Fetcher *fe, const char *id, uint64_t incoming, uint64_t 
 void fetcher_refresh_token(Fetcher *fe);
 
 /* fill.c, for fetcher.c */
-Fill *fill_new(Fetcher *fe, const char *id, const Checksum *expected);
+Fill *fill_new(Fetcher *fe, const char *id, const Checksum *expected, FetchFlags flags);
 void fill_start(Fill *f);                  /* WAITING → the first request; takes a slot */
 void fill_resume_transfer(Fill *f);        /* PAUSED_TURN → RECEIVING */
 void fill_abandon(Fill *f);                /* the fetcher is going: finish now, workers completed */
 _printf_(3, 4) int fill_set_error(Fill *f, int error, const char *fmt, ...);
+
+/* fill.c, for fill-response.c: the image is asked of a peer (not the origin) */
+bool fill_from_peer(const Fill *f);
 
 /* fill.c, for the transport */
 FillIntake fill_on_headers(Fill *f, const FillResponse *r);

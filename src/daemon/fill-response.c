@@ -42,7 +42,10 @@ static ResponseVerdict judge_status(Fill *f, const FillResponse *r) {
                              f->id, status, strempty(shown)) < 0)
                         f->refusal = NULL;
                 return VERDICT_REAUTH;
-        } else if (status == 401 || status == 403)
+        } else if ((status == 401 || status == 403) && fill_from_peer(f))
+                fill_set_error(f, -EPROTO, "Peer %s refused access to %s (HTTP %ld); check PeerTokenFile=",
+                               f->sources[f->source], f->id, status);
+        else if (status == 401 || status == 403)
                 fill_set_error(f, -EPROTO, "Upstream refused access to %s (HTTP %ld from %s); check TokenFile=",
                                f->id, status, strempty(shown));
         else if (status == 416 && f->phase == PHASE_IMAGE && f->resume_offset > 0)
@@ -85,7 +88,7 @@ static int fill_image_extent(Fill *f, const FillResponse *r, uint64_t *ret_offse
         }
         /* Only the continuation we asked for, of the same representation, may be spliced on. */
         if (f->resume_offset == 0 || parse_content_range(r->content_range, &start, &total) < 0 ||
-            start != f->resume_offset || (r->etag && !streq(r->etag, f->resume_etag)))
+            start != f->resume_offset || (r->etag && !f->switched && !streq_ptr(r->etag, f->resume_etag)))
                 return -ESTALE;
         *ret_offset = start;
         *ret_total = total != UINT64_MAX ? total : cl != UINT64_MAX ? start + cl : UINT64_MAX;

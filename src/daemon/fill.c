@@ -31,6 +31,7 @@
 #include <stdio.h>
 
 #include "fill-internal.h"
+#include "fleet.h"
 #include "image-id.h"
 #include "log.h"
 
@@ -135,24 +136,33 @@ static int fill_set_write_error(Fill *f, int r) {
 static void fill_finish(Fill *f, int error);
 static void fill_seal(Fill *f);
 
-/* An error was recorded: end the fill, once the worker (which holds the write) is through. */
+static bool fill_try_next_source(Fill *f);
+
+/* An error was recorded: go on with the next source, or end the fill, once the worker (which holds the
+ * write) is through. */
 static void fill_fail(Fill *f) {
         assert(f->error < 0);
-        if (!f->worker)
-                fill_finish(f, f->error);
+        if (f->worker || fill_try_next_source(f))
+                return;
+        fill_finish(f, f->error);
 }
 
 /* ---- requests ------------------------------------------------------------------------------------- */
 
+bool fill_from_peer(const Fill *f) {
+        return f->phase == PHASE_IMAGE && f->sources && f->sources[f->source];
+}
+
 static int fill_request(Fill *f, const char *url) {
         Fetcher *fe = f->fetcher;
+        bool peer = fill_from_peer(f);
         uint64_t fs_size;
 
         if (!f->phase_url) {
                 f->phase_url = strdup(url);
                 if (!f->phase_url)
                         return fill_set_error(f, -ENOMEM, "Out of memory");
-                f->send_token = true;
+                f->send_token = !peer; /* the upstream's token is for the upstream only */
         } else if (f->send_token && !url_same_origin(f->phase_url, url))
                 f->send_token = false; /* never hand the token to another origin */
 
@@ -169,6 +179,8 @@ static int fill_request(Fill *f, const char *url) {
                 .range_start = f->phase == PHASE_IMAGE ? f->resume_offset : 0,
                 .if_range = f->resume_etag,
                 .max_body = UPSTREAM_RECORD_MAX,
+                .peer_self = peer ? fleet_self(fe->fleet) : NULL,
+                .peer_token = peer ? fleet_token(fe->fleet) : NULL,
         };
         /* Nothing larger than the filesystem can be written, streamed or not. */
         if (f->phase == PHASE_IMAGE)
@@ -178,6 +190,9 @@ static int fill_request(Fill *f, const char *url) {
         if (r < 0)
                 return fill_set_error(f, r, "Cannot set up the transfer of %s: %s", f->id, strerror(-r));
         fill_set_state(f, STEP_REQUESTING);
+        /* A peer that is slow to answer is skipped; the origin has ConnectTimeoutSec= and the like. */
+        if (peer && sd_event_source_set_time_relative(f->first_byte, fleet_peer_timeout(fe->fleet)) >= 0)
+                (void) sd_event_source_set_enabled(f->first_byte, SD_EVENT_ONESHOT);
         return 0;
 }
 
@@ -188,6 +203,12 @@ static void fill_prepare_resume(Fill *f) {
         if (!f->no_resume &&
             image_cache_partial_info(f->fetcher->cache, f->id, &f->resume_offset, &f->resume_etag) < 0)
                 f->resume_offset = 0;
+        /* After a switch of sources: where the last one stopped, without its entity-tag, which means
+         * nothing to the next; the digest, known, vouches for the splice. */
+        if (f->switched) {
+                f->resume_offset = f->bytes_written;
+                f->resume_etag = mfree(f->resume_etag);
+        }
 }
 
 static int fill_start_phase(Fill *f, FillPhase phase) {
@@ -201,10 +222,12 @@ static int fill_start_phase(Fill *f, FillPhase phase) {
 
         if (phase == PHASE_RECORD)
                 r = upstream_record_url(fe->url, f->id, &url);
-        else {
+        else if (fill_from_peer(f))
+                r = asprintf(&url, "%s/images/%s", f->sources[f->source], f->id) < 0 ? -ENOMEM : 0;
+        else
                 r = upstream_image_url(fe->kind, fe->url, f->id, &url);
+        if (phase == PHASE_IMAGE)
                 fill_prepare_resume(f);
-        }
         if (r < 0)
                 return fill_set_error(f, r, "Cannot build the upstream URL of %s", f->id);
         return fill_request(f, url);
@@ -213,6 +236,8 @@ static int fill_start_phase(Fill *f, FillPhase phase) {
 void fill_start(Fill *f) {
         assert(f->step == STEP_WAITING);
         f->has_slot = true;
+        if (f->fetcher->fleet && !(f->flags & FETCH_ORIGIN_ONLY))
+                f->sources = fleet_sources(f->fetcher->fleet, f->id);
         if (fill_start_phase(f, f->fetcher->kind == UPSTREAM_GLANCE ? PHASE_RECORD : PHASE_IMAGE) < 0)
                 fill_fail(f);
 }
@@ -222,11 +247,24 @@ void fill_start(Fill *f) {
 static int on_admit(sd_event_source *s, void *userdata);
 
 static FillIntake fill_accept_image(Fill *f, const FillResponse *r) {
-        if (r->etag && !(f->etag = strdup(r->etag))) {
+        if (f->switched && f->body_offset != f->resume_offset) {
+                fill_set_error(f, -EPROTO, "%s cannot continue %s at byte %" PRIu64, f->request_url, f->id,
+                               f->resume_offset);
+                return INTAKE_ABORT;
+        }
+        if (f->switched && f->switched_total != UINT64_MAX && f->bytes_total != f->switched_total) {
+                fill_set_error(f, -EPROTO, "%s is %" PRIu64 " bytes at one source and %" PRIu64 " at the next",
+                               f->id, f->switched_total, f->bytes_total);
+                return INTAKE_ABORT;
+        }
+        free(f->etag);
+        if (!(f->etag = r->etag ? strdup(r->etag) : NULL) && r->etag) {
                 fill_set_error(f, -ENOMEM, "Out of memory");
                 return INTAKE_ABORT;
         }
-        fill_choose_expected(f, r);
+        /* After a switch the digest stays the one chosen first: a later source may not change it. */
+        if (!f->has_expected)
+                fill_choose_expected(f, r);
         /* Making room and opening files is I/O: on the loop, while the transfer is held. */
         fill_set_state(f, STEP_ADMITTING);
         (void) sd_event_source_set_enabled(f->admit, SD_EVENT_ONESHOT);
@@ -236,6 +274,7 @@ static FillIntake fill_accept_image(Fill *f, const FillResponse *r) {
 FillIntake fill_on_headers(Fill *f, const FillResponse *r) {
         if (f->error < 0 || f->step != STEP_REQUESTING)
                 return INTAKE_ABORT;
+        (void) sd_event_source_set_enabled(f->first_byte, SD_EVENT_OFF);
 
         switch (fill_judge_response(f, r)) {
         case VERDICT_REDIRECT:
@@ -247,6 +286,12 @@ FillIntake fill_on_headers(Fill *f, const FillResponse *r) {
                 fill_set_state(f, STEP_REDIRECTED);
                 return INTAKE_SKIPPED;
         case VERDICT_RESTART:
+                if (f->read_fd >= 0) {
+                        /* Readers have bytes of the partial file: it cannot start over under them. */
+                        fill_set_error(f, -EPROTO, "%s cannot continue %s at byte %" PRIu64, f->request_url, f->id,
+                                       f->resume_offset);
+                        return INTAKE_ABORT;
+                }
                 fill_set_state(f, STEP_RESTARTING);
                 return INTAKE_SKIPPED;
         case VERDICT_REAUTH:
@@ -317,6 +362,10 @@ static FillIntake fill_take_image(Fill *f, const void *data, size_t n) {
                 return INTAKE_ABORT;
         }
         f->bytes_written += n;
+        if (fill_from_peer(f))
+                f->fetcher->fleet_counters.bytes_from_peers += n;
+        else
+                f->fetcher->fleet_counters.bytes_from_origin += n;
         if (!f->data_pending) {
                 f->data_pending = true;
                 fill_schedule(f);
@@ -392,7 +441,8 @@ static int fill_admit(Fill *f) {
                 if (r < 0)
                         return fill_set_error(f, r, "Cannot write %s into the cache: %s", f->id, strerror(-r));
         }
-        r = cache_write_open_reader(f->write, &f->read_fd);
+        /* After a switch of sources the readers keep the fd they have: the same partial file. */
+        r = f->read_fd >= 0 ? 0 : cache_write_open_reader(f->write, &f->read_fd);
         if (r < 0)
                 return fill_set_error(f, r, "Cannot open the partial file of %s: %s", f->id, strerror(-r));
         r = cache_write_set_etag(f->write, f->etag);
@@ -643,6 +693,8 @@ static void fill_keep(Fill *f) {
                 return;
         }
         f->kept = true; /* the cache's observer logs "Cached" */
+        if (fill_from_peer(f))
+                fe->fleet_counters.fills_from_peers++;
 
         /* Images written concurrently may have pushed the cache over MaxSize; the newest is used last. */
         uint64_t cap;
@@ -680,6 +732,50 @@ static void on_sealed(int result, void *userdata) {
 static void fill_seal(Fill *f) {
         fill_set_state(f, STEP_SEALING);
         fill_start_worker(f, "fill-seal", run_seal, on_sealed);
+}
+
+/* ---- the next source ---------------------------------------------------------------------------- */
+
+/* After these, another source cannot do better: the image is absent (a peer's 404 is what the origin told
+ * it), no space, too large, cancelled. Bad bytes from a peer show at sealing, which is final too. */
+static bool error_moves_on(int error) {
+        return error != -ENOENT && error != -ENOSPC && error != -EFBIG && error != -ECANCELED && error != -ENOMEM;
+}
+
+/* A peer failed (refused, slow to answer, its stream broke): ask the next source, continuing the
+ * partial file with a Range where bytes were written, the readers reading on. */
+static bool fill_try_next_source(Fill *f) {
+        Fetcher *fe = f->fetcher;
+
+        if (!fe || !fill_from_peer(f) || !error_moves_on(f->error) || f->step == STEP_SEALING || fill_is_final(f))
+                return false;
+        if (f->bytes_written > 0 && !f->has_expected)
+                return false; /* without a digest, bytes from two sources cannot be told to be one image */
+
+        const char *next = f->sources[f->source + 1];
+        log_image(LOG_WARNING, NULL, f->id, "%s; going on with %s", f->error_message ?: "The peer failed",
+                  next ?: "the upstream");
+        if (f->transfer)
+                fe->transport->stop(f);
+        (void) sd_event_source_set_enabled(f->admit, SD_EVENT_OFF);
+        (void) sd_event_source_set_enabled(f->first_byte, SD_EVENT_OFF);
+        if (f->writer)
+                f->write = fill_writer_free(TAKE_PTR(f->writer), /* write_rest= */ true);
+        if (f->write && f->bytes_written > 0) {
+                image_cache_suspend_write(fe->cache, TAKE_PTR(f->write));
+                f->switched = true;
+                f->switched_total = f->bytes_total;
+        } else if (f->write) {
+                /* Nobody read a byte: start afresh, with a new reader. */
+                image_cache_discard_write(fe->cache, TAKE_PTR(f->write));
+                f->read_fd = safe_close(f->read_fd);
+        }
+
+        f->error = 0;
+        f->error_message = mfree(f->error_message);
+        fe->fleet_counters.peer_failovers++;
+        f->source++;
+        return fill_start_phase(f, PHASE_IMAGE) >= 0;
 }
 
 /* ---- finishing ------------------------------------------------------------------------------------ */
@@ -731,6 +827,7 @@ static void fill_finish(Fill *f, int error) {
         if (f->transfer)
                 fe->transport->stop(f);
         (void) sd_event_source_set_enabled(f->admit, SD_EVENT_OFF);
+        (void) sd_event_source_set_enabled(f->first_byte, SD_EVENT_OFF);
         bool waiting = f->step == STEP_WAITING;
         fill_dispose_write(f, error);
         f->record_buf = mfree(f->record_buf);
@@ -759,7 +856,22 @@ void fill_abandon(Fill *f) {
 
 /* ---- the Fill API ----------------------------------------------------------------------------------- */
 
-Fill *fill_new(Fetcher *fe, const char *id, const Checksum *expected) {
+static int on_first_byte_timeout(sd_event_source *s, uint64_t usec, void *userdata) {
+        Fill *f = userdata;
+
+        if (f->step != STEP_REQUESTING || fill_is_final(f))
+                return 0;
+        fill_ref(f);
+        fill_set_error(f, -ETIMEDOUT, "Peer %s sent no response for %s within PeerTimeoutSec=", f->sources[f->source],
+                       f->id);
+        if (f->transfer)
+                f->fetcher->transport->stop(f);
+        fill_fail(f);
+        fill_unref(f);
+        return 0;
+}
+
+Fill *fill_new(Fetcher *fe, const char *id, const Checksum *expected, FetchFlags flags) {
         Fill *f = calloc(1, sizeof(Fill));
         if (!f)
                 return NULL;
@@ -772,17 +884,23 @@ Fill *fill_new(Fetcher *fe, const char *id, const Checksum *expected) {
                 .bytes_total = UINT64_MAX,
                 .cap = UINT64_MAX,
                 .has_caller_expected = expected,
+                .flags = flags,
         };
         if (expected)
                 f->caller_expected = *expected;
-        if (!f->id || sd_event_add_defer(fe->event, &f->admit, on_admit, f) < 0) {
+        if (!f->id || sd_event_add_defer(fe->event, &f->admit, on_admit, f) < 0 ||
+            sd_event_add_time(fe->event, &f->first_byte, CLOCK_MONOTONIC, USEC_INFINITY, 0,
+                                       on_first_byte_timeout, f) < 0) {
                 sd_event_source_unref(f->admit);
+                sd_event_source_unref(f->first_byte);
                 free(f->id);
                 free(f);
                 return NULL;
         }
         (void) sd_event_source_set_enabled(f->admit, SD_EVENT_OFF);
         (void) sd_event_source_set_description(f->admit, "fill-admit");
+        (void) sd_event_source_set_enabled(f->first_byte, SD_EVENT_OFF);
+        (void) sd_event_source_set_description(f->first_byte, "fill-peer-first-byte");
         return f;
 }
 
@@ -800,6 +918,8 @@ Fill *fill_unref(Fill *f) {
         if (f->fetcher)
                 g_hash_table_remove(f->fetcher->all, f);
         sd_event_source_disable_unref(f->admit);
+        sd_event_source_disable_unref(f->first_byte);
+        g_strfreev(f->sources);
         free(f->next_url);
         free(f->request_url);
         free(f->refusal);
@@ -841,6 +961,13 @@ const char *fill_error_message(const Fill *f) {
 
 bool fill_kept(const Fill *f) {
         return f->step == STEP_DONE && f->kept;
+}
+
+bool fill_expected(const Fill *f, Checksum *ret) {
+        if (!f->has_expected || f->step < STEP_RECEIVING)
+                return false;
+        *ret = f->expected;
+        return true;
 }
 
 ssize_t fill_pread(const Fill *f, void *buf, size_t size, uint64_t offset) {

@@ -9,6 +9,7 @@
 #include <stdint.h>
 
 #include "fetch.h"
+#include "fleet.h"
 #include "http-limits.h"
 #include "http-util.h"
 #include "http.h"
@@ -29,6 +30,7 @@ struct Stream {
         bool close_delimited; /* no length and no chunked encoding (HTTP/1.0): the body ends with the connection */
         uint64_t offset;   /* file offset of the first body byte */
         uint64_t end;      /* file offset after the last body byte; UINT64_MAX: wherever the fill ends */
+        bool to_peer;      /* the client is a node of the fleet */
         Stream *streams_prev, *streams_next;
 };
 
@@ -43,6 +45,8 @@ struct Request {
         bool begun;            /* request_begin() ran */
         bool http10;           /* an HTTP/1.0 client: no chunked encoding */
         bool bad_target;       /* the decoded target held a control byte */
+        bool from_peer;        /* a node of the fleet asks (fleet.h): the peer secret was checked */
+        bool only_if_cached;   /* Cache-Control: only-if-cached: a miss is answered 504, nothing fetched */
 
         /* Waiting with the connection suspended for an answer of the upstream (not a fill): a read
          * verdict or the metadata for a HEAD. */
@@ -56,6 +60,9 @@ struct Request {
         UpstreamQuery *probe;
         bool probe_done;       /* probe_answer holds the upstream's answer */
         UpstreamAnswer probe_answer;
+        FleetQuery *holders_query; /* GET /v2/cache/nodes/<id>: asking the other nodes */
+        bool holders_done;     /* holders holds the answer (NULL: the server is stopping) */
+        char **holders;
 };
 
 typedef struct HttpConnection {
@@ -101,6 +108,7 @@ struct HttpServer {
         ReadGuard *read_guard;
         TtlCache *not_found;     /* ids the upstream recently said it does not have (NotFoundCacheSec=) */
         Request *waiting;        /* requests suspended for an answer of the upstream */
+        Fleet *fleet;            /* borrowed; NULL: no [Fleet] */
         bool stopping;
 };
 
@@ -130,6 +138,8 @@ enum MHD_Result http_respond_416(struct MHD_Connection *c, uint64_t size);
 /* A HEAD response of size bytes (MHD_SIZE_UNKNOWN: none given), with no body to read. */
 struct MHD_Response *http_response_for_head(uint64_t size);
 void http_add_image_headers(struct MHD_Response *resp, const char *etag, const char *last_modified, bool ranges);
+/* Repr-Digest: of the whole image (RFC 9530), so that peers and clients can verify what they got. */
+void http_add_repr_digest(struct MHD_Response *resp, const Checksum *c);
 void http_add_content_range(struct MHD_Response *resp, uint64_t start, uint64_t length, uint64_t size);
 const char *http_header(struct MHD_Connection *c, const char *name);
 

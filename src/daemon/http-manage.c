@@ -32,6 +32,22 @@ static int reply_json(HttpReply *ret, unsigned status, json_t *j) {
         return 0;
 }
 
+int http_manage_holders_reply(const char *id, char *const *holders, HttpReply *ret) {
+        json_t *nodes = json_array(), *j = json_pack("{s:s, s:o}", "image_id", id, "cached_nodes", nodes);
+        int r;
+
+        if (!j)
+                return -ENOMEM;
+        for (char *const *h = holders; *h; h++)
+                if (json_array_append_new(nodes, json_string(*h)) < 0) {
+                        json_decref(j);
+                        return -ENOMEM;
+                }
+        r = reply_json(ret, 200, j);
+        json_decref(j);
+        return r;
+}
+
 static int reply_status(HttpReply *ret, unsigned status) {
         *ret = (HttpReply) { .status = status };
         return 0;
@@ -342,6 +358,21 @@ char *http_metrics_render(const HttpManageContext *ctx, const HttpCounters *coun
                 { "imgcache_transfers_started_total", "counter", "Fills from the upstream started.", ext.transfers_started },
                 { "imgcache_transfers_failed_total", "counter", "Fills from the upstream that failed.", ext.transfers_failed },
         };
+        const struct {
+                const char *name, *type, *help;
+                uint64_t value;
+        } fleet[] = {
+                { "imgcache_fleet_fetched_from_peers_bytes_total", "counter", "Image bytes fills took from peers of the fleet.",
+                  ext.fleet_bytes_from_peers },
+                { "imgcache_fleet_fetched_from_origin_bytes_total", "counter", "Image bytes fills took from the upstream.",
+                  ext.fleet_bytes_from_origin },
+                { "imgcache_fleet_served_to_peers_bytes_total", "counter", "Image bytes sent to peers of the fleet.",
+                  counters->bytes_to_peers },
+                { "imgcache_fleet_origin_fetches_saved_total", "counter", "Images kept that a peer supplied instead of the upstream.",
+                  ext.fleet_origin_fetches_saved },
+                { "imgcache_fleet_peer_failovers_total", "counter", "Times a fill left a failing peer for the next source.",
+                  ext.fleet_peer_failovers },
+        };
 
         FILE *f = open_memstream(&buf, &size);
         if (!f)
@@ -352,6 +383,9 @@ char *http_metrics_render(const HttpManageContext *ctx, const HttpCounters *coun
                         fprintf(f, "# HELP %s %s\n# TYPE %s %s\n%s %" PRIu64 "\n",
                                 metrics[i].name, metrics[i].help, metrics[i].name, metrics[i].type,
                                 metrics[i].name, metrics[i].value);
+        for (size_t i = 0; ext.fleet && i < ELEMENTSOF(fleet); i++)
+                fprintf(f, "# HELP %s %s\n# TYPE %s %s\n%s %" PRIu64 "\n", fleet[i].name, fleet[i].help, fleet[i].name,
+                        fleet[i].type, fleet[i].name, fleet[i].value);
 
         if (ferror(f) || fclose(f) != 0) {
                 free(buf);

@@ -31,4 +31,6 @@ int http_manage_dispatch(const HttpManageContext *ctx, const HttpRouteMatch *rou
 
 /* GET /metrics: the Prometheus text exposition format (version 0.0.4). NULL on OOM. */
 #define HTTP_METRICS_CONTENT_TYPE "text/plain; version=0.0.4; charset=utf-8"
+/* The answer of GET /v2/cache/nodes/<id>: {"image_id": id, "cached_nodes": [holders…]}. */
+int http_manage_holders_reply(const char *id, char *const *holders, HttpReply *ret);
 char *http_metrics_render(const HttpManageContext *ctx, const HttpCounters *counters);

@@ -87,16 +87,18 @@ static int peer_fill_new(HttpServer *s, const char *key, Fill *f) {
 
 /* Starts (or joins) the fill of a miss. A client may have started at most MaxFetchesPerIP= fills that
  * still run; joining a running one is always fine. -EUSERS when this one would be one too many. */
-static int http_server_fill(HttpServer *s, struct MHD_Connection *c, const char *id, Fill **ret) {
+static int http_server_fill(HttpServer *s, Request *req, struct MHD_Connection *c, const char *id, Fill **ret) {
         char key[PEER_KEY_MAX];
         bool counted;
         int r;
 
-        counted = !fetcher_find(s->fetcher, id) && peer_key(c, key);
+        /* A node of the fleet asks on behalf of its clients, which it limits itself. */
+        counted = !req->from_peer && !fetcher_find(s->fetcher, id) && peer_key(c, key);
         if (counted && peer_counts_get(s->peer_fill_counts, key) >= s->config->max_fills_per_ip)
                 return -EUSERS;
 
-        r = fetcher_fill(s->fetcher, id, /* expected= */ NULL, ret);
+        /* A peer's request is never forwarded again: it goes to the origin, or joins the running fill. */
+        r = fetcher_fill_full(s->fetcher, id, /* expected= */ NULL, req->from_peer ? FETCH_ORIGIN_ONLY : 0, ret);
         if (r < 0 || !counted || fill_state_is_final(fill_state(*ret)))
                 return r;
         r = peer_fill_new(s, key, *ret);
@@ -118,7 +120,7 @@ enum MHD_Result http_serve_miss(HttpServer *s, Request *req, struct MHD_Connecti
         if (req->method == HTTP_METHOD_HEAD && fetcher_has_upstream(s->fetcher) && !fetcher_find(s->fetcher, req->match.id))
                 return serve_head_probe(s, req, c);
 
-        r = http_server_fill(s, c, req->match.id, &f);
+        r = http_server_fill(s, req, c, req->match.id, &f);
         if (r == -ENXIO)
                 return http_respond_text(c, MHD_HTTP_NOT_FOUND, "Image not cached, and no upstream to fetch it from\n");
         if (r == -EUSERS)
@@ -135,6 +137,7 @@ enum MHD_Result http_serve_miss(HttpServer *s, Request *req, struct MHD_Connecti
         r = http_stream_new(s, c, f, &st);
         if (r < 0)
                 return MHD_NO;
+        st->to_peer = req->from_peer;
 
         if (http_fill_has_headers(f))
                 return http_respond_miss(s, req, c, st);

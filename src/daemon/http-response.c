@@ -89,6 +89,13 @@ void http_add_image_headers(struct MHD_Response *resp, const char *etag, const c
                 MHD_add_response_header(resp, MHD_HTTP_HEADER_LAST_MODIFIED, last_modified);
 }
 
+void http_add_repr_digest(struct MHD_Response *resp, const Checksum *c) {
+        char value[CHECKSUM_REPR_DIGEST_MAX];
+
+        if (c && checksum_to_repr_digest(c, value, sizeof(value)) >= 0)
+                MHD_add_response_header(resp, "Repr-Digest", value);
+}
+
 enum MHD_Result http_respond_416(struct MHD_Connection *c, uint64_t size) {
         struct MHD_Response *resp;
         char cr[48];

@@ -169,6 +169,8 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max) {
         }
 
         st->server->ops->count_bytes_served(st->server->userdata, (uint64_t) k);
+        if (st->to_peer)
+                st->server->counters.bytes_to_peers += (uint64_t) k;
         return k;
 }
 
@@ -266,6 +268,9 @@ enum MHD_Result http_respond_miss(HttpServer *s, Request *req, struct MHD_Connec
         }
         /* st belongs to the response now. */
         http_add_image_headers(resp, NULL, NULL, total != UINT64_MAX);
+        Checksum digest;
+        if (fill_expected(st->fill, &digest))
+                http_add_repr_digest(resp, &digest);
         if (status == MHD_HTTP_PARTIAL_CONTENT)
                 http_add_content_range(resp, start, length, total);
         return http_queue_response(c, status, resp);

@@ -76,6 +76,7 @@ void http_route(HttpMethod method, const char *path, HttpRouteMatch *ret) {
         static const RouteSpec cache_verb_image = { HTTP_ROUTE_CACHE_IMAGE, true, M(HTTP_METHOD_PUT) | M(HTTP_METHOD_DELETE), "PUT, DELETE, POST" };
         static const RouteSpec cache_prune = { HTTP_ROUTE_CACHE_PRUNE, true, M(HTTP_METHOD_POST), "PUT, DELETE, POST" };
         static const RouteSpec cache_clean = { HTTP_ROUTE_CACHE_CLEAN, true, M(HTTP_METHOD_POST), "PUT, DELETE, POST" };
+        static const RouteSpec cache_nodes = { HTTP_ROUTE_CACHE_NODES, true, M(HTTP_METHOD_GET), "GET" };
         static const RouteSpec cached_images = { HTTP_ROUTE_CACHED_IMAGES, true, M(HTTP_METHOD_GET) | M(HTTP_METHOD_DELETE), "GET, DELETE" };
         static const RouteSpec cached_image = { HTTP_ROUTE_CACHED_IMAGE, true, M(HTTP_METHOD_DELETE), "DELETE" };
         static const RouteSpec queued_images = { HTTP_ROUTE_QUEUED_IMAGES, true, M(HTTP_METHOD_GET) | M(HTTP_METHOD_DELETE), "GET, DELETE" };
@@ -109,6 +110,9 @@ void http_route(HttpMethod method, const char *path, HttpRouteMatch *ret) {
         if (streq(path, "/v2/cache"))
                 return route_set(ret, method, &cache, NULL, 0);
         if ((rest = startswith(path, "/v2/cache/"))) {
+                const char *id = startswith(rest, "nodes/");
+                if (id)
+                        return route_set(ret, method, &cache_nodes, id, strlen(id));
                 if (streq(rest, "prune") || streq(rest, "clean")) {
                         if (method == HTTP_METHOD_POST)
                                 return route_set(ret, method, streq(rest, "prune") ? &cache_prune : &cache_clean,
@@ -379,4 +383,22 @@ const char *http_request_token(const char *x_auth_token, const char *authorizati
 
         const char *p = skip_ows(authorization + 6);
         return isempty(p) ? NULL : p;
+}
+
+bool http_cache_control_has(const char *value, const char *directive) {
+        size_t n = strlen(directive);
+
+        for (const char *p = value; p && *p;) {
+                p = skip_ows(p);
+                size_t len = strcspn(p, ",=");
+                size_t name = len;
+                while (name > 0 && (p[name - 1] == ' ' || p[name - 1] == '\t'))
+                        name--;
+                if (name == n && strncasecmp(p, directive, n) == 0)
+                        return true;
+                p = strchr(p, ',');
+                if (p)
+                        p++;
+        }
+        return false;
 }

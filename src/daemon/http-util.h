@@ -36,6 +36,7 @@ typedef enum HttpRoute {
         HTTP_ROUTE_CACHE_IMAGE,    /* /v2/cache/<id> */
         HTTP_ROUTE_CACHE_PRUNE,    /* POST /v2/cache/prune */
         HTTP_ROUTE_CACHE_CLEAN,    /* POST /v2/cache/clean */
+        HTTP_ROUTE_CACHE_NODES,    /* GET /v2/cache/nodes/<id>: the fleet's nodes holding it (Glance 2024.1) */
         HTTP_ROUTE_CACHED_IMAGES,  /* /v2/cached_images (Glance's cache_manage middleware) */
         HTTP_ROUTE_CACHED_IMAGE,   /* /v2/cached_images/<id> */
         HTTP_ROUTE_QUEUED_IMAGES,  /* /v2/queued_images */
@@ -102,6 +103,10 @@ char *http_format_etag(const char *checksum, uint64_t size, usec_t last_modified
 /* Compares two secrets in time independent of where they differ and of their lengths (both are hashed
  * first; CRYPTO_memcmp on the digests). */
 bool http_token_equal(const char *a, const char *b);
+
+/* Whether a Cache-Control: value (may be NULL) carries directive, e.g. "only-if-cached" (RFC 9111 §5.2:
+ * a comma-separated list, case-insensitive names, optionally "=value"). */
+bool http_cache_control_has(const char *value, const char *directive);
 
 /* The token offered by a request: X-Auth-Token's value, else the credentials of "Authorization: Bearer
  * …" (scheme case-insensitive). Returns a pointer into one of the values, or NULL when neither has one. */

@@ -2,6 +2,7 @@
 
 #include <assert.h>
 #include <fcntl.h>
+#include <glib.h>
 #include <inttypes.h>
 #include <microhttpd.h>
 #include <netdb.h>
@@ -93,6 +94,9 @@ static int serve_hit(HttpServer *s, Request *req, struct MHD_Connection *c, cons
         }
 
         http_add_image_headers(resp, etag, lm, true);
+        Checksum digest;
+        if (e->checksum && checksum_from_string(e->checksum, &digest) >= 0)
+                http_add_repr_digest(resp, &digest);
         if (status == MHD_HTTP_PARTIAL_CONTENT)
                 http_add_content_range(resp, start, length, size);
 
@@ -140,6 +144,8 @@ static void http_server_abandon_waiting(HttpServer *s) {
 
                 req->read_check = read_check_free(req->read_check);
                 req->probe = upstream_query_free(req->probe);
+                req->holders_query = fleet_query_free(req->holders_query);
+                req->holders_done = true;
                 req->read_decided = true;
                 req->read_verdict = MHD_HTTP_SERVICE_UNAVAILABLE;
                 request_resume(req);
@@ -189,12 +195,47 @@ static enum MHD_Result serve_image(HttpServer *s, Request *req, struct MHD_Conne
                         return (enum MHD_Result) r;
                 /* Deleted since the index said so: fetch it again. */
         }
+        if (req->only_if_cached)
+                return http_respond_text(c, MHD_HTTP_GATEWAY_TIMEOUT, "Not cached here\n");
 
         return http_serve_miss(s, req, c);
 }
 
 
 /* ---- management --------------------------------------------------------------------------------- */
+
+static void request_on_holders(char *const *holders, void *userdata) {
+        Request *req = userdata;
+
+        req->holders = g_strdupv((char **) holders);
+        req->holders_query = fleet_query_free(req->holders_query);
+        req->holders_done = true;
+        request_resume(req);
+}
+
+/* GET /v2/cache/nodes/<id>: which nodes of the fleet hold the image (each asked, none fetching). */
+static enum MHD_Result serve_holders(HttpServer *s, Request *req, struct MHD_Connection *c) {
+        if (!s->fleet || !s->fetcher)
+                return http_respond_text(c, MHD_HTTP_NOT_FOUND, "No [Fleet] is configured on this node\n");
+        int r = fleet_query_holders(s->fleet, fetcher_curl(s->fetcher), s->cache, req->match.id, request_on_holders,
+                                    req, &req->holders_query);
+        if (r < 0)
+                return MHD_NO;
+        http_request_suspend(req);
+        return MHD_YES;
+}
+
+static enum MHD_Result queue_reply(struct MHD_Connection *c, HttpReply *reply);
+
+static enum MHD_Result respond_holders(struct MHD_Connection *c, Request *req) {
+        HttpReply reply = {};
+
+        if (!req->holders)
+                return http_respond_text(c, MHD_HTTP_SERVICE_UNAVAILABLE, "Try again\n");
+        if (http_manage_holders_reply(req->match.id, req->holders, &reply) < 0)
+                return MHD_NO;
+        return queue_reply(c, &reply);
+}
 
 static bool authorized(HttpServer *s, struct MHD_Connection *c) {
         const char *offered;
@@ -210,14 +251,21 @@ static enum MHD_Result serve_management(HttpServer *s, Request *req, struct MHD_
                 .userdata = s->userdata,
         };
         HttpReply reply = {};
-        struct MHD_Response *resp;
         int r;
 
         r = http_manage_dispatch(&ctx, &req->match, req->method, http_header(c, "x-image-cache-clear-target"),
                                  http_header(c, MHD_HTTP_HEADER_HOST), &reply);
         if (r < 0)
                 return MHD_NO;
+        return queue_reply(c, &reply);
+}
 
+/* Queues a management reply; consumes it. */
+static enum MHD_Result queue_reply(struct MHD_Connection *c, HttpReply *reply_in) {
+        HttpReply reply = *reply_in;
+        struct MHD_Response *resp;
+
+        *reply_in = (HttpReply) {};
         if (reply.body) {
                 resp = MHD_create_response_from_buffer(strlen(reply.body), reply.body, MHD_RESPMEM_MUST_FREE);
                 if (!resp) {
@@ -258,9 +306,24 @@ static enum MHD_Result serve_metrics(HttpServer *s, struct MHD_Connection *c) {
 
 /* ---- MHD callbacks ------------------------------------------------------------------------------ */
 
+/* A node of the fleet is authorized by the peer secret alone; it reads what any client could, and
+ * a miss it causes is filled from the origin with this node's own credentials. */
+static enum MHD_Result authorize_peer(HttpServer *s, Request *req, struct MHD_Connection *c) {
+        const char *offered = http_header(c, FLEET_HEADER_TOKEN);
+
+        if (!s->fleet || !offered || !http_token_equal(offered, fleet_token(s->fleet)))
+                return http_respond_401(c);
+        req->from_peer = true;
+        return serve_image(s, req, c);
+}
+
 /* Serves an image to whoever ReadAccess= lets read it, asking the upstream first where it must. */
 static enum MHD_Result authorize_image(HttpServer *s, Request *req, struct MHD_Connection *c) {
         int r;
+
+        req->only_if_cached = http_cache_control_has(http_header(c, MHD_HTTP_HEADER_CACHE_CONTROL), "only-if-cached");
+        if (http_header(c, FLEET_HEADER_PEER))
+                return authorize_peer(s, req, c);
 
         r = read_guard_check(s->read_guard, http_header(c, "X-Auth-Token"), http_header(c, MHD_HTTP_HEADER_AUTHORIZATION),
                              req->match.id, request_on_read_verdict, req, &req->read_check);
@@ -319,6 +382,8 @@ static enum MHD_Result request_begin(HttpServer *s, Request *req, struct MHD_Con
                 return http_respond_text(c, MHD_HTTP_OK, "OK\n");
         case HTTP_ROUTE_METRICS:
                 return serve_metrics(s, c);
+        case HTTP_ROUTE_CACHE_NODES:
+                return serve_holders(s, req, c);
         default:
                 return serve_management(s, req, c);
         }
@@ -374,6 +439,10 @@ static enum MHD_Result http_on_request(void *cls, struct MHD_Connection *c, cons
                 req->probe_done = false;
                 return http_respond_probe(s, req, c);
         }
+        if (req->holders_done) {
+                req->holders_done = false;
+                return respond_holders(c, req);
+        }
 
         if (req->waiting) {
                 Stream *st = req->waiting;
@@ -404,9 +473,14 @@ static void http_on_completed(void *cls, struct MHD_Connection *c, void **req_cl
         req->waiting = http_stream_free(req->waiting);
         req->read_check = read_check_free(req->read_check);
         req->probe = upstream_query_free(req->probe);
+        req->holders_query = fleet_query_free(req->holders_query);
+        g_strfreev(req->holders);
         request_unlink(req);
-        if (req->count_body && toe == MHD_REQUEST_TERMINATED_COMPLETED_OK)
+        if (req->count_body && toe == MHD_REQUEST_TERMINATED_COMPLETED_OK) {
                 s->ops->count_bytes_served(s->userdata, req->body_size);
+                if (req->from_peer)
+                        s->counters.bytes_to_peers += req->body_size;
+        }
         s->counters.requests++;
         *req = (Request) {};
         *req_cls = NULL;
@@ -756,6 +830,10 @@ int http_server_reconfigure(HttpServer *s, const Config *config) {
 
         s->config = config;
         return load_token(s, config);
+}
+
+void http_server_set_fleet(HttpServer *s, Fleet *fleet) {
+        s->fleet = fleet;
 }
 
 const HttpCounters *http_server_counters(const HttpServer *s) {

@@ -34,6 +34,7 @@ typedef struct HttpServer HttpServer;
 typedef struct HttpCounters {
         uint64_t requests;      /* requests answered */
         unsigned connections;   /* open right now */
+        uint64_t bytes_to_peers; /* image body bytes sent to nodes of the fleet */
 } HttpCounters;
 
 /* What /metrics reports that the HTTP server does not count itself. */
@@ -48,6 +49,8 @@ typedef struct HttpMetrics {
         uint64_t transfers_failed;   /* fills that failed */
         uint64_t free_bytes;         /* available on the cache's filesystem; UINT64_MAX: unknown */
         uint64_t keep_free_bytes;    /* KeepFree= resolved; UINT64_MAX: unknown */
+        bool fleet;                  /* a [Fleet] is configured: the fleet's series are shown */
+        uint64_t fleet_bytes_from_peers, fleet_bytes_from_origin, fleet_origin_fetches_saved, fleet_peer_failovers;
 } HttpMetrics;
 
 /* The operations of the daemon the server goes through, so that a request over HTTP has the effects the
@@ -99,6 +102,9 @@ static inline void http_server_freep(HttpServer **s) {
 int http_server_reconfigure(HttpServer *s, const Config *config);
 
 const HttpCounters *http_server_counters(const HttpServer *s);
+/* Serves the fleet's peers (their requests, GET /v2/cache/nodes/<id>); fleet is borrowed, NULL: none. */
+typedef struct Fleet Fleet;
+void http_server_set_fleet(HttpServer *s, Fleet *fleet);
 unsigned http_server_n_connections(const HttpServer *s);
 /* The local port of the listening socket (for Listen=…:0 in tests). */
 uint16_t http_server_port(const HttpServer *s);

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 
 #include "checksum.h"
+#include "fleet.h"
 #include "job.h"
 #include "log.h"
 #include "manager.h"
@@ -65,6 +66,10 @@ int manager_setup_fetcher(Manager *m) {
         r = fetcher_new(m->event, m->cache, &c, &m->fetcher);
         if (r < 0)
                 return log_error_errno(r, "Cannot set up fetching from the upstream: %m");
+        r = fleet_new(m->event, &m->config, &m->fleet);
+        if (r < 0)
+                return r; /* logged, naming the setting */
+        fetcher_set_fleet(m->fetcher, m->fleet);
 
         m->fetcher_observer = (FetcherObserver) {
                 .fill_started = on_fill_started,
@@ -88,6 +93,7 @@ void manager_free_fetcher(Manager *m) {
         /* Freeing the fetcher cancels the fills; their jobs end through the listeners ("cancelled"),
          * so the registry goes after it. */
         m->fetcher = fetcher_free(m->fetcher);
+        m->fleet = fleet_free(m->fleet);
         m->jobs = job_registry_free(m->jobs);
 }
 

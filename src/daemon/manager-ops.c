@@ -253,6 +253,14 @@ static void http_metrics(void *userdata, HttpMetrics *ret) {
         if (m->cache)
                 (void) image_cache_fs_space(m->cache, NULL, &ret->free_bytes);
         (void) manager_keep_free(m, &ret->keep_free_bytes);
+        if (m->fleet && m->fetcher) {
+                const FleetCounters *fc = fetcher_fleet_counters(m->fetcher);
+                ret->fleet = true;
+                ret->fleet_bytes_from_peers = fc->bytes_from_peers;
+                ret->fleet_bytes_from_origin = fc->bytes_from_origin;
+                ret->fleet_origin_fetches_saved = fc->fills_from_peers;
+                ret->fleet_peer_failovers = fc->peer_failovers;
+        }
 }
 
 const HttpOperations manager_http_operations = {

@@ -329,6 +329,11 @@ static int note_restart_needed(Manager *m, const Config *new) {
                 { !m->listen_override && !m->listen_from_systemd && !streq_ptr(old->listen, new->listen), "Listen=" },
                 { old->max_connections != new->max_connections, "MaxConnections=" },
                 { old->max_connections_per_ip != new->max_connections_per_ip, "MaxConnectionsPerIP=" },
+                /* The fleet is set up once: fills hold their sources, peers their view of us. */
+                { !streq_ptr(old->fleet_peers, new->fleet_peers) || !streq_ptr(old->fleet_self, new->fleet_self) ||
+                  !streq_ptr(old->peer_token_file, new->peer_token_file) || old->fleet_replicas != new->fleet_replicas ||
+                  old->peer_timeout != new->peer_timeout || old->peer_resolve_interval != new->peer_resolve_interval,
+                  "[Fleet]" },
         };
         bool any = false;
 
@@ -606,6 +611,7 @@ int manager_start_http(Manager *m) {
                 return 0;
         }
 
+        http_server_set_fleet(m->http, m->fleet);
         m->listen_from_systemd = o.listen_fd >= 0;
         log_debug("HTTP server listening on port %u%s.", http_server_port(m->http),
                   o.listen_fd >= 0 ? " (socket from systemd)" : "");

@@ -104,6 +104,7 @@ typedef struct Manager {
         GHashTable *retries;          /* image id → QueueRetry*: queued images whose last fetch failed */
         unsigned n_retries_pending;   /* of them, with a retry scheduled (no exit on idle meanwhile) */
         Fetcher *fetcher;             /* fills from the upstream (fetch.h); manager-fetch.c */
+        Fleet *fleet;                 /* the peers fills ask first ([Fleet], fleet.h); NULL: none */
         FetcherObserver fetcher_observer;
         JobRegistry *jobs;            /* org.imgcache.Job objects (job.h); manager-fetch.c */
         GList *pins;                  /* Pin* */

@@ -2,6 +2,7 @@
 
 #include <assert.h>
 #include <openssl/evp.h>
+#include <stdio.h>
 #include <strings.h>
 
 #include "checksum.h"
@@ -231,6 +232,20 @@ char *checksum_to_string(const Checksum *c) {
         *p = 0;
 
         return s;
+}
+
+int checksum_to_repr_digest(const Checksum *c, char *buf, size_t n) {
+        static const char *const names[_CHECKSUM_ALGO_MAX] = {
+                [CHECKSUM_MD5] = "md5", [CHECKSUM_SHA256] = "sha-256", [CHECKSUM_SHA512] = "sha-512",
+        };
+        unsigned char b64[4 * ((CHECKSUM_DIGEST_MAX + 2) / 3) + 1];
+
+        if (!checksum_is_sane(c))
+                return -EINVAL;
+        (void) EVP_EncodeBlock(b64, c->digest, (int) c->size);
+        if ((size_t) snprintf(buf, n, "%s=:%s:", names[c->algo], b64) >= n)
+                return -ENOBUFS;
+        return 0;
 }
 
 bool checksum_equal(const Checksum *a, const Checksum *b) {

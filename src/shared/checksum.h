@@ -34,6 +34,10 @@ size_t checksum_algo_digest_size(ChecksumAlgo a);
 int checksum_from_string(const char *s, Checksum *ret);
 /* "algo:lowercase-hex"; NULL on OOM. */
 char *checksum_to_string(const Checksum *c);
+/* The value of a Repr-Digest: header (RFC 9530), "sha-256=:<base64>:", into buf of n bytes
+ * (CHECKSUM_REPR_DIGEST_MAX is enough). */
+#define CHECKSUM_REPR_DIGEST_MAX (8 + 2 + 4 * ((CHECKSUM_DIGEST_MAX + 2) / 3) + 1)
+int checksum_to_repr_digest(const Checksum *c, char *buf, size_t n);
 bool checksum_equal(const Checksum *a, const Checksum *b);
 
 /* Upstream response headers that carry an expected digest. Each returns -EINVAL for a malformed value

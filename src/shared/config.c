@@ -243,6 +243,10 @@ static int config_parse_fills_per_ip(const char *value, void *field, const char 
         return config_parse_unsigned(value, 1, 64, "number out of range (1-64)", field, ret_reason);
 }
 
+static int config_parse_replicas(const char *value, void *field, const char **ret_reason) {
+        return config_parse_unsigned(value, 1, 16, "number out of range (1-16)", field, ret_reason);
+}
+
 static bool string_has_cntrl_or_space(const char *s) {
         for (const char *p = s; *p; p++)
                 if ((unsigned char) *p <= ' ' || *p == 0x7f)
@@ -375,6 +379,32 @@ static bool listen_address_is_valid(const char *s) {
         return parse_unsigned(colon + 1, 1, 65535, &port) >= 0;
 }
 
+/* Peers=: URLs separated by spaces, each http:// or https:// with nothing after the authority but an
+ * optional "/" (peers serve /images/<id> at their root). */
+static int config_parse_peers(const char *value, void *field, const char **ret_reason) {
+        _cleanup_(g_strfreevp) char **words = NULL;
+
+        if (value) {
+                words = g_strsplit_set(value, " \t", -1);
+                for (char **w = words; *w; w++) {
+                        if (isempty(*w))
+                                continue;
+                        if (!url_is_http(*w))
+                                return reason(ret_reason, "every peer must be an http:// or https:// URL", -EINVAL);
+                        const char *authority = strstr(*w, "://") + 3, *slash = strchr(authority, '/');
+                        if (slash && slash[1] != 0)
+                                return reason(ret_reason, "a peer URL names a node, not a path (http://HOST:PORT)",
+                                              -EINVAL);
+                        if (string_has_cntrl_or_space(*w))
+                                return reason(ret_reason, "URL must not contain control characters", -EINVAL);
+                }
+        }
+
+        if (free_and_strdup(field, value) < 0)
+                return reason(ret_reason, "out of memory", -ENOMEM);
+        return 0;
+}
+
 static int config_parse_listen(const char *value, void *field, const char **ret_reason) {
         assert(value);
 
@@ -433,6 +463,12 @@ static const ConfigKey config_keys[] = {
         KEY("HTTP",     "AcknowledgeOpenReadAccess", config_parse_bool,  acknowledge_open_read_access, "no"),
         KEY("HTTP",     "ReadAccessAllowCacheSec", config_parse_sec,     read_access_allow_cache, "60s"),
         KEY("HTTP",     "ReadAccessDenyCacheSec", config_parse_sec,      read_access_deny_cache, "10s"),
+        KEY("Fleet",    "Peers",               config_parse_peers,       fleet_peers,           NULL),
+        KEY("Fleet",    "Self",                config_parse_peers,       fleet_self,            NULL),
+        KEY("Fleet",    "PeerTokenFile",       config_parse_path,        peer_token_file,       NULL),
+        KEY("Fleet",    "Replicas",            config_parse_replicas,    fleet_replicas,        "2"),
+        KEY("Fleet",    "PeerTimeoutSec",      config_parse_positive_sec, peer_timeout,         "5s"),
+        KEY("Fleet",    "PeerResolveSec",      config_parse_positive_sec, peer_resolve_interval, "60s"),
         KEY("Daemon",   "ExitOnIdleSec",       config_parse_idle_sec,    exit_on_idle,          "60s"),
 };
 
@@ -470,6 +506,9 @@ void config_done(Config *c) {
         free_and_null(&c->listen);
         free_and_null(&c->management_token_file);
         free_and_null(&c->read_token_file);
+        free_and_null(&c->fleet_peers);
+        free_and_null(&c->fleet_self);
+        free_and_null(&c->peer_token_file);
 }
 
 int config_init(Config *c) {
@@ -499,7 +538,7 @@ static int config_copy(const Config *src, Config *ret) {
         Config t = *src;
 
         t.directory = t.upstream_url = t.token_file = t.ca_file = t.listen = t.management_token_file = NULL;
-        t.read_token_file = NULL;
+        t.read_token_file = t.fleet_peers = t.fleet_self = t.peer_token_file = NULL;
 
         if (free_and_strdup(&t.directory, src->directory) < 0 ||
             free_and_strdup(&t.upstream_url, src->upstream_url) < 0 ||
@@ -507,7 +546,10 @@ static int config_copy(const Config *src, Config *ret) {
             free_and_strdup(&t.ca_file, src->ca_file) < 0 ||
             free_and_strdup(&t.listen, src->listen) < 0 ||
             free_and_strdup(&t.management_token_file, src->management_token_file) < 0 ||
-            free_and_strdup(&t.read_token_file, src->read_token_file) < 0) {
+            free_and_strdup(&t.read_token_file, src->read_token_file) < 0 ||
+            free_and_strdup(&t.fleet_peers, src->fleet_peers) < 0 ||
+            free_and_strdup(&t.fleet_self, src->fleet_self) < 0 ||
+            free_and_strdup(&t.peer_token_file, src->peer_token_file) < 0) {
                 config_done(&t);
                 return -ENOMEM;
         }

@@ -89,6 +89,14 @@ typedef struct Config {
         usec_t read_access_allow_cache; /* default 60s: how long an upstream's yes is believed */
         usec_t read_access_deny_cache;  /* default 10s: how long its no is */
 
+        /* [Fleet] */
+        char *fleet_peers;             /* space-separated peer URLs (a host name may stand for several); NULL: no fleet */
+        char *fleet_self;              /* this node's URL as the peers list it */
+        char *peer_token_file;         /* the shared secret peers present to each other */
+        unsigned fleet_replicas;       /* default 2: HRW candidates asked before the origin */
+        usec_t peer_timeout;           /* default 5s: a peer's first byte must come this soon */
+        usec_t peer_resolve_interval;  /* default 60s: host names in Peers= are resolved again this often */
+
         /* [Daemon] */
         usec_t exit_on_idle;           /* default 60s; USEC_INFINITY = never */
 } Config;

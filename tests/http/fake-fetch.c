@@ -6,6 +6,7 @@
 #include <sys/mman.h>
 
 #include "fake-fetch.h"
+#include "fleet.h"
 #include "image-id.h"
 
 struct FillSubscription {
@@ -342,4 +343,34 @@ void fake_fill_finish(Fill *f, int error, bool keep) {
         f->state = error == 0 ? FILL_DONE : error == -ECANCELED ? FILL_CANCELLED : FILL_FAILED;
         f->error = error;
         notify(f, offsetof(FillListener, on_finished));
+}
+
+/* ---- what the server asks of the fleet tier: these tests run without a [Fleet] ---- */
+
+int fetcher_fill_full(Fetcher *fe, const char *id, const Checksum *expected, FetchFlags flags, Fill **ret) {
+        return fetcher_fill(fe, id, expected, ret);
+}
+
+CurlLoop *fetcher_curl(const Fetcher *fe) {
+        return NULL;
+}
+
+bool fill_expected(const Fill *f, Checksum *ret) {
+        return false; /* the scripted fills announce no digest */
+}
+
+const char *fleet_token(const Fleet *f) {
+        assert(false); /* no HttpServer here is given a fleet */
+        return NULL;
+}
+
+int fleet_query_holders(Fleet *f, CurlLoop *curl, ImageCache *cache, const char *id, FleetQueryDone done,
+                        void *userdata, FleetQuery **ret) {
+        assert(false);
+        return -EOPNOTSUPP;
+}
+
+FleetQuery *fleet_query_free(FleetQuery *q) {
+        assert(!q);
+        return NULL;
 }

@@ -54,20 +54,6 @@ static void write_config(Fixture *f, const char *idle, const char *extra) {
         test_bus_write_config(f->bus, text);
 }
 
-/* A listening socket on 127.0.0.1, any port. */
-static int listen_socket(uint16_t *ret_port) {
-        struct sockaddr_in sa = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-        socklen_t len = sizeof(sa);
-        int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-
-        g_assert_cmpint(fd, >=, 0);
-        g_assert_cmpint(bind(fd, (struct sockaddr *) &sa, sizeof(sa)), ==, 0);
-        g_assert_cmpint(listen(fd, 16), ==, 0);
-        g_assert_cmpint(getsockname(fd, (struct sockaddr *) &sa, &len), ==, 0);
-        *ret_port = ntohs(sa.sin_port);
-        return fd;
-}
-
 static void child_setup(gpointer data) {
         (void) prctl(PR_SET_PDEATHSIG, SIGKILL);
 }
@@ -203,7 +189,7 @@ static void test_socket_activate(Fixture *f, gconstpointer user) {
 static void test_reactivation(Fixture *f, gconstpointer user) {
         g_autoptr(GPtrArray) argv = g_ptr_array_new_with_free_func(g_free);
         uint16_t port;
-        int sock = listen_socket(&port);
+        int sock = test_listen_socket(&port);
         g_autofree char *url = g_strdup_printf("http://127.0.0.1:%u/images/img", port);
         g_autofree char *file = g_build_filename(test_bus_dir(f->bus), "out", NULL);
         Child d;
@@ -266,7 +252,7 @@ static void start_running(Fixture *f, Running *r, const char *extra_config) {
         g_autoptr(GPtrArray) argv = g_ptr_array_new_with_free_func(g_free);
 
         write_config(f, "infinity", extra_config);
-        r->sock = listen_socket(&r->port);
+        r->sock = test_listen_socket(&r->port);
         daemon_argv(f, argv);
         g_ptr_array_add(argv, NULL);
         child_start(&r->d, r->sock, (const char *const *) argv->pdata);
@@ -434,7 +420,7 @@ static void test_read_access(Fixture *f, gconstpointer user) {
         g_autofree char *config = g_strdup_printf("[Upstream]\nKind=glance\nURL=%s\nTokenFile=%s\n"
                                                   "[Daemon]\nExitOnIdleSec=infinity\n", base, token_file);
         test_bus_write_config(f->bus, config);
-        r.sock = listen_socket(&r.port);
+        r.sock = test_listen_socket(&r.port);
         daemon_argv(f, argv);
         g_ptr_array_add(argv, NULL);
         child_start(&r.d, r.sock, (const char *const *) argv->pdata);

@@ -381,6 +381,10 @@ static void on_stderr_read(GObject *source, GAsyncResult *res, gpointer userdata
 }
 
 gboolean test_bus_start_daemon(TestBus *b, const char *const *extra_args) {
+        return test_bus_start_daemon_listening(b, -1, extra_args);
+}
+
+gboolean test_bus_start_daemon_listening(TestBus *b, int listen_fd, const char *const *extra_args) {
         g_autoptr(GSubprocessLauncher) l = launcher_new(G_SUBPROCESS_FLAGS_STDERR_PIPE);
         g_autoptr(GPtrArray) argv = g_ptr_array_new_with_free_func(g_free);
         g_autoptr(GError) error = NULL;
@@ -390,6 +394,17 @@ gboolean test_bus_start_daemon(TestBus *b, const char *const *extra_args) {
         guint watch, timeout;
 
         g_assert_null(b->daemon);
+        /* This bus, whichever bus the test process points at (several buses: several daemons). */
+        g_subprocess_launcher_setenv(l, "DBUS_SESSION_BUS_ADDRESS", b->address, TRUE);
+        if (listen_fd >= 0) {
+                /* As systemd passes it: fd 3, LISTEN_FDS=1, LISTEN_PID of the process that execs it. */
+                g_subprocess_launcher_take_fd(l, dup(listen_fd), 3);
+                g_subprocess_launcher_setenv(l, "LISTEN_FDS", "1", TRUE);
+                g_ptr_array_add(argv, g_strdup("/bin/sh"));
+                g_ptr_array_add(argv, g_strdup("-c"));
+                g_ptr_array_add(argv, g_strdup("LISTEN_PID=$$ exec \"$@\""));
+                g_ptr_array_add(argv, g_strdup("sh"));
+        }
         g_ptr_array_add(argv, g_strdup(test_bus_daemon_path()));
         g_ptr_array_add(argv, g_strdup("--user"));
         g_ptr_array_add(argv, g_strconcat("--cache-dir=", b->cache_dir, NULL));

@@ -46,6 +46,9 @@ void test_bus_write_config(TestBus *b, const char *text);
  * may be NULL) and waits until it owns TEST_BUS_NAME. FALSE if it exited or timed out instead (it is
  * then stopped; its stderr is kept, see test_bus_daemon_stderr()). One daemon at a time. */
 gboolean test_bus_start_daemon(TestBus *b, const char *const *extra_args);
+/* The same, handing the daemon listen_fd (>= 0) as systemd's socket activation would. The daemon always
+ * gets this bus's address, so tests may run several buses, each with its own daemon. */
+gboolean test_bus_start_daemon_listening(TestBus *b, int listen_fd, const char *const *extra_args);
 /* Sends SIGTERM and waits for the exit (SIGKILL after the timeout). Returns the wait status, or -1
  * when no daemon was running. Also stops a bus-activated daemon (found by its pid on the bus). */
 int test_bus_stop_daemon(TestBus *b);

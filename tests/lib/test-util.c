@@ -78,7 +78,7 @@ int test_connect_from(const char *source, uint16_t port) {
         return fd;
 }
 
-uint16_t test_free_port(void) {
+static int bound_socket(uint16_t *ret_port) {
         struct sockaddr_in sa = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
         socklen_t len = sizeof(sa);
         int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -86,8 +86,20 @@ uint16_t test_free_port(void) {
         g_assert_cmpint(fd, >=, 0);
         g_assert_cmpint(bind(fd, (struct sockaddr *) &sa, sizeof(sa)), ==, 0);
         g_assert_cmpint(getsockname(fd, (struct sockaddr *) &sa, &len), ==, 0);
-        close(fd);
-        return ntohs(sa.sin_port);
+        *ret_port = ntohs(sa.sin_port);
+        return fd;
+}
+
+uint16_t test_free_port(void) {
+        uint16_t port;
+        close(bound_socket(&port));
+        return port;
+}
+
+int test_listen_socket(uint16_t *ret_port) {
+        int fd = bound_socket(ret_port);
+        g_assert_cmpint(listen(fd, 64), ==, 0);
+        return fd;
 }
 
 int test_hold_idle_http_connection(uint16_t port, unsigned timeout_ms) {

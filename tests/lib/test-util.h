@@ -26,6 +26,8 @@ int test_file_exists(const char *dir, const char *name);
 int test_connect_from(const char *source, uint16_t port);
 /* A TCP port on 127.0.0.1 that was free a moment ago (for a daemon's Listen=). */
 uint16_t test_free_port(void);
+/* A listening TCP socket on 127.0.0.1, any free port (close-on-exec). */
+int test_listen_socket(uint16_t *ret_port);
 /* An idle keep-alive client of an HTTP server on 127.0.0.1:port: GET /healthcheck answered 200 in full,
  * the connection left open (libmicrohttpd orders its timeout list by age, so such an older connection
  * is what once kept a failed miss's client waiting). Returns the socket; close it when done. */

@@ -1,0 +1,418 @@
+/* SPDX-License-Identifier: MIT */
+/* The fleet tier end to end: several imgcached on loopback, each with its own bus, cache directory and
+ * socket-activated listener, sharing one origin (the upstream fixture, which counts what it is asked).
+ * Clients are real curl processes. Owners are computed with the same rendezvous hashing the daemons use
+ * (fleet_rank), so each test knows which node must have gone to the origin. */
+
+#include <glib.h>
+#include <inttypes.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "fleet.h"
+#include "test-bus.h"
+#include "test-util.h"
+#include "upstream-fixture.h"
+
+#define MAX_NODES 4
+#define IMAGE_SIZE (6 * 1024 * 1024 + 7)
+#define PEER_TOKEN "fleet-secret-1"
+
+typedef struct Node {
+        TestBus *bus;
+        int sock;
+        uint16_t port;
+        char *url;
+} Node;
+
+typedef struct Fixture {
+        UpstreamFixture *fx;
+        Node nodes[MAX_NODES];
+        size_t n;
+        uint8_t *data;
+        char *dir;
+} Fixture;
+
+static void fixture_setup(Fixture *f, gconstpointer user) {
+        *f = (Fixture) {};
+        g_assert_cmpint(upstream_fixture_new(0, &f->fx), ==, 0);
+        f->data = test_random_data(IMAGE_SIZE, 16);
+        f->dir = test_tmpdir_new();
+}
+
+static void fixture_teardown(Fixture *f, gconstpointer user) {
+        for (size_t i = 0; i < f->n; i++) {
+                test_bus_free(f->nodes[i].bus); /* stops its daemon by pid */
+                close(f->nodes[i].sock);
+                g_free(f->nodes[i].url);
+        }
+        upstream_fixture_free(f->fx);
+        test_tmpdir_remove(f->dir);
+        g_free(f->dir);
+        g_free(f->data);
+}
+
+static void add_image(Fixture *f, const char *id, const UpstreamImageOptions *o) {
+        g_autofree char *path = g_strdup_printf("/images/%s", id);
+        g_assert_cmpint(upstream_fixture_add_image(f->fx, path, f->data, IMAGE_SIZE, o), ==, 0);
+}
+
+static unsigned origin_requests(Fixture *f, const char *id) {
+        g_autofree char *path = g_strdup_printf("/images/%s", id);
+        return upstream_fixture_requests(f->fx, path);
+}
+
+/* n nodes listing each other; node i's peer secret is tokens[i] (NULL: PEER_TOKEN). */
+static void start_fleet(Fixture *f, size_t n, const char *const *tokens) {
+        g_autoptr(GString) peers = g_string_new(NULL);
+        g_autofree char *origin = upstream_fixture_url(f->fx, "/images/{id}");
+        g_autofree char *mgmt = g_build_filename(f->dir, "mgmt-token", NULL);
+
+        g_assert_true(g_file_set_contents(mgmt, "mgmt-1\n", -1, NULL));
+        f->n = n;
+        for (size_t i = 0; i < n; i++) {
+                Node *node = &f->nodes[i];
+                node->sock = test_listen_socket(&node->port);
+                node->url = g_strdup_printf("http://127.0.0.1:%u", node->port);
+                g_string_append_printf(peers, "%s%s", i ? " " : "", node->url);
+        }
+        for (size_t i = 0; i < n; i++) {
+                Node *node = &f->nodes[i];
+                g_autofree char *token_file = g_strdup_printf("%s/peer-token-%zu", f->dir, i);
+                g_autofree char *token = g_strdup_printf("%s\n", tokens && tokens[i] ? tokens[i] : PEER_TOKEN);
+                g_assert_true(g_file_set_contents(token_file, token, -1, NULL));
+                g_assert_cmpint(chmod(token_file, 0600), ==, 0);
+
+                node->bus = test_bus_new();
+                g_autofree char *config = g_strdup_printf(
+                                "[Upstream]\nKind=generic\nURL=%s\n"
+                                "[HTTP]\nManagementAPI=yes\nManagementTokenFile=%s\n"
+                                "[Daemon]\nExitOnIdleSec=infinity\n"
+                                "[Fleet]\nPeers=%s\nSelf=%s\nPeerTokenFile=%s\nPeerTimeoutSec=5s\n",
+                                origin, mgmt, peers->str, node->url, token_file);
+                test_bus_write_config(node->bus, config);
+                g_assert_true(test_bus_start_daemon_listening(node->bus, node->sock, NULL));
+        }
+}
+
+/* Node indices for id, best first, as every node ranks them. */
+static void rank(Fixture *f, const char *id, size_t *order) {
+        char *urls[MAX_NODES];
+        for (size_t i = 0; i < f->n; i++)
+                urls[i] = f->nodes[i].url;
+        fleet_rank(urls, f->n, id, order);
+}
+
+/* ---- clients ---- */
+
+typedef struct Client {
+        GSubprocess *p;
+        gboolean exited;
+        int status;
+        char *out;
+} Client;
+
+static void on_client_exit(GObject *source, GAsyncResult *res, gpointer userdata) {
+        Client *c = userdata;
+        (void) g_subprocess_wait_finish(G_SUBPROCESS(source), res, NULL);
+        c->status = g_subprocess_get_exit_status(G_SUBPROCESS(source));
+        c->exited = TRUE;
+}
+
+/* curl -sS -o <out> -w %{http_code} [extra header] url, in the background. */
+static void client_start(Fixture *f, Client *c, const char *name, const char *url, const char *header) {
+        g_autoptr(GError) error = NULL;
+        *c = (Client) { .out = g_build_filename(f->dir, name, NULL) };
+        const char *argv[] = { "curl", "-sS", "--max-time", "60", "-o", c->out, url, header ? "-H" : NULL, header, NULL };
+        c->p = g_subprocess_newv(argv, G_SUBPROCESS_FLAGS_STDOUT_SILENCE, &error);
+        g_assert_no_error(error);
+        g_subprocess_wait_async(c->p, NULL, on_client_exit, c);
+}
+
+static void client_wait(Client *c) {
+        if (!test_bus_wait_flag(&c->exited, 90000)) {
+                g_subprocess_force_exit(c->p);
+                (void) test_bus_wait_flag(&c->exited, TEST_BUS_TIMEOUT_MS);
+                g_assert_not_reached();
+        }
+        g_clear_object(&c->p);
+}
+
+static void client_done(Client *c) {
+        g_free(c->out);
+}
+
+static void assert_file_is_image(Fixture *f, const char *path, uint64_t offset, uint64_t length) {
+        g_autofree char *data = NULL;
+        gsize n;
+        g_assert_true(g_file_get_contents(path, &data, &n, NULL));
+        g_assert_cmpuint(n, ==, length);
+        g_assert_true(memcmp(data, f->data + offset, length) == 0);
+}
+
+static void assert_cached(Fixture *f, size_t node, const char *id) {
+        g_autofree char *path = g_build_filename(test_bus_cache_dir(f->nodes[node].bus), id, NULL);
+        assert_file_is_image(f, path, 0, IMAGE_SIZE);
+}
+
+static void assert_not_cached(Fixture *f, size_t node, const char *id) {
+        g_assert_false(test_file_exists(test_bus_cache_dir(f->nodes[node].bus), id));
+}
+
+/* curl's status code and body for url with up to two headers. */
+static char *http_get(Fixture *f, const char *url, const char *h1, const char *h2, char **ret_body) {
+        g_autofree char *out = g_build_filename(f->dir, "get.out", NULL);
+        g_autoptr(GError) error = NULL;
+        g_autofree char *status = NULL;
+        const char *argv[] = { "curl", "-sS", "--max-time", "30", "-o", out, "-w", "%{http_code}", url,
+                               h1 ? "-H" : NULL, h1, h2 ? "-H" : NULL, h2, NULL };
+        g_autoptr(GSubprocess) p = g_subprocess_newv(argv, G_SUBPROCESS_FLAGS_STDOUT_PIPE, &error);
+        g_assert_no_error(error);
+        g_assert_true(g_subprocess_communicate_utf8(p, NULL, NULL, &status, NULL, &error));
+        g_assert_no_error(error);
+        if (ret_body)
+                g_assert_true(g_file_get_contents(out, ret_body, NULL, NULL));
+        return g_steal_pointer(&status);
+}
+
+static uint64_t metric(Fixture *f, size_t node, const char *name) {
+        g_autofree char *url = g_strdup_printf("%s/metrics", f->nodes[node].url);
+        g_autofree char *body = NULL, *status = http_get(f, url, NULL, NULL, &body);
+        g_autofree char *needle = g_strdup_printf("\n%s ", name);
+        const char *p = strstr(body, needle);
+
+        g_assert_cmpstr(status, ==, "200");
+        g_assert_nonnull(p);
+        return g_ascii_strtoull(p + strlen(needle), NULL, 10);
+}
+
+/* Runs the main context until cond(f) or the deadline; the condition is looked at every 10 ms. */
+typedef gboolean (*Condition)(Fixture *f, const void *arg);
+typedef struct Wait {
+        Fixture *f;
+        Condition cond;
+        const void *arg;
+        gboolean met;
+} Wait;
+
+static gboolean on_poll(gpointer userdata) {
+        Wait *w = userdata;
+        w->met = w->cond(w->f, w->arg);
+        return w->met ? G_SOURCE_REMOVE : G_SOURCE_CONTINUE;
+}
+
+static gboolean wait_until(Fixture *f, Condition cond, const void *arg) {
+        Wait w = { f, cond, arg, cond(f, arg) };
+        if (w.met)
+                return TRUE;
+        guint id = g_timeout_add(10, on_poll, &w);
+        gboolean ok = test_bus_wait_flag(&w.met, 30000);
+        if (!ok)
+                g_source_remove(id);
+        return ok;
+}
+
+/* ---- the tests ---- */
+
+/* Every node asked for the same image at once: one origin GET, a byte-exact copy everywhere, only the
+ * owner's from the origin; a Range through a non-owner; /v2/cache/nodes names all three. */
+static void test_one_origin_fetch(Fixture *f, gconstpointer user) {
+        static const char id[] = "fleet-one";
+        UpstreamImageOptions o = { .digest = UPSTREAM_DIGEST_SHA256, .rate = 8 * 1024 * 1024 };
+        Client c[MAX_NODES + 1];
+        size_t order[MAX_NODES];
+
+        add_image(f, id, &o);
+        start_fleet(f, 3, NULL);
+        rank(f, id, order);
+
+        for (size_t i = 0; i < 3; i++) {
+                g_autofree char *url = g_strdup_printf("%s/images/%s", f->nodes[i].url, id);
+                g_autofree char *name = g_strdup_printf("out-%zu", i);
+                client_start(f, &c[i], name, url, NULL);
+        }
+        g_autofree char *range_url = g_strdup_printf("%s/images/%s", f->nodes[order[2]].url, id);
+        client_start(f, &c[3], "out-range", range_url, "Range: bytes=1000000-1999999");
+        for (size_t i = 0; i < 4; i++) {
+                client_wait(&c[i]);
+                g_assert_cmpint(c[i].status, ==, 0);
+        }
+        for (size_t i = 0; i < 3; i++)
+                assert_file_is_image(f, c[i].out, 0, IMAGE_SIZE);
+        assert_file_is_image(f, c[3].out, 1000000, 1000000);
+
+        g_assert_cmpuint(origin_requests(f, id), ==, 1);
+        for (size_t i = 0; i < 3; i++)
+                assert_cached(f, i, id);
+        size_t owner = order[0];
+        g_assert_cmpuint(metric(f, owner, "imgcache_fleet_fetched_from_origin_bytes_total"), ==, IMAGE_SIZE);
+        g_assert_cmpuint(metric(f, owner, "imgcache_fleet_served_to_peers_bytes_total"), ==, 2 * (uint64_t) IMAGE_SIZE);
+        for (size_t k = 1; k < 3; k++) {
+                g_assert_cmpuint(metric(f, order[k], "imgcache_fleet_fetched_from_origin_bytes_total"), ==, 0);
+                g_assert_cmpuint(metric(f, order[k], "imgcache_fleet_fetched_from_peers_bytes_total"), ==, IMAGE_SIZE);
+                g_assert_cmpuint(metric(f, order[k], "imgcache_fleet_origin_fetches_saved_total"), ==, 1);
+        }
+
+        /* Who holds it, asked of any node; a HEAD with only-if-cached fetches nothing. */
+        g_autofree char *nodes_url = g_strdup_printf("%s/v2/cache/nodes/%s", f->nodes[order[1]].url, id);
+        g_autofree char *body = NULL, *status = http_get(f, nodes_url, "X-Auth-Token: mgmt-1", NULL, &body);
+        g_assert_cmpstr(status, ==, "200");
+        for (size_t i = 0; i < 3; i++) {
+                g_autofree char *quoted = g_strdup_printf("\"%s\"", f->nodes[i].url);
+                g_assert_nonnull(strstr(body, quoted));
+        }
+        g_autofree char *none_url = g_strdup_printf("%s/v2/cache/nodes/fleet-nowhere", f->nodes[0].url);
+        g_autofree char *none = NULL, *none_status = http_get(f, none_url, "X-Auth-Token: mgmt-1", NULL, &none);
+        g_assert_cmpstr(none_status, ==, "200");
+        g_assert_nonnull(strstr(none, "\"cached_nodes\":[]"));
+        g_autofree char *refused = http_get(f, nodes_url, NULL, NULL, NULL);
+        g_assert_cmpstr(refused, ==, "401");
+        g_assert_cmpuint(upstream_fixture_requests(f->fx, "/images/fleet-nowhere"), ==, 0);
+        for (size_t i = 0; i < 4; i++)
+                client_done(&c[i]);
+}
+
+static gboolean partial_at_least(Fixture *f, const void *arg) {
+        const size_t *node = arg;
+        g_autofree char *path = g_build_filename(test_bus_cache_dir(f->nodes[*node].bus), "incomplete", "fleet-killed", NULL);
+        struct stat st;
+        return upstream_fixture_stalled(f->fx) == 1 && stat(path, &st) == 0 && st.st_size >= 512 * 1024;
+}
+
+/* The owner dies mid-stream: the node behind it resumes from the origin with a Range, its client reads
+ * on to a byte-exact end, and the dead owner published nothing. */
+static void test_owner_killed(Fixture *f, gconstpointer user) {
+        static const char id[] = "fleet-killed";
+        UpstreamImageOptions o = { .digest = UPSTREAM_DIGEST_SHA256, .stall_after = 1024 * 1024, .fail_first = 1 };
+        size_t order[MAX_NODES];
+        Client c;
+
+        add_image(f, id, &o);
+        start_fleet(f, 3, NULL);
+        rank(f, id, order);
+        size_t owner = order[0], second = order[1];
+
+        /* The second-ranked node asks the owner, then the origin. */
+        g_autofree char *url = g_strdup_printf("%s/images/%s", f->nodes[second].url, id);
+        client_start(f, &c, "out", url, NULL);
+        g_assert_true(wait_until(f, partial_at_least, &second));
+
+        GPid pid = test_bus_name_owner_pid(f->nodes[owner].bus);
+        g_assert_cmpint(pid, >, 0);
+        g_assert_cmpint(kill(pid, SIGKILL), ==, 0);
+
+        client_wait(&c);
+        g_assert_cmpint(c.status, ==, 0);
+        assert_file_is_image(f, c.out, 0, IMAGE_SIZE);
+        assert_cached(f, second, id);
+        assert_not_cached(f, owner, id);
+
+        g_auto(GStrv) ranges = upstream_fixture_ranges(f->fx, "/images/fleet-killed");
+        g_assert_cmpuint(g_strv_length(ranges), ==, 2);
+        g_assert_cmpstr(ranges[0], ==, "");
+        g_assert_true(g_str_has_prefix(ranges[1], "bytes="));
+        g_assert_cmpuint(g_ascii_strtoull(ranges[1] + 6, NULL, 10), >, 0);
+        g_assert_cmpuint(metric(f, second, "imgcache_fleet_peer_failovers_total"), ==, 1);
+        client_done(&c);
+}
+
+/* An image nowhere, asked of every node at once: one origin request at most, and a bounded number of
+ * requests between the nodes. */
+static void test_loop_no_storm(Fixture *f, gconstpointer user) {
+        static const char id[] = "fleet-absent";
+        Client c[3];
+        uint64_t requests = 0;
+
+        start_fleet(f, 3, NULL);
+        for (size_t i = 0; i < 3; i++) {
+                g_autofree char *url = g_strdup_printf("%s/images/%s", f->nodes[i].url, id);
+                g_autofree char *name = g_strdup_printf("out-%zu", i);
+                client_start(f, &c[i], name, url, NULL);
+        }
+        for (size_t i = 0; i < 3; i++) {
+                client_wait(&c[i]);
+                g_assert_cmpint(c[i].status, ==, 0);
+        }
+        g_assert_cmpuint(origin_requests(f, id), <=, 1);
+        for (size_t i = 0; i < 3; i++) {
+                assert_not_cached(f, i, id);
+                requests += metric(f, i, "imgcache_http_requests_total");
+        }
+        /* 3 clients, each node asking at most the Replicas=2 ranked above it, and 0..2 /metrics reads
+         * already counted: a storm would be far more. */
+        g_test_message("requests across the fleet: %" PRIu64, requests);
+        g_assert_cmpuint(requests, <=, 3 + 3 + 3);
+        for (size_t i = 0; i < 3; i++)
+                client_done(&c[i]);
+}
+
+/* Only the peer secret opens the peer door: without it, or with another, 401 and nothing fetched. A node
+ * with the wrong secret is refused by its peers and goes to the origin itself. */
+static void test_peer_token(Fixture *f, gconstpointer user) {
+        static const char id[] = "fleet-token";
+        const char *tokens[] = { NULL, NULL, "not-the-secret" };
+        size_t order[MAX_NODES];
+
+        add_image(f, id, NULL);
+        start_fleet(f, 3, tokens);
+        rank(f, id, order);
+        g_autofree char *url = g_strdup_printf("%s/images/%s", f->nodes[order[0]].url, id);
+        g_autofree char *guard = g_strdup_printf("%s: %s", FLEET_HEADER_PEER, f->nodes[order[1]].url);
+
+        g_autofree char *missing = http_get(f, url, guard, NULL, NULL);
+        g_assert_cmpstr(missing, ==, "401");
+        g_autofree char *wrong = http_get(f, url, guard, FLEET_HEADER_TOKEN ": nope", NULL);
+        g_assert_cmpstr(wrong, ==, "401");
+        g_assert_cmpuint(origin_requests(f, id), ==, 0);
+
+        g_autofree char *good = http_get(f, url, guard, FLEET_HEADER_TOKEN ": " PEER_TOKEN, NULL);
+        g_assert_cmpstr(good, ==, "200");
+        g_assert_cmpuint(origin_requests(f, id), ==, 1);
+
+        /* The node with the wrong secret, not the owner here: its fill is refused, it asks the origin. */
+        size_t bad = 2;
+        if (order[0] == bad)
+                return; /* the owner asks nobody; the refusal was shown above */
+        g_autofree char *other = g_strdup_printf("/images/%s-2", id);
+        g_assert_cmpint(upstream_fixture_add_image(f->fx, other, f->data, IMAGE_SIZE, NULL), ==, 0);
+        g_autofree char *bad_url = g_strdup_printf("%s%s", f->nodes[bad].url, other);
+        g_autofree char *body = NULL, *status = http_get(f, bad_url, NULL, NULL, &body);
+        g_assert_cmpstr(status, ==, "200");
+        g_assert_cmpuint(upstream_fixture_requests(f->fx, other), ==, 1);
+        g_assert_cmpuint(metric(f, bad, "imgcache_fleet_fetched_from_origin_bytes_total"), ==, IMAGE_SIZE);
+}
+
+/* A HEAD of an image nobody has fetches it nowhere, and says what the origin says. */
+static void test_head_never_fills(Fixture *f, gconstpointer user) {
+        static const char id[] = "fleet-head";
+        size_t order[MAX_NODES];
+
+        add_image(f, id, NULL);
+        start_fleet(f, 3, NULL);
+        rank(f, id, order);
+        g_autofree char *url = g_strdup_printf("%s/images/%s", f->nodes[order[2]].url, id);
+        g_autoptr(GError) error = NULL;
+        g_autofree char *status = NULL;
+        const char *argv[] = { "curl", "-sS", "-I", "-o", "/dev/null", "-w", "%{http_code}", url, NULL };
+        g_autoptr(GSubprocess) p = g_subprocess_newv(argv, G_SUBPROCESS_FLAGS_STDOUT_PIPE, &error);
+        g_assert_no_error(error);
+        g_assert_true(g_subprocess_communicate_utf8(p, NULL, NULL, &status, NULL, &error));
+        g_assert_cmpstr(status, ==, "200");
+        for (size_t i = 0; i < 3; i++) {
+                g_assert_cmpuint(metric(f, i, "imgcache_transfers_started_total"), ==, 0);
+                assert_not_cached(f, i, id);
+        }
+}
+
+int main(int argc, char *argv[]) {
+        g_test_init(&argc, &argv, NULL);
+        g_test_add("/fleet-daemon/one-origin-fetch", Fixture, NULL, fixture_setup, test_one_origin_fetch, fixture_teardown);
+        g_test_add("/fleet-daemon/owner-killed", Fixture, NULL, fixture_setup, test_owner_killed, fixture_teardown);
+        g_test_add("/fleet-daemon/loop-no-storm", Fixture, NULL, fixture_setup, test_loop_no_storm, fixture_teardown);
+        g_test_add("/fleet-daemon/peer-token", Fixture, NULL, fixture_setup, test_peer_token, fixture_teardown);
+        g_test_add("/fleet-daemon/head-never-fills", Fixture, NULL, fixture_setup, test_head_never_fills, fixture_teardown);
+        return g_test_run();
+}
