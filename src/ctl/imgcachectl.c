@@ -22,6 +22,7 @@
 #include "ctl-cache.h"
 #include "ctl-jobs.h"
 #include "ctl-list.h"
+#include "ctl-fleet.h"
 #include "ctl-pins.h"
 #include "ctl-util.h"
 #include "imgcache-config.h"
@@ -106,6 +107,7 @@ static const Verb verbs[] = {
         { "cancel",                   2, ARGS_ANY, 0,            verb_cancel      },
         { "pins",                     1, 1,        0,            verb_pins        },
         { "pin",                      3, ARGS_ANY, 0,            verb_pin         },
+        { "fleet",                    1, ARGS_ANY, 0,            verb_fleet       },
 };
 
 static int dispatch_verb(int argc, char *argv[], Context *c) {
@@ -169,6 +171,7 @@ static void help(void) {
                "\n"
                "Pin commands:\n"
                "  pins                     List pinned images and who holds them\n"
+               "  fleet [ID...]            List the nodes of the fleet, or those holding images\n"
                "  pin ID [--why=TEXT] -- CMD [ARGS...]\n"
                "                           Keep an image from being pruned or deleted\n"
                "                           while a command runs\n"

@@ -7,6 +7,7 @@
 #include "bus-error.h"
 #include "checksum.h"
 #include "fetch.h"
+#include "fleet.h"
 #include "imgcache-config.h"
 #include "job.h"
 #include "log.h"
@@ -43,6 +44,19 @@ static int property_get_upstream(sd_bus *bus, const char *path, const char *inte
         if (!shown)
                 return -ENOMEM;
         return sd_bus_message_append(reply, "s", shown);
+}
+
+static int property_get_fleet_nodes(sd_bus *bus, const char *path, const char *interface, const char *property,
+                                    sd_bus_message *reply, void *userdata, sd_bus_error *error) {
+        Manager *m = userdata;
+        static char *const none[] = { NULL };
+        return sd_bus_message_append_strv(reply, m->fleet ? (char **) fleet_nodes(m->fleet) : (char **) none);
+}
+
+static int property_get_fleet_self(sd_bus *bus, const char *path, const char *interface, const char *property,
+                                   sd_bus_message *reply, void *userdata, sd_bus_error *error) {
+        Manager *m = userdata;
+        return sd_bus_message_append(reply, "s", m->fleet ? fleet_self(m->fleet) : "");
 }
 
 /* A share of a filesystem that cannot be examined has no value: the error, not a guess. */
@@ -194,6 +208,58 @@ static int method_get_image(sd_bus_message *message, void *userdata, sd_bus_erro
         if (r < 0)
                 return r;
         return sd_bus_send(NULL, reply, NULL);
+}
+
+/* GetImageNodes: asks the fleet (fleet_query_holders), answers when every node did or timed out. */
+typedef struct NodesCall {
+        Manager *manager;
+        sd_bus_message *message;
+        FleetQuery *query;
+} NodesCall;
+
+void manager_nodes_call_free(NodesCall *call) {
+        call->manager->nodes_calls = g_list_remove(call->manager->nodes_calls, call);
+        fleet_query_free(call->query);
+        sd_bus_message_unref(call->message);
+        free(call);
+}
+
+static void on_image_nodes(char *const *holders, void *userdata) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+        NodesCall *call = userdata;
+
+        int r = sd_bus_message_new_method_return(call->message, &reply);
+        if (r >= 0)
+                r = sd_bus_message_append_strv(reply, (char **) holders);
+        if (r >= 0)
+                r = sd_bus_send(NULL, reply, NULL);
+        if (r < 0)
+                log_warning_errno(r, "Cannot answer GetImageNodes: %m");
+        manager_nodes_call_free(call);
+}
+
+static int method_get_image_nodes(sd_bus_message *message, void *userdata, sd_bus_error *error) {
+        Manager *m = userdata;
+        const char *id;
+        int r;
+
+        r = read_image_id(message, &id, error);
+        if (r < 0)
+                return r;
+        if (!m->fleet || !m->fetcher)
+                return sd_bus_error_set(error, SD_BUS_ERROR_NOT_SUPPORTED, "No [Fleet] is configured on this node.");
+
+        NodesCall *call = calloc(1, sizeof(NodesCall));
+        if (!call)
+                return -ENOMEM;
+        *call = (NodesCall) { .manager = m, .message = sd_bus_message_ref(message) };
+        m->nodes_calls = g_list_prepend(m->nodes_calls, call);
+        r = fleet_query_holders(m->fleet, fetcher_curl(m->fetcher), m->cache, id, on_image_nodes, call, &call->query);
+        if (r < 0) {
+                manager_nodes_call_free(call);
+                return r;
+        }
+        return 1; /* answered by on_image_nodes() */
 }
 
 static int append_queued_details(sd_bus_message *reply, const Manager *m, const QueuedImage *q) {
@@ -633,6 +699,8 @@ const sd_bus_vtable manager_vtable[] = {
         SD_BUS_PROPERTY("CacheDirectory", "s", property_get_cache_directory, 0,
                         SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
         SD_BUS_PROPERTY("Upstream", "s", property_get_upstream, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
+        SD_BUS_PROPERTY("FleetNodes", "as", property_get_fleet_nodes, 0, 0),
+        SD_BUS_PROPERTY("FleetSelf", "s", property_get_fleet_self, 0, SD_BUS_VTABLE_PROPERTY_CONST),
         SD_BUS_PROPERTY("MaxSize", "t", property_get_max_size, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
         SD_BUS_PROPERTY("KeepFree", "t", property_get_keep_free, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
         SD_BUS_PROPERTY("FreeSpace", "t", property_get_free_space, 0, 0),
@@ -682,6 +750,8 @@ const sd_bus_vtable manager_vtable[] = {
                                 method_pin_image, SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_METHOD_WITH_ARGS("ListPins", SD_BUS_NO_ARGS, SD_BUS_RESULT("a(sus)", pins),
                                 method_list_pins, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("GetImageNodes", SD_BUS_ARGS("s", id), SD_BUS_RESULT("as", nodes),
+                                method_get_image_nodes, SD_BUS_VTABLE_UNPRIVILEGED),
 
         SD_BUS_SIGNAL_WITH_ARGS("ImageCached", SD_BUS_ARGS("s", id, "t", size), 0),
         SD_BUS_SIGNAL_WITH_ARGS("ImageRemoved", SD_BUS_ARGS("s", id, "s", reason), 0),

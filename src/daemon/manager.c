@@ -152,6 +152,8 @@ Manager *manager_free(Manager *m) {
                 return NULL;
 
         m->http = http_server_free(m->http); /* before the fetcher: its streams hold fills */
+        while (m->nodes_calls) /* before the fetcher: their requests use its curl loop */
+                manager_nodes_call_free(m->nodes_calls->data);
         manager_free_fetcher(m); /* cancels fills (partial files stay for a resume); JobRemoved still goes out */
         g_hash_table_destroy(m->retries); /* after the fetcher: its observer looks them up; timers before the loop */
         while (m->verify_jobs)

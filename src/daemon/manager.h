@@ -105,6 +105,7 @@ typedef struct Manager {
         unsigned n_retries_pending;   /* of them, with a retry scheduled (no exit on idle meanwhile) */
         Fetcher *fetcher;             /* fills from the upstream (fetch.h); manager-fetch.c */
         Fleet *fleet;                 /* the peers fills ask first ([Fleet], fleet.h); NULL: none */
+        GList *nodes_calls;           /* NodesCall*: GetImageNodes waiting for the fleet (manager-dbus.c) */
         FetcherObserver fetcher_observer;
         JobRegistry *jobs;            /* org.imgcache.Job objects (job.h); manager-fetch.c */
         GList *pins;                  /* Pin* */
@@ -130,6 +131,9 @@ typedef struct Manager {
 
 int manager_new(const ManagerOptions *o, Manager **ret);
 Manager *manager_free(Manager *m);
+/* A GetImageNodes call not answered yet: dropped (at shutdown). */
+typedef struct NodesCall NodesCall;
+void manager_nodes_call_free(NodesCall *call);
 static inline void manager_freep(Manager **m) {
         manager_free(*m);
 }

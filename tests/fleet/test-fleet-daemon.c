@@ -215,6 +215,23 @@ static gboolean wait_until(Fixture *f, Condition cond, const void *arg) {
         return ok;
 }
 
+/* imgcachectl --user ARGS... against node's daemon; its stdout. */
+static char *ctl(Fixture *f, size_t node, const char *a1, const char *a2) {
+        g_autoptr(GSubprocessLauncher) l = g_subprocess_launcher_new(G_SUBPROCESS_FLAGS_STDOUT_PIPE);
+        g_autoptr(GError) error = NULL;
+        g_autofree char *out = NULL;
+        const char *argv[] = { g_getenv("IMGCACHECTL") ?: "imgcachectl", "--user", "--no-pager", a1, a2, NULL };
+
+        g_subprocess_launcher_setenv(l, "DBUS_SESSION_BUS_ADDRESS", test_bus_address(f->nodes[node].bus), TRUE);
+        g_autoptr(GSubprocess) p = g_subprocess_launcher_spawnv(l, argv, &error);
+        g_assert_no_error(error);
+        g_assert_true(g_subprocess_communicate_utf8(p, NULL, NULL, &out, NULL, &error));
+        g_assert_no_error(error);
+        g_assert_true(g_subprocess_get_if_exited(p));
+        g_assert_cmpint(g_subprocess_get_exit_status(p), ==, 0);
+        return g_steal_pointer(&out);
+}
+
 /* ---- the tests ---- */
 
 /* Every node asked for the same image at once: one origin GET, a byte-exact copy everywhere, only the
@@ -271,6 +288,15 @@ static void test_one_origin_fetch(Fixture *f, gconstpointer user) {
         g_autofree char *refused = http_get(f, nodes_url, NULL, NULL, NULL);
         g_assert_cmpstr(refused, ==, "401");
         g_assert_cmpuint(upstream_fixture_requests(f->fx, "/images/fleet-nowhere"), ==, 0);
+
+        /* The same through D-Bus and the command line. */
+        g_autofree char *holders = ctl(f, order[2], "fleet", id);
+        g_autofree char *members = ctl(f, order[2], "fleet", NULL);
+        for (size_t i = 0; i < 3; i++) {
+                g_assert_nonnull(strstr(holders, f->nodes[i].url));
+                g_assert_nonnull(strstr(members, f->nodes[i].url));
+        }
+        g_assert_nonnull(strstr(members, "3 nodes"));
         for (size_t i = 0; i < 4; i++)
                 client_done(&c[i]);
 }
