@@ -219,6 +219,14 @@ static void test_every_key(void) {
                    "ManagementTokenFile=/etc/imgcache/mgmt-token\n"
                    "MaxConnections=200\n"
                    "\n"
+                   "[Fleet]\n"
+                   "Peers=http://10.0.0.1:9393 https://cache.example:443/\n"
+                   "Self=http://10.0.0.1:9393\n"
+                   "PeerTokenFile=/etc/imgcache/peer-token\n"
+                   "Replicas=3\n"
+                   "PeerTimeoutSec=2s\n"
+                   "PeerResolveSec=5min\n"
+                   "\n"
                    "[Daemon]\n"
                    "ExitOnIdleSec=infinity\n");
 
@@ -249,6 +257,12 @@ static void test_every_key(void) {
         g_assert_true(c.management_api);
         g_assert_cmpstr(c.management_token_file, ==, "/etc/imgcache/mgmt-token");
         g_assert_cmpuint(c.max_connections, ==, 200);
+        g_assert_cmpstr(c.fleet_peers, ==, "http://10.0.0.1:9393 https://cache.example:443/");
+        g_assert_cmpstr(c.fleet_self, ==, "http://10.0.0.1:9393");
+        g_assert_cmpstr(c.peer_token_file, ==, "/etc/imgcache/peer-token");
+        g_assert_cmpuint(c.fleet_replicas, ==, 3);
+        g_assert_cmpuint(c.peer_timeout, ==, 2 * USEC_PER_SEC);
+        g_assert_cmpuint(c.peer_resolve_interval, ==, 300 * USEC_PER_SEC);
         g_assert_cmpuint(c.exit_on_idle, ==, USEC_INFINITY);
 
         config_done(&c);
@@ -463,6 +477,15 @@ static const struct {
         { "HTTP",     "MaxConnections",      "0",                 "out of range"           },
         { "HTTP",     "MaxConnections",      "65536",             "out of range"           },
         { "HTTP",     "MaxConnections",      "1e3",               "invalid number"         },
+        { "Fleet",    "Peers",               "10.0.0.1:9393",     "http:// or https://"    },
+        { "Fleet",    "Peers",               "http://a:1 ftp://b:2", "http:// or https://" },
+        { "Fleet",    "Peers",               "http://a:1/images", "not a path"             },
+        { "Fleet",    "Self",                "http://a:1 http://b:2", "one URL"            },
+        { "Fleet",    "PeerTokenFile",       "peer-token",        "absolute"               },
+        { "Fleet",    "Replicas",            "0",                 "out of range"           },
+        { "Fleet",    "Replicas",            "17",                "out of range"           },
+        { "Fleet",    "PeerTimeoutSec",      "0",                 "more than 0"            },
+        { "Fleet",    "PeerResolveSec",      "often",             "time span"              },
         { "Daemon",   "ExitOnIdleSec",       "soon",              "time span"              },
         { "Daemon",   "ExitOnIdleSec",       "10%",               "time span"              },
 };

@@ -226,8 +226,6 @@ static int fleet_load(Fleet *f, const Config *c) {
 
         if (isempty(c->fleet_self))
                 return log_error_errno(-EINVAL, "[Fleet] Peers= needs Self= (this node's URL as the peers know it).");
-        if (strchr(c->fleet_self, ' '))
-                return log_error_errno(-EINVAL, "[Fleet] Self=%s: one URL, this node's.", c->fleet_self);
         if (isempty(c->peer_token_file))
                 return log_error_errno(-EINVAL, "[Fleet] Peers= needs PeerTokenFile= (the secret the peers share).");
         r = read_token_file_first(c->peer_token_file, &f->token);

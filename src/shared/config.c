@@ -405,6 +405,13 @@ static int config_parse_peers(const char *value, void *field, const char **ret_r
         return 0;
 }
 
+/* Self=: one URL of the same form. */
+static int config_parse_self(const char *value, void *field, const char **ret_reason) {
+        if (value && strpbrk(value, " \t"))
+                return reason(ret_reason, "one URL, this node's", -EINVAL);
+        return config_parse_peers(value, field, ret_reason);
+}
+
 static int config_parse_listen(const char *value, void *field, const char **ret_reason) {
         assert(value);
 
@@ -464,7 +471,7 @@ static const ConfigKey config_keys[] = {
         KEY("HTTP",     "ReadAccessAllowCacheSec", config_parse_sec,     read_access_allow_cache, "60s"),
         KEY("HTTP",     "ReadAccessDenyCacheSec", config_parse_sec,      read_access_deny_cache, "10s"),
         KEY("Fleet",    "Peers",               config_parse_peers,       fleet_peers,           NULL),
-        KEY("Fleet",    "Self",                config_parse_peers,       fleet_self,            NULL),
+        KEY("Fleet",    "Self",                config_parse_self,        fleet_self,            NULL),
         KEY("Fleet",    "PeerTokenFile",       config_parse_path,        peer_token_file,       NULL),
         KEY("Fleet",    "Replicas",            config_parse_replicas,    fleet_replicas,        "2"),
         KEY("Fleet",    "PeerTimeoutSec",      config_parse_positive_sec, peer_timeout,         "5s"),

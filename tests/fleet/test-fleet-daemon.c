@@ -378,13 +378,19 @@ static void test_loop_no_storm(Fixture *f, gconstpointer user) {
 /* Only the peer secret opens the peer door: without it, or with another, 401 and nothing fetched. A node
  * with the wrong secret is refused by its peers and goes to the origin itself. */
 static void test_peer_token(Fixture *f, gconstpointer user) {
-        static const char id[] = "fleet-token";
         const char *tokens[] = { NULL, NULL, "not-the-secret" };
-        size_t order[MAX_NODES];
+        size_t order[MAX_NODES], bad = 2;
+        char id[32];
 
-        add_image(f, id, NULL);
         start_fleet(f, 3, tokens);
-        rank(f, id, order);
+        /* An image the node with the wrong secret does not own, so that it has someone to ask. */
+        for (unsigned i = 0;; i++) {
+                g_snprintf(id, sizeof(id), "fleet-token-%u", i);
+                rank(f, id, order);
+                if (order[0] != bad)
+                        break;
+        }
+        add_image(f, id, NULL);
         g_autofree char *url = g_strdup_printf("%s/images/%s", f->nodes[order[0]].url, id);
         g_autofree char *guard = g_strdup_printf("%s: %s", FLEET_HEADER_PEER, f->nodes[order[1]].url);
 
@@ -393,22 +399,21 @@ static void test_peer_token(Fixture *f, gconstpointer user) {
         g_autofree char *wrong = http_get(f, url, guard, FLEET_HEADER_TOKEN ": nope", NULL);
         g_assert_cmpstr(wrong, ==, "401");
         g_assert_cmpuint(origin_requests(f, id), ==, 0);
+        assert_not_cached(f, order[0], id);
 
-        g_autofree char *good = http_get(f, url, guard, FLEET_HEADER_TOKEN ": " PEER_TOKEN, NULL);
-        g_assert_cmpstr(good, ==, "200");
-        g_assert_cmpuint(origin_requests(f, id), ==, 1);
-
-        /* The node with the wrong secret, not the owner here: its fill is refused, it asks the origin. */
-        size_t bad = 2;
-        if (order[0] == bad)
-                return; /* the owner asks nobody; the refusal was shown above */
-        g_autofree char *other = g_strdup_printf("/images/%s-2", id);
-        g_assert_cmpint(upstream_fixture_add_image(f->fx, other, f->data, IMAGE_SIZE, NULL), ==, 0);
-        g_autofree char *bad_url = g_strdup_printf("%s%s", f->nodes[bad].url, other);
+        /* The node with the wrong secret is refused by the owner and asks the origin itself. */
+        g_autofree char *bad_url = g_strdup_printf("%s/images/%s", f->nodes[bad].url, id);
         g_autofree char *body = NULL, *status = http_get(f, bad_url, NULL, NULL, &body);
         g_assert_cmpstr(status, ==, "200");
-        g_assert_cmpuint(upstream_fixture_requests(f->fx, other), ==, 1);
+        g_assert_cmpuint(origin_requests(f, id), ==, 1);
+        assert_cached(f, bad, id);
+        assert_not_cached(f, order[0], id);
         g_assert_cmpuint(metric(f, bad, "imgcache_fleet_fetched_from_origin_bytes_total"), ==, IMAGE_SIZE);
+        g_assert_cmpuint(metric(f, bad, "imgcache_fleet_peer_failovers_total"), >=, 1);
+
+        /* With the secret, the owner serves. */
+        g_autofree char *good = http_get(f, url, guard, FLEET_HEADER_TOKEN ": " PEER_TOKEN, NULL);
+        g_assert_cmpstr(good, ==, "200");
 }
 
 /* A HEAD of an image nobody has fetches it nowhere, and says what the origin says. */
@@ -433,6 +438,59 @@ static void test_head_never_fills(Fixture *f, gconstpointer user) {
         }
 }
 
+/* A [Fleet] without Self= or PeerTokenFile= refuses to start, naming the key. */
+static void test_config_refused(Fixture *f, gconstpointer user) {
+        static const struct {
+                const char *fleet, *named;
+        } cases[] = {
+                { "Peers=http://127.0.0.1:1 http://127.0.0.1:2\nPeerTokenFile=/dev/null\n", "Self=" },
+                { "Peers=http://127.0.0.1:1 http://127.0.0.1:2\nSelf=http://127.0.0.1:1\n", "PeerTokenFile=" },
+        };
+        for (size_t i = 0; i < G_N_ELEMENTS(cases); i++) {
+                g_autoptr(TestBus) bus = test_bus_new();
+                g_autofree char *config = g_strdup_printf("[Daemon]\nExitOnIdleSec=infinity\n[Fleet]\n%s", cases[i].fleet);
+                test_bus_write_config(bus, config);
+                g_assert_false(test_bus_start_daemon(bus, NULL));
+                g_assert_nonnull(strstr(test_bus_daemon_stderr(bus), cases[i].named));
+        }
+}
+
+typedef struct CtlContains {
+        size_t node;
+        const char *needle;
+} CtlContains;
+
+static gboolean ctl_fleet_contains(Fixture *f, const void *arg) {
+        const CtlContains *c = arg;
+        g_autofree char *out = ctl(f, c->node, "fleet", NULL);
+        return strstr(out, c->needle) != NULL;
+}
+
+/* A host name in Peers= stands for its addresses, resolved in the background. */
+static void test_host_names(Fixture *f, gconstpointer user) {
+        f->n = 1;
+        Node *node = &f->nodes[0];
+        uint16_t other_port;
+        int other = test_listen_socket(&other_port);
+        g_autofree char *token_file = g_build_filename(f->dir, "peer-token", NULL);
+        g_autofree char *origin = upstream_fixture_url(f->fx, "/images/{id}");
+
+        g_assert_true(g_file_set_contents(token_file, PEER_TOKEN "\n", -1, NULL));
+        node->sock = test_listen_socket(&node->port);
+        node->url = g_strdup_printf("http://127.0.0.1:%u", node->port);
+        node->bus = test_bus_new();
+        g_autofree char *config = g_strdup_printf("[Upstream]\nURL=%s\n[Daemon]\nExitOnIdleSec=infinity\n"
+                                                  "[Fleet]\nPeers=http://localhost:%u\nSelf=%s\nPeerTokenFile=%s\n",
+                                                  origin, other_port, node->url, token_file);
+        test_bus_write_config(node->bus, config);
+        g_assert_true(test_bus_start_daemon_listening(node->bus, node->sock, NULL));
+
+        g_autofree char *resolved = g_strdup_printf("http://127.0.0.1:%u", other_port);
+        CtlContains c = { 0, resolved };
+        g_assert_true(wait_until(f, ctl_fleet_contains, &c));
+        close(other);
+}
+
 int main(int argc, char *argv[]) {
         g_test_init(&argc, &argv, NULL);
         g_test_add("/fleet-daemon/one-origin-fetch", Fixture, NULL, fixture_setup, test_one_origin_fetch, fixture_teardown);
@@ -440,5 +498,7 @@ int main(int argc, char *argv[]) {
         g_test_add("/fleet-daemon/loop-no-storm", Fixture, NULL, fixture_setup, test_loop_no_storm, fixture_teardown);
         g_test_add("/fleet-daemon/peer-token", Fixture, NULL, fixture_setup, test_peer_token, fixture_teardown);
         g_test_add("/fleet-daemon/head-never-fills", Fixture, NULL, fixture_setup, test_head_never_fills, fixture_teardown);
+        g_test_add("/fleet-daemon/config-refused", Fixture, NULL, fixture_setup, test_config_refused, fixture_teardown);
+        g_test_add("/fleet-daemon/host-names", Fixture, NULL, fixture_setup, test_host_names, fixture_teardown);
         return g_test_run();
 }

@@ -255,6 +255,34 @@ static void test_token(void) {
         g_assert_null(http_request_token(NULL, NULL));
 }
 
+static void test_cache_control(void) {
+        g_assert_true(http_cache_control_has("only-if-cached", "only-if-cached"));
+        g_assert_true(http_cache_control_has("max-age=0, Only-If-Cached", "only-if-cached"));
+        g_assert_true(http_cache_control_has(" no-store ,only-if-cached ", "only-if-cached"));
+        g_assert_true(http_cache_control_has("max-age=5", "max-age"));
+        g_assert_false(http_cache_control_has(NULL, "only-if-cached"));
+        g_assert_false(http_cache_control_has("", "only-if-cached"));
+        g_assert_false(http_cache_control_has("only-if-cached-not", "only-if-cached"));
+        g_assert_false(http_cache_control_has("x=only-if-cached", "only-if-cached"));
+        g_assert_false(http_cache_control_has("no-cache=\"only-if-cached\"", "only-if-cached"));
+}
+
+/* /v2/cache/nodes/<id> is its own route, GET only; "nodes" alone stays an image id. */
+static void test_route_nodes(void) {
+        HttpRouteMatch m;
+
+        http_route(HTTP_METHOD_GET, "/v2/cache/nodes/img-1", &m);
+        g_assert_cmpint(m.route, ==, HTTP_ROUTE_CACHE_NODES);
+        g_assert_true(m.management);
+        g_assert_cmpstr(m.id, ==, "img-1");
+        http_route(HTTP_METHOD_DELETE, "/v2/cache/nodes/img-1", &m);
+        g_assert_cmpuint(m.status, ==, 405);
+        http_route(HTTP_METHOD_GET, "/v2/cache/nodes/../x", &m);
+        g_assert_cmpuint(m.status, ==, 400);
+        http_route(HTTP_METHOD_PUT, "/v2/cache/nodes", &m);
+        g_assert_cmpint(m.route, ==, HTTP_ROUTE_CACHE_IMAGE);
+}
+
 int main(int argc, char *argv[]) {
         g_test_init(&argc, &argv, NULL);
 
@@ -266,6 +294,8 @@ int main(int argc, char *argv[]) {
         g_test_add_func("/http-util/not-modified-since", test_not_modified_since);
         g_test_add_func("/http-util/format", test_format);
         g_test_add_func("/http-util/token", test_token);
+        g_test_add_func("/http-util/cache-control", test_cache_control);
+        g_test_add_func("/http-util/route-nodes", test_route_nodes);
 
         return g_test_run();
 }
