@@ -246,6 +246,14 @@ const char *keystone_image_url(const Keystone *k) {
         return k->image_url;
 }
 
+const char *keystone_interface(const Keystone *k) {
+        return k->interface;
+}
+
+const char *keystone_region(const Keystone *k) {
+        return k->region;
+}
+
 static int keystone_tokens_url(const char *auth_url, char **ret) {
         size_t n = strlen(auth_url);
         while (n > 0 && auth_url[n - 1] == '/')

@@ -85,3 +85,5 @@ bool keystone_busy(const Keystone *k);
 /* The token, while not past its refresh time; else NULL. */
 const char *keystone_token(const Keystone *k);
 const char *keystone_image_url(const Keystone *k); /* from the last catalog; NULL when none */
+const char *keystone_interface(const Keystone *k);
+const char *keystone_region(const Keystone *k);     /* NULL: any */
