@@ -176,11 +176,21 @@ static int fetcher_take_keystone_token(Fetcher *fe) {
         return 0;
 }
 
+/* The fills refused with the old token ask again (error 0), or fail with message. */
+static void fetcher_wake_token_waiters(Fetcher *fe, int error, const char *message) {
+        for (Fill *f; (f = g_queue_pop_head(&fe->token_waiters));) {
+                if (error < 0)
+                        fill_fail_with(f, error, message);
+                else
+                        fill_token_refreshed(f);
+                fill_unref(f);
+        }
+}
+
 /* Every fill that waited for the answer goes on, or fails with what Keystone said. */
 static void on_keystone_done(Keystone *k, int error, const char *message, void *userdata) {
         Fetcher *fe = userdata;
         _cleanup_(freep) char *why = NULL;
-        Fill *f;
 
         if (error >= 0 && (error = fetcher_take_keystone_token(fe)) >= 0 && !fe->url) {
                 error = -EHOSTUNREACH;
@@ -189,13 +199,7 @@ static void on_keystone_done(Keystone *k, int error, const char *message, void *
                                 strempty(keystone_region(k)));
                 message = why;
         }
-        while ((f = g_queue_pop_head(&fe->token_waiters))) {
-                if (error < 0)
-                        fill_fail_with(f, error, message);
-                else
-                        fill_token_refreshed(f);
-                fill_unref(f);
-        }
+        fetcher_wake_token_waiters(fe, error, message);
         if (error >= 0) {
                 fetcher_start_pending(fe);
                 return;
@@ -293,6 +297,8 @@ rest:
         fe->max_size = config->max_size;
         fe->keep_free = config->keep_free;
         fe->enforce_max_size = config->enforce_max_size;
+        if (!fe->keystone)
+                fetcher_wake_token_waiters(fe, 0, NULL); /* Keystone is gone: TokenFile= answers them */
         return 0;
 }
 
