@@ -774,6 +774,54 @@ static void test_upstream_kind_and_url(void) {
         test_dir_teardown(&t);
 }
 
+/* Auth=keystone: what it needs is named; a complete section loads. */
+static void assert_auth_refused(const char *text, const char *needle) {
+        TestDir t;
+        Config c;
+        char *error = NULL;
+
+        test_dir_setup(&t);
+        write_file(t.conf, text);
+        g_assert_cmpint(config_init(&c), ==, 0);
+        g_assert_cmpint(load(&t, &c, &error), ==, -EINVAL);
+        if (!error || !strstr(error, needle))
+                g_error("'%s' does not say '%s'", error, needle);
+        assert_defaults(&c);
+        config_done(&c);
+        free(error);
+        test_dir_teardown(&t);
+}
+
+static void test_upstream_auth(void) {
+        TestDir t;
+        Config c;
+        char *error = NULL;
+
+        assert_auth_refused("[Upstream]\nAuth=kerberos\n", "expected token or keystone");
+        assert_auth_refused("[Upstream]\nAuth=keystone\nAuthURL=http://ks:5000\nCredentialsFile=/c\n", "Kind=glance");
+        assert_auth_refused("[Upstream]\nKind=glance\nAuth=keystone\nCredentialsFile=/c\n", "AuthURL=");
+        assert_auth_refused("[Upstream]\nKind=glance\nAuth=keystone\nAuthURL=http://ks:5000\n", "CredentialsFile=");
+        assert_auth_refused("[Upstream]\nKind=glance\nAuth=keystone\nAuthURL=http://ks\nCredentialsFile=/c\n"
+                            "TokenFile=/t\n", "exclude");
+        assert_auth_refused("[Upstream]\nInterface=private\n", "public, internal or admin");
+
+        test_dir_setup(&t);
+        write_file(t.conf, "[Upstream]\nKind=glance\nAuth=keystone\nAuthURL=https://ks:5000/v3\n"
+                           "CredentialsFile=/etc/imgcache/keystone.conf\nInterface=internal\nRegion=RegionOne\n");
+        g_assert_cmpint(config_init(&c), ==, 0);
+        g_assert_cmpint(c.upstream_auth, ==, UPSTREAM_AUTH_TOKEN);
+        g_assert_cmpstr(c.endpoint_interface, ==, "public");
+        g_assert_cmpint(load(&t, &c, &error), ==, 0);
+        g_assert_cmpint(c.upstream_auth, ==, UPSTREAM_AUTH_KEYSTONE);
+        g_assert_null(c.upstream_url); /* the catalog names it */
+        g_assert_cmpstr(c.auth_url, ==, "https://ks:5000/v3");
+        g_assert_cmpstr(c.credentials_file, ==, "/etc/imgcache/keystone.conf");
+        g_assert_cmpstr(c.endpoint_interface, ==, "internal");
+        g_assert_cmpstr(c.endpoint_region, ==, "RegionOne");
+        config_done(&c);
+        test_dir_teardown(&t);
+}
+
 static void test_syntax_errors(void) {
         static const char *const broken[] = {
                 "MaxSize=1G\n",                       /* key before any section */
@@ -889,6 +937,7 @@ int main(int argc, char *argv[]) {
         g_test_add_func("/config/size-limit-resolve", test_size_limit_resolve);
         g_test_add_func("/config/missing-everything", test_missing_everything);
         g_test_add_func("/config/every-key", test_every_key);
+        g_test_add_func("/config/upstream-auth", test_upstream_auth);
         g_test_add_func("/config/dropins-order", test_dropins_order);
         g_test_add_func("/config/missing-main-with-dropins", test_missing_main_with_dropins);
         g_test_add_func("/config/unknown-warns", test_unknown_warns);

@@ -18,7 +18,11 @@ static void fill_unref_void(void *p) {
 
 /* ---- slots, the turn budget, news ------------------------------------------------------------------- */
 
+static bool fetcher_token_ready(Fetcher *fe);
+
 static void fetcher_start_pending(Fetcher *fe) {
+        if (!g_queue_is_empty(&fe->pending) && !fetcher_token_ready(fe))
+                return; /* the fills wait in WAITING until Keystone answers */
         while (!fe->freeing && fe->n_slots_used < MAX(fe->max_parallel, 1u) && !g_queue_is_empty(&fe->pending)) {
                 fe->n_slots_used++;
                 fill_start(g_queue_pop_head(&fe->pending));
@@ -122,15 +126,150 @@ void fetcher_refresh_token(Fetcher *fe) {
         log_info("The upstream refused the token: re-read TokenFile=%s, which holds a new one.", fe->token_file);
 }
 
+/* ---- Keystone ----------------------------------------------------------------------------------------- */
+
+bool fetcher_may_reauthenticate(const Fetcher *fe) {
+        return fe->token_file || fe->keystone;
+}
+
+const char *fetcher_credentials_hint(const Fetcher *fe) {
+        return fe->keystone ? "CredentialsFile=" : "TokenFile=";
+}
+
+/* With Keystone, whether a token is there for fills to start with; asks for one when not. */
+static bool fetcher_token_ready(Fetcher *fe) {
+        if (!fe->keystone || keystone_token(fe->keystone))
+                return true;
+        int r = keystone_authenticate(fe->keystone);
+        if (r < 0)
+                log_warning_errno(r, "Cannot ask Keystone for a token: %m");
+        return false;
+}
+
+bool fetcher_wait_for_token(Fetcher *fe, Fill *f) {
+        if (!fe->keystone)
+                return false;
+        g_queue_push_tail(&fe->token_waiters, fill_ref(f));
+        int r = keystone_authenticate(fe->keystone);
+        if (r < 0)
+                log_warning_errno(r, "Cannot ask Keystone for a token: %m");
+        return true;
+}
+
+static int fetcher_take_keystone_token(Fetcher *fe) {
+        _cleanup_(freep) char *token = strdup(keystone_token(fe->keystone) ?: "");
+        _cleanup_(freep) char *url = NULL;
+
+        if (!token)
+                return -ENOMEM;
+        if (!fe->configured_url && keystone_image_url(fe->keystone)) {
+                if (!(url = strdup(keystone_image_url(fe->keystone))))
+                        return -ENOMEM;
+                if (!streq_ptr(url, fe->url))
+                        log_info("The image endpoint from Keystone's catalog is %s.", url);
+                free_and_replace(fe->url, url);
+        }
+        if (fe->token)
+                explicit_bzero(fe->token, strlen(fe->token));
+        free_and_replace(fe->token, token);
+        fe->token_generation++;
+        return 0;
+}
+
+/* The fills refused with the old token ask again (error 0), or fail with message. */
+static void fetcher_wake_token_waiters(Fetcher *fe, int error, const char *message) {
+        for (Fill *f; (f = g_queue_pop_head(&fe->token_waiters));) {
+                if (error < 0)
+                        fill_fail_with(f, error, message);
+                else
+                        fill_token_refreshed(f);
+                fill_unref(f);
+        }
+}
+
+/* Every fill that waited for the answer goes on, or fails with what Keystone said. */
+static void on_keystone_done(Keystone *k, int error, const char *message, void *userdata) {
+        Fetcher *fe = userdata;
+        _cleanup_(freep) char *why = NULL;
+
+        if (error >= 0 && (error = fetcher_take_keystone_token(fe)) >= 0 && !fe->url) {
+                error = -EHOSTUNREACH;
+                (void) asprintf(&why, "Keystone's catalog has no %s image endpoint%s%s; set [Upstream] URL=",
+                                keystone_interface(k), keystone_region(k) ? " in region " : "",
+                                strempty(keystone_region(k)));
+                message = why;
+        }
+        fetcher_wake_token_waiters(fe, error, message);
+        if (error >= 0) {
+                fetcher_start_pending(fe);
+                return;
+        }
+        GList *waiting = g_list_copy(fe->pending.head);
+        for (GList *l = waiting; l; l = l->next)
+                fill_ref(l->data);
+        for (GList *l = waiting; l; l = l->next)
+                fill_fail_with(l->data, error, message);
+        g_list_free_full(waiting, fill_unref_void);
+}
+
+/* A token nobody needs is not renewed: an idle daemon does not talk to Keystone, the next fill asks. */
+static void on_keystone_refresh_due(Keystone *k, void *userdata) {
+        Fetcher *fe = userdata;
+        if (fetcher_n_active(fe) > 0)
+                (void) keystone_authenticate(k);
+}
+
+static int fetcher_setup_keystone(Fetcher *fe, const Config *config, Keystone **ret) {
+        _cleanup_(keystone_credentials_done) KeystoneCredentials creds = {};
+        _cleanup_(freep) char *error = NULL;
+        int r;
+
+        *ret = NULL;
+        if (config->upstream_auth != UPSTREAM_AUTH_KEYSTONE)
+                return 0;
+        r = keystone_credentials_load(config->credentials_file, &creds, &error);
+        if (r < 0)
+                return log_error_errno(r, "%s", error ?: "Cannot read CredentialsFile=");
+        KeystoneOptions o = {
+                .auth_url = config->auth_url,
+                .credentials_file = config->credentials_file,
+                .credentials = &creds,
+                .interface = config->endpoint_interface,
+                .region = config->endpoint_region,
+                .ca_file = config->ca_file,
+                .connect_timeout = config->connect_timeout,
+        };
+        KeystoneCallbacks cb = { .done = on_keystone_done, .refresh_due = on_keystone_refresh_due, .userdata = fe };
+        return keystone_new(fe->event, fe->curl, &o, &cb, ret);
+}
+
 /* ---- configuration ------------------------------------------------------------------------------------- */
 
 static int fetcher_apply_config(Fetcher *fe, const Config *config) {
-        _cleanup_(freep) char *url = NULL, *token = NULL, *ca = NULL, *token_file = NULL;
+        _cleanup_(freep) char *url = NULL, *token = NULL, *ca = NULL, *token_file = NULL, *configured = NULL;
+        Keystone *keystone = NULL;
 
-        if (!isempty(config->upstream_url) && !(url = strdup(config->upstream_url)))
+        if (!isempty(config->upstream_url) && (!(url = strdup(config->upstream_url)) || !(configured = strdup(url))))
                 return -ENOMEM;
         if (!isempty(config->ca_file) && !(ca = strdup(config->ca_file)))
                 return -ENOMEM;
+        int k = fetcher_setup_keystone(fe, config, &keystone);
+        if (k < 0)
+                return k;
+        if (keystone) {
+                /* A new Keystone: a token, and with no URL= the endpoint, come with the next fill. */
+                keystone_free(fe->keystone);
+                fe->keystone = keystone;
+                if (!g_queue_is_empty(&fe->token_waiters))
+                        (void) keystone_authenticate(keystone); /* they waited for the old one */
+                free_and_replace(fe->configured_url, configured);
+                fe->url = mfree(fe->url);
+                free_and_replace(fe->url, url);
+                fe->token_file = mfree(fe->token_file);
+                goto rest;
+        }
+        fe->keystone = keystone_free(fe->keystone);
+        fe->configured_url = mfree(fe->configured_url);
         if (!isempty(config->token_file)) {
                 int r = read_token_file_first(config->token_file, &token);
                 if (r < 0)
@@ -149,6 +288,7 @@ static int fetcher_apply_config(Fetcher *fe, const Config *config) {
                 explicit_bzero(fe->token, strlen(fe->token));
         free_and_replace(fe->token, token);
         free_and_replace(fe->token_file, token_file);
+rest:
         free_and_replace(fe->ca_file, ca);
         fe->kind = config->upstream_kind;
         fe->max_parallel = MAX(config->max_parallel_fetches, 1u);
@@ -157,6 +297,8 @@ static int fetcher_apply_config(Fetcher *fe, const Config *config) {
         fe->max_size = config->max_size;
         fe->keep_free = config->keep_free;
         fe->enforce_max_size = config->enforce_max_size;
+        if (!fe->keystone)
+                fetcher_wake_token_waiters(fe, 0, NULL); /* Keystone is gone: TokenFile= answers them */
         return 0;
 }
 
@@ -197,9 +339,10 @@ int fetcher_new_with_transport(sd_event *event, ImageCache *cache, const Config 
         g_queue_init(&fe->notify);
         g_queue_init(&fe->yielded);
 
-        r = fetcher_apply_config(fe, config);
+        g_queue_init(&fe->token_waiters);
+        r = curl_loop_new(event, &fe->curl); /* also for queries and Keystone */
         if (r >= 0)
-                r = curl_loop_new(event, &fe->curl); /* also for queries */
+                r = fetcher_apply_config(fe, config);
         if (r >= 0)
                 r = fetcher_add_sources(fe);
         if (r < 0) {
@@ -246,6 +389,10 @@ Fetcher *fetcher_free(Fetcher *fe) {
                 fetcher_abandon_fills(fe);
         if (fe->all)
                 g_hash_table_destroy(fe->all);
+        for (Fill *w; (w = g_queue_pop_head(&fe->token_waiters));)
+                fill_unref(w);
+        fe->keystone = keystone_free(fe->keystone); /* its request is on the CurlLoop */
+        free(fe->configured_url);
         curl_loop_free(fe->curl);
         if (fe->fills)
                 g_hash_table_destroy(fe->fills);
@@ -280,7 +427,7 @@ void fetcher_remove_observer(Fetcher *fe, FetcherObserver *o) {
 }
 
 bool fetcher_has_upstream(const Fetcher *fe) {
-        return !isempty(fe->url);
+        return !isempty(fe->url) || fe->keystone; /* Keystone's catalog may name it */
 }
 
 unsigned fetcher_n_active(const Fetcher *fe) {

@@ -20,6 +20,7 @@
 #include "fetch.h"
 #include "fill-writer.h"
 #include "fleet.h"
+#include "keystone.h"
 #include "upstream.h"
 #include "worker.h"
 
@@ -196,6 +197,9 @@ struct Fetcher {
         char *url;
         char *token;
         char *token_file;
+        Keystone *keystone;        /* Auth=keystone: where token comes from; NULL with Auth=token */
+        char *configured_url;      /* URL= as configured; with Keystone and none, url is the catalog's */
+        GQueue token_waiters;      /* Fill* (a reference each), REAUTHENTICATING until Keystone answers */
         uint64_t token_generation; /* bumped whenever token changes */
         usec_t token_read_at;     /* CLOCK_MONOTONIC of the last re-read after a 401 */
         char *ca_file;
@@ -236,12 +240,20 @@ void fetcher_make_room(Fetcher *fe, const char *id, uint64_t incoming, uint64_t 
 /* The upstream refused our token: re-reads TokenFile= (at most once a second for all fills), so that a
  * rotated token is used without a reload. fe->token_generation says whether it changed. */
 void fetcher_refresh_token(Fetcher *fe);
+/* Auth=keystone: f was refused; fill_token_refreshed(f) follows once Keystone answered (or the fill
+ * fails). Returns false with Auth=token, where fetcher_refresh_token() answers at once. */
+bool fetcher_wait_for_token(Fetcher *fe, Fill *f);
+/* Whether a 401 to the daemon's token is worth a second try (TokenFile= or Keystone), and what to check. */
+bool fetcher_may_reauthenticate(const Fetcher *fe);
+const char *fetcher_credentials_hint(const Fetcher *fe);
 
 /* fill.c, for fetcher.c */
 Fill *fill_new(Fetcher *fe, const char *id, const Checksum *expected, FetchFlags flags);
 void fill_start(Fill *f);                  /* WAITING → the first request; takes a slot */
 void fill_resume_transfer(Fill *f);        /* PAUSED_TURN → RECEIVING */
 void fill_abandon(Fill *f);                /* the fetcher is going: finish now, workers completed */
+void fill_token_refreshed(Fill *f);        /* REAUTHENTICATING: a new token is there, ask again */
+void fill_fail_with(Fill *f, int error, const char *message); /* WAITING or REAUTHENTICATING: no token */
 _printf_(3, 4) int fill_set_error(Fill *f, int error, const char *fmt, ...);
 
 /* fill.c, for fill-response.c: the image is asked of a peer (not the origin) */

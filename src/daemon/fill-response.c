@@ -35,19 +35,19 @@ static ResponseVerdict judge_status(Fill *f, const FillResponse *r) {
 
         if (status == 404 || status == 410)
                 fill_set_error(f, -ENOENT, "Upstream has no image %s (HTTP %ld from %s)", f->id, status, strempty(shown));
-        else if (status == 401 && f->send_token && f->fetcher->token_file && !f->reauthenticated) {
-                /* Perhaps the token was rotated: the end of this response re-reads TokenFile=. */
+        else if (status == 401 && f->send_token && fetcher_may_reauthenticate(f->fetcher) && !f->reauthenticated) {
+                /* Perhaps the token was rotated or expired: the end of this response gets another. */
                 free(f->refusal);
-                if (asprintf(&f->refusal, "Upstream refused access to %s (HTTP %ld from %s); check TokenFile=",
-                             f->id, status, strempty(shown)) < 0)
+                if (asprintf(&f->refusal, "Upstream refused access to %s (HTTP %ld from %s); check %s",
+                             f->id, status, strempty(shown), fetcher_credentials_hint(f->fetcher)) < 0)
                         f->refusal = NULL;
                 return VERDICT_REAUTH;
         } else if ((status == 401 || status == 403) && fill_from_peer(f))
                 fill_set_error(f, -EPROTO, "Peer %s refused access to %s (HTTP %ld); check PeerTokenFile=",
                                f->sources[f->source], f->id, status);
         else if (status == 401 || status == 403)
-                fill_set_error(f, -EPROTO, "Upstream refused access to %s (HTTP %ld from %s); check TokenFile=",
-                               f->id, status, strempty(shown));
+                fill_set_error(f, -EPROTO, "Upstream refused access to %s (HTTP %ld from %s); check %s",
+                               f->id, status, strempty(shown), fetcher_credentials_hint(f->fetcher));
         else if (status == 416 && f->phase == PHASE_IMAGE && f->resume_offset > 0)
                 return VERDICT_RESTART;
         else if (status != 200 && !(status == 206 && f->phase == PHASE_IMAGE))

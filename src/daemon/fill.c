@@ -604,10 +604,13 @@ static void fill_start_over(Fill *f) {
         (void) fill_start_phase(f, PHASE_IMAGE);
 }
 
-/* Asks again, once, when TokenFile= holds another token than the refused request carried. */
+/* Asks again, once, when TokenFile= holds another token than the refused request carried, or Keystone
+ * gave a new one. */
 static void fill_reauthenticate(Fill *f) {
         Fetcher *fe = f->fetcher;
 
+        if (fe->token_generation == f->token_generation && fetcher_wait_for_token(fe, f))
+                return; /* fill_token_refreshed() goes on */
         fetcher_refresh_token(fe);
         if (fe->token_generation == f->token_generation) {
                 fill_set_error(f, -EPROTO, "%s", f->refusal ?: "Upstream refused access; check TokenFile=");
@@ -621,6 +624,18 @@ static void fill_reauthenticate(Fill *f) {
         f->reauthenticated = true;
         f->refusal = mfree(f->refusal);
         (void) fill_request(f, url);
+}
+
+void fill_token_refreshed(Fill *f) {
+        if (!fill_is_final(f) && f->step == STEP_REAUTHENTICATING)
+                fill_reauthenticate(f);
+}
+
+void fill_fail_with(Fill *f, int error, const char *message) {
+        if (fill_is_final(f))
+                return;
+        fill_set_error(f, error, "Cannot fetch %s: %s", f->id, message ?: strerror(-error));
+        fill_fail(f);
 }
 
 void fill_on_transfer_end(Fill *f, int error, const char *message) {

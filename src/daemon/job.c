@@ -384,12 +384,23 @@ int job_registry_attach_bus(JobRegistry *reg, sd_bus *bus, const char *signal_pa
 
 /* ---- the registry ------------------------------------------------------------------------------- */
 
+/* Ids go on from the wall clock in milliseconds, so that a restarted daemon does not hand out the id (and so
+ * the object path) of a job of an earlier run, without writing anything to disk: an earlier run would have to
+ * have started more than a thousand jobs a second on average to reach the ids of the next. The count wraps
+ * after 49.7 days (u32 ms, the API's type of Id); 0 is never an id. */
+#define JOB_IDS_PER_SEC 1000U
+
+static uint32_t job_id_base(void) {
+        return (uint32_t) (now_usec(CLOCK_REALTIME) / (USEC_PER_SEC / JOB_IDS_PER_SEC));
+}
+
 int job_registry_new(sd_event *event, const JobRegistryHooks *hooks, JobRegistry **ret) {
         JobRegistry *reg = calloc(1, sizeof(JobRegistry));
         if (!reg)
                 return -ENOMEM;
         reg->event = sd_event_ref(event);
         reg->hooks = *hooks;
+        reg->last_id = job_id_base();
         reg->by_id = g_hash_table_new_full(g_direct_hash, g_direct_equal, NULL, job_free_void);
         reg->by_image = g_hash_table_new(g_str_hash, g_str_equal);
         *ret = reg;

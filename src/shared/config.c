@@ -80,6 +80,21 @@ const char *upstream_kind_to_string(UpstreamKind k) {
         return upstream_kind_table[k];
 }
 
+static const char *const upstream_auth_table[_UPSTREAM_AUTH_MAX] = {
+        [UPSTREAM_AUTH_TOKEN] = "token",
+        [UPSTREAM_AUTH_KEYSTONE] = "keystone",
+};
+
+const char *upstream_auth_to_string(UpstreamAuth a) {
+        if (a < 0 || a >= _UPSTREAM_AUTH_MAX)
+                return NULL;
+        return upstream_auth_table[a];
+}
+
+UpstreamAuth upstream_auth_from_string(const char *s) {
+        return (UpstreamAuth) string_table_lookup(upstream_auth_table, ELEMENTSOF(upstream_auth_table), s);
+}
+
 UpstreamKind upstream_kind_from_string(const char *s) {
         return (UpstreamKind) string_table_lookup(upstream_kind_table, ELEMENTSOF(upstream_kind_table), s);
 }
@@ -196,6 +211,35 @@ static int config_parse_upstream(const char *value, void *field, const char **re
                 return reason(ret_reason, "unknown upstream kind (expected generic or glance)", -EINVAL);
 
         *(UpstreamKind *) field = k;
+        return 0;
+}
+
+static int config_parse_auth(const char *value, void *field, const char **ret_reason) {
+        UpstreamAuth a = upstream_auth_from_string(value);
+        if (a < 0)
+                return reason(ret_reason, "unknown authentication (expected token or keystone)", -EINVAL);
+
+        *(UpstreamAuth *) field = a;
+        return 0;
+}
+
+/* Interface=: the catalog's three interfaces. */
+static int config_parse_interface(const char *value, void *field, const char **ret_reason) {
+        if (!streq(value, "public") && !streq(value, "internal") && !streq(value, "admin"))
+                return reason(ret_reason, "unknown interface (expected public, internal or admin)", -EINVAL);
+        if (free_and_strdup(field, value) < 0)
+                return reason(ret_reason, "out of memory", -ENOMEM);
+        return 0;
+}
+
+static bool string_has_cntrl_or_space(const char *s);
+
+/* Region=: a name as Keystone has it; unset matches any region. */
+static int config_parse_region(const char *value, void *field, const char **ret_reason) {
+        if (value && string_has_cntrl_or_space(value))
+                return reason(ret_reason, "a region name has no spaces or control characters", -EINVAL);
+        if (free_and_strdup(field, value) < 0)
+                return reason(ret_reason, "out of memory", -ENOMEM);
         return 0;
 }
 
@@ -449,7 +493,12 @@ static const ConfigKey config_keys[] = {
         KEY("Cache",    "PrefetchOnQueue",     config_parse_bool,        prefetch_on_queue,     "yes"),
         KEY("Upstream", "Kind",                config_parse_upstream,    upstream_kind,         "generic"),
         KEY("Upstream", "URL",                 config_parse_url,         upstream_url,          NULL),
+        KEY("Upstream", "Auth",                config_parse_auth,        upstream_auth,         "token"),
         KEY("Upstream", "TokenFile",           config_parse_path,        token_file,            NULL),
+        KEY("Upstream", "AuthURL",             config_parse_url,         auth_url,              NULL),
+        KEY("Upstream", "CredentialsFile",     config_parse_path,        credentials_file,      NULL),
+        KEY("Upstream", "Interface",           config_parse_interface,   endpoint_interface,    "public"),
+        KEY("Upstream", "Region",              config_parse_region,      endpoint_region,       NULL),
         KEY("Upstream", "CAFile",              config_parse_path,        ca_file,               NULL),
         KEY("Upstream", "MaxParallelFetches",  config_parse_fetches,     max_parallel_fetches,  "4"),
         KEY("Upstream", "ConnectTimeoutSec",   config_parse_sec,         connect_timeout,       "30s"),
@@ -509,6 +558,10 @@ void config_done(Config *c) {
         free_and_null(&c->directory);
         free_and_null(&c->upstream_url);
         free_and_null(&c->token_file);
+        free_and_null(&c->auth_url);
+        free_and_null(&c->credentials_file);
+        free_and_null(&c->endpoint_interface);
+        free_and_null(&c->endpoint_region);
         free_and_null(&c->ca_file);
         free_and_null(&c->listen);
         free_and_null(&c->management_token_file);
@@ -546,10 +599,15 @@ static int config_copy(const Config *src, Config *ret) {
 
         t.directory = t.upstream_url = t.token_file = t.ca_file = t.listen = t.management_token_file = NULL;
         t.read_token_file = t.fleet_peers = t.fleet_self = t.peer_token_file = NULL;
+        t.auth_url = t.credentials_file = t.endpoint_interface = t.endpoint_region = NULL;
 
         if (free_and_strdup(&t.directory, src->directory) < 0 ||
             free_and_strdup(&t.upstream_url, src->upstream_url) < 0 ||
             free_and_strdup(&t.token_file, src->token_file) < 0 ||
+            free_and_strdup(&t.auth_url, src->auth_url) < 0 ||
+            free_and_strdup(&t.credentials_file, src->credentials_file) < 0 ||
+            free_and_strdup(&t.endpoint_interface, src->endpoint_interface) < 0 ||
+            free_and_strdup(&t.endpoint_region, src->endpoint_region) < 0 ||
             free_and_strdup(&t.ca_file, src->ca_file) < 0 ||
             free_and_strdup(&t.listen, src->listen) < 0 ||
             free_and_strdup(&t.management_token_file, src->management_token_file) < 0 ||
@@ -860,6 +918,22 @@ static int config_list_dropins(const char *dir, GPtrArray **ret, char **ret_erro
         return 0;
 }
 
+/* Auth=keystone needs Kind=glance, AuthURL= (http or https) and CredentialsFile=. */
+static int config_verify_auth(const Config *c, char **ret_error) {
+        if (c->upstream_auth != UPSTREAM_AUTH_KEYSTONE)
+                return 0;
+        if (c->upstream_kind != UPSTREAM_GLANCE)
+                return config_error(ret_error, -EINVAL, "[Upstream] Auth=keystone needs Kind=glance");
+        if (!c->auth_url || !url_is_http(c->auth_url))
+                return config_error(ret_error, -EINVAL, "[Upstream] Auth=keystone needs AuthURL=, an http:// or https:// "
+                                    "Keystone endpoint");
+        if (!c->credentials_file)
+                return config_error(ret_error, -EINVAL, "[Upstream] Auth=keystone needs CredentialsFile=");
+        if (c->token_file)
+                return config_error(ret_error, -EINVAL, "[Upstream] TokenFile= and Auth=keystone exclude each other");
+        return 0;
+}
+
 /* Checks that need the whole configuration: how URL= must look depends on Kind=. */
 static int config_verify(Config *c, const ConfigOrigin *origins, char **ret_error) {
         const ConfigKey *k = config_key_find("Upstream", "URL");
@@ -869,6 +943,9 @@ static int config_verify(Config *c, const ConfigOrigin *origins, char **ret_erro
         assert(k);
         o = origins + (k - config_keys);
 
+        int r = config_verify_auth(c, ret_error);
+        if (r < 0)
+                return r;
         if (!c->upstream_url)
                 return 0;
 

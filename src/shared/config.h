@@ -25,6 +25,14 @@ typedef enum UpstreamKind {
         _UPSTREAM_KIND_INVALID = -EINVAL,
 } UpstreamKind;
 
+/* How the daemon authenticates to a Glance upstream ([Upstream] Auth=). */
+typedef enum UpstreamAuth {
+        UPSTREAM_AUTH_TOKEN,    /* a static token from TokenFile= (or none) */
+        UPSTREAM_AUTH_KEYSTONE, /* tokens from Keystone (AuthURL=, CredentialsFile=), refreshed */
+        _UPSTREAM_AUTH_MAX,
+        _UPSTREAM_AUTH_INVALID = -EINVAL,
+} UpstreamAuth;
+
 /* Who may read cached images over HTTP ([HTTP] ReadAccess=). AUTO: UPSTREAM with Kind=glance, else OPEN. */
 typedef enum ReadAccess {
         READ_ACCESS_AUTO,
@@ -39,6 +47,8 @@ const char *driver_kind_to_string(DriverKind k);
 DriverKind driver_kind_from_string(const char *s);
 const char *upstream_kind_to_string(UpstreamKind k);
 UpstreamKind upstream_kind_from_string(const char *s);
+const char *upstream_auth_to_string(UpstreamAuth a);
+UpstreamAuth upstream_auth_from_string(const char *s);
 const char *read_access_to_string(ReadAccess a);
 ReadAccess read_access_from_string(const char *s);
 
@@ -64,8 +74,13 @@ typedef struct Config {
 
         /* [Upstream] */
         UpstreamKind upstream_kind;
-        char *upstream_url;
+        char *upstream_url;            /* with Auth=keystone may be unset: the token's catalog names it */
+        UpstreamAuth upstream_auth;    /* default token */
         char *token_file;
+        char *auth_url;                /* Auth=keystone: the identity endpoint */
+        char *credentials_file;        /* Auth=keystone: application credential or user, mode 0600 */
+        char *endpoint_interface;      /* default "public": which catalog endpoint, when URL= is unset */
+        char *endpoint_region;         /* NULL: any region */
         char *ca_file;
         unsigned max_parallel_fetches; /* default 4 */
         usec_t connect_timeout;        /* default 30s */

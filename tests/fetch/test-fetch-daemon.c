@@ -373,6 +373,38 @@ static void test_resume_after_kill(void) {
         env_teardown(&e);
 }
 
+static guint32 job_id_of(const char *path) {
+        return (guint32) g_ascii_strtoull(path + strlen("/org/imgcache/job/"), NULL, 10);
+}
+
+/* A restarted daemon goes on with ids above the earlier run's: a client holding an old job path never
+ * finds a job of the new run there. */
+static void test_job_ids_across_restart(void) {
+        Env e;
+        env_setup(&e, NULL);
+        g_autofree uint8_t *data = make_data(4096, 12);
+        const char *ids[] = { "r1", "r2", "r3" };
+        for (size_t i = 0; i < ELEMENTSOF(ids); i++) {
+                g_autofree char *p = g_strdup_printf("/images/%s", ids[i]);
+                upstream_fixture_add_image(e.fx, p, data, 4096, NULL);
+        }
+
+        g_autofree char *first = fetch_image(&e, "r1");
+        g_autofree char *second = fetch_image(&e, "r2");
+        wait_for(&e, removed_count, GUINT_TO_POINTER(2), "two JobRemoved");
+        g_assert_cmpstr(first, !=, second);
+        g_assert_cmpint(test_bus_stop_daemon(e.bus), ==, 0);
+
+        g_assert_true(test_bus_start_daemon(e.bus, NULL));
+        g_autofree char *third = fetch_image(&e, "r3");
+        wait_for(&e, removed_count, GUINT_TO_POINTER(3), "JobRemoved after the restart");
+        g_assert_cmpstr(third, !=, first);
+        g_assert_cmpstr(third, !=, second);
+        g_assert_cmpuint(job_id_of(third), >, job_id_of(second));
+        g_assert_cmpuint(job_id_of(second), >, job_id_of(first));
+        env_teardown(&e);
+}
+
 /* ---- the queue across restarts, retries ------------------------------------------------------- */
 
 typedef struct QueuedDetails {
@@ -610,6 +642,7 @@ int main(int argc, char *argv[]) {
         g_test_add_func("/fetch-daemon/prefetch-order", test_prefetch_order);
         g_test_add_func("/fetch-daemon/prefetch-on-queue", test_prefetch_on_queue);
         g_test_add_func("/fetch-daemon/resume-after-kill", test_resume_after_kill);
+        g_test_add_func("/fetch-daemon/job-ids-across-restart", test_job_ids_across_restart);
         g_test_add_func("/fetch-daemon/queued-checksum-survives-idle-exit", test_queued_checksum_survives_idle_exit);
         g_test_add_func("/fetch-daemon/retry-resumes", test_retry_resumes);
         g_test_add_func("/fetch-daemon/retry-listing", test_retry_listing);

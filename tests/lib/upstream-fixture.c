@@ -81,6 +81,8 @@ struct UpstreamFixture {
         char *token;
         GPtrArray *user_tokens; /* char*: the tokens of the image service's users (besides the daemon's) */
         GHashTable *token_requests; /* token → requests that carried it */
+        bool (*token_valid)(const char *token, void *userdata);
+        void *token_valid_userdata;
         char *directory;
         bool directory_glance;
         UpstreamImageOptions directory_opts;
@@ -763,7 +765,9 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
                                     GUINT_TO_POINTER(GPOINTER_TO_UINT(g_hash_table_lookup(fx->token_requests, token)) + 1));
         bool daemon_token = fx->token && streq_ptr(token, fx->token);
         bool user_token = token && g_ptr_array_find_with_equal_func(fx->user_tokens, token, g_str_equal, NULL);
-        bool token_ok = (!fx->token && fx->user_tokens->len == 0) || daemon_token || user_token;
+        if (fx->token_valid && token && fx->token_valid(token, fx->token_valid_userdata))
+                daemon_token = true; /* a current token of the fixture's Keystone: the daemon's */
+        bool token_ok = (!fx->token && fx->user_tokens->len == 0 && !fx->token_valid) || daemon_token || user_token;
         Entry *e = lookup_entry(fx, url);
         /* The daemon's token sees every image, as a service user's does in Glance. */
         bool hidden = e && e->readers && !daemon_token && !(token && g_strv_contains((const char *const *) e->readers, token));
@@ -1017,6 +1021,14 @@ void upstream_fixture_revoke_user_token(UpstreamFixture *fx, const char *token) 
         pthread_mutex_lock(&fx->lock);
         if (g_ptr_array_find_with_equal_func(fx->user_tokens, token, g_str_equal, &i))
                 g_ptr_array_remove_index(fx->user_tokens, i);
+        pthread_mutex_unlock(&fx->lock);
+}
+
+void upstream_fixture_set_token_validator(UpstreamFixture *fx, bool (*valid)(const char *token, void *userdata),
+                                          void *userdata) {
+        pthread_mutex_lock(&fx->lock);
+        fx->token_valid = valid;
+        fx->token_valid_userdata = userdata;
         pthread_mutex_unlock(&fx->lock);
 }
 

@@ -110,6 +110,10 @@ void upstream_fixture_revoke_user_token(UpstreamFixture *fx, const char *token);
 /* Requests that carried token (as X-Auth-Token or Bearer), whatever the answer. */
 unsigned upstream_fixture_token_requests(UpstreamFixture *fx, const char *token);
 int upstream_fixture_set_token(UpstreamFixture *fx, const char *token);
+/* A token is also good when valid(token, userdata) says so (a Keystone fixture's current tokens); it is
+ * called from the server's threads. NULL: only the tokens above. */
+void upstream_fixture_set_token_validator(UpstreamFixture *fx, bool (*valid)(const char *token, void *userdata),
+                                          void *userdata);
 
 /* Lets every response stalled so far continue (a later stall_after stalls again). */
 void upstream_fixture_release(UpstreamFixture *fx);

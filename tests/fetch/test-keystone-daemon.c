@@ -1,0 +1,194 @@
+/* SPDX-License-Identifier: MIT */
+
+/* imgcached with [Upstream] Auth=keystone against the Keystone fixture and the Glance-mode upstream
+ * fixture, which accepts only the fixture Keystone's current tokens: application credentials and the
+ * image endpoint from the catalog, a user's password, a token refreshed while a fetch runs, a 401 that
+ * gets a new token once, wrong credentials, and a credentials file others may read. The daemon runs on a
+ * private session bus (tests/lib/test-bus.h); every wait is bounded and follows an event. */
+
+#include <sys/stat.h>
+
+#include <gio/gio.h>
+
+#include "keystone-fixture.h"
+#include "test-bus.h"
+#include "upstream-fixture.h"
+
+#define APP_CREDENTIALS "application_credential_id = " KEYSTONE_FIXTURE_APP_ID "\n" \
+                        "application_credential_secret = " KEYSTONE_FIXTURE_APP_SECRET "\n"
+#define USER_CREDENTIALS "username=" KEYSTONE_FIXTURE_USER "\npassword=" KEYSTONE_FIXTURE_PASSWORD "\n" \
+                         "project_name=" KEYSTONE_FIXTURE_PROJECT "\n"
+
+typedef struct Env {
+        TestBus *bus;
+        UpstreamFixture *fx;
+        KeystoneFixture *ks;
+        TestJobWatch *jobs;
+        char *credentials;
+} Env;
+
+static uint8_t *make_data(size_t n, unsigned seed) {
+        uint8_t *d = g_malloc(n);
+        for (size_t i = 0; i < n; i++)
+                d[i] = (uint8_t) (i * 13 + seed + (i >> 11));
+        return d;
+}
+
+/* The fixtures and the config; the daemon is started by the test. with_url: URL= names the upstream,
+ * else the catalog does. */
+static void env_setup(Env *e, const char *credentials, mode_t mode, bool with_url) {
+        *e = (Env) { .bus = test_bus_new() };
+        g_assert_cmpint(upstream_fixture_new(0, &e->fx), ==, 0);
+        g_assert_cmpint(keystone_fixture_new(&e->ks), ==, 0);
+        upstream_fixture_set_token_validator(e->fx, keystone_fixture_token_valid, e->ks);
+        g_autofree char *glance = upstream_fixture_url(e->fx, "");
+        keystone_fixture_set_image_url(e->ks, glance);
+
+        e->credentials = g_build_filename(test_bus_dir(e->bus), "keystone.conf", NULL);
+        g_assert_true(g_file_set_contents(e->credentials, credentials, -1, NULL));
+        g_assert_cmpint(chmod(e->credentials, mode), ==, 0);
+        g_autofree char *auth = keystone_fixture_url(e->ks);
+        g_autofree char *url_line = with_url ? g_strdup_printf("URL=%s\n", glance) : g_strdup("");
+        g_autofree char *config = g_strdup_printf("[Cache]\nKeepFree=0\nMaxSize=1G\n[Upstream]\nKind=glance\n%s"
+                                                  "Auth=keystone\nAuthURL=%s/v3\nCredentialsFile=%s\n"
+                                                  "[Daemon]\nExitOnIdleSec=infinity\n",
+                                                  url_line, auth, e->credentials);
+        test_bus_write_config(e->bus, config);
+}
+
+static void env_start(Env *e) {
+        g_assert_true(test_bus_start_daemon(e->bus, NULL));
+        e->jobs = test_job_watch_new(e->bus);
+}
+
+static void env_teardown(Env *e) {
+        if (e->jobs)
+                test_job_watch_free(e->jobs);
+        test_bus_free(e->bus);
+        keystone_fixture_free(e->ks);
+        upstream_fixture_free(e->fx);
+        g_free(e->credentials);
+}
+
+static void add_image(Env *e, const char *id, size_t n, const UpstreamImageOptions *o) {
+        g_autofree uint8_t *data = make_data(n, (unsigned) strlen(id));
+        g_assert_cmpint(upstream_fixture_add_glance_image(e->fx, id, data, n, o, NULL), ==, 0);
+}
+
+static void assert_fetch(Env *e, const char *id, const char *result, const char *const *error_needles) {
+        g_autofree char *error = NULL;
+        g_autofree char *r = test_job_watch_fetch(e->jobs, id, "", &error);
+        if (!g_str_equal(r, result))
+                g_error("fetch of %s: %s (%s), wanted %s; daemon said:\n%s", id, r, error, result,
+                        test_bus_daemon_stderr(e->bus));
+        for (; error_needles && *error_needles; error_needles++)
+                if (!error || !strstr(error, *error_needles))
+                        g_error("job error '%s' does not say '%s'", error, *error_needles);
+}
+
+static void assert_no_secret_in_log(Env *e) {
+        const char *log = test_bus_daemon_stderr(e->bus);
+        g_assert_null(strstr(log, KEYSTONE_FIXTURE_APP_SECRET));
+        g_assert_null(strstr(log, KEYSTONE_FIXTURE_PASSWORD));
+        g_assert_null(strstr(log, "ks-token-"));
+}
+
+static void test_application_credential_catalog(void) {
+        Env e;
+        env_setup(&e, APP_CREDENTIALS, 0600, /* with_url= */ false);
+        add_image(&e, "img", 256 * 1024, NULL);
+        env_start(&e);
+        g_assert_cmpuint(keystone_fixture_token_requests(e.ks), ==, 0); /* no fill, no token */
+
+        assert_fetch(&e, "img", "done", NULL);
+        g_assert_cmpuint(keystone_fixture_tokens_issued(e.ks), ==, 1);
+        g_assert_cmpuint(upstream_fixture_token_requests(e.fx, "ks-token-1"), ==, 2); /* record and data */
+        g_assert_true(test_bus_wait_stderr(e.bus, "The image endpoint from Keystone's catalog is", TEST_BUS_TIMEOUT_MS));
+        assert_no_secret_in_log(&e);
+        env_teardown(&e);
+}
+
+static void test_user_password(void) {
+        Env e;
+        env_setup(&e, USER_CREDENTIALS, 0400, /* with_url= */ true);
+        add_image(&e, "img", 64 * 1024, NULL);
+        env_start(&e);
+        assert_fetch(&e, "img", "done", NULL);
+        g_assert_cmpuint(keystone_fixture_tokens_issued(e.ks), ==, 1);
+        assert_no_secret_in_log(&e);
+        env_teardown(&e);
+}
+
+static void test_wrong_credentials(void) {
+        Env e;
+        env_setup(&e, "application_credential_id=" KEYSTONE_FIXTURE_APP_ID "\napplication_credential_secret=wrong\n",
+                  0600, /* with_url= */ true);
+        add_image(&e, "img", 4096, NULL);
+        env_start(&e);
+        assert_fetch(&e, "img", "failed", (const char *const[]) { "Keystone", "HTTP 401", "CredentialsFile=", NULL });
+        g_assert_cmpuint(keystone_fixture_token_requests(e.ks), ==, 1);
+        g_assert_cmpuint(upstream_fixture_requests(e.fx, "/v2/images/img"), ==, 0);
+        assert_no_secret_in_log(&e);
+        env_teardown(&e);
+}
+
+static void test_readable_credentials_refused(void) {
+        Env e;
+        env_setup(&e, APP_CREDENTIALS, 0644, /* with_url= */ true);
+        g_assert_false(test_bus_start_daemon(e.bus, NULL));
+        const char *log = test_bus_daemon_stderr(e.bus);
+        if (!strstr(log, e.credentials) || !strstr(log, "0644"))
+                g_error("the refusal does not name the file and its mode:\n%s", log);
+        env_teardown(&e);
+}
+
+/* Keystone revoked the daemon's token: the upstream answers 401, the daemon gets a new token once and
+ * the same request succeeds with it. */
+static void test_401_gets_new_token(void) {
+        Env e;
+        env_setup(&e, APP_CREDENTIALS, 0600, /* with_url= */ true);
+        add_image(&e, "one", 4096, NULL);
+        add_image(&e, "two", 4096, NULL);
+        env_start(&e);
+        assert_fetch(&e, "one", "done", NULL);
+        keystone_fixture_revoke_all(e.ks);
+        assert_fetch(&e, "two", "done", NULL);
+        g_assert_cmpuint(keystone_fixture_tokens_issued(e.ks), ==, 2);
+        g_assert_cmpuint(upstream_fixture_token_requests(e.fx, "ks-token-2"), ==, 2);
+        env_teardown(&e);
+}
+
+/* Tokens live 1.5 s; the image takes about 3 s (paced by the fixture): the daemon renews the token at
+ * 90% of its life while the fetch runs, and the next fetch, after the first token expired, uses the new
+ * one without a refusal. */
+static void test_token_refreshed_during_fetch(void) {
+        Env e;
+        env_setup(&e, APP_CREDENTIALS, 0600, /* with_url= */ true);
+        keystone_fixture_set_lifetime_ms(e.ks, 1500);
+        UpstreamImageOptions slow = { .rate = 256 * 1024 };
+        add_image(&e, "slow", 768 * 1024, &slow);
+        add_image(&e, "after", 4096, NULL);
+        env_start(&e);
+
+        assert_fetch(&e, "slow", "done", NULL);
+        g_assert_cmpuint(keystone_fixture_tokens_issued(e.ks), >=, 2); /* renewed while it ran */
+        g_assert_false(keystone_fixture_token_valid("ks-token-1", e.ks)); /* the first one is over */
+        unsigned issued = keystone_fixture_tokens_issued(e.ks);
+        assert_fetch(&e, "after", "done", NULL);
+        g_autofree char *token = g_strdup_printf("ks-token-%u", keystone_fixture_tokens_issued(e.ks));
+        g_assert_cmpuint(upstream_fixture_token_requests(e.fx, token), >=, 2);
+        g_assert_cmpuint(upstream_fixture_token_requests(e.fx, "ks-token-1"), ==, 2); /* slow's record and data */
+        g_assert_cmpuint(keystone_fixture_tokens_issued(e.ks), >=, issued);
+        env_teardown(&e);
+}
+
+int main(int argc, char *argv[]) {
+        g_test_init(&argc, &argv, NULL);
+        g_test_add_func("/keystone-daemon/application-credential-catalog", test_application_credential_catalog);
+        g_test_add_func("/keystone-daemon/user-password", test_user_password);
+        g_test_add_func("/keystone-daemon/wrong-credentials", test_wrong_credentials);
+        g_test_add_func("/keystone-daemon/readable-credentials-refused", test_readable_credentials_refused);
+        g_test_add_func("/keystone-daemon/401-gets-new-token", test_401_gets_new_token);
+        g_test_add_func("/keystone-daemon/token-refreshed-during-fetch", test_token_refreshed_during_fetch);
+        return g_test_run();
+}
