@@ -198,8 +198,13 @@ int curl_loop_add(CurlLoop *l, CURL *easy, CurlTask *t) {
         return 0;
 }
 
-void curl_loop_remove(CurlLoop *l, CURL *easy) {
-        (void) curl_multi_remove_handle(l->multi, easy);
+void curl_loop_discard(CurlLoop *l, CURL **easy) {
+        if (!*easy)
+                return;
+        if (l)
+                (void) curl_multi_remove_handle(l->multi, *easy);
+        curl_easy_cleanup(*easy);
+        *easy = NULL;
 }
 
 uint64_t curl_loop_turns(const CurlLoop *l) {

@@ -24,7 +24,9 @@ int curl_loop_new(sd_event *event, CurlLoop **ret);
 CurlLoop *curl_loop_free(CurlLoop *l); /* the transfers must be gone */
 
 int curl_loop_add(CurlLoop *l, CURL *easy, CurlTask *t);
-void curl_loop_remove(CurlLoop *l, CURL *easy);  /* without completion; fine for a handle not added */
+/* Ends a transfer without its completion (fine for a handle not added, or already completed) and frees
+ * the handle; *easy is NULL afterwards. l may be NULL when the loop is gone. */
+void curl_loop_discard(CurlLoop *l, CURL **easy);
 
 /* Delivers the completions curl has for us. The loop does so after every action; call it after a
  * curl_easy_pause() that may have let a transfer finish. */

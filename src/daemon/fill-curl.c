@@ -40,11 +40,7 @@ static void response_headers_reset(CurlTransfer *t) {
 static void transfer_free(CurlTransfer *t) {
         if (!t)
                 return;
-        if (t->easy) {
-                if (t->fill->fetcher)
-                        curl_loop_remove(t->fill->fetcher->curl, t->easy);
-                curl_easy_cleanup(t->easy);
-        }
+        curl_loop_discard(t->fill->fetcher ? t->fill->fetcher->curl : NULL, &t->easy);
         curl_slist_free_all(t->request_headers);
         response_headers_reset(t);
         free(t);

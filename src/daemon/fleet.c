@@ -336,11 +336,7 @@ struct FleetQuery {
 };
 
 static void ask_done(FleetAsk *a) {
-        if (a->easy) {
-                curl_loop_remove(a->query->curl, a->easy);
-                curl_easy_cleanup(a->easy);
-                a->easy = NULL;
-        }
+        curl_loop_discard(a->query->curl, &a->easy);
         curl_slist_free_all(a->headers);
         a->headers = NULL;
 }
@@ -360,8 +356,6 @@ static void on_ask_done(CurlTask *t, CURL *easy, CURLcode code) {
 
         if (code == CURLE_OK && curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &status) == CURLE_OK && status == 200)
                 g_ptr_array_add(q->holders, g_strdup(a->node));
-        curl_easy_cleanup(a->easy);
-        a->easy = NULL;
         ask_done(a);
         if (--q->n_pending == 0)
                 (void) sd_event_source_set_enabled(q->done_source, SD_EVENT_ONESHOT);

@@ -46,7 +46,6 @@ struct Request {
         bool http10;           /* an HTTP/1.0 client: no chunked encoding */
         bool bad_target;       /* the decoded target held a control byte */
         bool from_peer;        /* a node of the fleet asks (fleet.h): the peer secret was checked */
-        bool only_if_cached;   /* Cache-Control: only-if-cached: a miss is answered 504, nothing fetched */
 
         /* Waiting with the connection suspended for an answer of the upstream (not a fill): a read
          * verdict or the metadata for a HEAD. */

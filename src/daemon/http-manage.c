@@ -334,6 +334,7 @@ char *http_metrics_render(const HttpManageContext *ctx, const HttpCounters *coun
         size_t size = 0;
 
         ctx->ops->metrics(ctx->userdata, &ext);
+#define FLEET_ONLY(v) (ext.fleet ? (v) : UINT64_MAX)
 
         const struct {
                 const char *name, *type, *help;
@@ -357,35 +358,29 @@ char *http_metrics_render(const HttpManageContext *ctx, const HttpCounters *coun
                   ext.transfers_active },
                 { "imgcache_transfers_started_total", "counter", "Fills from the upstream started.", ext.transfers_started },
                 { "imgcache_transfers_failed_total", "counter", "Fills from the upstream that failed.", ext.transfers_failed },
-        };
-        const struct {
-                const char *name, *type, *help;
-                uint64_t value;
-        } fleet[] = {
+                /* The fleet tier's, with a [Fleet] only. */
                 { "imgcache_fleet_fetched_from_peers_bytes_total", "counter", "Image bytes fills took from peers of the fleet.",
-                  ext.fleet_bytes_from_peers },
+                  FLEET_ONLY(ext.fleet_bytes_from_peers) },
                 { "imgcache_fleet_fetched_from_origin_bytes_total", "counter", "Image bytes fills took from the upstream.",
-                  ext.fleet_bytes_from_origin },
+                  FLEET_ONLY(ext.fleet_bytes_from_origin) },
                 { "imgcache_fleet_served_to_peers_bytes_total", "counter", "Image bytes sent to peers of the fleet.",
-                  counters->bytes_to_peers },
+                  FLEET_ONLY(counters->bytes_to_peers) },
                 { "imgcache_fleet_origin_fetches_saved_total", "counter", "Images kept that a peer supplied instead of the upstream.",
-                  ext.fleet_origin_fetches_saved },
+                  FLEET_ONLY(ext.fleet_origin_fetches_saved) },
                 { "imgcache_fleet_peer_failovers_total", "counter", "Times a fill left a failing peer for the next source.",
-                  ext.fleet_peer_failovers },
+                  FLEET_ONLY(ext.fleet_peer_failovers) },
         };
 
+#undef FLEET_ONLY
         FILE *f = open_memstream(&buf, &size);
         if (!f)
                 return NULL;
 
         for (size_t i = 0; i < ELEMENTSOF(metrics); i++)
-                if (metrics[i].value != UINT64_MAX) /* unknown (a filesystem that cannot be examined): left out */
+                if (metrics[i].value != UINT64_MAX) /* unknown (a filesystem that cannot be examined) or not configured: left out */
                         fprintf(f, "# HELP %s %s\n# TYPE %s %s\n%s %" PRIu64 "\n",
                                 metrics[i].name, metrics[i].help, metrics[i].name, metrics[i].type,
                                 metrics[i].name, metrics[i].value);
-        for (size_t i = 0; ext.fleet && i < ELEMENTSOF(fleet); i++)
-                fprintf(f, "# HELP %s %s\n# TYPE %s %s\n%s %" PRIu64 "\n", fleet[i].name, fleet[i].help, fleet[i].name,
-                        fleet[i].type, fleet[i].name, fleet[i].value);
 
         if (ferror(f) || fclose(f) != 0) {
                 free(buf);

@@ -195,7 +195,8 @@ static enum MHD_Result serve_image(HttpServer *s, Request *req, struct MHD_Conne
                         return (enum MHD_Result) r;
                 /* Deleted since the index said so: fetch it again. */
         }
-        if (req->only_if_cached)
+        /* Looked at on a miss only: a hit never parses it. */
+        if (http_cache_control_has(http_header(c, MHD_HTTP_HEADER_CACHE_CONTROL), "only-if-cached"))
                 return http_respond_text(c, MHD_HTTP_GATEWAY_TIMEOUT, "Not cached here\n");
 
         return http_serve_miss(s, req, c);
@@ -321,7 +322,6 @@ static enum MHD_Result authorize_peer(HttpServer *s, Request *req, struct MHD_Co
 static enum MHD_Result authorize_image(HttpServer *s, Request *req, struct MHD_Connection *c) {
         int r;
 
-        req->only_if_cached = http_cache_control_has(http_header(c, MHD_HTTP_HEADER_CACHE_CONTROL), "only-if-cached");
         if (http_header(c, FLEET_HEADER_PEER))
                 return authorize_peer(s, req, c);
 

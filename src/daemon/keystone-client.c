@@ -55,10 +55,7 @@ static void wipe(char *s) {
 static void request_free(Keystone *k, KeystoneRequest *q) {
         if (!q)
                 return;
-        if (q->easy) {
-                curl_loop_remove(k->loop, q->easy);
-                curl_easy_cleanup(q->easy);
-        }
+        curl_loop_discard(k->loop, &q->easy);
         curl_slist_free_all(q->headers);
         wipe(q->subject_token);
         free(q->subject_token);

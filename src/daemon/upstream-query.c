@@ -156,10 +156,7 @@ static void wipe_headers(struct curl_slist *l) {
 UpstreamQuery *upstream_query_free(UpstreamQuery *q) {
         if (!q)
                 return NULL;
-        if (q->curl) {
-                curl_loop_remove(q->loop, q->curl);
-                curl_easy_cleanup(q->curl);
-        }
+        curl_loop_discard(q->loop, &q->curl);
         wipe_headers(q->headers);
         curl_slist_free_all(q->headers);
         free(q->body);
