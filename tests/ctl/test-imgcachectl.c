@@ -1383,7 +1383,7 @@ static void test_help(Fixture *f, gconstpointer data) {
                 "status", "list", "list-cached", "list-queued", "show", "queue", "queue-image", "dequeue",
                 "delete-queued-image", "dequeue-all", "delete-all-queued-images", "delete", "delete-cached-image",
                 "delete-all", "delete-all-cached-images", "prune", "clean", "prefetch", "fetch", "verify", "jobs",
-                "cancel", "pins", "pin",
+                "cancel", "pins", "pin", "fleet",
         };
 
         assert_success(h);
@@ -1481,11 +1481,11 @@ static void test_completion_bash(Fixture *f, gconstpointer data) {
                 const char *w[] = { ctl, "", NULL };
                 g_autofree char *out = bash_complete(w, NULL);
                 const char *expected[] = { "status", "list", "list-cached", "delete", "delete-all-cached-images",
-                                           "dequeue", "prefetch", "fetch", "verify", "jobs", "cancel", NULL };
+                                           "dequeue", "prefetch", "fetch", "verify", "jobs", "cancel", "fleet", NULL };
                 g_auto(GStrv) l = lines(out);
 
                 assert_has_lines(out, expected);
-                g_assert_cmpuint(g_strv_length(l), ==, 24);
+                g_assert_cmpuint(g_strv_length(l), ==, 25);
         }
         {
                 const char *w[] = { ctl, "de", NULL };
