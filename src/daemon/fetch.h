@@ -126,6 +126,8 @@ uint64_t fill_bytes_total(const Fill *f);      /* UINT64_MAX while unknown */
 int fill_error(const Fill *f);                 /* 0 unless FAILED/CANCELLED */
 const char *fill_error_message(const Fill *f); /* NULL unless FAILED/CANCELLED */
 bool fill_kept(const Fill *f);                 /* DONE and stored (false: streamed through, too large) */
+bool fill_from_peer(const Fill *f);            /* the image's bytes are asked of a peer now, not the origin */
+usec_t fill_started_usec(const Fill *f);       /* CLOCK_MONOTONIC when the fill was created */
 /* The digest the fill verifies against, once its headers are accepted; false while none is known. */
 bool fill_expected(const Fill *f, Checksum *ret);
 /* Reads the image's bytes at offset, up to fill_bytes_written(), wherever they are (on disk, or still

@@ -122,6 +122,7 @@ struct Fill {
         Fetcher *fetcher;        /* NULL once the fetcher is gone */
         char *id;
         FillStep step;
+        usec_t started_usec;     /* CLOCK_MONOTONIC when created */
 
         bool has_caller_expected;
         Checksum caller_expected;
@@ -255,9 +256,6 @@ void fill_abandon(Fill *f);                /* the fetcher is going: finish now, 
 void fill_token_refreshed(Fill *f);        /* REAUTHENTICATING: a new token is there, ask again */
 void fill_fail_with(Fill *f, int error, const char *message); /* WAITING or REAUTHENTICATING: no token */
 _printf_(3, 4) int fill_set_error(Fill *f, int error, const char *fmt, ...);
-
-/* fill.c, for fill-response.c: the image is asked of a peer (not the origin) */
-bool fill_from_peer(const Fill *f);
 
 /* fill.c, for the transport */
 FillIntake fill_on_headers(Fill *f, const FillResponse *r);

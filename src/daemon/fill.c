@@ -153,6 +153,10 @@ bool fill_from_peer(const Fill *f) {
         return f->phase == PHASE_IMAGE && f->sources && f->sources[f->source];
 }
 
+usec_t fill_started_usec(const Fill *f) {
+        return f->started_usec;
+}
+
 static int fill_request(Fill *f, const char *url) {
         Fetcher *fe = f->fetcher;
         bool peer = fill_from_peer(f);
@@ -895,6 +899,7 @@ Fill *fill_new(Fetcher *fe, const char *id, const Checksum *expected, FetchFlags
                 .fetcher = fe,
                 .id = strdup(id),
                 .step = STEP_WAITING,
+                .started_usec = now_usec(CLOCK_MONOTONIC),
                 .read_fd = -EBADF,
                 .bytes_total = UINT64_MAX,
                 .cap = UINT64_MAX,

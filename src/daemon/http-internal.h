@@ -41,6 +41,7 @@ struct Request {
         HttpMethod method;
         bool count_body;       /* add body_size to bytes_served when the response completes */
         uint64_t body_size;
+        unsigned status;       /* of the response queued; 0: none (yet) */
         Stream *waiting;       /* a miss waiting for the fill's headers */
         bool begun;            /* request_begin() ran */
         bool http10;           /* an HTTP/1.0 client: no chunked encoding */
@@ -112,6 +113,8 @@ struct HttpServer {
 };
 
 /* http.c */
+/* The request being answered on c (NULL before its headers are read); for what every response notes. */
+Request *http_connection_request(struct MHD_Connection *c);
 /* Runs MHD on the next iteration of the loop (coalesced): after a resume, or to let it clean up. */
 void http_server_schedule_run(HttpServer *s);
 /* Suspends the connection of req until the upstream answers (HttpServer.waiting). */

@@ -328,6 +328,45 @@ int http_manage_dispatch(const HttpManageContext *ctx, const HttpRouteMatch *rou
         }
 }
 
+typedef struct Metric {
+        const char *name, *type, *help;
+        uint64_t value; /* UINT64_MAX: unknown (a filesystem that cannot be examined) or not configured */
+} Metric;
+
+static void write_metrics(FILE *f, const Metric *metrics, size_t n) {
+        for (size_t i = 0; i < n; i++)
+                if (metrics[i].value != UINT64_MAX) {
+                        metrics_family(f, metrics[i].name, metrics[i].type, metrics[i].help);
+                        metrics_sample(f, metrics[i].name, NULL, NULL, metrics[i].value);
+                }
+}
+
+static void write_labelled_metrics(FILE *f, const HttpCounters *counters, const HttpMetrics *ext) {
+        static const char *const classes[] = { NULL, "1xx", "2xx", "3xx", "4xx", "5xx" };
+
+        metrics_family(f, "imgcache_http_responses_total", "counter", "HTTP responses sent, by status class.");
+        for (size_t i = 1; i < ELEMENTSOF(classes); i++)
+                metrics_sample(f, "imgcache_http_responses_total", "code", classes[i], counters->responses[i]);
+
+        metrics_family(f, "imgcache_served_bytes_total", "counter",
+                       "Image bytes sent to HTTP clients, by where they came from (a hit, or a fill from the "
+                       "upstream or a peer).");
+        for (ServeSource src = 0; src < _SERVE_SOURCE_MAX; src++)
+                metrics_sample(f, "imgcache_served_bytes_total", "source", serve_source_to_string(src),
+                               counters->served_bytes[src]);
+
+        metrics_family(f, "imgcache_upstream_errors_total", "counter",
+                       "Fills that failed by the upstream's (or a peer's) doing, by kind.");
+        for (UpstreamErrorKind k = 0; k < _UPSTREAM_ERROR_MAX; k++)
+                metrics_sample(f, "imgcache_upstream_errors_total", "kind", upstream_error_kind_to_string(k),
+                               ext->upstream_errors ? ext->upstream_errors[k] : 0);
+
+        if (ext->fill_durations)
+                metrics_histogram(f, "imgcache_fill_duration_seconds",
+                                  "Time from the start of a fill to the image kept, of fills that completed.",
+                                  ext->fill_durations);
+}
+
 char *http_metrics_render(const HttpManageContext *ctx, const HttpCounters *counters) {
         HttpMetrics ext = {};
         char *buf = NULL;
@@ -336,10 +375,7 @@ char *http_metrics_render(const HttpManageContext *ctx, const HttpCounters *coun
         ctx->ops->metrics(ctx->userdata, &ext);
 #define FLEET_ONLY(v) (ext.fleet ? (v) : UINT64_MAX)
 
-        const struct {
-                const char *name, *type, *help;
-                uint64_t value;
-        } metrics[] = {
+        const Metric metrics[] = {
                 { "imgcache_http_requests_total", "counter", "HTTP requests answered.", counters->requests },
                 { "imgcache_http_connections", "gauge", "Open HTTP connections.", counters->connections },
                 { "imgcache_hits_total", "counter", "Images answered from the cache (HTTP GETs and OpenImage).",
@@ -353,6 +389,10 @@ char *http_metrics_render(const HttpManageContext *ctx, const HttpCounters *coun
                 { "imgcache_free_bytes", "gauge", "Bytes available on the cache's filesystem.", ext.free_bytes },
                 { "imgcache_keep_free_bytes", "gauge", "KeepFree= in bytes: the daemon prunes when free space falls below.",
                   ext.keep_free_bytes },
+                { "imgcache_cache_max_size_bytes", "gauge", "MaxSize= in bytes: the daemon prunes above.",
+                  ext.max_size_bytes },
+                { "imgcache_queue_images", "gauge", "Images queued for prefetching.", ext.queued },
+                { "imgcache_pins", "gauge", "Pins held on cached images.", ext.pins },
                 { "imgcache_evictions_total", "counter", "Images pruned or evicted to make room.", ext.evictions },
                 { "imgcache_transfers_active", "gauge", "Fills from the upstream not finished yet.",
                   ext.transfers_active },
@@ -376,11 +416,8 @@ char *http_metrics_render(const HttpManageContext *ctx, const HttpCounters *coun
         if (!f)
                 return NULL;
 
-        for (size_t i = 0; i < ELEMENTSOF(metrics); i++)
-                if (metrics[i].value != UINT64_MAX) /* unknown (a filesystem that cannot be examined) or not configured: left out */
-                        fprintf(f, "# HELP %s %s\n# TYPE %s %s\n%s %" PRIu64 "\n",
-                                metrics[i].name, metrics[i].help, metrics[i].name, metrics[i].type,
-                                metrics[i].name, metrics[i].value);
+        write_metrics(f, metrics, ELEMENTSOF(metrics));
+        write_labelled_metrics(f, counters, &ext);
 
         if (ferror(f) || fclose(f) != 0) {
                 free(buf);

@@ -14,6 +14,9 @@ enum MHD_Result http_queue_response(struct MHD_Connection *c, unsigned status, s
         if (!resp)
                 return MHD_NO;  /* OOM: MHD closes the connection */
         ret = MHD_queue_response(c, status, resp);
+        Request *req = http_connection_request(c);
+        if (req && ret == MHD_YES)
+                req->status = status;  /* counted by class when the request completes */
         MHD_destroy_response(resp);
         return ret;
 }

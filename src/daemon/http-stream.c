@@ -169,6 +169,8 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max) {
         }
 
         st->server->ops->count_bytes_served(st->server->userdata, (uint64_t) k);
+        st->server->counters.served_bytes[fill_from_peer(st->fill) ? SERVE_SOURCE_PEER : SERVE_SOURCE_UPSTREAM] +=
+                (uint64_t) k;
         if (st->to_peer)
                 st->server->counters.bytes_to_peers += (uint64_t) k;
         return k;

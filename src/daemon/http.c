@@ -394,6 +394,11 @@ static HttpConnection *connection_context(struct MHD_Connection *c) {
         return info ? info->socket_context : NULL;
 }
 
+Request *http_connection_request(struct MHD_Connection *c) {
+        HttpConnection *hc = connection_context(c);
+        return hc ? &hc->request : NULL;
+}
+
 static enum MHD_Result http_on_request(void *cls, struct MHD_Connection *c, const char *url, const char *method,
                                        const char *version, const char *upload_data, size_t *upload_data_size,
                                        void **req_cls) {
@@ -478,9 +483,12 @@ static void http_on_completed(void *cls, struct MHD_Connection *c, void **req_cl
         request_unlink(req);
         if (req->count_body && toe == MHD_REQUEST_TERMINATED_COMPLETED_OK) {
                 s->ops->count_bytes_served(s->userdata, req->body_size);
+                s->counters.served_bytes[SERVE_SOURCE_CACHE] += req->body_size;
                 if (req->from_peer)
                         s->counters.bytes_to_peers += req->body_size;
         }
+        if (req->status >= 100 && req->status < 600)
+                s->counters.responses[req->status / 100]++;
         s->counters.requests++;
         *req = (Request) {};
         *req_cls = NULL;

@@ -6,6 +6,7 @@
 #include <systemd/sd-event.h>
 
 #include "config.h"
+#include "metrics.h"
 #include "store.h"
 
 /* The HTTP side of imgcached: libmicrohttpd in external-epoll mode on the daemon's sd-event loop, serving
@@ -35,6 +36,8 @@ typedef struct HttpCounters {
         uint64_t requests;      /* requests answered */
         unsigned connections;   /* open right now */
         uint64_t bytes_to_peers; /* image body bytes sent to nodes of the fleet */
+        uint64_t responses[6];  /* by status class: [2] is 2xx; [0] unused */
+        uint64_t served_bytes[_SERVE_SOURCE_MAX]; /* image body bytes sent, by where they came from */
 } HttpCounters;
 
 /* What /metrics reports that the HTTP server does not count itself. */
@@ -49,6 +52,11 @@ typedef struct HttpMetrics {
         uint64_t transfers_failed;   /* fills that failed */
         uint64_t free_bytes;         /* available on the cache's filesystem; UINT64_MAX: unknown */
         uint64_t keep_free_bytes;    /* KeepFree= resolved; UINT64_MAX: unknown */
+        uint64_t max_size_bytes;     /* MaxSize= resolved; UINT64_MAX: unknown */
+        unsigned queued;             /* images in queue/ */
+        unsigned pins;               /* pins held (PinImage) */
+        const Histogram *fill_durations; /* of fills that ended, in seconds */
+        const uint64_t *upstream_errors; /* [_UPSTREAM_ERROR_MAX]: fills failed, by the upstream's fault */
         bool fleet;                  /* a [Fleet] is configured: the fleet's series are shown */
         uint64_t fleet_bytes_from_peers, fleet_bytes_from_origin, fleet_origin_fetches_saved, fleet_peer_failovers;
 } HttpMetrics;

@@ -37,8 +37,15 @@ static void on_fill_finished(Fetcher *fe, Fill *f, void *userdata) {
         Manager *m = userdata;
 
         m->bytes_fetched += fill_bytes_written(f);
-        if (fill_state(f) != FILL_DONE)
+        if (fill_state(f) == FILL_DONE)
+                histogram_observe(&m->fill_durations,
+                                  (double) (now_usec(CLOCK_MONOTONIC) - fill_started_usec(f)) / USEC_PER_SEC);
+        else {
+                UpstreamErrorKind k = upstream_error_kind_from_errno(fill_error(f));
                 m->fills_failed++;
+                if (k >= 0)
+                        m->upstream_errors[k]++;
+        }
         retry_fill_ended(m, f);
 }
 

@@ -249,10 +249,16 @@ static void http_metrics(void *userdata, HttpMetrics *ret) {
                 .transfers_failed = m->fills_failed,
                 .free_bytes = UINT64_MAX,
                 .keep_free_bytes = UINT64_MAX,
+                .max_size_bytes = UINT64_MAX,
+                .queued = manager_queued_count(m),
+                .pins = m->n_pins,
+                .fill_durations = &m->fill_durations,
+                .upstream_errors = m->upstream_errors,
         };
         if (m->cache)
                 (void) image_cache_fs_space(m->cache, NULL, &ret->free_bytes);
         (void) manager_keep_free(m, &ret->keep_free_bytes);
+        (void) manager_max_size(m, &ret->max_size_bytes);
         if (m->fleet && m->fetcher) {
                 const FleetCounters *fc = fetcher_fleet_counters(m->fetcher);
                 ret->fleet = true;

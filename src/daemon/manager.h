@@ -11,6 +11,7 @@
 #include "checksum.h"
 #include "config.h"
 #include "fetch.h"
+#include "metrics.h"
 #include "store.h"
 #include "util.h"
 
@@ -119,6 +120,8 @@ typedef struct Manager {
         uint64_t hits, misses, bytes_served; /* since start */
         HttpServer *http;             /* the HTTP side (http.h); NULL when it could not listen */
         uint64_t evictions, bytes_fetched, fills_started, fills_failed; /* for /metrics, since start */
+        Histogram fill_durations;     /* of fills that completed, in seconds */
+        uint64_t upstream_errors[_UPSTREAM_ERROR_MAX]; /* fills that failed, by the upstream's fault */
 
         sd_event_source *properties_timer;
         sd_event_source *flush_timer;

@@ -239,6 +239,12 @@ const char *fill_error_message(const Fill *f) {
 bool fill_kept(const Fill *f) {
         return f->kept;
 }
+bool fill_from_peer(const Fill *f) {
+        return false;
+}
+usec_t fill_started_usec(const Fill *f) {
+        return 0;
+}
 ssize_t fill_pread(const Fill *f, void *buf, size_t size, uint64_t offset) {
         return pread_retry(f->fd, buf, size, offset);
 }

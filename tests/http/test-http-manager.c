@@ -299,6 +299,107 @@ static void test_delete_pinned(Fixture *f, gconstpointer user) {
         g_assert_false(g_file_test(image, G_FILE_TEST_EXISTS));
 }
 
+/* The series of /metrics as name{labels} → value, parsed strictly: every line a HELP or TYPE comment or a
+ * sample with a value, every sample under a TYPE given before it. */
+static GHashTable *parse_metrics(const char *text) {
+        g_autoptr(GHashTable) typed = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+        GHashTable *series = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
+        g_auto(GStrv) lines = g_strsplit(text, "\n", -1);
+
+        for (char **l = lines; *l && **l; l++) {
+                g_auto(GStrv) w = g_strsplit(*l, " ", 4);
+                if (g_str_has_prefix(*l, "# TYPE ")) {
+                        g_assert_cmpuint(g_strv_length(w), ==, 4);
+                        g_hash_table_add(typed, g_strdup(w[2]));
+                        continue;
+                }
+                if (g_str_has_prefix(*l, "# HELP "))
+                        continue;
+                g_assert_cmpuint(g_strv_length(w), ==, 2);
+                g_autofree char *family = g_strndup(w[0], strcspn(w[0], "{"));
+                const char *suffixes[] = { "", "_bucket", "_sum", "_count" };
+                bool known = false;
+                for (size_t i = 0; i < G_N_ELEMENTS(suffixes) && !known; i++)
+                        if (g_str_has_suffix(family, suffixes[i])) {
+                                g_autofree char *base = g_strndup(family, strlen(family) - strlen(suffixes[i]));
+                                known = g_hash_table_contains(typed, base);
+                        }
+                g_assert_true(known);
+                char *end;
+                (void) g_ascii_strtod(w[1], &end);
+                g_assert_true(*end == 0);
+                g_hash_table_insert(series, g_strdup(w[0]), g_strdup(w[1]));
+        }
+        return series;
+}
+
+static guint64 series_value(GHashTable *series, const char *name) {
+        const char *v = g_hash_table_lookup(series, name);
+        if (!v)
+                g_error("/metrics lacks %s", name);
+        return g_ascii_strtoull(v, NULL, 10);
+}
+
+/* promtool's lint: exit 0, nothing to complain about. */
+static void check_with_promtool(const char *text) {
+        g_autoptr(GSubprocess) p = NULL;
+        g_autoptr(GBytes) in = g_bytes_new(text, strlen(text)), out = NULL, err = NULL;
+        g_autoptr(GError) error = NULL;
+
+        p = g_subprocess_new(G_SUBPROCESS_FLAGS_STDIN_PIPE | G_SUBPROCESS_FLAGS_STDOUT_PIPE |
+                                     G_SUBPROCESS_FLAGS_STDERR_PIPE,
+                             &error, "promtool", "check", "metrics", NULL);
+        g_assert_no_error(error); /* promtool comes with tools/install-deps (Debian's prometheus) */
+        g_assert_true(g_subprocess_communicate(p, in, NULL, &out, &err, &error));
+        g_assert_no_error(error);
+        if (!g_subprocess_get_if_exited(p) || g_subprocess_get_exit_status(p) != 0 || g_bytes_get_size(out) > 0 ||
+            g_bytes_get_size(err) > 0)
+                g_error("promtool check metrics: %.*s%.*s", (int) g_bytes_get_size(out),
+                        (const char *) g_bytes_get_data(out, NULL), (int) g_bytes_get_size(err),
+                        (const char *) g_bytes_get_data(err, NULL));
+}
+
+/* /metrics counts what was done, with the labels an operator filters on, and passes promtool's lint. */
+static void test_metrics_labelled(Fixture *f, gconstpointer user) {
+        g_autofree char *text = NULL;
+        g_autoptr(GHashTable) series = NULL;
+
+        g_assert_cmpint(upstream_fixture_add_image(f->fx, "/images/img-m", f->data, IMAGE_SIZE, NULL), ==, 0);
+        start_daemon(f, false);
+
+        /* A miss (kept by the time its last byte arrives), a hit, a 100-byte range of the hit: 2xx. */
+        g_assert_cmpint(http_request(f, "GET", "/images/img-m", NULL, NULL), ==, 200);
+        g_assert_cmpint(http_request(f, "GET", "/images/img-m", NULL, NULL), ==, 200);
+        g_assert_cmpint(http_request(f, "GET", "/images/img-m", "Range: bytes=100-199", NULL), ==, 206);
+        g_assert_cmpint(http_request(f, "PUT", "/v2/cache/img-q", TOKEN, NULL), ==, 202);
+        /* An image the upstream does not have, and an id that is not one: 4xx. */
+        g_assert_cmpint(http_request(f, "GET", "/images/nosuch", NULL, NULL), ==, 404);
+        g_assert_cmpint(http_request(f, "GET", "/images/bad%0Aid", NULL, NULL), ==, 400);
+        int fd = test_bus_call_fd(f->bus, NULL, "PinImage", g_variant_new("(ss)", "img-m", "metrics"));
+
+        g_assert_cmpint(http_request(f, "GET", "/metrics", NULL, &text), ==, 200);
+        check_with_promtool(text);
+        series = parse_metrics(text);
+
+        g_assert_cmpuint(series_value(series, "imgcache_http_responses_total{code=\"2xx\"}"), ==, 4);
+        g_assert_cmpuint(series_value(series, "imgcache_http_responses_total{code=\"4xx\"}"), ==, 2);
+        g_assert_cmpuint(series_value(series, "imgcache_http_responses_total{code=\"5xx\"}"), ==, 0);
+        g_assert_cmpuint(series_value(series, "imgcache_served_bytes_total{source=\"upstream\"}"), ==, IMAGE_SIZE);
+        g_assert_cmpuint(series_value(series, "imgcache_served_bytes_total{source=\"cache\"}"), ==, IMAGE_SIZE + 100);
+        g_assert_cmpuint(series_value(series, "imgcache_served_bytes_total{source=\"peer\"}"), ==, 0);
+        g_assert_cmpuint(series_value(series, "imgcache_upstream_errors_total{kind=\"not_found\"}"), ==, 1);
+        g_assert_cmpuint(series_value(series, "imgcache_upstream_errors_total{kind=\"integrity\"}"), ==, 0);
+        g_assert_cmpuint(series_value(series, "imgcache_fill_duration_seconds_count"), ==, 1);
+        g_assert_cmpuint(series_value(series, "imgcache_fill_duration_seconds_bucket{le=\"+Inf\"}"), ==, 1);
+        g_assert_cmpuint(series_value(series, "imgcache_queue_images"), ==, 1);
+        g_assert_cmpuint(series_value(series, "imgcache_pins"), ==, 1);
+        g_assert_cmpuint(series_value(series, "imgcache_cache_images"), ==, 1);
+        g_assert_cmpuint(series_value(series, "imgcache_cache_max_size_bytes"), >, 0);
+        g_assert_cmpuint(series_value(series, "imgcache_free_bytes"), >, 0);
+        g_assert_cmpuint(series_value(series, "imgcache_transfers_active"), ==, 0);
+        close(fd);
+}
+
 int main(int argc, char *argv[]) {
         g_test_init(&argc, &argv, NULL);
         g_assert_cmpint(curl_global_init(CURL_GLOBAL_DEFAULT), ==, CURLE_OK);
@@ -309,6 +410,7 @@ int main(int argc, char *argv[]) {
         ADD("/http-manager/misses-never-decrease", test_misses_never_decrease);
         ADD("/http-manager/dequeue-all-drops-checksums", test_dequeue_all_drops_checksums);
         ADD("/http-manager/delete-pinned", test_delete_pinned);
+        ADD("/http-manager/metrics-labelled", test_metrics_labelled);
 
         int r = g_test_run();
         curl_global_cleanup();
