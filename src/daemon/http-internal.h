@@ -10,6 +10,7 @@
 
 #include "fetch.h"
 #include "fleet.h"
+#include "hit-cache.h"
 #include "http-limits.h"
 #include "http-util.h"
 #include "http.h"
@@ -107,6 +108,7 @@ struct HttpServer {
         PeerFill *peer_fills;
         ReadGuard *read_guard;
         TtlCache *not_found;     /* ids the upstream recently said it does not have (NotFoundCacheSec=) */
+        HitCache *hit_cache;     /* open files and header values of images hit lately */
         Request *waiting;        /* requests suspended for an answer of the upstream */
         Fleet *fleet;            /* borrowed; NULL: no [Fleet] */
         bool stopping;

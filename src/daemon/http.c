@@ -25,80 +25,94 @@
 
 /* ---- hits --------------------------------------------------------------------------------------- */
 
+/* The body of a small hit, copied: one sendmsg of headers and body instead of a send and a sendfile,
+ * which is fewer syscalls and one TCP segment instead of two (the client wakes once). NULL on failure. */
+static struct MHD_Response *small_body_response(const HitFile *hf, uint64_t start, uint64_t length) {
+        void *buf = malloc(MAX(length, 1U));
+
+        if (!buf)
+                return NULL;
+        if (pread_retry(hf->fd, buf, (size_t) length, start) != (ssize_t) length) {
+                free(buf);
+                return NULL;
+        }
+        return MHD_create_response_from_buffer((size_t) length, buf, MHD_RESPMEM_MUST_FREE);
+}
+
+/* The body of a larger hit: sendfile() from a duplicate of the cached fd, which MHD owns (and closes). */
+static struct MHD_Response *file_body_response(const HitFile *hf, uint64_t start, uint64_t length) {
+        int fd = fcntl(hf->fd, F_DUPFD_CLOEXEC, 3);
+        struct MHD_Response *resp;
+
+        if (fd < 0)
+                return NULL;
+        resp = MHD_create_response_from_fd_at_offset64(length, fd, start);
+        if (!resp)
+                safe_close(fd);
+        return resp;
+}
+
+static enum MHD_Result respond_not_modified(struct MHD_Connection *c, const HitFile *hf) {
+        struct MHD_Response *resp = MHD_create_response_from_buffer(0, NULL, MHD_RESPMEM_PERSISTENT);
+
+        if (!resp)
+                return MHD_NO;
+        if (hf->etag)
+                MHD_add_response_header(resp, MHD_HTTP_HEADER_ETAG, hf->etag);
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_LAST_MODIFIED, hf->last_modified_text);
+        return http_queue_response(c, MHD_HTTP_NOT_MODIFIED, resp);
+}
+
 /* Serves a cached image. Returns MHD_YES/MHD_NO, or -1 when the file vanished under us (deleted or
  * pruned since the lookup): the caller then treats the request as a miss. */
 static int serve_hit(HttpServer *s, Request *req, struct MHD_Connection *c, const CacheEntry *e) {
-        char etag_buf[HTTP_ETAG_MAX], lm[HTTP_DATE_MAX];
-        const char *etag, *inm, *range;
-        uint64_t size = e->size, start = 0, length;
+        const char *inm, *range;
+        uint64_t start = 0, length;
         HttpRangeResult rr = HTTP_RANGE_NONE;
         struct MHD_Response *resp;
         unsigned status = MHD_HTTP_OK;
-        int fd = -EBADF;
+        const HitFile *hf;
 
-        etag = http_format_etag(e->checksum, e->size, e->last_modified, etag_buf, sizeof(etag_buf));
-        http_format_date(e->last_modified, lm);
+        int r = hit_cache_get(s->hit_cache, s->cache, e, &hf);
+        if (r < 0)
+                return r == -ENOENT ? -1 : (int) http_respond_text(c, 500, "Failed to open the image\n");
 
         /* If-None-Match wins over If-Modified-Since (RFC 9110 §13.2.2). */
         inm = http_header(c, MHD_HTTP_HEADER_IF_NONE_MATCH);
-        if (inm ? http_etag_list_matches(inm, etag)
-                : http_not_modified_since(http_header(c, MHD_HTTP_HEADER_IF_MODIFIED_SINCE), e->last_modified)) {
-                resp = MHD_create_response_from_buffer(0, NULL, MHD_RESPMEM_PERSISTENT);
-                if (!resp)
-                        return MHD_NO;
-                if (etag)
-                        MHD_add_response_header(resp, MHD_HTTP_HEADER_ETAG, etag);
-                MHD_add_response_header(resp, MHD_HTTP_HEADER_LAST_MODIFIED, lm);
-                return http_queue_response(c, MHD_HTTP_NOT_MODIFIED, resp);
-        }
+        if (inm ? http_etag_list_matches(inm, hf->etag)
+                : http_not_modified_since(http_header(c, MHD_HTTP_HEADER_IF_MODIFIED_SINCE), e->last_modified))
+                return respond_not_modified(c, hf);
 
-        if (req->method == HTTP_METHOD_GET) {
-                struct stat st;
-
-                int r = image_cache_open_file(s->cache, e->id, &fd);
-                if (r < 0)
-                        return r == -ENOENT ? -1 : (int) http_respond_text(c, 500, "Failed to open the image\n");
-                /* The file, not the index, decides what sendfile can deliver. */
-                if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
-                        safe_close(fd);
-                        return http_respond_text(c, 500, "Failed to open the image\n");
-                }
-                size = (uint64_t) st.st_size;
-
-                /* Range applies to GET only (RFC 9110 §14.2). */
-                range = http_header(c, MHD_HTTP_HEADER_RANGE);
-                if (range && http_if_range_matches(http_header(c, MHD_HTTP_HEADER_IF_RANGE), etag, e->last_modified))
-                        rr = http_range_parse(range, size, &start, &length);
-        }
+        /* Range applies to GET only (RFC 9110 §14.2). */
+        range = req->method == HTTP_METHOD_GET ? http_header(c, MHD_HTTP_HEADER_RANGE) : NULL;
+        if (range && http_if_range_matches(http_header(c, MHD_HTTP_HEADER_IF_RANGE), hf->etag, e->last_modified))
+                rr = http_range_parse(range, hf->size, &start, &length);
 
         switch (rr) {
         case HTTP_RANGE_UNSATISFIABLE:
-                safe_close(fd);
-                return http_respond_416(c, size);
+                return http_respond_416(c, hf->size);
         case HTTP_RANGE_SATISFIABLE:
                 status = MHD_HTTP_PARTIAL_CONTENT;
                 break;
         default:
                 start = 0;
-                length = size;
+                length = hf->size;
         }
 
-        if (req->method == HTTP_METHOD_GET)
-                /* sendfile(); MHD owns fd from here on, also on failure. */
-                resp = MHD_create_response_from_fd_at_offset64(length, fd, start);
-        else
+        if (req->method != HTTP_METHOD_GET)
                 resp = http_response_for_head(length);
-        if (!resp) {
-                safe_close(fd);
-                return MHD_NO;
-        }
+        else if (length <= HTTP_COPY_BODY_MAX)
+                resp = small_body_response(hf, start, length);
+        else
+                resp = file_body_response(hf, start, length);
+        if (!resp)
+                return http_respond_text(c, 500, "Failed to read the image\n");
 
-        http_add_image_headers(resp, etag, lm, true);
-        Checksum digest;
-        if (e->checksum && checksum_from_string(e->checksum, &digest) >= 0)
-                http_add_repr_digest(resp, &digest);
+        http_add_image_headers(resp, hf->etag, hf->last_modified_text, true);
+        if (hf->repr_digest[0])
+                MHD_add_response_header(resp, "Repr-Digest", hf->repr_digest);
         if (status == MHD_HTTP_PARTIAL_CONTENT)
-                http_add_content_range(resp, start, length, size);
+                http_add_content_range(resp, start, length, hf->size);
 
         if (req->method == HTTP_METHOD_GET) {
                 req->count_body = true;
@@ -688,6 +702,9 @@ int http_server_new(sd_event *event, ImageCache *cache, Fetcher *fetcher, const 
         r = ttl_cache_new(HTTP_NOT_FOUND_CACHE_MAX, &s->not_found);
         if (r < 0)
                 return r;
+        s->hit_cache = hit_cache_new();
+        if (!s->hit_cache)
+                return -ENOMEM;
 
         if (options && options->listen_fd >= 0)
                 fd = options->listen_fd;
@@ -812,6 +829,7 @@ HttpServer *http_server_free(HttpServer *s) {
                 http_peer_fill_free(s->peer_fills);
         read_guard_free(s->read_guard);
         ttl_cache_free(s->not_found);
+        hit_cache_free(s->hit_cache);
         peer_counts_free(s->peer_fill_counts);
         header_deadlines_free(s->header_deadlines);
 
@@ -842,6 +860,11 @@ int http_server_reconfigure(HttpServer *s, const Config *config) {
 
 void http_server_set_fleet(HttpServer *s, Fleet *fleet) {
         s->fleet = fleet;
+}
+
+void http_server_forget_image(HttpServer *s, const char *id) {
+        if (s)
+                hit_cache_forget(s->hit_cache, id);
 }
 
 const HttpCounters *http_server_counters(const HttpServer *s) {

@@ -23,7 +23,9 @@ typedef struct HttpServer HttpServer;
  * not time out). */
 #define HTTP_CONNECTION_TIMEOUT_SEC 60U
 /* Memory MHD may use per connection; bounds the request head (oversized heads get 431). */
-#define HTTP_CONNECTION_MEMORY_LIMIT (64U * 1024U)
+#define HTTP_CONNECTION_MEMORY_LIMIT (16U * 1024U)
+/* Hits of at most this many bytes are copied into the response instead of sent with sendfile(). */
+#define HTTP_COPY_BODY_MAX (16U * 1024U)
 /* Largest block a streamed miss hands MHD at a time (allocated with each miss response): larger blocks
  * mean fewer wake-ups per byte; 256 KiB took a miss from ~190 to ~310 MiB/s here. */
 #define HTTP_STREAM_BLOCK_SIZE (256U * 1024U)
@@ -110,6 +112,9 @@ static inline void http_server_freep(HttpServer **s) {
 int http_server_reconfigure(HttpServer *s, const Config *config);
 
 const HttpCounters *http_server_counters(const HttpServer *s);
+/* The image left the cache (deleted, pruned, invalid): its file is closed now, so its blocks are freed.
+ * s may be NULL. */
+void http_server_forget_image(HttpServer *s, const char *id);
 /* Serves the fleet's peers (their requests, GET /v2/cache/nodes/<id>); fleet is borrowed, NULL: none. */
 typedef struct Fleet Fleet;
 void http_server_set_fleet(HttpServer *s, Fleet *fleet);

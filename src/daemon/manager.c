@@ -406,6 +406,7 @@ static void on_image_removed(ImageCache *c, const char *id, uint64_t size, Remov
                 log_image(LOG_INFO, IMGCACHE_MESSAGE_IMAGE_REMOVED, id, "Image %s %s (%" PRIu64 " bytes).", id,
                           remove_reason_to_string(reason), size);
         pins_end_for_image(m, id); /* deleted while pinned, or invalid: nothing left to keep */
+        http_server_forget_image(m->http, id); /* the file it held open for hits */
         if (m->bus)
                 (void) sd_bus_emit_signal(m->bus, MANAGER_PATH, MANAGER_INTERFACE, "ImageRemoved", "ss", id,
                                           remove_reason_to_string(reason));
