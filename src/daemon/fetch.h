@@ -112,6 +112,11 @@ Fill *fetcher_find(const Fetcher *fe, const char *id);
  * line, an HTTP client's), or with the daemon's own token when NULL. -ENXIO without an upstream. */
 int fetcher_query(Fetcher *fe, const char *id, const char *credentials, UpstreamQueryDone done, void *userdata,
                   UpstreamQuery **ret);
+/* Asks the origin, with the daemon's credentials, for length bytes at start of the image f is filling
+ * (its length known), of the same representation (If-Range with the fill's strong ETag, and the length
+ * checked): bytes far ahead of the fill. The answer holds them (UpstreamAnswer.data). */
+int fetcher_query_range(Fetcher *fe, const Fill *f, uint64_t start, uint64_t length, UpstreamQueryDone done,
+                        void *userdata, UpstreamQuery **ret);
 
 Fill *fill_ref(Fill *f);
 Fill *fill_unref(Fill *f);

@@ -485,28 +485,48 @@ CurlLoop *fetcher_curl(const Fetcher *fe) {
         return fe->curl;
 }
 
-int fetcher_query(Fetcher *fe, const char *id, const char *credentials, UpstreamQueryDone done, void *userdata,
-                  UpstreamQuery **ret) {
+/* o with the fetcher's upstream, and the daemon's own token unless the caller gives credentials. */
+static int fetcher_start_query(Fetcher *fe, UpstreamQueryOptions *o, UpstreamQueryDone done, void *userdata,
+                               UpstreamQuery **ret) {
         _cleanup_(freep) char *own = NULL;
-        UpstreamQueryOptions o = {
-                .kind = fe->kind,
-                .url = fe->url,
-                .id = id,
-                .credentials = credentials,
-                .ca_file = fe->ca_file,
-                .connect_timeout = fe->connect_timeout,
-        };
         int r;
 
         if (isempty(fe->url))
                 return -ENXIO;
-        if (!credentials && fe->token) {
+        o->kind = fe->kind;
+        o->url = fe->url;
+        o->ca_file = fe->ca_file;
+        o->connect_timeout = fe->connect_timeout;
+        if (!o->credentials && fe->token) {
                 if (asprintf(&own, "X-Auth-Token: %s", fe->token) < 0)
                         return -ENOMEM;
-                o.credentials = own;
+                o->credentials = own;
         }
-        r = upstream_query_start(fe->curl, &o, done, userdata, ret);
+        r = upstream_query_start(fe->curl, o, done, userdata, ret);
         if (own)
                 explicit_bzero(own, strlen(own));
         return r;
+}
+
+int fetcher_query(Fetcher *fe, const char *id, const char *credentials, UpstreamQueryDone done, void *userdata,
+                  UpstreamQuery **ret) {
+        UpstreamQueryOptions o = { .id = id, .credentials = credentials };
+        return fetcher_start_query(fe, &o, done, userdata, ret);
+}
+
+int fetcher_query_range(Fetcher *fe, const Fill *f, uint64_t start, uint64_t length, UpstreamQueryDone done,
+                        void *userdata, UpstreamQuery **ret) {
+        uint64_t total = fill_bytes_total(f);
+        UpstreamQueryOptions o = {
+                .id = f->id,
+                .range_start = start,
+                .range_length = length,
+                .range_total = total,
+                /* If-Range wants a strong validator; a peer's is its own, not the origin's. */
+                .if_range = f->etag && strncmp(f->etag, "W/", 2) != 0 && !fill_from_peer(f) ? f->etag : NULL,
+        };
+
+        if (length == 0 || total == UINT64_MAX || start + length > total)
+                return -EINVAL;
+        return fetcher_start_query(fe, &o, done, userdata, ret);
 }

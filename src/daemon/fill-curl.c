@@ -69,20 +69,6 @@ bool url_same_origin(const char *a, const char *b) {
 
 /* ---- curl callbacks: record, offer, answer ---------------------------------------------------- */
 
-static bool header_is(const char *line, size_t len, const char *name, const char **ret_value, size_t *ret_len) {
-        size_t n = strlen(name);
-        if (len <= n || line[n] != ':' || strncasecmp(line, name, n) != 0)
-                return false;
-        const char *v = line + n + 1, *end = line + len;
-        while (v < end && (*v == ' ' || *v == '\t'))
-                v++;
-        while (end > v && (end[-1] == '\r' || end[-1] == '\n' || end[-1] == ' ' || end[-1] == '\t'))
-                end--;
-        *ret_value = v;
-        *ret_len = (size_t) (end - v);
-        return true;
-}
-
 static size_t on_curl_header(char *buffer, size_t size, size_t nitems, void *userdata) {
         CurlTransfer *t = userdata;
         size_t len = size * nitems;
@@ -106,7 +92,7 @@ static size_t on_curl_header(char *buffer, size_t size, size_t nitems, void *use
         for (size_t i = 0; i < ELEMENTSOF(wanted); i++) {
                 const char *v;
                 size_t n;
-                if (!header_is(buffer, len, wanted[i].name, &v, &n))
+                if (!upstream_header_is(buffer, len, wanted[i].name, &v, &n))
                         continue;
                 if (n > HEADER_VALUE_MAX)
                         break;

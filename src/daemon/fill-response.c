@@ -57,26 +57,6 @@ static ResponseVerdict judge_status(Fill *f, const FillResponse *r) {
         return VERDICT_ERROR;
 }
 
-/* "bytes N-M/T" → N and T (UINT64_MAX when "*"). */
-static int parse_content_range(const char *v, uint64_t *ret_start, uint64_t *ret_total) {
-        unsigned long long start, end;
-        char total[32];
-        if (!v || sscanf(v, "bytes %llu-%llu/%31s", &start, &end, total) != 3 || end < start)
-                return -EBADMSG;
-        uint64_t t = UINT64_MAX;
-        if (!streq(total, "*")) {
-                char *e;
-                errno = 0;
-                unsigned long long x = strtoull(total, &e, 10);
-                if (errno || *e || x <= end)
-                        return -EBADMSG;
-                t = x;
-        }
-        *ret_start = start;
-        *ret_total = t;
-        return 0;
-}
-
 /* The image's length and where the body starts in it, from a 200 or a matching 206. */
 static int fill_image_extent(Fill *f, const FillResponse *r, uint64_t *ret_offset, uint64_t *ret_total) {
         uint64_t cl = r->content_length, start, total;
@@ -87,7 +67,7 @@ static int fill_image_extent(Fill *f, const FillResponse *r, uint64_t *ret_offse
                 return 0;
         }
         /* Only the continuation we asked for, of the same representation, may be spliced on. */
-        if (f->resume_offset == 0 || parse_content_range(r->content_range, &start, &total) < 0 ||
+        if (f->resume_offset == 0 || upstream_parse_content_range(r->content_range, &start, NULL, &total) < 0 ||
             start != f->resume_offset || (r->etag && !f->switched && !streq_ptr(r->etag, f->resume_etag)))
                 return -ESTALE;
         *ret_offset = start;

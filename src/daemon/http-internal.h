@@ -64,6 +64,11 @@ struct Request {
         FleetQuery *holders_query; /* GET /v2/cache/nodes/<id>: asking the other nodes */
         bool holders_done;     /* holders holds the answer (NULL: the server is stopping) */
         char **holders;
+        UpstreamQuery *range_query; /* a range far ahead of the fill, asked of the origin (http-stream.c) */
+        bool range_done;       /* range_answer holds its answer */
+        UpstreamAnswer range_answer;
+        Stream *range_stream;  /* the fill's stream, to fall back on */
+        uint64_t range_start, range_length;
 };
 
 typedef struct HttpConnection {
@@ -111,6 +116,7 @@ struct HttpServer {
         HitCache *hit_cache;     /* open files and header values of images hit lately */
         Request *waiting;        /* requests suspended for an answer of the upstream */
         Fleet *fleet;            /* borrowed; NULL: no [Fleet] */
+        unsigned n_range_queries; /* ranges far ahead of fills being asked of the origin now */
         bool stopping;
 };
 
@@ -119,8 +125,9 @@ struct HttpServer {
 Request *http_connection_request(struct MHD_Connection *c);
 /* Runs MHD on the next iteration of the loop (coalesced): after a resume, or to let it clean up. */
 void http_server_schedule_run(HttpServer *s);
-/* Suspends the connection of req until the upstream answers (HttpServer.waiting). */
+/* Suspends the connection of req until the upstream answers (HttpServer.waiting); resumes it. */
 void http_request_suspend(Request *req);
+void http_request_resume(Request *req);
 /* The UpstreamQueryDone of a HEAD probe (http-miss.c): keeps the answer, resumes the request. */
 void http_request_on_probe_answer(const UpstreamAnswer *a, void *userdata);
 
@@ -157,6 +164,8 @@ void http_stream_wake(Stream *st);
 bool http_fill_has_headers(Fill *f);
 /* Answers a miss whose fill has headers (or ended). Consumes st. */
 enum MHD_Result http_respond_miss(HttpServer *s, Request *req, struct MHD_Connection *c, Stream *st);
+/* Answers a range far ahead of its fill from req->range_answer, or falls back on the fill's stream. */
+enum MHD_Result http_respond_range_ahead(HttpServer *s, Request *req, struct MHD_Connection *c);
 
 /* http-miss.c */
 void http_server_remember_not_found(HttpServer *s, const char *id);

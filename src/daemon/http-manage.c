@@ -393,6 +393,8 @@ char *http_metrics_render(const HttpManageContext *ctx, const HttpCounters *coun
                   ext.max_size_bytes },
                 { "imgcache_queue_images", "gauge", "Images queued for prefetching.", ext.queued },
                 { "imgcache_pins", "gauge", "Pins held on cached images.", ext.pins },
+                { "imgcache_http_ranges_ahead_total", "counter",
+                  "Ranges far ahead of a fill answered by asking the upstream for them directly.", counters->ranges_ahead },
                 { "imgcache_evictions_total", "counter", "Images pruned or evicted to make room.", ext.evictions },
                 { "imgcache_transfers_active", "gauge", "Fills from the upstream not finished yet.",
                   ext.transfers_active },

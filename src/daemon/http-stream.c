@@ -211,13 +211,17 @@ static const char *fill_error_to_client_text(int error) {
         }
 }
 
+static enum MHD_Result respond_stream(Request *req, struct MHD_Connection *c, Stream *st, uint64_t start,
+                                      uint64_t length, uint64_t total);
+static bool range_is_far_ahead(HttpServer *s, Request *req, Fill *f, uint64_t start, uint64_t length);
+static enum MHD_Result fetch_range_ahead(HttpServer *s, Request *req, Stream *st, uint64_t start, uint64_t length);
+
 /* Answers a miss whose fill has headers (or ended). Consumes st. */
 enum MHD_Result http_respond_miss(HttpServer *s, Request *req, struct MHD_Connection *c, Stream *st) {
         FillState state = fill_state(st->fill);
         uint64_t total, start = 0, length = 0;
         HttpRangeResult rr = HTTP_RANGE_NONE;
         struct MHD_Response *resp;
-        unsigned status = MHD_HTTP_OK;
         const char *range;
 
         if (fill_state_failed(state)) {
@@ -251,12 +255,33 @@ enum MHD_Result http_respond_miss(HttpServer *s, Request *req, struct MHD_Connec
                 http_stream_free(st);
                 return http_respond_416(c, total);
         case HTTP_RANGE_SATISFIABLE:
-                status = MHD_HTTP_PARTIAL_CONTENT;
+                if (range_is_far_ahead(s, req, st->fill, start, length))
+                        return fetch_range_ahead(s, req, st, start, length);
+                return respond_stream(req, c, st, start, length, total);
+        default:
+                return respond_stream(req, c, st, UINT64_MAX, total, total);
+        }
+}
+
+/* The image's headers of a miss response, digest included once the fill knows it. */
+static void add_miss_headers(struct MHD_Response *resp, Fill *f, uint64_t total) {
+        Checksum digest;
+
+        http_add_image_headers(resp, NULL, NULL, total != UINT64_MAX);
+        if (fill_expected(f, &digest))
+                http_add_repr_digest(resp, &digest);
+}
+
+/* Streams the image from the fill: the whole of it (start UINT64_MAX), or length bytes at start (206). */
+static enum MHD_Result respond_stream(Request *req, struct MHD_Connection *c, Stream *st, uint64_t start,
+                                      uint64_t length, uint64_t total) {
+        bool partial = start != UINT64_MAX;
+        struct MHD_Response *resp;
+
+        if (partial) {
                 st->offset = start;
                 st->end = start + length;
-                break;
-        default:
-                length = total;
+        } else {
                 st->end = total;
                 /* MHD's rule: chunked encoding for every client but HTTP/1.0 (stream_finish()). */
                 st->close_delimited = total == UINT64_MAX && req->http10;
@@ -269,13 +294,83 @@ enum MHD_Result http_respond_miss(HttpServer *s, Request *req, struct MHD_Connec
                 return MHD_NO;
         }
         /* st belongs to the response now. */
-        http_add_image_headers(resp, NULL, NULL, total != UINT64_MAX);
-        Checksum digest;
-        if (fill_expected(st->fill, &digest))
-                http_add_repr_digest(resp, &digest);
-        if (status == MHD_HTTP_PARTIAL_CONTENT)
+        add_miss_headers(resp, st->fill, total);
+        if (partial)
                 http_add_content_range(resp, start, length, total);
-        return http_queue_response(c, status, resp);
+        return http_queue_response(c, partial ? MHD_HTTP_PARTIAL_CONTENT : MHD_HTTP_OK, resp);
+}
+
+/* ---- ranges far ahead of the fill ------------------------------------------------------------------ */
+
+/* A range the fill will not reach soon (HTTP_RANGE_AHEAD_MIN past what it has written), small enough
+ * to ask the origin for directly (HTTP_RANGE_AHEAD_MAX), while few such requests run: a client reading
+ * an image's footer (qemu-img and a VHD, say) must not wait for the whole download. Peers want whole
+ * images and are never answered this way. */
+static bool range_is_far_ahead(HttpServer *s, Request *req, Fill *f, uint64_t start, uint64_t length) {
+        uint64_t written = fill_bytes_written(f);
+
+        return !req->from_peer && !fill_state_is_final(fill_state(f)) && start > written &&
+               start - written >= HTTP_RANGE_AHEAD_MIN && length <= HTTP_RANGE_AHEAD_MAX &&
+               s->n_range_queries < HTTP_RANGE_AHEAD_PARALLEL;
+}
+
+static void request_on_range_answer(const UpstreamAnswer *a, void *userdata) {
+        Request *req = userdata;
+
+        req->range_answer = *a;
+        req->range_done = true;
+        http_request_resume(req);
+}
+
+/* Asks the origin for the range, keeping st (and so the fill) to fall back on. The client was authorized
+ * for the image before its miss began; the request goes with the daemon's credentials, as the fill. */
+static enum MHD_Result fetch_range_ahead(HttpServer *s, Request *req, Stream *st, uint64_t start, uint64_t length) {
+        int r = fetcher_query_range(s->fetcher, st->fill, start, length, request_on_range_answer, req,
+                                    &req->range_query);
+        if (r < 0) {
+                log_debug_errno(r, "Cannot ask the upstream for a range of %s, waiting for the fill: %m",
+                                fill_image_id(st->fill));
+                return respond_stream(req, req->connection, st, start, length, fill_bytes_total(st->fill));
+        }
+        s->n_range_queries++;
+        req->range_stream = st;
+        req->range_start = start;
+        req->range_length = length;
+        http_request_suspend(req);
+        return MHD_YES;
+}
+
+/* The origin answered the range (or failed: then the fill serves it when it gets there). */
+enum MHD_Result http_respond_range_ahead(HttpServer *s, Request *req, struct MHD_Connection *c) {
+        Stream *st = TAKE_PTR(req->range_stream);
+        uint64_t total = fill_bytes_total(st->fill);
+        const UpstreamAnswer *a = &req->range_answer;
+        struct MHD_Response *resp;
+
+        assert(s->n_range_queries > 0);
+        s->n_range_queries--;
+        if (s->stopping) {
+                req->range_query = upstream_query_free(req->range_query);
+                http_stream_free(st);
+                return MHD_NO;
+        }
+        if (!a->available) {
+                log_debug("The upstream did not answer the range of %s as asked (HTTP %ld): waiting for the fill",
+                          fill_image_id(st->fill), a->status);
+                req->range_query = upstream_query_free(req->range_query);
+                return respond_stream(req, c, st, req->range_start, req->range_length, total);
+        }
+
+        resp = MHD_create_response_from_buffer(a->data_size, (void *) a->data, MHD_RESPMEM_MUST_COPY);
+        if (resp) {
+                add_miss_headers(resp, st->fill, total);
+                http_add_content_range(resp, req->range_start, req->range_length, total);
+                s->counters.served_bytes[SERVE_SOURCE_UPSTREAM] += a->data_size;
+                s->counters.ranges_ahead++;
+        }
+        req->range_query = upstream_query_free(req->range_query);
+        http_stream_free(st);
+        return http_queue_response(c, MHD_HTTP_PARTIAL_CONTENT, resp);
 }
 
 bool http_fill_has_headers(Fill *f) {

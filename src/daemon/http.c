@@ -143,7 +143,7 @@ static void request_unlink(Request *req) {
         LIST_REMOVE(waiting, s->waiting, req);
 }
 
-static void request_resume(Request *req) {
+void http_request_resume(Request *req) {
         if (!req->suspended)
                 return;
         request_unlink(req);
@@ -160,9 +160,11 @@ static void http_server_abandon_waiting(HttpServer *s) {
                 req->probe = upstream_query_free(req->probe);
                 req->holders_query = fleet_query_free(req->holders_query);
                 req->holders_done = true;
+                req->range_done = req->range_stream;
+                req->range_query = upstream_query_free(req->range_query);
                 req->read_decided = true;
                 req->read_verdict = MHD_HTTP_SERVICE_UNAVAILABLE;
-                request_resume(req);
+                http_request_resume(req);
         }
 }
 
@@ -172,7 +174,7 @@ static void request_on_read_verdict(int verdict, void *userdata) {
         req->read_check = NULL;  /* the guard frees it */
         req->read_decided = true;
         req->read_verdict = verdict;
-        request_resume(req);
+        http_request_resume(req);
 }
 
 void http_request_on_probe_answer(const UpstreamAnswer *a, void *userdata) {
@@ -181,7 +183,7 @@ void http_request_on_probe_answer(const UpstreamAnswer *a, void *userdata) {
         req->probe = upstream_query_free(req->probe);
         req->probe_done = true;
         req->probe_answer = *a;
-        request_resume(req);
+        http_request_resume(req);
 }
 
 static enum MHD_Result respond_read_refused(struct MHD_Connection *c, int verdict) {
@@ -225,7 +227,7 @@ static void request_on_holders(char *const *holders, void *userdata) {
         req->holders = g_strdupv((char **) holders);
         req->holders_query = fleet_query_free(req->holders_query);
         req->holders_done = true;
-        request_resume(req);
+        http_request_resume(req);
 }
 
 /* GET /v2/cache/nodes/<id>: which nodes of the fleet hold the image (each asked, none fetching). */
@@ -462,6 +464,10 @@ static enum MHD_Result http_on_request(void *cls, struct MHD_Connection *c, cons
                 req->holders_done = false;
                 return respond_holders(c, req);
         }
+        if (req->range_done) {
+                req->range_done = false;
+                return http_respond_range_ahead(s, req, c);
+        }
 
         if (req->waiting) {
                 Stream *st = req->waiting;
@@ -494,6 +500,11 @@ static void http_on_completed(void *cls, struct MHD_Connection *c, void **req_cl
         req->probe = upstream_query_free(req->probe);
         req->holders_query = fleet_query_free(req->holders_query);
         g_strfreev(req->holders);
+        req->range_query = upstream_query_free(req->range_query);
+        if (req->range_stream) {
+                s->n_range_queries--; /* asked, never answered: the client went away */
+                http_stream_free(req->range_stream);
+        }
         request_unlink(req);
         if (req->count_body && toe == MHD_REQUEST_TERMINATED_COMPLETED_OK) {
                 s->ops->count_bytes_served(s->userdata, req->body_size);

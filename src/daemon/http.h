@@ -24,6 +24,12 @@ typedef struct HttpServer HttpServer;
 #define HTTP_CONNECTION_TIMEOUT_SEC 60U
 /* Memory MHD may use per connection; bounds the request head (oversized heads get 431). */
 #define HTTP_CONNECTION_MEMORY_LIMIT (16U * 1024U)
+/* A Range of a miss that starts at least HTTP_RANGE_AHEAD_MIN bytes past what the fill has written and
+ * is at most HTTP_RANGE_AHEAD_MAX long is asked of the origin directly, at most HTTP_RANGE_AHEAD_PARALLEL
+ * at a time (http-stream.c); others wait for the fill. */
+#define HTTP_RANGE_AHEAD_MIN (8U * 1024U * 1024U)
+#define HTTP_RANGE_AHEAD_MAX (16U * 1024U * 1024U)
+#define HTTP_RANGE_AHEAD_PARALLEL 16U
 /* Hits of at most this many bytes are copied into the response instead of sent with sendfile(). */
 #define HTTP_COPY_BODY_MAX (16U * 1024U)
 /* Largest block a streamed miss hands MHD at a time (allocated with each miss response): larger blocks
@@ -40,6 +46,7 @@ typedef struct HttpCounters {
         uint64_t bytes_to_peers; /* image body bytes sent to nodes of the fleet */
         uint64_t responses[6];  /* by status class: [2] is 2xx; [0] unused */
         uint64_t served_bytes[_SERVE_SOURCE_MAX]; /* image body bytes sent, by where they came from */
+        uint64_t ranges_ahead;  /* ranges far ahead of a fill answered by asking the origin directly */
 } HttpCounters;
 
 /* What /metrics reports that the HTTP server does not count itself. */

@@ -1,6 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 
 #include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -14,9 +16,12 @@ struct UpstreamQuery {
         CurlTask task;
         struct curl_slist *headers;
         UpstreamKind kind;
-        char *body;             /* the Glance record */
+        char *body;             /* the Glance record, or the bytes of a range */
         size_t body_size;
+        size_t body_max;
         bool body_too_large;
+        uint64_t range_start, range_length, range_total; /* range_length 0: not a range */
+        char *content_range;
         UpstreamQueryDone done;
         void *userdata;
 };
@@ -26,7 +31,7 @@ static size_t on_query_body(char *ptr, size_t size, size_t nmemb, void *userdata
         size_t n = size * nmemb;
         char *b;
 
-        if (q->body_size + n > UPSTREAM_RECORD_MAX) {
+        if (q->body_size + n > q->body_max) {
                 q->body_too_large = true;
                 return 0;  /* aborts the transfer */
         }
@@ -58,6 +63,35 @@ static void answer_from_record(UpstreamQuery *q, UpstreamAnswer *a) {
         upstream_record_done(&rec);
 }
 
+static size_t on_query_header(char *buffer, size_t size, size_t nitems, void *userdata) {
+        UpstreamQuery *q = userdata;
+        size_t len = size * nitems, n;
+        const char *v;
+
+        if (upstream_header_is(buffer, len, "Content-Range", &v, &n)) {
+                free(q->content_range);
+                q->content_range = strndup(v, MIN(n, (size_t) 128));
+                if (!q->content_range)
+                        return 0;
+        }
+        return len;
+}
+
+/* A range is good only as exactly the bytes asked for, of an image of the length the fill has. */
+static void answer_from_range(UpstreamQuery *q, UpstreamAnswer *a) {
+        uint64_t start, end, total;
+
+        if (a->status != 206 || upstream_parse_content_range(q->content_range, &start, &end, &total) < 0 ||
+            start != q->range_start || end != q->range_start + q->range_length - 1 || total != q->range_total ||
+            q->body_size != q->range_length) {
+                a->error = -EBADMSG;
+                return;
+        }
+        a->available = true;
+        a->data = (const uint8_t *) q->body;
+        a->data_size = q->body_size;
+}
+
 static void on_query_done(CurlTask *t, CURL *easy, CURLcode code) {
         UpstreamQuery *q = container_of(t, UpstreamQuery, task);
         UpstreamAnswer a = {};
@@ -69,7 +103,9 @@ static void on_query_done(CurlTask *t, CURL *easy, CURLcode code) {
                 a.error = -EBADMSG;
         else {
                 (void) curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &a.status);
-                if (a.status >= 200 && a.status < 300) {
+                if (q->range_length > 0)
+                        answer_from_range(q, &a);
+                else if (a.status >= 200 && a.status < 300) {
                         if (q->kind == UPSTREAM_GLANCE)
                                 answer_from_record(q, &a);
                         else {
@@ -100,17 +136,27 @@ static int query_setup(UpstreamQuery *q, const UpstreamQueryOptions *o, const ch
                 SETOPT(h, CURLOPT_CONNECTTIMEOUT_MS, (long) MIN(o->connect_timeout, timeout) / (long) USEC_PER_MSEC);
         if (o->ca_file)
                 SETOPT(h, CURLOPT_CAINFO, o->ca_file);
-        if (o->kind == UPSTREAM_GLANCE) {
+        if (o->kind == UPSTREAM_GLANCE || o->range_length > 0) {
                 SETOPT(h, CURLOPT_WRITEFUNCTION, on_query_body);
                 SETOPT(h, CURLOPT_WRITEDATA, q);
         } else
                 SETOPT(h, CURLOPT_NOBODY, 1L);
-        if (o->credentials) {
-                q->headers = curl_slist_append(NULL, o->credentials);
-                if (!q->headers)
+        if (o->credentials && !(q->headers = curl_slist_append(q->headers, o->credentials)))
+                return -ENOMEM;
+        if (o->range_length > 0) {
+                _cleanup_(freep) char *range = NULL, *if_range = NULL;
+                if (asprintf(&range, "Range: bytes=%" PRIu64 "-%" PRIu64, o->range_start,
+                             o->range_start + o->range_length - 1) < 0 ||
+                    !(q->headers = curl_slist_append(q->headers, range)))
                         return -ENOMEM;
-                SETOPT(h, CURLOPT_HTTPHEADER, q->headers);
+                if (o->if_range && (asprintf(&if_range, "If-Range: %s", o->if_range) < 0 ||
+                                    !(q->headers = curl_slist_append(q->headers, if_range))))
+                        return -ENOMEM;
+                SETOPT(h, CURLOPT_HEADERFUNCTION, on_query_header);
+                SETOPT(h, CURLOPT_HEADERDATA, q);
         }
+        if (q->headers)
+                SETOPT(h, CURLOPT_HTTPHEADER, q->headers);
         return 0;
 }
 
@@ -120,8 +166,8 @@ int upstream_query_start(CurlLoop *l, const UpstreamQueryOptions *o, UpstreamQue
         UpstreamQuery *q;
         int r;
 
-        r = o->kind == UPSTREAM_GLANCE ? upstream_record_url(o->url, o->id, &url)
-                                       : upstream_image_url(o->kind, o->url, o->id, &url);
+        r = o->kind == UPSTREAM_GLANCE && o->range_length == 0 ? upstream_record_url(o->url, o->id, &url)
+                                                               : upstream_image_url(o->kind, o->url, o->id, &url);
         if (r < 0)
                 return r;
 
@@ -135,6 +181,10 @@ int upstream_query_start(CurlLoop *l, const UpstreamQueryOptions *o, UpstreamQue
                 .kind = o->kind,
                 .done = done,
                 .userdata = userdata,
+                .body_max = o->range_length > 0 ? o->range_length : UPSTREAM_RECORD_MAX,
+                .range_start = o->range_start,
+                .range_length = o->range_length,
+                .range_total = o->range_total,
         };
         r = q->curl ? query_setup(q, o, url) : -ENOMEM;
         if (r >= 0)
@@ -160,6 +210,7 @@ UpstreamQuery *upstream_query_free(UpstreamQuery *q) {
         wipe_headers(q->headers);
         curl_slist_free_all(q->headers);
         free(q->body);
+        free(q->content_range);
         free(q);
         return NULL;
 }

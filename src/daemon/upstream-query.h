@@ -8,7 +8,8 @@
 #include "curl-loop.h"
 
 /* One small question to the upstream about an image, without its data: for Kind=glance the image record
- * (GET {URL}/v2/images/<id>), for Kind=generic a HEAD of the image URL. Asked with whichever credentials
+ * (GET {URL}/v2/images/<id>), for Kind=generic a HEAD of the image URL. Or one bounded byte range of the
+ * image's data (UpstreamQueryOptions.range_length > 0): a range far ahead of a running fill. Asked with whichever credentials
  * the caller gives: the daemon's own (HEAD on a miss) or an HTTP client's (read authorization). Redirects
  * are not followed: a client's token goes to the configured origin only. */
 
@@ -20,6 +21,10 @@ typedef struct UpstreamAnswer {
         bool available;     /* 2xx and, for Glance, a well-formed record with status "active" */
         bool has_size;
         uint64_t size;
+        /* A range: available when the upstream answered 206 with exactly the range asked for, of an image
+         * of range_total bytes; data then holds its bytes, owned by the query (valid until it is freed). */
+        const uint8_t *data;
+        size_t data_size;
 } UpstreamAnswer;
 
 typedef void (*UpstreamQueryDone)(const UpstreamAnswer *a, void *userdata);
@@ -32,6 +37,9 @@ typedef struct UpstreamQueryOptions {
         const char *ca_file;
         usec_t connect_timeout;
         usec_t timeout;             /* the whole exchange; 0: UPSTREAM_QUERY_TIMEOUT_USEC */
+        uint64_t range_start, range_length; /* length > 0: GET these bytes of the image's data */
+        uint64_t range_total;       /* the length of the image the range must be of */
+        const char *if_range;       /* a strong ETag the range must be of, or NULL */
 } UpstreamQueryOptions;
 
 #define UPSTREAM_QUERY_TIMEOUT_USEC (15ULL * USEC_PER_SEC)

@@ -1,6 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 
+#include <errno.h>
 #include <jansson.h>
+#include <stdlib.h>
+#include <strings.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -157,4 +160,39 @@ bad:
         if (ret_reason)
                 *ret_reason = reason;
         return -EBADMSG;
+}
+
+bool upstream_header_is(const char *line, size_t len, const char *name, const char **ret_value, size_t *ret_len) {
+        size_t n = strlen(name);
+        if (len <= n || line[n] != ':' || strncasecmp(line, name, n) != 0)
+                return false;
+        const char *v = line + n + 1, *end = line + len;
+        while (v < end && (*v == ' ' || *v == '\t'))
+                v++;
+        while (end > v && (end[-1] == '\r' || end[-1] == '\n' || end[-1] == ' ' || end[-1] == '\t'))
+                end--;
+        *ret_value = v;
+        *ret_len = (size_t) (end - v);
+        return true;
+}
+
+int upstream_parse_content_range(const char *v, uint64_t *ret_start, uint64_t *ret_end, uint64_t *ret_total) {
+        unsigned long long start, end;
+        char total[32];
+        if (!v || sscanf(v, "bytes %llu-%llu/%31s", &start, &end, total) != 3 || end < start)
+                return -EBADMSG;
+        uint64_t t = UINT64_MAX;
+        if (!streq(total, "*")) {
+                char *e;
+                errno = 0;
+                unsigned long long x = strtoull(total, &e, 10);
+                if (errno || *e || x <= end)
+                        return -EBADMSG;
+                t = x;
+        }
+        *ret_start = start;
+        if (ret_end)
+                *ret_end = end;
+        *ret_total = t;
+        return 0;
 }

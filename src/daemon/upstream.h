@@ -31,3 +31,8 @@ void upstream_record_done(UpstreamRecord *r);
 /* Parses the JSON of GET /v2/images/<id>. -EBADMSG for anything that is not an image record (with
  * *ret_reason saying what, static), -ENOMEM. Digests naming algorithms we cannot verify are ignored. */
 int upstream_record_parse(const char *json, size_t size, UpstreamRecord *ret, const char **ret_reason);
+
+/* A line of curl's header callback ("Name: value\r\n"): true, with the value trimmed, when it is name's. */
+bool upstream_header_is(const char *line, size_t len, const char *name, const char **ret_value, size_t *ret_len);
+/* "bytes N-M/T" → N, M (ret_end may be NULL) and T (UINT64_MAX when "*"); -EBADMSG when malformed. */
+int upstream_parse_content_range(const char *v, uint64_t *ret_start, uint64_t *ret_end, uint64_t *ret_total);

@@ -239,6 +239,10 @@ const char *fill_error_message(const Fill *f) {
 bool fill_kept(const Fill *f) {
         return f->kept;
 }
+int fetcher_query_range(Fetcher *fe, const Fill *f, uint64_t start, uint64_t length, UpstreamQueryDone done,
+                        void *userdata, UpstreamQuery **ret) {
+        return -EOPNOTSUPP; /* the scripted fetcher has no origin: ranges wait for the fill */
+}
 bool fill_from_peer(const Fill *f) {
         return false;
 }

@@ -1,15 +1,21 @@
 /* SPDX-License-Identifier: MIT */
 
-/* The hit path of imgcached keeps files open and header values formatted between requests (hit-cache.c)
- * and copies small bodies instead of sendfile(): that must never serve stale bytes or headers, and never
- * write to disk per request. The real daemon on a private session bus (tests/lib/test-bus.h), the
- * upstream fixture in this process, libcurl as the client:
+/* The fast paths of imgcached must serve exactly the right bytes. The hit path keeps files open and header
+ * values formatted between requests (hit-cache.c) and copies small bodies instead of sendfile(): that must
+ * never serve stale bytes or headers, and never write to disk per request. A Range far ahead of a running
+ * fill is asked of the origin directly (http-stream.c): bounded, with the daemon's credentials, after the
+ * client's own authorization. The real daemon on a private session bus (tests/lib/test-bus.h), the
+ * upstream fixture in this process, libcurl, curl and qemu-img as clients:
  *   - a deleted image's file is closed at once (its blocks are freed), and the image fetched again
  *     under the same id is served with its new bytes, whole and in ranges;
  *   - a Verify that records a checksum changes ETag and Repr-Digest; a Verify that finds the image
  *     invalid leaves no open file behind and the next GET fetches a good copy;
  *   - 300 hits (small ranges, a large GET, HEADs) cause at most one write-behind of the hit counters,
- *     counted with strace on the daemon's file writes and syncs.
+ *     counted with strace on the daemon's file writes and syncs;
+ *   - while a fill is stalled at 1 MiB, the last 512 bytes of a 64 MiB image are answered (from one
+ *     upstream request for exactly those bytes, with the daemon's token), qemu-img reads a VHD's footer,
+ *     and ranges that straddle the front or are too long for the origin wait for the fill, byte-exact;
+ *   - a client refused by ReadAccess= starts no upstream request at all.
  * Waits follow bus signals or processes, bounded by TEST_BUS_TIMEOUT_MS; every process is stopped by pid. */
 
 #include <curl/curl.h>
@@ -53,9 +59,11 @@ static void fixture_teardown(Fixture *f, gconstpointer user) {
         g_free(f->image_path);
 }
 
-static void start_daemon(Fixture *f) {
+/* extra: more configuration (NULL: none). */
+static void start_daemon_with(Fixture *f, const char *extra) {
         g_autofree char *url = upstream_fixture_url(f->fx, "/images/{id}");
-        g_autofree char *config = g_strdup_printf("[Upstream]\nURL=%s\n[Daemon]\nExitOnIdleSec=infinity\n", url);
+        g_autofree char *config = g_strdup_printf("[Upstream]\nURL=%s\n[Daemon]\nExitOnIdleSec=infinity\n%s", url,
+                                                  extra ?: "");
         g_autofree char *listen = NULL;
 
         test_bus_write_config(f->bus, config);
@@ -66,14 +74,21 @@ static void start_daemon(Fixture *f) {
                 g_error("imgcached did not start:\n%s", test_bus_daemon_stderr(f->bus));
 }
 
+static void start_daemon(Fixture *f) {
+        start_daemon_with(f, NULL);
+}
+
 static size_t on_data(char *ptr, size_t size, size_t nmemb, void *userdata) {
         g_byte_array_append(userdata, (const guint8 *) ptr, (guint) (size * nmemb));
         return size * nmemb;
 }
 
-/* A request on the fixture's connection: its status; the body in *ret_body, the headers in *ret_headers. */
-static long request(Fixture *f, const char *method, const char *range, GByteArray **ret_body, char **ret_headers) {
-        g_autofree char *url = g_strdup_printf("http://127.0.0.1:%u/images/img", f->port);
+/* A request for image id on the fixture's connection, with one more header line (or NULL): its status; the
+ * body in *ret_body, the headers in *ret_headers. */
+static long request_full(Fixture *f, const char *id, const char *method, const char *range, const char *header,
+                         GByteArray **ret_body, char **ret_headers) {
+        g_autofree char *url = g_strdup_printf("http://127.0.0.1:%u/images/%s", f->port, id);
+        struct curl_slist *headers_out = header ? curl_slist_append(NULL, header) : NULL;
         GByteArray *body = g_byte_array_new(), *headers = g_byte_array_new();
         long status = 0;
 
@@ -82,6 +97,7 @@ static long request(Fixture *f, const char *method, const char *range, GByteArra
         if (g_str_equal(method, "HEAD"))
                 (void) curl_easy_setopt(f->curl, CURLOPT_NOBODY, 1L);
         (void) curl_easy_setopt(f->curl, CURLOPT_RANGE, range);
+        (void) curl_easy_setopt(f->curl, CURLOPT_HTTPHEADER, headers_out);
         (void) curl_easy_setopt(f->curl, CURLOPT_WRITEFUNCTION, on_data);
         (void) curl_easy_setopt(f->curl, CURLOPT_WRITEDATA, body);
         (void) curl_easy_setopt(f->curl, CURLOPT_HEADERFUNCTION, on_data);
@@ -89,6 +105,7 @@ static long request(Fixture *f, const char *method, const char *range, GByteArra
         (void) curl_easy_setopt(f->curl, CURLOPT_TIMEOUT_MS, (long) TEST_BUS_TIMEOUT_MS);
         g_assert_cmpint(curl_easy_perform(f->curl), ==, CURLE_OK);
         (void) curl_easy_getinfo(f->curl, CURLINFO_RESPONSE_CODE, &status);
+        curl_slist_free_all(headers_out);
         g_byte_array_append(headers, (const guint8 *) "", 1);
         if (ret_headers)
                 *ret_headers = (char *) g_byte_array_free(headers, FALSE);
@@ -99,6 +116,10 @@ static long request(Fixture *f, const char *method, const char *range, GByteArra
         else
                 g_byte_array_unref(body);
         return status;
+}
+
+static long request(Fixture *f, const char *method, const char *range, GByteArray **ret_body, char **ret_headers) {
+        return request_full(f, "img", method, range, NULL, ret_body, ret_headers);
 }
 
 /* GET (whole, and the ranges on both sides of HTTP_COPY_BODY_MAX) answers exactly data. */
@@ -279,13 +300,178 @@ static void test_no_disk_write_per_hit(Fixture *f, gconstpointer user) {
                 g_error("%u file writes for %u hits:\n%s", files, N_HITS + 1, trace);
 }
 
+/* ---- ranges far ahead of a fill ---- */
+
+#define BIG_SIZE (64 * 1024 * 1024)
+#define STALL_AT (1024 * 1024)
+#define UPSTREAM_TOKEN "up-secret"
+
+/* The 64 MiB image "big" upstream, whose first GET stalls after 1 MiB until released; the upstream wants
+ * the daemon's token. */
+static void add_stalling_image(Fixture *f, const char *path, const uint8_t *data, size_t size) {
+        g_autofree char *token = g_build_filename(test_bus_dir(f->bus), "upstream-token", NULL);
+        UpstreamImageOptions o = { .stall_after = STALL_AT, .fail_first = 1, .etag = "\"v1\"" };
+
+        g_assert_true(g_file_set_contents(token, UPSTREAM_TOKEN "\n", -1, NULL));
+        g_assert_cmpint(upstream_fixture_set_token(f->fx, UPSTREAM_TOKEN), ==, 0);
+        g_assert_cmpint(upstream_fixture_add_image(f->fx, path, data, size, &o), ==, 0);
+}
+
+/* The daemon's configuration for it: its token, then extra (NULL: nothing). A second [Upstream] adds to
+ * the first. */
+static char *stalling_config(Fixture *f, const char *extra) {
+        g_autofree char *token = g_build_filename(test_bus_dir(f->bus), "upstream-token", NULL);
+        return g_strdup_printf("[Upstream]\nTokenFile=%s\n%s", token, extra ?: "");
+}
+
+/* curl in the background for a range of big into a file; its process. */
+static GSubprocess *curl_range_start(Fixture *f, const char *range, const char *out) {
+        g_autofree char *url = g_strdup_printf("http://127.0.0.1:%u/images/big", f->port);
+        g_autofree char *max = g_strdup_printf("%u", TEST_BUS_TIMEOUT_MS / 1000);
+        g_autoptr(GError) error = NULL;
+        GSubprocess *p = g_subprocess_new(G_SUBPROCESS_FLAGS_NONE, &error, "curl", "-sSf", "--max-time", max, "-r",
+                                          range, "-o", out, url, NULL);
+        g_assert_no_error(error);
+        return p;
+}
+
+static void assert_file_is(const char *path, const uint8_t *data, size_t size) {
+        g_autofree char *got = NULL;
+        gsize n;
+
+        g_assert_true(g_file_get_contents(path, &got, &n, NULL));
+        g_assert_cmpuint(n, ==, size);
+        g_assert_true(memcmp(got, data, size) == 0);
+}
+
+static bool strv_has(char **v, const char *s) {
+        for (; v && *v; v++)
+                if (g_str_equal(*v, s))
+                        return true;
+        return false;
+}
+
+static void test_range_ahead(Fixture *f, gconstpointer user) {
+        g_autofree uint8_t *data = test_random_data(BIG_SIZE, 3);
+        g_autofree char *config = NULL, *headers = NULL;
+        g_autoptr(GByteArray) body = NULL;
+        g_autofree char *dir = g_strdup(test_bus_dir(f->bus));
+
+        add_stalling_image(f, "/images/big", data, BIG_SIZE);
+        config = stalling_config(f, NULL);
+        start_daemon_with(f, config);
+
+        /* The footer, first: it starts the fill, which stalls at 1 MiB; waiting for it would never end. */
+        g_assert_cmpint(request_full(f, "big", "GET", "-512", NULL, &body, &headers), ==, 206);
+        g_assert_cmpuint(body->len, ==, 512);
+        g_assert_true(memcmp(body->data, data + BIG_SIZE - 512, 512) == 0);
+        g_autofree char *cr = g_strdup_printf("Content-Range: bytes %u-%u/%u", BIG_SIZE - 512, BIG_SIZE - 1, BIG_SIZE);
+        g_assert_nonnull(strcasestr(headers, cr));
+
+        /* One upstream request for exactly those bytes, of the same representation, with the daemon's token. */
+        g_auto(GStrv) ranges = upstream_fixture_ranges(f->fx, "/images/big");
+        g_autofree char *asked = g_strdup_printf("bytes=%u-%u", BIG_SIZE - 512, BIG_SIZE - 1);
+        g_assert_cmpuint(g_strv_length(ranges), ==, 2); /* the fill's GET, and the range */
+        g_assert_cmpstr(ranges[0], ==, "");
+        g_assert_cmpstr(ranges[1], ==, asked);
+        g_auto(GStrv) if_ranges = upstream_fixture_if_ranges(f->fx, "/images/big");
+        g_assert_cmpstr(if_ranges[1], ==, "\"v1\"");
+        g_assert_cmpuint(upstream_fixture_token_requests(f->fx, UPSTREAM_TOKEN), ==, 2);
+
+        /* A range across the front and one too long to ask for separately wait for the fill. */
+        g_autofree char *straddle = g_build_filename(dir, "straddle", NULL), *large = g_build_filename(dir, "large", NULL);
+        g_autofree char *straddle_range = g_strdup_printf("%u-%u", STALL_AT - 100, STALL_AT + 99);
+        g_autofree char *large_range = g_strdup_printf("%u-%u", 32 * 1024 * 1024, 52 * 1024 * 1024 - 1);
+        g_autoptr(GSubprocess) p1 = curl_range_start(f, straddle_range, straddle);
+        g_autoptr(GSubprocess) p2 = curl_range_start(f, large_range, large);
+        upstream_fixture_release(f->fx);
+        g_assert_true(g_subprocess_wait_check(p1, NULL, NULL));
+        g_assert_true(g_subprocess_wait_check(p2, NULL, NULL));
+        assert_file_is(straddle, data + STALL_AT - 100, 200);
+        assert_file_is(large, data + 32 * 1024 * 1024, 20 * 1024 * 1024);
+
+        g_auto(GStrv) after = upstream_fixture_ranges(f->fx, "/images/big");
+        g_assert_cmpuint(g_strv_length(after), ==, 2); /* nothing more was asked of the origin */
+        g_assert_false(strv_has(after, "bytes=32-"));
+}
+
+/* qemu-img reads a VHD's footer at the end of the image: answered while the fill is stalled. */
+static void test_range_ahead_qemu_img(Fixture *f, gconstpointer user) {
+        g_autofree char *vhd = g_build_filename(test_bus_dir(f->bus), "disk.vhd", NULL);
+        g_autofree char *contents = NULL, *info = NULL, *config = NULL;
+        gsize size;
+        int status;
+
+        if (!g_find_program_in_path("qemu-img")) {
+                g_test_skip("qemu-img is missing");
+                return;
+        }
+        g_assert_true(g_spawn_sync(NULL, (char *[]) { "qemu-img", "create", "-q", "-f", "vpc", "-o", "subformat=fixed",
+                                                      vhd, "64M", NULL },
+                                   NULL, G_SPAWN_SEARCH_PATH, NULL, NULL, NULL, NULL, &status, NULL));
+        g_assert_true(g_spawn_check_wait_status(status, NULL));
+        g_assert_true(g_file_get_contents(vhd, &contents, &size, NULL));
+        add_stalling_image(f, "/images/disk", (const uint8_t *) contents, size);
+        config = stalling_config(f, NULL);
+        start_daemon_with(f, config);
+
+        g_autofree char *url = g_strdup_printf("json:{\"driver\":\"vpc\",\"file\":{\"driver\":\"http\","
+                                               "\"url\":\"http://127.0.0.1:%u/images/disk\",\"timeout\":%u}}",
+                                               f->port, TEST_BUS_TIMEOUT_MS / 1000);
+        g_autofree char *err = NULL;
+        g_assert_true(g_spawn_sync(NULL, (char *[]) { "qemu-img", "info", "--output=json", url, NULL }, NULL,
+                                   G_SPAWN_SEARCH_PATH, NULL, NULL, &info, &err, &status, NULL));
+        if (!g_spawn_check_wait_status(status, NULL) && strstr(err, "Unknown protocol")) {
+                g_test_skip("qemu-img cannot read http:// here (qemu-block-extra missing)");
+                return;
+        }
+        if (!g_spawn_check_wait_status(status, NULL))
+                g_error("qemu-img info failed: %s", err);
+        /* What qemu-img says of the local file, from the footer it read over HTTP. */
+        g_autofree char *local = NULL;
+        g_assert_true(g_spawn_sync(NULL, (char *[]) { "qemu-img", "info", "--output=json", "-f", "vpc", vhd, NULL }, NULL,
+                                   G_SPAWN_SEARCH_PATH, NULL, NULL, &local, NULL, &status, NULL));
+        g_assert_true(g_spawn_check_wait_status(status, NULL));
+        const char *want = strstr(local, "\"virtual-size\":");
+        g_assert_nonnull(want);
+        g_autofree char *line = g_strndup(want, strcspn(want, ","));
+        g_assert_nonnull(strstr(info, line));
+        g_assert_nonnull(strstr(info, "\"format\": \"vpc\""));
+        g_assert_cmpuint(upstream_fixture_token_requests(f->fx, UPSTREAM_TOKEN), >=, 2);
+}
+
+/* ReadAccess= comes first: a refused client starts nothing upstream, a range ahead included. */
+static void test_range_ahead_authorized(Fixture *f, gconstpointer user) {
+        g_autofree uint8_t *data = test_random_data(BIG_SIZE, 4);
+        g_autofree char *read_token = g_build_filename(test_bus_dir(f->bus), "read-token", NULL);
+        g_autofree char *config = NULL;
+        g_autoptr(GByteArray) body = NULL;
+
+        add_stalling_image(f, "/images/big", data, BIG_SIZE);
+        g_assert_true(g_file_set_contents(read_token, "reader\n", -1, NULL));
+        g_autofree char *http = g_strdup_printf("[HTTP]\nReadAccess=token\nReadTokenFile=%s\n", read_token);
+        config = stalling_config(f, http);
+        start_daemon_with(f, config);
+
+        g_assert_cmpint(request_full(f, "big", "GET", "-512", NULL, NULL, NULL), ==, 401);
+        g_assert_cmpint(request_full(f, "big", "GET", "-512", "X-Auth-Token: wrong", NULL, NULL), ==, 401);
+        g_assert_cmpuint(upstream_fixture_requests(f->fx, "/images/big"), ==, 0);
+
+        g_assert_cmpint(request_full(f, "big", "GET", "-512", "X-Auth-Token: reader", &body, NULL), ==, 206);
+        g_assert_true(body->len == 512 && memcmp(body->data, data + BIG_SIZE - 512, 512) == 0);
+        g_assert_cmpuint(upstream_fixture_token_requests(f->fx, "reader"), ==, 0); /* never sent upstream */
+}
+
 int main(int argc, char *argv[]) {
         g_test_init(&argc, &argv, NULL);
         g_assert_cmpint(curl_global_init(CURL_GLOBAL_DEFAULT), ==, CURLE_OK);
 
 #define ADD(name, fn) g_test_add(name, Fixture, NULL, fixture_setup, fn, fixture_teardown)
-        ADD("/http-hits/delete-and-refetch", test_delete_and_refetch);
-        ADD("/http-hits/verify", test_verify);
-        ADD("/http-hits/no-disk-write-per-hit", test_no_disk_write_per_hit);
+        ADD("/http-fast/hit-delete-and-refetch", test_delete_and_refetch);
+        ADD("/http-fast/hit-verify", test_verify);
+        ADD("/http-fast/no-disk-write-per-hit", test_no_disk_write_per_hit);
+        ADD("/http-fast/range-ahead", test_range_ahead);
+        ADD("/http-fast/range-ahead-qemu-img", test_range_ahead_qemu_img);
+        ADD("/http-fast/range-ahead-authorized", test_range_ahead_authorized);
         return g_test_run();
 }
