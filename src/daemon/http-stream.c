@@ -173,6 +173,7 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max) {
                 (uint64_t) k;
         if (st->to_peer)
                 st->server->counters.bytes_to_peers += (uint64_t) k;
+        st->request->streamed += (uint64_t) k;
         return k;
 }
 
