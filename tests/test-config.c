@@ -113,6 +113,9 @@ static void assert_defaults(const Config *c) {
         g_assert_false(c->management_api);
         g_assert_null(c->management_token_file);
         g_assert_cmpuint(c->max_connections, ==, 1024);
+        g_assert_true(c->access_log);
+        g_assert_cmpuint(c->access_log_interval, ==, USEC_PER_SEC);
+        g_assert_cmpuint(c->access_log_burst, ==, 1000);
         g_assert_cmpuint(c->exit_on_idle, ==, 60 * USEC_PER_SEC);
 }
 
@@ -218,6 +221,9 @@ static void test_every_key(void) {
                    "ManagementAPI=yes\n"
                    "ManagementTokenFile=/etc/imgcache/mgmt-token\n"
                    "MaxConnections=200\n"
+                   "AccessLog=no\n"
+                   "AccessLogRateLimitIntervalSec=30s\n"
+                   "AccessLogRateLimitBurst=50\n"
                    "\n"
                    "[Fleet]\n"
                    "Peers=http://10.0.0.1:9393 https://cache.example:443/\n"
@@ -257,6 +263,9 @@ static void test_every_key(void) {
         g_assert_true(c.management_api);
         g_assert_cmpstr(c.management_token_file, ==, "/etc/imgcache/mgmt-token");
         g_assert_cmpuint(c.max_connections, ==, 200);
+        g_assert_false(c.access_log);
+        g_assert_cmpuint(c.access_log_interval, ==, 30 * USEC_PER_SEC);
+        g_assert_cmpuint(c.access_log_burst, ==, 50);
         g_assert_cmpstr(c.fleet_peers, ==, "http://10.0.0.1:9393 https://cache.example:443/");
         g_assert_cmpstr(c.fleet_self, ==, "http://10.0.0.1:9393");
         g_assert_cmpstr(c.peer_token_file, ==, "/etc/imgcache/peer-token");
@@ -477,6 +486,12 @@ static const struct {
         { "HTTP",     "MaxConnections",      "0",                 "out of range"           },
         { "HTTP",     "MaxConnections",      "65536",             "out of range"           },
         { "HTTP",     "MaxConnections",      "1e3",               "invalid number"         },
+        { "HTTP",     "AccessLog",           "journal",           "boolean"                },
+        { "HTTP",     "AccessLog",           "yes please",        "boolean"                },
+        { "HTTP",     "AccessLogRateLimitIntervalSec", "0",       "more than 0"            },
+        { "HTTP",     "AccessLogRateLimitIntervalSec", "often",   "time span"              },
+        { "HTTP",     "AccessLogRateLimitBurst", "0",             "out of range"           },
+        { "HTTP",     "AccessLogRateLimitBurst", "lots",          "invalid number"         },
         { "Fleet",    "Peers",               "10.0.0.1:9393",     "http:// or https://"    },
         { "Fleet",    "Peers",               "http://a:1 ftp://b:2", "http:// or https://" },
         { "Fleet",    "Peers",               "http://a:1/images", "not a path"             },

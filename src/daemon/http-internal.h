@@ -8,6 +8,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "access-log.h"
 #include "fetch.h"
 #include "fleet.h"
 #include "hit-cache.h"
@@ -21,6 +22,7 @@
 /* A miss being served: the fill it reads, and the connection to wake when the fill moves on. Before the
  * fill has response headers it belongs to the request (Request.waiting, the connection suspended in the
  * access handler); after that to the MHD response streaming it, which frees it. */
+typedef struct Request Request;
 typedef struct Stream Stream;
 struct Stream {
         HttpServer *server;
@@ -32,22 +34,28 @@ struct Stream {
         uint64_t offset;   /* file offset of the first body byte */
         uint64_t end;      /* file offset after the last body byte; UINT64_MAX: wherever the fill ends */
         bool to_peer;      /* the client is a node of the fleet */
+        Request *request;  /* whose streamed counts the bytes; the reader runs only during that request */
         Stream *streams_prev, *streams_next;
 };
 
 /* Per request; lives inside the connection's context, so a hit allocates nothing of ours. */
-typedef struct Request Request;
 struct Request {
         HttpRouteMatch match;
         HttpMethod method;
         bool count_body;       /* add body_size to bytes_served when the response completes */
-        uint64_t body_size;
+        uint64_t body_size;    /* of the response queued, when it has one of a known size (not a miss) */
         unsigned status;       /* of the response queued; 0: none (yet) */
         Stream *waiting;       /* a miss waiting for the fill's headers */
         bool begun;            /* request_begin() ran */
         bool http10;           /* an HTTP/1.0 client: no chunked encoding */
         bool bad_target;       /* the decoded target held a control byte */
         bool from_peer;        /* a node of the fleet asks (fleet.h): the peer secret was checked */
+
+        /* For the access log. The strings are MHD's, valid until the request completes. */
+        const char *url, *method_name, *version;
+        usec_t start;          /* CLOCK_MONOTONIC of the first access-handler call; 0: AccessLog=no */
+        AccessLogCache cache;
+        uint64_t streamed;     /* body bytes of a miss handed to MHD */
 
         /* Waiting with the connection suspended for an answer of the upstream (not a fill): a read
          * verdict or the metadata for a HEAD. */
@@ -117,6 +125,7 @@ struct HttpServer {
         Request *waiting;        /* requests suspended for an answer of the upstream */
         Fleet *fleet;            /* borrowed; NULL: no [Fleet] */
         unsigned n_range_queries; /* ranges far ahead of fills being asked of the origin now */
+        AccessLog access_log;
         bool stopping;
 };
 
@@ -133,6 +142,9 @@ void http_request_on_probe_answer(const UpstreamAnswer *a, void *userdata);
 
 /* http-response.c */
 enum MHD_Result http_queue_response(struct MHD_Connection *c, unsigned status, struct MHD_Response *resp);
+/* http_queue_response() of a body of size bytes, noted for the access log. */
+enum MHD_Result http_queue_response_sized(struct MHD_Connection *c, unsigned status, struct MHD_Response *resp,
+                                          uint64_t size);
 /* A plain-text response (text copied), or NULL on OOM. */
 struct MHD_Response *http_text_response(const char *text);
 /* http_text_response() with one more header (name NULL: none), queued. */

@@ -138,6 +138,7 @@ enum MHD_Result http_serve_miss(HttpServer *s, Request *req, struct MHD_Connecti
         if (r < 0)
                 return MHD_NO;
         st->to_peer = req->from_peer;
+        st->request = req;
 
         if (http_fill_has_headers(f))
                 return http_respond_miss(s, req, c, st);

@@ -21,6 +21,16 @@ enum MHD_Result http_queue_response(struct MHD_Connection *c, unsigned status, s
         return ret;
 }
 
+enum MHD_Result http_queue_response_sized(struct MHD_Connection *c, unsigned status, struct MHD_Response *resp,
+                                          uint64_t size) {
+        enum MHD_Result ret = http_queue_response(c, status, resp);
+        Request *req = http_connection_request(c);
+
+        if (req && ret == MHD_YES)
+                req->body_size = size;
+        return ret;
+}
+
 /* A plain-text response (text copied), or NULL on OOM. */
 struct MHD_Response *http_text_response(const char *text) {
         struct MHD_Response *resp;
@@ -38,7 +48,7 @@ enum MHD_Result http_respond_text_with(struct MHD_Connection *c, unsigned status
 
         if (resp && name)
                 MHD_add_response_header(resp, name, value);
-        return http_queue_response(c, status, resp);
+        return http_queue_response_sized(c, status, resp, strlen(text));
 }
 
 enum MHD_Result http_respond_text(struct MHD_Connection *c, unsigned status, const char *text) {

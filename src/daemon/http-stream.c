@@ -173,6 +173,7 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max) {
                 (uint64_t) k;
         if (st->to_peer)
                 st->server->counters.bytes_to_peers += (uint64_t) k;
+        st->request->streamed += (uint64_t) k;
         return k;
 }
 
@@ -368,9 +369,10 @@ enum MHD_Result http_respond_range_ahead(HttpServer *s, Request *req, struct MHD
                 s->counters.served_bytes[SERVE_SOURCE_UPSTREAM] += a->data_size;
                 s->counters.ranges_ahead++;
         }
+        size_t size = a->data_size;
         req->range_query = upstream_query_free(req->range_query);
         http_stream_free(st);
-        return http_queue_response(c, MHD_HTTP_PARTIAL_CONTENT, resp);
+        return http_queue_response_sized(c, MHD_HTTP_PARTIAL_CONTENT, resp, size);
 }
 
 bool http_fill_has_headers(Fill *f) {

@@ -206,11 +206,13 @@ static enum MHD_Result serve_image(HttpServer *s, Request *req, struct MHD_Conne
 
         e = image_cache_get(s->cache, req->match.id);
         if (e) {
+                req->cache = ACCESS_LOG_CACHE_HIT;
                 int r = serve_hit(s, req, c, e);
                 if (r >= 0)
                         return (enum MHD_Result) r;
                 /* Deleted since the index said so: fetch it again. */
         }
+        req->cache = ACCESS_LOG_CACHE_MISS;
         /* Looked at on a miss only: a hit never parses it. */
         if (http_cache_control_has(http_header(c, MHD_HTTP_HEADER_CACHE_CONTROL), "only-if-cached"))
                 return http_respond_text(c, MHD_HTTP_GATEWAY_TIMEOUT, "Not cached here\n");
@@ -281,10 +283,12 @@ static enum MHD_Result serve_management(HttpServer *s, Request *req, struct MHD_
 static enum MHD_Result queue_reply(struct MHD_Connection *c, HttpReply *reply_in) {
         HttpReply reply = *reply_in;
         struct MHD_Response *resp;
+        size_t size = 0;
 
         *reply_in = (HttpReply) {};
         if (reply.body) {
-                resp = MHD_create_response_from_buffer(strlen(reply.body), reply.body, MHD_RESPMEM_MUST_FREE);
+                size = strlen(reply.body);
+                resp = MHD_create_response_from_buffer(size, reply.body, MHD_RESPMEM_MUST_FREE);
                 if (!resp) {
                         http_reply_done(&reply);
                         return MHD_NO;
@@ -297,7 +301,7 @@ static enum MHD_Result queue_reply(struct MHD_Connection *c, HttpReply *reply_in
         if (reply.content_type)
                 MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, reply.content_type);
 
-        return http_queue_response(c, reply.status, resp);
+        return http_queue_response_sized(c, reply.status, resp, size);
 }
 
 static enum MHD_Result serve_metrics(HttpServer *s, struct MHD_Connection *c) {
@@ -307,18 +311,20 @@ static enum MHD_Result serve_metrics(HttpServer *s, struct MHD_Connection *c) {
                 .userdata = s->userdata,
         };
         struct MHD_Response *resp;
+        size_t size;
         char *text;
 
         text = http_metrics_render(&ctx, &s->counters);
         if (!text)
                 return MHD_NO;
-        resp = MHD_create_response_from_buffer(strlen(text), text, MHD_RESPMEM_MUST_FREE);
+        size = strlen(text);
+        resp = MHD_create_response_from_buffer(size, text, MHD_RESPMEM_MUST_FREE);
         if (!resp) {
                 free(text);
                 return MHD_NO;
         }
         MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, HTTP_METRICS_CONTENT_TYPE);
-        return http_queue_response(c, MHD_HTTP_OK, resp);
+        return http_queue_response_sized(c, MHD_HTTP_OK, resp, size);
 }
 
 /* ---- MHD callbacks ------------------------------------------------------------------------------ */
@@ -430,7 +436,14 @@ static enum MHD_Result http_on_request(void *cls, struct MHD_Connection *c, cons
                 /* The headers are complete. */
                 header_deadline_stop(s->header_deadlines, &hc->header);
                 req = &hc->request;
-                *req = (Request) { .bad_target = hc->bad_target };
+                *req = (Request) {
+                        .bad_target = hc->bad_target,
+                        .url = url,
+                        .method_name = method,
+                        .version = version,
+                        /* The one clock read of ours per request, and only with AccessLog=yes. */
+                        .start = access_log_enabled(&s->access_log) ? now_usec(CLOCK_MONOTONIC) : 0,
+                };
                 hc->bad_target = false;
                 *req_cls = req;
                 /* Answer on the next call, once the request is read completely: MHD 0.9.75 treats a
@@ -487,6 +500,31 @@ static enum MHD_Result http_on_request(void *cls, struct MHD_Connection *c, cons
         return MHD_YES;
 }
 
+/* The access log's entry for req, ending with toe (access-log.h). */
+static void log_access(HttpServer *s, Request *req, struct MHD_Connection *c, enum MHD_RequestTerminationCode toe) {
+        const union MHD_ConnectionInfo *info = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+        bool ok = toe == MHD_REQUEST_TERMINATED_COMPLETED_OK;
+        usec_t now = now_usec(CLOCK_MONOTONIC);
+        AccessLogEntry e = {
+                .method = req->method_name,
+                .path = req->url,
+                .version = req->version,
+                .user_agent = http_header(c, MHD_HTTP_HEADER_USER_AGENT),
+                .client = info ? info->client_addr : NULL,
+                .image_id = req->match.id[0] && req->match.status != MHD_HTTP_BAD_REQUEST ? req->match.id : NULL,
+                /* nginx's 499: the client went away before it was answered. */
+                .status = req->status != 0 ? req->status : 499,
+                /* A HEAD's body is never sent; a hit's (sendfile in MHD) counts only once it all went out. */
+                .bytes = req->streamed + (ok && req->method != HTTP_METHOD_HEAD ? req->body_size : 0),
+                .duration = req->start > 0 && now > req->start ? now - req->start : 0,
+                .cache = req->cache,
+                .from_peer = req->from_peer,
+                .aborted = !ok,
+        };
+
+        access_log_write(&s->access_log, &e, now);
+}
+
 static void http_on_completed(void *cls, struct MHD_Connection *c, void **req_cls,
                               enum MHD_RequestTerminationCode toe) {
         HttpServer *s = cls;
@@ -506,6 +544,8 @@ static void http_on_completed(void *cls, struct MHD_Connection *c, void **req_cl
                 http_stream_free(req->range_stream);
         }
         request_unlink(req);
+        if (access_log_enabled(&s->access_log))
+                log_access(s, req, c, toe);
         if (req->count_body && toe == MHD_REQUEST_TERMINATED_COMPLETED_OK) {
                 s->ops->count_bytes_served(s->userdata, req->body_size);
                 s->counters.served_bytes[SERVE_SOURCE_CACHE] += req->body_size;
@@ -699,6 +739,7 @@ int http_server_new(sd_event *event, ImageCache *cache, Fetcher *fetcher, const 
         s->config = config;
         s->ops = ops;
         s->userdata = userdata;
+        access_log_configure(&s->access_log, config);
 
         r = load_token(s, config);
         if (r < 0)
@@ -843,6 +884,7 @@ HttpServer *http_server_free(HttpServer *s) {
         hit_cache_free(s->hit_cache);
         peer_counts_free(s->peer_fill_counts);
         header_deadlines_free(s->header_deadlines);
+        access_log_flush(&s->access_log);
 
         free(s->token);
         sd_event_unref(s->event);
@@ -866,6 +908,7 @@ int http_server_reconfigure(HttpServer *s, const Config *config) {
                 return r;
 
         s->config = config;
+        access_log_configure(&s->access_log, config);
         return load_token(s, config);
 }
 

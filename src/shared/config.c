@@ -291,6 +291,11 @@ static int config_parse_replicas(const char *value, void *field, const char **re
         return config_parse_unsigned(value, 1, 16, "number out of range (1-16)", field, ret_reason);
 }
 
+/* 0 would silence the log as AccessLog=no does, only less plainly. */
+static int config_parse_access_log_burst(const char *value, void *field, const char **ret_reason) {
+        return config_parse_unsigned(value, 1, 1000000, "number out of range (1-1000000)", field, ret_reason);
+}
+
 static bool string_has_cntrl_or_space(const char *s) {
         for (const char *p = s; *p; p++)
                 if ((unsigned char) *p <= ' ' || *p == 0x7f)
@@ -519,6 +524,9 @@ static const ConfigKey config_keys[] = {
         KEY("HTTP",     "AcknowledgeOpenReadAccess", config_parse_bool,  acknowledge_open_read_access, "no"),
         KEY("HTTP",     "ReadAccessAllowCacheSec", config_parse_sec,     read_access_allow_cache, "60s"),
         KEY("HTTP",     "ReadAccessDenyCacheSec", config_parse_sec,      read_access_deny_cache, "10s"),
+        KEY("HTTP",     "AccessLog",           config_parse_bool,        access_log,            "yes"),
+        KEY("HTTP",     "AccessLogRateLimitIntervalSec", config_parse_positive_sec, access_log_interval, "1s"),
+        KEY("HTTP",     "AccessLogRateLimitBurst", config_parse_access_log_burst, access_log_burst, "1000"),
         KEY("Fleet",    "Peers",               config_parse_peers,       fleet_peers,           NULL),
         KEY("Fleet",    "Self",                config_parse_self,        fleet_self,            NULL),
         KEY("Fleet",    "PeerTokenFile",       config_parse_path,        peer_token_file,       NULL),

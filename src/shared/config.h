@@ -103,6 +103,9 @@ typedef struct Config {
         bool acknowledge_open_read_access; /* default no: ReadAccess=open on a non-loopback listener */
         usec_t read_access_allow_cache; /* default 60s: how long an upstream's yes is believed */
         usec_t read_access_deny_cache;  /* default 10s: how long its no is */
+        bool access_log;               /* default yes: one entry per finished request */
+        usec_t access_log_interval;    /* default 1s: at most access_log_burst entries in each such interval */
+        unsigned access_log_burst;     /* default 1000 */
 
         /* [Fleet] */
         char *fleet_peers;             /* space-separated peer URLs (a host name may stand for several); NULL: no fleet */

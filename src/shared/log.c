@@ -78,6 +78,16 @@ void log_set_journal(bool journal) {
         use_journal = journal;
 }
 
+bool log_get_journal(void) {
+        if (use_journal < 0)
+                use_journal = stderr_is_journal();
+        return use_journal;
+}
+
+const char *log_get_program_name(void) {
+        return program_name;
+}
+
 static void log_to_journal(int level, int error, const char *file, int line, const char *func,
                            const char *image_id, const char *message_id, const char *message) {
         char priority[sizeof("PRIORITY=") + 3], code_line[sizeof("CODE_LINE=") + 12],

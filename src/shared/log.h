@@ -27,6 +27,10 @@ void log_set_max_level(int level);
 int log_get_max_level(void);
 /* Forces (true) or forbids (false) the journal, for tests; log_setup() detects it. */
 void log_set_journal(bool journal);
+/* Where records go (true: the journal), and the SYSLOG_IDENTIFIER=, for writers of their own records
+ * (the access log) that must go where the rest goes. */
+bool log_get_journal(void);
+const char *log_get_program_name(void);
 
 int log_internal(int level, int error, const char *file, int line, const char *func,
                  const char *format, ...) _printf_(6, 7);

@@ -8,7 +8,9 @@
  *     (LISTEN_FDS/LISTEN_PID); after the idle exit a new connection still lands in the socket's backlog
  *     (so the daemon did not shut it down) and the next daemon serves it;
  *   - real clients: curl (hit, Range, HEAD, a miss), wget, qemu-img info/convert over http:// (qemu's
- *     curl driver issues Range requests), the management API with and without the token.
+ *     curl driver issues Range requests), the management API with and without the token;
+ *   - the access log on stderr (not under the journal): a line per request with its status, bytes and
+ *     hit|miss, no query and no token; AccessLog=no writes none, and a reload turns it on.
  * Every process is stopped by pid; waits are bounded; nothing sleeps. */
 
 #include <arpa/inet.h>
@@ -456,6 +458,116 @@ static void test_read_access(Fixture *f, gconstpointer user) {
         stop_running(&r);
 }
 
+/* ---- the access log ---- */
+
+/* Runs the main context until the daemon's stderr has a line containing needle; that line. */
+static char *wait_access_line(Fixture *f, const char *needle) {
+        const char *log, *p, *end;
+
+        if (!test_bus_wait_stderr(f->bus, needle, TEST_BUS_TIMEOUT_MS))
+                g_error("no access log line with %s; the daemon said:\n%s", needle, test_bus_daemon_stderr(f->bus));
+        log = test_bus_daemon_stderr(f->bus);
+        p = strstr(log, needle);
+        while (p > log && p[-1] != '\n')
+                p--;
+        end = strchrnul(p, '\n');
+        return g_strndup(p, (gsize) (end - p));
+}
+
+static void curl_status(Fixture *f, const char *expect, const char *const *extra) {
+        g_autoptr(GPtrArray) argv = g_ptr_array_new();
+        g_autofree char *status = NULL;
+
+        g_ptr_array_add(argv, (char *) "curl");
+        g_ptr_array_add(argv, (char *) "-s");
+        g_ptr_array_add(argv, (char *) "-o");
+        g_ptr_array_add(argv, (char *) "/dev/null");
+        g_ptr_array_add(argv, (char *) "-w");
+        g_ptr_array_add(argv, (char *) "%{http_code}");
+        for (const char *const *a = extra; *a; a++)
+                g_ptr_array_add(argv, (char *) *a);
+        g_ptr_array_add(argv, NULL);
+        g_assert_cmpint(test_bus_run(f->bus, (const char *const *) argv->pdata, &status, NULL), ==, 0);
+        g_assert_cmpstr(status, ==, expect);
+}
+
+static void test_access_log(Fixture *f, gconstpointer user) {
+        uint16_t port;
+        int sock = test_listen_socket(&port);
+        g_autofree char *base = g_strdup_printf("http://127.0.0.1:%u", port);
+        g_autofree char *hit = g_strdup_printf("%s/images/img?token=SECRET-IN-QUERY", base);
+        g_autofree char *fresh = g_strdup_printf("%s/v2/images/fresh/file", base);
+        g_autofree char *missing = g_strdup_printf("%s/images/nowhere", base);
+        g_autofree char *quote = g_strdup_printf("%s/nothing%%22here", base);
+        g_autofree char *newline = g_strdup_printf("%s/images/x%%0Aevil", base);
+        g_autofree char *health = g_strdup_printf("%s/healthcheck", base);
+        g_autofree char *line = NULL, *size = g_strdup_printf(" 200 %d ", IMAGE_SIZE);
+
+        write_config(f, "infinity", NULL);
+        g_assert_true(test_bus_start_daemon_listening(f->bus, sock, NULL));
+
+        /* A hit, with a token in the query and in a header: neither may reach the log. */
+        curl_status(f, "200", (const char *const[]) { "-A", "test-agent/1.0", "-H", "X-Auth-Token: SECRET-IN-HEADER",
+                                                       hit, NULL });
+        line = wait_access_line(f, "\"GET /images/img HTTP/1.1\"");
+        g_assert_true(g_str_has_prefix(line, "127.0.0.1 - - ["));
+        g_assert_nonnull(strstr(line, size));
+        g_assert_nonnull(strstr(line, " \"-\" \"test-agent/1.0\" "));
+        g_assert_true(g_str_has_suffix(line, " hit -"));
+        g_clear_pointer(&line, g_free);
+
+        /* A Range of a hit and a HEAD: what was sent, not the image's size. */
+        curl_status(f, "206", (const char *const[]) { "-r", "0-99", hit, NULL });
+        line = wait_access_line(f, "\"GET /images/img HTTP/1.1\" 206 100 ");
+        g_assert_true(g_str_has_suffix(line, " hit -"));
+        g_clear_pointer(&line, g_free);
+        curl_status(f, "200", (const char *const[]) { "-I", hit, NULL });
+        line = wait_access_line(f, "\"HEAD /images/img HTTP/1.1\" 200 0 ");
+        g_assert_true(g_str_has_suffix(line, " hit -"));
+        g_clear_pointer(&line, g_free);
+
+        /* A miss, streamed: the bytes the stream handed out. */
+        g_assert_cmpint(upstream_fixture_add_image(f->fx, "/images/fresh", f->data, IMAGE_SIZE / 2, NULL), ==, 0);
+        curl_status(f, "200", (const char *const[]) { fresh, NULL });
+        g_autofree char *fresh_line = g_strdup_printf("\"GET /v2/images/fresh/file HTTP/1.1\" 200 %d ", IMAGE_SIZE / 2);
+        line = wait_access_line(f, fresh_line);
+        g_assert_true(g_str_has_suffix(line, " miss -"));
+        g_clear_pointer(&line, g_free);
+
+        /* Not upstream either: a miss answered 404, with its text's length. */
+        curl_status(f, "404", (const char *const[]) { missing, NULL });
+        line = wait_access_line(f, "\"GET /images/nowhere HTTP/1.1\" 404 ");
+        g_assert_nonnull(strstr(line, " 404 23 "));  /* "No such image upstream\n" */
+        g_assert_true(g_str_has_suffix(line, " miss -"));
+        g_clear_pointer(&line, g_free);
+
+        /* No lookup at all: none. What a client smuggles into the path stays in its field, escaped. */
+        curl_status(f, "404", (const char *const[]) { quote, NULL });
+        line = wait_access_line(f, "\"GET /nothing%22here HTTP/1.1\" 404 10 ");
+        g_assert_true(g_str_has_suffix(line, " - -"));
+        g_clear_pointer(&line, g_free);
+        curl_status(f, "400", (const char *const[]) { newline, NULL });
+        line = wait_access_line(f, "\"GET /images/x%0Aevil HTTP/1.1\" 400 ");
+        g_clear_pointer(&line, g_free);
+
+        g_assert_null(strstr(test_bus_daemon_stderr(f->bus), "SECRET"));
+        g_assert_cmpint(test_bus_stop_daemon(f->bus), ==, 0);
+
+        /* AccessLog=no: nothing. Then a reload turns it on, and the next request has its line. */
+        write_config(f, "infinity", "[HTTP]\nAccessLog=no\n");
+        g_assert_true(test_bus_start_daemon_listening(f->bus, sock, NULL));
+        curl_status(f, "200", (const char *const[]) { hit, NULL });
+        curl_status(f, "404", (const char *const[]) { missing, NULL });
+        write_config(f, "infinity", "[HTTP]\nAccessLog=yes\n");
+        g_assert_cmpint(kill(test_bus_name_owner_pid(f->bus), SIGHUP), ==, 0);
+        g_assert_true(test_bus_wait_stderr(f->bus, "Reloaded ", TEST_BUS_TIMEOUT_MS));
+        curl_status(f, "200", (const char *const[]) { health, NULL });
+        line = wait_access_line(f, "\"GET /healthcheck HTTP/1.1\" 200 3 ");
+        g_assert_null(strstr(test_bus_daemon_stderr(f->bus), "\"GET /images/"));
+        g_assert_cmpint(test_bus_stop_daemon(f->bus), ==, 0);
+        close(sock);
+}
+
 int main(int argc, char *argv[]) {
         g_test_init(&argc, &argv, NULL);
 
@@ -467,6 +579,7 @@ int main(int argc, char *argv[]) {
         ADD("/http-daemon/qemu-img", test_qemu_img);
         ADD("/http-daemon/management", test_management);
         ADD("/http-daemon/read-access", test_read_access);
+        ADD("/http-daemon/access-log", test_access_log);
 
         return g_test_run();
 }

@@ -444,18 +444,23 @@ check_ip_address_allow() {
         info "from $OTHER_ADDR2 (not allowed): dropped, curl timed out"
 }
 
+# Starts the local upstream (test-upstream.service) serving a fresh 1000000-byte image ID.
+start_upstream() {
+        mkdir -p /srv/upstream
+        head -c 1000000 /dev/urandom > "/srv/upstream/$1"
+        chmod -R a+rX /srv/upstream
+        systemd-run -q --unit=test-upstream -p DynamicUser=yes "$upstream_server" \
+                --dir=/srv/upstream --port=$UPSTREAM_PORT --digest=sha256 || fail "cannot start upstream-server"
+        wait_for 5 curl -sf -o /dev/null "http://127.0.0.1:$UPSTREAM_PORT/images/$1" ||
+                { systemctl stop test-upstream; fail "upstream-server does not answer"; }
+}
+
 # A miss through the socket-activated daemon: fetched from a local upstream while streamed to curl.
 check_http_miss() {
         need_http
         [ -n "$upstream_server" ] && [ -x "$upstream_server" ] ||
                 skip "no upstream-server test program (tests/fetch, issue 4) was passed to the guest"
-        mkdir -p /srv/upstream
-        head -c 1000000 /dev/urandom > /srv/upstream/img-miss
-        chmod -R a+rX /srv/upstream
-        systemd-run -q --unit=test-upstream -p DynamicUser=yes "$upstream_server" \
-                --dir=/srv/upstream --port=$UPSTREAM_PORT --digest=sha256 || fail "cannot start upstream-server"
-        wait_for 5 curl -sf -o /dev/null "http://127.0.0.1:$UPSTREAM_PORT/images/img-miss" ||
-                { systemctl stop test-upstream; fail "upstream-server does not answer"; }
+        start_upstream img-miss
         stop_service
         local out
         out=$(curl -sS --max-time 30 -w '%{http_code}' -o /tmp/got "http://127.0.0.1:$PORT/images/img-miss")
@@ -469,6 +474,72 @@ check_http_miss() {
         rm -f /tmp/got
         # Out of the way of the prune check: MaxSize counts only the seeded images.
         call DeleteImage s img-miss >/dev/null || fail "cannot delete img-miss"
+        wait_idle_exit
+}
+
+# The access log (docs/DESIGN.md): one journal entry per request, found by its MESSAGE_ID.
+readonly ACCESS_MESSAGE_ID=8f0d2e0c51d94b53a3ab8a2a1f0e7c64
+# The value of FIELD in one line of journalctl -o json (values of ours hold no quote or backslash).
+json_field() { grep -o "\"$1\":\"[^\"]*\"" <<<"$2" | head -n1 | sed 's/^"[^"]*":"\(.*\)"$/\1/'; }
+# The JSON of the access log entry for PATH since SINCE, or nothing yet.
+access_entry() {
+        journalctl --no-pager -o json --since "@${1%.*}" MESSAGE_ID=$ACCESS_MESSAGE_ID IMGCACHE_HTTP_PATH="$2" |
+                tail -n1
+}
+# Checks FIELD=VALUE in the entry JSON; names the field on failure.
+expect_field() {
+        local got
+        got=$(json_field "$2" "$1")
+        [ "$got" = "$3" ] || fail "${4:-entry}: $2 is '$got', not '$3': $1"
+}
+
+check_access_log() {
+        need_http
+        [ -n "$upstream_server" ] && [ -x "$upstream_server" ] ||
+                skip "no upstream-server test program (tests/fetch, issue 4) was passed to the guest"
+        local since=$EPOCHREALTIME id=${IMAGES[2]} out hit miss health
+        start_upstream img-log
+        out=$(curl -sS --max-time 10 -w '%{http_code}' -o /tmp/got -H 'X-Auth-Token: SECRET-IN-HEADER' \
+                "http://127.0.0.1:$PORT/images/$id?token=SECRET-IN-QUERY") || fail "curl /images/$id failed"
+        [ "$out" = 200 ] || fail "/images/$id answered $out"
+        out=$(curl -sS --max-time 30 -w '%{http_code}' -o /tmp/got "http://127.0.0.1:$PORT/images/img-log")
+        [ "$out" = 200 ] || { systemctl stop test-upstream; fail "/images/img-log answered $out"; }
+        systemctl stop test-upstream
+        curl -sS --max-time 10 -o /dev/null "http://127.0.0.1:$PORT/healthcheck" || fail "curl /healthcheck failed"
+        rm -f /tmp/got
+
+        wait_for 5 sh -c "journalctl -o json --since @${since%.*} MESSAGE_ID=$ACCESS_MESSAGE_ID | grep -q /healthcheck" ||
+                fail "no access log entry for /healthcheck in the journal"
+        hit=$(access_entry "$since" "/images/$id")
+        miss=$(access_entry "$since" /images/img-log)
+        health=$(access_entry "$since" /healthcheck)
+        [ -n "$hit" ] || fail "no access log entry for the hit /images/$id"
+        [ -n "$miss" ] || fail "no access log entry for the miss /images/img-log"
+        info "hit: $hit"
+
+        expect_field "$hit" IMGCACHE_HTTP_METHOD GET hit
+        expect_field "$hit" IMGCACHE_HTTP_STATUS 200 hit
+        expect_field "$hit" IMGCACHE_HTTP_BYTES "$(stat -c %s "$CACHE/$id")" hit
+        expect_field "$hit" IMGCACHE_CACHE hit hit
+        expect_field "$hit" IMGCACHE_CLIENT_ADDRESS 127.0.0.1 hit
+        expect_field "$hit" IMGCACHE_IMAGE_ID "$id" hit
+        expect_field "$hit" PRIORITY 6 hit
+        expect_field "$hit" _SYSTEMD_UNIT "$SERVICE" hit
+        [[ $(json_field IMGCACHE_HTTP_DURATION_USEC "$hit") =~ ^[0-9]+$ ]] || fail "hit: no duration: $hit"
+        [[ $(json_field IMGCACHE_CLIENT_PORT "$hit") =~ ^[0-9]+$ ]] || fail "hit: no client port: $hit"
+        expect_field "$miss" IMGCACHE_HTTP_STATUS 200 miss
+        expect_field "$miss" IMGCACHE_HTTP_BYTES 1000000 miss
+        expect_field "$miss" IMGCACHE_CACHE miss miss
+        expect_field "$miss" IMGCACHE_IMAGE_ID img-log miss
+        expect_field "$health" IMGCACHE_CACHE none healthcheck
+        [ -z "$(json_field IMGCACHE_IMAGE_ID "$health")" ] || fail "/healthcheck names an image: $health"
+        info "miss: $(json_field MESSAGE "$miss"); /healthcheck: $(json_field MESSAGE "$health")"
+
+        # Neither the query nor a header's token reaches the journal.
+        out=$(journalctl --no-pager -o json --since "@${since%.*}" | grep -c SECRET)
+        [ "$out" = 0 ] || fail "a token from the request reached the journal ($out entries)"
+
+        call DeleteImage s img-log >/dev/null || fail "cannot delete img-log"
         wait_idle_exit
 }
 
@@ -642,6 +713,7 @@ run_check "systemctl reload: SIGHUP re-reads the configuration" check_reload
 run_check "default imgcached.conf: all keys commented, read without warnings" check_config
 run_check "socket activation: curl :$PORT starts it and gets an image; again after idle exit" check_socket_activation
 run_check "socket activation with a miss: fetched from the upstream while served" check_http_miss
+run_check "access log: journal entries with the request's fields (journalctl -o json MESSAGE_ID=)" check_access_log
 run_check "the documented drop-in moves the socket to another address" check_widening_dropin
 run_check "the documented drop-in's IPAddressAllow= drops other peers" check_ip_address_allow
 run_check "widened without read authorization, the daemon refuses ReadAccess=open" check_open_refused_on_network
