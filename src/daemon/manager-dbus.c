@@ -762,12 +762,23 @@ const sd_bus_vtable manager_vtable[] = {
         SD_BUS_VTABLE_END
 };
 
+/* "No medium found" alone does not tell that the environment has no bus: say which one was looked for
+ * and how to get one (the words imgcachectl uses too). */
+static int log_bus_connect_error(Manager *m, int r) {
+        _cleanup_(freep) char *hint = NULL;
+        const char *which = m->user ? "session" : "system";
+
+        if (bus_connect_hint(m->user, r, &hint) < 0 || !hint)
+                return log_error_errno(r, "Cannot connect to the %s bus: %m", which);
+        return log_error_errno(r, "Cannot connect to the %s bus: %m (%s)", which, hint);
+}
+
 int manager_connect_bus(Manager *m) {
         int r;
 
         r = m->user ? sd_bus_open_user(&m->bus) : sd_bus_open_system(&m->bus);
         if (r < 0)
-                return log_error_errno(r, "Cannot connect to the %s bus: %m", m->user ? "session" : "system");
+                return log_bus_connect_error(m, r);
 
         r = sd_bus_add_object_vtable(m->bus, NULL, MANAGER_PATH, MANAGER_INTERFACE, manager_vtable, m);
         if (r < 0)

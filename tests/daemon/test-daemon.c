@@ -815,6 +815,52 @@ static void test_no_upstream(void) {
         g_assert_cmpstr(shown, ==, "s \"http://mirror.example/{id}\"");
 }
 
+/* Without a bus, the one line says which bus was looked for where, and how to get one. */
+static void test_no_bus_hint(void) {
+        g_autoptr(TestBus) b = start(NULL);
+        g_autofree char *runtime = g_build_filename(test_bus_dir(b), "run", NULL);
+        g_autofree char *runtime_env = g_strconcat("XDG_RUNTIME_DIR=", runtime, NULL);
+        g_autofree char *nowhere = g_strdup_printf("DBUS_SYSTEM_BUS_ADDRESS=unix:path=%s/no-bus", test_bus_dir(b));
+        g_autofree char *cache_arg = g_strconcat("--cache-dir=", test_bus_cache_dir(b), NULL);
+        g_autofree char *config_arg = g_strconcat("--config=", test_bus_config_path(b), NULL);
+        const char *daemon = test_bus_daemon_path();
+
+        g_assert_cmpint(g_mkdir(runtime, 0700), ==, 0);
+        {
+                const char *argv[] = { "env", "-u", "DBUS_SESSION_BUS_ADDRESS", runtime_env, daemon, "--user",
+                                       cache_arg, config_arg, "--listen=127.0.0.1:0", NULL };
+                g_autofree char *err = NULL;
+                g_autofree char *line = g_strdup_printf(
+                        "Cannot connect to the session bus: No such file or directory (DBUS_SESSION_BUS_ADDRESS is "
+                        "not set and %s/bus does not exist; start it in a user session or under dbus-run-session)\n",
+                        runtime);
+
+                g_assert_cmpint(test_bus_run(b, argv, NULL, &err), ==, 1);
+                g_assert_true(g_str_has_suffix(err, line));
+        }
+        {
+                const char *argv[] = { "env", "-u", "DBUS_SESSION_BUS_ADDRESS", "-u", "XDG_RUNTIME_DIR", daemon, "--user",
+                                       cache_arg, config_arg, "--listen=127.0.0.1:0", NULL };
+                g_autofree char *err = NULL;
+
+                g_assert_cmpint(test_bus_run(b, argv, NULL, &err), ==, 1);
+                g_assert_true(g_str_has_suffix(err, "Cannot connect to the session bus: No medium found (neither "
+                                                    "DBUS_SESSION_BUS_ADDRESS nor XDG_RUNTIME_DIR is set; start it "
+                                                    "in a user session or under dbus-run-session)\n"));
+        }
+        {
+                /* The system bus at an address that was set on purpose: that address is what to check. */
+                const char *argv[] = { "env", nowhere, daemon, cache_arg, config_arg, "--listen=127.0.0.1:0", NULL };
+                g_autofree char *err = NULL;
+                g_autofree char *line = g_strdup_printf("Cannot connect to the system bus: No such file or directory "
+                                                        "(is the bus at %s running?)\n",
+                                                        nowhere + strlen("DBUS_SYSTEM_BUS_ADDRESS="));
+
+                g_assert_cmpint(test_bus_run(b, argv, NULL, &err), ==, 1);
+                g_assert_true(g_str_has_suffix(err, line));
+        }
+}
+
 /* ---- properties --------------------------------------------------------------------------------- */
 
 static void test_properties(void) {
@@ -1148,6 +1194,7 @@ int main(int argc, char *argv[]) {
         g_test_add_func("/daemon/clean", test_clean);
         g_test_add_func("/daemon/no-upstream", test_no_upstream);
         g_test_add_func("/daemon/properties", test_properties);
+        g_test_add_func("/daemon/no-bus-hint", test_no_bus_hint);
         g_test_add_func("/daemon/notify-and-signals", test_notify_and_signals);
         g_test_add_func("/daemon/reload-names-restart-settings", test_reload_names_restart_settings);
         g_test_add_func("/daemon/watchdog", test_watchdog);
