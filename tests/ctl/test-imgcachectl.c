@@ -1247,9 +1247,55 @@ static void test_no_bus(Fixture *f, gconstpointer data) {
         g_auto(Run) r = run_ctl_env(env, "list", NULL);
         g_auto(Run) u = run_ctl_env(env_user, "--user", "list", NULL);
 
-        assert_error_line(r, "Failed to connect to the system bus: No such file or directory. Is D-Bus running?");
-        assert_error_line(u, "Failed to connect to the session bus: No such file or directory. Is there a session "
-                             "bus (DBUS_SESSION_BUS_ADDRESS, XDG_RUNTIME_DIR)?");
+        g_autofree char *runtime_env = g_strdup_printf("XDG_RUNTIME_DIR=%s", test_bus_cache_dir(f->bus));
+        const char *env_runtime[] = { "DBUS_SESSION_BUS_ADDRESS", runtime_env, NULL };
+        g_auto(Run) rt = run_ctl_env(env_runtime, "--user", "list", NULL);
+        g_autofree char *line = g_strdup_printf("Failed to connect to the system bus: No such file or directory "
+                                                "(is the bus at %s running?)", nowhere + strlen("DBUS_SYSTEM_BUS_ADDRESS="));
+        g_autofree char *line_user = g_strdup_printf("Failed to connect to the session bus: No such file or directory "
+                                                     "(is the bus at %s running?)",
+                                                     nowhere_user + strlen("DBUS_SESSION_BUS_ADDRESS="));
+        g_autofree char *line_runtime = g_strdup_printf(
+                "Failed to connect to the session bus: No such file or directory (DBUS_SESSION_BUS_ADDRESS is not set "
+                "and %s/bus does not exist; start it in a user session or under dbus-run-session)",
+                test_bus_cache_dir(f->bus));
+
+        /* The words imgcached uses when it finds no bus (tests/daemon/test-daemon.c). */
+        assert_error_line(r, line);
+        assert_error_line(u, line_user);
+        assert_error_line(rt, line_runtime);
+}
+
+/* -M and -H: which machine or host, and what to check. The host's ssh is a stand-in that fails as ssh
+ * fails, printing its own reason first. */
+static void test_remote_errors(Fixture *f, gconstpointer data) {
+        g_autofree char *bin = g_build_filename(test_bus_dir(f->bus), "bin", NULL);
+        g_autofree char *ssh = g_build_filename(bin, "ssh", NULL);
+        g_autofree char *path_env = g_strdup_printf("PATH=%s:%s", bin, g_getenv("PATH"));
+        const char *env[] = { path_env, NULL };
+        g_autoptr(GError) error = NULL;
+
+        {
+                g_auto(Run) r = run_ctl("-M", "no-such-machine", "status", NULL);
+                assert_error_line(r, "Failed to connect to the system bus of machine 'no-such-machine': Host is down "
+                                     "(is the machine running? see machinectl list)");
+        }
+
+        g_assert_cmpint(g_mkdir(bin, 0755), ==, 0);
+        g_assert_true(g_file_set_contents(ssh, "#!/bin/sh\necho \"ssh: Could not resolve hostname $3\" >&2\nexit 255\n",
+                                          -1, &error));
+        g_assert_cmpint(chmod(ssh, 0755), ==, 0);
+        {
+                g_auto(Run) r = run_ctl_env(env, "-H", "builder.invalid", "list", NULL);
+
+                g_assert_cmpint(r.status, ==, 1);
+                g_assert_true(g_str_has_prefix(r.err, "ssh: Could not resolve hostname builder.invalid\n"
+                                                      "imgcachectl: Failed to connect to the system bus of host "
+                                                      "'builder.invalid' over ssh: "));
+                g_assert_true(g_str_has_suffix(r.err, " (does 'ssh builder.invalid' log in, and is D-Bus running "
+                                                      "there?)\n"));
+                g_assert_cmpstr(r.out, ==, "");
+        }
 }
 
 static void test_activation(Fixture *f, gconstpointer data) {
@@ -1639,6 +1685,7 @@ int main(int argc, char *argv[]) {
         ADD("/ctl/verify", test_verify, 0);
         ADD("/ctl/jobs-no-upstream", test_jobs_no_upstream, 0);
         ADD("/ctl/no-bus", test_no_bus, FIXTURE_NO_DAEMON);
+        ADD("/ctl/remote-errors", test_remote_errors, FIXTURE_NO_DAEMON);
         ADD("/ctl/activation", test_activation, FIXTURE_NO_DAEMON);
         ADD("/ctl/denied", test_denied, 0);
         ADD("/ctl/help", test_help, FIXTURE_NO_DAEMON);
