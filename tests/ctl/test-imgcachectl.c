@@ -27,6 +27,7 @@
 
 #include "image-id.h"
 #include "test-bus.h"
+#include "upstream-fixture.h"
 
 #define RUN_TIMEOUT_MS TEST_BUS_TIMEOUT_MS
 
@@ -36,8 +37,16 @@
 #define SIZE_SMALL  3000
 #define SIZE_BIG    200000
 
+/* Served by the upstream of FIXTURE_UPSTREAM, not cached at start. */
+#define UPSTREAM_A   "fedora-40"
+#define UPSTREAM_B   "debian-12"
+#define UPSTREAM_ONE "one-byte"
+#define SIZE_A       4000
+#define SIZE_B       6000
+
 typedef struct Fixture {
         TestBus *bus;
+        UpstreamFixture *upstream;
 } Fixture;
 
 typedef enum FixtureFlags {
@@ -45,6 +54,7 @@ typedef enum FixtureFlags {
         FIXTURE_SMALL_MAX   = 1 << 1, /* MaxSize=4K, EnforceMaxSize=no */
         FIXTURE_JUNK        = 1 << 2, /* invalid/ and stalled incomplete/ files */
         FIXTURE_NO_DAEMON   = 1 << 3,
+        FIXTURE_UPSTREAM    = 1 << 4, /* an upstream serving UPSTREAM_A, UPSTREAM_B and UPSTREAM_ONE */
 } FixtureFlags;
 
 static const char *ctl_path(void) {
@@ -76,18 +86,39 @@ static void set_old_mtime(const char *path) {
         g_assert_cmpint(utimes(path, tv), ==, 0);
 }
 
+static void add_upstream_image(Fixture *f, const char *id, size_t size, char fill) {
+        g_autofree char *path = g_strconcat("/images/", id, NULL);
+        g_autofree char *data = g_malloc(size);
+
+        memset(data, fill, size);
+        g_assert_cmpint(upstream_fixture_add_image(f->upstream, path, data, size, NULL), ==, 0);
+}
+
 static void fixture_setup(Fixture *f, gconstpointer data) {
         FixtureFlags flags = GPOINTER_TO_UINT(data);
+        g_autofree char *upstream = NULL, *config = NULL;
+        /* Any free port: parallel tests never fight over the default 127.0.0.1:9393. */
+        const char *args[] = { "--listen=127.0.0.1:0", NULL };
         const char *cache;
 
         f->bus = test_bus_new();
         cache = test_bus_cache_dir(f->bus);
 
-        test_bus_write_config(f->bus,
-                              (flags & FIXTURE_SMALL_MAX) ?
-                              "[Cache]\nMaxSize=4K\nEnforceMaxSize=no\nPrefetchOnQueue=no\n"
-                              "[Daemon]\nExitOnIdleSec=infinity\n" :
-                              "[Cache]\nMaxSize=10G\nPrefetchOnQueue=no\n[Daemon]\nExitOnIdleSec=infinity\n");
+        if (flags & FIXTURE_UPSTREAM) {
+                g_autofree char *url = NULL;
+
+                g_assert_cmpint(upstream_fixture_new(0, &f->upstream), ==, 0);
+                add_upstream_image(f, UPSTREAM_A, SIZE_A, 'a');
+                add_upstream_image(f, UPSTREAM_B, SIZE_B, 'b');
+                add_upstream_image(f, UPSTREAM_ONE, 1, '1');
+                url = upstream_fixture_url(f->upstream, "/images/{id}");
+                upstream = g_strdup_printf("[Upstream]\nURL=%s\n", url);
+        }
+        config = g_strdup_printf("[Cache]\nMaxSize=%s\nPrefetchOnQueue=no\n%s[Daemon]\nExitOnIdleSec=infinity\n%s",
+                                 (flags & FIXTURE_SMALL_MAX) ? "4K\nEnforceMaxSize=no" : "10G",
+                                 (flags & (FIXTURE_UPSTREAM | FIXTURE_SMALL_MAX)) ? "KeepFree=0\n" : "",
+                                 upstream ? upstream : "");
+        test_bus_write_config(f->bus, config);
 
         if (!(flags & FIXTURE_EMPTY)) {
                 write_image(cache, IMAGE_SMALL, SIZE_SMALL, 's');
@@ -106,12 +137,13 @@ static void fixture_setup(Fixture *f, gconstpointer data) {
                 set_old_mtime(stalled);
         }
 
-        if (!(flags & FIXTURE_NO_DAEMON) && !test_bus_start_daemon(f->bus, NULL))
+        if (!(flags & FIXTURE_NO_DAEMON) && !test_bus_start_daemon(f->bus, args))
                 g_error("imgcached did not start: %s", test_bus_daemon_stderr(f->bus));
 }
 
 static void fixture_teardown(Fixture *f, gconstpointer data) {
         test_bus_free(f->bus);
+        upstream_fixture_free(f->upstream);
 }
 
 /* ---- running imgcachectl -------------------------------------------------------------------------- */
