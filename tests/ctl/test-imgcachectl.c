@@ -489,8 +489,11 @@ static void test_status(Fixture *f, gconstpointer data) {
                 { "Upstream", "upstream" }, { "MaxSize", "max_size" }, { "StallTimeUSec", "stall_time_usec" },
                 { "CurrentSize", "current_size" }, { "ImageCount", "image_count" },
                 { "QueuedCount", "queued_count" }, { "Hits", "hits" }, { "Misses", "misses" },
-                { "BytesServed", "bytes_served" },
+                { "BytesServed", "bytes_served" }, { "KeepFree", "keep_free" },
+                { "ListenAddress", "listen_address" }, { "PinCount", "pin_count" },
         };
+        g_autoptr(GVariant) listen = get_property(f, "ListenAddress");
+        g_autofree char *http_line = g_strdup_printf("        HTTP: %s\n", g_variant_get_string(listen, NULL));
 
         assert_success(r);
         g_assert_nonnull(strstr(r.out, dir_line));
@@ -502,6 +505,14 @@ static void test_status(Fixture *f, gconstpointer data) {
         g_assert_nonnull(strstr(r.out, "    Upstream: none configured\n"));
         /* No upstream: no job can run; ListJobs' NoUpstream error reads as 0. */
         g_assert_nonnull(strstr(r.out, "Running jobs: 0\n"));
+        /* Where HTTP is served (the fixture's port 0: the port the kernel chose), the free space with what
+         * KeepFree= keeps, the pins. */
+        g_assert_true(g_str_has_prefix(g_variant_get_string(listen, NULL), "127.0.0.1:"));
+        g_assert_cmpstr(g_variant_get_string(listen, NULL), !=, "127.0.0.1:0");
+        g_assert_nonnull(strstr(r.out, http_line));
+        g_assert_true(g_regex_match_simple("\n  Free space: [0-9.]+[BKMGTPE] \\(keeps [0-9.]+[BKMGTPE] free\\)\n",
+                                           r.out, 0, 0));
+        g_assert_nonnull(strstr(r.out, "        Pins: 0\n"));
 
         /* status is the default verb; --user reaches the same daemon on the session bus. */
         assert_success(def);
@@ -966,6 +977,18 @@ static void test_pins(Fixture *f, gconstpointer data) {
                 g_auto(Run) r = run_ctl("--json=short", "pins", NULL);
                 assert_success(r);
                 g_assert_cmpint(assert_json_pin(r.out, IMAGE_SMALL, comm, "booting a VM"), ==, getpid());
+        }
+        {
+                g_auto(Run) r = run_ctl("status", NULL);
+                g_auto(Run) js = run_ctl("--json=short", "status", NULL);
+                json_t *j;
+
+                assert_success(r);
+                g_assert_nonnull(strstr(r.out, "        Pins: 1\n"));
+                assert_success(js);
+                j = parse_json(js.out);
+                g_assert_cmpuint(json_u64(j, "pin_count"), ==, 1);
+                json_decref(j);
         }
 
         /* The daemon sees the hang-up before the next call: the pin is gone at once. */
