@@ -448,6 +448,27 @@ int verb_list_queued(int argc, char *argv[], Context *c) {
                                    "No images queued.", "image queued", "images queued");
 }
 
+int get_cached_size(sd_bus *bus, const char *id, uint64_t *ret_size) {
+        _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+        const char *ignored;
+        uint64_t size;
+        int r;
+
+        r = sd_bus_call_method(bus, BUS_NAME, BUS_PATH, BUS_IFACE, "GetImage", &error, &reply, "s", id);
+        if (sd_bus_error_has_name(&error, IMGCACHE_ERROR_NO_SUCH_IMAGE))
+                return 0;
+        if (r < 0)
+                return r;
+
+        r = sd_bus_message_read(reply, "(stttts)", &ignored, &size, NULL, NULL, NULL, NULL);
+        if (r < 0)
+                return r;
+
+        *ret_size = size;
+        return 1;
+}
+
 int verb_show(int argc, char *argv[], Context *c) {
         _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;

@@ -773,8 +773,16 @@ static void test_queue(Fixture *f, gconstpointer data) {
                 /* Already queued, already cached: reported, not an error. */
                 g_auto(Run) r = run_ctl("queue-image", "fedora-40", IMAGE_SMALL, NULL);
                 assert_success(r);
-                g_assert_cmpstr(r.out, ==, "Image fedora-40 is already queued or cached.\n"
-                                           "Image " IMAGE_SMALL " is already queued or cached.\n");
+                g_assert_cmpstr(r.out, ==, "Image fedora-40 is already queued.\n"
+                                           "Image " IMAGE_SMALL " is already cached.\n");
+        }
+        {
+                g_auto(Run) r = run_ctl("--json=short", "queue", "debian-12", "fedora-40", IMAGE_BIG, NULL);
+
+                assert_success(r);
+                g_assert_cmpstr(r.out, ==, "[{\"id\":\"debian-12\",\"queued\":false,\"already\":\"queued\"},"
+                                           "{\"id\":\"fedora-40\",\"queued\":false,\"already\":\"queued\"},"
+                                           "{\"id\":\"" IMAGE_BIG "\",\"queued\":false,\"already\":\"cached\"}]\n");
         }
         {
                 g_auto(Run) r = run_ctl("--json=short", "queue", "--checksum=md5:d41d8cd98f00b204e9800998ecf8427e",
