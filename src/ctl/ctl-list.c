@@ -497,7 +497,8 @@ int verb_show(int argc, char *argv[], Context *c) {
 
         now = now_usec(CLOCK_REALTIME);
         printf("           Id: %s\n", i.id);
-        printf("         Size: %s (%" PRIu64 " bytes)\n", format_size(size, sizeof size, i.size), i.size);
+        printf("         Size: %s (%" PRIu64 " %s)\n", format_size(size, sizeof size, i.size), i.size,
+               plural(i.size, "byte", "bytes"));
         printf("         Hits: %" PRIu64 "\n", i.hits);
         printf("Last accessed: %s", format_timestamp(ts, sizeof ts, i.last_accessed));
         if (i.last_accessed > 0)

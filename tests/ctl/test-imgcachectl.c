@@ -1179,6 +1179,23 @@ static void test_prune_text(Fixture *f, gconstpointer data) {
         g_assert_true(g_regex_match_simple("^Pruned [12] images?, freeing [0-9.]+K\\.\n$", r.out, 0, 0));
 }
 
+/* One image: "image", not "images". The small one was used last, so only the big one goes. */
+static void test_prune_one(Fixture *f, gconstpointer data) {
+        open_image(f, IMAGE_SMALL);
+        g_auto(Run) r = run_ctl("prune", NULL);
+
+        assert_success(r);
+        g_assert_cmpstr(r.out, ==, "Pruned 1 image, freeing 195.3K.\n");
+        g_assert_true(image_exists(f, IMAGE_SMALL));
+}
+
+static void test_clean_text(Fixture *f, gconstpointer data) {
+        g_auto(Run) r = run_ctl("clean", "--stall-time=1d", NULL);
+
+        assert_success(r);
+        g_assert_cmpstr(r.out, ==, "Removed 1 stalled incomplete file and 1 invalid file.\n");
+}
+
 static void test_clean(Fixture *f, gconstpointer data) {
         g_autofree char *invalid = g_build_filename(test_bus_cache_dir(f->bus), "invalid", "bad-image", NULL);
         g_autofree char *stalled = g_build_filename(test_bus_cache_dir(f->bus), "incomplete", "stalled-image", NULL);
@@ -1744,7 +1761,9 @@ int main(int argc, char *argv[]) {
         ADD("/ctl/prompt", test_prompt, 0);
         ADD("/ctl/prune", test_prune, FIXTURE_SMALL_MAX);
         ADD("/ctl/prune-text", test_prune_text, FIXTURE_SMALL_MAX);
+        ADD("/ctl/prune-one", test_prune_one, FIXTURE_SMALL_MAX);
         ADD("/ctl/clean", test_clean, FIXTURE_JUNK);
+        ADD("/ctl/clean-text", test_clean_text, FIXTURE_JUNK);
         ADD("/ctl/verify", test_verify, 0);
         ADD("/ctl/jobs-no-upstream", test_jobs_no_upstream, 0);
         ADD("/ctl/no-bus", test_no_bus, FIXTURE_NO_DAEMON);
