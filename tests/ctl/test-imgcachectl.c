@@ -1282,6 +1282,29 @@ static void test_jobs_no_upstream(Fixture *f, gconstpointer data) {
                 g_assert_cmpstr(r.out, ==, "");
         }
         {
+                g_auto(Run) two = run_ctl("fetch", "--checksum=md5:d41d8cd98f00b204e9800998ecf8427e", "a1", "a2", NULL);
+
+                assert_error_line(two, "--checksum= applies to a single image; give one id only.");
+        }
+        {
+                /* --json: one object per id, the failed ones too, with the daemon's message. */
+                g_auto(Run) r = run_ctl("--json=short", "fetch", "fedora-40", "debian-12", NULL);
+                json_t *a;
+
+                g_assert_cmpint(r.status, ==, 1);
+                a = parse_json(r.out);
+                g_assert_cmpuint(json_array_size(a), ==, 2);
+                for (size_t i = 0; i < 2; i++) {
+                        json_t *o = json_array_get(a, i);
+
+                        g_assert_cmpstr(json_str(o, "image_id"), ==, i == 0 ? "fedora-40" : "debian-12");
+                        g_assert_cmpstr(json_str(o, "result"), ==, "failed");
+                        g_assert_true(json_is_null(json_object_get(o, "job")));
+                }
+                g_assert_cmpstr(json_str(json_array_get(a, 0), "error"), ==, fetch_msg);
+                json_decref(a);
+        }
+        {
                 g_auto(Run) q = run_ctl("queue", "fedora-40", NULL);
                 g_auto(Run) r = run_ctl("prefetch", NULL);
                 g_auto(Run) nb = run_ctl("prefetch", "--no-block", NULL);
@@ -1645,6 +1668,12 @@ static void test_completion_bash(Fixture *f, gconstpointer data) {
                 g_assert_cmpstr(out, ==, "debian-12\nfedora-40\n");
         }
         {
+                /* fetch takes several ids: queued ones after the first, too. */
+                const char *w[] = { ctl, "fetch", "fedora-40", "", NULL };
+                g_autofree char *out = bash_complete(w, NULL);
+                g_assert_cmpstr(out, ==, "debian-12\nfedora-40\n");
+        }
+        {
                 /* --user on the line is honoured: with the system bus gone, only --user finds the daemon. */
                 const char *w[] = { ctl, "verify", "", NULL };
                 const char *wu[] = { ctl, "--user", "verify", "", NULL };
@@ -1722,6 +1751,11 @@ static void test_completion_zsh(Fixture *f, gconstpointer data) {
                 g_assert_cmpstr(out, ==, "fedora-40\n");
         }
         {
+                g_autofree char *line = g_strdup_printf("%s fetch fedora-40 ", ctl);
+                g_autofree char *out = zsh_complete(line, NULL);
+                g_assert_cmpstr(out, ==, "fedora-40\n");
+        }
+        {
                 g_autofree char *line = g_strdup_printf("%s show ", ctl);
                 g_autofree char *lineu = g_strdup_printf("%s --user show ", ctl);
                 g_autofree char *none = zsh_complete(line, no_system_bus);
@@ -1741,6 +1775,97 @@ static void test_completion_zsh(Fixture *f, gconstpointer data) {
         }
 }
 
+/* ---- fetching from an upstream ------------------------------------------------------------------- */
+
+static json_t *json_find_image(json_t *a, const char *id) {
+        for (size_t i = 0; i < json_array_size(a); i++)
+                if (g_str_equal(json_str(json_array_get(a, i), "image_id"), id))
+                        return json_array_get(a, i);
+        g_error("image %s missing from the JSON results", id);
+}
+
+static guint64 image_size(Fixture *f, const char *id) {
+        g_autoptr(GVariant) v = call_ok(f, "GetImage", g_variant_new("(s)", id), "((stttts))");
+        guint64 size;
+
+        g_variant_get(v, "((&stttt&s))", NULL, &size, NULL, NULL, NULL, NULL);
+        return size;
+}
+
+/* Several ids: each fetched, or said to be cached already, or failed, with one line each; a failure makes
+ * the exit status, and does not stop the others. */
+static void test_fetch_several(Fixture *f, gconstpointer data) {
+        g_auto(Run) r = run_ctl("fetch", UPSTREAM_A, IMAGE_SMALL, UPSTREAM_B, "not-upstream", NULL);
+        g_auto(GStrv) out = lines(r.out);
+        const char *expected[] = {
+                "Image " IMAGE_SMALL " is already cached (2.9K).",
+                "Fetched image " UPSTREAM_A " (3.9K).",
+                "Fetched image " UPSTREAM_B " (5.8K).",
+                NULL
+        };
+
+        g_assert_cmpint(r.status, ==, 1);
+        /* The cached one is known before any job starts; then a "Started" line and an end per job. */
+        g_assert_cmpstr(out[0], ==, expected[0]);
+        assert_has_lines(r.out, expected);
+        g_assert_cmpuint(g_strv_length(out), ==, 6);
+        for (guint i = 1; i <= 3; i++)
+                g_assert_true(g_regex_match_simple("^Started job [0-9]+ for image (" UPSTREAM_A "|" UPSTREAM_B
+                                                   "|not-upstream)\\.$", out[i], 0, 0));
+        g_assert_true(g_str_has_prefix(r.err, "imgcachectl: Failed to fetch image not-upstream: "));
+        assert_one_line(r.err);
+        g_assert_cmpuint(image_size(f, UPSTREAM_A), ==, SIZE_A);
+        g_assert_cmpuint(image_size(f, UPSTREAM_B), ==, SIZE_B);
+        g_assert_false(image_exists(f, "not-upstream"));
+
+        /* Fetched now: cached, with its size (not the 0 of a job that had nothing to do). */
+        {
+                g_auto(Run) again = run_ctl("fetch", UPSTREAM_A, NULL);
+
+                assert_success(again);
+                g_assert_cmpstr(again.out, ==, "Image " UPSTREAM_A " is already cached (3.9K).\n");
+        }
+}
+
+/* --json: one object per id, in the order given, each with its real size; the failed one too. */
+static void test_fetch_json(Fixture *f, gconstpointer data) {
+        g_auto(Run) r = run_ctl("--json=short", "fetch", UPSTREAM_ONE, IMAGE_BIG, "not-upstream", UPSTREAM_B, NULL);
+        json_t *a, *o;
+
+        g_assert_cmpint(r.status, ==, 1);
+        a = parse_json(r.out);
+        g_assert_cmpuint(json_array_size(a), ==, 4);
+        g_assert_cmpstr(json_str(json_array_get(a, 0), "image_id"), ==, UPSTREAM_ONE);
+        g_assert_cmpstr(json_str(json_array_get(a, 1), "image_id"), ==, IMAGE_BIG);
+        g_assert_cmpstr(json_str(json_array_get(a, 2), "image_id"), ==, "not-upstream");
+        g_assert_cmpstr(json_str(json_array_get(a, 3), "image_id"), ==, UPSTREAM_B);
+
+        o = json_find_image(a, IMAGE_BIG);
+        g_assert_cmpstr(json_str(o, "result"), ==, "done");
+        g_assert_true(json_is_true(json_object_get(o, "cached")));
+        g_assert_cmpuint(json_u64(o, "size"), ==, SIZE_BIG);
+        g_assert_true(json_is_null(json_object_get(o, "job")));
+        g_assert_true(json_is_null(json_object_get(o, "path")));
+
+        o = json_find_image(a, UPSTREAM_B);
+        g_assert_cmpstr(json_str(o, "result"), ==, "done");
+        g_assert_true(json_is_false(json_object_get(o, "cached")));
+        g_assert_cmpuint(json_u64(o, "size"), ==, SIZE_B);
+        g_assert_cmpuint(json_u64(o, "job"), >, 0);
+
+        o = json_find_image(a, "not-upstream");
+        g_assert_cmpstr(json_str(o, "result"), ==, "failed");
+        g_assert_cmpstr(json_str(o, "error"), !=, "");
+        json_decref(a);
+
+        /* A one-byte image reads as one. */
+        {
+                g_auto(Run) show = run_ctl("show", UPSTREAM_ONE, NULL);
+
+                assert_success(show);
+                g_assert_nonnull(strstr(show.out, "         Size: 1B (1 byte)\n"));
+        }
+}
 int main(int argc, char *argv[]) {
         g_test_init(&argc, &argv, NULL);
 
@@ -1766,6 +1891,8 @@ int main(int argc, char *argv[]) {
         ADD("/ctl/clean-text", test_clean_text, FIXTURE_JUNK);
         ADD("/ctl/verify", test_verify, 0);
         ADD("/ctl/jobs-no-upstream", test_jobs_no_upstream, 0);
+        ADD("/ctl/fetch-several", test_fetch_several, FIXTURE_UPSTREAM);
+        ADD("/ctl/fetch-json", test_fetch_json, FIXTURE_UPSTREAM);
         ADD("/ctl/no-bus", test_no_bus, FIXTURE_NO_DAEMON);
         ADD("/ctl/remote-errors", test_remote_errors, FIXTURE_NO_DAEMON);
         ADD("/ctl/activation", test_activation, FIXTURE_NO_DAEMON);
