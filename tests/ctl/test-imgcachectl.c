@@ -1827,6 +1827,24 @@ static void test_fetch_several(Fixture *f, gconstpointer data) {
         }
 }
 
+/* --no-block: the jobs started, and what needed none, at once; result null for a job still running. */
+static void test_fetch_no_block(Fixture *f, gconstpointer data) {
+        g_auto(Run) r = run_ctl("fetch", "--no-block", UPSTREAM_A, IMAGE_SMALL, NULL);
+        g_auto(Run) js = run_ctl("--json=short", "fetch", "--no-block", UPSTREAM_B, NULL);
+        json_t *a;
+
+        assert_success(r);
+        g_assert_true(g_regex_match_simple("^Image " IMAGE_SMALL " is already cached \\(2\\.9K\\)\\.\n"
+                                           "Started job [0-9]+ for image " UPSTREAM_A "\\.\n$", r.out, 0, 0));
+        assert_success(js);
+        a = parse_json(js.out);
+        g_assert_cmpuint(json_array_size(a), ==, 1);
+        g_assert_cmpstr(json_str(json_array_get(a, 0), "image_id"), ==, UPSTREAM_B);
+        g_assert_cmpuint(json_u64(json_array_get(a, 0), "job"), >, 0);
+        g_assert_true(json_is_null(json_object_get(json_array_get(a, 0), "result")));
+        json_decref(a);
+}
+
 /* --json: one object per id, in the order given, each with its real size; the failed one too. */
 static void test_fetch_json(Fixture *f, gconstpointer data) {
         g_auto(Run) r = run_ctl("--json=short", "fetch", UPSTREAM_ONE, IMAGE_BIG, "not-upstream", UPSTREAM_B, NULL);
@@ -1893,6 +1911,7 @@ int main(int argc, char *argv[]) {
         ADD("/ctl/jobs-no-upstream", test_jobs_no_upstream, 0);
         ADD("/ctl/fetch-several", test_fetch_several, FIXTURE_UPSTREAM);
         ADD("/ctl/fetch-json", test_fetch_json, FIXTURE_UPSTREAM);
+        ADD("/ctl/fetch-no-block", test_fetch_no_block, FIXTURE_UPSTREAM);
         ADD("/ctl/no-bus", test_no_bus, FIXTURE_NO_DAEMON);
         ADD("/ctl/remote-errors", test_remote_errors, FIXTURE_NO_DAEMON);
         ADD("/ctl/activation", test_activation, FIXTURE_NO_DAEMON);
