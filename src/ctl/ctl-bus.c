@@ -6,22 +6,70 @@
 #include <stdlib.h>
 #include <unistd.h>
 
+#include "bus-error.h"
 #include "ctl-bus.h"
 #include "ctl-output.h"
 #include "ctl-util.h"
 #include "log.h"
 #include "util.h"
 
-#define IN_SET_ERRNO(r, a, b, c) ((r) == -(a) || (r) == -(b) || (r) == -(c))
+static const char *bus_kind(void) {
+        return arg_user ? "session" : "system";
+}
 
-static const char *bus_description(void) {
+/* Opens the bus of the transport. For -H and -M, the connection goes through a child (ssh, systemd-run)
+ * that fails only after the open: waiting for the bus's Hello reply (sd_bus_get_unique_name()) makes that
+ * failure a connection error here, not a puzzling "Transport endpoint is not connected" of the first call. */
+static int open_bus(sd_bus **ret) {
+        _cleanup_(sd_bus_flush_close_unrefp) sd_bus *bus = NULL;
+        const char *unique;
+        int r;
+
         switch (arg_transport) {
         case TRANSPORT_REMOTE:
-                return arg_user ? "the remote session bus" : "the remote system bus";
+                r = sd_bus_open_system_remote(&bus, arg_host);
+                break;
         case TRANSPORT_MACHINE:
-                return arg_user ? "the container's session bus" : "the container's system bus";
+                r = arg_user ? sd_bus_open_user_machine(&bus, arg_host) : sd_bus_open_system_machine(&bus, arg_host);
+                break;
         default:
-                return arg_user ? "the session bus" : "the system bus";
+                r = arg_user ? sd_bus_open_user(&bus) : sd_bus_open_system(&bus);
+        }
+        if (r < 0)
+                return r;
+
+        r = sd_bus_get_unique_name(bus, &unique);
+        if (r < 0)
+                return r;
+
+        *ret = TAKE_PTR(bus);
+        return 0;
+}
+
+/* What to check when a machine's bus cannot be reached. */
+static const char *machine_hint(int r) {
+        if (r == -EPERM || r == -EACCES)
+                return "entering a machine needs root";
+        if (r == -ENOENT)
+                return "is D-Bus running in the machine?";
+        return "is the machine running? see machinectl list";
+}
+
+static int log_connect_error(int r) {
+        _cleanup_(freep) char *hint = NULL;
+
+        switch (arg_transport) {
+        case TRANSPORT_MACHINE:
+                return log_error_errno(r, "Failed to connect to the %s bus of machine '%s': %m (%s)", bus_kind(),
+                                       arg_host, machine_hint(r));
+        case TRANSPORT_REMOTE:
+                return log_error_errno(r, "Failed to connect to the %s bus of host '%s' over ssh: %m "
+                                       "(does 'ssh %s' log in, and is D-Bus running there?)", bus_kind(), arg_host,
+                                       arg_host);
+        default:
+                if (bus_connect_hint(arg_user, r, &hint) < 0 || !hint)
+                        return log_error_errno(r, "Failed to connect to the %s bus: %m", bus_kind());
+                return log_error_errno(r, "Failed to connect to the %s bus: %m (%s)", bus_kind(), hint);
         }
 }
 
@@ -29,29 +77,9 @@ int acquire_bus(Context *c, sd_bus **ret) {
         int r;
 
         if (!c->bus) {
-                switch (arg_transport) {
-                case TRANSPORT_REMOTE:
-                        r = sd_bus_open_system_remote(&c->bus, arg_host);
-                        break;
-                case TRANSPORT_MACHINE:
-                        r = arg_user ? sd_bus_open_user_machine(&c->bus, arg_host) :
-                                       sd_bus_open_system_machine(&c->bus, arg_host);
-                        break;
-                default:
-                        r = arg_user ? sd_bus_open_user(&c->bus) : sd_bus_open_system(&c->bus);
-                }
-                if (r < 0) {
-                        const char *hint = "";
-
-                        c->bus = NULL;
-                        if (arg_transport == TRANSPORT_LOCAL && IN_SET_ERRNO(r, ENOENT, ECONNREFUSED, ENOMEDIUM))
-                                hint = arg_user ?
-                                        ". Is there a session bus (DBUS_SESSION_BUS_ADDRESS, XDG_RUNTIME_DIR)?" :
-                                        ". Is D-Bus running?";
-                        return log_error_errno(r, "Failed to connect to %s%s%s: %m%s",
-                                               bus_description(),
-                                               arg_host ? " of " : "", strempty(arg_host), hint);
-                }
+                r = open_bus(&c->bus);
+                if (r < 0)
+                        return log_connect_error(r);
 
                 (void) sd_bus_set_allow_interactive_authorization(c->bus, arg_ask_password);
         }

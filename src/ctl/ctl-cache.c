@@ -73,13 +73,30 @@ static int acquire_bus_confirmed(Context *c, const char *question, sd_bus **ret)
         return confirm("%s", question);
 }
 
-static void print_queued(const char *id, int queued, json_t *results) {
+/* QueueImage says only that id was there already: GetImage tells which way. An image fetched in between
+ * reads as cached, which it is by then. */
+static const char *already_where(sd_bus *bus, const char *id) {
+        uint64_t size;
+        int r;
+
+        r = get_cached_size(bus, id, &size);
+        if (r < 0)
+                return NULL;
+        return r > 0 ? "cached" : "queued";
+}
+
+static void print_queued(sd_bus *bus, const char *id, int queued, json_t *results) {
+        const char *where = queued ? NULL : already_where(bus, id);
+
         if (results)
-                (void) json_array_append_new(results, json_pack("{s:s, s:b}", "id", id, "queued", queued));
+                (void) json_array_append_new(results, json_pack("{s:s, s:b, s:s*}", "id", id, "queued", queued,
+                                                                "already", where));
         else if (arg_quiet)
                 ;
         else if (queued)
                 printf("Queued image %s.\n", id);
+        else if (where)
+                printf("Image %s is already %s.\n", id, where);
         else
                 printf("Image %s is already queued or cached.\n", id);
 }
@@ -110,7 +127,7 @@ int verb_queue(int argc, char *argv[], Context *c) {
                 if (r < 0)
                         ret = r;
                 else
-                        print_queued(argv[i], r, results);
+                        print_queued(bus, argv[i], r, results);
         }
 
         return print_json_results(results, ret);

@@ -3,71 +3,114 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
+#include <string.h>
 
 #include <jansson.h>
 
 #include "bus-error.h"
 #include "ctl-bus.h"
 #include "ctl-jobs.h"
+#include "ctl-list.h"
 #include "ctl-output.h"
 #include "ctl-watch.h"
 #include "parse-util.h"
 #include "table.h"
 #include "util.h"
 
-/* Calls member (FetchImage with an image, Prefetch without) and adds the jobs it returns to w. */
-static int start_jobs(sd_bus *bus, const char *member, const char *image_id, const char *what, Watch *w) {
+/* Prefetch: adds the jobs it started to w. */
+static int start_prefetch(sd_bus *bus, Watch *w) {
         _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
         const char *path;
         int r;
 
-        if (image_id)
-                r = call_manager(bus, member, 0, &error, &reply, "ss", image_id, strempty(arg_checksum));
-        else
-                r = call_manager(bus, member, 0, &error, &reply, NULL);
-        if (r < 0) {
-                if (image_id)
-                        return log_call_error(r, &error, member, "%s image %s", what, image_id);
-                return log_call_error(r, &error, member, "%s", what);
-        }
+        r = call_manager(bus, "Prefetch", 0, &error, &reply, NULL);
+        if (r < 0)
+                return log_call_error(r, &error, "Prefetch", "prefetch");
 
-        if (image_id) {
-                r = sd_bus_message_read(reply, "o", &path);
-                if (r >= 0)
-                        r = watch_add(w, path, image_id);
-        } else {
-                r = sd_bus_message_enter_container(reply, 'a', "o");
-                while (r >= 0 && (r = sd_bus_message_read(reply, "o", &path)) > 0)
-                        r = watch_add(w, path, NULL);
-        }
+        r = sd_bus_message_enter_container(reply, 'a', "o");
+        while (r >= 0 && (r = sd_bus_message_read(reply, "o", &path)) > 0)
+                r = watch_add(w, path, NULL);
         if (r < 0)
                 return log_parse_error(r);
         return 0;
 }
 
-/* --no-block: say which jobs were started, and leave them be. */
-static int report_started_jobs(const Watch *w) {
-        json_t *a = arg_json != JSON_MODE_OFF ? json_array() : NULL;
+/* FetchImage of one image; its job, or its failure (for --json), goes to w. */
+static int start_fetch(sd_bus *bus, const char *id, Watch *w) {
+        _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+        const char *path;
+        int r;
 
-        for (size_t i = 0; i < w->n_jobs; i++) {
-                const JobInfo *j = &w->jobs[i];
-
-                if (a)
-                        (void) json_array_append_new(a, json_pack("{s:I, s:s, s:s}",
-                                                                  "job", (json_int_t) j->id,
-                                                                  "image_id", strempty(j->image_id),
-                                                                  "path", j->path));
-                else if (!arg_quiet)
-                        printf("Started job %" PRIu32 " for image %s.\n", j->id, job_label(j));
+        r = call_manager(bus, "FetchImage", 0, &error, &reply, "ss", id, strempty(arg_checksum));
+        if (r < 0) {
+                r = log_call_error(r, &error, "FetchImage", "fetch image %s", id);
+                if (watch_add_ended(w, id, /* cached= */ false, 0, error.message ?: strerror(-r)) < 0)
+                        return log_oom();
+                return r;
         }
-        return a ? json_print_and_free(a) : 0;
+
+        r = sd_bus_message_read(reply, "o", &path);
+        if (r >= 0)
+                r = watch_add(w, path, id);
+        if (r < 0)
+                return log_parse_error(r);
+        return 0;
 }
 
-/* Starts jobs with member (FetchImage or Prefetch) and, unless --no-block, follows them to their end. */
-static int run_jobs(sd_bus *bus, const char *member, const char *image_id, const char *what) {
-        _cleanup_(watch_done) Watch w = {};
+/* A cached image gets no job: imgcached would only end one at once, with no size to tell. Said here, and
+ * in the --json results with its size. */
+static int add_if_cached(sd_bus *bus, const char *id, Watch *w) {
+        char size[FORMAT_SIZE_MAX];
+        uint64_t bytes;
         int r;
+
+        r = get_cached_size(bus, id, &bytes);
+        if (r <= 0)
+                return 0; /* not cached, or it could not tell: FetchImage will say */
+
+        if (watch_add_ended(w, id, /* cached= */ true, bytes, NULL) < 0)
+                return log_oom();
+        if (!arg_quiet && arg_json == JSON_MODE_OFF)
+                printf("Image %s is already cached (%s).\n", id, format_size(size, sizeof size, bytes));
+        return 1;
+}
+
+/* --no-block: say which jobs were started, and leave them be. */
+static int report_started_jobs(const Watch *w) {
+        if (arg_json != JSON_MODE_OFF)
+                return json_print_and_free(watch_to_json(w));
+
+        for (size_t i = 0; i < w->n_jobs && !arg_quiet; i++) {
+                const JobInfo *j = &w->jobs[i];
+
+                if (!j->removed)
+                        printf("Started job %" PRIu32 " for image %s.\n", j->id, job_label(j));
+        }
+        return 0;
+}
+
+/* Unless --no-block, follows the jobs in w to their end. */
+static int follow_jobs(sd_bus *bus, Watch *w) {
+        watch_resolve_image_ids(bus, w);
+
+        if (arg_no_block)
+                return report_started_jobs(w);
+        return watch_follow(bus, w);
+}
+
+int verb_fetch(int argc, char *argv[], Context *c) {
+        _cleanup_(watch_done) Watch w = {};
+        sd_bus *bus;
+        int r, ret = 0;
+
+        r = acquire_bus_for_images(c, argc, argv, &bus);
+        if (r < 0)
+                return r;
+
+        if (arg_checksum && argc > 2)
+                return log_error_errno(EINVAL, "--checksum= applies to a single image; give one id only.");
 
         if (!arg_no_block) {
                 r = watch_subscribe(bus, &w);
@@ -75,7 +118,36 @@ static int run_jobs(sd_bus *bus, const char *member, const char *image_id, const
                         return r;
         }
 
-        r = start_jobs(bus, member, image_id, what, &w);
+        /* All jobs are started first and followed together: they run side by side in imgcached anyway.
+         * One failure does not stop the rest; the exit code tells there was one. */
+        for (int i = 1; i < argc; i++) {
+                r = add_if_cached(bus, argv[i], &w);
+                if (r == 0)
+                        r = start_fetch(bus, argv[i], &w);
+                if (r < 0)
+                        ret = r;
+        }
+
+        r = follow_jobs(bus, &w);
+        return ret < 0 ? ret : r;
+}
+
+int verb_prefetch(int argc, char *argv[], Context *c) {
+        _cleanup_(watch_done) Watch w = {};
+        sd_bus *bus;
+        int r;
+
+        r = acquire_bus(c, &bus);
+        if (r < 0)
+                return r;
+
+        if (!arg_no_block) {
+                r = watch_subscribe(bus, &w);
+                if (r < 0)
+                        return r;
+        }
+
+        r = start_prefetch(bus, &w);
         if (r < 0)
                 return r;
 
@@ -87,33 +159,7 @@ static int run_jobs(sd_bus *bus, const char *member, const char *image_id, const
                 return 0;
         }
 
-        watch_resolve_image_ids(bus, &w);
-
-        if (arg_no_block)
-                return report_started_jobs(&w);
-        return watch_follow(bus, &w);
-}
-
-int verb_fetch(int argc, char *argv[], Context *c) {
-        sd_bus *bus;
-        int r;
-
-        r = acquire_bus_for_images(c, argc, argv, &bus);
-        if (r < 0)
-                return r;
-
-        return run_jobs(bus, "FetchImage", argv[1], "fetch");
-}
-
-int verb_prefetch(int argc, char *argv[], Context *c) {
-        sd_bus *bus;
-        int r;
-
-        r = acquire_bus(c, &bus);
-        if (r < 0)
-                return r;
-
-        return run_jobs(bus, "Prefetch", NULL, "prefetch");
+        return follow_jobs(bus, &w);
 }
 
 static int read_job_row(sd_bus_message *reply, Table *t, json_t *json, void *userdata) {

@@ -31,6 +31,8 @@ typedef struct ManagerStatus {
         uint64_t hits;
         uint64_t misses;
         uint64_t bytes_served;
+        const char *listen_address;
+        uint32_t pin_count;
 } ManagerStatus;
 
 static const PropertyMap manager_status_map[] = {
@@ -48,6 +50,8 @@ static const PropertyMap manager_status_map[] = {
         { "Hits",           't', offsetof(ManagerStatus, hits)         },
         { "Misses",         't', offsetof(ManagerStatus, misses)       },
         { "BytesServed",    't', offsetof(ManagerStatus, bytes_served) },
+        { "ListenAddress",  's', offsetof(ManagerStatus, listen_address) },
+        { "PinCount",       'u', offsetof(ManagerStatus, pin_count)    },
         {}
 };
 
@@ -57,8 +61,9 @@ static int get_manager_status(sd_bus *bus, ManagerStatus *s, sd_bus_message **re
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
         int r;
 
-        /* A daemon older than KeepFree/FreeSpace does not send them: unknown, not 0. */
-        *s = (ManagerStatus) { .keep_free = UINT64_MAX, .free_space = UINT64_MAX };
+        /* A daemon older than KeepFree/FreeSpace, ListenAddress or PinCount does not send them: unknown,
+         * not 0 or "not serving". */
+        *s = (ManagerStatus) { .keep_free = UINT64_MAX, .free_space = UINT64_MAX, .pin_count = UINT32_MAX };
 
         r = sd_bus_call_method(bus, BUS_NAME, BUS_PATH, "org.freedesktop.DBus.Properties", "GetAll",
                                &error, &reply, "s", BUS_IFACE);
@@ -109,11 +114,12 @@ static bool has_size_limit(uint64_t max_size) {
 
 static int print_status_json(const ManagerStatus *s, bool running_known, uint32_t running) {
         return json_print_and_free(json_pack(
-                        "{s:s, s:s, s:s, s:s, s:o, s:o, s:o, s:o, s:o, s:I, s:I, s:o, s:o, s:o, s:o}",
+                        "{s:s, s:s, s:s, s:s, s:s?, s:o, s:o, s:o, s:o, s:o, s:I, s:I, s:o, s:o, s:o, s:o, s:o}",
                         "version", strempty(s->version),
                         "driver", strempty(s->driver),
                         "cache_directory", strempty(s->directory),
                         "upstream", strempty(s->upstream),
+                        "listen_address", s->listen_address,
                         "max_size", json_u64(s->max_size),
                         "keep_free", s->keep_free != UINT64_MAX ? json_u64(s->keep_free) : json_null(),
                         "free_space", s->free_space != UINT64_MAX ? json_u64(s->free_space) : json_null(),
@@ -124,6 +130,7 @@ static int print_status_json(const ManagerStatus *s, bool running_known, uint32_
                         "hits", json_u64(s->hits),
                         "misses", json_u64(s->misses),
                         "bytes_served", json_u64(s->bytes_served),
+                        "pin_count", s->pin_count != UINT32_MAX ? json_integer(s->pin_count) : json_null(),
                         "running_jobs", running_known ? json_integer(running) : json_null()));
 }
 
@@ -142,12 +149,18 @@ static void print_status_text(const ManagerStatus *s, bool running_known, uint32
         if (s->free_space != UINT64_MAX && s->keep_free != UINT64_MAX)
                 printf("  Free space: %s (keeps %s free)\n", format_size(avail, sizeof avail, s->free_space),
                        format_size(keep, sizeof keep, s->keep_free));
+        else if (s->free_space != UINT64_MAX)
+                printf("  Free space: %s\n", format_size(avail, sizeof avail, s->free_space));
         printf("      Images: %" PRIu32 "\n", s->image_count);
         printf("      Queued: %" PRIu32 "\n", s->queued_count);
+        if (s->pin_count != UINT32_MAX)
+                printf("        Pins: %" PRIu32 "\n", s->pin_count);
         printf(" Hits/Misses: %" PRIu64 "/%" PRIu64 " (hit ratio %s)\n", s->hits, s->misses,
                format_percent(ratio, sizeof ratio, s->hits, s->hits + s->misses));
         printf("Bytes served: %s\n", format_size(served, sizeof served, s->bytes_served));
         printf("    Upstream: %s\n", isempty(s->upstream) ? "none configured" : s->upstream);
+        if (s->listen_address)
+                printf("        HTTP: %s\n", isempty(s->listen_address) ? "not serving" : s->listen_address);
         printf("  Stall time: %s\n", format_timespan(stall, sizeof stall, s->stall_time));
         if (running_known)
                 printf("Running jobs: %" PRIu32 "\n", running);
@@ -435,6 +448,27 @@ int verb_list_queued(int argc, char *argv[], Context *c) {
                                    "No images queued.", "image queued", "images queued");
 }
 
+int get_cached_size(sd_bus *bus, const char *id, uint64_t *ret_size) {
+        _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+        const char *ignored;
+        uint64_t size;
+        int r;
+
+        r = sd_bus_call_method(bus, BUS_NAME, BUS_PATH, BUS_IFACE, "GetImage", &error, &reply, "s", id);
+        if (sd_bus_error_has_name(&error, IMGCACHE_ERROR_NO_SUCH_IMAGE))
+                return 0;
+        if (r < 0)
+                return r;
+
+        r = sd_bus_message_read(reply, "(stttts)", &ignored, &size, NULL, NULL, NULL, NULL);
+        if (r < 0)
+                return r;
+
+        *ret_size = size;
+        return 1;
+}
+
 int verb_show(int argc, char *argv[], Context *c) {
         _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
@@ -463,7 +497,8 @@ int verb_show(int argc, char *argv[], Context *c) {
 
         now = now_usec(CLOCK_REALTIME);
         printf("           Id: %s\n", i.id);
-        printf("         Size: %s (%" PRIu64 " bytes)\n", format_size(size, sizeof size, i.size), i.size);
+        printf("         Size: %s (%" PRIu64 " %s)\n", format_size(size, sizeof size, i.size), i.size,
+               plural(i.size, "byte", "bytes"));
         printf("         Hits: %" PRIu64 "\n", i.hits);
         printf("Last accessed: %s", format_timestamp(ts, sizeof ts, i.last_accessed));
         if (i.last_accessed > 0)

@@ -23,6 +23,10 @@ typedef struct ImageInfo {
 /* Reads ListImages; the strings in *ret are borrowed from *ret_reply. Logs failures. */
 int list_images(sd_bus *bus, ImageInfo **ret, size_t *ret_n, sd_bus_message **ret_reply);
 
+/* Whether id is cached, with its size: 1 (and *ret_size), 0 when imgcached says it is not, or a negative
+ * errno (not logged) when it could not tell. */
+int get_cached_size(sd_bus *bus, const char *id, uint64_t *ret_size);
+
 int verb_status(int argc, char *argv[], Context *c);
 int verb_list(int argc, char *argv[], Context *c);
 int verb_list_queued(int argc, char *argv[], Context *c);

@@ -83,6 +83,37 @@ int watch_add(Watch *w, const char *path, const char *image_id) {
         return 0;
 }
 
+int watch_add_ended(Watch *w, const char *image_id, bool cached, uint64_t size, const char *error) {
+        JobInfo *p, *j;
+
+        p = reallocarray(w->jobs, w->n_jobs + 1, sizeof(JobInfo));
+        if (!p)
+                return -ENOMEM;
+        w->jobs = p;
+
+        /* An empty path matches no job's (watch_find()). */
+        j = &w->jobs[w->n_jobs];
+        *j = (JobInfo) {
+                .path = strdup(""),
+                .image_id = strdup(image_id),
+                .result = strdup(cached ? "done" : "failed"),
+                .error = strdup(strempty(error)),
+                .done = size,
+                .total = size,
+                .removed = true,
+                .cached = cached,
+        };
+        if (!j->path || !j->image_id || !j->result || !j->error) {
+                free(j->path);
+                free(j->image_id);
+                free(j->result);
+                free(j->error);
+                return -ENOMEM;
+        }
+        w->n_jobs++;
+        return 0;
+}
+
 static size_t watch_active(const Watch *w) {
         size_t n = 0;
 
@@ -296,19 +327,20 @@ static int on_interrupt(sd_event_source *s, const struct signalfd_siginfo *si, v
         return sd_event_exit(w->event, -EINTR);
 }
 
-static json_t *watch_results_to_json(const Watch *w) {
+json_t *watch_to_json(const Watch *w) {
         json_t *a = json_array();
 
         for (size_t i = 0; a && i < w->n_jobs; i++) {
                 const JobInfo *j = &w->jobs[i];
 
-                if (json_array_append_new(a, json_pack("{s:I, s:s, s:s, s:s, s:s, s:o}",
-                                                       "job", (json_int_t) j->id,
+                if (json_array_append_new(a, json_pack("{s:o, s:s, s:s?, s:s?, s:s, s:o, s:b}",
+                                                       "job", j->id > 0 ? json_integer(j->id) : json_null(),
                                                        "image_id", strempty(j->image_id),
-                                                       "path", j->path,
-                                                       "result", strempty(j->result),
+                                                       "path", isempty(j->path) ? NULL : j->path,
+                                                       "result", j->removed ? strempty(j->result) : NULL,
                                                        "error", strempty(j->error),
-                                                       "size", json_u64(MAX(j->total, j->done)))) < 0) {
+                                                       "size", json_u64(MAX(j->total, j->done)),
+                                                       "cached", j->cached)) < 0) {
                         json_decref(a);
                         return NULL;
                 }
@@ -392,6 +424,8 @@ static void watch_ask_for_properties(sd_bus *bus, Watch *w) {
                 JobInfo *j = &w->jobs[i];
                 int r;
 
+                if (j->removed)
+                        continue;
                 if (!arg_quiet && !w->tty && !w->json)
                         printf("Started job %" PRIu32 " for image %s.\n", j->id, job_label(j));
 
@@ -417,14 +451,18 @@ int watch_follow(sd_bus *bus, Watch *w) {
 
         watch_ask_for_properties(bus, w);
 
-        if (!arg_quiet && w->tty)
-                printf("Press Ctrl-C to stop watching; the %s continues in the background.\n",
-                       w->n_jobs == 1 ? "job" : "jobs");
-        fflush(stdout);
-        watch_draw(w);
+        /* Images that got no job (watch_add_ended()) are all there may be: nothing to wait for then. */
+        if (watch_active(w) > 0) {
+                if (!arg_quiet && w->tty)
+                        printf("Press Ctrl-C to stop watching; the %s in the background.\n",
+                               watch_active(w) == 1 ? "job continues" : "jobs continue");
+                fflush(stdout);
+                watch_draw(w);
 
-        r = sd_event_loop(w->event);
-        watch_clear(w);
+                r = sd_event_loop(w->event);
+                watch_clear(w);
+        } else
+                r = 0;
 
         if (w->detached && !arg_quiet)
                 watch_report_detached(w);
@@ -434,7 +472,7 @@ int watch_follow(sd_bus *bus, Watch *w) {
         (void) sd_bus_detach_event(bus);
 
         if (w->json && !w->detached) {
-                int k = json_print_and_free(watch_results_to_json(w));
+                int k = json_print_and_free(watch_to_json(w));
                 if (k < 0 && r >= 0)
                         r = k;
         }

@@ -9,6 +9,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <jansson.h>
 #include <systemd/sd-bus.h>
 #include <systemd/sd-event.h>
 
@@ -42,6 +43,7 @@ typedef struct JobInfo {
 
         bool removed;
         char *result;
+        bool cached;            /* no job: the image was cached already (watch_add_ended()) */
 } JobInfo;
 
 struct Watch {
@@ -66,6 +68,15 @@ int watch_subscribe(sd_bus *bus, Watch *w);
 /* Adds the job at path (image_id may be NULL: see watch_resolve_image_ids()); a path seen already is not
  * added twice. -ENOMEM on failure. */
 int watch_add(Watch *w, const char *path, const char *image_id);
+
+/* Adds an image that got no job, with its end known already: cached (result "done", its size), or a call
+ * that failed (result "failed", the error). It is in the --json results, in the order it was added, and
+ * nothing waits for it. -ENOMEM on failure. */
+int watch_add_ended(Watch *w, const char *image_id, bool cached, uint64_t size, const char *error);
+
+/* Every entry as JSON: {job, image_id, path, result, error, size, cached}; job and path are null for an
+ * image without a job, result null for a job still running. NULL when out of memory. */
+json_t *watch_to_json(const Watch *w);
 
 /* Asks each job without a known image for its ImageId, for the messages. */
 void watch_resolve_image_ids(sd_bus *bus, Watch *w);

@@ -101,7 +101,7 @@ static const Verb verbs[] = {
         { "prune",                    1, 1,        0,            verb_prune       },
         { "clean",                    1, 1,        0,            verb_clean       },
         { "prefetch",                 1, 1,        0,            verb_prefetch    },
-        { "fetch",                    2, 2,        0,            verb_fetch       },
+        { "fetch",                    2, ARGS_ANY, 0,            verb_fetch       },
         { "verify",                   1, ARGS_ANY, 0,            verb_verify      },
         { "jobs",                     1, 1,        0,            verb_jobs        },
         { "cancel",                   2, ARGS_ANY, 0,            verb_cancel      },
@@ -165,7 +165,7 @@ static void help(void) {
                "\n"
                "Transfer commands:\n"
                "  prefetch                 Fetch every queued image\n"
-               "  fetch ID                 Fetch one image now\n"
+               "  fetch ID...              Fetch images now\n"
                "  jobs                     List fetch jobs\n"
                "  cancel JOB...            Cancel fetch jobs\n"
                "\n"
@@ -192,7 +192,7 @@ static void help(void) {
                "     --ignore-pins         Let 'delete' delete pinned images too\n"
                "     --sort=id|size|hits|accessed|modified\n"
                "                           Order of 'list' (default: accessed)\n"
-               "     --checksum=ALGO:HEX   Expected checksum for 'queue' and 'fetch'\n"
+               "     --checksum=ALGO:HEX   Expected checksum for 'queue' and 'fetch' of one image\n"
                "     --stall-time=TIMESPAN Age of stalled downloads for 'clean'\n"
                "     --no-block            Do not wait for 'fetch' and 'prefetch' jobs\n"
                "     --why=TEXT            Reason shown by 'pins' for a 'pin'\n"

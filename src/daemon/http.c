@@ -936,3 +936,8 @@ uint16_t http_server_port(const HttpServer *s) {
         return s->port;
 }
 
+int http_server_listen_fd(const HttpServer *s) {
+        const union MHD_DaemonInfo *info = MHD_get_daemon_info(s->mhd, MHD_DAEMON_INFO_LISTEN_FD);
+        return info ? info->listen_fd : -EBADF;
+}
+

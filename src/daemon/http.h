@@ -128,3 +128,5 @@ void http_server_set_fleet(HttpServer *s, Fleet *fleet);
 unsigned http_server_n_connections(const HttpServer *s);
 /* The local port of the listening socket (for Listen=…:0 in tests). */
 uint16_t http_server_port(const HttpServer *s);
+/* The listening socket MHD serves (owned by the server), for its address; -EBADF when MHD cannot say. */
+int http_server_listen_fd(const HttpServer *s);

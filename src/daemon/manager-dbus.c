@@ -1,13 +1,19 @@
 /* SPDX-License-Identifier: MIT */
+#include <arpa/inet.h>
 #include <errno.h>
 #include <inttypes.h>
+#include <netinet/in.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 
 #include "bus-error.h"
 #include "checksum.h"
 #include "fetch.h"
 #include "fleet.h"
+#include "http.h"
 #include "imgcache-config.h"
 #include "job.h"
 #include "log.h"
@@ -95,6 +101,53 @@ static int property_get_free_space(sd_bus *bus, const char *path, const char *in
         return sd_bus_message_append(reply, "t", available);
 }
 
+/* HOST:PORT or [IPV6]:PORT of what the socket is bound to (the port the kernel picked for Listen=…:0, the
+ * address of a socket systemd passed), or the path of an AF_UNIX one. */
+static int format_socket_address(int fd, char *buf, size_t n) {
+        char host[INET6_ADDRSTRLEN];
+        struct sockaddr_storage ss;
+        socklen_t len = sizeof(ss);
+
+        if (getsockname(fd, (struct sockaddr *) &ss, &len) < 0)
+                return -errno;
+
+        switch (ss.ss_family) {
+        case AF_INET: {
+                const struct sockaddr_in *in = (const struct sockaddr_in *) &ss;
+
+                if (!inet_ntop(AF_INET, &in->sin_addr, host, sizeof(host)))
+                        return -errno;
+                snprintf(buf, n, "%s:%u", host, ntohs(in->sin_port));
+                return 0;
+        }
+        case AF_INET6: {
+                const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *) &ss;
+
+                if (!inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof(host)))
+                        return -errno;
+                snprintf(buf, n, "[%s]:%u", host, ntohs(in6->sin6_port));
+                return 0;
+        }
+        case AF_UNIX:
+                snprintf(buf, n, "%s", ((const struct sockaddr_un *) &ss)->sun_path);
+                return 0;
+        default:
+                return -EAFNOSUPPORT;
+        }
+}
+
+/* What is actually served, not what Listen= asks for: empty when the HTTP server is not running (the
+ * address was taken, say), and const, since the listening socket lives as long as the daemon. */
+static int property_get_listen_address(sd_bus *bus, const char *path, const char *interface, const char *property,
+                                       sd_bus_message *reply, void *userdata, sd_bus_error *error) {
+        Manager *m = userdata;
+        char address[INET6_ADDRSTRLEN + sizeof(struct sockaddr_un)] = "";
+
+        if (m->http && format_socket_address(http_server_listen_fd(m->http), address, sizeof(address)) < 0)
+                address[0] = 0;
+        return sd_bus_message_append(reply, "s", address);
+}
+
 DEFINE_PROPERTY_GET(stall_time, "t", (uint64_t) m->config.stall_time)
 DEFINE_PROPERTY_GET(current_size, "t", image_cache_size(m->cache))
 DEFINE_PROPERTY_GET(image_count, "u", (uint32_t) image_cache_count(m->cache))
@@ -102,6 +155,7 @@ DEFINE_PROPERTY_GET(queued_count, "u", manager_queued_count(m))
 DEFINE_PROPERTY_GET(hits, "t", m->hits)
 DEFINE_PROPERTY_GET(misses, "t", m->misses)
 DEFINE_PROPERTY_GET(bytes_served, "t", m->bytes_served)
+DEFINE_PROPERTY_GET(pin_count, "u", (uint32_t) m->n_pins)
 
 /* ---- helpers ------------------------------------------------------------------------------------ */
 
@@ -711,6 +765,8 @@ const sd_bus_vtable manager_vtable[] = {
         SD_BUS_PROPERTY("Hits", "t", property_get_hits, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
         SD_BUS_PROPERTY("Misses", "t", property_get_misses, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
         SD_BUS_PROPERTY("BytesServed", "t", property_get_bytes_served, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
+        SD_BUS_PROPERTY("ListenAddress", "s", property_get_listen_address, 0, SD_BUS_VTABLE_PROPERTY_CONST),
+        SD_BUS_PROPERTY("PinCount", "u", property_get_pin_count, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
 
         SD_BUS_METHOD_WITH_ARGS("ListImages", SD_BUS_NO_ARGS, SD_BUS_RESULT("a(stttts)", images),
                                 method_list_images, SD_BUS_VTABLE_UNPRIVILEGED),
@@ -762,12 +818,23 @@ const sd_bus_vtable manager_vtable[] = {
         SD_BUS_VTABLE_END
 };
 
+/* "No medium found" alone does not tell that the environment has no bus: say which one was looked for
+ * and how to get one (the words imgcachectl uses too). */
+static int log_bus_connect_error(Manager *m, int r) {
+        _cleanup_(freep) char *hint = NULL;
+        const char *which = m->user ? "session" : "system";
+
+        if (bus_connect_hint(m->user, r, &hint) < 0 || !hint)
+                return log_error_errno(r, "Cannot connect to the %s bus: %m", which);
+        return log_error_errno(r, "Cannot connect to the %s bus: %m (%s)", which, hint);
+}
+
 int manager_connect_bus(Manager *m) {
         int r;
 
         r = m->user ? sd_bus_open_user(&m->bus) : sd_bus_open_system(&m->bus);
         if (r < 0)
-                return log_error_errno(r, "Cannot connect to the %s bus: %m", m->user ? "session" : "system");
+                return log_bus_connect_error(m, r);
 
         r = sd_bus_add_object_vtable(m->bus, NULL, MANAGER_PATH, MANAGER_INTERFACE, manager_vtable, m);
         if (r < 0)

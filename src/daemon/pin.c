@@ -8,6 +8,18 @@
 #include "log.h"
 #include "pin.h"
 
+/* PinCount changes with every pin and there are few of them: announced at once, not with the coalesced
+ * counters (manager_properties_changed()). */
+static void pin_count_changed(Manager *m) {
+        int r;
+
+        if (!m->bus)
+                return;
+        r = sd_bus_emit_properties_changed(m->bus, MANAGER_PATH, MANAGER_INTERFACE, "PinCount", NULL);
+        if (r < 0)
+                log_debug_errno(r, "Cannot emit PropertiesChanged for PinCount, ignoring: %m");
+}
+
 Pin *pin_free(Pin *p) {
         if (!p)
                 return NULL;
@@ -16,6 +28,7 @@ Pin *pin_free(Pin *p) {
                 image_cache_unpin(p->manager->cache, p->image_id);
                 p->manager->pins = g_list_remove(p->manager->pins, p);
                 p->manager->n_pins--;
+                pin_count_changed(p->manager);
                 log_image(LOG_DEBUG, NULL, p->image_id, "Pin on %s released (pid %d, \"%s\").", p->image_id,
                           (int) p->pid, p->why);
         }
@@ -95,6 +108,7 @@ int pin_new(Manager *m, sd_bus_message *message, const char *id, const char *why
                 return r;
         }
 
+        pin_count_changed(m);
         log_image(LOG_INFO, NULL, id, "Image %s pinned by pid %d: %s", id, (int) p->pid, why);
         *ret_fd = TAKE_FD(write_fd);
         return 0;

@@ -1,6 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 #include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
 
 #include "bus-error.h"
 #include "image-id.h"
@@ -55,4 +57,36 @@ int bus_error_check_image_id(sd_bus_error *error, const char *id) {
         id_for_message(id, shown, sizeof shown);
         return sd_bus_error_setf(error, IMGCACHE_ERROR_INVALID_IMAGE_ID,
                                  "Invalid image id '%s': %s", shown, reason);
+}
+
+#define SYSTEM_BUS_SOCKET "/run/dbus/system_bus_socket"
+#define RUN_IT " start it in a user session or under dbus-run-session"
+
+int bus_connect_hint(bool user, int r, char **ret) {
+        const char *address = secure_getenv(user ? "DBUS_SESSION_BUS_ADDRESS" : "DBUS_SYSTEM_BUS_ADDRESS");
+        const char *runtime_dir = secure_getenv("XDG_RUNTIME_DIR");
+        char *hint = NULL;
+        int k;
+
+        *ret = NULL;
+        if (r != -ENOENT && r != -ECONNREFUSED && r != -ENOMEDIUM)
+                return 0;
+
+        /* An explicit address is the user's choice: only it can be wrong. Otherwise say which default
+         * sd-bus tried (sd_bus_open_user() gives ENOMEDIUM when it has no place to look at all). */
+        if (address && *address)
+                k = asprintf(&hint, "is the bus at %s running?", address);
+        else if (!user)
+                k = asprintf(&hint, "is D-Bus running? %s %s", SYSTEM_BUS_SOCKET,
+                             access(SYSTEM_BUS_SOCKET, F_OK) < 0 ? "does not exist" : "does not answer");
+        else if (runtime_dir && *runtime_dir)
+                k = asprintf(&hint, "DBUS_SESSION_BUS_ADDRESS is not set and %s/bus %s;" RUN_IT, runtime_dir,
+                             r == -ECONNREFUSED ? "does not answer" : "does not exist");
+        else
+                k = asprintf(&hint, "neither DBUS_SESSION_BUS_ADDRESS nor XDG_RUNTIME_DIR is set;" RUN_IT);
+        if (k < 0)
+                return -ENOMEM;
+
+        *ret = hint;
+        return 0;
 }

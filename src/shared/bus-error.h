@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 #pragma once
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include <systemd/sd-bus.h>
@@ -32,3 +33,9 @@ int imgcache_bus_error_register(void);
 /* If id is not a valid image id, sets error to InvalidImageId with a message naming the id and the
  * reason, and returns -EINVAL. Returns 0 for a valid id. */
 int bus_error_check_image_id(sd_bus_error *error, const char *id);
+
+/* For "Failed to connect to the session/system bus: %m (<hint>)": why the bus sd-bus looked for is not
+ * there and how to get one, from the variables sd-bus reads the address from. Shared by imgcached and
+ * imgcachectl, so both name the cause in the same words. *ret = NULL when r is not an error of finding
+ * the bus (ENOENT, ECONNREFUSED, ENOMEDIUM). Returns 0 or -ENOMEM. */
+int bus_connect_hint(bool user, int r, char **ret);

@@ -27,6 +27,7 @@
 
 #include "image-id.h"
 #include "test-bus.h"
+#include "upstream-fixture.h"
 
 #define RUN_TIMEOUT_MS TEST_BUS_TIMEOUT_MS
 
@@ -36,8 +37,16 @@
 #define SIZE_SMALL  3000
 #define SIZE_BIG    200000
 
+/* Served by the upstream of FIXTURE_UPSTREAM, not cached at start. */
+#define UPSTREAM_A   "fedora-40"
+#define UPSTREAM_B   "debian-12"
+#define UPSTREAM_ONE "one-byte"
+#define SIZE_A       4000
+#define SIZE_B       6000
+
 typedef struct Fixture {
         TestBus *bus;
+        UpstreamFixture *upstream;
 } Fixture;
 
 typedef enum FixtureFlags {
@@ -45,6 +54,7 @@ typedef enum FixtureFlags {
         FIXTURE_SMALL_MAX   = 1 << 1, /* MaxSize=4K, EnforceMaxSize=no */
         FIXTURE_JUNK        = 1 << 2, /* invalid/ and stalled incomplete/ files */
         FIXTURE_NO_DAEMON   = 1 << 3,
+        FIXTURE_UPSTREAM    = 1 << 4, /* an upstream serving UPSTREAM_A, UPSTREAM_B and UPSTREAM_ONE */
 } FixtureFlags;
 
 static const char *ctl_path(void) {
@@ -76,18 +86,39 @@ static void set_old_mtime(const char *path) {
         g_assert_cmpint(utimes(path, tv), ==, 0);
 }
 
+static void add_upstream_image(Fixture *f, const char *id, size_t size, char fill) {
+        g_autofree char *path = g_strconcat("/images/", id, NULL);
+        g_autofree char *data = g_malloc(size);
+
+        memset(data, fill, size);
+        g_assert_cmpint(upstream_fixture_add_image(f->upstream, path, data, size, NULL), ==, 0);
+}
+
 static void fixture_setup(Fixture *f, gconstpointer data) {
         FixtureFlags flags = GPOINTER_TO_UINT(data);
+        g_autofree char *upstream = NULL, *config = NULL;
+        /* Any free port: parallel tests never fight over the default 127.0.0.1:9393. */
+        const char *args[] = { "--listen=127.0.0.1:0", NULL };
         const char *cache;
 
         f->bus = test_bus_new();
         cache = test_bus_cache_dir(f->bus);
 
-        test_bus_write_config(f->bus,
-                              (flags & FIXTURE_SMALL_MAX) ?
-                              "[Cache]\nMaxSize=4K\nEnforceMaxSize=no\nPrefetchOnQueue=no\n"
-                              "[Daemon]\nExitOnIdleSec=infinity\n" :
-                              "[Cache]\nMaxSize=10G\nPrefetchOnQueue=no\n[Daemon]\nExitOnIdleSec=infinity\n");
+        if (flags & FIXTURE_UPSTREAM) {
+                g_autofree char *url = NULL;
+
+                g_assert_cmpint(upstream_fixture_new(0, &f->upstream), ==, 0);
+                add_upstream_image(f, UPSTREAM_A, SIZE_A, 'a');
+                add_upstream_image(f, UPSTREAM_B, SIZE_B, 'b');
+                add_upstream_image(f, UPSTREAM_ONE, 1, '1');
+                url = upstream_fixture_url(f->upstream, "/images/{id}");
+                upstream = g_strdup_printf("[Upstream]\nURL=%s\n", url);
+        }
+        config = g_strdup_printf("[Cache]\nMaxSize=%s\nPrefetchOnQueue=no\n%s[Daemon]\nExitOnIdleSec=infinity\n%s",
+                                 (flags & FIXTURE_SMALL_MAX) ? "4K\nEnforceMaxSize=no" : "10G",
+                                 (flags & (FIXTURE_UPSTREAM | FIXTURE_SMALL_MAX)) ? "KeepFree=0\n" : "",
+                                 upstream ? upstream : "");
+        test_bus_write_config(f->bus, config);
 
         if (!(flags & FIXTURE_EMPTY)) {
                 write_image(cache, IMAGE_SMALL, SIZE_SMALL, 's');
@@ -106,12 +137,13 @@ static void fixture_setup(Fixture *f, gconstpointer data) {
                 set_old_mtime(stalled);
         }
 
-        if (!(flags & FIXTURE_NO_DAEMON) && !test_bus_start_daemon(f->bus, NULL))
+        if (!(flags & FIXTURE_NO_DAEMON) && !test_bus_start_daemon(f->bus, args))
                 g_error("imgcached did not start: %s", test_bus_daemon_stderr(f->bus));
 }
 
 static void fixture_teardown(Fixture *f, gconstpointer data) {
         test_bus_free(f->bus);
+        upstream_fixture_free(f->upstream);
 }
 
 /* ---- running imgcachectl -------------------------------------------------------------------------- */
@@ -457,8 +489,11 @@ static void test_status(Fixture *f, gconstpointer data) {
                 { "Upstream", "upstream" }, { "MaxSize", "max_size" }, { "StallTimeUSec", "stall_time_usec" },
                 { "CurrentSize", "current_size" }, { "ImageCount", "image_count" },
                 { "QueuedCount", "queued_count" }, { "Hits", "hits" }, { "Misses", "misses" },
-                { "BytesServed", "bytes_served" },
+                { "BytesServed", "bytes_served" }, { "KeepFree", "keep_free" },
+                { "ListenAddress", "listen_address" }, { "PinCount", "pin_count" },
         };
+        g_autoptr(GVariant) listen = get_property(f, "ListenAddress");
+        g_autofree char *http_line = g_strdup_printf("        HTTP: %s\n", g_variant_get_string(listen, NULL));
 
         assert_success(r);
         g_assert_nonnull(strstr(r.out, dir_line));
@@ -470,6 +505,14 @@ static void test_status(Fixture *f, gconstpointer data) {
         g_assert_nonnull(strstr(r.out, "    Upstream: none configured\n"));
         /* No upstream: no job can run; ListJobs' NoUpstream error reads as 0. */
         g_assert_nonnull(strstr(r.out, "Running jobs: 0\n"));
+        /* Where HTTP is served (the fixture's port 0: the port the kernel chose), the free space with what
+         * KeepFree= keeps, the pins. */
+        g_assert_true(g_str_has_prefix(g_variant_get_string(listen, NULL), "127.0.0.1:"));
+        g_assert_cmpstr(g_variant_get_string(listen, NULL), !=, "127.0.0.1:0");
+        g_assert_nonnull(strstr(r.out, http_line));
+        g_assert_true(g_regex_match_simple("\n  Free space: [0-9.]+[BKMGTPE] \\(keeps [0-9.]+[BKMGTPE] free\\)\n",
+                                           r.out, 0, 0));
+        g_assert_nonnull(strstr(r.out, "        Pins: 0\n"));
 
         /* status is the default verb; --user reaches the same daemon on the session bus. */
         assert_success(def);
@@ -730,8 +773,16 @@ static void test_queue(Fixture *f, gconstpointer data) {
                 /* Already queued, already cached: reported, not an error. */
                 g_auto(Run) r = run_ctl("queue-image", "fedora-40", IMAGE_SMALL, NULL);
                 assert_success(r);
-                g_assert_cmpstr(r.out, ==, "Image fedora-40 is already queued or cached.\n"
-                                           "Image " IMAGE_SMALL " is already queued or cached.\n");
+                g_assert_cmpstr(r.out, ==, "Image fedora-40 is already queued.\n"
+                                           "Image " IMAGE_SMALL " is already cached.\n");
+        }
+        {
+                g_auto(Run) r = run_ctl("--json=short", "queue", "debian-12", "fedora-40", IMAGE_BIG, NULL);
+
+                assert_success(r);
+                g_assert_cmpstr(r.out, ==, "[{\"id\":\"debian-12\",\"queued\":false,\"already\":\"queued\"},"
+                                           "{\"id\":\"fedora-40\",\"queued\":false,\"already\":\"queued\"},"
+                                           "{\"id\":\"" IMAGE_BIG "\",\"queued\":false,\"already\":\"cached\"}]\n");
         }
         {
                 g_auto(Run) r = run_ctl("--json=short", "queue", "--checksum=md5:d41d8cd98f00b204e9800998ecf8427e",
@@ -935,6 +986,18 @@ static void test_pins(Fixture *f, gconstpointer data) {
                 assert_success(r);
                 g_assert_cmpint(assert_json_pin(r.out, IMAGE_SMALL, comm, "booting a VM"), ==, getpid());
         }
+        {
+                g_auto(Run) r = run_ctl("status", NULL);
+                g_auto(Run) js = run_ctl("--json=short", "status", NULL);
+                json_t *j;
+
+                assert_success(r);
+                g_assert_nonnull(strstr(r.out, "        Pins: 1\n"));
+                assert_success(js);
+                j = parse_json(js.out);
+                g_assert_cmpuint(json_u64(j, "pin_count"), ==, 1);
+                json_decref(j);
+        }
 
         /* The daemon sees the hang-up before the next call: the pin is gone at once. */
         close(fd);
@@ -1116,6 +1179,23 @@ static void test_prune_text(Fixture *f, gconstpointer data) {
         g_assert_true(g_regex_match_simple("^Pruned [12] images?, freeing [0-9.]+K\\.\n$", r.out, 0, 0));
 }
 
+/* One image: "image", not "images". The small one was used last, so only the big one goes. */
+static void test_prune_one(Fixture *f, gconstpointer data) {
+        open_image(f, IMAGE_SMALL);
+        g_auto(Run) r = run_ctl("prune", NULL);
+
+        assert_success(r);
+        g_assert_cmpstr(r.out, ==, "Pruned 1 image, freeing 195.3K.\n");
+        g_assert_true(image_exists(f, IMAGE_SMALL));
+}
+
+static void test_clean_text(Fixture *f, gconstpointer data) {
+        g_auto(Run) r = run_ctl("clean", "--stall-time=1d", NULL);
+
+        assert_success(r);
+        g_assert_cmpstr(r.out, ==, "Removed 1 stalled incomplete file and 1 invalid file.\n");
+}
+
 static void test_clean(Fixture *f, gconstpointer data) {
         g_autofree char *invalid = g_build_filename(test_bus_cache_dir(f->bus), "invalid", "bad-image", NULL);
         g_autofree char *stalled = g_build_filename(test_bus_cache_dir(f->bus), "incomplete", "stalled-image", NULL);
@@ -1202,6 +1282,29 @@ static void test_jobs_no_upstream(Fixture *f, gconstpointer data) {
                 g_assert_cmpstr(r.out, ==, "");
         }
         {
+                g_auto(Run) two = run_ctl("fetch", "--checksum=md5:d41d8cd98f00b204e9800998ecf8427e", "a1", "a2", NULL);
+
+                assert_error_line(two, "--checksum= applies to a single image; give one id only.");
+        }
+        {
+                /* --json: one object per id, the failed ones too, with the daemon's message. */
+                g_auto(Run) r = run_ctl("--json=short", "fetch", "fedora-40", "debian-12", NULL);
+                json_t *a;
+
+                g_assert_cmpint(r.status, ==, 1);
+                a = parse_json(r.out);
+                g_assert_cmpuint(json_array_size(a), ==, 2);
+                for (size_t i = 0; i < 2; i++) {
+                        json_t *o = json_array_get(a, i);
+
+                        g_assert_cmpstr(json_str(o, "image_id"), ==, i == 0 ? "fedora-40" : "debian-12");
+                        g_assert_cmpstr(json_str(o, "result"), ==, "failed");
+                        g_assert_true(json_is_null(json_object_get(o, "job")));
+                }
+                g_assert_cmpstr(json_str(json_array_get(a, 0), "error"), ==, fetch_msg);
+                json_decref(a);
+        }
+        {
                 g_auto(Run) q = run_ctl("queue", "fedora-40", NULL);
                 g_auto(Run) r = run_ctl("prefetch", NULL);
                 g_auto(Run) nb = run_ctl("prefetch", "--no-block", NULL);
@@ -1247,9 +1350,55 @@ static void test_no_bus(Fixture *f, gconstpointer data) {
         g_auto(Run) r = run_ctl_env(env, "list", NULL);
         g_auto(Run) u = run_ctl_env(env_user, "--user", "list", NULL);
 
-        assert_error_line(r, "Failed to connect to the system bus: No such file or directory. Is D-Bus running?");
-        assert_error_line(u, "Failed to connect to the session bus: No such file or directory. Is there a session "
-                             "bus (DBUS_SESSION_BUS_ADDRESS, XDG_RUNTIME_DIR)?");
+        g_autofree char *runtime_env = g_strdup_printf("XDG_RUNTIME_DIR=%s", test_bus_cache_dir(f->bus));
+        const char *env_runtime[] = { "DBUS_SESSION_BUS_ADDRESS", runtime_env, NULL };
+        g_auto(Run) rt = run_ctl_env(env_runtime, "--user", "list", NULL);
+        g_autofree char *line = g_strdup_printf("Failed to connect to the system bus: No such file or directory "
+                                                "(is the bus at %s running?)", nowhere + strlen("DBUS_SYSTEM_BUS_ADDRESS="));
+        g_autofree char *line_user = g_strdup_printf("Failed to connect to the session bus: No such file or directory "
+                                                     "(is the bus at %s running?)",
+                                                     nowhere_user + strlen("DBUS_SESSION_BUS_ADDRESS="));
+        g_autofree char *line_runtime = g_strdup_printf(
+                "Failed to connect to the session bus: No such file or directory (DBUS_SESSION_BUS_ADDRESS is not set "
+                "and %s/bus does not exist; start it in a user session or under dbus-run-session)",
+                test_bus_cache_dir(f->bus));
+
+        /* The words imgcached uses when it finds no bus (tests/daemon/test-daemon.c). */
+        assert_error_line(r, line);
+        assert_error_line(u, line_user);
+        assert_error_line(rt, line_runtime);
+}
+
+/* -M and -H: which machine or host, and what to check. The host's ssh is a stand-in that fails as ssh
+ * fails, printing its own reason first. */
+static void test_remote_errors(Fixture *f, gconstpointer data) {
+        g_autofree char *bin = g_build_filename(test_bus_dir(f->bus), "bin", NULL);
+        g_autofree char *ssh = g_build_filename(bin, "ssh", NULL);
+        g_autofree char *path_env = g_strdup_printf("PATH=%s:%s", bin, g_getenv("PATH"));
+        const char *env[] = { path_env, NULL };
+        g_autoptr(GError) error = NULL;
+
+        {
+                g_auto(Run) r = run_ctl("-M", "no-such-machine", "status", NULL);
+                assert_error_line(r, "Failed to connect to the system bus of machine 'no-such-machine': Host is down "
+                                     "(is the machine running? see machinectl list)");
+        }
+
+        g_assert_cmpint(g_mkdir(bin, 0755), ==, 0);
+        g_assert_true(g_file_set_contents(ssh, "#!/bin/sh\necho \"ssh: Could not resolve hostname $3\" >&2\nexit 255\n",
+                                          -1, &error));
+        g_assert_cmpint(chmod(ssh, 0755), ==, 0);
+        {
+                g_auto(Run) r = run_ctl_env(env, "-H", "builder.invalid", "list", NULL);
+
+                g_assert_cmpint(r.status, ==, 1);
+                g_assert_true(g_str_has_prefix(r.err, "ssh: Could not resolve hostname builder.invalid\n"
+                                                      "imgcachectl: Failed to connect to the system bus of host "
+                                                      "'builder.invalid' over ssh: "));
+                g_assert_true(g_str_has_suffix(r.err, " (does 'ssh builder.invalid' log in, and is D-Bus running "
+                                                      "there?)\n"));
+                g_assert_cmpstr(r.out, ==, "");
+        }
 }
 
 static void test_activation(Fixture *f, gconstpointer data) {
@@ -1519,6 +1668,12 @@ static void test_completion_bash(Fixture *f, gconstpointer data) {
                 g_assert_cmpstr(out, ==, "debian-12\nfedora-40\n");
         }
         {
+                /* fetch takes several ids: queued ones after the first, too. */
+                const char *w[] = { ctl, "fetch", "fedora-40", "", NULL };
+                g_autofree char *out = bash_complete(w, NULL);
+                g_assert_cmpstr(out, ==, "debian-12\nfedora-40\n");
+        }
+        {
                 /* --user on the line is honoured: with the system bus gone, only --user finds the daemon. */
                 const char *w[] = { ctl, "verify", "", NULL };
                 const char *wu[] = { ctl, "--user", "verify", "", NULL };
@@ -1596,6 +1751,11 @@ static void test_completion_zsh(Fixture *f, gconstpointer data) {
                 g_assert_cmpstr(out, ==, "fedora-40\n");
         }
         {
+                g_autofree char *line = g_strdup_printf("%s fetch fedora-40 ", ctl);
+                g_autofree char *out = zsh_complete(line, NULL);
+                g_assert_cmpstr(out, ==, "fedora-40\n");
+        }
+        {
                 g_autofree char *line = g_strdup_printf("%s show ", ctl);
                 g_autofree char *lineu = g_strdup_printf("%s --user show ", ctl);
                 g_autofree char *none = zsh_complete(line, no_system_bus);
@@ -1615,6 +1775,115 @@ static void test_completion_zsh(Fixture *f, gconstpointer data) {
         }
 }
 
+/* ---- fetching from an upstream ------------------------------------------------------------------- */
+
+static json_t *json_find_image(json_t *a, const char *id) {
+        for (size_t i = 0; i < json_array_size(a); i++)
+                if (g_str_equal(json_str(json_array_get(a, i), "image_id"), id))
+                        return json_array_get(a, i);
+        g_error("image %s missing from the JSON results", id);
+}
+
+static guint64 image_size(Fixture *f, const char *id) {
+        g_autoptr(GVariant) v = call_ok(f, "GetImage", g_variant_new("(s)", id), "((stttts))");
+        guint64 size;
+
+        g_variant_get(v, "((&stttt&s))", NULL, &size, NULL, NULL, NULL, NULL);
+        return size;
+}
+
+/* Several ids: each fetched, or said to be cached already, or failed, with one line each; a failure makes
+ * the exit status, and does not stop the others. */
+static void test_fetch_several(Fixture *f, gconstpointer data) {
+        g_auto(Run) r = run_ctl("fetch", UPSTREAM_A, IMAGE_SMALL, UPSTREAM_B, "not-upstream", NULL);
+        g_auto(GStrv) out = lines(r.out);
+        const char *expected[] = {
+                "Image " IMAGE_SMALL " is already cached (2.9K).",
+                "Fetched image " UPSTREAM_A " (3.9K).",
+                "Fetched image " UPSTREAM_B " (5.8K).",
+                NULL
+        };
+
+        g_assert_cmpint(r.status, ==, 1);
+        /* The cached one is known before any job starts; then a "Started" line and an end per job. */
+        g_assert_cmpstr(out[0], ==, expected[0]);
+        assert_has_lines(r.out, expected);
+        g_assert_cmpuint(g_strv_length(out), ==, 6);
+        for (guint i = 1; i <= 3; i++)
+                g_assert_true(g_regex_match_simple("^Started job [0-9]+ for image (" UPSTREAM_A "|" UPSTREAM_B
+                                                   "|not-upstream)\\.$", out[i], 0, 0));
+        g_assert_true(g_str_has_prefix(r.err, "imgcachectl: Failed to fetch image not-upstream: "));
+        assert_one_line(r.err);
+        g_assert_cmpuint(image_size(f, UPSTREAM_A), ==, SIZE_A);
+        g_assert_cmpuint(image_size(f, UPSTREAM_B), ==, SIZE_B);
+        g_assert_false(image_exists(f, "not-upstream"));
+
+        /* Fetched now: cached, with its size (not the 0 of a job that had nothing to do). */
+        {
+                g_auto(Run) again = run_ctl("fetch", UPSTREAM_A, NULL);
+
+                assert_success(again);
+                g_assert_cmpstr(again.out, ==, "Image " UPSTREAM_A " is already cached (3.9K).\n");
+        }
+}
+
+/* --no-block: the jobs started, and what needed none, at once; result null for a job still running. */
+static void test_fetch_no_block(Fixture *f, gconstpointer data) {
+        g_auto(Run) r = run_ctl("fetch", "--no-block", UPSTREAM_A, IMAGE_SMALL, NULL);
+        g_auto(Run) js = run_ctl("--json=short", "fetch", "--no-block", UPSTREAM_B, NULL);
+        json_t *a;
+
+        assert_success(r);
+        g_assert_true(g_regex_match_simple("^Image " IMAGE_SMALL " is already cached \\(2\\.9K\\)\\.\n"
+                                           "Started job [0-9]+ for image " UPSTREAM_A "\\.\n$", r.out, 0, 0));
+        assert_success(js);
+        a = parse_json(js.out);
+        g_assert_cmpuint(json_array_size(a), ==, 1);
+        g_assert_cmpstr(json_str(json_array_get(a, 0), "image_id"), ==, UPSTREAM_B);
+        g_assert_cmpuint(json_u64(json_array_get(a, 0), "job"), >, 0);
+        g_assert_true(json_is_null(json_object_get(json_array_get(a, 0), "result")));
+        json_decref(a);
+}
+
+/* --json: one object per id, in the order given, each with its real size; the failed one too. */
+static void test_fetch_json(Fixture *f, gconstpointer data) {
+        g_auto(Run) r = run_ctl("--json=short", "fetch", UPSTREAM_ONE, IMAGE_BIG, "not-upstream", UPSTREAM_B, NULL);
+        json_t *a, *o;
+
+        g_assert_cmpint(r.status, ==, 1);
+        a = parse_json(r.out);
+        g_assert_cmpuint(json_array_size(a), ==, 4);
+        g_assert_cmpstr(json_str(json_array_get(a, 0), "image_id"), ==, UPSTREAM_ONE);
+        g_assert_cmpstr(json_str(json_array_get(a, 1), "image_id"), ==, IMAGE_BIG);
+        g_assert_cmpstr(json_str(json_array_get(a, 2), "image_id"), ==, "not-upstream");
+        g_assert_cmpstr(json_str(json_array_get(a, 3), "image_id"), ==, UPSTREAM_B);
+
+        o = json_find_image(a, IMAGE_BIG);
+        g_assert_cmpstr(json_str(o, "result"), ==, "done");
+        g_assert_true(json_is_true(json_object_get(o, "cached")));
+        g_assert_cmpuint(json_u64(o, "size"), ==, SIZE_BIG);
+        g_assert_true(json_is_null(json_object_get(o, "job")));
+        g_assert_true(json_is_null(json_object_get(o, "path")));
+
+        o = json_find_image(a, UPSTREAM_B);
+        g_assert_cmpstr(json_str(o, "result"), ==, "done");
+        g_assert_true(json_is_false(json_object_get(o, "cached")));
+        g_assert_cmpuint(json_u64(o, "size"), ==, SIZE_B);
+        g_assert_cmpuint(json_u64(o, "job"), >, 0);
+
+        o = json_find_image(a, "not-upstream");
+        g_assert_cmpstr(json_str(o, "result"), ==, "failed");
+        g_assert_cmpstr(json_str(o, "error"), !=, "");
+        json_decref(a);
+
+        /* A one-byte image reads as one. */
+        {
+                g_auto(Run) show = run_ctl("show", UPSTREAM_ONE, NULL);
+
+                assert_success(show);
+                g_assert_nonnull(strstr(show.out, "         Size: 1B (1 byte)\n"));
+        }
+}
 int main(int argc, char *argv[]) {
         g_test_init(&argc, &argv, NULL);
 
@@ -1635,10 +1904,16 @@ int main(int argc, char *argv[]) {
         ADD("/ctl/prompt", test_prompt, 0);
         ADD("/ctl/prune", test_prune, FIXTURE_SMALL_MAX);
         ADD("/ctl/prune-text", test_prune_text, FIXTURE_SMALL_MAX);
+        ADD("/ctl/prune-one", test_prune_one, FIXTURE_SMALL_MAX);
         ADD("/ctl/clean", test_clean, FIXTURE_JUNK);
+        ADD("/ctl/clean-text", test_clean_text, FIXTURE_JUNK);
         ADD("/ctl/verify", test_verify, 0);
         ADD("/ctl/jobs-no-upstream", test_jobs_no_upstream, 0);
+        ADD("/ctl/fetch-several", test_fetch_several, FIXTURE_UPSTREAM);
+        ADD("/ctl/fetch-json", test_fetch_json, FIXTURE_UPSTREAM);
+        ADD("/ctl/fetch-no-block", test_fetch_no_block, FIXTURE_UPSTREAM);
         ADD("/ctl/no-bus", test_no_bus, FIXTURE_NO_DAEMON);
+        ADD("/ctl/remote-errors", test_remote_errors, FIXTURE_NO_DAEMON);
         ADD("/ctl/activation", test_activation, FIXTURE_NO_DAEMON);
         ADD("/ctl/denied", test_denied, 0);
         ADD("/ctl/help", test_help, FIXTURE_NO_DAEMON);

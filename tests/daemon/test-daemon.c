@@ -10,6 +10,8 @@
 #include <sys/stat.h>
 #include <sys/time.h>
 #include <sys/un.h>
+#include <netinet/in.h>
+#include <arpa/inet.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -815,7 +817,149 @@ static void test_no_upstream(void) {
         g_assert_cmpstr(shown, ==, "s \"http://mirror.example/{id}\"");
 }
 
+/* Without a bus, the one line says which bus was looked for where, and how to get one. */
+static void test_no_bus_hint(void) {
+        g_autoptr(TestBus) b = start(NULL);
+        g_autofree char *runtime = g_build_filename(test_bus_dir(b), "run", NULL);
+        g_autofree char *runtime_env = g_strconcat("XDG_RUNTIME_DIR=", runtime, NULL);
+        g_autofree char *nowhere = g_strdup_printf("DBUS_SYSTEM_BUS_ADDRESS=unix:path=%s/no-bus", test_bus_dir(b));
+        g_autofree char *cache_arg = g_strconcat("--cache-dir=", test_bus_cache_dir(b), NULL);
+        g_autofree char *config_arg = g_strconcat("--config=", test_bus_config_path(b), NULL);
+        const char *daemon = test_bus_daemon_path();
+
+        g_assert_cmpint(g_mkdir(runtime, 0700), ==, 0);
+        {
+                const char *argv[] = { "env", "-u", "DBUS_SESSION_BUS_ADDRESS", runtime_env, daemon, "--user",
+                                       cache_arg, config_arg, "--listen=127.0.0.1:0", NULL };
+                g_autofree char *err = NULL;
+                g_autofree char *line = g_strdup_printf(
+                        "Cannot connect to the session bus: No such file or directory (DBUS_SESSION_BUS_ADDRESS is "
+                        "not set and %s/bus does not exist; start it in a user session or under dbus-run-session)\n",
+                        runtime);
+
+                g_assert_cmpint(test_bus_run(b, argv, NULL, &err), ==, 1);
+                g_assert_true(g_str_has_suffix(err, line));
+        }
+        {
+                const char *argv[] = { "env", "-u", "DBUS_SESSION_BUS_ADDRESS", "-u", "XDG_RUNTIME_DIR", daemon, "--user",
+                                       cache_arg, config_arg, "--listen=127.0.0.1:0", NULL };
+                g_autofree char *err = NULL;
+
+                g_assert_cmpint(test_bus_run(b, argv, NULL, &err), ==, 1);
+                g_assert_true(g_str_has_suffix(err, "Cannot connect to the session bus: No medium found (neither "
+                                                    "DBUS_SESSION_BUS_ADDRESS nor XDG_RUNTIME_DIR is set; start it "
+                                                    "in a user session or under dbus-run-session)\n"));
+        }
+        {
+                /* The system bus at an address that was set on purpose: that address is what to check. */
+                const char *argv[] = { "env", nowhere, daemon, cache_arg, config_arg, "--listen=127.0.0.1:0", NULL };
+                g_autofree char *err = NULL;
+                g_autofree char *line = g_strdup_printf("Cannot connect to the system bus: No such file or directory "
+                                                        "(is the bus at %s running?)\n",
+                                                        nowhere + strlen("DBUS_SYSTEM_BUS_ADDRESS="));
+
+                g_assert_cmpint(test_bus_run(b, argv, NULL, &err), ==, 1);
+                g_assert_true(g_str_has_suffix(err, line));
+        }
+}
+
 /* ---- properties --------------------------------------------------------------------------------- */
+
+static char *get_s(TestBus *b, const char *property) {
+        g_autoptr(GVariant) v = NULL, inner = NULL;
+
+        v = g_dbus_connection_call_sync(test_bus_connection(b), TEST_BUS_NAME, TEST_BUS_PATH,
+                                        "org.freedesktop.DBus.Properties", "Get",
+                                        g_variant_new("(ss)", TEST_BUS_IFACE, property), G_VARIANT_TYPE("(v)"),
+                                        G_DBUS_CALL_FLAGS_NONE, TEST_BUS_TIMEOUT_MS, NULL, NULL);
+        g_assert_nonnull(v);
+        g_variant_get(v, "(v)", &inner);
+        return g_variant_dup_string(inner, NULL);
+}
+
+/* A listening TCP socket on 127.0.0.1 with a port the kernel picks; *ret_port is that port. */
+static int listen_loopback(uint16_t *ret_port) {
+        struct sockaddr_in sa = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+        socklen_t len = sizeof(sa);
+        int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+        g_assert_cmpint(fd, >=, 0);
+        g_assert_cmpint(bind(fd, (struct sockaddr *) &sa, sizeof(sa)), ==, 0);
+        g_assert_cmpint(listen(fd, 16), ==, 0);
+        g_assert_cmpint(getsockname(fd, (struct sockaddr *) &sa, &len), ==, 0);
+        *ret_port = ntohs(sa.sin_port);
+        return fd;
+}
+
+/* ListenAddress is the address served: the port the kernel chose for :0, the socket systemd passed, and
+ * nothing when the address was taken and the daemon went on without HTTP. */
+static void test_listen_address(void) {
+        g_autoptr(TestBus) b = start_with_daemon(NULL);
+        uint16_t port;
+        int fd;
+
+        test_bus_stop_daemon(b);
+        {
+                const char *args[] = { "--listen=127.0.0.1:0", NULL };
+                g_autofree char *address = NULL;
+                unsigned got = 0;
+
+                start_daemon(b, args);
+                address = get_s(b, "ListenAddress");
+                g_assert_true(g_str_has_prefix(address, "127.0.0.1:"));
+                g_assert_cmpint(sscanf(address, "127.0.0.1:%u", &got), ==, 1);
+                g_assert_cmpuint(got, >, 0);
+                g_assert_cmpuint(got, <=, UINT16_MAX);
+                test_bus_stop_daemon(b);
+        }
+
+        fd = listen_loopback(&port);
+        {
+                g_autofree char *expected = g_strdup_printf("127.0.0.1:%u", port);
+                g_autofree char *address = NULL;
+
+                g_assert_true(test_bus_start_daemon_listening(b, fd, NULL));
+                address = get_s(b, "ListenAddress");
+                g_assert_cmpstr(address, ==, expected);
+                test_bus_stop_daemon(b);
+        }
+        {
+                /* fd still listens here: the daemon cannot bind the same address. */
+                g_autofree char *taken = g_strdup_printf("--listen=127.0.0.1:%u", port);
+                const char *args[] = { taken, NULL };
+                g_autofree char *address = NULL;
+
+                start_daemon(b, args);
+                g_assert_true(test_bus_wait_stderr(b, "Continuing without HTTP", TEST_BUS_TIMEOUT_MS));
+                address = get_s(b, "ListenAddress");
+                g_assert_cmpstr(address, ==, "");
+        }
+        close(fd);
+}
+
+/* PinCount follows the pins, each change announced. */
+static void test_pin_count(void) {
+        g_autoptr(TestBus) b = start(NULL);
+        g_autoptr(TestSignalLog) log = NULL;
+        int fd, fd2;
+
+        seed_image(b, "img", "12345", 10);
+        start_daemon(b, NULL);
+        log = test_signal_log_new(b);
+        g_assert_cmpuint(get_u(b, "PinCount"), ==, 0);
+
+        fd = test_bus_call_fd(b, NULL, "PinImage", g_variant_new("(ss)", "img", "one"));
+        g_autoptr(GVariant) one = test_signal_log_wait_property(log, "PinCount", g_variant_new_uint32(1), NULL);
+        fd2 = test_bus_call_fd(b, NULL, "PinImage", g_variant_new("(ss)", "img", "two"));
+        g_autoptr(GVariant) two = test_signal_log_wait_property(log, "PinCount", g_variant_new_uint32(2), NULL);
+        g_assert_cmpuint(get_u(b, "PinCount"), ==, 2);
+
+        close(fd);
+        close(fd2);
+        g_autoptr(GVariant) none = test_signal_log_wait_property(log, "PinCount", g_variant_new_uint32(0), NULL);
+        g_assert_cmpuint(get_u(b, "PinCount"), ==, 0);
+}
+
 
 static void test_properties(void) {
         g_autoptr(TestBus) b = start_with_daemon("[Cache]\nMaxSize=1G\nDriver=sqlite\n[Daemon]\nExitOnIdleSec=infinity\n");
@@ -1148,6 +1292,9 @@ int main(int argc, char *argv[]) {
         g_test_add_func("/daemon/clean", test_clean);
         g_test_add_func("/daemon/no-upstream", test_no_upstream);
         g_test_add_func("/daemon/properties", test_properties);
+        g_test_add_func("/daemon/listen-address", test_listen_address);
+        g_test_add_func("/daemon/pin-count", test_pin_count);
+        g_test_add_func("/daemon/no-bus-hint", test_no_bus_hint);
         g_test_add_func("/daemon/notify-and-signals", test_notify_and_signals);
         g_test_add_func("/daemon/reload-names-restart-settings", test_reload_names_restart_settings);
         g_test_add_func("/daemon/watchdog", test_watchdog);
