@@ -7,6 +7,11 @@
 #        upstream (tests/fetch's upstream-server).
 #   read access: 4 KiB Range hits at one connection with ReadAccess=open, ReadAccess=upstream with the
 #        verdict cached, and ReadAccess=upstream asking the (Glance-mode) upstream on every request.
+#   range ahead: a miss filling from an upstream limited to 2 MB/s; time to first byte of 1 KiB at 15 MB
+#        and of the last 512 bytes through imgcached (asked of the origin directly) vs the same ranges
+#        straight from the upstream.
+# nginx runs with one worker (the reference, "ratio") and with two (for reference, "ngx-2w"); imgcached
+# serves HTTP on one thread. Both without an access log.
 # Run by hand:  bench/http/bench-http.sh BUILDDIR [SIZE_MIB] [SECONDS]
 # Needs: nginx (nginx-light), wrk, curl, dbus-daemon (dbus-run-session); ab (apache2-utils) for HEAD/s. Asserts nothing about time.
 set -euo pipefail
@@ -37,31 +42,38 @@ trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_http() { for _ in $(seq 100); do curl -s -o /dev/null "$1" && return 0; sleep 0.1; done; echo "no answer from $1" >&2; exit 1; }
 
-mkdir -p "$work/cache" "$work/www" "$work/upstream" "$work/ngx"
+mkdir -p "$work/cache" "$work/www" "$work/upstream"
 echo "# preparing a ${size_mib} MiB image"
 head -c $((size_mib * 1024 * 1024)) /dev/urandom > "$work/cache/big"
 ln "$work/cache/big" "$work/www/big"
 
-# nginx: one worker, sendfile, keep-alive without a request cap, no access log.
-ngx_port=$(free_port)
-cat > "$work/ngx/nginx.conf" <<EOF
+# nginx: sendfile, keep-alive without a request cap, no access log; one worker, and two for reference.
+start_nginx() {
+        local name=$1 workers=$2 port=$3
+        mkdir -p "$work/$name"
+        cat > "$work/$name/nginx.conf" <<EOF
 user root;
-worker_processes 1;
+worker_processes $workers;
 daemon off;
-pid $work/ngx/nginx.pid;
-error_log $work/ngx/error.log;
+pid $work/$name/nginx.pid;
+error_log $work/$name/error.log;
 events { worker_connections 4096; }
 http {
     access_log off;
     sendfile on;
     tcp_nopush on;
     keepalive_requests 100000000;
-    client_body_temp_path $work/ngx; proxy_temp_path $work/ngx; fastcgi_temp_path $work/ngx;
-    uwsgi_temp_path $work/ngx; scgi_temp_path $work/ngx;
-    server { listen 127.0.0.1:$ngx_port; location /images/ { alias $work/www/; } }
+    client_body_temp_path $work/$name; proxy_temp_path $work/$name; fastcgi_temp_path $work/$name;
+    uwsgi_temp_path $work/$name; scgi_temp_path $work/$name;
+    server { listen 127.0.0.1:$port; location /images/ { alias $work/www/; } }
 }
 EOF
-nginx -c "$work/ngx/nginx.conf" & pids+=($!)
+        nginx -c "$work/$name/nginx.conf" & pids+=($!)
+}
+ngx_port=$(free_port)
+ngx2_port=$(free_port)
+start_nginx ngx 1 "$ngx_port"
+start_nginx ngx2 2 "$ngx2_port"
 
 # imgcached on a private session bus; the upstream for misses.
 up_port=$(free_port)
@@ -71,8 +83,11 @@ fi
 img_port=$(free_port)
 # The management API deletes each miss after it is measured (see below).
 printf 'bench' > "$work/token"
-# wrk opens up to 128 connections from one address: no per-address limit here.
-printf '[Cache]\nMaxSize=100G\nKeepFree=0\n[Daemon]\nExitOnIdleSec=infinity\n[HTTP]\nMaxConnections=4096\nMaxConnectionsPerIP=0\nManagementAPI=yes\nManagementTokenFile=%s\n' \
+# wrk opens up to 128 connections from one address: no per-address limit here. No access log, as nginx
+# (a daemon from before AccessLog= existed has none).
+access_log=
+grep -q AccessLog "$imgcached" && access_log='AccessLog=no\n'
+printf "[Cache]\nMaxSize=100G\nKeepFree=0\n[Daemon]\nExitOnIdleSec=infinity\n[HTTP]\nMaxConnections=4096\nMaxConnectionsPerIP=0\nManagementAPI=yes\nManagementTokenFile=%s\n$access_log" \
         "$work/token" > "$work/imgcached.conf"
 # start_daemon NAME PORT CACHE_DIR ARGS...: imgcached on a private session bus of its own.
 # The daemon's own pid (via exec) is killed at the end; its dbus-run-session then exits by itself.
@@ -85,8 +100,10 @@ start_daemon imgcached "$img_port" "$work/cache" --config="$work/imgcached.conf"
         --upstream="http://127.0.0.1:$up_port/images/{id}"
 
 ngx=http://127.0.0.1:$ngx_port/images
+ngx2=http://127.0.0.1:$ngx2_port/images
 img=http://127.0.0.1:$img_port/images
 wait_http "$ngx/big"
+wait_http "$ngx2/big"
 wait_http "$img/big"
 cat "$work/big" > /dev/null 2>&1 || cat "$work/cache/big" > /dev/null  # page cache warm for both
 
@@ -127,26 +144,29 @@ wrk_run() {
         echo "$rps $p99"
 }
 
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
+
 echo "# GET ${size_mib} MiB, MiB/s (best of 3)"
-printf '%-22s %10s %10s %7s\n' test imgcached nginx ratio
+printf '%-22s %10s %10s %7s %10s\n' test imgcached nginx ratio ngx-2w
 for n in 1 4; do
-        a=$(throughput "$img/big" "$n"); b=$(throughput "$ngx/big" "$n")
-        printf '%-22s %10s %10s %7s\n' "get-${n}-clients" "$a" "$b" "$(awk -v a="$a" -v b="$b" 'BEGIN { printf "%.2f", a / b }')"
+        a=$(throughput "$img/big" "$n"); b=$(throughput "$ngx/big" "$n"); b2=$(throughput "$ngx2/big" "$n")
+        printf '%-22s %10s %10s %7s %10s\n' "get-${n}-clients" "$a" "$b" "$(ratio "$a" "$b")" "$b2"
 done
 
 echo "# 4 KiB random Range GETs, requests/s and p99 (wrk ${secs}s)"
-printf '%-22s %10s %10s %10s %10s %7s\n' test img-rps img-p99 ngx-rps ngx-p99 ratio
+printf '%-22s %10s %10s %10s %10s %7s %10s\n' test img-rps img-p99 ngx-rps ngx-p99 ratio ngx-2w
 for c in 1 16 128; do
         read -r ar ap <<<"$(wrk_run "$img/big" "$c" "$work/range.lua")"
         read -r br bp <<<"$(wrk_run "$ngx/big" "$c" "$work/range.lua")"
-        printf '%-22s %10s %10s %10s %10s %7s\n' "range-4k-c${c}" "$ar" "$ap" "$br" "$bp" "$(awk -v a="$ar" -v b="$br" 'BEGIN { printf "%.2f", a / b }')"
+        read -r cr _ <<<"$(wrk_run "$ngx2/big" "$c" "$work/range.lua")"
+        printf '%-22s %10s %10s %10s %10s %7s %10s\n' "range-4k-c${c}" "$ar" "$ap" "$br" "$bp" "$(ratio "$ar" "$br")" "$cr"
 done
 # wrk cannot do HEAD (it waits for the body Content-Length announces); ab -i can.
 if command -v ab >/dev/null; then
-        for c in 1 16; do
-                ar=$(ab -q -k -i -c "$c" -t "$secs" -n 10000000 "$img/big" 2>/dev/null | awk '/^Requests per second/ { printf "%.0f", $4 }')
-                br=$(ab -q -k -i -c "$c" -t "$secs" -n 10000000 "$ngx/big" 2>/dev/null | awk '/^Requests per second/ { printf "%.0f", $4 }')
-                printf '%-22s %10s %10s %10s %10s %7s\n' "head-c${c} (ab)" "$ar" "-" "$br" "-" "$(awk -v a="$ar" -v b="$br" 'BEGIN { printf "%.2f", a / b }')"
+        head_rps() { ab -q -k -i -c "$2" -t "$secs" -n 10000000 "$1" 2>/dev/null | awk '/^Requests per second/ { printf "%.0f", $4 }'; }
+        for c in 1 16 128; do
+                ar=$(head_rps "$img/big" "$c"); br=$(head_rps "$ngx/big" "$c"); cr=$(head_rps "$ngx2/big" "$c")
+                printf '%-22s %10s %10s %10s %10s %7s %10s\n' "head-c${c} (ab)" "$ar" "-" "$br" "-" "$(ratio "$ar" "$br")" "$cr"
         done
 fi
 
@@ -214,4 +234,30 @@ EOF2
         printf '%-26s %10s %10s %10s %7s\n' "open" "$or" "$oa" "$op" 1.00
         printf '%-26s %10s %10s %10s %7s\n' "upstream, verdict cached" "$cr" "$ca" "$cp" "$(awk -v a="$cr" -v b="$or" 'BEGIN { printf "%.2f", a / b }')"
         printf '%-26s %10s %10s %10s %7s\n' "upstream, asked each time" "$ur" "$ua" "$up" "$(awk -v a="$ur" -v b="$or" 'BEGIN { printf "%.2f", a / b }')"
+fi
+
+if [ -x "$upstream_server" ]; then
+        # A miss from an upstream limited to 2 MB/s: the fill is near the start when the ranges are asked.
+        mkdir -p "$work/slow" "$work/cache-slow"
+        ln "$work/cache/big" "$work/slow/far"
+        slow_port=$(free_port); far_port=$(free_port)
+        "$upstream_server" --dir="$work/slow" --rate=2000000 --port="$slow_port" & pids+=($!)
+        start_daemon far "$far_port" "$work/cache-slow" --config="$work/imgcached.conf" \
+                --upstream="http://127.0.0.1:$slow_port/images/{id}"
+        wait_http "http://127.0.0.1:$far_port/healthcheck"
+        # At most 20 s each: without ranges ahead, the last bytes would wait for the whole image.
+        ttfb() { curl -s -m 20 -o /dev/null -r "$2" -w '%{http_code} %{time_starttransfer}' "$1" || true; }
+        curl -s -o /dev/null "http://127.0.0.1:$far_port/images/far" & fill_client=$!
+        echo "# range ahead of a fill at 2 MB/s: time to first byte (s); ranges wait for the fill without it"
+        printf '%-22s %10s %10s %12s\n' range imgcached upstream difference
+        for r in "15000000-15001023" "-512"; do
+                read -r code_i t_i <<<"$(ttfb "http://127.0.0.1:$far_port/images/far" "$r")"
+                read -r code_u t_u <<<"$(ttfb "http://127.0.0.1:$slow_port/images/far" "$r")"
+                if [ "$code_i" != 206 ]; then
+                        printf '%-22s %10s %10s\n' "$r" ">20 ($code_i)" "$t_u"
+                        continue
+                fi
+                printf '%-22s %10s %10s %9s ms\n' "$r" "$t_i" "$t_u" "$(awk -v a="$t_i" -v b="$t_u" 'BEGIN { printf "%.1f", (a - b) * 1000 }')"
+        done
+        kill "$fill_client" 2>/dev/null || true
 fi
