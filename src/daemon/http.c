@@ -633,6 +633,14 @@ static void http_server_arm_timer(HttpServer *s) {
                 (void) sd_event_source_set_enabled(s->timer_source, SD_EVENT_OFF);
                 return;
         }
+        if (ms == 0) {
+                /* Work already (a large body between sendfile chunks): the next turn of the loop runs MHD
+                 * again through the defer source, not through the timerfd, which would cost a settime and
+                 * a read per chunk. */
+                (void) sd_event_source_set_enabled(s->timer_source, SD_EVENT_OFF);
+                http_server_schedule_run(s);
+                return;
+        }
 
         /* MHD gives a timeout relative to now in ms (0: it has work already); sd-event's plain
          * set_time wants an absolute time in µs, so use the relative variant. */
@@ -656,9 +664,20 @@ void http_server_schedule_run(HttpServer *s) {
                 log_warning_errno(r, "Failed to schedule the HTTP server, ignoring: %m");
 }
 
+/* MHD sends a large body in chunks of its own (128 KiB of sendfile in this mode), one per run: a few runs
+ * per turn of the loop save the loop's epoll_wait between them, and still let D-Bus and fills in after
+ * HTTP_RUN_BURST chunks. */
+#define HTTP_RUN_BURST 4
+
 static void http_server_run(HttpServer *s) {
-        if (MHD_run(s->mhd) != MHD_YES)
-                log_debug("MHD_run() failed, ignoring.");
+        MHD_UNSIGNED_LONG_LONG ms;
+
+        for (unsigned i = 0; i < HTTP_RUN_BURST; i++) {
+                if (MHD_run(s->mhd) != MHD_YES)
+                        log_debug("MHD_run() failed, ignoring.");
+                if (s->stopping || MHD_get_timeout(s->mhd, &ms) != MHD_YES || ms > 0)
+                        break;
+        }
         http_server_arm_timer(s);
 }
 
