@@ -91,10 +91,6 @@ int confirm(const char *format, ...) {
         return 0;
 }
 
-const char *plural(uint64_t n, const char *one, const char *many) {
-        return n == 1 ? one : many;
-}
-
 void open_pager(void) {
         if (arg_pager && arg_json == JSON_MODE_OFF)
                 (void) pager_open();

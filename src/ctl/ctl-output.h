@@ -30,7 +30,6 @@ int validate_ids(int argc, char *argv[]);
  * the answer was no. */
 int confirm(const char *format, ...) _printf_(1, 2);
 
-const char *plural(uint64_t n, const char *one, const char *many);
 
 /* Starts the pager unless --no-pager or JSON output. */
 void open_pager(void);

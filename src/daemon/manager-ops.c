@@ -115,9 +115,9 @@ int manager_delete_all_images(Manager *m, unsigned *ret_n) {
         else
                 r = delete_unpinned(m, &deleted, &skipped);
         if (r < 0)
-                log_warning_errno(r, "Deleted %u images, then failed: %m", deleted);
+                log_warning_errno(r, "Deleted %u %s, then failed: %m", deleted, plural(deleted, "image", "images"));
         else
-                log_info("Deleted %u images, skipped %u pinned.", deleted, skipped);
+                log_info("Deleted %u %s, skipped %u pinned.", deleted, plural(deleted, "image", "images"), skipped);
         if (ret_n)
                 *ret_n = deleted;
         return r;

@@ -117,6 +117,11 @@ static inline bool streq(const char *a, const char *b) {
         return strcmp(a, b) == 0;
 }
 
+/* The word for n things: one or many ("1 image", "2 images"). */
+static inline const char *plural(uint64_t n, const char *one, const char *many) {
+        return n == 1 ? one : many;
+}
+
 static inline bool streq_ptr(const char *a, const char *b) {
         if (!a || !b)
                 return a == b;

@@ -170,8 +170,10 @@ static void assert_call_error(TestBus *b, const char *method, GVariant *params, 
         g_assert_cmpstr(name, ==, error_name);
 }
 
-static guint32 get_u(TestBus *b, const char *property) {
-        g_autoptr(GVariant) v = NULL, inner = NULL;
+/* A Manager property's value (its variant, owned by the caller). */
+static GVariant *get_property(TestBus *b, const char *property) {
+        g_autoptr(GVariant) v = NULL;
+        GVariant *inner;
 
         v = g_dbus_connection_call_sync(test_bus_connection(b), TEST_BUS_NAME, TEST_BUS_PATH,
                                         "org.freedesktop.DBus.Properties", "Get",
@@ -179,9 +181,20 @@ static guint32 get_u(TestBus *b, const char *property) {
                                         G_DBUS_CALL_FLAGS_NONE, TEST_BUS_TIMEOUT_MS, NULL, NULL);
         g_assert_nonnull(v);
         g_variant_get(v, "(v)", &inner);
+        return inner;
+}
+
+static guint32 get_u(TestBus *b, const char *property) {
+        g_autoptr(GVariant) inner = get_property(b, property);
+
         if (g_variant_is_of_type(inner, G_VARIANT_TYPE_UINT32))
                 return g_variant_get_uint32(inner);
         return (guint32) g_variant_get_uint64(inner);
+}
+
+static char *get_s(TestBus *b, const char *property) {
+        g_autoptr(GVariant) inner = get_property(b, property);
+        return g_variant_dup_string(inner, NULL);
 }
 
 /* ---- introspection equals the API of record ----------------------------------------------------- */
@@ -865,32 +878,6 @@ static void test_no_bus_hint(void) {
 
 /* ---- properties --------------------------------------------------------------------------------- */
 
-static char *get_s(TestBus *b, const char *property) {
-        g_autoptr(GVariant) v = NULL, inner = NULL;
-
-        v = g_dbus_connection_call_sync(test_bus_connection(b), TEST_BUS_NAME, TEST_BUS_PATH,
-                                        "org.freedesktop.DBus.Properties", "Get",
-                                        g_variant_new("(ss)", TEST_BUS_IFACE, property), G_VARIANT_TYPE("(v)"),
-                                        G_DBUS_CALL_FLAGS_NONE, TEST_BUS_TIMEOUT_MS, NULL, NULL);
-        g_assert_nonnull(v);
-        g_variant_get(v, "(v)", &inner);
-        return g_variant_dup_string(inner, NULL);
-}
-
-/* A listening TCP socket on 127.0.0.1 with a port the kernel picks; *ret_port is that port. */
-static int listen_loopback(uint16_t *ret_port) {
-        struct sockaddr_in sa = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-        socklen_t len = sizeof(sa);
-        int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-
-        g_assert_cmpint(fd, >=, 0);
-        g_assert_cmpint(bind(fd, (struct sockaddr *) &sa, sizeof(sa)), ==, 0);
-        g_assert_cmpint(listen(fd, 16), ==, 0);
-        g_assert_cmpint(getsockname(fd, (struct sockaddr *) &sa, &len), ==, 0);
-        *ret_port = ntohs(sa.sin_port);
-        return fd;
-}
-
 /* ListenAddress is the address served: the port the kernel chose for :0, the socket systemd passed, and
  * nothing when the address was taken and the daemon went on without HTTP. */
 static void test_listen_address(void) {
@@ -913,7 +900,7 @@ static void test_listen_address(void) {
                 test_bus_stop_daemon(b);
         }
 
-        fd = listen_loopback(&port);
+        fd = test_listen_socket(&port);
         {
                 g_autofree char *expected = g_strdup_printf("127.0.0.1:%u", port);
                 g_autofree char *address = NULL;
