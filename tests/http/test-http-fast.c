@@ -251,7 +251,8 @@ static void test_no_disk_write_per_hit(Fixture *f, gconstpointer user) {
         g_autoptr(GSubprocess) strace = NULL;
         g_autoptr(GError) error = NULL;
 
-        if (!g_find_program_in_path("strace")) {
+        g_autofree char *strace_path = g_find_program_in_path("strace");
+        if (!strace_path) {
                 g_test_fail_printf("strace is missing (tools/install-deps installs it)");
                 return;
         }
@@ -402,7 +403,8 @@ static void test_range_ahead_qemu_img(Fixture *f, gconstpointer user) {
         gsize size;
         int status;
 
-        if (!g_find_program_in_path("qemu-img")) {
+        g_autofree char *qemu_img = g_find_program_in_path("qemu-img");
+        if (!qemu_img) {
                 g_test_skip("qemu-img is missing");
                 return;
         }
