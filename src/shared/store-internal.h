@@ -37,6 +37,9 @@ struct ImageCache {
         ReconcileStats reconcile;
 };
 
+/* Writeback of a growing image is started every this many bytes (store-write.c). */
+#define CACHE_WRITE_BEHIND (8U * 1024U * 1024U)
+
 struct CacheWrite {
         char *id;
         int fd;
@@ -48,6 +51,7 @@ struct CacheWrite {
         Checksum expected;
         Checksum actual;
         uint64_t size;
+        uint64_t written_back; /* bytes handed to writeback so far (sync_file_range) */
         bool finished;  /* actual holds the final digest */
         bool sealed;
 };
