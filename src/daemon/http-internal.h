@@ -42,7 +42,8 @@ struct Stream {
 struct Request {
         HttpRouteMatch match;
         HttpMethod method;
-        bool count_body;       /* add body_size to bytes_served when the response completes */
+        bool count_body;       /* count body_size as served from source when the response completes */
+        ServeSource source;
         uint64_t body_size;    /* of the response queued, when it has one of a known size (not a miss) */
         unsigned status;       /* of the response queued; 0: none (yet) */
         Stream *waiting;       /* a miss waiting for the fill's headers */
@@ -132,6 +133,9 @@ struct HttpServer {
 /* http.c */
 /* The request being answered on c (NULL before its headers are read); for what every response notes. */
 Request *http_connection_request(struct MHD_Connection *c);
+/* n image bytes handed to a client, from source: the one place they are counted (the Manager's
+ * BytesServed, /metrics by source, and what peers got). */
+void http_count_served(HttpServer *s, ServeSource source, uint64_t n, bool to_peer);
 /* Runs MHD on the next iteration of the loop (coalesced): after a resume, or to let it clean up. */
 void http_server_schedule_run(HttpServer *s);
 /* Suspends the connection of req until the upstream answers (HttpServer.waiting); resumes it. */
@@ -142,7 +146,8 @@ void http_request_on_probe_answer(const UpstreamAnswer *a, void *userdata);
 
 /* http-response.c */
 enum MHD_Result http_queue_response(struct MHD_Connection *c, unsigned status, struct MHD_Response *resp);
-/* http_queue_response() of a body of size bytes, noted for the access log. */
+/* http_queue_response() of a body of size bytes, noted for the access log (and, with count_body, for
+ * the bytes served). */
 enum MHD_Result http_queue_response_sized(struct MHD_Connection *c, unsigned status, struct MHD_Response *resp,
                                           uint64_t size);
 /* A plain-text response (text copied), or NULL on OOM. */

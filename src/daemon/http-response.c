@@ -8,27 +8,26 @@
 
 #include "http-internal.h"
 
-enum MHD_Result http_queue_response(struct MHD_Connection *c, unsigned status, struct MHD_Response *resp) {
+enum MHD_Result http_queue_response_sized(struct MHD_Connection *c, unsigned status, struct MHD_Response *resp,
+                                          uint64_t size) {
         enum MHD_Result ret;
 
         if (!resp)
                 return MHD_NO;  /* OOM: MHD closes the connection */
         ret = MHD_queue_response(c, status, resp);
-        Request *req = http_connection_request(c);
-        if (req && ret == MHD_YES)
-                req->status = status;  /* counted by class when the request completes */
         MHD_destroy_response(resp);
+
+        Request *req = http_connection_request(c);
+        if (req && ret == MHD_YES) {
+                req->status = status;  /* counted by class when the request completes */
+                req->body_size = size;
+        }
         return ret;
 }
 
-enum MHD_Result http_queue_response_sized(struct MHD_Connection *c, unsigned status, struct MHD_Response *resp,
-                                          uint64_t size) {
-        enum MHD_Result ret = http_queue_response(c, status, resp);
-        Request *req = http_connection_request(c);
-
-        if (req && ret == MHD_YES)
-                req->body_size = size;
-        return ret;
+/* A response whose body is not counted here: none, a HEAD's, or a miss's (its stream counts). */
+enum MHD_Result http_queue_response(struct MHD_Connection *c, unsigned status, struct MHD_Response *resp) {
+        return http_queue_response_sized(c, status, resp, 0);
 }
 
 /* A plain-text response (text copied), or NULL on OOM. */

@@ -168,11 +168,8 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max) {
                 return stream_fail(st);
         }
 
-        st->server->ops->count_bytes_served(st->server->userdata, (uint64_t) k);
-        st->server->counters.served_bytes[fill_from_peer(st->fill) ? SERVE_SOURCE_PEER : SERVE_SOURCE_UPSTREAM] +=
-                (uint64_t) k;
-        if (st->to_peer)
-                st->server->counters.bytes_to_peers += (uint64_t) k;
+        http_count_served(st->server, fill_from_peer(st->fill) ? SERVE_SOURCE_PEER : SERVE_SOURCE_UPSTREAM,
+                          (uint64_t) k, st->to_peer);
         st->request->streamed += (uint64_t) k;
         return k;
 }
@@ -366,8 +363,10 @@ enum MHD_Result http_respond_range_ahead(HttpServer *s, Request *req, struct MHD
         if (resp) {
                 add_miss_headers(resp, st->fill, total);
                 http_add_content_range(resp, req->range_start, req->range_length, total);
-                s->counters.served_bytes[SERVE_SOURCE_UPSTREAM] += a->data_size;
                 s->counters.ranges_ahead++;
+                /* Counted as served once it all went out, like a hit. */
+                req->count_body = true;
+                req->source = SERVE_SOURCE_UPSTREAM;
         }
         size_t size = a->data_size;
         req->range_query = upstream_query_free(req->range_query);

@@ -114,13 +114,12 @@ static int serve_hit(HttpServer *s, Request *req, struct MHD_Connection *c, cons
         if (status == MHD_HTTP_PARTIAL_CONTENT)
                 http_add_content_range(resp, start, length, hf->size);
 
-        if (req->method == HTTP_METHOD_GET) {
-                req->count_body = true;
-                req->body_size = length;
-                s->ops->count_hit(s->userdata, e->id);
-        }
-
-        return http_queue_response(c, status, resp);
+        if (req->method != HTTP_METHOD_GET)
+                return http_queue_response(c, status, resp);
+        req->count_body = true;
+        req->source = SERVE_SOURCE_CACHE;
+        s->ops->count_hit(s->userdata, e->id);
+        return http_queue_response_sized(c, status, resp, length);
 }
 
 /* ---- waiting for the upstream (a read verdict, a HEAD's metadata) --------------------------------- */
@@ -421,6 +420,13 @@ Request *http_connection_request(struct MHD_Connection *c) {
         return hc ? &hc->request : NULL;
 }
 
+void http_count_served(HttpServer *s, ServeSource source, uint64_t n, bool to_peer) {
+        s->ops->count_bytes_served(s->userdata, n);
+        s->counters.served_bytes[source] += n;
+        if (to_peer)
+                s->counters.bytes_to_peers += n;
+}
+
 static enum MHD_Result http_on_request(void *cls, struct MHD_Connection *c, const char *url, const char *method,
                                        const char *version, const char *upload_data, size_t *upload_data_size,
                                        void **req_cls) {
@@ -546,12 +552,8 @@ static void http_on_completed(void *cls, struct MHD_Connection *c, void **req_cl
         request_unlink(req);
         if (access_log_enabled(&s->access_log))
                 log_access(s, req, c, toe);
-        if (req->count_body && toe == MHD_REQUEST_TERMINATED_COMPLETED_OK) {
-                s->ops->count_bytes_served(s->userdata, req->body_size);
-                s->counters.served_bytes[SERVE_SOURCE_CACHE] += req->body_size;
-                if (req->from_peer)
-                        s->counters.bytes_to_peers += req->body_size;
-        }
+        if (req->count_body && toe == MHD_REQUEST_TERMINATED_COMPLETED_OK)
+                http_count_served(s, req->source, req->body_size, req->from_peer);
         if (req->status >= 100 && req->status < 600)
                 s->counters.responses[req->status / 100]++;
         s->counters.requests++;
