@@ -17,6 +17,22 @@ static void assert_redacted(const char *url, const char *want) {
         free(got);
 }
 
+static void test_buf_append(void) {
+        char *buf = NULL;
+        size_t len = 0;
+
+        g_assert_cmpint(buf_append(&buf, &len, 8, "abc", 3), ==, 0);
+        g_assert_cmpint(buf_append(&buf, &len, 8, "defgh", 5), ==, 0);
+        g_assert_cmpstr(buf, ==, "abcdefgh");  /* exactly max, NUL-terminated */
+        g_assert_cmpint(buf_append(&buf, &len, 8, "i", 1), ==, -EFBIG);
+        g_assert_cmpuint(len, ==, 8);
+        g_assert_cmpstr(buf, ==, "abcdefgh");  /* nothing appended */
+        g_assert_cmpint(buf_append(&buf, &len, SIZE_MAX, "", 0), ==, 0);
+        g_assert_cmpint(buf_append(&buf, &len, SIZE_MAX, "ij", 2), ==, 0);
+        g_assert_cmpstr(buf, ==, "abcdefghij");
+        free(buf);
+}
+
 static void test_url_redact_userinfo(void) {
         assert_redacted("http://user:secret@glance:9292/v2/images/x", "http://glance:9292/v2/images/x");
         assert_redacted("https://token@mirror/images/{id}", "https://mirror/images/{id}");
@@ -109,6 +125,7 @@ static void test_read_token_file(void) {
 
 int main(int argc, char *argv[]) {
         g_test_init(&argc, &argv, NULL);
+        g_test_add_func("/util/buf-append", test_buf_append);
         g_test_add_func("/util/url-redact-userinfo", test_url_redact_userinfo);
         g_test_add_func("/util/ttl-cache", test_ttl_cache);
         g_test_add_func("/util/read-token-file", test_read_token_file);

@@ -312,19 +312,15 @@ FillIntake fill_on_headers(Fill *f, const FillResponse *r) {
 }
 
 static FillIntake fill_take_record(Fill *f, const char *data, size_t n) {
-        if (f->record_len + n > UPSTREAM_RECORD_MAX) {
+        int r = buf_append(&f->record_buf, &f->record_len, UPSTREAM_RECORD_MAX, data, n);
+        if (r == -EFBIG) {
                 fill_set_error(f, -EPROTO, "The image record of %s is larger than %u bytes", f->id, UPSTREAM_RECORD_MAX);
                 return INTAKE_ABORT;
         }
-        char *p = realloc(f->record_buf, f->record_len + n + 1);
-        if (!p) {
+        if (r < 0) {
                 fill_set_error(f, -ENOMEM, "Out of memory");
                 return INTAKE_ABORT;
         }
-        memcpy(p + f->record_len, data, n);
-        f->record_len += n;
-        p[f->record_len] = 0;
-        f->record_buf = p;
         return INTAKE_TAKEN;
 }
 

@@ -87,18 +87,10 @@ static size_t on_body(char *ptr, size_t size, size_t nmemb, void *userdata) {
         KeystoneRequest *q = userdata;
         size_t n = size * nmemb;
 
-        if (q->body_size + n > KEYSTONE_BODY_MAX) {
-                q->body_too_large = true;
-                return 0;
-        }
-        char *b = realloc(q->body, q->body_size + n + 1);
-        if (!b)
-                return 0;
-        memcpy(b + q->body_size, ptr, n);
-        q->body = b;
-        q->body_size += n;
-        q->body[q->body_size] = 0;
-        return n;
+        int r = buf_append(&q->body, &q->body_size, KEYSTONE_BODY_MAX, ptr, n);
+
+        q->body_too_large = r == -EFBIG;
+        return r < 0 ? 0 : n;  /* 0 aborts the transfer */
 }
 
 static int on_refresh_timer(sd_event_source *s, uint64_t usec, void *userdata) {

@@ -29,20 +29,10 @@ struct UpstreamQuery {
 static size_t on_query_body(char *ptr, size_t size, size_t nmemb, void *userdata) {
         UpstreamQuery *q = userdata;
         size_t n = size * nmemb;
-        char *b;
+        int r = buf_append(&q->body, &q->body_size, q->body_max, ptr, n);
 
-        if (q->body_size + n > q->body_max) {
-                q->body_too_large = true;
-                return 0;  /* aborts the transfer */
-        }
-        b = realloc(q->body, q->body_size + n + 1);
-        if (!b)
-                return 0;
-        memcpy(b + q->body_size, ptr, n);
-        q->body = b;
-        q->body_size += n;
-        q->body[q->body_size] = 0;
-        return n;
+        q->body_too_large = r == -EFBIG;
+        return r < 0 ? 0 : n;  /* 0 aborts the transfer */
 }
 
 /* What a Glance record says: available when well-formed and active, and its size. */

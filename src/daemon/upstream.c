@@ -10,17 +10,6 @@
 #include "upstream.h"
 #include "util.h"
 
-static int append(char **buf, size_t *len, const char *s, size_t n) {
-        char *p = realloc(*buf, *len + n + 1);
-        if (!p)
-                return -ENOMEM;
-        memcpy(p + *len, s, n);
-        *len += n;
-        p[*len] = 0;
-        *buf = p;
-        return 0;
-}
-
 int upstream_image_url(UpstreamKind kind, const char *url, const char *id, char **ret) {
         if (isempty(url) || isempty(id))
                 return -EINVAL;
@@ -44,18 +33,18 @@ int upstream_image_url(UpstreamKind kind, const char *url, const char *id, char 
         for (const char *p = url;;) {
                 const char *t = strstr(p, "{id}");
                 if (!t) {
-                        if (append(&s, &len, p, strlen(p)) < 0)
+                        if (buf_append(&s, &len, SIZE_MAX, p, strlen(p)) < 0)
                                 return -ENOMEM;
                         break;
                 }
-                if (append(&s, &len, p, (size_t) (t - p)) < 0 || append(&s, &len, id, strlen(id)) < 0)
+                if (buf_append(&s, &len, SIZE_MAX, p, (size_t) (t - p)) < 0 || buf_append(&s, &len, SIZE_MAX, id, strlen(id)) < 0)
                         return -ENOMEM;
                 replaced = true;
                 p = t + strlen("{id}");
         }
         if (!replaced) {
                 bool slash = len > 0 && s[len - 1] == '/';
-                if ((!slash && append(&s, &len, "/", 1) < 0) || append(&s, &len, id, strlen(id)) < 0)
+                if ((!slash && buf_append(&s, &len, SIZE_MAX, "/", 1) < 0) || buf_append(&s, &len, SIZE_MAX, id, strlen(id)) < 0)
                         return -ENOMEM;
         }
         *ret = TAKE_PTR(s);

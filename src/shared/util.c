@@ -138,6 +138,19 @@ int free_and_strdup(char **dst, const char *src) {
         return 0;
 }
 
+int buf_append(char **buf, size_t *len, size_t max, const void *data, size_t n) {
+        if (n > max || *len > max - n)
+                return -EFBIG;
+        char *p = realloc(*buf, *len + n + 1);
+        if (!p)
+                return -ENOMEM;
+        memcpy(p + *len, data, n);
+        *len += n;
+        p[*len] = 0;
+        *buf = p;
+        return 0;
+}
+
 ssize_t pread_retry(int fd, void *buf, size_t n, uint64_t offset) {
         ssize_t k;
         do

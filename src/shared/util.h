@@ -180,6 +180,9 @@ int read_token_file_first(const char *path, char **ret);
 
 /* pread() retried on EINTR: the bytes read, 0 at the end, or -errno. */
 ssize_t pread_retry(int fd, void *buf, size_t n, uint64_t offset);
+/* Appends n bytes of data to *buf, *len bytes long and kept NUL-terminated, growing it but not past max
+ * bytes (SIZE_MAX: no bound): -EFBIG (nothing appended) or -ENOMEM. For bodies gathered from curl. */
+int buf_append(char **buf, size_t *len, size_t max, const void *data, size_t n);
 /* Writes all of buf, retrying on EINTR and short writes. */
 int loop_write(int fd, const void *buf, size_t n);
 
