@@ -68,6 +68,9 @@ static void on_verify_done(int result, void *userdata) {
         VerifyJob *j = userdata;
 
         j->worker = NULL; /* freed by the helper */
+        /* Hashed: the file is not held past the answer (a bad one is moved to invalid/ by it, and whoever
+         * asked may look at once). */
+        j->fd = safe_close(j->fd);
         int r = verify_job_reply(j, result);
         if (r < 0)
                 log_debug_errno(r, "Cannot reply to Verify(%s), ignoring: %m", j->image_id);
