@@ -475,6 +475,46 @@ static void test_write_aborted(Fixture *f, gconstpointer data) {
         g_assert_cmpuint(invalid, ==, 1);
 }
 
+static struct stat stat_in(Fixture *f, const char *rel) {
+        g_autofree char *path = g_build_filename(f->dir, rel, NULL);
+        struct stat st;
+        g_assert_cmpint(stat(path, &st), ==, 0);
+        return st;
+}
+
+static uint64_t allocated_bytes(Fixture *f, const char *rel) {
+        return (uint64_t) stat_in(f, rel).st_blocks * 512;
+}
+
+static void test_write_reserve(Fixture *f, gconstpointer data) {
+        /* A known size is reserved up front, without changing the file's size; a write that stops short
+         * gives the reserved tail back, whether it is suspended for a resume or aborted to invalid/. */
+        const uint64_t total = 8 * 1024 * 1024;
+        CacheWrite *w = NULL;
+        uint64_t size = 0;
+        g_assert_cmpint(image_cache_begin_write(f->cache, "img", NULL, &w), ==, 0);
+        g_assert_cmpint(cache_write_append(w, "part", 4), ==, 0);
+        g_assert_cmpint(cache_write_reserve(w, total), ==, 0);
+        if (allocated_bytes(f, "incomplete/img") < total) {
+                image_cache_abort_write(f->cache, w);
+                g_test_skip("this filesystem cannot preallocate");
+                return;
+        }
+        g_assert_cmpint(stat_in(f, "incomplete/img").st_size, ==, 4);
+        image_cache_suspend_write(f->cache, w);
+        g_assert_cmpuint(allocated_bytes(f, "incomplete/img"), <, total / 2);
+        g_assert_cmpint(stat_in(f, "incomplete/img").st_size, ==, 4);
+
+        g_assert_cmpint(image_cache_resume_write(f->cache, "img", NULL, &size, &w), ==, 0);
+        g_assert_cmpuint(size, ==, 4);
+        g_assert_cmpint(cache_write_reserve(w, total), ==, 0);
+        g_assert_cmpint(cache_write_append(w, "more", 4), ==, 0);
+        image_cache_abort_write(f->cache, w);
+        g_assert_cmpuint(allocated_bytes(f, "invalid/img"), <, total / 2);
+        g_assert_cmpint(stat_in(f, "invalid/img").st_size, ==, 8);
+        /* Where the room is not there: /fetch/enospc. */
+}
+
 static void test_write_partial_not_cached(Fixture *f, gconstpointer data) {
         /* A write still running is not cached and not servable; a crash (close without commit) leaves
          * only incomplete/, which the next open does not list. */
@@ -771,6 +811,7 @@ int main(int argc, char *argv[]) {
         ADD("write-good-checksum", test_write_good_checksum);
         ADD("write-bad-checksum", test_write_bad_checksum);
         ADD("write-aborted", test_write_aborted);
+        ADD("write-reserve", test_write_reserve);
         ADD("write-partial-not-cached", test_write_partial_not_cached);
         ADD("write-existing", test_write_existing);
         ADD("bad-ids", test_bad_ids);

@@ -450,6 +450,9 @@ static int fill_admit(Fill *f) {
                 log_image_errno(LOG_DEBUG, r, NULL, f->id,
                                 "Cannot remember the ETag of %s, a later fill will start over: %m", f->id);
         f->bytes_written = offset;
+        if (!f->too_large && total != UINT64_MAX && cache_write_reserve(f->write, total) == -ENOSPC)
+                return fill_set_error(f, -ENOSPC, "No space left in the cache for %s: its remaining %" PRIu64
+                                      " bytes do not fit, not fetched", f->id, total - MIN(offset, total));
         return 0;
 }
 

@@ -52,6 +52,7 @@ struct CacheWrite {
         Checksum actual;
         uint64_t size;
         uint64_t written_back; /* bytes handed to writeback so far (sync_file_range) */
+        uint64_t reserved_end; /* blocks up to here are allocated (cache_write_reserve); 0: none */
         bool finished;  /* actual holds the final digest */
         bool sealed;
 };

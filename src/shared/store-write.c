@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 
 #include <fcntl.h>
+#include <linux/falloc.h>
 #include <glib.h>
 #include <sys/stat.h>
 #include <sys/xattr.h>
@@ -187,6 +188,19 @@ int cache_write_append(CacheWrite *w, const void *data, size_t size) {
         return 0;
 }
 
+int cache_write_reserve(CacheWrite *w, uint64_t total) {
+        if (total <= w->size || total > INT64_MAX)
+                return 0;
+        if (fallocate(w->fd, FALLOC_FL_KEEP_SIZE, (off_t) w->size, (off_t) (total - w->size)) >= 0) {
+                w->reserved_end = total;
+                return 0;
+        }
+        if (errno == ENOSPC || errno == EDQUOT)
+                return -ENOSPC;
+        /* EOPNOTSUPP and the like: the blocks are then allocated as the bytes arrive, as without. */
+        return 0;
+}
+
 int cache_write_open_reader(const CacheWrite *w, int *ret_fd) {
         int fd = openat(w->sealed ? w->dir_fd : w->incomplete_fd, w->id, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
         if (fd < 0)
@@ -346,6 +360,18 @@ int cache_write_rehash(CacheWrite *w) {
         return 0;
 }
 
+/* A write that stops short gives back the blocks reserved past its end, so a partial file kept for a
+ * resume or as evidence holds only the bytes it has. A truncation to the size it has releases them on
+ * ext4 and XFS, whose hole punching stops at the end of the file; tmpfs needs the punched hole. */
+static void write_release_reserve(CacheWrite *w) {
+        if (w->reserved_end > w->size && !w->sealed) {
+                (void) fallocate(w->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t) w->size,
+                                 (off_t) (w->reserved_end - w->size));
+                (void) ftruncate(w->fd, (off_t) w->size);
+        }
+        w->reserved_end = 0;
+}
+
 void image_cache_suspend_write(ImageCache *c, CacheWrite *w) {
         if (!w)
                 return;
@@ -354,6 +380,7 @@ void image_cache_suspend_write(ImageCache *c, CacheWrite *w) {
                 image_cache_abort_write(c, w);
                 return;
         }
+        write_release_reserve(w);
         write_forget(c, w);
 }
 
@@ -367,6 +394,7 @@ int cache_write_digest(const CacheWrite *w, Checksum *ret) {
 void image_cache_abort_write(ImageCache *c, CacheWrite *w) {
         if (!w)
                 return;
+        write_release_reserve(w);
         (void) move_file(write_dir_fd(c, w), w->id, c->invalid_fd, w->id);
         partial_forget_etag(c->incomplete_fd, w->id);
         write_forget(c, w);

@@ -159,6 +159,11 @@ int image_cache_dequeue_all(ImageCache *c, unsigned *ret_n);
 int image_cache_begin_write(ImageCache *c, const char *id, const Checksum *expected, CacheWrite **ret);
 int cache_write_append(CacheWrite *w, const void *data, size_t size);
 uint64_t cache_write_size(const CacheWrite *w);
+/* Reserves the disk blocks of an image whose total size is known (fallocate, keeping the file's size):
+ * a fill that cannot fit fails before its first byte instead of after gigabytes, and concurrent fills
+ * see each other's space taken. -ENOSPC (also for a quota) when the room is not there; 0 where the
+ * filesystem cannot preallocate, which changes nothing. Suspend and abort give the reserved tail back. */
+int cache_write_reserve(CacheWrite *w, uint64_t total);
 const char *cache_write_id(const CacheWrite *w);
 /* Finishes the digest and compares it with the expected one (-EBADMSG on mismatch), then fsyncs and
  * renames into place. Touches nothing but w's own files, so it may run on a worker thread. */

@@ -878,6 +878,16 @@ static void enospc_inner(const char *mnt) {
         g_assert_false(exists_in(&e, "invalid", "big"));
         fill_unref(f);
 
+        /* With its size known, an image that cannot fit fails before its first byte: the reservation
+         * (fallocate) says so, where the one above ran out of room 2 MiB in. */
+        upstream_fixture_add_image(e.fx, "/images/sized", big, 1900000, NULL);
+        queue(&e, "sized");
+        f = env_fetch(&e, "sized", NULL);
+        assert_failed(&e, f, "sized", -ENOSPC, "remaining 1900000 bytes do not fit");
+        g_assert_false(exists_in(&e, "incomplete", "sized"));
+        g_assert_false(exists_in(&e, "invalid", "sized"));
+        fill_unref(f);
+
         /* Nothing else lost, and the fetcher keeps working. */
         g_assert_true(image_cache_is_cached(e.cache, "small"));
         g_assert_cmpint(image_cache_verify(e.cache, "small"), ==, 1);
