@@ -38,6 +38,7 @@ struct FillWriter {
         uint64_t on_disk;   /* the file holds every byte before this offset */
         int error;
         bool stop;
+        uint64_t reserve;   /* set before the thread starts, read by it only */
 
         /* The loop's. A chunk's bytes do not change once queued and only the loop frees chunks, so the
          * loop reads them without the lock. */
@@ -90,9 +91,14 @@ static int chunk_write(CacheWrite *w, const Chunk *c) {
 
 static void *writer_thread(void *userdata) {
         FillWriter *fw = userdata;
+        int r = fw->reserve != UINT64_MAX ? cache_write_reserve(fw->write, fw->reserve) : 0;
 
         pthread_mutex_lock(&fw->lock);
-        for (;;) {
+        if (r < 0) {
+                fw->error = r;
+                writer_notify(fw);
+        }
+        while (r >= 0) {
                 while (!fw->stop && g_queue_is_empty(&fw->to_write))
                         pthread_cond_wait(&fw->wake, &fw->lock);
                 if (fw->stop)
@@ -100,7 +106,7 @@ static void *writer_thread(void *userdata) {
                 Chunk *c = g_queue_peek_head(&fw->to_write);
                 pthread_mutex_unlock(&fw->lock);
 
-                int r = chunk_write(fw->write, c);
+                r = chunk_write(fw->write, c);
 
                 pthread_mutex_lock(&fw->lock);
                 (void) g_queue_pop_head(&fw->to_write);
@@ -111,8 +117,6 @@ static void *writer_thread(void *userdata) {
                         fw->on_disk = c->offset + c->len;
                 }
                 writer_notify(fw);
-                if (r < 0)
-                        break;
         }
         pthread_mutex_unlock(&fw->lock);
         return NULL;
@@ -138,8 +142,8 @@ static int on_writer_event(sd_event_source *s, int fd, uint32_t revents, void *u
         return 0;
 }
 
-int fill_writer_new(sd_event *event, CacheWrite *w, int read_fd, FillWriterProgress on_progress, void *userdata,
-                    FillWriter **ret) {
+int fill_writer_new(sd_event *event, CacheWrite *w, int read_fd, uint64_t reserve, FillWriterProgress on_progress,
+                    void *userdata, FillWriter **ret) {
         FillWriter *fw = calloc(1, sizeof(FillWriter));
         if (!fw)
                 return -ENOMEM;
@@ -151,6 +155,7 @@ int fill_writer_new(sd_event *event, CacheWrite *w, int read_fd, FillWriterProgr
                 .userdata = userdata,
                 .end = cache_write_size(w),
                 .on_disk = cache_write_size(w),
+                .reserve = reserve,
         };
         pthread_mutex_init(&fw->lock, NULL);
         pthread_cond_init(&fw->wake, NULL);

@@ -29,9 +29,12 @@ typedef struct FillWriter FillWriter;
 /* Chunks were written, or the thread failed (fill_writer_error()). */
 typedef void (*FillWriterProgress)(FillWriter *fw, void *userdata);
 
-/* Takes over w until fill_writer_free(); read_fd (borrowed) reads the file w writes. */
-int fill_writer_new(sd_event *event, CacheWrite *w, int read_fd, FillWriterProgress on_progress, void *userdata,
-                    FillWriter **ret);
+/* Takes over w until fill_writer_free(); read_fd (borrowed) reads the file w writes. reserve: the size the
+ * file will have, UINT64_MAX when unknown; the thread reserves it (cache_write_reserve()) before its first
+ * write, since allocating a GiB takes milliseconds the loop must not wait for, and fails with -ENOSPC
+ * when it cannot. */
+int fill_writer_new(sd_event *event, CacheWrite *w, int read_fd, uint64_t reserve, FillWriterProgress on_progress,
+                    void *userdata, FillWriter **ret);
 /* Stops the thread (after the chunk being written) and gives back the write. With write_rest, the bytes
  * not written yet are written here first (blocking: to keep a partial file for a resume); otherwise they
  * are dropped. */

@@ -127,6 +127,10 @@ int fill_set_error(Fill *f, int error, const char *fmt, ...) {
 }
 
 static int fill_set_write_error(Fill *f, int r) {
+        /* With the size known, the writer's reservation fails first, at the start. */
+        if ((r == -ENOSPC || r == -EDQUOT) && f->bytes_total != UINT64_MAX)
+                return fill_set_error(f, -ENOSPC, "No space left in the cache for %s: its %" PRIu64 " bytes do not fit",
+                                      f->id, f->bytes_total);
         if (r == -ENOSPC || r == -EDQUOT)
                 return fill_set_error(f, -ENOSPC, "No space left in the cache for %s after %" PRIu64 " bytes", f->id,
                                       f->bytes_written);
@@ -450,9 +454,6 @@ static int fill_admit(Fill *f) {
                 log_image_errno(LOG_DEBUG, r, NULL, f->id,
                                 "Cannot remember the ETag of %s, a later fill will start over: %m", f->id);
         f->bytes_written = offset;
-        if (!f->too_large && total != UINT64_MAX && cache_write_reserve(f->write, total) == -ENOSPC)
-                return fill_set_error(f, -ENOSPC, "No space left in the cache for %s: its remaining %" PRIu64
-                                      " bytes do not fit, not fetched", f->id, total - MIN(offset, total));
         return 0;
 }
 
@@ -474,7 +475,8 @@ void fill_resume_transfer(Fill *f) {
 
 /* Receiving from here on: the body goes to a writer thread. */
 static void fill_receive(Fill *f) {
-        int r = fill_writer_new(f->fetcher->event, f->write, f->read_fd, on_writer_progress, f, &f->writer);
+        uint64_t reserve = f->too_large ? UINT64_MAX : f->bytes_total;
+        int r = fill_writer_new(f->fetcher->event, f->write, f->read_fd, reserve, on_writer_progress, f, &f->writer);
         if (r < 0) {
                 fill_set_error(f, r, "Cannot start writing %s: %s", f->id, strerror(-r));
                 fill_fail(f);

@@ -878,12 +878,12 @@ static void enospc_inner(const char *mnt) {
         g_assert_false(exists_in(&e, "invalid", "big"));
         fill_unref(f);
 
-        /* With its size known, an image that cannot fit fails before its first byte: the reservation
+        /* With its size known, an image that cannot fit fails at the start: the writer's reservation
          * (fallocate) says so, where the one above ran out of room 2 MiB in. */
         upstream_fixture_add_image(e.fx, "/images/sized", big, 1900000, NULL);
         queue(&e, "sized");
         f = env_fetch(&e, "sized", NULL);
-        assert_failed(&e, f, "sized", -ENOSPC, "remaining 1900000 bytes do not fit");
+        assert_failed(&e, f, "sized", -ENOSPC, "its 1900000 bytes do not fit");
         g_assert_false(exists_in(&e, "incomplete", "sized"));
         g_assert_false(exists_in(&e, "invalid", "sized"));
         fill_unref(f);

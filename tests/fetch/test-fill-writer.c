@@ -90,7 +90,7 @@ static void test_whole_image(void) {
         g_autofree uint8_t *data = make_data(n);
 
         FillWriter *fw = NULL;
-        g_assert_cmpint(fill_writer_new(e.event, e.write, e.read_fd, on_progress, &e, &fw), ==, 0);
+        g_assert_cmpint(fill_writer_new(e.event, e.write, e.read_fd, UINT64_MAX, on_progress, &e, &fw), ==, 0);
         for (size_t off = 0; off < n; off += 16381)
                 g_assert_cmpint(fill_writer_append(fw, data + off, MIN((size_t) 16381, n - off)), ==, 0);
         /* Every byte reads back, wherever it is by now. */
@@ -117,7 +117,7 @@ static void test_cap_holds_back(void) {
         Env e;
         env_setup(&e, "capped");
         FillWriter *fw = NULL;
-        g_assert_cmpint(fill_writer_new(e.event, e.write, e.read_fd, on_progress, &e, &fw), ==, 0);
+        g_assert_cmpint(fill_writer_new(e.event, e.write, e.read_fd, UINT64_MAX, on_progress, &e, &fw), ==, 0);
         g_autofree uint8_t *chunk = make_data(FILL_WRITER_CHUNK);
 
         /* Whole chunks as fast as they come: the queue reaches its cap before the thread can drain it
@@ -146,7 +146,7 @@ static void test_stop_keeps_rest(void) {
         size_t n = 3 * FILL_WRITER_CHUNK + 777;
         g_autofree uint8_t *data = make_data(n);
         FillWriter *fw = NULL;
-        g_assert_cmpint(fill_writer_new(e.event, e.write, e.read_fd, on_progress, &e, &fw), ==, 0);
+        g_assert_cmpint(fill_writer_new(e.event, e.write, e.read_fd, UINT64_MAX, on_progress, &e, &fw), ==, 0);
         g_assert_cmpint(fill_writer_append(fw, data, n), ==, 0);
 
         CacheWrite *w = fill_writer_free(fw, true);
