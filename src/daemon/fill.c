@@ -127,14 +127,14 @@ int fill_set_error(Fill *f, int error, const char *fmt, ...) {
 }
 
 static int fill_set_write_error(Fill *f, int r) {
-        /* With the size known, the writer's reservation fails first, at the start. */
-        if ((r == -ENOSPC || r == -EDQUOT) && f->bytes_total != UINT64_MAX)
+        if (r != -ENOSPC && r != -EDQUOT)
+                return fill_set_error(f, r, "Cannot write %s: %s", f->id, strerror(-r));
+        /* With the size known, it is the writer's reservation that fails, at the start. */
+        if (f->bytes_total != UINT64_MAX)
                 return fill_set_error(f, -ENOSPC, "No space left in the cache for %s: its %" PRIu64 " bytes do not fit",
                                       f->id, f->bytes_total);
-        if (r == -ENOSPC || r == -EDQUOT)
-                return fill_set_error(f, -ENOSPC, "No space left in the cache for %s after %" PRIu64 " bytes", f->id,
-                                      f->bytes_written);
-        return fill_set_error(f, r, "Cannot write %s: %s", f->id, strerror(-r));
+        return fill_set_error(f, -ENOSPC, "No space left in the cache for %s after %" PRIu64 " bytes", f->id,
+                              f->bytes_written);
 }
 
 static void fill_finish(Fill *f, int error);

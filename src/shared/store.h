@@ -160,7 +160,7 @@ int image_cache_begin_write(ImageCache *c, const char *id, const Checksum *expec
 int cache_write_append(CacheWrite *w, const void *data, size_t size);
 uint64_t cache_write_size(const CacheWrite *w);
 /* Reserves the disk blocks of an image whose total size is known (fallocate, keeping the file's size):
- * a fill that cannot fit fails before its first byte instead of after gigabytes, and concurrent fills
+ * a fill that cannot fit fails at its start instead of after gigabytes, and concurrent fills
  * see each other's space taken. -ENOSPC (also for a quota) when the room is not there; 0 where the
  * filesystem cannot preallocate, which changes nothing. Suspend and abort give the reserved tail back. */
 int cache_write_reserve(CacheWrite *w, uint64_t total);
