@@ -455,6 +455,29 @@ static void test_write_bad_checksum(Fixture *f, gconstpointer data) {
         g_assert_false(image_cache_is_cached(f->cache, "bad"));
 }
 
+/* The two halves of an append, as the fill writer's two threads make them: the digest covers what the
+ * hash half was fed, and a file with bytes the digest never saw is not sealed. */
+static void test_write_halves(Fixture *f, gconstpointer data) {
+        CacheWrite *w = NULL;
+        g_assert_cmpint(image_cache_begin_write(f->cache, "split", NULL, &w), ==, 0);
+        g_assert_cmpint(cache_write_append_unhashed(w, "ab", 2), ==, 0);
+        g_assert_cmpint(cache_write_hash(w, "ab", 2), ==, 0);
+        g_assert_cmpint(cache_write_append_unhashed(w, "c", 1), ==, 0);
+        g_assert_cmpint(cache_write_hash(w, "c", 1), ==, 0);
+        g_assert_cmpint(image_cache_commit_write(f->cache, w), ==, 0);
+        /* sha256("abc") */
+        g_assert_cmpstr(image_cache_get(f->cache, "split")->checksum, ==,
+                        "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+
+        g_assert_cmpint(image_cache_begin_write(f->cache, "unhashed", NULL, &w), ==, 0);
+        g_assert_cmpint(cache_write_append_unhashed(w, "abc", 3), ==, 0);
+        g_assert_cmpint(cache_write_hash(w, "ab", 2), ==, 0);
+        g_assert_cmpint(image_cache_commit_write(f->cache, w), ==, -EIO);
+        g_assert_false(image_cache_is_cached(f->cache, "unhashed"));
+        g_assert_false(test_file_exists(f->dir, "unhashed"));
+        g_assert_true(test_file_exists(f->dir, "invalid/unhashed"));
+}
+
 static void test_write_aborted(Fixture *f, gconstpointer data) {
         /* Glance's "exception while writing": the partial goes to invalid/, nothing is cached. */
         CacheWrite *w = NULL;
@@ -810,6 +833,7 @@ int main(int argc, char *argv[]) {
         ADD("queue-checksum", test_queue_checksum);
         ADD("write-good-checksum", test_write_good_checksum);
         ADD("write-bad-checksum", test_write_bad_checksum);
+        ADD("write-halves", test_write_halves);
         ADD("write-aborted", test_write_aborted);
         ADD("write-reserve", test_write_reserve);
         ADD("write-partial-not-cached", test_write_partial_not_cached);

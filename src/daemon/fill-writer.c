@@ -19,33 +19,47 @@ typedef struct Chunk {
         uint8_t data[];   /* FILL_WRITER_CHUNK bytes */
 } Chunk;
 
-struct FillWriter {
-        CacheWrite *write;  /* the thread's while it runs */
-        int read_fd;
+/* One of a writer's two threads: each takes every chunk, in order, and the loop frees a chunk once both
+ * are done with it. */
+typedef enum StageKind {
+        STAGE_WRITE,  /* appends to the file: the bytes readers get from disk */
+        STAGE_HASH,   /* feeds the digest */
+        _STAGE_MAX,
+} StageKind;
 
+typedef struct Stage {
+        FillWriter *fw;
         pthread_t thread;
         bool has_thread;
-        int event_fd;       /* the thread → the loop: chunks written, or an error */
+        /* Under the writer's lock. */
+        GQueue queue;       /* Chunk*, oldest first, not done here yet; the head is in the works */
+        unsigned n_done;    /* chunks done since the start */
+        uint64_t done_end;  /* every byte before this offset is done */
+} Stage;
+
+struct FillWriter {
+        CacheWrite *write;  /* the threads' while they run (see store.h for who touches what) */
+        int read_fd;
+
+        Stage stages[_STAGE_MAX];
+        int event_fd;       /* the threads → the loop: chunks done, or an error */
         sd_event_source *event_source;
         FillWriterProgress on_progress;
         void *userdata;
 
-        /* Shared with the thread, under lock. */
+        /* Shared with the threads, under lock. */
         pthread_mutex_t lock;
         pthread_cond_t wake;
-        GQueue to_write;    /* Chunk*, oldest first; the head is being written */
-        unsigned n_written; /* chunks written since the start */
-        uint64_t on_disk;   /* the file holds every byte before this offset */
         int error;
         bool stop;
-        uint64_t reserve;   /* set before the thread starts, read by it only */
+        uint64_t reserve;   /* set before the threads start, read by the write stage only */
 
         /* The loop's. A chunk's bytes do not change once queued and only the loop frees chunks, so the
          * loop reads them without the lock. */
         GQueue in_flight;   /* Chunk*: queued and not yet collected, oldest first */
         unsigned n_collected;
         Chunk *current;     /* being filled */
-        GQueue spare;       /* Chunk*: written and collected, for reuse (fresh memory is slow to touch) */
+        GQueue spare;       /* Chunk*: done and collected, for reuse (fresh memory is slow to touch) */
         uint64_t end;       /* offset after the last appended byte */
         bool closed;
 };
@@ -85,36 +99,47 @@ static void writer_notify(FillWriter *fw) {
         (void) !write(fw->event_fd, &one, sizeof(one));
 }
 
-static int chunk_write(CacheWrite *w, const Chunk *c) {
-        return cache_write_append(w, c->data, c->len);
+/* What a stage does with a chunk; the write stage first reserves the file's blocks. */
+static int stage_begin(FillWriter *fw, StageKind kind) {
+        if (kind != STAGE_WRITE || fw->reserve == UINT64_MAX)
+                return 0;
+        return cache_write_reserve(fw->write, fw->reserve);
 }
 
-static void *writer_thread(void *userdata) {
-        FillWriter *fw = userdata;
-        int r = fw->reserve != UINT64_MAX ? cache_write_reserve(fw->write, fw->reserve) : 0;
+static int stage_work(FillWriter *fw, StageKind kind, const Chunk *c) {
+        if (kind == STAGE_WRITE)
+                return cache_write_append_unhashed(fw->write, c->data, c->len);
+        return cache_write_hash(fw->write, c->data, c->len);
+}
+
+static void *stage_thread(void *userdata) {
+        Stage *st = userdata;
+        FillWriter *fw = st->fw;
+        StageKind kind = (StageKind) (st - fw->stages);
+        int r = stage_begin(fw, kind);
 
         pthread_mutex_lock(&fw->lock);
         if (r < 0) {
-                fw->error = r;
+                fw->error = fw->error ?: r;
                 writer_notify(fw);
         }
         while (r >= 0) {
-                while (!fw->stop && g_queue_is_empty(&fw->to_write))
+                while (!fw->stop && g_queue_is_empty(&st->queue))
                         pthread_cond_wait(&fw->wake, &fw->lock);
                 if (fw->stop)
                         break;
-                Chunk *c = g_queue_peek_head(&fw->to_write);
+                Chunk *c = g_queue_peek_head(&st->queue);
                 pthread_mutex_unlock(&fw->lock);
 
-                r = chunk_write(fw->write, c);
+                r = stage_work(fw, kind, c);
 
                 pthread_mutex_lock(&fw->lock);
-                (void) g_queue_pop_head(&fw->to_write);
+                (void) g_queue_pop_head(&st->queue);
                 if (r < 0)
-                        fw->error = r;
+                        fw->error = fw->error ?: r;
                 else {
-                        fw->n_written++;
-                        fw->on_disk = c->offset + c->len;
+                        st->n_done++;
+                        st->done_end = c->offset + c->len;
                 }
                 writer_notify(fw);
         }
@@ -122,13 +147,13 @@ static void *writer_thread(void *userdata) {
         return NULL;
 }
 
-/* Frees (for reuse) the chunks the thread is done with. */
+/* Frees (for reuse) the chunks both threads are done with. */
 static void writer_collect(FillWriter *fw) {
         pthread_mutex_lock(&fw->lock);
-        unsigned n_written = fw->n_written;
+        unsigned n_done = MIN(fw->stages[STAGE_WRITE].n_done, fw->stages[STAGE_HASH].n_done);
         pthread_mutex_unlock(&fw->lock);
 
-        for (; fw->n_collected < n_written; fw->n_collected++)
+        for (; fw->n_collected < n_done; fw->n_collected++)
                 g_queue_push_tail(&fw->spare, g_queue_pop_head(&fw->in_flight));
 }
 
@@ -140,6 +165,35 @@ static int on_writer_event(sd_event_source *s, int fd, uint32_t revents, void *u
         writer_collect(fw);
         fw->on_progress(fw, fw->userdata);
         return 0;
+}
+
+static int stage_start(FillWriter *fw, StageKind kind) {
+        static const char *const names[_STAGE_MAX] = {
+                [STAGE_WRITE] = "fill-write",
+                [STAGE_HASH] = "fill-hash",
+        };
+        Stage *st = &fw->stages[kind];
+
+        int r = -pthread_create(&st->thread, NULL, stage_thread, st);
+        if (r < 0)
+                return r;
+        st->has_thread = true;
+        /* For top -H and perf: which of the two is busy. */
+        (void) pthread_setname_np(st->thread, names[kind]);
+        return 0;
+}
+
+static void stages_stop(FillWriter *fw) {
+        pthread_mutex_lock(&fw->lock);
+        fw->stop = true;
+        pthread_cond_broadcast(&fw->wake);
+        pthread_mutex_unlock(&fw->lock);
+
+        for (StageKind k = 0; k < _STAGE_MAX; k++)
+                if (fw->stages[k].has_thread) {
+                        (void) pthread_join(fw->stages[k].thread, NULL);
+                        fw->stages[k].has_thread = false;
+                }
 }
 
 int fill_writer_new(sd_event *event, CacheWrite *w, int read_fd, uint64_t reserve, FillWriterProgress on_progress,
@@ -154,14 +208,16 @@ int fill_writer_new(sd_event *event, CacheWrite *w, int read_fd, uint64_t reserv
                 .on_progress = on_progress,
                 .userdata = userdata,
                 .end = cache_write_size(w),
-                .on_disk = cache_write_size(w),
                 .reserve = reserve,
         };
         pthread_mutex_init(&fw->lock, NULL);
         pthread_cond_init(&fw->wake, NULL);
-        g_queue_init(&fw->to_write);
         g_queue_init(&fw->in_flight);
         g_queue_init(&fw->spare);
+        for (StageKind k = 0; k < _STAGE_MAX; k++) {
+                fw->stages[k] = (Stage) { .fw = fw, .done_end = fw->end };
+                g_queue_init(&fw->stages[k].queue);
+        }
 
         int r;
         fw->event_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
@@ -174,10 +230,11 @@ int fill_writer_new(sd_event *event, CacheWrite *w, int read_fd, uint64_t reserv
                 goto fail;
         (void) sd_event_source_set_description(fw->event_source, "fill-writer");
 
-        r = -pthread_create(&fw->thread, NULL, writer_thread, fw);
-        if (r < 0)
-                goto fail;
-        fw->has_thread = true;
+        for (StageKind k = 0; k < _STAGE_MAX; k++) {
+                r = stage_start(fw, k);
+                if (r < 0)
+                        goto fail;
+        }
 
         *ret = fw;
         return 0;
@@ -191,39 +248,35 @@ static void writer_queue_current(FillWriter *fw) {
         Chunk *c = TAKE_PTR(fw->current);
         g_queue_push_tail(&fw->in_flight, c);
         pthread_mutex_lock(&fw->lock);
-        g_queue_push_tail(&fw->to_write, c);
-        pthread_cond_signal(&fw->wake);
+        for (StageKind k = 0; k < _STAGE_MAX; k++)
+                g_queue_push_tail(&fw->stages[k].queue, c);
+        pthread_cond_broadcast(&fw->wake);
         pthread_mutex_unlock(&fw->lock);
 }
 
-/* After the thread stopped: what it did not write, in order, here. */
-static void writer_write_rest(FillWriter *fw) {
+/* After the threads stopped: what they did not do, in order, here. */
+static void writer_do_rest(FillWriter *fw) {
         if (fw->error < 0)
                 return;
         if (fw->current && fw->current->len > 0)
                 writer_queue_current(fw);
-        for (GList *l = fw->to_write.head; l; l = l->next)
-                if (chunk_write(fw->write, l->data) < 0)
-                        return;
+        for (StageKind k = 0; k < _STAGE_MAX; k++)
+                for (GList *l = fw->stages[k].queue.head; l; l = l->next)
+                        if (stage_work(fw, k, l->data) < 0)
+                                return;
 }
 
 CacheWrite *fill_writer_free(FillWriter *fw, bool write_rest) {
         if (!fw)
                 return NULL;
 
-        if (fw->has_thread) {
-                pthread_mutex_lock(&fw->lock);
-                fw->stop = true;
-                pthread_cond_signal(&fw->wake);
-                pthread_mutex_unlock(&fw->lock);
-                (void) pthread_join(fw->thread, NULL);
-                fw->has_thread = false;
-        }
+        stages_stop(fw);
         if (write_rest)
-                writer_write_rest(fw);
+                writer_do_rest(fw);
         CacheWrite *w = fw->write;
 
-        g_queue_clear(&fw->to_write); /* the same chunks as in_flight */
+        for (StageKind k = 0; k < _STAGE_MAX; k++)
+                g_queue_clear(&fw->stages[k].queue); /* chunks of in_flight */
         chunks_release(&fw->in_flight);
         chunks_release(&fw->spare);
         if (fw->current)
@@ -304,7 +357,7 @@ ssize_t fill_writer_pread(const FillWriter *fw, void *buf, size_t size, uint64_t
         size = (size_t) MIN((uint64_t) size, fw->end - offset);
 
         pthread_mutex_lock(&m->lock);
-        uint64_t on_disk = m->on_disk;
+        uint64_t on_disk = m->stages[STAGE_WRITE].done_end;
         pthread_mutex_unlock(&m->lock);
 
         if (offset < on_disk)

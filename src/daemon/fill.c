@@ -359,7 +359,7 @@ static FillIntake fill_take_image(Fill *f, const void *data, size_t n) {
                 f->too_large = true;
         }
 
-        /* A failure of the writer thread ends the fill from on_writer_progress(). */
+        /* A failure of a writer thread ends the fill from on_writer_progress(). */
         int r = fill_writer_append(f->writer, data, n);
         if (r < 0) {
                 fill_set_write_error(f, r);
@@ -473,7 +473,7 @@ void fill_resume_transfer(Fill *f) {
                 fill_resume(f);
 }
 
-/* Receiving from here on: the body goes to a writer thread. */
+/* Receiving from here on: the body goes to the writer threads. */
 static void fill_receive(Fill *f) {
         uint64_t reserve = f->too_large ? UINT64_MAX : f->bytes_total;
         int r = fill_writer_new(f->fetcher->event, f->write, f->read_fd, reserve, on_writer_progress, f, &f->writer);

@@ -51,6 +51,7 @@ struct CacheWrite {
         Checksum expected;
         Checksum actual;
         uint64_t size;
+        uint64_t hashed;       /* bytes the digest was fed: size when it is complete */
         uint64_t written_back; /* bytes handed to writeback so far (sync_file_range) */
         uint64_t reserved_end; /* blocks up to here are allocated (cache_write_reserve); 0: none */
         bool finished;  /* actual holds the final digest */

@@ -173,19 +173,34 @@ static void write_behind(CacheWrite *w) {
         w->written_back = w->size;
 }
 
-int cache_write_append(CacheWrite *w, const void *data, size_t size) {
+int cache_write_append_unhashed(CacheWrite *w, const void *data, size_t size) {
         if (w->sealed)
                 return -ESTALE;
 
         int r = loop_write(w->fd, data, size);
         if (r < 0)
                 return r;
-        r = hasher_update(w->hasher, data, size);
-        if (r < 0)
-                return r;
         w->size += size;
         write_behind(w);
         return 0;
+}
+
+int cache_write_hash(CacheWrite *w, const void *data, size_t size) {
+        if (w->sealed || w->finished)
+                return -ESTALE;
+
+        int r = hasher_update(w->hasher, data, size);
+        if (r < 0)
+                return r;
+        w->hashed += size;
+        return 0;
+}
+
+int cache_write_append(CacheWrite *w, const void *data, size_t size) {
+        int r = cache_write_append_unhashed(w, data, size);
+        if (r < 0)
+                return r;
+        return cache_write_hash(w, data, size);
 }
 
 int cache_write_reserve(CacheWrite *w, uint64_t total) {
@@ -222,6 +237,9 @@ int cache_write_seal(CacheWrite *w) {
                 return 0;
 
         if (!w->finished) {
+                /* A digest of other bytes than the file's would be worse than none. */
+                if (w->hashed != w->size)
+                        return -EIO;
                 int k = hasher_finish(w->hasher, &w->actual);
                 if (k < 0)
                         return k;
@@ -357,6 +375,7 @@ int cache_write_rehash(CacheWrite *w) {
         }
         hasher_free(w->hasher);
         w->hasher = h;
+        w->hashed = w->size;
         return 0;
 }
 

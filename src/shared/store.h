@@ -17,8 +17,8 @@
  * Threads: an ImageCache is not thread-safe; every image_cache_*() call runs on the owner's thread. The
  * cache_write_*() calls on one CacheWrite (append, seal, rehash, digest, size, id, set_etag,
  * open_reader) touch nothing but that write's own fds and files, so a worker thread may make them while
- * it alone holds the write; the owner's thread must not use the write meanwhile, and hands it back (commit,
- * suspend, abort, discard) on its own thread. */
+ * it alone holds the write (or two, one appending unhashed and one hashing: below); the owner's thread must
+ * not use the write meanwhile, and hands it back (commit, suspend, abort, discard) on its own thread. */
 
 typedef struct ImageCache ImageCache;
 typedef struct CacheWrite CacheWrite;
@@ -158,6 +158,11 @@ int image_cache_dequeue_all(ImageCache *c, unsigned *ret_n);
  * process is writing it already. expected may be NULL; the digest is then sha256 and recorded. */
 int image_cache_begin_write(ImageCache *c, const char *id, const Checksum *expected, CacheWrite **ret);
 int cache_write_append(CacheWrite *w, const void *data, size_t size);
+/* The two halves of cache_write_append(), for a caller that writes on one thread and hashes on another
+ * (they touch disjoint parts of w): the digest must be fed the bytes written, in order, before the seal,
+ * which fails with -EIO otherwise. */
+int cache_write_append_unhashed(CacheWrite *w, const void *data, size_t size);
+int cache_write_hash(CacheWrite *w, const void *data, size_t size);
 uint64_t cache_write_size(const CacheWrite *w);
 /* Reserves the disk blocks of an image whose total size is known (fallocate, keeping the file's size):
  * a fill that cannot fit fails at its start instead of after gigabytes, and concurrent fills

@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /* The fill writer (src/daemon/fill-writer.c) on a real sqlite cache in a temporary directory: bytes
- * appended in odd pieces reach the file whole and in order, every appended byte reads back while chunks
- * are still queued, the queue's cap holds the receiver back, and a stopped writer keeps or drops what it
- * had not written. */
+ * appended in odd pieces reach the file and the digest whole and in order, every appended byte reads
+ * back while chunks are still queued, the queue's cap holds the receiver back, and a stopped writer keeps
+ * or drops what it had not written. */
 
 #include <fcntl.h>
 #include <glib.h>
@@ -110,6 +110,10 @@ static void test_whole_image(void) {
         g_autofree char *stored = test_read_file(path, &size);
         g_assert_cmpuint(size, ==, n);
         g_assert_true(memcmp(stored, data, n) == 0);
+        /* The digest, made on a thread of its own, saw every chunk, in order. */
+        g_autofree char *sha = g_compute_checksum_for_data(G_CHECKSUM_SHA256, data, n);
+        g_autofree char *expected = g_strconcat("sha256:", sha, NULL);
+        g_assert_cmpstr(image_cache_get(e.cache, "img")->checksum, ==, expected);
         env_teardown(&e);
 }
 
