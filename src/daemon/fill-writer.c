@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/prctl.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
@@ -113,9 +114,17 @@ static int stage_work(FillWriter *fw, StageKind kind, const Chunk *c) {
 }
 
 static void *stage_thread(void *userdata) {
+        static const char *const names[_STAGE_MAX] = {
+                [STAGE_WRITE] = "fill-write",
+                [STAGE_HASH] = "fill-hash",
+        };
         Stage *st = userdata;
         FillWriter *fw = st->fw;
         StageKind kind = (StageKind) (st - fw->stages);
+
+        /* For top -H and perf: which of the two is busy. Named here, as a prctl(), where naming it from
+         * the loop would write to /proc while the first byte of the miss waits. */
+        (void) prctl(PR_SET_NAME, names[kind]);
         int r = stage_begin(fw, kind);
 
         pthread_mutex_lock(&fw->lock);
@@ -168,18 +177,12 @@ static int on_writer_event(sd_event_source *s, int fd, uint32_t revents, void *u
 }
 
 static int stage_start(FillWriter *fw, StageKind kind) {
-        static const char *const names[_STAGE_MAX] = {
-                [STAGE_WRITE] = "fill-write",
-                [STAGE_HASH] = "fill-hash",
-        };
         Stage *st = &fw->stages[kind];
 
         int r = -pthread_create(&st->thread, NULL, stage_thread, st);
         if (r < 0)
                 return r;
         st->has_thread = true;
-        /* For top -H and perf: which of the two is busy. */
-        (void) pthread_setname_np(st->thread, names[kind]);
         return 0;
 }
 
