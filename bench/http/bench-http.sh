@@ -4,7 +4,8 @@
 #   hit: GET throughput of a big image with 1 and 4 clients; 4 KiB random Range requests/s and p99 at 1,
 #        16 and 128 connections (wrk + Lua); HEAD/s.
 #   miss: time to first byte and throughput of a first GET through imgcached vs curl straight from the
-#        upstream (tests/fetch's upstream-server).
+#        upstream (tests/fetch's upstream-server), with the ratio to curl storing the file, the TTFB over
+#        the upstream's, and the daemon's CPU seconds per GiB.
 #   read access: 4 KiB Range hits at one connection with ReadAccess=open, ReadAccess=upstream with the
 #        verdict cached, and ReadAccess=upstream asking the (Glance-mode) upstream on every request.
 #   range ahead: a miss filling from an upstream limited to 2 MB/s; time to first byte of 1 KiB at 15 MB
@@ -175,17 +176,25 @@ if [ -x "$upstream_server" ]; then
         # Each miss is deleted once measured, so that every run writes into page cache the kernel has
         # recycled, as on a host that has been up a while: on a fresh VM, memory touched for the first
         # time costs a hypervisor fault per page and would make whichever run comes first look slow.
+        # ratio: the miss against upstream-to-file of the same round; +ttfb: its time to first byte over
+        # upstream-direct's; cpu-s/GiB: the daemon's CPU (all its threads) per GiB of the miss, which on a
+        # small host says how near the miss is to the CPU the client, the upstream and it share.
         echo "# miss: first GET through imgcached vs straight from the upstream (TTFB s, MiB/s)"
-        printf '%-22s %10s %10s\n' path ttfb MiB/s
+        printf '%-22s %10s %10s %7s %9s %10s\n' path ttfb MiB/s ratio +ttfb cpu-s/GiB
+        daemon_cpu_s() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%.3f", ($14 + $15) / hz }' "/proc/$(cat "$work/imgcached.pid")/stat"; }
         for i in 1 2 3; do
                 ln "$work/cache/big" "$work/upstream/m$i"
-                read -r t s <<<"$(curl -s -o /dev/null -w '%{time_starttransfer} %{speed_download}\n' "http://127.0.0.1:$up_port/images/m$i")"
-                printf '%-22s %10s %10s\n' "upstream-direct-$i" "$t" "$(mib_s "$s")"
-                read -r t s <<<"$(curl -s -o "$work/dl" -w '%{time_starttransfer} %{speed_download}\n' "http://127.0.0.1:$up_port/images/m$i")"
+                read -r td sd <<<"$(curl -s -o /dev/null -w '%{time_starttransfer} %{speed_download}\n' "http://127.0.0.1:$up_port/images/m$i")"
+                printf '%-22s %10s %10s\n' "upstream-direct-$i" "$td" "$(mib_s "$sd")"
+                read -r tf sf <<<"$(curl -s -o "$work/dl" -w '%{time_starttransfer} %{speed_download}\n' "http://127.0.0.1:$up_port/images/m$i")"
                 rm -f "$work/dl"
-                printf '%-22s %10s %10s\n' "upstream-to-file-$i" "$t" "$(mib_s "$s")"
+                printf '%-22s %10s %10s\n' "upstream-to-file-$i" "$tf" "$(mib_s "$sf")"
+                c0=$(daemon_cpu_s)
                 read -r t s <<<"$(curl -s -o /dev/null -w '%{time_starttransfer} %{speed_download}\n' "$img/m$i")"
-                printf '%-22s %10s %10s\n' "imgcached-miss-$i" "$t" "$(mib_s "$s")"
+                c1=$(daemon_cpu_s)
+                printf '%-22s %10s %10s %7s %9s %10s\n' "imgcached-miss-$i" "$t" "$(mib_s "$s")" "$(ratio "$s" "$sf")" \
+                        "$(awk -v a="$t" -v b="$td" 'BEGIN { printf "%.1f ms", (a - b) * 1000 }')" \
+                        "$(awk -v a="$c0" -v b="$c1" -v m="$size_mib" 'BEGIN { printf "%.2f", (b - a) * 1024 / m }')"
                 curl -s -o /dev/null -X DELETE -H 'X-Auth-Token: bench' "http://127.0.0.1:$img_port/v2/cache/m$i"
                 rm -f "$work/upstream/m$i"
         done
