@@ -113,6 +113,11 @@ static int stage_work(FillWriter *fw, StageKind kind, const Chunk *c) {
         return cache_write_hash(fw->write, c->data, c->len);
 }
 
+/* Chunks both threads are through with. Under the lock. */
+static unsigned stages_done(const FillWriter *fw) {
+        return MIN(fw->stages[STAGE_WRITE].n_done, fw->stages[STAGE_HASH].n_done);
+}
+
 static void *stage_thread(void *userdata) {
         static const char *const names[_STAGE_MAX] = {
                 [STAGE_WRITE] = "fill-write",
@@ -144,13 +149,16 @@ static void *stage_thread(void *userdata) {
 
                 pthread_mutex_lock(&fw->lock);
                 (void) g_queue_pop_head(&st->queue);
+                unsigned collectable = stages_done(fw);
                 if (r < 0)
                         fw->error = fw->error ?: r;
                 else {
                         st->n_done++;
                         st->done_end = c->offset + c->len;
                 }
-                writer_notify(fw);
+                /* The loop cares when a chunk is free for reuse, not when one of the two is through. */
+                if (r < 0 || stages_done(fw) != collectable)
+                        writer_notify(fw);
         }
         pthread_mutex_unlock(&fw->lock);
         return NULL;
@@ -159,7 +167,7 @@ static void *stage_thread(void *userdata) {
 /* Frees (for reuse) the chunks both threads are done with. */
 static void writer_collect(FillWriter *fw) {
         pthread_mutex_lock(&fw->lock);
-        unsigned n_done = MIN(fw->stages[STAGE_WRITE].n_done, fw->stages[STAGE_HASH].n_done);
+        unsigned n_done = stages_done(fw);
         pthread_mutex_unlock(&fw->lock);
 
         for (; fw->n_collected < n_done; fw->n_collected++)
