@@ -265,16 +265,17 @@ static void writer_queue_current(FillWriter *fw) {
         pthread_mutex_unlock(&fw->lock);
 }
 
-/* After the threads stopped: what they did not do, in order, here. */
-static void writer_do_rest(FillWriter *fw) {
+/* After the threads stopped: what the write thread did not write, in order, here. Not what the hash
+ * thread did not hash: a partial file kept for a resume gets its digest rebuilt from the file then
+ * (cache_write_rehash()), so hashing up to FILL_WRITER_MAX_QUEUED chunks here would only hold up the loop. */
+static void writer_write_rest(FillWriter *fw) {
         if (fw->error < 0)
                 return;
         if (fw->current && fw->current->len > 0)
                 writer_queue_current(fw);
-        for (StageKind k = 0; k < _STAGE_MAX; k++)
-                for (GList *l = fw->stages[k].queue.head; l; l = l->next)
-                        if (stage_work(fw, k, l->data) < 0)
-                                return;
+        for (GList *l = fw->stages[STAGE_WRITE].queue.head; l; l = l->next)
+                if (stage_work(fw, STAGE_WRITE, l->data) < 0)
+                        return;
 }
 
 CacheWrite *fill_writer_free(FillWriter *fw, bool write_rest) {
@@ -283,7 +284,7 @@ CacheWrite *fill_writer_free(FillWriter *fw, bool write_rest) {
 
         stages_stop(fw);
         if (write_rest)
-                writer_do_rest(fw);
+                writer_write_rest(fw);
         CacheWrite *w = fw->write;
 
         for (StageKind k = 0; k < _STAGE_MAX; k++)

@@ -39,8 +39,8 @@ typedef void (*FillWriterProgress)(FillWriter *fw, void *userdata);
 int fill_writer_new(sd_event *event, CacheWrite *w, int read_fd, uint64_t reserve, FillWriterProgress on_progress,
                     void *userdata, FillWriter **ret);
 /* Stops the threads (after the chunk each is on) and gives back the write. With write_rest, the bytes
- * not written or hashed yet are, here first (blocking: to keep a partial file for a resume); otherwise
- * they are dropped. */
+ * not written yet are written here first (blocking: to keep a partial file for a resume, whose digest a
+ * resume rebuilds from the file, so the write is not to be sealed); otherwise they are dropped. */
 CacheWrite *fill_writer_free(FillWriter *fw, bool write_rest);
 
 /* Frees the chunks kept for the next writers (they are reused otherwise). */
