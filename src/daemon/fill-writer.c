@@ -35,7 +35,6 @@ typedef struct Stage {
         /* Under the writer's lock. */
         GQueue queue;       /* Chunk*, oldest first, not done here yet; the head is in the works */
         unsigned n_done;    /* chunks done since the start */
-        uint64_t done_end;  /* every byte before this offset is done */
 } Stage;
 
 struct FillWriter {
@@ -53,6 +52,7 @@ struct FillWriter {
         pthread_cond_t wake;
         int error;
         bool stop;
+        uint64_t on_disk;   /* the file holds every byte before this offset (the write stage's progress) */
         uint64_t reserve;   /* set before the threads start, read by the write stage only */
 
         /* The loop's. A chunk's bytes do not change once queued and only the loop frees chunks, so the
@@ -100,13 +100,14 @@ static void writer_notify(FillWriter *fw) {
         (void) !write(fw->event_fd, &one, sizeof(one));
 }
 
-/* What a stage does with a chunk; the write stage first reserves the file's blocks. */
+/* What a stage does before its first chunk: the write stage reserves the file's blocks. */
 static int stage_begin(FillWriter *fw, StageKind kind) {
         if (kind != STAGE_WRITE || fw->reserve == UINT64_MAX)
                 return 0;
         return cache_write_reserve(fw->write, fw->reserve);
 }
 
+/* What a stage does with a chunk. */
 static int stage_work(FillWriter *fw, StageKind kind, const Chunk *c) {
         if (kind == STAGE_WRITE)
                 return cache_write_append_unhashed(fw->write, c->data, c->len);
@@ -154,7 +155,8 @@ static void *stage_thread(void *userdata) {
                         fw->error = fw->error ?: r;
                 else {
                         st->n_done++;
-                        st->done_end = c->offset + c->len;
+                        if (kind == STAGE_WRITE)
+                                fw->on_disk = c->offset + c->len;
                 }
                 /* The loop cares when a chunk is free for reuse, not when one of the two is through. */
                 if (r < 0 || stages_done(fw) != collectable)
@@ -219,6 +221,7 @@ int fill_writer_new(sd_event *event, CacheWrite *w, int read_fd, uint64_t reserv
                 .on_progress = on_progress,
                 .userdata = userdata,
                 .end = cache_write_size(w),
+                .on_disk = cache_write_size(w),
                 .reserve = reserve,
         };
         pthread_mutex_init(&fw->lock, NULL);
@@ -226,7 +229,7 @@ int fill_writer_new(sd_event *event, CacheWrite *w, int read_fd, uint64_t reserv
         g_queue_init(&fw->in_flight);
         g_queue_init(&fw->spare);
         for (StageKind k = 0; k < _STAGE_MAX; k++) {
-                fw->stages[k] = (Stage) { .fw = fw, .done_end = fw->end };
+                fw->stages[k] = (Stage) { .fw = fw };
                 g_queue_init(&fw->stages[k].queue);
         }
 
@@ -369,7 +372,7 @@ ssize_t fill_writer_pread(const FillWriter *fw, void *buf, size_t size, uint64_t
         size = (size_t) MIN((uint64_t) size, fw->end - offset);
 
         pthread_mutex_lock(&m->lock);
-        uint64_t on_disk = m->stages[STAGE_WRITE].done_end;
+        uint64_t on_disk = m->on_disk;
         pthread_mutex_unlock(&m->lock);
 
         if (offset < on_disk)
