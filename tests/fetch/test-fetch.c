@@ -853,6 +853,16 @@ static void test_admission(void) {
 
 /* ---- ENOSPC on a small tmpfs -------------------------------------------------------------------- */
 
+/* A queued image that does not fit fails with ENOSPC and the message, and leaves no file behind. */
+static void assert_no_space_left_behind(Env *e, const char *id, const char *message) {
+        queue(e, id);
+        Fill *f = env_fetch(e, id, NULL);
+        assert_failed(e, f, id, -ENOSPC, message);
+        g_assert_false(exists_in(e, "incomplete", id));
+        g_assert_false(exists_in(e, "invalid", id));
+        fill_unref(f);
+}
+
 /* Runs in a private user+mount namespace (see test_enospc) with a 2 MiB tmpfs at $IMGCACHE_TEST_TMPFS. */
 static void enospc_inner(const char *mnt) {
         g_assert_cmpint(mount("tmpfs", mnt, "tmpfs", 0, "size=2m"), ==, 0);
@@ -871,22 +881,12 @@ static void enospc_inner(const char *mnt) {
         g_assert_cmpstr(fill_state_to_string(fill_state(f)), ==, "done");
         fill_unref(f);
 
-        queue(&e, "big");
-        f = env_fetch(&e, "big", NULL);
-        assert_failed(&e, f, "big", -ENOSPC, "No space");
-        g_assert_false(exists_in(&e, "incomplete", "big"));
-        g_assert_false(exists_in(&e, "invalid", "big"));
-        fill_unref(f);
+        assert_no_space_left_behind(&e, "big", "No space");
 
         /* With its size known, an image that cannot fit fails at the start: the writer's reservation
          * (fallocate) says so, where the one above ran out of room 2 MiB in. */
         upstream_fixture_add_image(e.fx, "/images/sized", big, 1900000, NULL);
-        queue(&e, "sized");
-        f = env_fetch(&e, "sized", NULL);
-        assert_failed(&e, f, "sized", -ENOSPC, "its 1900000 bytes do not fit");
-        g_assert_false(exists_in(&e, "incomplete", "sized"));
-        g_assert_false(exists_in(&e, "invalid", "sized"));
-        fill_unref(f);
+        assert_no_space_left_behind(&e, "sized", "its 1900000 bytes do not fit");
 
         /* Nothing else lost, and the fetcher keeps working. */
         g_assert_true(image_cache_is_cached(e.cache, "small"));
