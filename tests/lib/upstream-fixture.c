@@ -23,6 +23,7 @@
 #include "util.h"
 
 #define FIXTURE_BLOCK_SIZE (256U * 1024U)
+#define FIXTURE_FIRST_PACED_BLOCK 4096U
 
 typedef enum EntryKind {
         ENTRY_IMAGE,
@@ -586,6 +587,10 @@ static ssize_t body_reader(void *cls, uint64_t pos, char *buf, size_t max) {
 
         if (o->rate) {
                 n = MIN(n, MAX(o->rate / 20, (uint64_t) 1));
+                /* MHD sends the headers with the first block: a small one, so that they go out at once
+                 * as on a slow link, not a twentieth of a second in. */
+                if (pos == 0)
+                        n = MIN(n, (uint64_t) FIXTURE_FIRST_PACED_BLOCK);
                 /* Pace: byte pos may go out no earlier than pos/rate seconds after the start. */
                 uint64_t due = rq->began_usec + (pos + n) * 1000000ULL / o->rate;
                 pthread_mutex_lock(&fx->lock);
