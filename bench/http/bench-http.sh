@@ -259,11 +259,11 @@ if [ -x "$upstream_server" ]; then
         # wait for the whole image. The upstream here knows no suffix ranges, so its "-512" is asked as
         # the explicit range imgcached asks for.
         timed() { curl -s -m 20 -o /dev/null -r "$2" -w '%{size_download} %{time_total}' "$1" || true; }
-        curl -s -o /dev/null "http://127.0.0.1:$far_port/images/far" & fill_client=$!
-        # A HEAD of an image in flight answers once the fill has the upstream's headers: from then on the
-        # ranges are the question, not the fill's start (the rate-limited upstream sends its headers
-        # with its first block of body, tens of ms in).
-        curl -s -o /dev/null -I "http://127.0.0.1:$far_port/images/far"
+        # The ranges are asked once the fill's first bytes reached its client: from then on they are the
+        # question, not the fill's start. (A HEAD would not do: asked before the GET is, it goes to the
+        # upstream and returns before the fill has begun.)
+        curl -s -o "$work/far-body" "http://127.0.0.1:$far_port/images/far" & fill_client=$!
+        for _ in $(seq 200); do if [ -s "$work/far-body" ]; then break; fi; sleep 0.05; done
         echo "# range ahead of a fill at 2 MB/s: seconds until the range's last byte"
         size=$((size_mib * 1024 * 1024))
         printf '%-22s %10s %10s %12s\n' range imgcached upstream difference
