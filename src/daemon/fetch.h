@@ -112,9 +112,10 @@ Fill *fetcher_find(const Fetcher *fe, const char *id);
  * line, an HTTP client's), or with the daemon's own token when NULL. -ENXIO without an upstream. */
 int fetcher_query(Fetcher *fe, const char *id, const char *credentials, UpstreamQueryDone done, void *userdata,
                   UpstreamQuery **ret);
-/* Asks the origin, with the daemon's credentials, for length bytes at start of the image f is filling
- * (its length known), of the same representation (If-Range with the fill's strong ETag, and the length
- * checked): bytes far ahead of the fill. The answer holds them (UpstreamAnswer.data). */
+/* Asks the origin, with the daemon's credentials, for length bytes at start of the image f is filling,
+ * of the same representation (If-Range with the fill's strong ETag, and the length checked, once the
+ * fill has them; a fill waiting for a slot has neither, and the answer's length is the origin's): bytes
+ * far ahead of the fill. The answer holds them (UpstreamAnswer.data, .size the image's length). */
 int fetcher_query_range(Fetcher *fe, const Fill *f, uint64_t start, uint64_t length, UpstreamQueryDone done,
                         void *userdata, UpstreamQuery **ret);
 

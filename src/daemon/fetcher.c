@@ -526,7 +526,8 @@ int fetcher_query_range(Fetcher *fe, const Fill *f, uint64_t start, uint64_t len
                 .if_range = f->etag && strncmp(f->etag, "W/", 2) != 0 && !fill_from_peer(f) ? f->etag : NULL,
         };
 
-        if (length == 0 || total == UINT64_MAX || start + length > total)
+        /* A fill without a length yet (waiting for a slot) takes the range of whatever length the origin says. */
+        if (length == 0 || (total != UINT64_MAX && start + length > total))
                 return -EINVAL;
         return fetcher_start_query(fe, &o, done, userdata, ret);
 }

@@ -78,6 +78,7 @@ struct Request {
         UpstreamAnswer range_answer;
         Stream *range_stream;  /* the fill's stream, to fall back on */
         uint64_t range_start, range_length;
+        bool range_asked;      /* the origin was asked for the range once: never again for this request */
 };
 
 typedef struct HttpConnection {
@@ -181,6 +182,9 @@ void http_stream_wake(Stream *st);
 bool http_fill_has_headers(Fill *f);
 /* Answers a miss whose fill has headers (or ended). Consumes st. */
 enum MHD_Result http_respond_miss(HttpServer *s, Request *req, struct MHD_Connection *c, Stream *st);
+/* Answers a miss at once if its fill has headers, asks the origin for a range the fill cannot answer
+ * soon, else waits for the fill's headers (Request.waiting). Consumes st. */
+enum MHD_Result http_respond_miss_when_ready(HttpServer *s, Request *req, struct MHD_Connection *c, Stream *st);
 /* Answers a range far ahead of its fill from req->range_answer, or falls back on the fill's stream. */
 enum MHD_Result http_respond_range_ahead(HttpServer *s, Request *req, struct MHD_Connection *c);
 

@@ -140,11 +140,5 @@ enum MHD_Result http_serve_miss(HttpServer *s, Request *req, struct MHD_Connecti
         st->to_peer = req->from_peer;
         st->request = req;
 
-        if (http_fill_has_headers(f))
-                return http_respond_miss(s, req, c, st);
-
-        /* Wait for the upstream's headers: they decide the status, and the length if any. */
-        req->waiting = st;
-        http_stream_suspend(st);
-        return MHD_YES;
+        return http_respond_miss_when_ready(s, req, c, st);
 }

@@ -212,6 +212,8 @@ static const char *fill_error_to_client_text(int error) {
 static enum MHD_Result respond_stream(Request *req, struct MHD_Connection *c, Stream *st, uint64_t start,
                                       uint64_t length, uint64_t total);
 static bool range_is_far_ahead(HttpServer *s, Request *req, Fill *f, uint64_t start, uint64_t length);
+static bool range_of_waiting_fill(HttpServer *s, Request *req, struct MHD_Connection *c, Fill *f, uint64_t *ret_start,
+                                  uint64_t *ret_length);
 static enum MHD_Result fetch_range_ahead(HttpServer *s, Request *req, Stream *st, uint64_t start, uint64_t length);
 
 /* Answers a miss whose fill has headers (or ended). Consumes st. */
@@ -261,6 +263,20 @@ enum MHD_Result http_respond_miss(HttpServer *s, Request *req, struct MHD_Connec
         }
 }
 
+enum MHD_Result http_respond_miss_when_ready(HttpServer *s, Request *req, struct MHD_Connection *c, Stream *st) {
+        uint64_t start, length;
+
+        if (http_fill_has_headers(st->fill))
+                return http_respond_miss(s, req, c, st);
+        if (range_of_waiting_fill(s, req, c, st->fill, &start, &length))
+                return fetch_range_ahead(s, req, st, start, length);
+
+        /* Wait for the upstream's headers: they decide the status, and the length if any. */
+        req->waiting = st;
+        http_stream_suspend(st);
+        return MHD_YES;
+}
+
 /* The image's headers of a miss response, digest included once the fill knows it. */
 static void add_miss_headers(struct MHD_Response *resp, Fill *f, uint64_t total) {
         Checksum digest;
@@ -307,9 +323,27 @@ static enum MHD_Result respond_stream(Request *req, struct MHD_Connection *c, St
 static bool range_is_far_ahead(HttpServer *s, Request *req, Fill *f, uint64_t start, uint64_t length) {
         uint64_t written = fill_bytes_written(f);
 
-        return !req->from_peer && !fill_state_is_final(fill_state(f)) && start > written &&
+        return !req->from_peer && !req->range_asked && !fill_state_is_final(fill_state(f)) && start > written &&
                start - written >= HTTP_RANGE_AHEAD_MIN && length <= HTTP_RANGE_AHEAD_MAX &&
                s->n_range_queries < HTTP_RANGE_AHEAD_PARALLEL;
+}
+
+/* A fill waiting for a fetch slot (MaxParallelFetches) may wait for other images' downloads, so a range of
+ * it is asked of the origin whatever its offset, on the same bounds as a range far ahead. Its length is
+ * not known yet: only an explicit first-last range can be asked; a suffix or an open-ended one (which
+ * end where the unknown length would) waits for the fill. */
+static bool range_of_waiting_fill(HttpServer *s, Request *req, struct MHD_Connection *c, Fill *f, uint64_t *ret_start,
+                                  uint64_t *ret_length) {
+        uint64_t start, length;
+
+        if (fill_state(f) != FILL_PENDING || req->method != HTTP_METHOD_GET || req->from_peer || req->range_asked ||
+            s->n_range_queries >= HTTP_RANGE_AHEAD_PARALLEL || http_header(c, MHD_HTTP_HEADER_IF_RANGE) ||
+            http_range_parse(http_header(c, MHD_HTTP_HEADER_RANGE), UINT64_MAX, &start, &length) != HTTP_RANGE_SATISFIABLE ||
+            start + length == UINT64_MAX || length > HTTP_RANGE_AHEAD_MAX)
+                return false;
+        *ret_start = start;
+        *ret_length = length;
+        return true;
 }
 
 static void request_on_range_answer(const UpstreamAnswer *a, void *userdata) {
@@ -323,12 +357,14 @@ static void request_on_range_answer(const UpstreamAnswer *a, void *userdata) {
 /* Asks the origin for the range, keeping st (and so the fill) to fall back on. The client was authorized
  * for the image before its miss began; the request goes with the daemon's credentials, as the fill. */
 static enum MHD_Result fetch_range_ahead(HttpServer *s, Request *req, Stream *st, uint64_t start, uint64_t length) {
-        int r = fetcher_query_range(s->fetcher, st->fill, start, length, request_on_range_answer, req,
-                                    &req->range_query);
+        int r;
+
+        req->range_asked = true;
+        r = fetcher_query_range(s->fetcher, st->fill, start, length, request_on_range_answer, req, &req->range_query);
         if (r < 0) {
                 log_debug_errno(r, "Cannot ask the upstream for a range of %s, waiting for the fill: %m",
                                 fill_image_id(st->fill));
-                return respond_stream(req, req->connection, st, start, length, fill_bytes_total(st->fill));
+                return http_respond_miss_when_ready(s, req, req->connection, st);
         }
         s->n_range_queries++;
         req->range_stream = st;
@@ -341,8 +377,8 @@ static enum MHD_Result fetch_range_ahead(HttpServer *s, Request *req, Stream *st
 /* The origin answered the range (or failed: then the fill serves it when it gets there). */
 enum MHD_Result http_respond_range_ahead(HttpServer *s, Request *req, struct MHD_Connection *c) {
         Stream *st = TAKE_PTR(req->range_stream);
-        uint64_t total = fill_bytes_total(st->fill);
         const UpstreamAnswer *a = &req->range_answer;
+        uint64_t total = fill_bytes_total(st->fill);
         struct MHD_Response *resp;
 
         assert(s->n_range_queries > 0);
@@ -352,12 +388,14 @@ enum MHD_Result http_respond_range_ahead(HttpServer *s, Request *req, struct MHD
                 http_stream_free(st);
                 return MHD_NO;
         }
-        if (!a->available) {
+        /* Asked while the fill had no length, the answer must still agree with the one it has now. */
+        if (!a->available || (total != UINT64_MAX && a->size != total)) {
                 log_debug("The upstream did not answer the range of %s as asked (HTTP %ld): waiting for the fill",
                           fill_image_id(st->fill), a->status);
                 req->range_query = upstream_query_free(req->range_query);
-                return respond_stream(req, c, st, req->range_start, req->range_length, total);
+                return http_respond_miss_when_ready(s, req, c, st);
         }
+        total = a->size;
 
         resp = MHD_create_response_from_buffer(a->data_size, (void *) a->data, MHD_RESPMEM_MUST_COPY);
         if (resp) {

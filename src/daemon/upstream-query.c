@@ -67,17 +67,21 @@ static size_t on_query_header(char *buffer, size_t size, size_t nitems, void *us
         return len;
 }
 
-/* A range is good only as exactly the bytes asked for, of an image of the length the fill has. */
+/* A range is good only as exactly the bytes asked for, of an image of the length the fill has (any length
+ * while the fill has none yet). */
 static void answer_from_range(UpstreamQuery *q, UpstreamAnswer *a) {
         uint64_t start, end, total;
 
         if (a->status != 206 || upstream_parse_content_range(q->content_range, &start, &end, &total) < 0 ||
-            start != q->range_start || end != q->range_start + q->range_length - 1 || total != q->range_total ||
+            start != q->range_start || end != q->range_start + q->range_length - 1 ||
+            total == UINT64_MAX || (q->range_total != UINT64_MAX && total != q->range_total) ||
             q->body_size != q->range_length) {
                 a->error = -EBADMSG;
                 return;
         }
         a->available = true;
+        a->has_size = true;
+        a->size = total;
         a->data = (const uint8_t *) q->body;
         a->data_size = q->body_size;
 }

@@ -22,7 +22,8 @@ typedef struct UpstreamAnswer {
         bool has_size;
         uint64_t size;
         /* A range: available when the upstream answered 206 with exactly the range asked for, of an image
-         * of range_total bytes; data then holds its bytes, owned by the query (valid until it is freed). */
+         * of range_total bytes (of any length when that is UINT64_MAX; size says which); data then holds
+         * its bytes, owned by the query (valid until it is freed). */
         const uint8_t *data;
         size_t data_size;
 } UpstreamAnswer;
@@ -38,7 +39,7 @@ typedef struct UpstreamQueryOptions {
         usec_t connect_timeout;
         usec_t timeout;             /* the whole exchange; 0: UPSTREAM_QUERY_TIMEOUT_USEC */
         uint64_t range_start, range_length; /* length > 0: GET these bytes of the image's data */
-        uint64_t range_total;       /* the length of the image the range must be of */
+        uint64_t range_total;       /* the length of the image the range must be of; UINT64_MAX: any */
         const char *if_range;       /* a strong ETag the range must be of, or NULL */
 } UpstreamQueryOptions;
 

@@ -305,6 +305,7 @@ static void test_no_disk_write_per_hit(Fixture *f, gconstpointer user) {
 
 #define BIG_SIZE (64 * 1024 * 1024)
 #define STALL_AT (1024 * 1024)
+#define NEXT_SIZE (4 * 1024 * 1024)
 #define UPSTREAM_TOKEN "up-secret"
 
 /* The 64 MiB image "big" upstream, whose first GET stalls after 1 MiB until released; the upstream wants
@@ -325,9 +326,9 @@ static char *stalling_config(Fixture *f, const char *extra) {
         return g_strdup_printf("[Upstream]\nTokenFile=%s\n%s", token, extra ?: "");
 }
 
-/* curl in the background for a range of big into a file; its process. */
-static GSubprocess *curl_range_start(Fixture *f, const char *range, const char *out) {
-        g_autofree char *url = g_strdup_printf("http://127.0.0.1:%u/images/big", f->port);
+/* curl in the background for a range of an image into a file; its process. */
+static GSubprocess *curl_range_start(Fixture *f, const char *id, const char *range, const char *out) {
+        g_autofree char *url = g_strdup_printf("http://127.0.0.1:%u/images/%s", f->port, id);
         g_autofree char *max = g_strdup_printf("%u", TEST_BUS_TIMEOUT_MS / 1000);
         g_autoptr(GError) error = NULL;
         GSubprocess *p = g_subprocess_new(G_SUBPROCESS_FLAGS_NONE, &error, "curl", "-sSf", "--max-time", max, "-r",
@@ -383,8 +384,8 @@ static void test_range_ahead(Fixture *f, gconstpointer user) {
         g_autofree char *straddle = g_build_filename(dir, "straddle", NULL), *large = g_build_filename(dir, "large", NULL);
         g_autofree char *straddle_range = g_strdup_printf("%u-%u", STALL_AT - 100, STALL_AT + 99);
         g_autofree char *large_range = g_strdup_printf("%u-%u", 32 * 1024 * 1024, 52 * 1024 * 1024 - 1);
-        g_autoptr(GSubprocess) p1 = curl_range_start(f, straddle_range, straddle);
-        g_autoptr(GSubprocess) p2 = curl_range_start(f, large_range, large);
+        g_autoptr(GSubprocess) p1 = curl_range_start(f, "big", straddle_range, straddle);
+        g_autoptr(GSubprocess) p2 = curl_range_start(f, "big", large_range, large);
         upstream_fixture_release(f->fx);
         g_assert_true(g_subprocess_wait_check(p1, NULL, NULL));
         g_assert_true(g_subprocess_wait_check(p2, NULL, NULL));
@@ -394,6 +395,45 @@ static void test_range_ahead(Fixture *f, gconstpointer user) {
         g_auto(GStrv) after = upstream_fixture_ranges(f->fx, "/images/big");
         g_assert_cmpuint(g_strv_length(after), ==, 2); /* nothing more was asked of the origin */
         g_assert_false(strv_has(after, "bytes=32-"));
+}
+
+/* With MaxParallelFetches=1 held by big's stalled fill, the fill of "next" waits for a slot: a range of
+ * it, at any offset, is asked of the origin at once; a suffix range, which needs the length, waits. */
+static void test_range_of_waiting_fill(Fixture *f, gconstpointer user) {
+        g_autofree uint8_t *data = test_random_data(BIG_SIZE, 5);
+        g_autofree uint8_t *next = test_random_data(NEXT_SIZE, 6);
+        g_autofree char *config = NULL, *headers = NULL;
+        g_autoptr(GByteArray) body = NULL, footer = NULL;
+        g_autofree char *out = g_build_filename(test_bus_dir(f->bus), "next-suffix", NULL);
+        UpstreamImageOptions o = { .etag = "\"n1\"" };
+
+        add_stalling_image(f, "/images/big", data, BIG_SIZE);
+        g_assert_cmpint(upstream_fixture_add_image(f->fx, "/images/next", next, NEXT_SIZE, &o), ==, 0);
+        config = stalling_config(f, "MaxParallelFetches=1\n");
+        start_daemon_with(f, config);
+
+        /* big's fill takes the one slot and stalls (its footer is answered from the origin). */
+        g_assert_cmpint(request_full(f, "big", "GET", "-512", NULL, &footer, NULL), ==, 206);
+
+        g_assert_cmpint(request_full(f, "next", "GET", "1000-1999", NULL, &body, &headers), ==, 206);
+        g_assert_cmpuint(body->len, ==, 1000);
+        g_assert_true(memcmp(body->data, next + 1000, 1000) == 0);
+        g_autofree char *cr = g_strdup_printf("Content-Range: bytes 1000-1999/%u", NEXT_SIZE);
+        g_assert_nonnull(strcasestr(headers, cr));
+
+        g_autoptr(GSubprocess) p = curl_range_start(f, "next", "-512", out);
+        upstream_fixture_release(f->fx);
+        g_assert_true(g_subprocess_wait_check(p, NULL, NULL));
+        assert_file_is(out, next + NEXT_SIZE - 512, 512);
+
+        /* The origin saw the range, without If-Range (the fill had no ETag yet), then the fill's GET:
+         * the suffix range was never asked of it. */
+        g_auto(GStrv) ranges = upstream_fixture_ranges(f->fx, "/images/next");
+        g_assert_cmpuint(g_strv_length(ranges), ==, 2);
+        g_assert_cmpstr(ranges[0], ==, "bytes=1000-1999");
+        g_assert_cmpstr(ranges[1], ==, "");
+        g_auto(GStrv) if_ranges = upstream_fixture_if_ranges(f->fx, "/images/next");
+        g_assert_cmpstr(if_ranges[0], ==, "");
 }
 
 /* qemu-img reads a VHD's footer at the end of the image: answered while the fill is stalled. */
@@ -474,6 +514,7 @@ int main(int argc, char *argv[]) {
         ADD("/http-fast/no-disk-write-per-hit", test_no_disk_write_per_hit);
         ADD("/http-fast/range-ahead", test_range_ahead);
         ADD("/http-fast/range-ahead-qemu-img", test_range_ahead_qemu_img);
+        ADD("/http-fast/range-of-waiting-fill", test_range_of_waiting_fill);
         ADD("/http-fast/range-ahead-authorized", test_range_ahead_authorized);
         return g_test_run();
 }
