@@ -316,6 +316,13 @@ static enum MHD_Result respond_stream(Request *req, struct MHD_Connection *c, St
 
 /* ---- ranges far ahead of the fill ------------------------------------------------------------------ */
 
+/* The bounds on every range asked of the origin: not for a peer, once per request, at most
+ * HTTP_RANGE_AHEAD_MAX long, HTTP_RANGE_AHEAD_PARALLEL at a time. */
+static bool range_may_be_asked(HttpServer *s, Request *req, uint64_t length) {
+        return !req->from_peer && !req->range_asked && length <= HTTP_RANGE_AHEAD_MAX &&
+               s->n_range_queries < HTTP_RANGE_AHEAD_PARALLEL;
+}
+
 /* A range the fill will not reach soon (HTTP_RANGE_AHEAD_MIN past what it has written), small enough
  * to ask the origin for directly (HTTP_RANGE_AHEAD_MAX), while few such requests run: a client reading
  * an image's footer (qemu-img and a VHD, say) must not wait for the whole download. Peers want whole
@@ -323,9 +330,8 @@ static enum MHD_Result respond_stream(Request *req, struct MHD_Connection *c, St
 static bool range_is_far_ahead(HttpServer *s, Request *req, Fill *f, uint64_t start, uint64_t length) {
         uint64_t written = fill_bytes_written(f);
 
-        return !req->from_peer && !req->range_asked && !fill_state_is_final(fill_state(f)) && start > written &&
-               start - written >= HTTP_RANGE_AHEAD_MIN && length <= HTTP_RANGE_AHEAD_MAX &&
-               s->n_range_queries < HTTP_RANGE_AHEAD_PARALLEL;
+        return range_may_be_asked(s, req, length) && !fill_state_is_final(fill_state(f)) && start > written &&
+               start - written >= HTTP_RANGE_AHEAD_MIN;
 }
 
 /* A fill waiting for a fetch slot (MaxParallelFetches) may wait for other images' downloads, so a range of
@@ -336,10 +342,9 @@ static bool range_of_waiting_fill(HttpServer *s, Request *req, struct MHD_Connec
                                   uint64_t *ret_length) {
         uint64_t start, length;
 
-        if (fill_state(f) != FILL_PENDING || req->method != HTTP_METHOD_GET || req->from_peer || req->range_asked ||
-            s->n_range_queries >= HTTP_RANGE_AHEAD_PARALLEL || http_header(c, MHD_HTTP_HEADER_IF_RANGE) ||
+        if (fill_state(f) != FILL_PENDING || req->method != HTTP_METHOD_GET || http_header(c, MHD_HTTP_HEADER_IF_RANGE) ||
             http_range_parse(http_header(c, MHD_HTTP_HEADER_RANGE), UINT64_MAX, &start, &length) != HTTP_RANGE_SATISFIABLE ||
-            start + length == UINT64_MAX || length > HTTP_RANGE_AHEAD_MAX)
+            start + length == UINT64_MAX || !range_may_be_asked(s, req, length))
                 return false;
         *ret_start = start;
         *ret_length = length;
@@ -378,7 +383,7 @@ static enum MHD_Result fetch_range_ahead(HttpServer *s, Request *req, Stream *st
 enum MHD_Result http_respond_range_ahead(HttpServer *s, Request *req, struct MHD_Connection *c) {
         Stream *st = TAKE_PTR(req->range_stream);
         const UpstreamAnswer *a = &req->range_answer;
-        uint64_t total = fill_bytes_total(st->fill);
+        uint64_t fill_total = fill_bytes_total(st->fill);
         struct MHD_Response *resp;
 
         assert(s->n_range_queries > 0);
@@ -389,18 +394,17 @@ enum MHD_Result http_respond_range_ahead(HttpServer *s, Request *req, struct MHD
                 return MHD_NO;
         }
         /* Asked while the fill had no length, the answer must still agree with the one it has now. */
-        if (!a->available || (total != UINT64_MAX && a->size != total)) {
+        if (!a->available || (fill_total != UINT64_MAX && a->size != fill_total)) {
                 log_debug("The upstream did not answer the range of %s as asked (HTTP %ld): waiting for the fill",
                           fill_image_id(st->fill), a->status);
                 req->range_query = upstream_query_free(req->range_query);
                 return http_respond_miss_when_ready(s, req, c, st);
         }
-        total = a->size;
 
         resp = MHD_create_response_from_buffer(a->data_size, (void *) a->data, MHD_RESPMEM_MUST_COPY);
         if (resp) {
-                add_miss_headers(resp, st->fill, total);
-                http_add_content_range(resp, req->range_start, req->range_length, total);
+                add_miss_headers(resp, st->fill, a->size);
+                http_add_content_range(resp, req->range_start, req->range_length, a->size);
                 s->counters.ranges_ahead++;
                 /* Counted as served once it all went out, like a hit. */
                 req->count_body = true;
