@@ -150,7 +150,7 @@ static void *stage_thread(void *userdata) {
 
                 pthread_mutex_lock(&fw->lock);
                 (void) g_queue_pop_head(&st->queue);
-                unsigned collectable = stages_done(fw);
+                unsigned done_before = stages_done(fw);
                 if (r < 0)
                         fw->error = fw->error ?: r;
                 else {
@@ -159,7 +159,7 @@ static void *stage_thread(void *userdata) {
                                 fw->on_disk = c->offset + c->len;
                 }
                 /* The loop cares when a chunk is free for reuse, not when one of the two is through. */
-                if (r < 0 || stages_done(fw) != collectable)
+                if (r < 0 || stages_done(fw) != done_before)
                         writer_notify(fw);
         }
         pthread_mutex_unlock(&fw->lock);
