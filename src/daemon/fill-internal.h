@@ -51,6 +51,10 @@ typedef enum FillStep {
         STEP_PAUSED_WRITER,   /* held: the writer's queue is full; its progress resumes it */
         STEP_DRAINING,        /* the body is complete; the writer is still writing */
         STEP_SEALING,         /* a worker verifies, fsyncs and renames into place */
+        STEP_ABORTING,        /* an error was recorded inside the transport's callbacks before the image's
+                               * body: the transport ends the transfer, and its end moves on */
+        STEP_ABORTING_BODY,   /* the same, while the image's body was coming in */
+        STEP_FAILING,         /* an error was recorded while a worker holds the write: its end moves on */
         STEP_DONE,
         STEP_FAILED,
         STEP_CANCELLED,
@@ -165,7 +169,9 @@ struct Fill {
         bool has_expected;
         Checksum expected;
         uint64_t bytes_written, bytes_total, cap;
-        CacheWrite *write;       /* NULL while the writer or a worker has it */
+        CacheWrite *write;       /* NULL before admission, after the end, and while the writer owns it
+                                  * (fill_writer_free() hands it back); a worker (REHASHING, SEALING)
+                                  * only borrows it: non-NULL until its done() runs */
         FillWriter *writer;      /* from admission until the body is all on disk */
         Worker *worker;          /* REHASHING, SEALING */
         int read_fd;
@@ -175,7 +181,7 @@ struct Fill {
         size_t turn_bytes;
         sd_event_source *admit;  /* ADMITTING: runs fill_admit() on the loop */
 
-        int error;
+        int error;               /* set with the step that leaves for it (fill_fail, fill_abort) */
         char *error_message;
 
         /* Notifications. */
@@ -255,7 +261,14 @@ void fill_resume_transfer(Fill *f);        /* PAUSED_TURN → RECEIVING */
 void fill_abandon(Fill *f);                /* the fetcher is going: finish now, workers completed */
 void fill_token_refreshed(Fill *f);        /* REAUTHENTICATING: a new token is there, ask again */
 void fill_fail_with(Fill *f, int error, const char *message); /* WAITING or REAUTHENTICATING: no token */
-_printf_(3, 4) int fill_set_error(Fill *f, int error, const char *fmt, ...);
+
+/* Errors are transitions: each of these records why (the first cause wins) and leaves the step in the
+ * same call. fill_fail(), on the loop: to the next source, to FAILING while a worker holds the write, or
+ * to FAILED/CANCELLED. fill_abort(), inside the transport's callbacks (which may not call back into the
+ * transport): to ABORTING, and returns INTAKE_ABORT for the transport, whose end of the transfer moves
+ * on as fill_fail() would. Both return the error. */
+_printf_(3, 4) int fill_fail(Fill *f, int error, const char *fmt, ...);
+_printf_(3, 4) FillIntake fill_abort(Fill *f, int error, const char *fmt, ...);
 
 /* fill.c, for the transport */
 FillIntake fill_on_headers(Fill *f, const FillResponse *r);
@@ -269,7 +282,7 @@ typedef enum ResponseVerdict {
         VERDICT_REDIRECT,   /* follow response->location */
         VERDICT_RESTART,    /* not the continuation asked for: download the whole image */
         VERDICT_REAUTH,     /* 401 to our token: ask again if TokenFile= now holds another (f->refusal set) */
-        VERDICT_ERROR,      /* fill_set_error() was called */
+        VERDICT_ERROR,      /* fill_abort() was called */
 } ResponseVerdict;
 ResponseVerdict fill_judge_response(Fill *f, const FillResponse *r);
 void fill_choose_expected(Fill *f, const FillResponse *r);

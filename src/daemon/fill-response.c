@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 
-/* What a response means for a fill: follow it, start over, take its body, or fail with a message that
- * names the image. Only memory is touched here (it runs inside curl's callbacks). */
+/* What a response means for a fill: follow it, start over, take its body, or abort it (fill_abort(): the
+ * fill moves to ABORTING with a message that names the image). Only memory is touched here (it runs
+ * inside curl's callbacks). */
 
 #include <inttypes.h>
 #include <stdio.h>
@@ -12,16 +13,16 @@
 
 static ResponseVerdict judge_redirect(Fill *f, const FillResponse *r) {
         if (!r->location) {
-                fill_set_error(f, -EPROTO, "Upstream answered %ld without a Location for %s", r->status, f->id);
+                fill_abort(f, -EPROTO, "Upstream answered %ld without a Location for %s", r->status, f->id);
                 return VERDICT_ERROR;
         }
         if (f->redirects >= FETCH_MAX_REDIRECTS) {
-                fill_set_error(f, -EPROTO, "Too many redirects fetching %s", f->id);
+                fill_abort(f, -EPROTO, "Too many redirects fetching %s", f->id);
                 return VERDICT_ERROR;
         }
         if (strncasecmp(r->location, "http://", 7) != 0 && strncasecmp(r->location, "https://", 8) != 0) {
                 _cleanup_(freep) char *shown = url_redact_userinfo(r->location);
-                fill_set_error(f, -EPROTO, "Upstream redirected %s to a refused protocol: %s", f->id, strempty(shown));
+                fill_abort(f, -EPROTO, "Upstream redirected %s to a refused protocol: %s", f->id, strempty(shown));
                 return VERDICT_ERROR;
         }
         return VERDICT_REDIRECT;
@@ -34,7 +35,7 @@ static ResponseVerdict judge_status(Fill *f, const FillResponse *r) {
         long status = r->status;
 
         if (status == 404 || status == 410)
-                fill_set_error(f, -ENOENT, "Upstream has no image %s (HTTP %ld from %s)", f->id, status, strempty(shown));
+                fill_abort(f, -ENOENT, "Upstream has no image %s (HTTP %ld from %s)", f->id, status, strempty(shown));
         else if (status == 401 && f->send_token && fetcher_may_reauthenticate(f->fetcher) && !f->reauthenticated) {
                 /* Perhaps the token was rotated or expired: the end of this response gets another. */
                 free(f->refusal);
@@ -43,15 +44,15 @@ static ResponseVerdict judge_status(Fill *f, const FillResponse *r) {
                         f->refusal = NULL;
                 return VERDICT_REAUTH;
         } else if ((status == 401 || status == 403) && fill_from_peer(f))
-                fill_set_error(f, -EPROTO, "Peer %s refused access to %s (HTTP %ld); check PeerTokenFile=",
+                fill_abort(f, -EPROTO, "Peer %s refused access to %s (HTTP %ld); check PeerTokenFile=",
                                f->sources[f->source], f->id, status);
         else if (status == 401 || status == 403)
-                fill_set_error(f, -EPROTO, "Upstream refused access to %s (HTTP %ld from %s); check %s",
+                fill_abort(f, -EPROTO, "Upstream refused access to %s (HTTP %ld from %s); check %s",
                                f->id, status, strempty(shown), fetcher_credentials_hint(f->fetcher));
         else if (status == 416 && f->phase == PHASE_IMAGE && f->resume_offset > 0)
                 return VERDICT_RESTART;
         else if (status != 200 && !(status == 206 && f->phase == PHASE_IMAGE))
-                fill_set_error(f, -EPROTO, "Upstream answered HTTP %ld for %s (%s)", status, f->id, strempty(shown));
+                fill_abort(f, -EPROTO, "Upstream answered HTTP %ld for %s (%s)", status, f->id, strempty(shown));
         else
                 return VERDICT_BODY;
         return VERDICT_ERROR;
@@ -88,7 +89,7 @@ ResponseVerdict fill_judge_response(Fill *f, const FillResponse *r) {
                 return VERDICT_RESTART;
         if (f->has_record && f->record.has_size) {
                 if (total != UINT64_MAX && total != f->record.size) {
-                        fill_set_error(f, -EBADMSG, "Upstream sends %" PRIu64 " bytes of %s, its record says %" PRIu64,
+                        fill_abort(f, -EBADMSG, "Upstream sends %" PRIu64 " bytes of %s, its record says %" PRIu64,
                                        total, f->id, f->record.size);
                         return VERDICT_ERROR;
                 }

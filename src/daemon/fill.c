@@ -13,11 +13,16 @@
  *                                                                         │ ↕ RESUMING (held bytes)
  *                                                     end of the body ───→ DRAINING ──writer done──→ SEALING
  *                                                                                                     │ worker
- *   every step ──error, cancel──→ FAILED / CANCELLED      (REHASHING, SEALING: after the worker)     DONE
+ *   every step ──error, cancel──→ FAILED / CANCELLED                                                  DONE
+ *       inside the transport's callbacks: ABORTING (ABORTING_BODY) ──end of the transfer──┘
+ *       while a worker holds the write (REHASHING): FAILING ──worker done──┘
+ *       a peer's failure: REQUESTING at the next source instead (fill_try_next_source)
  *
  * fill_set_state() is the one place the step changes; it schedules news for subscribers when the state
- * they see (FillState) changes. The transport's callbacks (fill_on_headers, fill_on_body) run inside
- * curl and only look at memory and answer: admission, the next request and the end are on the loop.
+ * they see (FillState) changes. An error is a transition, never a field left for someone to check:
+ * fill_fail() and fill_abort() record it and leave the step in one call. The transport's callbacks
+ * (fill_on_headers, fill_on_body) run inside curl and only look at memory and answer: admission, the
+ * next request and the end are on the loop.
  *
  * What happens to the partial file when a fill ends early:
  *   network trouble (reset, timeout, 5xx mid-body), cancel, shutdown → kept in incomplete/ with the
@@ -66,6 +71,9 @@ static const char *const fill_step_table[_STEP_MAX] = {
         [STEP_PAUSED_WRITER] = "paused-writer",
         [STEP_DRAINING] = "draining",
         [STEP_SEALING] = "sealing",
+        [STEP_ABORTING] = "aborting",
+        [STEP_ABORTING_BODY] = "aborting-body",
+        [STEP_FAILING] = "failing",
         [STEP_DONE] = "done",
         [STEP_FAILED] = "failed",
         [STEP_CANCELLED] = "cancelled",
@@ -93,6 +101,9 @@ static const FillState fill_step_state[_STEP_MAX] = {
         [STEP_PAUSED_WRITER] = FILL_RECEIVING,
         [STEP_DRAINING] = FILL_RECEIVING,
         [STEP_SEALING] = FILL_SEALING,
+        [STEP_ABORTING] = FILL_CONNECTING,
+        [STEP_ABORTING_BODY] = FILL_RECEIVING,
+        [STEP_FAILING] = FILL_RECEIVING,  /* only from REHASHING */
         [STEP_DONE] = FILL_DONE,
         [STEP_FAILED] = FILL_FAILED,
         [STEP_CANCELLED] = FILL_CANCELLED,
@@ -110,45 +121,87 @@ static bool fill_is_final(const Fill *f) {
         return f->step >= STEP_DONE;
 }
 
-int fill_set_error(Fill *f, int error, const char *fmt, ...) {
+/* Only fill_fail(), fill_abort(), fill_abandon() and the end of a transfer record an error: each leaves
+ * the step with it. */
+_printf_(3, 0) static void fill_record_error(Fill *f, int error, const char *fmt, va_list ap) {
         assert(error < 0);
         if (f->error < 0)
-                return f->error; /* the first cause wins */
+                return; /* the first cause wins */
 
-        va_list ap;
-        va_start(ap, fmt);
         char *m = NULL;
         if (vasprintf(&m, fmt, ap) < 0)
                 m = NULL;
-        va_end(ap);
         f->error = error;
         f->error_message = m;
-        return error;
 }
 
-static int fill_set_write_error(Fill *f, int r) {
-        if (r != -ENOSPC && r != -EDQUOT)
-                return fill_set_error(f, r, "Cannot write %s: %s", f->id, strerror(-r));
-        /* With the size known, it is the writer's reservation that fails, at the start. */
-        if (f->bytes_total != UINT64_MAX)
-                return fill_set_error(f, -ENOSPC, "No space left in the cache for %s: its %" PRIu64 " bytes do not fit",
-                                      f->id, f->bytes_total);
-        return fill_set_error(f, -ENOSPC, "No space left in the cache for %s after %" PRIu64 " bytes", f->id,
-                              f->bytes_written);
+_printf_(3, 4) static void fill_record_errorf(Fill *f, int error, const char *fmt, ...) {
+        va_list ap;
+
+        va_start(ap, fmt);
+        fill_record_error(f, error, fmt, ap);
+        va_end(ap);
 }
 
 static void fill_finish(Fill *f, int error);
 static void fill_seal(Fill *f);
-
 static bool fill_try_next_source(Fill *f);
 
-/* An error was recorded: go on with the next source, or end the fill, once the worker (which holds the
- * write) is through. */
-static void fill_fail(Fill *f) {
+/* The step after an error: the next source, FAILING while a worker holds the write, or the end. */
+static void fill_leave_for_error(Fill *f) {
         assert(f->error < 0);
-        if (f->worker || fill_try_next_source(f))
+        if (fill_is_final(f))
                 return;
-        fill_finish(f, f->error);
+        if (f->worker) {
+                fill_set_state(f, STEP_FAILING);
+                return;
+        }
+        if (!fill_try_next_source(f))
+                fill_finish(f, f->error);
+}
+
+int fill_fail(Fill *f, int error, const char *fmt, ...) {
+        va_list ap;
+
+        if (fill_is_final(f))
+                return error;
+        va_start(ap, fmt);
+        fill_record_error(f, error, fmt, ap);
+        va_end(ap);
+        /* In ABORTING, the transport's end of the transfer moves on; in FAILING, the worker's. */
+        if (f->step != STEP_ABORTING && f->step != STEP_ABORTING_BODY)
+                fill_leave_for_error(f);
+        return error;
+}
+
+FillIntake fill_abort(Fill *f, int error, const char *fmt, ...) {
+        va_list ap;
+
+        if (fill_is_final(f))
+                return INTAKE_ABORT;
+        va_start(ap, fmt);
+        fill_record_error(f, error, fmt, ap);
+        va_end(ap);
+        fill_set_state(f, fill_state(f) == FILL_RECEIVING ? STEP_ABORTING_BODY : STEP_ABORTING);
+        return INTAKE_ABORT;
+}
+
+/* The error of a failed write, with the message for it: what fill_fail() and fill_abort() take. */
+static int write_error_message(const Fill *f, int r, char **ret) {
+        int k;
+
+        if (r != -ENOSPC && r != -EDQUOT)
+                k = asprintf(ret, "Cannot write %s: %s", f->id, strerror(-r));
+        /* With the size known, it is the writer's reservation that fails, at the start. */
+        else if (f->bytes_total != UINT64_MAX)
+                k = asprintf(ret, "No space left in the cache for %s: its %" PRIu64 " bytes do not fit", f->id,
+                             f->bytes_total);
+        else
+                k = asprintf(ret, "No space left in the cache for %s after %" PRIu64 " bytes", f->id,
+                             f->bytes_written);
+        if (k < 0)
+                *ret = NULL;
+        return r == -EDQUOT ? -ENOSPC : r;
 }
 
 /* ---- requests ------------------------------------------------------------------------------------- */
@@ -169,14 +222,14 @@ static int fill_request(Fill *f, const char *url) {
         if (!f->phase_url) {
                 f->phase_url = strdup(url);
                 if (!f->phase_url)
-                        return fill_set_error(f, -ENOMEM, "Out of memory");
+                        return fill_fail(f, -ENOMEM, "Out of memory");
                 f->send_token = !peer; /* the upstream's token is for the upstream only */
         } else if (f->send_token && !url_same_origin(f->phase_url, url))
                 f->send_token = false; /* never hand the token to another origin */
 
         char *copy = strdup(url);
         if (!copy)
-                return fill_set_error(f, -ENOMEM, "Out of memory");
+                return fill_fail(f, -ENOMEM, "Out of memory");
         free_and_replace(f->request_url, copy);
         f->token_generation = fe->token_generation;
 
@@ -196,7 +249,7 @@ static int fill_request(Fill *f, const char *url) {
 
         int r = fe->transport->start(f, &req);
         if (r < 0)
-                return fill_set_error(f, r, "Cannot set up the transfer of %s: %s", f->id, strerror(-r));
+                return fill_fail(f, r, "Cannot set up the transfer of %s: %s", f->id, strerror(-r));
         fill_set_state(f, STEP_REQUESTING);
         /* A peer that is slow to answer is skipped; the origin has ConnectTimeoutSec= and the like. */
         if (peer && sd_event_source_set_time_relative(f->first_byte, fleet_peer_timeout(fe->fleet)) >= 0)
@@ -237,7 +290,7 @@ static int fill_start_phase(Fill *f, FillPhase phase) {
         if (phase == PHASE_IMAGE)
                 fill_prepare_resume(f);
         if (r < 0)
-                return fill_set_error(f, r, "Cannot build the upstream URL of %s", f->id);
+                return fill_fail(f, r, "Cannot build the upstream URL of %s", f->id);
         return fill_request(f, url);
 }
 
@@ -246,8 +299,7 @@ void fill_start(Fill *f) {
         f->has_slot = true;
         if (f->fetcher->fleet && !(f->flags & FETCH_ORIGIN_ONLY))
                 f->sources = fleet_sources(f->fetcher->fleet, f->id);
-        if (fill_start_phase(f, f->fetcher->kind == UPSTREAM_GLANCE ? PHASE_RECORD : PHASE_IMAGE) < 0)
-                fill_fail(f);
+        (void) fill_start_phase(f, f->fetcher->kind == UPSTREAM_GLANCE ? PHASE_RECORD : PHASE_IMAGE);
 }
 
 /* ---- the response's headers and body (inside the transport's callbacks) ------------------------- */
@@ -255,21 +307,15 @@ void fill_start(Fill *f) {
 static int on_admit(sd_event_source *s, void *userdata);
 
 static FillIntake fill_accept_image(Fill *f, const FillResponse *r) {
-        if (f->switched && f->body_offset != f->resume_offset) {
-                fill_set_error(f, -EPROTO, "%s cannot continue %s at byte %" PRIu64, f->request_url, f->id,
-                               f->resume_offset);
-                return INTAKE_ABORT;
-        }
-        if (f->switched && f->switched_total != UINT64_MAX && f->bytes_total != f->switched_total) {
-                fill_set_error(f, -EPROTO, "%s is %" PRIu64 " bytes at one source and %" PRIu64 " at the next",
-                               f->id, f->switched_total, f->bytes_total);
-                return INTAKE_ABORT;
-        }
+        if (f->switched && f->body_offset != f->resume_offset)
+                return fill_abort(f, -EPROTO, "%s cannot continue %s at byte %" PRIu64, f->request_url, f->id,
+                                  f->resume_offset);
+        if (f->switched && f->switched_total != UINT64_MAX && f->bytes_total != f->switched_total)
+                return fill_abort(f, -EPROTO, "%s is %" PRIu64 " bytes at one source and %" PRIu64 " at the next",
+                                  f->id, f->switched_total, f->bytes_total);
         free(f->etag);
-        if (!(f->etag = r->etag ? strdup(r->etag) : NULL) && r->etag) {
-                fill_set_error(f, -ENOMEM, "Out of memory");
-                return INTAKE_ABORT;
-        }
+        if (!(f->etag = r->etag ? strdup(r->etag) : NULL) && r->etag)
+                return fill_abort(f, -ENOMEM, "Out of memory");
         /* After a switch the digest stays the one chosen first: a later source may not change it. */
         if (!f->has_expected)
                 fill_choose_expected(f, r);
@@ -280,26 +326,22 @@ static FillIntake fill_accept_image(Fill *f, const FillResponse *r) {
 }
 
 FillIntake fill_on_headers(Fill *f, const FillResponse *r) {
-        if (f->error < 0 || f->step != STEP_REQUESTING)
+        if (f->step != STEP_REQUESTING)
                 return INTAKE_ABORT;
         (void) sd_event_source_set_enabled(f->first_byte, SD_EVENT_OFF);
 
         switch (fill_judge_response(f, r)) {
         case VERDICT_REDIRECT:
                 f->next_url = strdup(r->location);
-                if (!f->next_url) {
-                        fill_set_error(f, -ENOMEM, "Out of memory");
-                        return INTAKE_ABORT;
-                }
+                if (!f->next_url)
+                        return fill_abort(f, -ENOMEM, "Out of memory");
                 fill_set_state(f, STEP_REDIRECTED);
                 return INTAKE_SKIPPED;
         case VERDICT_RESTART:
-                if (f->read_fd >= 0) {
+                if (f->read_fd >= 0)
                         /* Readers have bytes of the partial file: it cannot start over under them. */
-                        fill_set_error(f, -EPROTO, "%s cannot continue %s at byte %" PRIu64, f->request_url, f->id,
-                                       f->resume_offset);
-                        return INTAKE_ABORT;
-                }
+                        return fill_abort(f, -EPROTO, "%s cannot continue %s at byte %" PRIu64, f->request_url,
+                                          f->id, f->resume_offset);
                 fill_set_state(f, STEP_RESTARTING);
                 return INTAKE_SKIPPED;
         case VERDICT_REAUTH:
@@ -311,20 +353,17 @@ FillIntake fill_on_headers(Fill *f, const FillResponse *r) {
                 fill_set_state(f, STEP_READING_RECORD);
                 return INTAKE_TAKEN;
         default:
-                return INTAKE_ABORT;
+                return INTAKE_ABORT; /* fill_abort() moved the fill to ABORTING */
         }
 }
 
 static FillIntake fill_take_record(Fill *f, const char *data, size_t n) {
         int r = buf_append(&f->record_buf, &f->record_len, UPSTREAM_RECORD_MAX, data, n);
-        if (r == -EFBIG) {
-                fill_set_error(f, -EPROTO, "The image record of %s is larger than %u bytes", f->id, UPSTREAM_RECORD_MAX);
-                return INTAKE_ABORT;
-        }
-        if (r < 0) {
-                fill_set_error(f, -ENOMEM, "Out of memory");
-                return INTAKE_ABORT;
-        }
+        if (r == -EFBIG)
+                return fill_abort(f, -EPROTO, "The image record of %s is larger than %u bytes", f->id,
+                                  UPSTREAM_RECORD_MAX);
+        if (r < 0)
+                return fill_abort(f, -ENOMEM, "Out of memory");
         return INTAKE_TAKEN;
 }
 
@@ -345,25 +384,22 @@ static bool fill_turn_spent(Fill *f, size_t n) {
 }
 
 static FillIntake fill_take_image(Fill *f, const void *data, size_t n) {
-        if (f->bytes_total != UINT64_MAX && f->bytes_written + n > f->bytes_total) {
-                fill_set_error(f, -EBADMSG, "Upstream sent more than the %" PRIu64 " bytes announced for %s",
-                               f->bytes_total, f->id);
-                return INTAKE_ABORT;
-        }
+        if (f->bytes_total != UINT64_MAX && f->bytes_written + n > f->bytes_total)
+                return fill_abort(f, -EBADMSG, "Upstream sent more than the %" PRIu64 " bytes announced for %s",
+                                  f->bytes_total, f->id);
         if (!f->too_large && f->bytes_written + n > f->cap) {
-                if (!fill_streams(f)) {
-                        fill_set_error(f, -EFBIG, "Image %s is larger than MaxSize (%" PRIu64 " bytes): not fetched",
-                                       f->id, f->cap);
-                        return INTAKE_ABORT;
-                }
+                if (!fill_streams(f))
+                        return fill_abort(f, -EFBIG, "Image %s is larger than MaxSize (%" PRIu64 " bytes): not fetched",
+                                          f->id, f->cap);
                 f->too_large = true;
         }
 
         /* A failure of a writer thread ends the fill from on_writer_progress(). */
         int r = fill_writer_append(f->writer, data, n);
         if (r < 0) {
-                fill_set_write_error(f, r);
-                return INTAKE_ABORT;
+                _cleanup_(freep) char *m = NULL;
+                int e = write_error_message(f, r, &m);
+                return fill_abort(f, e, "%s", m ?: "Out of memory");
         }
         f->bytes_written += n;
         if (fill_from_peer(f))
@@ -378,9 +414,6 @@ static FillIntake fill_take_image(Fill *f, const void *data, size_t n) {
 }
 
 FillIntake fill_on_body(Fill *f, const void *data, size_t n) {
-        if (f->error < 0)
-                return INTAKE_ABORT;
-
         switch (f->step) {
         case STEP_READING_RECORD:
                 return fill_take_record(f, data, n);
@@ -402,6 +435,10 @@ FillIntake fill_on_body(Fill *f, const void *data, size_t n) {
         case STEP_RESUMING:
                 /* The budget and the writer's cap are soft: what was held is taken whole. */
                 return fill_take_image(f, data, n);
+        case STEP_ABORTING:
+        case STEP_ABORTING_BODY:
+        case STEP_FAILING:
+                return INTAKE_ABORT;
         default:
                 /* Held: admitting, rehashing, paused. */
                 return INTAKE_HOLD;
@@ -413,7 +450,7 @@ FillIntake fill_on_body(Fill *f, const void *data, size_t n) {
 static void on_writer_progress(FillWriter *fw, void *userdata);
 
 /* Before a byte is written: the size cap, room in the cache, the write (new or resumed) and a reader
- * for subscribers. Negative: the error is recorded; 1: the partial file cannot be continued. */
+ * for subscribers. Negative: the fill failed (fill_fail()); 1: the partial file cannot be continued. */
 static int fill_admit(Fill *f) {
         Fetcher *fe = f->fetcher;
         uint64_t total = f->bytes_total, offset = f->body_offset, size = 0;
@@ -421,12 +458,12 @@ static int fill_admit(Fill *f) {
 
         r = image_cache_resolve_limit(fe->cache, &fe->max_size, &f->cap);
         if (r < 0)
-                return fill_set_error(f, r, "Cannot resolve MaxSize= for %s: %s", f->id, strerror(-r));
+                return fill_fail(f, r, "Cannot resolve MaxSize= for %s: %s", f->id, strerror(-r));
         if (total != UINT64_MAX && total > f->cap) {
                 if (!fill_streams(f))
-                        return fill_set_error(f, -EFBIG,
-                                              "Image %s is %" PRIu64 " bytes, larger than MaxSize (%" PRIu64 " bytes): not fetched",
-                                              f->id, total, f->cap);
+                        return fill_fail(f, -EFBIG,
+                                         "Image %s is %" PRIu64 " bytes, larger than MaxSize (%" PRIu64 " bytes): not fetched",
+                                         f->id, total, f->cap);
                 f->too_large = true;
         }
         if (!f->too_large)
@@ -443,12 +480,12 @@ static int fill_admit(Fill *f) {
         } else {
                 r = image_cache_begin_write(fe->cache, f->id, expected, &f->write);
                 if (r < 0)
-                        return fill_set_error(f, r, "Cannot write %s into the cache: %s", f->id, strerror(-r));
+                        return fill_fail(f, r, "Cannot write %s into the cache: %s", f->id, strerror(-r));
         }
         /* After a switch of sources the readers keep the fd they have: the same partial file. */
         r = f->read_fd >= 0 ? 0 : cache_write_open_reader(f->write, &f->read_fd);
         if (r < 0)
-                return fill_set_error(f, r, "Cannot open the partial file of %s: %s", f->id, strerror(-r));
+                return fill_fail(f, r, "Cannot open the partial file of %s: %s", f->id, strerror(-r));
         r = cache_write_set_etag(f->write, f->etag);
         if (r < 0)
                 log_image_errno(LOG_DEBUG, r, NULL, f->id,
@@ -478,8 +515,7 @@ static void fill_receive(Fill *f) {
         uint64_t reserve = f->too_large ? UINT64_MAX : f->bytes_total;
         int r = fill_writer_new(f->fetcher->event, f->write, f->read_fd, reserve, on_writer_progress, f, &f->writer);
         if (r < 0) {
-                fill_set_error(f, r, "Cannot start writing %s: %s", f->id, strerror(-r));
-                fill_fail(f);
+                fill_fail(f, r, "Cannot start writing %s: %s", f->id, strerror(-r));
                 return;
         }
         f->write = NULL;
@@ -494,14 +530,13 @@ static void on_rehashed(int result, void *userdata) {
         Fill *f = userdata;
 
         f->worker = NULL;
-        if (f->error >= 0 && result < 0) {
+        if (f->step == STEP_FAILING)
+                fill_leave_for_error(f); /* cancelled meanwhile: the partial file stays for a resume */
+        else if (result < 0) {
                 /* The partial file is unusable: drop it, the next attempt starts over. */
-                fill_set_error(f, -EIO, "Cannot read the partial file of %s to resume: %s", f->id, strerror(-result));
                 image_cache_abort_write(f->fetcher->cache, TAKE_PTR(f->write));
-        }
-        if (f->error < 0)
-                fill_fail(f);
-        else
+                fill_fail(f, -EIO, "Cannot read the partial file of %s to resume: %s", f->id, strerror(-result));
+        } else
                 fill_receive(f);
         fill_unref(f);
 }
@@ -514,19 +549,22 @@ static int run_seal(void *userdata) {
         return cache_write_seal(((Fill *) userdata)->write);
 }
 
-/* The worker borrows f->write (and a reference to f) until done runs. */
+/* The worker borrows f->write (and a reference to f) until done runs. A worker that cannot start fails
+ * the fill, keeping the partial file for the next one: its work (fsync, hashing a whole file) must never
+ * run on the event loop instead. */
 static void fill_start_worker(Fill *f, const char *name, WorkerRun run, WorkerDone done) {
+        int r = worker_start(f->fetcher->event, name, run, done, f, &f->worker);
+        if (r < 0) {
+                fill_fail(f, r, "Cannot start a thread to %s %s: %s", name, f->id, strerror(-r));
+                return;
+        }
         fill_ref(f);
-        if (worker_start(f->fetcher->event, name, run, done, f, &f->worker) < 0)
-                done(run(f), f); /* slower, but correct */
 }
 
 static void fill_admitted(Fill *f) {
         int r = fill_admit(f);
-        if (r < 0) {
-                fill_fail(f);
-                return;
-        }
+        if (r < 0)
+                return; /* failed */
         if (r > 0) {
                 /* Not the continuation we asked for after all: discard this body, then start over. */
                 fill_set_state(f, STEP_RESTARTING);
@@ -562,8 +600,9 @@ static void on_writer_progress(FillWriter *fw, void *userdata) {
 
         int r = fill_writer_error(fw);
         if (r < 0) {
-                fill_set_write_error(f, r);
-                fill_fail(f);
+                _cleanup_(freep) char *m = NULL;
+                int e = write_error_message(f, r, &m);
+                fill_fail(f, e, "%s", m ?: "Out of memory");
                 return;
         }
         if (f->step == STEP_DRAINING && fill_writer_done(fw)) {
@@ -582,16 +621,16 @@ static void fill_take_record_end(Fill *f) {
         f->record_buf = mfree(f->record_buf);
         f->record_len = 0;
         if (r == -ENOMEM)
-                fill_set_error(f, r, "Out of memory");
+                fill_fail(f, r, "Out of memory");
         else if (r < 0)
-                fill_set_error(f, -EPROTO, "The upstream's record of %s is malformed: %s", f->id, why);
+                fill_fail(f, -EPROTO, "The upstream's record of %s is malformed: %s", f->id, why);
         else {
                 f->has_record = true;
                 if (!streq(f->record.status, "active"))
-                        fill_set_error(f, -ENOENT, "Image %s is '%s' upstream, not 'active'", f->id, f->record.status);
+                        fill_fail(f, -ENOENT, "Image %s is '%s' upstream, not 'active'", f->id, f->record.status);
+                else
+                        (void) fill_start_phase(f, PHASE_IMAGE);
         }
-        if (f->error >= 0)
-                (void) fill_start_phase(f, PHASE_IMAGE);
 }
 
 static void fill_follow_redirect(Fill *f) {
@@ -618,12 +657,12 @@ static void fill_reauthenticate(Fill *f) {
                 return; /* fill_token_refreshed() goes on */
         fetcher_refresh_token(fe);
         if (fe->token_generation == f->token_generation) {
-                fill_set_error(f, -EPROTO, "%s", f->refusal ?: "Upstream refused access; check TokenFile=");
+                fill_fail(f, -EPROTO, "%s", f->refusal ?: "Upstream refused access; check TokenFile=");
                 return;
         }
         _cleanup_(freep) char *url = strdup(f->request_url);
         if (!url) {
-                fill_set_error(f, -ENOMEM, "Out of memory");
+                fill_fail(f, -ENOMEM, "Out of memory");
                 return;
         }
         f->reauthenticated = true;
@@ -637,57 +676,60 @@ void fill_token_refreshed(Fill *f) {
 }
 
 void fill_fail_with(Fill *f, int error, const char *message) {
-        if (fill_is_final(f))
-                return;
-        fill_set_error(f, error, "Cannot fetch %s: %s", f->id, message ?: strerror(-error));
-        fill_fail(f);
+        fill_fail(f, error, "Cannot fetch %s: %s", f->id, message ?: strerror(-error));
 }
 
 void fill_on_transfer_end(Fill *f, int error, const char *message) {
         if (fill_is_final(f))
                 return;
-        if (error < 0)
-                fill_set_error(f, error, "%s", message ?: strerror(-error));
+        if (error < 0) {
+                /* The transfer is over either way. After an abort, the cause recorded with it wins over
+                 * curl's "write error". */
+                fill_record_errorf(f, error, "%s", message ?: strerror(-error));
+                fill_leave_for_error(f);
+                return;
+        }
 
-        if (f->error >= 0)
-                switch (f->step) {
-                case STEP_READING_RECORD:
-                        fill_take_record_end(f);
-                        break;
-                case STEP_REDIRECTED:
-                        fill_follow_redirect(f);
-                        break;
-                case STEP_RESTARTING:
-                        fill_start_over(f);
-                        break;
-                case STEP_REAUTHENTICATING:
-                        fill_reauthenticate(f);
-                        break;
-                case STEP_ADMITTING:
-                        /* An empty body: admit it now. */
-                        (void) sd_event_source_set_enabled(f->admit, SD_EVENT_OFF);
-                        fill_admitted(f);
-                        return;
-                case STEP_REHASHING:
-                        return; /* on_rehashed() goes on */
-                case STEP_RECEIVING:
-                case STEP_RESUMING:
-                case STEP_PAUSED_TURN:
-                case STEP_PAUSED_WRITER:
-                        fill_body_complete(f);
-                        return;
-                default:
-                        fill_set_error(f, -EPROTO, "Upstream sent no response for %s", f->id);
-                }
-        if (f->error < 0)
-                fill_fail(f);
+        switch (f->step) {
+        case STEP_READING_RECORD:
+                fill_take_record_end(f);
+                return;
+        case STEP_REDIRECTED:
+                fill_follow_redirect(f);
+                return;
+        case STEP_RESTARTING:
+                fill_start_over(f);
+                return;
+        case STEP_REAUTHENTICATING:
+                fill_reauthenticate(f);
+                return;
+        case STEP_ADMITTING:
+                /* An empty body: admit it now. */
+                (void) sd_event_source_set_enabled(f->admit, SD_EVENT_OFF);
+                fill_admitted(f);
+                return;
+        case STEP_REHASHING:
+        case STEP_FAILING:
+                return; /* on_rehashed() goes on */
+        case STEP_RECEIVING:
+        case STEP_RESUMING:
+        case STEP_PAUSED_TURN:
+        case STEP_PAUSED_WRITER:
+                fill_body_complete(f);
+                return;
+        case STEP_ABORTING:
+        case STEP_ABORTING_BODY:
+                fill_leave_for_error(f);
+                return;
+        default:
+                fill_fail(f, -EPROTO, "Upstream sent no response for %s", f->id);
+        }
 }
 
 static void fill_body_complete(Fill *f) {
         if (f->bytes_total != UINT64_MAX && f->bytes_written != f->bytes_total) {
-                fill_set_error(f, -EBADMSG, "Upstream sent %" PRIu64 " of the %" PRIu64 " bytes of %s", f->bytes_written,
-                               f->bytes_total, f->id);
-                fill_fail(f);
+                fill_fail(f, -EBADMSG, "Upstream sent %" PRIu64 " of the %" PRIu64 " bytes of %s", f->bytes_written,
+                          f->bytes_total, f->id);
                 return;
         }
         f->bytes_total = f->bytes_written;
@@ -708,8 +750,7 @@ static void fill_keep(Fill *f) {
 
         int r = image_cache_commit_write(fe->cache, TAKE_PTR(f->write));
         if (r < 0) {
-                fill_set_error(f, r, "Cannot record %s in the cache: %s", f->id, strerror(-r));
-                fill_fail(f);
+                fill_fail(f, r, "Cannot record %s in the cache: %s", f->id, strerror(-r));
                 return;
         }
         f->kept = true; /* the cache's observer logs "Cached" */
@@ -728,17 +769,17 @@ static void on_sealed(int result, void *userdata) {
         Fill *f = userdata;
 
         f->worker = NULL;
-        if (result == -EBADMSG) {
+        if (f->step == STEP_FAILING)
+                fill_leave_for_error(f);
+        else if (result == -EBADMSG) {
                 Checksum actual;
                 _cleanup_(freep) char *e = checksum_to_string(&f->expected);
                 _cleanup_(freep) char *a = cache_write_digest(f->write, &actual) >= 0 ? checksum_to_string(&actual) : NULL;
-                fill_set_error(f, -EBADMSG, "Image %s failed verification: expected %s, got %s; moved to invalid/",
-                               f->id, strempty(e), a ?: "?");
-                fill_fail(f);
-        } else if (result < 0) {
-                fill_set_error(f, result == -EDQUOT ? -ENOSPC : result, "Cannot store %s: %s", f->id, strerror(-result));
-                fill_fail(f);
-        } else if (f->too_large) {
+                fill_fail(f, -EBADMSG, "Image %s failed verification: expected %s, got %s; moved to invalid/", f->id,
+                          strempty(e), a ?: "?");
+        } else if (result < 0)
+                fill_fail(f, result == -EDQUOT ? -ENOSPC : result, "Cannot store %s: %s", f->id, strerror(-result));
+        else if (f->too_large) {
                 /* Verified and streamed; not kept. The readers' fds keep the data alive. */
                 image_cache_discard_write(f->fetcher->cache, TAKE_PTR(f->write));
                 log_image(LOG_INFO, NULL, f->id, "Streamed %s (%" PRIu64 " bytes, verified) without keeping it: larger than MaxSize",
@@ -795,7 +836,8 @@ static bool fill_try_next_source(Fill *f) {
         f->error_message = mfree(f->error_message);
         fe->fleet_counters.peer_failovers++;
         f->source++;
-        return fill_start_phase(f, PHASE_IMAGE) >= 0;
+        (void) fill_start_phase(f, PHASE_IMAGE); /* fails on by itself */
+        return true;
 }
 
 /* ---- finishing ------------------------------------------------------------------------------------ */
@@ -838,10 +880,9 @@ static void fill_finish(Fill *f, int error) {
         Fetcher *fe = f->fetcher;
 
         assert(!f->worker);
+        assert(error == 0 || error == f->error); /* recorded by whoever chose the end */
         if (fill_is_final(f))
                 return;
-        if (error < 0)
-                fill_set_error(f, error, "Fetching %s failed: %s", f->id, strerror(-error));
 
         fill_ref(f);
         if (f->transfer)
@@ -862,15 +903,18 @@ static void fill_finish(Fill *f, int error) {
         fill_unref(f);
 }
 
+/* Not fill_fail(): no next source is tried while the daemon stops. */
 void fill_abandon(Fill *f) {
-        if (f->step == STEP_REHASHING)
-                fill_set_error(f, -ECANCELED, "Fetch of %s cancelled: the daemon is stopping", f->id);
         /* A seal that renamed the file is committed; a rehash ends the fill as cancelled. */
+        if (f->step == STEP_REHASHING) {
+                fill_record_errorf(f, -ECANCELED, "Fetch of %s cancelled: the daemon is stopping", f->id);
+                fill_set_state(f, STEP_FAILING);
+        }
         if (f->worker)
                 worker_complete(f->worker);
         if (!fill_is_final(f)) {
-                fill_set_error(f, -ECANCELED, "Fetch of %s cancelled: the daemon is stopping", f->id);
-                fill_finish(f, -ECANCELED);
+                fill_record_errorf(f, -ECANCELED, "Fetch of %s cancelled: the daemon is stopping", f->id);
+                fill_finish(f, f->error);
         }
 }
 
@@ -882,11 +926,8 @@ static int on_first_byte_timeout(sd_event_source *s, uint64_t usec, void *userda
         if (f->step != STEP_REQUESTING || fill_is_final(f))
                 return 0;
         fill_ref(f);
-        fill_set_error(f, -ETIMEDOUT, "Peer %s sent no response for %s within PeerTimeoutSec=", f->sources[f->source],
-                       f->id);
-        if (f->transfer)
-                f->fetcher->transport->stop(f);
-        fill_fail(f);
+        fill_fail(f, -ETIMEDOUT, "Peer %s sent no response for %s within PeerTimeoutSec=", f->sources[f->source],
+                  f->id);
         fill_unref(f);
         return 0;
 }
@@ -985,7 +1026,9 @@ bool fill_kept(const Fill *f) {
 }
 
 bool fill_expected(const Fill *f, Checksum *ret) {
-        if (!f->has_expected || f->step < STEP_RECEIVING)
+        /* From the accepted headers on, as HTTP sees them (REHASHING included): a response that begins
+         * while a resumed fill rehashes carries the digest too. */
+        if (!f->has_expected || fill_state(f) < FILL_RECEIVING)
                 return false;
         *ret = f->expected;
         return true;
@@ -1004,6 +1047,5 @@ ssize_t fill_pread(const Fill *f, void *buf, size_t size, uint64_t offset) {
 void fill_cancel(Fill *f) {
         if (!f->fetcher || fill_is_final(f) || f->step == STEP_SEALING)
                 return;
-        fill_set_error(f, -ECANCELED, "Fetch of %s cancelled", f->id);
-        fill_fail(f); /* while rehashing, once the worker is through */
+        fill_fail(f, -ECANCELED, "Fetch of %s cancelled", f->id); /* rehashing: FAILING, until the worker is through */
 }

@@ -5,10 +5,12 @@
  * the writer thread, the workers and the event loop are the real ones. */
 
 #include <glib.h>
+#include <sys/stat.h>
 #include <systemd/sd-event.h>
 
 #include "checksum.h"
 #include "fill-internal.h"
+#include "keystone-fixture.h"
 #include "test-util.h"
 
 #define WAIT_USEC (10 * USEC_PER_SEC)
@@ -263,6 +265,15 @@ static void test_resume_rehashes(void) {
         g_autofree char *range = g_strdup_printf("bytes %zu-%zu/%zu", have, n - 1, n);
         g_assert_cmpint(headers(f, 206, n - have, "\"r1\"", range, NULL), ==, INTAKE_HOLD);
         assert_step(f, STEP_ADMITTING);
+        while (f->step == STEP_ADMITTING)
+                g_assert_cmpint(sd_event_run(e.event, 100 * USEC_PER_MSEC), >=, 0);
+        /* The worker's end is dispatched on a later turn: a response that begins meanwhile sees the
+         * headers and must carry the digest (Repr-Digest). */
+        assert_step(f, STEP_REHASHING);
+        g_assert_cmpint(fill_state(f), ==, FILL_RECEIVING);
+        Checksum shown;
+        g_assert_true(fill_expected(f, &shown));
+        g_assert_true(checksum_equal(&shown, &sum));
         env_run_until_step(&e, STEP_RECEIVING);
         g_assert_cmpuint(fill_bytes_written(f), ==, have);
         g_assert_cmpint(body(f, data + have, n - have), ==, INTAKE_TAKEN);
@@ -404,7 +415,8 @@ static void test_cancel_rehashing(void) {
                 g_assert_cmpint(sd_event_run(e.event, 100 * USEC_PER_MSEC), >=, 0);
         if (f->step == STEP_REHASHING) {
                 fill_cancel(f);
-                assert_step(f, STEP_REHASHING); /* the worker holds the write: the end waits for it */
+                assert_step(f, STEP_FAILING); /* the worker holds the write: the end waits for it */
+                g_assert_cmpint(fill_state(f), ==, FILL_RECEIVING);
         } else
                 fill_cancel(f); /* the worker was quicker: cancelled while receiving */
         env_run_until_step(&e, STEP_CANCELLED);
@@ -506,6 +518,115 @@ static void test_too_large_refused(void) {
         env_teardown(&e);
 }
 
+/* ---- a wait that fails ends the fill ---------------------------------------------------------------- */
+
+/* Auth=keystone against the fixture: the fill's first request carries Keystone's first token, and the
+ * upstream refuses it, so the fill waits in REAUTHENTICATING for Keystone's next answer. */
+static Fill *env_start_refused_by_upstream(Env *e, KeystoneFixture **ret_ks) {
+        KeystoneFixture *ks;
+        g_assert_cmpint(keystone_fixture_new(&ks), ==, 0);
+        g_autofree char *url = keystone_fixture_url(ks);
+        g_autofree char *creds = g_build_filename(e->dir, "keystone.conf", NULL);
+        g_assert_true(g_file_set_contents(creds,
+                                          "application_credential_id=" KEYSTONE_FIXTURE_APP_ID "\n"
+                                          "application_credential_secret=" KEYSTONE_FIXTURE_APP_SECRET "\n",
+                                          -1, NULL));
+        g_assert_cmpint(chmod(creds, 0600), ==, 0);
+        e->config.upstream_auth = UPSTREAM_AUTH_KEYSTONE;
+        e->config.auth_url = g_strdup_printf("%s/v3", url);
+        e->config.credentials_file = g_strdup(creds);
+
+        Fill *f = env_start(e, "refused", NULL);
+        env_run_until_step(e, STEP_REQUESTING); /* once Keystone gave a token */
+        g_assert_nonnull(script.token);
+        g_assert_cmpuint(e->fetcher->n_slots_used, ==, 1);
+        g_assert_cmpint(headers(f, 401, 0, NULL, NULL, NULL), ==, INTAKE_SKIPPED);
+        assert_step(f, STEP_REAUTHENTICATING);
+        end(f, 0);
+        assert_step(f, STEP_REAUTHENTICATING); /* Keystone is asked; the loop has not run yet */
+        *ret_ks = ks;
+        return f;
+}
+
+/* The reload of issue 34: Auth=keystone becomes a TokenFile= holding the very token refused. The fill
+ * must fail with the refusal and give its slot back, not wait for a token that will never change. */
+static void test_reauth_reload_same_token(void) {
+        Env e;
+        KeystoneFixture *ks;
+        env_setup(&e, UPSTREAM_GENERIC);
+        Fill *f = env_start_refused_by_upstream(&e, &ks);
+
+        g_autofree char *token_file = g_build_filename(e.dir, "token", NULL);
+        g_assert_true(g_file_set_contents(token_file, script.token, -1, NULL));
+        e.config.upstream_auth = UPSTREAM_AUTH_TOKEN;
+        e.config.token_file = g_strdup(token_file);
+        g_assert_cmpint(fetcher_reconfigure(e.fetcher, &e.config), ==, 0);
+
+        assert_step(f, STEP_FAILED);
+        g_assert_cmpint(fill_error(f), ==, -EPROTO);
+        g_assert_nonnull(strstr(fill_error_message(f), "refused access"));
+        g_assert_cmpuint(e.fetcher->n_slots_used, ==, 0);
+        g_assert_cmpuint(script.starts, ==, 1); /* not asked again with the refused token */
+        env_teardown(&e);
+        keystone_fixture_free(ks);
+}
+
+/* Keystone goes away while the fill waits for its next token: the fill fails, naming Keystone. */
+static void test_reauth_keystone_gone(void) {
+        Env e;
+        KeystoneFixture *ks;
+        env_setup(&e, UPSTREAM_GENERIC);
+        Fill *f = env_start_refused_by_upstream(&e, &ks);
+
+        keystone_fixture_free(ks);
+        env_run_until_step(&e, STEP_FAILED);
+        g_assert_nonnull(strstr(fill_error_message(f), "Keystone"));
+        g_assert_cmpuint(e.fetcher->n_slots_used, ==, 0);
+        env_teardown(&e);
+}
+
+/* Keystone answers: the fill asks again with the new token, once. */
+static void test_reauth_new_token(void) {
+        Env e;
+        KeystoneFixture *ks;
+        env_setup(&e, UPSTREAM_GENERIC);
+        Fill *f = env_start_refused_by_upstream(&e, &ks);
+        g_autofree char *refused = g_strdup(script.token);
+
+        usec_t deadline = now_usec(CLOCK_MONOTONIC) + WAIT_USEC;
+        while (script.starts < 2) {
+                g_assert_cmpuint(now_usec(CLOCK_MONOTONIC), <, deadline);
+                g_assert_cmpint(sd_event_run(e.event, 100 * USEC_PER_MSEC), >=, 0);
+        }
+        assert_step(f, STEP_REQUESTING);
+        g_assert_cmpstr(script.token, !=, refused);
+        /* A second refusal is final. */
+        g_assert_cmpint(headers(f, 401, 0, NULL, NULL, NULL), ==, INTAKE_ABORT);
+        assert_step(f, STEP_ABORTING);
+        end(f, -EPROTO);
+        assert_step(f, STEP_FAILED);
+        g_assert_nonnull(strstr(fill_error_message(f), "refused access"));
+        env_teardown(&e);
+        keystone_fixture_free(ks);
+}
+
+/* An abort inside the body's callbacks shows RECEIVING until the transfer ends, then FAILED. */
+static void test_abort_body_then_end(void) {
+        Env e;
+        env_setup(&e, UPSTREAM_GENERIC);
+        g_autofree uint8_t *data = make_data(100);
+        Fill *f = env_start(&e, "abort", NULL);
+        env_admit(&e, 50, NULL);
+        g_assert_cmpint(body(f, data, 100), ==, INTAKE_ABORT);
+        assert_step(f, STEP_ABORTING_BODY);
+        g_assert_cmpint(fill_state(f), ==, FILL_RECEIVING);
+        g_assert_cmpint(body(f, data, 10), ==, INTAKE_ABORT); /* bytes curl had already */
+        end(f, 0);
+        assert_step(f, STEP_FAILED);
+        g_assert_cmpint(fill_error(f), ==, -EBADMSG);
+        env_teardown(&e);
+}
+
 int main(int argc, char **argv) {
         g_test_init(&argc, &argv, NULL);
         g_test_add_func("/fill-machine/whole-image", test_whole_image);
@@ -525,6 +646,10 @@ int main(int argc, char **argv) {
         g_test_add_func("/fill-machine/fail/long-body", test_fail_long_body);
         g_test_add_func("/fill-machine/fail/sealing", test_fail_sealing);
         g_test_add_func("/fill-machine/fail/too-large", test_too_large_refused);
+        g_test_add_func("/fill-machine/fail/abort-body-then-end", test_abort_body_then_end);
+        g_test_add_func("/fill-machine/wait-fails/reauth-reload-same-token", test_reauth_reload_same_token);
+        g_test_add_func("/fill-machine/wait-fails/reauth-keystone-gone", test_reauth_keystone_gone);
+        g_test_add_func("/fill-machine/wait-ends/reauth-new-token", test_reauth_new_token);
         int r = g_test_run();
         g_free(script.url);
         g_free(script.token);
