@@ -134,6 +134,9 @@ const char *fill_error_message(const Fill *f); /* NULL unless FAILED/CANCELLED *
 bool fill_kept(const Fill *f);                 /* DONE and stored (false: streamed through, too large) */
 bool fill_from_peer(const Fill *f);            /* the image's bytes are asked of a peer now, not the origin */
 usec_t fill_started_usec(const Fill *f);       /* CLOCK_MONOTONIC when the fill was created */
+/* The image's response headers were accepted and its bytes can be read (fill_pread()), or the fill
+ * ended: what a reader waits for before it decides its response. on_headers and on_finished tell of it. */
+bool fill_has_headers(const Fill *f);
 /* The digest the fill verifies against, once its headers are accepted; false while none is known. */
 bool fill_expected(const Fill *f, Checksum *ret);
 /* Reads the image's bytes at offset, up to fill_bytes_written(), wherever they are (on disk, or still

@@ -56,8 +56,7 @@ void fill_dispatch(Fill *f) {
         f->n_dispatching++;
         bool data = f->data_pending;
         f->data_pending = false;
-        /* Headers count for subscribers once the image's file is open: fill_pread() works from then on. */
-        bool headers = f->phase == PHASE_IMAGE && f->read_fd >= 0;
+        bool headers = fill_has_headers(f);
         bool final = fill_state_is_final(fill_state(f));
 
         /* Subscriptions added by a listener are appended and seen in this same pass. */
@@ -105,8 +104,7 @@ int fill_subscribe(Fill *f, const FillListener *l, void *userdata, FillSubscript
         f->subs_tail = s;
 
         /* A late subscriber still hears about headers already accepted and about the end. */
-        FillState state = fill_state(f);
-        if (fill_state_is_final(state) || state >= FILL_RECEIVING)
+        if (fill_has_headers(f))
                 fill_schedule(f);
         *ret = s;
         return 0;

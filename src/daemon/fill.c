@@ -1025,6 +1025,14 @@ bool fill_kept(const Fill *f) {
         return f->step == STEP_DONE && f->kept;
 }
 
+bool fill_has_headers(const Fill *f) {
+        FillState state = fill_state(f);
+
+        /* After a switch of sources the reader is open already, but the next source's headers are not
+         * in before RECEIVING. */
+        return fill_state_is_final(state) || (state >= FILL_RECEIVING && f->read_fd >= 0);
+}
+
 bool fill_expected(const Fill *f, Checksum *ret) {
         /* From the accepted headers on, as HTTP sees them (REHASHING included): a response that begins
          * while a resumed fill rehashes carries the digest too. */

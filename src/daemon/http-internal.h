@@ -2,8 +2,15 @@
 #pragma once
 
 /* What the files of the HTTP server (http*.c) share; not for the rest of the daemon, which sees http.h.
- * Everything here runs on the event loop's thread. */
+ * Everything here runs on the event loop's thread. The files call downwards only:
+ *
+ *   http.c          routing, hits, management, the MHD callbacks, re-entering a request at its wait
+ *     http-miss.c   a miss: the fill, its waits (headers, a HEAD's probe, a range asked of the origin)
+ *       http-stream.c   the body of a miss, read from the fill as it lands
+ *         http-request.c  the request's lifecycle: wait, wake, the one teardown of a wait
+ *         http-response.c building and queueing responses */
 
+#include <errno.h>
 #include <microhttpd.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -19,66 +26,99 @@
 #include "ttl-cache.h"
 #include "upstream-query.h"
 
-/* A miss being served: the fill it reads, and the connection to wake when the fill moves on. Before the
- * fill has response headers it belongs to the request (Request.waiting, the connection suspended in the
- * access handler); after that to the MHD response streaming it, which frees it. */
+/* The body of a miss being sent: the fill it reads and the request it is for. Made when a miss starts;
+ * the request owns it while it waits for the fill's headers (REQUEST_WAIT_FILL_HEADERS) or for the
+ * origin's answer to a range (REQUEST_WAIT_ORIGIN_RANGE, as the fallback), and the MHD response owns it
+ * once queued, and frees it. Fill events wake the request when it waits on this stream. */
 typedef struct Request Request;
 typedef struct Stream Stream;
 struct Stream {
         HttpServer *server;
-        struct MHD_Connection *connection;
         Fill *fill;
         FillSubscription *subscription;
-        bool suspended;    /* we suspended the connection and owe it a resume */
         bool close_delimited; /* no length and no chunked encoding (HTTP/1.0): the body ends with the connection */
+        bool awaited;      /* the request waits on it (http_stream_wait()): the fill's next event wakes it */
         uint64_t offset;   /* file offset of the first body byte */
         uint64_t end;      /* file offset after the last body byte; UINT64_MAX: wherever the fill ends */
-        bool to_peer;      /* the client is a node of the fleet */
-        Request *request;  /* whose streamed counts the bytes; the reader runs only during that request */
+        Request *request;  /* whose connection it answers and whose streamed counts the bytes; the reader
+                            * runs, and the stream is awaited, only during that request */
         Stream *streams_prev, *streams_next;
 };
 
+/* What a request waits for, with its connection suspended: one thing at a time. A wait is entered with
+ * http_request_wait() once its pending object is in Request.pending; the answer is kept there and the
+ * request woken (http_request_wake()). http_on_request() then re-enters the request at its wait: it
+ * takes the pending object out, hands it to that wait's step, and frees what the step left (http.c,
+ * request_pending_free(): the one free of every pending object, also when the client goes away or the
+ * server stops). REQUEST_WAIT_FILL_BYTES keeps nothing and ends when woken: MHD re-enters the content
+ * reader. */
+typedef enum RequestWait {
+        REQUEST_WAIT_NONE,
+        REQUEST_WAIT_READ,          /* may this client read the image? (read-guard.c) */
+        REQUEST_WAIT_PROBE,         /* a HEAD of an image nobody fetches: the upstream's metadata */
+        REQUEST_WAIT_HOLDERS,       /* GET /v2/cache/nodes/<id>: the answers of the fleet's nodes */
+        REQUEST_WAIT_FILL_HEADERS,  /* a miss: its fill's response headers, or its end */
+        REQUEST_WAIT_ORIGIN_RANGE,  /* a range the fill cannot answer soon, asked of the origin */
+        REQUEST_WAIT_FILL_BYTES,    /* a miss being sent: the fill's next bytes (in the content reader) */
+        _REQUEST_WAIT_MAX,
+        _REQUEST_WAIT_INVALID = -EINVAL,
+} RequestWait;
+
+const char *request_wait_to_string(RequestWait w);
+
+/* The object each wait is on, and the answer it keeps until the request is re-entered. */
+typedef union RequestPending {
+        struct {
+                ReadCheck *check;      /* NULL once answered (the guard frees it) */
+                int verdict;           /* 0: may read; else the status of the refusal */
+        } read;
+        struct {
+                UpstreamQuery *query;
+                UpstreamAnswer answer;
+        } probe;
+        struct {
+                FleetQuery *query;
+                char **holders;        /* NULL until answered */
+        } holders;
+        struct {
+                Stream *stream;        /* FILL_HEADERS: the request's; FILL_BYTES: the response's */
+        } fill;
+        struct {
+                UpstreamQuery *query;  /* counted in HttpServer.n_range_queries while not NULL */
+                UpstreamAnswer answer;
+                Stream *stream;        /* the fill's, to fall back on */
+                uint64_t start, length;
+        } range;
+} RequestPending;
+
 /* Per request; lives inside the connection's context, so a hit allocates nothing of ours. */
 struct Request {
+        HttpServer *server;
+        struct MHD_Connection *connection;
         HttpRouteMatch match;
         HttpMethod method;
-        bool count_body;       /* count body_size as served from source when the response completes */
-        ServeSource source;
-        uint64_t body_size;    /* of the response queued, when it has one of a known size (not a miss) */
-        unsigned status;       /* of the response queued; 0: none (yet) */
-        Stream *waiting;       /* a miss waiting for the fill's headers */
-        bool begun;            /* request_begin() ran */
+        bool begun;            /* the headers were read and routed (request_begin()) */
         bool http10;           /* an HTTP/1.0 client: no chunked encoding */
         bool bad_target;       /* the decoded target held a control byte */
         bool from_peer;        /* a node of the fleet asks (fleet.h): the peer secret was checked */
+        bool range_asked;      /* the origin was asked for a range once: never again for this request */
+
+        RequestWait wait;      /* REQUEST_WAIT_NONE, or until re-entered at it */
+        RequestPending pending;
+        bool suspended;        /* in HttpServer.waiting: the connection is suspended */
+        Request *waiting_prev, *waiting_next;
+
+        /* The response queued, for the access log and the counters. */
+        unsigned status;       /* 0: none (yet) */
+        uint64_t body_size;    /* of a body of known size (not a miss's stream) */
+        bool count_body;       /* count body_size as served from source when the response completes */
+        ServeSource source;
+        uint64_t streamed;     /* body bytes of a miss handed to MHD */
 
         /* For the access log. The strings are MHD's, valid until the request completes. */
         const char *url, *method_name, *version;
         usec_t start;          /* CLOCK_MONOTONIC of the first access-handler call; 0: AccessLog=no */
         AccessLogCache cache;
-        uint64_t streamed;     /* body bytes of a miss handed to MHD */
-
-        /* Waiting with the connection suspended for an answer of the upstream (not a fill): a read
-         * verdict or the metadata for a HEAD. */
-        HttpServer *server;
-        struct MHD_Connection *connection;
-        bool suspended;
-        Request *waiting_prev, *waiting_next;  /* in HttpServer.waiting */
-        ReadCheck *read_check;
-        bool read_decided;     /* read_verdict holds the upstream's verdict */
-        int read_verdict;
-        UpstreamQuery *probe;
-        bool probe_done;       /* probe_answer holds the upstream's answer */
-        UpstreamAnswer probe_answer;
-        FleetQuery *holders_query; /* GET /v2/cache/nodes/<id>: asking the other nodes */
-        bool holders_done;     /* holders holds the answer (NULL: the server is stopping) */
-        char **holders;
-        UpstreamQuery *range_query; /* a range far ahead of the fill, asked of the origin (http-stream.c) */
-        bool range_done;       /* range_answer holds its answer */
-        UpstreamAnswer range_answer;
-        Stream *range_stream;  /* the fill's stream, to fall back on */
-        uint64_t range_start, range_length;
-        bool range_asked;      /* the origin was asked for the range once: never again for this request */
 };
 
 typedef struct HttpConnection {
@@ -131,7 +171,8 @@ struct HttpServer {
         bool stopping;
 };
 
-/* http.c */
+/* http-request.c: the request's lifecycle, below every other file of the server */
+HttpConnection *http_connection_context(struct MHD_Connection *c);
 /* The request being answered on c (NULL before its headers are read); for what every response notes. */
 Request *http_connection_request(struct MHD_Connection *c);
 /* n image bytes handed to a client, from source: the one place they are counted (the Manager's
@@ -139,11 +180,12 @@ Request *http_connection_request(struct MHD_Connection *c);
 void http_count_served(HttpServer *s, ServeSource source, uint64_t n, bool to_peer);
 /* Runs MHD on the next iteration of the loop (coalesced): after a resume, or to let it clean up. */
 void http_server_schedule_run(HttpServer *s);
-/* Suspends the connection of req until the upstream answers (HttpServer.waiting); resumes it. */
-void http_request_suspend(Request *req);
-void http_request_resume(Request *req);
-/* The UpstreamQueryDone of a HEAD probe (http-miss.c): keeps the answer, resumes the request. */
-void http_request_on_probe_answer(const UpstreamAnswer *a, void *userdata);
+/* Suspends req's connection until what it waits for is there; req->pending holds the wait's object. */
+void http_request_wait(Request *req, RequestWait wait);
+/* Resumes a suspended request: MHD re-enters it at its wait (the access handler, or the content reader). */
+void http_request_wake(Request *req);
+/* Takes the pending object out of a request re-entered at its wait: the request waits no more. */
+RequestWait http_request_take_wait(Request *req, RequestPending *ret);
 
 /* http-response.c */
 enum MHD_Result http_queue_response(struct MHD_Connection *c, unsigned status, struct MHD_Response *resp);
@@ -172,27 +214,24 @@ void http_add_repr_digest(struct MHD_Response *resp, const Checksum *c);
 void http_add_content_range(struct MHD_Response *resp, uint64_t start, uint64_t length, uint64_t size);
 const char *http_header(struct MHD_Connection *c, const char *name);
 
-/* http-stream.c */
-int http_stream_new(HttpServer *s, struct MHD_Connection *c, Fill *f, Stream **ret);
+/* http-stream.c: the body of a miss, read from its fill */
+int http_stream_new(HttpServer *s, Request *req, Fill *f, Stream **ret);
 Stream *http_stream_free(Stream *st);
-void http_stream_suspend(Stream *st);
-/* Resumes a suspended stream's connection (a fill event, or shutdown). */
-void http_stream_wake(Stream *st);
-/* RECEIVING, SEALING or final: the response can be decided. */
-bool http_fill_has_headers(Fill *f);
-/* Answers a miss whose fill has headers (or ended). Consumes st. */
-enum MHD_Result http_respond_miss(HttpServer *s, Request *req, struct MHD_Connection *c, Stream *st);
-/* Answers a miss at once if its fill has headers, asks the origin for a range the fill cannot answer
- * soon, else waits for the fill's headers (Request.waiting). Consumes st. */
-enum MHD_Result http_respond_miss_when_ready(HttpServer *s, Request *req, struct MHD_Connection *c, Stream *st);
-/* Answers a range far ahead of its fill from req->range_answer, or falls back on the fill's stream. */
-enum MHD_Result http_respond_range_ahead(HttpServer *s, Request *req, struct MHD_Connection *c);
+/* The request waits on st (REQUEST_WAIT_FILL_HEADERS or _FILL_BYTES) until the fill's next event. */
+void http_stream_wait(Stream *st, RequestWait wait);
+/* The image's headers of a miss response, the digest included once the fill knows it. */
+void http_add_miss_headers(struct MHD_Response *resp, Fill *f, uint64_t total);
+/* Queues the response streaming the fill: the whole image (start UINT64_MAX), or length bytes at start
+ * (206). Consumes st. */
+enum MHD_Result http_stream_respond(Request *req, Stream *st, uint64_t start, uint64_t length, uint64_t total);
 
-/* http-miss.c */
-void http_server_remember_not_found(HttpServer *s, const char *id);
+/* http-miss.c: a miss, from its start to the response */
 enum MHD_Result http_serve_miss(HttpServer *s, Request *req, struct MHD_Connection *c);
-/* Answers a HEAD from the upstream's answer in req->probe_answer. */
-enum MHD_Result http_respond_probe(HttpServer *s, Request *req, struct MHD_Connection *c);
+/* The steps at which a request re-enters the waits a miss starts, from their pending objects: each takes
+ * what it keeps out of p (the caller frees the rest). */
+enum MHD_Result http_miss_on_probe(HttpServer *s, Request *req, RequestPending *p);
+enum MHD_Result http_miss_on_fill_headers(HttpServer *s, Request *req, RequestPending *p);
+enum MHD_Result http_miss_on_origin_range(HttpServer *s, Request *req, RequestPending *p);
 PeerFill *http_peer_fill_free(PeerFill *pf);
 
 /* http-socket.c */

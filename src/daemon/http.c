@@ -18,10 +18,11 @@
 #include "http-manage.h"
 #include "log.h"
 
-/* Routing, the hit path, requests waiting for the upstream, the MHD callbacks, the event loop and the
- * server's lifetime. Misses start in http-miss.c and stream in http-stream.c; responses are built in
- * http-response.c; the listening socket comes from http-socket.c. The types shared by these files are
- * in http-internal.h. */
+/* Routing, the hit path, management, re-entering a request at its wait (and the one free of a wait's
+ * pending object), the MHD callbacks, the event loop and the server's lifetime. Misses are decided in
+ * http-miss.c and streamed by http-stream.c; the request's lifecycle primitives are in http-request.c,
+ * responses are built in http-response.c, the listening socket comes from http-socket.c. The types and
+ * the order of these files are in http-internal.h. */
 
 /* ---- hits --------------------------------------------------------------------------------------- */
 
@@ -122,67 +123,70 @@ static int serve_hit(HttpServer *s, Request *req, struct MHD_Connection *c, cons
         return http_queue_response_sized(c, status, resp, length);
 }
 
-/* ---- waiting for the upstream (a read verdict, a HEAD's metadata) --------------------------------- */
+/* ---- waiting: the one free of a wait's pending object, the one teardown, re-entering -------------- */
 
-void http_request_suspend(Request *req) {
-        HttpServer *s = req->server;
-
-        assert(!req->suspended);
-        req->suspended = true;
-        LIST_PREPEND(waiting, s->waiting, req);
-        MHD_suspend_connection(req->connection);
+/* Frees what a wait's pending object still holds, whichever wait it is: after the step that re-entered
+ * it took what it keeps, when the request completes, and at shutdown. */
+static void request_pending_free(HttpServer *s, RequestWait wait, RequestPending *p) {
+        switch (wait) {
+        case REQUEST_WAIT_NONE:
+        case REQUEST_WAIT_FILL_BYTES: /* the response's stream, borrowed */
+                break;
+        case REQUEST_WAIT_READ:
+                read_check_free(p->read.check);
+                break;
+        case REQUEST_WAIT_PROBE:
+                upstream_query_free(p->probe.query);
+                break;
+        case REQUEST_WAIT_HOLDERS:
+                fleet_query_free(p->holders.query);
+                g_strfreev(p->holders.holders);
+                break;
+        case REQUEST_WAIT_FILL_HEADERS:
+                http_stream_free(p->fill.stream);
+                break;
+        case REQUEST_WAIT_ORIGIN_RANGE:
+                if (p->range.query) {
+                        assert(s->n_range_queries > 0);
+                        s->n_range_queries--;
+                        upstream_query_free(p->range.query);
+                }
+                http_stream_free(p->range.stream);
+                break;
+        default:
+                assert(false);
+        }
+        *p = (RequestPending) {};
 }
 
-static void request_unlink(Request *req) {
-        HttpServer *s = req->server;
+/* Ends whatever req waits for, freeing its pending object. The connection stays as it is: a suspended
+ * one is woken by the caller (shutdown), and a completed one is gone. */
+static void request_end_wait(HttpServer *s, Request *req) {
+        RequestPending p = req->pending;
+        RequestWait wait = req->wait;
 
-        if (!req->suspended)
-                return;
-        req->suspended = false;
-        LIST_REMOVE(waiting, s->waiting, req);
+        req->wait = REQUEST_WAIT_NONE;
+        req->pending = (RequestPending) {};
+        request_pending_free(s, wait, &p);
 }
 
-void http_request_resume(Request *req) {
-        if (!req->suspended)
-                return;
-        request_unlink(req);
-        MHD_resume_connection(req->connection);
-        http_server_schedule_run(req->server);
-}
-
-/* Ends every wait for the upstream at shutdown, answering 503. */
+/* Ends every wait at shutdown: each request is re-entered with nothing to wait for and answered 503, and
+ * a miss being sent is aborted by its reader. */
 static void http_server_abandon_waiting(HttpServer *s) {
         while (s->waiting) {
                 Request *req = s->waiting;
 
-                req->read_check = read_check_free(req->read_check);
-                req->probe = upstream_query_free(req->probe);
-                req->holders_query = fleet_query_free(req->holders_query);
-                req->holders_done = true;
-                req->range_done = req->range_stream;
-                req->range_query = upstream_query_free(req->range_query);
-                req->read_decided = true;
-                req->read_verdict = MHD_HTTP_SERVICE_UNAVAILABLE;
-                http_request_resume(req);
+                request_end_wait(s, req);
+                http_request_wake(req);
         }
 }
 
 static void request_on_read_verdict(int verdict, void *userdata) {
         Request *req = userdata;
 
-        req->read_check = NULL;  /* the guard frees it */
-        req->read_decided = true;
-        req->read_verdict = verdict;
-        http_request_resume(req);
-}
-
-void http_request_on_probe_answer(const UpstreamAnswer *a, void *userdata) {
-        Request *req = userdata;
-
-        req->probe = upstream_query_free(req->probe);
-        req->probe_done = true;
-        req->probe_answer = *a;
-        http_request_resume(req);
+        req->pending.read.check = NULL;  /* the guard frees it */
+        req->pending.read.verdict = verdict;
+        http_request_wake(req);
 }
 
 static enum MHD_Result respond_read_refused(struct MHD_Connection *c, int verdict) {
@@ -225,10 +229,8 @@ static enum MHD_Result serve_image(HttpServer *s, Request *req, struct MHD_Conne
 static void request_on_holders(char *const *holders, void *userdata) {
         Request *req = userdata;
 
-        req->holders = g_strdupv((char **) holders);
-        req->holders_query = fleet_query_free(req->holders_query);
-        req->holders_done = true;
-        http_request_resume(req);
+        req->pending.holders.holders = g_strdupv((char **) holders);
+        http_request_wake(req);
 }
 
 /* GET /v2/cache/nodes/<id>: which nodes of the fleet hold the image (each asked, none fetching). */
@@ -236,23 +238,23 @@ static enum MHD_Result serve_holders(HttpServer *s, Request *req, struct MHD_Con
         if (!s->fleet || !s->fetcher)
                 return http_respond_text(c, MHD_HTTP_NOT_FOUND, "No [Fleet] is configured on this node\n");
         int r = fleet_query_holders(s->fleet, fetcher_curl(s->fetcher), s->cache, req->match.id, request_on_holders,
-                                    req, &req->holders_query);
+                                    req, &req->pending.holders.query);
         if (r < 0)
                 return MHD_NO;
-        http_request_suspend(req);
+        http_request_wait(req, REQUEST_WAIT_HOLDERS);
         return MHD_YES;
 }
 
 static enum MHD_Result queue_reply(struct MHD_Connection *c, HttpReply *reply);
 
-static enum MHD_Result respond_holders(struct MHD_Connection *c, Request *req) {
+static enum MHD_Result respond_holders(Request *req, RequestPending *p) {
         HttpReply reply = {};
 
-        if (!req->holders)
-                return http_respond_text(c, MHD_HTTP_SERVICE_UNAVAILABLE, "Try again\n");
-        if (http_manage_holders_reply(req->match.id, req->holders, &reply) < 0)
+        if (!p->holders.holders)
+                return http_respond_text(req->connection, MHD_HTTP_SERVICE_UNAVAILABLE, "Try again\n");
+        if (http_manage_holders_reply(req->match.id, p->holders.holders, &reply) < 0)
                 return MHD_NO;
-        return queue_reply(c, &reply);
+        return queue_reply(req->connection, &reply);
 }
 
 static bool authorized(HttpServer *s, struct MHD_Connection *c) {
@@ -347,9 +349,9 @@ static enum MHD_Result authorize_image(HttpServer *s, Request *req, struct MHD_C
                 return authorize_peer(s, req, c);
 
         r = read_guard_check(s->read_guard, http_header(c, "X-Auth-Token"), http_header(c, MHD_HTTP_HEADER_AUTHORIZATION),
-                             req->match.id, request_on_read_verdict, req, &req->read_check);
+                             req->match.id, request_on_read_verdict, req, &req->pending.read.check);
         if (r == -EINPROGRESS) {
-                http_request_suspend(req);
+                http_request_wait(req, REQUEST_WAIT_READ);
                 return MHD_YES;
         }
         if (r < 0)
@@ -376,8 +378,6 @@ static enum MHD_Result request_begin(HttpServer *s, Request *req, struct MHD_Con
 
         req->method = http_method_from_string(method);
         req->http10 = streq(version, MHD_HTTP_VERSION_1_0);
-        req->server = s;
-        req->connection = c;
         http_route(req->method, url, &req->match);
 
         if (m->route == HTTP_ROUTE_NONE)
@@ -410,21 +410,36 @@ static enum MHD_Result request_begin(HttpServer *s, Request *req, struct MHD_Con
         }
 }
 
-static HttpConnection *connection_context(struct MHD_Connection *c) {
-        const union MHD_ConnectionInfo *info = MHD_get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
-        return info ? info->socket_context : NULL;
-}
+/* A request woken from its wait: the step of that wait goes on from what it got, and what the step did
+ * not take of the pending object is freed. */
+static enum MHD_Result request_reenter(HttpServer *s, Request *req, struct MHD_Connection *c) {
+        RequestPending p;
+        RequestWait wait = http_request_take_wait(req, &p);
+        enum MHD_Result r;
 
-Request *http_connection_request(struct MHD_Connection *c) {
-        HttpConnection *hc = connection_context(c);
-        return hc ? &hc->request : NULL;
-}
-
-void http_count_served(HttpServer *s, ServeSource source, uint64_t n, bool to_peer) {
-        s->ops->count_bytes_served(s->userdata, n);
-        s->counters.served_bytes[source] += n;
-        if (to_peer)
-                s->counters.bytes_to_peers += n;
+        switch (wait) {
+        case REQUEST_WAIT_READ:
+                r = p.read.verdict != 0 ? respond_read_refused(c, p.read.verdict) : serve_image(s, req, c);
+                break;
+        case REQUEST_WAIT_PROBE:
+                r = http_miss_on_probe(s, req, &p);
+                break;
+        case REQUEST_WAIT_HOLDERS:
+                r = respond_holders(req, &p);
+                break;
+        case REQUEST_WAIT_FILL_HEADERS:
+                r = http_miss_on_fill_headers(s, req, &p);
+                break;
+        case REQUEST_WAIT_ORIGIN_RANGE:
+                r = http_miss_on_origin_range(s, req, &p);
+                break;
+        default:
+                /* FILL_BYTES is re-entered in the content reader, NONE is not a wait. */
+                assert(false);
+                r = MHD_NO;
+        }
+        request_pending_free(s, wait, &p);
+        return r;
 }
 
 static enum MHD_Result http_on_request(void *cls, struct MHD_Connection *c, const char *url, const char *method,
@@ -434,7 +449,7 @@ static enum MHD_Result http_on_request(void *cls, struct MHD_Connection *c, cons
         Request *req = *req_cls;
 
         if (!req) {
-                HttpConnection *hc = connection_context(c);
+                HttpConnection *hc = http_connection_context(c);
 
                 if (!hc)
                         return MHD_NO;
@@ -443,6 +458,8 @@ static enum MHD_Result http_on_request(void *cls, struct MHD_Connection *c, cons
                 header_deadline_stop(s->header_deadlines, &hc->header);
                 req = &hc->request;
                 *req = (Request) {
+                        .server = s,
+                        .connection = c,
                         .bad_target = hc->bad_target,
                         .url = url,
                         .method_name = method,
@@ -469,40 +486,11 @@ static enum MHD_Result http_on_request(void *cls, struct MHD_Connection *c, cons
                 return request_begin(s, req, c, url, method, version);
         }
 
-        if (req->read_decided) {
-                req->read_decided = false;
-                if (req->read_verdict != 0)
-                        return respond_read_refused(c, req->read_verdict);
-                return serve_image(s, req, c);
-        }
-        if (req->probe_done) {
-                req->probe_done = false;
-                return http_respond_probe(s, req, c);
-        }
-        if (req->holders_done) {
-                req->holders_done = false;
-                return respond_holders(c, req);
-        }
-        if (req->range_done) {
-                req->range_done = false;
-                return http_respond_range_ahead(s, req, c);
-        }
-
-        if (req->waiting) {
-                Stream *st = req->waiting;
-
-                if (!http_fill_has_headers(st->fill) && !s->stopping) {
-                        http_stream_suspend(st);
-                        return MHD_YES;
-                }
-                req->waiting = NULL;
-                if (s->stopping) {
-                        http_stream_free(st);
-                        return MHD_NO;
-                }
-                return http_respond_miss(s, req, c, st);
-        }
-
+        /* Woken from a wait; or the server stops, which ended every wait (http_server_abandon_waiting()). */
+        if (s->stopping)
+                return http_respond_text(c, MHD_HTTP_SERVICE_UNAVAILABLE, "Try again\n");
+        if (req->wait != REQUEST_WAIT_NONE)
+                return request_reenter(s, req, c);
         return MHD_YES;
 }
 
@@ -539,17 +527,8 @@ static void http_on_completed(void *cls, struct MHD_Connection *c, void **req_cl
         if (!req)
                 return;
 
-        req->waiting = http_stream_free(req->waiting);
-        req->read_check = read_check_free(req->read_check);
-        req->probe = upstream_query_free(req->probe);
-        req->holders_query = fleet_query_free(req->holders_query);
-        g_strfreev(req->holders);
-        req->range_query = upstream_query_free(req->range_query);
-        if (req->range_stream) {
-                s->n_range_queries--; /* asked, never answered: the client went away */
-                http_stream_free(req->range_stream);
-        }
-        request_unlink(req);
+        assert(!req->suspended); /* MHD completes no suspended connection */
+        request_end_wait(s, req);
         if (access_log_enabled(&s->access_log))
                 log_access(s, req, c, toe);
         if (req->count_body && toe == MHD_REQUEST_TERMINATED_COMPLETED_OK)
@@ -588,7 +567,7 @@ static void http_on_connection(void *cls, struct MHD_Connection *c, void **socke
  * a connection keeps the clock that started with the connection). */
 static void *http_on_uri(void *cls, const char *uri, struct MHD_Connection *c) {
         HttpServer *s = cls;
-        HttpConnection *hc = connection_context(c);
+        HttpConnection *hc = http_connection_context(c);
 
         if (hc) {
                 hc->bad_target = false;
@@ -598,7 +577,7 @@ static void *http_on_uri(void *cls, const char *uri, struct MHD_Connection *c) {
 }
 
 static size_t http_on_unescape(void *cls, struct MHD_Connection *c, char *uri) {
-        HttpConnection *hc = connection_context(c);
+        HttpConnection *hc = http_connection_context(c);
         bool bad;
         size_t n;
 
@@ -656,14 +635,6 @@ static void http_server_arm_timer(HttpServer *s) {
                 r = sd_event_source_set_enabled(s->timer_source, SD_EVENT_ONESHOT);
         if (r < 0)
                 log_warning_errno(r, "Failed to arm the HTTP timer, ignoring: %m");
-}
-
-void http_server_schedule_run(HttpServer *s) {
-        if (s->stopping || !s->wake_source)
-                return;
-        int r = sd_event_source_set_enabled(s->wake_source, SD_EVENT_ONESHOT);
-        if (r < 0)
-                log_warning_errno(r, "Failed to schedule the HTTP server, ignoring: %m");
 }
 
 /* MHD sends a large body in chunks of its own (128 KiB of sendfile in this mode), one per run: a few runs
@@ -885,11 +856,9 @@ HttpServer *http_server_free(HttpServer *s) {
                 if (fd != MHD_INVALID_SOCKET)
                         safe_close(fd);
 
-                /* MHD refuses to stop with suspended connections: wake them all; their streams see
-                 * "stopping" and end with an error. */
+                /* MHD refuses to stop with suspended connections: wake them all; each is answered 503, or
+                 * its stream sees "stopping" and ends with an error. */
                 s->stopping = true;
-                for (Stream *st = s->streams; st; st = st->streams_next)
-                        http_stream_wake(st);
                 http_server_abandon_waiting(s);
 
                 MHD_stop_daemon(s->mhd);

@@ -221,6 +221,10 @@ Fill *fill_unref(Fill *f) {
 const char *fill_image_id(const Fill *f) {
         return f->id;
 }
+bool fill_has_headers(const Fill *f) {
+        return f->state >= FILL_RECEIVING;
+}
+
 FillState fill_state(const Fill *f) {
         return f->state;
 }

@@ -1,0 +1,90 @@
+/* SPDX-License-Identifier: MIT */
+/* The lifecycle of an HTTP request below every other file of the server: entering a wait (its
+ * connection suspended), waking it, taking its pending object out when it is re-entered, and what
+ * every response notes (the request of a connection, the bytes served). The waits, and the steps that
+ * re-enter them, are in http-internal.h and http.c. */
+
+#include <assert.h>
+
+#include "http-internal.h"
+#include "log.h"
+
+static const char *const request_wait_table[_REQUEST_WAIT_MAX] = {
+        [REQUEST_WAIT_NONE] = "none",
+        [REQUEST_WAIT_READ] = "read-verdict",
+        [REQUEST_WAIT_PROBE] = "probe",
+        [REQUEST_WAIT_HOLDERS] = "holders",
+        [REQUEST_WAIT_FILL_HEADERS] = "fill-headers",
+        [REQUEST_WAIT_ORIGIN_RANGE] = "origin-range",
+        [REQUEST_WAIT_FILL_BYTES] = "fill-bytes",
+};
+
+const char *request_wait_to_string(RequestWait w) {
+        if (w < 0 || w >= _REQUEST_WAIT_MAX)
+                return NULL;
+        return request_wait_table[w];
+}
+
+void http_request_wait(Request *req, RequestWait wait) {
+        HttpServer *s = req->server;
+
+        assert(wait > REQUEST_WAIT_NONE && wait < _REQUEST_WAIT_MAX);
+        assert(req->wait == REQUEST_WAIT_NONE && !req->suspended);
+        req->wait = wait;
+        req->suspended = true;
+        LIST_PREPEND(waiting, s->waiting, req);
+        MHD_suspend_connection(req->connection);
+}
+
+void http_request_wake(Request *req) {
+        HttpServer *s = req->server;
+
+        if (!req->suspended)
+                return;
+        req->suspended = false;
+        LIST_REMOVE(waiting, s->waiting, req);
+        /* Nothing to keep: the content reader goes on by itself. */
+        if (req->wait == REQUEST_WAIT_FILL_BYTES) {
+                req->wait = REQUEST_WAIT_NONE;
+                req->pending = (RequestPending) {};
+        }
+        MHD_resume_connection(req->connection);
+        /* In external-event mode MHD does not wake itself for a resume (its ITC is not readable through
+         * the epoll fd then): run it on the next iteration, coalesced with other wakes. */
+        http_server_schedule_run(s);
+}
+
+RequestWait http_request_take_wait(Request *req, RequestPending *ret) {
+        RequestWait w = req->wait;
+
+        assert(!req->suspended);
+        *ret = req->pending;
+        req->pending = (RequestPending) {};
+        req->wait = REQUEST_WAIT_NONE;
+        return w;
+}
+
+HttpConnection *http_connection_context(struct MHD_Connection *c) {
+        const union MHD_ConnectionInfo *info = MHD_get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+        return info ? info->socket_context : NULL;
+}
+
+Request *http_connection_request(struct MHD_Connection *c) {
+        HttpConnection *hc = http_connection_context(c);
+        return hc ? &hc->request : NULL;
+}
+
+void http_count_served(HttpServer *s, ServeSource source, uint64_t n, bool to_peer) {
+        s->ops->count_bytes_served(s->userdata, n);
+        s->counters.served_bytes[source] += n;
+        if (to_peer)
+                s->counters.bytes_to_peers += n;
+}
+
+void http_server_schedule_run(HttpServer *s) {
+        if (s->stopping || !s->wake_source)
+                return;
+        int r = sd_event_source_set_enabled(s->wake_source, SD_EVENT_ONESHOT);
+        if (r < 0)
+                log_warning_errno(r, "Failed to schedule the HTTP server, ignoring: %m");
+}
