@@ -190,9 +190,7 @@ CurlLoop *curl_loop_free(CurlLoop *l) {
         return NULL;
 }
 
-int curl_loop_add(CurlLoop *l, CURL *easy, CurlTask *t) {
-        if (curl_easy_setopt(easy, CURLOPT_PRIVATE, t) != CURLE_OK)
-                return -ENOMEM;
+int curl_loop_add(CurlLoop *l, CURL *easy) {
         if (curl_multi_add_handle(l->multi, easy) != CURLM_OK)
                 return -ENOMEM;
         return 0;

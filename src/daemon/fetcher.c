@@ -236,8 +236,7 @@ static int fetcher_setup_keystone(Fetcher *fe, const Config *config, Keystone **
                 .credentials = &creds,
                 .interface = config->endpoint_interface,
                 .region = config->endpoint_region,
-                .ca_file = config->ca_file,
-                .connect_timeout = config->connect_timeout,
+                .transport = &fe->transport_settings,
         };
         KeystoneCallbacks cb = { .done = on_keystone_done, .refresh_due = on_keystone_refresh_due, .userdata = fe };
         return keystone_new(fe->event, fe->curl, &o, &cb, ret);
@@ -246,12 +245,13 @@ static int fetcher_setup_keystone(Fetcher *fe, const Config *config, Keystone **
 /* ---- configuration ------------------------------------------------------------------------------------- */
 
 static int fetcher_apply_config(Fetcher *fe, const Config *config) {
-        _cleanup_(freep) char *url = NULL, *token = NULL, *ca = NULL, *token_file = NULL, *configured = NULL;
+        _cleanup_(freep) char *url = NULL, *token = NULL, *token_file = NULL, *configured = NULL;
+        _cleanup_(transport_settings_done) TransportSettings transport = {};
         Keystone *keystone = NULL;
 
         if (!isempty(config->upstream_url) && (!(url = strdup(config->upstream_url)) || !(configured = strdup(url))))
                 return -ENOMEM;
-        if (!isempty(config->ca_file) && !(ca = strdup(config->ca_file)))
+        if (transport_settings_from_config(config, &transport) < 0)
                 return -ENOMEM;
         int k = fetcher_setup_keystone(fe, config, &keystone);
         if (k < 0)
@@ -260,8 +260,6 @@ static int fetcher_apply_config(Fetcher *fe, const Config *config) {
                 /* A new Keystone: a token, and with no URL= the endpoint, come with the next fill. */
                 keystone_free(fe->keystone);
                 fe->keystone = keystone;
-                if (!g_queue_is_empty(&fe->token_waiters))
-                        (void) keystone_authenticate(keystone); /* they waited for the old one */
                 free_and_replace(fe->configured_url, configured);
                 fe->url = mfree(fe->url);
                 free_and_replace(fe->url, url);
@@ -289,16 +287,19 @@ static int fetcher_apply_config(Fetcher *fe, const Config *config) {
         free_and_replace(fe->token, token);
         free_and_replace(fe->token_file, token_file);
 rest:
-        free_and_replace(fe->ca_file, ca);
+        /* Read by every request as it starts, Keystone's included: the new ones apply from the next. */
+        transport_settings_done(&fe->transport_settings);
+        fe->transport_settings = transport;
+        transport = (TransportSettings) {};
         fe->kind = config->upstream_kind;
         fe->max_parallel = MAX(config->max_parallel_fetches, 1u);
-        fe->connect_timeout = config->connect_timeout;
-        fe->low_speed_timeout = config->low_speed_timeout;
         fe->max_size = config->max_size;
         fe->keep_free = config->keep_free;
         fe->enforce_max_size = config->enforce_max_size;
         if (!fe->keystone)
                 fetcher_wake_token_waiters(fe, 0, NULL); /* Keystone is gone: TokenFile= answers them */
+        else if (keystone && !g_queue_is_empty(&fe->token_waiters))
+                (void) keystone_authenticate(keystone); /* they waited for the old one */
         return 0;
 }
 
@@ -404,7 +405,9 @@ Fetcher *fetcher_free(Fetcher *fe) {
         free(fe->token);
         free(fe->token_file);
         free(fe->url);
-        free(fe->ca_file);
+        if (fe->fleet)
+                fleet_set_transport(fe->fleet, NULL);
+        transport_settings_done(&fe->transport_settings);
         sd_event_unref(fe->event);
         free(fe);
         return NULL;
@@ -474,7 +477,11 @@ int fetcher_fill_full(Fetcher *fe, const char *id, const Checksum *expected, Fet
 }
 
 void fetcher_set_fleet(Fetcher *fe, Fleet *fleet) {
+        if (fe->fleet && fe->fleet != fleet)
+                fleet_set_transport(fe->fleet, NULL);
         fe->fleet = fleet;
+        if (fleet) /* its holders query is a request like ours */
+                fleet_set_transport(fleet, &fe->transport_settings);
 }
 
 const FleetCounters *fetcher_fleet_counters(const Fetcher *fe) {
@@ -495,14 +502,12 @@ static int fetcher_start_query(Fetcher *fe, UpstreamQueryOptions *o, UpstreamQue
                 return -ENXIO;
         o->kind = fe->kind;
         o->url = fe->url;
-        o->ca_file = fe->ca_file;
-        o->connect_timeout = fe->connect_timeout;
         if (!o->credentials && fe->token) {
                 if (asprintf(&own, "X-Auth-Token: %s", fe->token) < 0)
                         return -ENOMEM;
                 o->credentials = own;
         }
-        r = upstream_query_start(fe->curl, o, done, userdata, ret);
+        r = upstream_query_start(fe->curl, &fe->transport_settings, o, done, userdata, ret);
         if (own)
                 explicit_bzero(own, strlen(own));
         return r;

@@ -7,12 +7,10 @@
 
 #include <curl/curl.h>
 #include <inttypes.h>
-#include <limits.h>
 #include <stdio.h>
 #include <strings.h>
 
 #include "fill-internal.h"
-#include "imgcache-config.h"
 
 #define FETCH_BUFFER_SIZE (512L * 1024L)
 #define HEADER_VALUE_MAX 1024 /* nothing we parse is that long */
@@ -41,7 +39,7 @@ static void transfer_free(CurlTransfer *t) {
         if (!t)
                 return;
         curl_loop_discard(t->fill->fetcher ? t->fill->fetcher->curl : NULL, &t->easy);
-        curl_slist_free_all(t->request_headers);
+        transport_headers_free(t->request_headers); /* may hold the token or the peer secret */
         response_headers_reset(t);
         free(t);
 }
@@ -218,74 +216,55 @@ static void on_curl_done(CurlTask *task, CURL *easy, CURLcode code) {
 
 /* ---- FillTransport -------------------------------------------------------------------------------- */
 
-#define SETOPT(h, opt, val) if (curl_easy_setopt((h), (opt), (val)) != CURLE_OK) return -ENOMEM
+static int request_headers(CurlTransfer *t, const FillRequest *r) {
+        struct curl_slist **h = &t->request_headers;
+        int k = 0;
 
-static int add_header(CurlTransfer *t, const char *name, const char *value) {
-        _cleanup_(freep) char *line = NULL;
-        if (asprintf(&line, "%s: %s", name, value) < 0)
-                return -ENOMEM;
-        struct curl_slist *l = curl_slist_append(t->request_headers, line);
-        explicit_bzero(line, strlen(line)); /* it may be the token */
-        if (!l)
-                return -ENOMEM;
-        t->request_headers = l;
-        return 0;
+        if (r->token)
+                k = transport_header_addf(h, "X-Auth-Token: %s", r->token);
+        if (k >= 0 && r->json)
+                k = transport_header_addf(h, "Accept: application/json");
+        if (k >= 0 && r->range_start > 0 && r->if_range)
+                k = transport_header_addf(h, "If-Range: %s", r->if_range);
+        if (k >= 0 && r->peer_self)
+                k = transport_header_addf(h, "%s: %s", FLEET_HEADER_PEER, r->peer_self);
+        if (k >= 0 && r->peer_self)
+                k = transport_header_addf(h, "%s: %s", FLEET_HEADER_TOKEN, r->peer_token);
+        return k;
 }
 
-static int setup_timeouts(CURL *h, const Fetcher *fe) {
-        if (fe->connect_timeout > 0 && fe->connect_timeout != USEC_INFINITY)
-                SETOPT(h, CURLOPT_CONNECTTIMEOUT_MS,
-                       (long) MIN((fe->connect_timeout + USEC_PER_MSEC - 1) / USEC_PER_MSEC, (usec_t) LONG_MAX));
-        if (fe->low_speed_timeout > 0 && fe->low_speed_timeout != USEC_INFINITY) {
-                /* Less than a byte a second for that long counts as a stall. */
-                SETOPT(h, CURLOPT_LOW_SPEED_LIMIT, 1L);
-                SETOPT(h, CURLOPT_LOW_SPEED_TIME,
-                       (long) MIN((fe->low_speed_timeout + USEC_PER_SEC - 1) / USEC_PER_SEC, (usec_t) LONG_MAX));
-        }
-        return 0;
-}
-
+/* Redirects are the fill's (see the top): the handle follows none. No overall timeout: an image takes
+ * as long as it takes, and LowSpeedTimeoutSec= ends a stall. */
 static int setup_request(CurlTransfer *t, const Fetcher *fe, const FillRequest *r) {
-        CURL *h = t->easy;
         char range[64];
+        int k;
 
-        SETOPT(h, CURLOPT_URL, r->url);
-        SETOPT(h, CURLOPT_NOSIGNAL, 1L);
-        SETOPT(h, CURLOPT_PROTOCOLS_STR, "http,https,file");
-        SETOPT(h, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
-        SETOPT(h, CURLOPT_FOLLOWLOCATION, 0L);
-        SETOPT(h, CURLOPT_USERAGENT, "imgcached/" PROJECT_VERSION);
-        SETOPT(h, CURLOPT_ERRORBUFFER, t->error);
-        SETOPT(h, CURLOPT_HEADERFUNCTION, on_curl_header);
-        SETOPT(h, CURLOPT_HEADERDATA, t);
-        SETOPT(h, CURLOPT_WRITEFUNCTION, on_curl_write);
-        SETOPT(h, CURLOPT_WRITEDATA, t);
-        SETOPT(h, CURLOPT_BUFFERSIZE, FETCH_BUFFER_SIZE);
-        SETOPT(h, CURLOPT_SSL_VERIFYPEER, 1L);
-        SETOPT(h, CURLOPT_SSL_VERIFYHOST, 2L);
-        if (fe->ca_file)
-                SETOPT(h, CURLOPT_CAINFO, fe->ca_file);
-        if (setup_timeouts(h, fe) < 0)
-                return -ENOMEM;
-        if (r->max_body <= INT64_MAX)
-                SETOPT(h, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t) r->max_body);
+        k = request_headers(t, r);
+        if (k < 0)
+                return k;
+        TransportRequest req = {
+                .url = r->url,
+                .task = &t->task,
+                .allow_file = true,
+                .headers = t->request_headers,
+                .error = t->error,
+                .on_header = on_curl_header,
+                .on_body = on_curl_write,
+                .userdata = t,
+        };
+        k = transport_easy_new(&fe->transport_settings, &req, &t->easy);
+        if (k < 0)
+                return k;
 
-        if (r->token && add_header(t, "X-Auth-Token", r->token) < 0)
-                return -ENOMEM;
-        if (r->json && add_header(t, "Accept", "application/json") < 0)
-                return -ENOMEM;
-        if (r->range_start > 0) {
+        CURL *h = t->easy;
+        k = easy_setopt(h, CURLOPT_BUFFERSIZE, FETCH_BUFFER_SIZE);
+        if (k >= 0 && r->max_body <= INT64_MAX)
+                k = easy_setopt(h, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t) r->max_body);
+        if (k >= 0 && r->range_start > 0) {
                 snprintf(range, sizeof(range), "%" PRIu64 "-", r->range_start);
-                SETOPT(h, CURLOPT_RANGE, range);
-                if (r->if_range && add_header(t, "If-Range", r->if_range) < 0)
-                        return -ENOMEM;
+                k = easy_setopt(h, CURLOPT_RANGE, range); /* copied */
         }
-        if (r->peer_self && (add_header(t, FLEET_HEADER_PEER, r->peer_self) < 0 ||
-                             add_header(t, FLEET_HEADER_TOKEN, r->peer_token) < 0))
-                return -ENOMEM;
-        if (t->request_headers)
-                SETOPT(h, CURLOPT_HTTPHEADER, t->request_headers);
-        return 0;
+        return k;
 }
 
 static int curl_start(Fill *f, const FillRequest *r) {
@@ -293,11 +272,11 @@ static int curl_start(Fill *f, const FillRequest *r) {
         CurlTransfer *t = calloc(1, sizeof(CurlTransfer));
         if (!t)
                 return -ENOMEM;
-        *t = (CurlTransfer) { .fill = f, .task.on_done = on_curl_done, .easy = curl_easy_init() };
+        *t = (CurlTransfer) { .fill = f, .task.on_done = on_curl_done };
 
-        int r2 = t->easy ? setup_request(t, fe, r) : -ENOMEM;
+        int r2 = setup_request(t, fe, r);
         if (r2 >= 0)
-                r2 = curl_loop_add(fe->curl, t->easy, &t->task);
+                r2 = curl_loop_add(fe->curl, t->easy);
         if (r2 < 0) {
                 transfer_free(t);
                 return r2;

@@ -16,6 +16,7 @@
 
 #include <glib.h>
 
+#include "curl-easy.h"
 #include "curl-loop.h"
 #include "fetch.h"
 #include "fill-writer.h"
@@ -209,9 +210,8 @@ struct Fetcher {
         GQueue token_waiters;      /* Fill* (a reference each), REAUTHENTICATING until Keystone answers */
         uint64_t token_generation; /* bumped whenever token changes */
         usec_t token_read_at;     /* CLOCK_MONOTONIC of the last re-read after a 401 */
-        char *ca_file;
+        TransportSettings transport_settings; /* of every request: fills, queries, Keystone's, the fleet's */
         unsigned max_parallel;
-        usec_t connect_timeout, low_speed_timeout;
         SizeLimit max_size, keep_free;
         bool enforce_max_size;
 

@@ -21,6 +21,7 @@ struct Fleet {
         char *token;
         unsigned replicas;
         usec_t peer_timeout, resolve_interval;
+        const TransportSettings *transport; /* the Fetcher's */
         bool has_names;        /* some of Peers= are host names: resolve them, and again later */
 
         sd_event_source *resolve_timer;
@@ -311,6 +312,10 @@ usec_t fleet_peer_timeout(const Fleet *f) {
         return f->peer_timeout;
 }
 
+void fleet_set_transport(Fleet *f, const TransportSettings *t) {
+        f->transport = t;
+}
+
 char *const *fleet_nodes(const Fleet *f) {
         return f->nodes;
 }
@@ -337,7 +342,7 @@ struct FleetQuery {
 
 static void ask_done(FleetAsk *a) {
         curl_loop_discard(a->query->curl, &a->easy);
-        curl_slist_free_all(a->headers);
+        transport_headers_free(a->headers);
         a->headers = NULL;
 }
 
@@ -363,34 +368,35 @@ static void on_ask_done(CurlTask *t, CURL *easy, CURLcode code) {
 
 static int ask_start(Fleet *f, FleetQuery *q, FleetAsk *a, const char *id) {
         g_autofree char *url = g_strdup_printf("%s/images/%s", a->node, id);
-        g_autofree char *guard = g_strdup_printf("%s: %s", FLEET_HEADER_PEER, f->self);
-        g_autofree char *token = g_strdup_printf("%s: %s", FLEET_HEADER_TOKEN, f->token);
-        long ms = (long) MIN(f->peer_timeout / USEC_PER_MSEC, (usec_t) LONG_MAX);
+        int r;
 
-        a->easy = curl_easy_init();
-        if (!a->easy)
-                return -ENOMEM;
-        a->headers = curl_slist_append(a->headers, guard);
-        a->headers = curl_slist_append(a->headers, token);
-        a->headers = curl_slist_append(a->headers, "Cache-Control: only-if-cached");
-        explicit_bzero(token, strlen(token));
-        if (!a->headers || curl_easy_setopt(a->easy, CURLOPT_URL, url) != CURLE_OK ||
-            curl_easy_setopt(a->easy, CURLOPT_NOBODY, 1L) != CURLE_OK ||
-            curl_easy_setopt(a->easy, CURLOPT_NOSIGNAL, 1L) != CURLE_OK ||
-            curl_easy_setopt(a->easy, CURLOPT_PROTOCOLS_STR, "http,https") != CURLE_OK ||
-            curl_easy_setopt(a->easy, CURLOPT_TIMEOUT_MS, MAX(ms, 1L)) != CURLE_OK ||
-            curl_easy_setopt(a->easy, CURLOPT_HTTPHEADER, a->headers) != CURLE_OK)
-                return -ENOMEM;
+        if ((r = transport_header_addf(&a->headers, "%s: %s", FLEET_HEADER_PEER, f->self)) < 0 ||
+            (r = transport_header_addf(&a->headers, "%s: %s", FLEET_HEADER_TOKEN, f->token)) < 0 ||
+            (r = transport_header_addf(&a->headers, "Cache-Control: only-if-cached")) < 0)
+                return r;
+        TransportRequest req = {
+                .url = url,
+                .task = &a->task,
+                .timeout = MAX(f->peer_timeout, 1u), /* 0 would be none */
+                .headers = a->headers,
+                .no_body = true,
+        };
         a->task.on_done = on_ask_done;
-        return curl_loop_add(q->curl, a->easy, &a->task);
+        r = transport_easy_new(f->transport, &req, &a->easy);
+        if (r >= 0)
+                r = curl_loop_add(q->curl, a->easy);
+        return r;
 }
 
 int fleet_query_holders(Fleet *f, CurlLoop *curl, ImageCache *cache, const char *id, FleetQueryDone done,
                         void *userdata, FleetQuery **ret) {
-        FleetQuery *q = calloc(1, sizeof(FleetQuery));
+        FleetQuery *q;
         size_t n = g_strv_length(f->nodes);
         int r;
 
+        if (!f->transport)
+                return -ENXIO; /* no Fetcher: the requests would not be made as the fills' are */
+        q = calloc(1, sizeof(FleetQuery));
         if (!q)
                 return -ENOMEM;
         *q = (FleetQuery) { .curl = curl, .holders = g_ptr_array_new_with_free_func(g_free), .done = done,

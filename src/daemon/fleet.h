@@ -7,6 +7,7 @@
 #include <systemd/sd-event.h>
 
 #include "config.h"
+#include "curl-easy.h"
 #include "curl-loop.h"
 #include "store.h"
 
@@ -37,6 +38,9 @@ static inline void fleet_freep(Fleet **f) {
 const char *fleet_self(const Fleet *f);
 const char *fleet_token(const Fleet *f);
 usec_t fleet_peer_timeout(const Fleet *f);
+/* The settings of the requests to the peers: the Fetcher's (fetcher_set_fleet() hands them over), borrowed
+ * and read at each query; NULL detaches them. */
+void fleet_set_transport(Fleet *f, const TransportSettings *t);
 /* Every node, this one included, as currently resolved (borrowed, NULL-terminated). */
 char *const *fleet_nodes(const Fleet *f);
 
@@ -51,7 +55,8 @@ void fleet_rank(char *const *nodes, size_t n, const char *id, size_t *ret_order)
 
 /* Asks every other node whether it holds id, with a HEAD that must not fetch (Cache-Control:
  * only-if-cached), and answers with the nodes that have it (this one first, when it does), each
- * bounded by PeerTimeoutSec=. done runs on the loop, once, unless the query is freed first. */
+ * bounded by PeerTimeoutSec= and made like every other request (fleet_set_transport(): CAFile=…).
+ * done runs on the loop, once, unless the query is freed first. -ENXIO without transport settings. */
 typedef struct FleetQuery FleetQuery;
 typedef void (*FleetQueryDone)(char *const *holders, void *userdata);
 int fleet_query_holders(Fleet *f, CurlLoop *curl, ImageCache *cache, const char *id, FleetQueryDone done,

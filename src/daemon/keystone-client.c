@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 
-/* The Keystone client on the event loop: POST {AuthURL}/v3/auth/tokens through the CurlLoop like every
- * other request of the daemon (never a blocking curl_easy_perform), the token from X-Subject-Token, the
- * image endpoint from the catalog, and a timer at the token's refresh time. */
+/* The Keystone client on the event loop: POST {AuthURL}/v3/auth/tokens, made and run like every other
+ * request of the daemon (curl-easy.h with the Fetcher's settings, then the CurlLoop; never a blocking
+ * curl_easy_perform), the token from X-Subject-Token, the image endpoint from the catalog, and a timer at
+ * the token's refresh time. */
 
 #include <errno.h>
 #include <stdio.h>
@@ -10,7 +11,6 @@
 #include <string.h>
 #include <strings.h>
 
-#include "imgcache-config.h"
 #include "keystone.h"
 #include "log.h"
 
@@ -35,8 +35,8 @@ struct Keystone {
         CurlLoop *loop;
         char *tokens_url;
         char *credentials_file;
-        char *interface, *region, *ca_file;
-        usec_t connect_timeout;
+        char *interface, *region;
+        const TransportSettings *transport;
         char *request_body;     /* built once; wiped at free */
         KeystoneCallbacks cb;
 
@@ -56,7 +56,7 @@ static void request_free(Keystone *k, KeystoneRequest *q) {
         if (!q)
                 return;
         curl_loop_discard(k->loop, &q->easy);
-        curl_slist_free_all(q->headers);
+        transport_headers_free(q->headers);
         wipe(q->subject_token);
         free(q->subject_token);
         free(q->body);
@@ -173,34 +173,31 @@ static void on_request_done(CurlTask *t, CURL *easy, CURLcode code) {
         k->cb.done(k, r, message, k->cb.userdata);
 }
 
-#define SETOPT(h, opt, val) if (curl_easy_setopt((h), (opt), (val)) != CURLE_OK) return -ENOMEM
-
+/* The credentials go to AuthURL= only: like every request, this one follows no redirect. */
 static int request_setup(Keystone *k, KeystoneRequest *q) {
-        CURL *h = q->easy;
+        int r;
 
-        SETOPT(h, CURLOPT_URL, k->tokens_url);
-        SETOPT(h, CURLOPT_NOSIGNAL, 1L);
-        SETOPT(h, CURLOPT_PROTOCOLS_STR, "http,https");
-        SETOPT(h, CURLOPT_FOLLOWLOCATION, 0L); /* the credentials go to AuthURL= only */
-        SETOPT(h, CURLOPT_USERAGENT, "imgcached/" PROJECT_VERSION);
-        SETOPT(h, CURLOPT_ERRORBUFFER, q->error);
-        SETOPT(h, CURLOPT_TIMEOUT_MS, (long) (KEYSTONE_TIMEOUT_USEC / USEC_PER_MSEC));
-        if (k->connect_timeout > 0 && k->connect_timeout != USEC_INFINITY)
-                SETOPT(h, CURLOPT_CONNECTTIMEOUT_MS, (long) (MIN(k->connect_timeout, KEYSTONE_TIMEOUT_USEC) / USEC_PER_MSEC));
-        if (k->ca_file)
-                SETOPT(h, CURLOPT_CAINFO, k->ca_file);
-        SETOPT(h, CURLOPT_HEADERFUNCTION, on_header);
-        SETOPT(h, CURLOPT_HEADERDATA, q);
-        SETOPT(h, CURLOPT_WRITEFUNCTION, on_body);
-        SETOPT(h, CURLOPT_WRITEDATA, q);
+        if ((r = transport_header_addf(&q->headers, "Content-Type: application/json")) < 0 ||
+            (r = transport_header_addf(&q->headers, "Accept: application/json")) < 0)
+                return r;
+        TransportRequest req = {
+                .url = k->tokens_url,
+                .task = &q->task,
+                .timeout = KEYSTONE_TIMEOUT_USEC,
+                .headers = q->headers,
+                .error = q->error,
+                .on_header = on_header,
+                .on_body = on_body,
+                .userdata = q,
+        };
+        r = transport_easy_new(k->transport, &req, &q->easy);
+        if (r < 0)
+                return r;
         /* Not COPYPOSTFIELDS: curl would keep a copy of the secret we could not wipe. */
-        SETOPT(h, CURLOPT_POSTFIELDS, k->request_body);
-        SETOPT(h, CURLOPT_POSTFIELDSIZE, (long) strlen(k->request_body));
-        q->headers = curl_slist_append(NULL, "Content-Type: application/json");
-        if (!q->headers || !curl_slist_append(q->headers, "Accept: application/json"))
-                return -ENOMEM;
-        SETOPT(h, CURLOPT_HTTPHEADER, q->headers);
-        return 0;
+        r = easy_setopt(q->easy, CURLOPT_POSTFIELDS, k->request_body);
+        if (r >= 0)
+                r = easy_setopt(q->easy, CURLOPT_POSTFIELDSIZE, (long) strlen(k->request_body));
+        return r;
 }
 
 int keystone_authenticate(Keystone *k) {
@@ -210,10 +207,10 @@ int keystone_authenticate(Keystone *k) {
         KeystoneRequest *q = calloc(1, sizeof(KeystoneRequest));
         if (!q)
                 return -ENOMEM;
-        *q = (KeystoneRequest) { .keystone = k, .easy = curl_easy_init(), .task.on_done = on_request_done };
-        int r = q->easy ? request_setup(k, q) : -ENOMEM;
+        *q = (KeystoneRequest) { .keystone = k, .task.on_done = on_request_done };
+        int r = request_setup(k, q);
         if (r >= 0)
-                r = curl_loop_add(k->loop, q->easy, &q->task);
+                r = curl_loop_add(k->loop, q->easy);
         if (r < 0) {
                 request_free(k, q);
                 return r;
@@ -264,7 +261,7 @@ int keystone_new(sd_event *event, CurlLoop *loop, const KeystoneOptions *o, cons
                 .event = sd_event_ref(event),
                 .loop = loop,
                 .cb = *cb,
-                .connect_timeout = o->connect_timeout,
+                .transport = o->transport,
         };
         r = keystone_tokens_url(o->auth_url, &k->tokens_url);
         if (r >= 0)
@@ -273,8 +270,6 @@ int keystone_new(sd_event *event, CurlLoop *loop, const KeystoneOptions *o, cons
                 r = free_and_strdup(&k->interface, o->interface ?: "public");
         if (r >= 0)
                 r = free_and_strdup(&k->region, o->region);
-        if (r >= 0)
-                r = free_and_strdup(&k->ca_file, o->ca_file);
         if (r >= 0)
                 r = keystone_auth_request_body(o->credentials, &k->request_body);
         if (r < 0) {
@@ -299,7 +294,6 @@ Keystone *keystone_free(Keystone *k) {
         free(k->credentials_file);
         free(k->interface);
         free(k->region);
-        free(k->ca_file);
         sd_event_unref(k->event);
         free(k);
         return NULL;

@@ -5,6 +5,7 @@
 #include <stddef.h>
 #include <systemd/sd-event.h>
 
+#include "curl-easy.h"
 #include "curl-loop.h"
 #include "util.h"
 
@@ -64,8 +65,7 @@ typedef struct KeystoneOptions {
         const KeystoneCredentials *credentials; /* copied */
         const char *interface;         /* "public", "internal", "admin" */
         const char *region;            /* NULL: any */
-        const char *ca_file;
-        usec_t connect_timeout;
+        const TransportSettings *transport; /* the Fetcher's: borrowed, read at each request */
 } KeystoneOptions;
 
 /* A request ended: error 0 (keystone_token() is the new token) or -errno with message (names Keystone

@@ -115,47 +115,41 @@ static void on_query_done(CurlTask *t, CURL *easy, CURLcode code) {
         q->done(&a, q->userdata);
 }
 
-#define SETOPT(h, opt, val) if (curl_easy_setopt((h), (opt), (val)) != CURLE_OK) return -ENOMEM
+static int query_headers(UpstreamQuery *q, const UpstreamQueryOptions *o) {
+        int r = 0;
 
-static int query_setup(UpstreamQuery *q, const UpstreamQueryOptions *o, const char *url) {
-        CURL *h = q->curl;
-        usec_t timeout = o->timeout ?: UPSTREAM_QUERY_TIMEOUT_USEC;
-
-        SETOPT(h, CURLOPT_URL, url);
-        SETOPT(h, CURLOPT_NOSIGNAL, 1L);
-        SETOPT(h, CURLOPT_PROTOCOLS_STR, "http,https");
-        SETOPT(h, CURLOPT_FOLLOWLOCATION, 0L);
-        SETOPT(h, CURLOPT_TIMEOUT_MS, (long) (timeout / USEC_PER_MSEC));
-        if (o->connect_timeout > 0 && o->connect_timeout != USEC_INFINITY)
-                SETOPT(h, CURLOPT_CONNECTTIMEOUT_MS, (long) MIN(o->connect_timeout, timeout) / (long) USEC_PER_MSEC);
-        if (o->ca_file)
-                SETOPT(h, CURLOPT_CAINFO, o->ca_file);
-        if (o->kind == UPSTREAM_GLANCE || o->range_length > 0) {
-                SETOPT(h, CURLOPT_WRITEFUNCTION, on_query_body);
-                SETOPT(h, CURLOPT_WRITEDATA, q);
-        } else
-                SETOPT(h, CURLOPT_NOBODY, 1L);
-        if (o->credentials && !(q->headers = curl_slist_append(q->headers, o->credentials)))
-                return -ENOMEM;
-        if (o->range_length > 0) {
-                _cleanup_(freep) char *range = NULL, *if_range = NULL;
-                if (asprintf(&range, "Range: bytes=%" PRIu64 "-%" PRIu64, o->range_start,
-                             o->range_start + o->range_length - 1) < 0 ||
-                    !(q->headers = curl_slist_append(q->headers, range)))
-                        return -ENOMEM;
-                if (o->if_range && (asprintf(&if_range, "If-Range: %s", o->if_range) < 0 ||
-                                    !(q->headers = curl_slist_append(q->headers, if_range))))
-                        return -ENOMEM;
-                SETOPT(h, CURLOPT_HEADERFUNCTION, on_query_header);
-                SETOPT(h, CURLOPT_HEADERDATA, q);
-        }
-        if (q->headers)
-                SETOPT(h, CURLOPT_HTTPHEADER, q->headers);
-        return 0;
+        if (o->credentials)
+                r = transport_header_addf(&q->headers, "%s", o->credentials);
+        if (r >= 0 && o->range_length > 0)
+                r = transport_header_addf(&q->headers, "Range: bytes=%" PRIu64 "-%" PRIu64, o->range_start,
+                                          o->range_start + o->range_length - 1);
+        if (r >= 0 && o->range_length > 0 && o->if_range)
+                r = transport_header_addf(&q->headers, "If-Range: %s", o->if_range);
+        return r;
 }
 
-int upstream_query_start(CurlLoop *l, const UpstreamQueryOptions *o, UpstreamQueryDone done, void *userdata,
-                         UpstreamQuery **ret) {
+static int query_setup(UpstreamQuery *q, const TransportSettings *t, const UpstreamQueryOptions *o,
+                       const char *url) {
+        int r = query_headers(q, o);
+        if (r < 0)
+                return r;
+
+        bool body = o->kind == UPSTREAM_GLANCE || o->range_length > 0; /* the record, or the range's bytes */
+        TransportRequest req = {
+                .url = url,
+                .task = &q->task,
+                .timeout = o->timeout ?: UPSTREAM_QUERY_TIMEOUT_USEC,
+                .headers = q->headers,
+                .on_header = o->range_length > 0 ? on_query_header : NULL,
+                .on_body = body ? on_query_body : NULL,
+                .userdata = q,
+                .no_body = !body,
+        };
+        return transport_easy_new(t, &req, &q->curl);
+}
+
+int upstream_query_start(CurlLoop *l, const TransportSettings *t, const UpstreamQueryOptions *o,
+                         UpstreamQueryDone done, void *userdata, UpstreamQuery **ret) {
         _cleanup_(freep) char *url = NULL;
         UpstreamQuery *q;
         int r;
@@ -170,7 +164,6 @@ int upstream_query_start(CurlLoop *l, const UpstreamQueryOptions *o, UpstreamQue
                 return -ENOMEM;
         *q = (UpstreamQuery) {
                 .loop = l,
-                .curl = curl_easy_init(),
                 .task.on_done = on_query_done,
                 .kind = o->kind,
                 .done = done,
@@ -180,9 +173,9 @@ int upstream_query_start(CurlLoop *l, const UpstreamQueryOptions *o, UpstreamQue
                 .range_length = o->range_length,
                 .range_total = o->range_total,
         };
-        r = q->curl ? query_setup(q, o, url) : -ENOMEM;
+        r = query_setup(q, t, o, url);
         if (r >= 0)
-                r = curl_loop_add(l, q->curl, &q->task);
+                r = curl_loop_add(l, q->curl);
         if (r < 0) {
                 upstream_query_free(q);
                 return r;
@@ -191,18 +184,11 @@ int upstream_query_start(CurlLoop *l, const UpstreamQueryOptions *o, UpstreamQue
         return 0;
 }
 
-/* The header line may hold a client's token: wiped before it is freed. */
-static void wipe_headers(struct curl_slist *l) {
-        for (; l; l = l->next)
-                explicit_bzero(l->data, strlen(l->data));
-}
-
 UpstreamQuery *upstream_query_free(UpstreamQuery *q) {
         if (!q)
                 return NULL;
         curl_loop_discard(q->loop, &q->curl);
-        wipe_headers(q->headers);
-        curl_slist_free_all(q->headers);
+        transport_headers_free(q->headers); /* may hold a client's token */
         free(q->body);
         free(q->content_range);
         free(q);

@@ -5,6 +5,7 @@
 #include <stdint.h>
 
 #include "config.h"
+#include "curl-easy.h"
 #include "curl-loop.h"
 
 /* One small question to the upstream about an image, without its data: for Kind=glance the image record
@@ -35,8 +36,6 @@ typedef struct UpstreamQueryOptions {
         const char *url;            /* URL= of the configuration */
         const char *id;
         const char *credentials;    /* a whole header line ("X-Auth-Token: …"), or NULL */
-        const char *ca_file;
-        usec_t connect_timeout;
         usec_t timeout;             /* the whole exchange; 0: UPSTREAM_QUERY_TIMEOUT_USEC */
         uint64_t range_start, range_length; /* length > 0: GET these bytes of the image's data */
         uint64_t range_total;       /* the length of the image the range must be of; UINT64_MAX: any */
@@ -45,8 +44,8 @@ typedef struct UpstreamQueryOptions {
 
 #define UPSTREAM_QUERY_TIMEOUT_USEC (15ULL * USEC_PER_SEC)
 
-/* Starts the query; done is called once, from the loop, unless the query is freed first. The credentials
- * are copied into the request and wiped when it ends. */
-int upstream_query_start(CurlLoop *l, const UpstreamQueryOptions *o, UpstreamQueryDone done, void *userdata,
-                         UpstreamQuery **ret);
+/* Starts the query on l, made with t (the Fetcher's settings); done is called once, from the loop, unless
+ * the query is freed first. The credentials are copied into the request and wiped when it ends. */
+int upstream_query_start(CurlLoop *l, const TransportSettings *t, const UpstreamQueryOptions *o,
+                         UpstreamQueryDone done, void *userdata, UpstreamQuery **ret);
 UpstreamQuery *upstream_query_free(UpstreamQuery *q);  /* cancels; done is not called */

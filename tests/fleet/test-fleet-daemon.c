@@ -30,6 +30,7 @@ typedef struct Node {
 
 typedef struct Fixture {
         UpstreamFixture *fx;
+        UpstreamFixture *peer;  /* a peer that is not an imgcached, or NULL */
         Node nodes[MAX_NODES];
         size_t n;
         uint8_t *data;
@@ -50,6 +51,7 @@ static void fixture_teardown(Fixture *f, gconstpointer user) {
                 g_free(f->nodes[i].url);
         }
         upstream_fixture_free(f->fx);
+        upstream_fixture_free(f->peer);
         test_tmpdir_remove(f->dir);
         g_free(f->dir);
         g_free(f->data);
@@ -65,8 +67,10 @@ static unsigned origin_requests(Fixture *f, const char *id) {
         return upstream_fixture_requests(f->fx, path);
 }
 
-/* n nodes listing each other; node i's peer secret is tokens[i] (NULL: PEER_TOKEN). */
-static void start_fleet(Fixture *f, size_t n, const char *const *tokens) {
+/* n nodes listing each other and more_peers (NULL: none); node i's peer secret is tokens[i] (NULL:
+ * PEER_TOKEN); upstream_extra goes into every node's [Upstream] (NULL: nothing). */
+static void start_fleet_with(Fixture *f, size_t n, const char *const *tokens, const char *more_peers,
+                             const char *upstream_extra) {
         g_autoptr(GString) peers = g_string_new(NULL);
         g_autofree char *origin = upstream_fixture_url(f->fx, "/images/{id}");
         g_autofree char *mgmt = g_build_filename(f->dir, "mgmt-token", NULL);
@@ -79,6 +83,8 @@ static void start_fleet(Fixture *f, size_t n, const char *const *tokens) {
                 node->url = g_strdup_printf("http://127.0.0.1:%u", node->port);
                 g_string_append_printf(peers, "%s%s", i ? " " : "", node->url);
         }
+        if (more_peers)
+                g_string_append_printf(peers, " %s", more_peers);
         for (size_t i = 0; i < n; i++) {
                 Node *node = &f->nodes[i];
                 g_autofree char *token_file = g_strdup_printf("%s/peer-token-%zu", f->dir, i);
@@ -88,14 +94,18 @@ static void start_fleet(Fixture *f, size_t n, const char *const *tokens) {
 
                 node->bus = test_bus_new();
                 g_autofree char *config = g_strdup_printf(
-                                "[Upstream]\nKind=generic\nURL=%s\n"
+                                "[Upstream]\nKind=generic\nURL=%s\n%s"
                                 "[HTTP]\nManagementAPI=yes\nManagementTokenFile=%s\n"
                                 "[Daemon]\nExitOnIdleSec=infinity\n"
                                 "[Fleet]\nPeers=%s\nSelf=%s\nPeerTokenFile=%s\nPeerTimeoutSec=5s\n",
-                                origin, mgmt, peers->str, node->url, token_file);
+                                origin, strempty(upstream_extra), mgmt, peers->str, node->url, token_file);
                 test_bus_write_config(node->bus, config);
                 g_assert_true(test_bus_start_daemon_listening(node->bus, node->sock, NULL));
         }
+}
+
+static void start_fleet(Fixture *f, size_t n, const char *const *tokens) {
+        start_fleet_with(f, n, tokens, NULL, NULL);
 }
 
 /* Node indices for id, best first, as every node ranks them. */
@@ -491,6 +501,107 @@ static void test_host_names(Fixture *f, gconstpointer user) {
         close(other);
 }
 
+/* ---- a peer behind TLS ---- */
+
+/* Runs a tool to its end (it reads nothing); it must succeed. */
+static void run_tool(const char *const *argv) {
+        g_autoptr(GError) error = NULL;
+        g_autofree char *err = NULL;
+        g_autoptr(GSubprocess) p = g_subprocess_newv(argv, G_SUBPROCESS_FLAGS_STDOUT_SILENCE |
+                                                     G_SUBPROCESS_FLAGS_STDERR_PIPE, &error);
+
+        g_assert_no_error(error);
+        g_assert_true(g_subprocess_communicate_utf8(p, NULL, NULL, NULL, &err, &error));
+        g_assert_no_error(error);
+        if (!g_subprocess_get_if_exited(p) || g_subprocess_get_exit_status(p) != 0)
+                g_error("%s %s failed: %s", argv[0], argv[1], err);
+}
+
+/* A private CA (its certificate's path returned) and a certificate it signed for IP:127.0.0.1. */
+static char *make_private_ca(Fixture *f, char **ret_cert, char **ret_key) {
+        g_autofree char *ca_key = g_build_filename(f->dir, "ca.key", NULL);
+        g_autofree char *leaf_key = g_build_filename(f->dir, "leaf.key", NULL);
+        g_autofree char *leaf_csr = g_build_filename(f->dir, "leaf.csr", NULL);
+        g_autofree char *leaf_ext = g_build_filename(f->dir, "leaf.ext", NULL);
+        g_autofree char *leaf = g_build_filename(f->dir, "leaf.pem", NULL);
+        char *ca = g_build_filename(f->dir, "ca.pem", NULL);
+
+        /* EC keys: quick to make. */
+        const char *make_ca[] = { "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                                  "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", ca_key, "-out", ca,
+                                  "-days", "2", "-subj", "/CN=imgcache test CA",
+                                  "-addext", "basicConstraints=critical,CA:TRUE",
+                                  "-addext", "keyUsage=critical,keyCertSign", NULL };
+        const char *make_csr[] = { "openssl", "req", "-newkey", "ec", "-pkeyopt",
+                                   "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", leaf_key,
+                                   "-out", leaf_csr, "-subj", "/CN=127.0.0.1", NULL };
+        const char *sign[] = { "openssl", "x509", "-req", "-in", leaf_csr, "-CA", ca, "-CAkey", ca_key,
+                               "-set_serial", "2", "-days", "2", "-extfile", leaf_ext, "-out", leaf, NULL };
+        run_tool(make_ca);
+        run_tool(make_csr);
+        static const char ext[] = "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n"
+                                  "extendedKeyUsage=serverAuth\n";
+        g_assert_true(g_file_set_contents(leaf_ext, ext, -1, NULL));
+        run_tool(sign);
+        g_assert_true(g_file_get_contents(leaf, ret_cert, NULL, NULL));
+        g_assert_true(g_file_get_contents(leaf_key, ret_key, NULL, NULL));
+        return ca;
+}
+
+/* CAFile= names a private CA and a peer serves HTTPS with a certificate it signed: the holders query
+ * (/v2/cache/nodes) and a fill both reach it, as every request is made with the same settings. The peer
+ * is the upstream fixture over TLS, which answers /images/<id> as a node holding the image does; the
+ * origin has no copy, so the image can only come from the peer. */
+static void test_tls_peer(Fixture *f, gconstpointer user) {
+        g_autofree char *openssl = g_find_program_in_path("openssl");
+        g_autofree char *cert = NULL, *key = NULL;
+        size_t order[2];
+        char id[32];
+        Client c;
+
+        if (!openssl) {
+                g_test_skip("openssl is not installed (tools/install-deps installs it)");
+                return;
+        }
+        g_autofree char *ca = make_private_ca(f, &cert, &key);
+        g_assert_cmpint(upstream_fixture_new_tls(0, cert, key, &f->peer), ==, 0);
+        g_autofree char *peer = upstream_fixture_url(f->peer, NULL);
+        g_autofree char *ca_setting = g_strdup_printf("CAFile=%s\n", ca);
+        start_fleet_with(f, 1, NULL, peer, ca_setting);
+
+        /* An image the peer ranks first for, so that the node's fill asks it. */
+        char *urls[] = { peer, f->nodes[0].url };
+        for (unsigned i = 0;; i++) {
+                g_snprintf(id, sizeof(id), "fleet-tls-%u", i);
+                fleet_rank(urls, 2, id, order);
+                if (order[0] == 0)
+                        break;
+        }
+        g_autofree char *path = g_strdup_printf("/images/%s", id);
+        g_assert_cmpint(upstream_fixture_add_image(f->peer, path, f->data, IMAGE_SIZE, NULL), ==, 0);
+
+        /* Who holds it: the peer, asked over HTTPS. */
+        g_autofree char *nodes_url = g_strdup_printf("%s/v2/cache/nodes/%s", f->nodes[0].url, id);
+        g_autofree char *body = NULL, *status = http_get(f, nodes_url, "X-Auth-Token: mgmt-1", NULL, &body);
+        g_autofree char *quoted = g_strdup_printf("\"%s\"", peer);
+        g_assert_cmpstr(status, ==, "200");
+        g_test_message("holders: %s", body);
+        g_assert_nonnull(strstr(body, quoted));
+        g_assert_cmpuint(upstream_fixture_requests(f->peer, path), ==, 1);
+
+        /* A fill from it. */
+        g_autofree char *url = g_strdup_printf("%s/images/%s", f->nodes[0].url, id);
+        client_start(f, &c, "out", url, NULL);
+        client_wait(&c);
+        g_assert_cmpint(c.status, ==, 0);
+        assert_file_is_image(f, c.out, 0, IMAGE_SIZE);
+        assert_cached(f, 0, id);
+        g_assert_cmpuint(origin_requests(f, id), ==, 0);
+        g_assert_cmpuint(upstream_fixture_requests(f->peer, path), ==, 2);
+        g_assert_cmpuint(metric(f, 0, "imgcache_fleet_fetched_from_peers_bytes_total"), ==, IMAGE_SIZE);
+        client_done(&c);
+}
+
 int main(int argc, char *argv[]) {
         g_test_init(&argc, &argv, NULL);
         g_test_add("/fleet-daemon/one-origin-fetch", Fixture, NULL, fixture_setup, test_one_origin_fetch, fixture_teardown);
@@ -500,5 +611,6 @@ int main(int argc, char *argv[]) {
         g_test_add("/fleet-daemon/head-never-fills", Fixture, NULL, fixture_setup, test_head_never_fills, fixture_teardown);
         g_test_add("/fleet-daemon/config-refused", Fixture, NULL, fixture_setup, test_config_refused, fixture_teardown);
         g_test_add("/fleet-daemon/host-names", Fixture, NULL, fixture_setup, test_host_names, fixture_teardown);
+        g_test_add("/fleet-daemon/tls-peer", Fixture, NULL, fixture_setup, test_tls_peer, fixture_teardown);
         return g_test_run();
 }

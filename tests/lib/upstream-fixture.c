@@ -70,6 +70,7 @@ typedef struct PathStats {
 struct UpstreamFixture {
         struct MHD_Daemon *mhd;
         uint16_t port;
+        char *tls_cert, *tls_key;  /* PEM; set: HTTPS */
 
         pthread_mutex_t lock;
         pthread_cond_t cond;
@@ -830,8 +831,10 @@ static void entry_unref_void(void *p) {
         entry_unref(NULL, p);
 }
 
-int upstream_fixture_new(uint16_t port, UpstreamFixture **ret) {
+static int fixture_start(uint16_t port, const char *cert_pem, const char *key_pem, UpstreamFixture **ret) {
         UpstreamFixture *fx = calloc(1, sizeof(UpstreamFixture));
+        unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION | MHD_USE_POLL;
+
         if (!fx)
                 return -ENOMEM;
         pthread_mutex_init(&fx->lock, NULL);
@@ -847,11 +850,22 @@ int upstream_fixture_new(uint16_t port, UpstreamFixture **ret) {
                 .sin_port = htons(port),
                 .sin_addr.s_addr = htonl(INADDR_LOOPBACK),
         };
-        fx->mhd = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION | MHD_USE_POLL,
-                                   0, NULL, NULL, on_request, fx,
+        if (cert_pem) {
+                if (MHD_is_feature_supported(MHD_FEATURE_TLS) != MHD_YES) {
+                        upstream_fixture_free(fx);
+                        return -EOPNOTSUPP;
+                }
+                fx->tls_cert = g_strdup(cert_pem);
+                fx->tls_key = g_strdup(key_pem);
+                flags |= MHD_USE_TLS;
+        }
+        /* Without TLS the two certificate options are skipped: MHD_OPTION_END ends the list before them. */
+        fx->mhd = MHD_start_daemon(flags, 0, NULL, NULL, on_request, fx,
                                    MHD_OPTION_SOCK_ADDR, (struct sockaddr *) &sa,
                                    MHD_OPTION_NOTIFY_COMPLETED, on_completed, fx,
                                    MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned) 1,
+                                   cert_pem ? MHD_OPTION_HTTPS_MEM_CERT : MHD_OPTION_END, fx->tls_cert,
+                                   MHD_OPTION_HTTPS_MEM_KEY, fx->tls_key,
                                    MHD_OPTION_END);
         if (!fx->mhd) {
                 upstream_fixture_free(fx);
@@ -865,6 +879,15 @@ int upstream_fixture_new(uint16_t port, UpstreamFixture **ret) {
         fx->port = info->port;
         *ret = fx;
         return 0;
+}
+
+int upstream_fixture_new(uint16_t port, UpstreamFixture **ret) {
+        return fixture_start(port, NULL, NULL, ret);
+}
+
+int upstream_fixture_new_tls(uint16_t port, const char *cert_pem, const char *key_pem,
+                             UpstreamFixture **ret) {
+        return fixture_start(port, cert_pem, key_pem, ret);
 }
 
 void upstream_fixture_free(UpstreamFixture *fx) {
@@ -885,6 +908,8 @@ void upstream_fixture_free(UpstreamFixture *fx) {
         free(fx->token);
         free(fx->directory);
         free((char *) fx->directory_opts.etag);
+        g_free(fx->tls_cert);
+        g_free(fx->tls_key);
         pthread_cond_destroy(&fx->cond);
         pthread_mutex_destroy(&fx->lock);
         free(fx);
@@ -896,7 +921,8 @@ uint16_t upstream_fixture_port(const UpstreamFixture *fx) {
 
 char *upstream_fixture_url(const UpstreamFixture *fx, const char *path) {
         char *s;
-        if (asprintf(&s, "http://127.0.0.1:%u%s", (unsigned) fx->port, path ?: "") < 0)
+        const char *scheme = fx->tls_cert ? "https" : "http";
+        if (asprintf(&s, "%s://127.0.0.1:%u%s", scheme, (unsigned) fx->port, path ?: "") < 0)
                 return NULL;
         return s;
 }

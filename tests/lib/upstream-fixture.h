@@ -77,11 +77,15 @@ typedef struct UpstreamGlanceOptions {
 
 /* port 0: any free port on 127.0.0.1. */
 int upstream_fixture_new(uint16_t port, UpstreamFixture **ret);
+/* The same over HTTPS with a certificate and its key (PEM text); -EOPNOTSUPP when libmicrohttpd was built
+ * without TLS. upstream_fixture_url() then says https. */
+int upstream_fixture_new_tls(uint16_t port, const char *cert_pem, const char *key_pem,
+                             UpstreamFixture **ret);
 /* Releases stalls, stops the server, joins its threads, frees the images. NULL is fine. */
 void upstream_fixture_free(UpstreamFixture *fx);
 
 uint16_t upstream_fixture_port(const UpstreamFixture *fx);
-/* "http://127.0.0.1:<port>" + path; free() it. */
+/* "http://127.0.0.1:<port>" (or https) + path; free() it. */
 char *upstream_fixture_url(const UpstreamFixture *fx, const char *path);
 
 /* Serves data (copied) at path (starting with '/'); replaces an image already at that path, also while
