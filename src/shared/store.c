@@ -396,10 +396,6 @@ const char *image_cache_path(const ImageCache *c) {
         return c->path;
 }
 
-int image_cache_dir_fd(const ImageCache *c) {
-        return c->dir_fd;
-}
-
 DriverKind image_cache_driver(const ImageCache *c) {
         return c->driver_kind;
 }

@@ -57,7 +57,6 @@ static inline void image_cache_closep(ImageCache **c) {
 
 void image_cache_set_observer(ImageCache *c, const ImageCacheObserver *o);
 const char *image_cache_path(const ImageCache *c);
-int image_cache_dir_fd(const ImageCache *c);
 DriverKind image_cache_driver(const ImageCache *c);
 
 /* The filesystem holding the cache: its size and the bytes an unprivileged writer may still use. */
@@ -169,7 +168,6 @@ uint64_t cache_write_size(const CacheWrite *w);
  * see each other's space taken. -ENOSPC (also for a quota) when the room is not there; 0 where the
  * filesystem cannot preallocate, which changes nothing. Suspend and abort give the reserved tail back. */
 int cache_write_reserve(CacheWrite *w, uint64_t total);
-const char *cache_write_id(const CacheWrite *w);
 /* Finishes the digest and compares it with the expected one (-EBADMSG on mismatch), then fsyncs and
  * renames into place. Touches nothing but w's own files, so it may run on a worker thread. */
 int cache_write_seal(CacheWrite *w);
