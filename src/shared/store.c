@@ -857,24 +857,6 @@ int image_cache_verify_end(ImageCache *c, const char *id, const Checksum *actual
         return r < 0 ? r : 0;
 }
 
-int image_cache_verify(ImageCache *c, const char *id) {
-        _cleanup_(closep) int fd = -EBADF;
-        _cleanup_(hasher_freep) Hasher *h = NULL;
-        ChecksumAlgo algo;
-        Checksum actual;
-
-        int r = image_cache_verify_begin(c, id, &fd, &algo);
-        if (r < 0)
-                return r;
-        r = checksum_fd(fd, algo, UINT64_MAX, &h);
-        if (r < 0)
-                return r;
-        r = hasher_finish(h, &actual);
-        if (r < 0)
-                return r;
-        return image_cache_verify_end(c, id, &actual);
-}
-
 /* ---- queue -------------------------------------------------------------------------------------- */
 
 void queued_images_free(QueuedImage *q, size_t n) {

@@ -122,12 +122,11 @@ int image_cache_make_room(ImageCache *c, uint64_t incoming, uint64_t max_size, u
 /* Removes everything in invalid/ and incomplete/ files untouched for longer than stall_time that no
  * write of this process owns. */
 int image_cache_clean(ImageCache *c, usec_t stall_time, unsigned *ret_stalled, unsigned *ret_invalid);
-/* Re-hashes a cached image against its recorded checksum. 1 good, 0 bad (moved to invalid/),
- * -ENOENT not cached. With no recorded checksum, a sha256 is computed and recorded, and 1 returned.
- * Blocking (reads the whole file). */
-int image_cache_verify(ImageCache *c, const char *id);
-/* The same in steps, for an event loop: begin on the loop (opens the file, says which digest to compute),
- * checksum_fd() on a worker thread, end on the loop (applies the verdict, same return values). */
+/* Re-hashes a cached image against its recorded checksum, in steps for an event loop (the daemon's
+ * Verify, src/daemon/verify.c): begin on the loop (opens the file, says which digest to compute),
+ * checksum_fd() on a worker thread, end on the loop (applies the verdict). end returns 1 good, 0 bad
+ * (moved to invalid/), -ENOENT not cached (begin too); with no recorded checksum, the one computed is
+ * recorded and 1 returned. */
 int image_cache_verify_begin(ImageCache *c, const char *id, int *ret_fd, ChecksumAlgo *ret_algo);
 int image_cache_verify_end(ImageCache *c, const char *id, const Checksum *actual);
 
