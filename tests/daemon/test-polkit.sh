@@ -6,7 +6,8 @@
 # bind-mounted over temporary copies of the system directories, the distribution's own system.conf.
 # The daemon runs as root (the bus policy lets root own the name); callers are root and nobody.
 #
-# Usage: test-polkit.sh IMGCACHED SOURCE_ROOT. Exit 77 (skip) where the namespace cannot be made.
+# Usage: test-polkit.sh IMGCACHED SOURCE_ROOT. Exit 77 (skip) where the namespace cannot be made; 1
+# instead with IMGCACHE_TESTS_REQUIRE_ALL=1 (CI).
 set -euo pipefail
 
 IMGCACHED=$1
@@ -16,6 +17,10 @@ OBJ=/org/imgcache/Manager
 TIMEOUT=10
 
 skip() {
+        if [ "${IMGCACHE_TESTS_REQUIRE_ALL:-}" = 1 ]; then
+                echo "FAIL (IMGCACHE_TESTS_REQUIRE_ALL=1): $*" >&2
+                exit 1
+        fi
         echo "SKIP: $*" >&2
         exit 77
 }

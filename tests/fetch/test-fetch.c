@@ -923,7 +923,7 @@ static void test_enospc(void) {
                           G_SPAWN_STDERR_TO_DEV_NULL, NULL, NULL, NULL, NULL, &probe_status, NULL) ||
             !g_spawn_check_wait_status(probe_status, NULL)) {
                 test_tmpdir_remove(mnt);
-                g_test_skip("no unprivileged user+mount namespaces here");
+                test_skip_missing("no unprivileged user+mount namespaces here (unshare --user --mount)");
                 return;
         }
 
