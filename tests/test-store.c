@@ -15,6 +15,7 @@
 #include "image-id.h"
 #include "store.h"
 #include "test-util.h"
+#include "test-verify.h"
 
 typedef struct Fixture {
         DriverKind driver;
@@ -660,22 +661,22 @@ static void test_two_openers(Fixture *f, gconstpointer data) {
 
 static void test_verify(Fixture *f, gconstpointer data) {
         write_ok(f, "img", "original");
-        g_assert_cmpint(image_cache_verify(f->cache, "img"), ==, 1);
+        g_assert_cmpint(test_verify_image(f->cache, "img"), ==, 1);
 
         /* Bit rot behind our back: verify catches it and moves the file to invalid/. */
         test_write_file(f->dir, "img", "0riginal", 8);
-        g_assert_cmpint(image_cache_verify(f->cache, "img"), ==, 0);
+        g_assert_cmpint(test_verify_image(f->cache, "img"), ==, 0);
         g_assert_false(image_cache_is_cached(f->cache, "img"));
         g_assert_true(test_file_exists(f->dir, "invalid/img"));
         g_assert_true(saw(f->removed, "img:invalid"));
-        g_assert_cmpint(image_cache_verify(f->cache, "img"), ==, -ENOENT);
+        g_assert_cmpint(test_verify_image(f->cache, "img"), ==, -ENOENT);
 
         /* An adopted file has no checksum: verify records one. */
         f->cache = image_cache_close(f->cache);
         test_write_file(f->dir, "adopted", "abc", 3);
         fixture_open(f);
         g_assert_null(image_cache_get(f->cache, "adopted")->checksum);
-        g_assert_cmpint(image_cache_verify(f->cache, "adopted"), ==, 1);
+        g_assert_cmpint(test_verify_image(f->cache, "adopted"), ==, 1);
         g_assert_cmpstr(image_cache_get(f->cache, "adopted")->checksum, ==,
                         "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
         fixture_reopen(f);
@@ -744,7 +745,7 @@ static void test_glance_cache_db(void) {
         g_assert_true(image_cache_is_queued(c, "11111111-2222-3333-4444-555555555555"));
 
         /* Glance's bare md5 verifies. */
-        g_assert_cmpint(image_cache_verify(c, "6ee6a1c2-9f6e-4b7f-8b4c-0d2c8e5b7a11"), ==, 1);
+        g_assert_cmpint(test_verify_image(c, "6ee6a1c2-9f6e-4b7f-8b4c-0d2c8e5b7a11"), ==, 1);
 
         /* Prune by LRU: the 2016 image goes first. */
         unsigned files = 0;

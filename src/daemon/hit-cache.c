@@ -124,7 +124,3 @@ void hit_cache_forget(HitCache *hc, const char *id) {
         if (hc)
                 g_hash_table_remove(hc->files, id);
 }
-
-unsigned hit_cache_size(const HitCache *hc) {
-        return hc ? g_hash_table_size(hc->files) : 0;
-}

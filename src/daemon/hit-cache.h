@@ -42,4 +42,3 @@ HitCache *hit_cache_free(HitCache *hc);
 int hit_cache_get(HitCache *hc, ImageCache *cache, const CacheEntry *e, const HitFile **ret);
 /* Closes the file of id (deleted, pruned, moved to invalid/), so that its blocks are freed now. */
 void hit_cache_forget(HitCache *hc, const char *id);
-unsigned hit_cache_size(const HitCache *hc);

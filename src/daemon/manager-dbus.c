@@ -690,16 +690,19 @@ static int method_open_image(sd_bus_message *message, void *userdata, sd_bus_err
         r = read_image_id(message, &id, error);
         if (r < 0)
                 return r;
+        /* Authorized first: polkit answers later and the call comes here again, so only that second pass
+         * may count a miss; and a caller refused the image learns nothing of it, not even whether it is
+         * cached. */
+        r = manager_authorize(m, message, ACTION_OPEN, id, error);
+        if (r <= 0)
+                return r == 0 ? 1 : r;
+
         if (!image_cache_is_cached(m->cache, id)) {
                 manager_count_miss(m, id);
                 return not_cached(error, id);
         }
         if (!manager_fd_budget_left(m))
                 return fd_budget_spent(m, error, id);
-
-        r = manager_authorize(m, message, ACTION_OPEN, id, error);
-        if (r <= 0)
-                return r == 0 ? 1 : r;
 
         m->n_open_fds++;
         r = open_image_reply(m, message, id, error);

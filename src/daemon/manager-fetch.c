@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /* The Manager's side of fetching: it owns the Fetcher (setup, reconfiguration, free, its observer) and
  * the JobRegistry, starts the jobs of FetchImage, Prefetch, PrefetchOnQueue and start-up, and retries
- * failed fetches of queued images. job.c knows Jobs only; fetch.c knows fills only. */
+ * failed fetches of queued images. job.c knows Jobs only; the Fetcher (fetcher.c, fill*.c) knows fills
+ * only. */
 
 #include <errno.h>
 #include <stdlib.h>

@@ -35,14 +35,19 @@ VerifyJob *verify_job_free(VerifyJob *j) {
         return NULL;
 }
 
-static int verify_run(void *userdata) {
-        VerifyJob *j = userdata;
+int verify_hash(int fd, ChecksumAlgo algo, Checksum *ret) {
         _cleanup_(hasher_freep) Hasher *h = NULL;
 
-        int r = checksum_fd(j->fd, j->algo, UINT64_MAX, &h);
+        int r = checksum_fd(fd, algo, UINT64_MAX, &h);
         if (r < 0)
                 return r;
-        return hasher_finish(h, &j->actual);
+        return hasher_finish(h, ret);
+}
+
+static int verify_run(void *userdata) {
+        VerifyJob *j = userdata;
+
+        return verify_hash(j->fd, j->algo, &j->actual);
 }
 
 static int verify_job_reply(VerifyJob *j, int r) {

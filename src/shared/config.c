@@ -64,12 +64,6 @@ DriverKind driver_kind_from_string(const char *s) {
         return (DriverKind) string_table_lookup(driver_kind_table, ELEMENTSOF(driver_kind_table), s);
 }
 
-const char *read_access_to_string(ReadAccess a) {
-        if (a < 0 || a >= _READ_ACCESS_MAX)
-                return NULL;
-        return read_access_table[a];
-}
-
 ReadAccess read_access_from_string(const char *s) {
         return (ReadAccess) string_table_lookup(read_access_table, ELEMENTSOF(read_access_table), s);
 }
@@ -84,12 +78,6 @@ static const char *const upstream_auth_table[_UPSTREAM_AUTH_MAX] = {
         [UPSTREAM_AUTH_TOKEN] = "token",
         [UPSTREAM_AUTH_KEYSTONE] = "keystone",
 };
-
-const char *upstream_auth_to_string(UpstreamAuth a) {
-        if (a < 0 || a >= _UPSTREAM_AUTH_MAX)
-                return NULL;
-        return upstream_auth_table[a];
-}
 
 UpstreamAuth upstream_auth_from_string(const char *s) {
         return (UpstreamAuth) string_table_lookup(upstream_auth_table, ELEMENTSOF(upstream_auth_table), s);

@@ -47,9 +47,7 @@ const char *driver_kind_to_string(DriverKind k);
 DriverKind driver_kind_from_string(const char *s);
 const char *upstream_kind_to_string(UpstreamKind k);
 UpstreamKind upstream_kind_from_string(const char *s);
-const char *upstream_auth_to_string(UpstreamAuth a);
 UpstreamAuth upstream_auth_from_string(const char *s);
-const char *read_access_to_string(ReadAccess a);
 ReadAccess read_access_from_string(const char *s);
 
 /* A size given either in bytes or as a share of the cache filesystem. */

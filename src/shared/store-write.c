@@ -228,10 +228,6 @@ uint64_t cache_write_size(const CacheWrite *w) {
         return w->size;
 }
 
-const char *cache_write_id(const CacheWrite *w) {
-        return w->id;
-}
-
 int cache_write_seal(CacheWrite *w) {
         if (w->sealed)
                 return 0;

@@ -396,10 +396,6 @@ const char *image_cache_path(const ImageCache *c) {
         return c->path;
 }
 
-int image_cache_dir_fd(const ImageCache *c) {
-        return c->dir_fd;
-}
-
 DriverKind image_cache_driver(const ImageCache *c) {
         return c->driver_kind;
 }
@@ -859,24 +855,6 @@ int image_cache_verify_end(ImageCache *c, const char *id, const Checksum *actual
 
         int r = remove_entries(c, &ie, 1, REMOVE_INVALID, NULL);
         return r < 0 ? r : 0;
-}
-
-int image_cache_verify(ImageCache *c, const char *id) {
-        _cleanup_(closep) int fd = -EBADF;
-        _cleanup_(hasher_freep) Hasher *h = NULL;
-        ChecksumAlgo algo;
-        Checksum actual;
-
-        int r = image_cache_verify_begin(c, id, &fd, &algo);
-        if (r < 0)
-                return r;
-        r = checksum_fd(fd, algo, UINT64_MAX, &h);
-        if (r < 0)
-                return r;
-        r = hasher_finish(h, &actual);
-        if (r < 0)
-                return r;
-        return image_cache_verify_end(c, id, &actual);
 }
 
 /* ---- queue -------------------------------------------------------------------------------------- */

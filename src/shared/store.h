@@ -57,7 +57,6 @@ static inline void image_cache_closep(ImageCache **c) {
 
 void image_cache_set_observer(ImageCache *c, const ImageCacheObserver *o);
 const char *image_cache_path(const ImageCache *c);
-int image_cache_dir_fd(const ImageCache *c);
 DriverKind image_cache_driver(const ImageCache *c);
 
 /* The filesystem holding the cache: its size and the bytes an unprivileged writer may still use. */
@@ -123,12 +122,11 @@ int image_cache_make_room(ImageCache *c, uint64_t incoming, uint64_t max_size, u
 /* Removes everything in invalid/ and incomplete/ files untouched for longer than stall_time that no
  * write of this process owns. */
 int image_cache_clean(ImageCache *c, usec_t stall_time, unsigned *ret_stalled, unsigned *ret_invalid);
-/* Re-hashes a cached image against its recorded checksum. 1 good, 0 bad (moved to invalid/),
- * -ENOENT not cached. With no recorded checksum, a sha256 is computed and recorded, and 1 returned.
- * Blocking (reads the whole file). */
-int image_cache_verify(ImageCache *c, const char *id);
-/* The same in steps, for an event loop: begin on the loop (opens the file, says which digest to compute),
- * checksum_fd() on a worker thread, end on the loop (applies the verdict, same return values). */
+/* Re-hashes a cached image against its recorded checksum, in steps for an event loop (the daemon's
+ * Verify, src/daemon/verify.c): begin on the loop (opens the file, says which digest to compute),
+ * checksum_fd() on a worker thread, end on the loop (applies the verdict). end returns 1 good, 0 bad
+ * (moved to invalid/), -ENOENT not cached (begin too); with no recorded checksum, the one computed is
+ * recorded and 1 returned. */
 int image_cache_verify_begin(ImageCache *c, const char *id, int *ret_fd, ChecksumAlgo *ret_algo);
 int image_cache_verify_end(ImageCache *c, const char *id, const Checksum *actual);
 
@@ -169,7 +167,6 @@ uint64_t cache_write_size(const CacheWrite *w);
  * see each other's space taken. -ENOSPC (also for a quota) when the room is not there; 0 where the
  * filesystem cannot preallocate, which changes nothing. Suspend and abort give the reserved tail back. */
 int cache_write_reserve(CacheWrite *w, uint64_t total);
-const char *cache_write_id(const CacheWrite *w);
 /* Finishes the digest and compares it with the expected one (-EBADMSG on mismatch), then fsyncs and
  * renames into place. Touches nothing but w's own files, so it may run on a worker thread. */
 int cache_write_seal(CacheWrite *w);

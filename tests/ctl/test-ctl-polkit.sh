@@ -5,7 +5,8 @@
 # real polkitd (see ../shared/SYSTEM-TESTS.md §3): a private mount and PID namespace, a tmpfs over
 # /run/dbus, the project's polkit policy and bus policy bind-mounted over copies of the system
 # directories. imgcached runs as root; imgcachectl runs as nobody (refused) and as root (allowed).
-# Emits TAP; "1..0 # SKIP" where the namespace, polkitd or runuser is not available.
+# Emits TAP; "1..0 # SKIP" where the namespace, polkitd or runuser is not available (a failure with
+# IMGCACHE_TESTS_REQUIRE_ALL=1, as in CI).
 #
 # Usage: test-ctl-polkit.sh IMGCACHECTL IMGCACHED SOURCE_ROOT
 set -euo pipefail
@@ -16,6 +17,10 @@ SRC=$3
 WAIT=10
 
 skip_all() {
+        if [ "${IMGCACHE_TESTS_REQUIRE_ALL:-}" = 1 ]; then
+                echo "Bail out! $* (IMGCACHE_TESTS_REQUIRE_ALL=1: a failure, not a skip)"
+                exit 1
+        fi
         echo "1..0 # SKIP $*"
         exit 0
 }

@@ -27,6 +27,7 @@
 
 #include "image-id.h"
 #include "test-bus.h"
+#include "test-util.h"
 #include "upstream-fixture.h"
 
 #define RUN_TIMEOUT_MS TEST_BUS_TIMEOUT_MS
@@ -1728,7 +1729,7 @@ static void test_completion_zsh(Fixture *f, gconstpointer data) {
         g_autofree char *zsh = g_find_program_in_path("zsh");
 
         if (!zsh) {
-                g_test_skip("zsh is not installed");
+                test_skip_missing("zsh is not installed");
                 return;
         }
         assert_success(q);

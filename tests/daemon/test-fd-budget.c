@@ -202,7 +202,7 @@ static void test_fd_budget(void) {
         Env e = {};
 
         if (!have_prlimit()) {
-                g_test_skip("prlimit (util-linux) is not installed");
+                test_skip_missing("prlimit (util-linux) is not installed");
                 return;
         }
         /* valgrind keeps descriptors of its own at the top of the client's limit and refuses to raise it:

@@ -6,7 +6,8 @@
 # bind-mounted over temporary copies of the system directories, the distribution's own system.conf.
 # The daemon runs as root (the bus policy lets root own the name); callers are root and nobody.
 #
-# Usage: test-polkit.sh IMGCACHED SOURCE_ROOT. Exit 77 (skip) where the namespace cannot be made.
+# Usage: test-polkit.sh IMGCACHED SOURCE_ROOT. Exit 77 (skip) where the namespace cannot be made; 1
+# instead with IMGCACHE_TESTS_REQUIRE_ALL=1 (CI).
 set -euo pipefail
 
 IMGCACHED=$1
@@ -16,6 +17,10 @@ OBJ=/org/imgcache/Manager
 TIMEOUT=10
 
 skip() {
+        if [ "${IMGCACHE_TESTS_REQUIRE_ALL:-}" = 1 ]; then
+                echo "FAIL (IMGCACHE_TESTS_REQUIRE_ALL=1): $*" >&2
+                exit 1
+        fi
         echo "SKIP: $*" >&2
         exit 77
 }
@@ -69,6 +74,15 @@ overlay_dir() {
 }
 overlay_dir /usr/share/polkit-1/actions "$SRC/polkit/org.imgcache.policy"
 overlay_dir /usr/share/dbus-1/system.d "$SRC/dbus/org.imgcache.Manager.conf"
+# A site rule refusing nobody one image under org.imgcache.open ("yes" by default).
+cat >"$work/90-imgcache-test.rules" <<'RULES'
+polkit.addRule(function(action, subject) {
+        if (action.id == "org.imgcache.open" && subject.user == "nobody" &&
+            action.lookup("imgcache.image-id") == "img-refused")
+                return polkit.Result.NO;
+});
+RULES
+overlay_dir /etc/polkit-1/rules.d "$work/90-imgcache-test.rules"
 
 export DBUS_SYSTEM_BUS_ADDRESS=unix:path=/run/dbus/system_bus_socket
 unset DBUS_SESSION_BUS_ADDRESS NOTIFY_SOCKET
@@ -128,6 +142,21 @@ grep -q "'img2', uint64 4" <<<"$out" || fail "GetImage as nobody: $out"
 
 # org.imgcache.open is "yes": polkit answers asynchronously and the call is dispatched again.
 expect_ok nobody OpenImage "'img1'" >/dev/null
+
+# A refused OpenImage is no miss (nor does it say whether the image is cached); an authorized one is.
+misses() {
+        gdbus call --system --dest "$NAME" --object-path "$OBJ" --method org.freedesktop.DBus.Properties.Get \
+                "$NAME" Misses 2>"$work/err" || fail "cannot read Misses: $(cat "$work/err")"
+}
+misses_before=$(misses)
+call nobody OpenImage "'img-refused'" >/dev/null && fail "OpenImage of img-refused as nobody succeeded"
+refusal=$(cat "$work/err")
+[ "$(misses)" = "$misses_before" ] || fail "a refused OpenImage counted a miss: $misses_before, then $(misses)"
+grep -q "GDBus.Error:org.freedesktop.DBus.Error.AccessDenied:" <<<"$refusal" ||
+        fail "OpenImage of img-refused as nobody: expected AccessDenied, got: $refusal"
+echo "ok - nobody OpenImage 'img-refused' -> AccessDenied, Misses unchanged"
+expect_error org.imgcache.Error.NoSuchImage root OpenImage "'img-refused'"
+[ "$(misses)" != "$misses_before" ] || fail "an authorized OpenImage of an uncached image counted no miss"
 
 # auth_admin actions for an unprivileged caller without an agent: denied. Without the
 # allow-interactive-authorization flag polkit asks for a challenge, which the daemon reports as

@@ -16,6 +16,7 @@
 #include "fetch.h"
 #include "log.h"
 #include "test-util.h"
+#include "test-verify.h"
 #include "upstream-fixture.h"
 
 #define WAIT_USEC (30 * USEC_PER_SEC)
@@ -171,7 +172,7 @@ static void assert_cached(Env *e, Fill *f, const char *id, const void *data, siz
         g_assert_true(memcmp(got, data, n) == 0);
         g_assert_false(exists_in(e, "incomplete", id));
         g_assert_false(image_cache_is_queued(e->cache, id)); /* a cached image leaves the queue */
-        g_assert_cmpint(image_cache_verify(e->cache, id), ==, 1);
+        g_assert_cmpint(test_verify_image(e->cache, id), ==, 1);
 }
 
 /* Failed with error, a message naming the image and containing needle, nothing cached, queue kept. */
@@ -890,7 +891,7 @@ static void enospc_inner(const char *mnt) {
 
         /* Nothing else lost, and the fetcher keeps working. */
         g_assert_true(image_cache_is_cached(e.cache, "small"));
-        g_assert_cmpint(image_cache_verify(e.cache, "small"), ==, 1);
+        g_assert_cmpint(test_verify_image(e.cache, "small"), ==, 1);
         f = env_fetch(&e, "small2", NULL);
         Checksum sum = digest_of(CHECKSUM_SHA256, small, 300000);
         assert_cached(&e, f, "small2", small, 300000, &sum);
@@ -922,7 +923,7 @@ static void test_enospc(void) {
                           G_SPAWN_STDERR_TO_DEV_NULL, NULL, NULL, NULL, NULL, &probe_status, NULL) ||
             !g_spawn_check_wait_status(probe_status, NULL)) {
                 test_tmpdir_remove(mnt);
-                g_test_skip("no unprivileged user+mount namespaces here");
+                test_skip_missing("no unprivileged user+mount namespaces here (unshare --user --mount)");
                 return;
         }
 

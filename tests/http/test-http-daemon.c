@@ -156,7 +156,7 @@ static void test_socket_activate(Fixture *f, gconstpointer user) {
         Child sa;
 
         if (!have("systemd-socket-activate")) {
-                g_test_skip("systemd-socket-activate is missing");
+                test_skip_missing("systemd-socket-activate is missing");
                 return;
         }
         write_config(f, "1s", NULL);
@@ -315,7 +315,7 @@ static void test_wget(Fixture *f, gconstpointer user) {
         g_autofree char *file = g_build_filename(test_bus_dir(f->bus), "wget.out", NULL);
 
         if (!have("wget")) {
-                g_test_skip("wget is missing");
+                test_skip_missing("wget is missing");
                 return;
         }
         start_running(f, &r, NULL);
@@ -340,7 +340,7 @@ static void test_qemu_img(Fixture *f, gconstpointer user) {
         Running r;
 
         if (!have("qemu-img")) {
-                g_test_skip("qemu-img is missing");
+                test_skip_missing("qemu-img is missing");
                 return;
         }
         /* A qcow2 image with data in it, placed in the cache before the daemon starts (adopted). */
@@ -355,7 +355,7 @@ static void test_qemu_img(Fixture *f, gconstpointer user) {
         int k = run(f, &http_info, &err, "qemu-img", "info", "--output=json", "-f", "qcow2", url, NULL);
         if (k != 0 && strstr(err, "Unknown protocol")) {
                 /* Debian ships qemu's curl driver apart, in qemu-block-extra. */
-                g_test_skip("qemu-img cannot read http:// here (qemu-block-extra missing)");
+                test_skip_missing("qemu-img cannot read http:// here (qemu-block-extra missing)");
                 stop_running(&r);
                 return;
         }

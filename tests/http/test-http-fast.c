@@ -445,7 +445,7 @@ static void test_range_ahead_qemu_img(Fixture *f, gconstpointer user) {
 
         g_autofree char *qemu_img = g_find_program_in_path("qemu-img");
         if (!qemu_img) {
-                g_test_skip("qemu-img is missing");
+                test_skip_missing("qemu-img is missing");
                 return;
         }
         g_assert_true(g_spawn_sync(NULL, (char *[]) { "qemu-img", "create", "-q", "-f", "vpc", "-o", "subformat=fixed",
@@ -464,7 +464,7 @@ static void test_range_ahead_qemu_img(Fixture *f, gconstpointer user) {
         g_assert_true(g_spawn_sync(NULL, (char *[]) { "qemu-img", "info", "--output=json", url, NULL }, NULL,
                                    G_SPAWN_SEARCH_PATH, NULL, NULL, &info, &err, &status, NULL));
         if (!g_spawn_check_wait_status(status, NULL) && strstr(err, "Unknown protocol")) {
-                g_test_skip("qemu-img cannot read http:// here (qemu-block-extra missing)");
+                test_skip_missing("qemu-img cannot read http:// here (qemu-block-extra missing)");
                 return;
         }
         if (!g_spawn_check_wait_status(status, NULL))

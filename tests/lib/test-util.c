@@ -14,6 +14,17 @@
 
 #include "test-util.h"
 
+gboolean test_require_all(void) {
+        return g_strcmp0(g_getenv("IMGCACHE_TESTS_REQUIRE_ALL"), "1") == 0;
+}
+
+void test_skip_missing(const char *reason) {
+        if (test_require_all())
+                g_test_fail_printf("%s (IMGCACHE_TESTS_REQUIRE_ALL=1: a failure, not a skip)", reason);
+        else
+                g_test_skip(reason);
+}
+
 char *test_tmpdir_new(void) {
         GError *error = NULL;
         char *path = g_dir_make_tmp("imgcache-test-XXXXXX", &error);
@@ -145,7 +156,7 @@ gboolean test_in_mount_namespace(const char *test_path, gboolean *ret_inside) {
         if (!g_spawn_sync(NULL, (char **) probe, NULL, G_SPAWN_SEARCH_PATH | G_SPAWN_STDOUT_TO_DEV_NULL |
                           G_SPAWN_STDERR_TO_DEV_NULL, NULL, NULL, NULL, NULL, &probe_status, NULL) ||
             !g_spawn_check_wait_status(probe_status, NULL)) {
-                g_test_skip("no unprivileged user+mount namespaces here");
+                test_skip_missing("no unprivileged user+mount namespaces here (unshare --user --mount)");
                 return FALSE;
         }
         g_autofree char *self = g_file_read_link("/proc/self/exe", NULL);

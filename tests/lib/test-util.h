@@ -21,6 +21,14 @@ char *test_read_file(const char *path, size_t *ret_size);
 /* Whether dir/name exists (without following a final symlink). */
 int test_file_exists(const char *dir, const char *name);
 
+/* Skips the running test for want of a tool or a privilege that tools/install-deps and CI provide
+ * (reason names it), or, with IMGCACHE_TESTS_REQUIRE_ALL=1 in the environment (.ci/run sets it), fails
+ * it: there nothing a test needs may be missing. Either way the caller returns next, as after
+ * g_test_skip(). A skip that is the design (a pass where the test cannot mean anything) stays a
+ * g_test_skip(). */
+void test_skip_missing(const char *reason);
+gboolean test_require_all(void);
+
 /* A TCP connection to 127.0.0.1:port from source (an address in 127.0.0.0/8, so that one test can be
  * several clients), or from the kernel's choice when source is NULL. */
 int test_connect_from(const char *source, uint16_t port);

@@ -97,8 +97,8 @@ http_landed() {
         ldd "$DAEMON" 2>/dev/null | grep -q libmicrohttpd && grep -aq sd_listen_fds "$DAEMON"
 }
 need_http() {
-        http_landed || skip "needs HTTP serving (issue 5): $DAEMON does not serve the socket systemd" \
-                "passes (no libmicrohttpd/sd_listen_fds in it)"
+        http_landed || fail "$DAEMON does not serve the socket systemd passes (no libmicrohttpd/sd_listen_fds" \
+                "in it)"
 }
 
 cache_images() { find "$CACHE" -maxdepth 1 -type f -regex '.*/[A-Za-z0-9][A-Za-z0-9._-]*' ! -name cache.db \
@@ -459,7 +459,7 @@ start_upstream() {
 check_http_miss() {
         need_http
         [ -n "$upstream_server" ] && [ -x "$upstream_server" ] ||
-                skip "no upstream-server test program (tests/fetch, issue 4) was passed to the guest"
+                fail "no upstream-server test program (tests/fetch) was passed to the guest"
         start_upstream img-miss
         stop_service
         local out
@@ -496,7 +496,7 @@ expect_field() {
 check_access_log() {
         need_http
         [ -n "$upstream_server" ] && [ -x "$upstream_server" ] ||
-                skip "no upstream-server test program (tests/fetch, issue 4) was passed to the guest"
+                fail "no upstream-server test program (tests/fetch) was passed to the guest"
         local since=$EPOCHREALTIME id=${IMAGES[2]} out hit miss health
         start_upstream img-log
         out=$(curl -sS --max-time 10 -w '%{http_code}' -o /tmp/got -H 'X-Auth-Token: SECRET-IN-HEADER' \
@@ -666,7 +666,7 @@ check_prefetch_service() {
         if ! systemctl start imgcache-prefetch.service; then
                 if journal_since "$since" -u imgcache-prefetch.service | grep -q 'not supported by this version'; then
                         systemctl reset-failed imgcache-prefetch.service
-                        skip "needs fetching (issue 4): $(journal_since "$since" -u imgcache-prefetch.service |
+                        fail "no fetching: $(journal_since "$since" -u imgcache-prefetch.service |
                                 grep -m1 'not supported by this version')"
                 fi
                 journal_since "$since" -u imgcache-prefetch.service | tail -n 5
