@@ -220,10 +220,6 @@ int keystone_authenticate(Keystone *k) {
         return 0;
 }
 
-bool keystone_busy(const Keystone *k) {
-        return k->request;
-}
-
 const char *keystone_token(const Keystone *k) {
         return k->token && now_usec(CLOCK_MONOTONIC) < k->refresh_at ? k->token : NULL;
 }

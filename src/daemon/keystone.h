@@ -81,7 +81,6 @@ int keystone_new(sd_event *event, CurlLoop *loop, const KeystoneOptions *o, cons
 Keystone *keystone_free(Keystone *k);
 /* Asks for a new token unless a request is out already. done follows, from the loop. */
 int keystone_authenticate(Keystone *k);
-bool keystone_busy(const Keystone *k);
 /* The token, while not past its refresh time; else NULL. */
 const char *keystone_token(const Keystone *k);
 const char *keystone_image_url(const Keystone *k); /* from the last catalog; NULL when none */

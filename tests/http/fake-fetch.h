@@ -7,11 +7,11 @@
 
 #include "fetch.h"
 
-/* A stand-in for fetch.c that implements fetch.h with no network: the test decides when a fill gets its
+/* A stand-in for the fetcher (fetcher.c, fill*.c) that implements fetch.h with no network: the test decides when a fill gets its
  * headers, which bytes land and how it ends. It lets the HTTP tests pin down the streaming rules
  * (suspension, the held-back last byte, aborts, joiners, slow readers) step by step, deterministically.
  * Listeners are called synchronously from the control functions below, which the test calls from its
- * event loop (never from inside MHD), as fetch.c calls them from the loop.
+ * event loop (never from inside MHD), as the fetcher (fetcher.c, fill*.c) calls them from the loop.
  *
  * fetcher_new(event, cache, config, &fe) works as the real one does; an upstream counts as configured
  * when config->upstream_url is set. */

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 
-/* Misses end to end in one process: the HTTP server and the real fetcher (fetch.c, libcurl multi) on the
+/* Misses end to end in one process: the HTTP server and the real fetcher (fetcher.c and fill*.c, libcurl multi) on the
  * test's sd-event loop, the upstream fixture (tests/lib/upstream-fixture.h) on 127.0.0.1 in its own
  * threads, real clients (libcurl easy) in threads. Stalls in the fixture, not sleeps, hold a transfer at
  * a known byte. */
