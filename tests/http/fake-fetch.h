@@ -7,8 +7,8 @@
 
 #include "fetch.h"
 
-/* A stand-in for the fetcher (fetcher.c, fill*.c) that implements fetch.h with no network: the test decides when a fill gets its
- * headers, which bytes land and how it ends. It lets the HTTP tests pin down the streaming rules
+/* A stand-in for the fetcher (fetcher.c, fill*.c) that implements fetch.h with no network: the test
+ * decides when a fill gets its headers, which bytes land and how it ends. It lets the HTTP tests pin down the streaming rules
  * (suspension, the held-back last byte, aborts, joiners, slow readers) step by step, deterministically.
  * Listeners are called synchronously from the control functions below, which the test calls from its
  * event loop (never from inside MHD), as the fetcher (fetcher.c, fill*.c) calls them from the loop.
