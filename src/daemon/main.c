@@ -1,4 +1,6 @@
 /* SPDX-License-Identifier: MIT */
+/* imgcached's entry point: the command line, the event loop and its signals, and the Manager's life. */
+
 #include <errno.h>
 #include <getopt.h>
 #include <signal.h>

@@ -1,4 +1,7 @@
 /* SPDX-License-Identifier: MIT */
+/* The Manager (manager.h): the cache, the bus connection, the fetcher, the HTTP server and the fleet it
+ * owns, their setup, reload and free, and the counters every front end reports. */
+
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>

@@ -1,6 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 #pragma once
 
+/* The Manager: the one object that owns the daemon's parts (the cache, the bus, the Fetcher, the HTTP
+ * server, the fleet) and the one way to change the cache, whatever front end asks (manager-ops.c). */
+
 #include <glib.h>
 #include <stdbool.h>
 #include <stdint.h>

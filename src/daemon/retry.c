@@ -1,4 +1,5 @@
 /* SPDX-License-Identifier: MIT */
+/* The backoff of retried fetches (retry.h): a pure function. */
 
 #include "retry.h"
 

@@ -1,6 +1,8 @@
 /* SPDX-License-Identifier: MIT */
-/* The router: the input is "METHOD\npath"; the match must be internally consistent (a 400 carries a
- * reason, a known route an Allow value, an id is a NUL-terminated prefix of the path). */
+/* The decoding of the request target and the router: the input is "METHOD\npath"; the decoded target
+ * is no longer and NUL-terminated, and flagged exactly when it holds a control byte; the match must be
+ * internally consistent (a 400 carries a reason, a known route an Allow value, an id is a NUL-terminated
+ * prefix of the path). */
 
 #include <assert.h>
 #include <string.h>
@@ -30,6 +32,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         assert(memchr(match.id, 0, sizeof(match.id)));
         if (match.status == 0 && match.id[0])
                 assert(image_id_is_valid(match.id) && strstr(path, match.id));
+
+        /* What the server does first (MHD's unescape callback), then routes what was decoded. */
+        size_t n0 = strlen(path);
+        bool bad;
+        size_t n = http_unescape(path, &bad);
+        assert(n <= n0 && path[n] == 0 && bad == memory_has_control(path, n));
+        if (!bad) {
+                http_route(m, path, &match);
+                assert(match.route >= 0 && match.route < _HTTP_ROUTE_MAX);
+        }
 
         http_route(m, NULL, &match);
         assert(match.route == HTTP_ROUTE_NONE && match.status == 404);

@@ -283,6 +283,29 @@ static void test_route_nodes(void) {
         g_assert_cmpint(m.route, ==, HTTP_ROUTE_CACHE_IMAGE);
 }
 
+static void assert_unescaped(const char *in, const char *out, size_t n, bool bad) {
+        g_autofree char *s = g_strdup(in);
+        bool b = !bad;
+
+        g_assert_cmpuint(http_unescape(s, &b), ==, n);
+        g_assert_cmpmem(s, n, out, n);
+        g_assert_cmpint(s[n], ==, 0);
+        g_assert_cmpint(b, ==, bad);
+}
+
+static void test_unescape(void) {
+        assert_unescaped("/images/abc", "/images/abc", 11, false);
+        assert_unescaped("/images/a%62c", "/images/abc", 11, false);
+        assert_unescaped("/images/a%2Fb%2f", "/images/a/b/", 12, false);
+        assert_unescaped("/a+b", "/a+b", 4, false);                  /* not a space in a path */
+        assert_unescaped("/a%zz%4", "/a%zz%4", 7, false);            /* not hex: kept, as MHD does */
+        assert_unescaped("%", "%", 1, false);
+        assert_unescaped("/images/a%00.bin", "/images/a\0.bin", 14, true);
+        assert_unescaped("/images/a%0d%0aX", "/images/a\r\nX", 12, true);
+        assert_unescaped("/x%7f", "/x\x7f", 3, true);
+        assert_unescaped("", "", 0, false);
+}
+
 int main(int argc, char *argv[]) {
         g_test_init(&argc, &argv, NULL);
 
@@ -296,6 +319,7 @@ int main(int argc, char *argv[]) {
         g_test_add_func("/http-util/token", test_token);
         g_test_add_func("/http-util/cache-control", test_cache_control);
         g_test_add_func("/http-util/route-nodes", test_route_nodes);
+        g_test_add_func("/http-util/unescape", test_unescape);
 
         return g_test_run();
 }

@@ -1,4 +1,6 @@
 /* SPDX-License-Identifier: MIT */
+/* What keeps one HTTP client from hurting the others (http-limits.h): header deadlines, per-address
+ * counts, ambiguous framing. */
 
 #include <arpa/inet.h>
 #include <assert.h>
@@ -150,13 +152,6 @@ const char *http_request_framing_problem(struct MHD_Connection *c) {
         if (f.content_length > 1)
                 return "more than one Content-Length";
         return NULL;
-}
-
-size_t http_unescape(char *s, bool *ret_bad) {
-        size_t n = MHD_http_unescape(s);
-
-        *ret_bad = memory_has_control(s, n);
-        return n;
 }
 
 /* ---- fills per client address ------------------------------------------------------------------------ */

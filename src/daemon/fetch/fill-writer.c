@@ -1,4 +1,6 @@
 /* SPDX-License-Identifier: MIT */
+/* A fill's two writer threads (fill-writer.h): the write stage puts each chunk into the file, the hash
+ * stage feeds it to the digest, and a chunk goes back to the pool once both are through with it. */
 
 #include <assert.h>
 #include <errno.h>

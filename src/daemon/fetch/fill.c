@@ -1,6 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 
-/* One fill as a state machine. The steps (FillStep, fill-internal.h) and what moves a fill between them:
+/* One fill as a state machine. One file on purpose, just over 1,000 lines: every step and every transition
+ * of the machine read together; what is not a transition lives beside it (fill-response.c judges responses,
+ * fill-notify.c delivers news, fill-curl.c is the transport, fill-writer.c writes). The steps (FillStep,
+ * fill-internal.h) and what moves a fill between them:
  *
  *   WAITING ──slot──→ REQUESTING ──Glance record──→ READING_RECORD ──end──→ REQUESTING (the image)
  *                        │ ↑ 3xx: REDIRECTED ──end──┘ (the next request, same phase)

@@ -1,4 +1,5 @@
 /* SPDX-License-Identifier: MIT */
+/* Small questions to the upstream about an image (upstream-query.h): its record or a HEAD, a range. */
 
 #include <errno.h>
 #include <inttypes.h>

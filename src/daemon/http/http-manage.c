@@ -1,4 +1,6 @@
 /* SPDX-License-Identifier: MIT */
+/* The management side of the HTTP server (http-manage.h): Glance's cache API, /versions and the holders
+ * reply, each dispatched to the Manager's operations; no libmicrohttpd here. */
 
 #include <assert.h>
 #include <ctype.h>

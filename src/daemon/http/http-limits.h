@@ -42,11 +42,6 @@ void header_deadline_stop(HeaderDeadlines *h, HeaderDeadline *d);
  * with Transfer-Encoding, or more than one Content-Length. Returns the reason, or NULL. */
 const char *http_request_framing_problem(struct MHD_Connection *c);
 
-/* Percent-decodes s in place as MHD does (for MHD_OPTION_UNESCAPE_CALLBACK) and returns the new length;
- * *ret_bad tells whether the result holds a NUL or another control byte: "/images/a%00.bin" would
- * otherwise reach the router as "/images/a". */
-size_t http_unescape(char *s, bool *ret_bad);
-
 /* ---- fills per client address ------------------------------------------------------------------------ */
 
 /* How many fills each client address started that are still running. Keys are the address bytes, so a

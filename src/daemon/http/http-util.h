@@ -111,3 +111,9 @@ bool http_cache_control_has(const char *value, const char *directive);
 /* The token offered by a request: X-Auth-Token's value, else the credentials of "Authorization: Bearer
  * …" (scheme case-insensitive). Returns a pointer into one of the values, or NULL when neither has one. */
 const char *http_request_token(const char *x_auth_token, const char *authorization);
+
+/* Percent-decodes s in place, leniently as libmicrohttpd does (a '%' not followed by two hex digits stays
+ * as it is; '+' is not a space), for MHD_OPTION_UNESCAPE_CALLBACK, and returns the new length. *ret_bad
+ * tells whether the result holds a NUL or another control byte: "/images/a%00.bin" would otherwise reach
+ * the router as "/images/a". */
+size_t http_unescape(char *s, bool *ret_bad);

@@ -1,4 +1,5 @@
 /* SPDX-License-Identifier: MIT */
+/* One blocking job on a thread of its own, completed on the event loop (worker.h). */
 
 #include <errno.h>
 #include <pthread.h>

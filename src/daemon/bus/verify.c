@@ -1,4 +1,6 @@
 /* SPDX-License-Identifier: MIT */
+/* Verify(id) (verify.h): the file opened on the loop, hashed by a worker, the verdict applied on the loop. */
+
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>

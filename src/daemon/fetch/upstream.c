@@ -1,4 +1,5 @@
 /* SPDX-License-Identifier: MIT */
+/* What the upstream is and says (upstream.h): image URLs per Kind=, and the Glance record parsed. */
 
 #include <errno.h>
 #include <jansson.h>

@@ -1,4 +1,6 @@
 /* SPDX-License-Identifier: MIT */
+/* Read authorization of HTTP clients (read-guard.h): static tokens, or the upstream asked with the
+ * client's own token, its verdicts cached per (token digest, image). */
 
 #include <errno.h>
 #include <glib.h>

@@ -1,4 +1,6 @@
 /* SPDX-License-Identifier: MIT */
+/* org.imgcache.Job objects (job.h): one per image fetched for a bus caller, their properties, signals
+ * and ends. */
 
 #include <errno.h>
 #include <inttypes.h>

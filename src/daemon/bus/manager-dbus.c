@@ -1,4 +1,7 @@
 /* SPDX-License-Identifier: MIT */
+/* The Manager on the bus: org.imgcache.Manager's properties, methods and signals, each method going
+ * through polkit and then the Manager's operations (manager-ops.c). */
+
 #include <arpa/inet.h>
 #include <errno.h>
 #include <inttypes.h>

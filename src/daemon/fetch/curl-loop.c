@@ -1,4 +1,5 @@
 /* SPDX-License-Identifier: MIT */
+/* The libcurl multi handle on sd-event (curl-loop.h): sockets, the timer, completions. */
 
 #include <errno.h>
 #include <glib.h>

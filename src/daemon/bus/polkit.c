@@ -1,4 +1,6 @@
 /* SPDX-License-Identifier: MIT */
+/* Asynchronous polkit checks for bus calls (polkit.h). */
+
 #include <errno.h>
 #include <glib.h>
 #include <stdlib.h>

@@ -1,4 +1,6 @@
 /* SPDX-License-Identifier: MIT */
+/* The pure helpers of the HTTP server (http-util.h): routes, Range, conditionals, dates, tokens, the
+ * decoding of the request target. */
 
 #include <assert.h>
 #include <curl/curl.h>
@@ -401,4 +403,31 @@ bool http_cache_control_has(const char *value, const char *directive) {
                         p++;
         }
         return false;
+}
+
+static int hex_value(char c) {
+        if (c >= '0' && c <= '9')
+                return c - '0';
+        if (c >= 'a' && c <= 'f')
+                return c - 'a' + 10;
+        if (c >= 'A' && c <= 'F')
+                return c - 'A' + 10;
+        return -1;
+}
+
+size_t http_unescape(char *s, bool *ret_bad) {
+        size_t r = 0, w = 0;
+
+        while (s[r]) {
+                int hi, lo;
+
+                if (s[r] == '%' && (hi = hex_value(s[r + 1])) >= 0 && (lo = hex_value(s[r + 2])) >= 0) {
+                        s[w++] = (char) (hi << 4 | lo);
+                        r += 3;
+                } else
+                        s[w++] = s[r++];
+        }
+        s[w] = 0;
+        *ret_bad = memory_has_control(s, w);
+        return w;
 }

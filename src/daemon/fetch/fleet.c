@@ -1,4 +1,6 @@
 /* SPDX-License-Identifier: MIT */
+/* The fleet tier (fleet.h): the nodes of [Fleet] Peers= and their ranking per image, the peer secret,
+ * the asker's loop guard and the holders query. */
 
 #include <arpa/inet.h>
 #include <assert.h>

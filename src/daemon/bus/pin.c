@@ -1,4 +1,6 @@
 /* SPDX-License-Identifier: MIT */
+/* Pins (pin.h): who holds one, their bus objects, and the images they keep from being removed. */
+
 #include <errno.h>
 #include <fcntl.h>
 #include <stdlib.h>
