@@ -426,6 +426,49 @@ static void test_max_connections(void) {
         test_server_stop(&t);
 }
 
+static void send_all(int fd, const char *s);
+
+static void full_table_setup(Config *c, void *userdata) {
+        c->max_connections = 8;
+        c->max_connections_per_ip = 0;
+}
+
+/* The table fills up, one more client waits, then every connection closes at once (an attacker that
+ * dies): the closes land in one run of MHD, which drops below its limit only in its cleanup at the end
+ * of that run and puts the listening socket back into its epoll set only at the start of the next one.
+ * Nothing else may be there to cause that next run: the server must cause it, or never accept again. */
+static void test_listener_comes_back(void) {
+        TestServer t;
+        int fds[8];
+
+        test_server_start(&t, full_table_setup, NULL, 0);
+        uint16_t port = http_server_port(t.server);
+        for (size_t i = 0; i < ELEMENTSOF(fds); i++) {
+                fds[i] = test_connect_from(i % 2 ? "127.0.0.2" : "127.0.0.3", port);
+                /* A body announced and never sent: the connection is held. */
+                send_all(fds[i], "GET /images/x HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\n");
+        }
+        void *full[] = { t.server, GUINT_TO_POINTER(ELEMENTSOF(fds)) };
+        test_run_until(&t, connections_are, full);
+
+        int turned_away = test_connect_from("127.0.0.4", port);
+        test_run_pending(&t);
+        g_assert_cmpuint(http_server_n_connections(t.server), ==, ELEMENTSOF(fds));
+
+        close(turned_away);
+        for (size_t i = 0; i < ELEMENTSOF(fds); i++)
+                close(fds[i]);
+        void *zero[] = { t.server, GUINT_TO_POINTER(0) };
+        test_run_until(&t, connections_are, zero);
+        test_run_pending(&t);
+
+        TestClient *c = test_request(&t, "GET", "/healthcheck", NULL);
+        g_assert_cmpint(c->result, ==, CURLE_OK);
+        g_assert_cmpint(c->status, ==, 200);
+        test_client_free(c);
+        test_server_stop(&t);
+}
+
 static void test_connection_timeout(void) {
         TestServer t;
 
@@ -1415,6 +1458,7 @@ int main(int argc, char *argv[]) {
         ADD("/http/healthcheck-metrics", test_healthcheck_metrics);
         g_test_add_func("/http/limits/max-connections", test_max_connections);
         g_test_add_func("/http/limits/connection-timeout", test_connection_timeout);
+        g_test_add_func("/http/limits/listener-comes-back", test_listener_comes_back);
         g_test_add_func("/http/limits/connections-per-ip", test_connections_per_ip);
         g_test_add_func("/http/limits/header-timeout", test_header_timeout);
         g_test_add_func("/http/limits/strict-requests", test_strict_requests);

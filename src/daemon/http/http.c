@@ -560,6 +560,11 @@ static void http_on_connection(void *cls, struct MHD_Connection *c, void **socke
                 *socket_context = NULL;
                 assert(s->counters.connections > 0);
                 s->counters.connections--;
+                /* MHD tells of a close from the cleanup at the end of its run. At MaxConnections= it took
+                 * the listening socket out of its epoll set, and puts it back only at the start of its
+                 * next run: when every connection closed in one turn, nothing else would cause that run,
+                 * and the server would never accept again. */
+                http_server_schedule_run(s);
         }
 }
 
