@@ -445,8 +445,8 @@ static void test_listener_comes_back(void) {
         uint16_t port = http_server_port(t.server);
         for (size_t i = 0; i < ELEMENTSOF(fds); i++) {
                 fds[i] = test_connect_from(i % 2 ? "127.0.0.2" : "127.0.0.3", port);
-                /* A body announced and never sent: the connection is held. */
-                send_all(fds[i], "GET /images/x HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\n");
+                /* Headers never finished: the connection is held (until HeaderTimeoutSec=). */
+                send_all(fds[i], "GET /images/x HTTP/1.1\r\nHost: a\r\n");
         }
         void *full[] = { t.server, GUINT_TO_POINTER(ELEMENTSOF(fds)) };
         test_run_until(&t, connections_are, full);
@@ -1441,6 +1441,60 @@ static void test_miss_fills_per_ip(void) {
         test_server_stop(&t);
 }
 
+typedef struct Reply {
+        int fd;
+        GString *text;
+        bool closed;
+} Reply;
+
+/* Everything the server sent on fd, once it closed the connection (the loop runs in between). */
+static bool reply_closed(void *userdata) {
+        Reply *r = userdata;
+        char buf[4096];
+        ssize_t k;
+
+        while ((k = recv(r->fd, buf, sizeof(buf), MSG_DONTWAIT)) > 0)
+                g_string_append_len(r->text, buf, k);
+        if (k == 0 || (k < 0 && errno != EAGAIN && errno != EWOULDBLOCK))
+                r->closed = true;
+        return r->closed;
+}
+
+/* Sends request (headers only, never the body they announce) from its own connection and returns what
+ * came back before the server closed it. */
+static char *reply_to_headers(TestServer *t, const char *request) {
+        Reply r = { test_connect_from(NULL, http_server_port(t->server)), g_string_new(NULL) };
+
+        send_all(r.fd, request);
+        test_run_until(t, reply_closed, &r);
+        close(r.fd);
+        return g_string_free(r.text, false);
+}
+
+static void test_body_refused_at_headers(ManageFixture *f, gconstpointer user) {
+        /* A body nobody takes is refused from the headers: the server does not wait for a byte of it
+         * (the test would time out) and closes the connection. */
+        g_autofree char *a = reply_to_headers(&f->t, "GET /images/x HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\n");
+        g_assert_true(g_str_has_prefix(a, "HTTP/1.1 400 "));
+        g_assert_nonnull(strstr(a, "takes no body"));
+        g_autofree char *b = reply_to_headers(&f->t, "HEAD /images/x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n");
+        g_assert_true(g_str_has_prefix(b, "HTTP/1.1 400 "));
+        /* An upload without credentials gets its 401 at once; with them, the route still takes none. */
+        g_autofree char *c = reply_to_headers(&f->t, "PUT /v2/cache/x HTTP/1.1\r\nHost: a\r\nContent-Length: 1000000\r\n\r\n");
+        g_assert_true(g_str_has_prefix(c, "HTTP/1.1 401 "));
+        g_autofree char *d = reply_to_headers(&f->t, "PUT /v2/cache/x HTTP/1.1\r\nHost: a\r\nX-Auth-Token: s3cret\r\n"
+                                                     "Transfer-Encoding: chunked\r\n\r\n");
+        g_assert_true(g_str_has_prefix(d, "HTTP/1.1 400 "));
+        g_assert_false(image_cache_is_queued(f->t.cache, "x"));
+        /* Content-Length: 0 is no body: served, and kept alive. */
+        TestClient *ok = test_client_new_raw(&f->t, "GET /healthcheck HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n"
+                                                    "Connection: close\r\n\r\n");
+        test_client_start(ok);
+        test_run_until_done(&f->t, &ok, 1);
+        g_assert_cmpint(ok->status, ==, 200);
+        test_client_free(ok);
+}
+
 int main(int argc, char *argv[]) {
         g_test_init(&argc, &argv, NULL);
         log_setup(program_invocation_short_name);
@@ -1459,6 +1513,8 @@ int main(int argc, char *argv[]) {
         g_test_add_func("/http/limits/max-connections", test_max_connections);
         g_test_add_func("/http/limits/connection-timeout", test_connection_timeout);
         g_test_add_func("/http/limits/listener-comes-back", test_listener_comes_back);
+        g_test_add("/http/limits/body-refused-at-headers", ManageFixture, NULL, manage_setup,
+                   test_body_refused_at_headers, manage_teardown);
         g_test_add_func("/http/limits/connections-per-ip", test_connections_per_ip);
         g_test_add_func("/http/limits/header-timeout", test_header_timeout);
         g_test_add_func("/http/limits/strict-requests", test_strict_requests);

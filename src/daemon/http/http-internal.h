@@ -102,6 +102,8 @@ struct Request {
         bool bad_target;       /* the decoded target held a control byte */
         bool from_peer;        /* a node of the fleet asks (fleet.h): the peer secret was checked */
         bool range_asked;      /* the origin was asked for a range once: never again for this request */
+        bool body_announced;   /* a Content-Length other than 0, or a Transfer-Encoding */
+        const char *framing_problem; /* http_request_framing(): why the framing is ambiguous, or NULL */
 
         RequestWait wait;      /* REQUEST_WAIT_NONE, or until re-entered at it */
         RequestPending pending;

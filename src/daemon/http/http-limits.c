@@ -130,23 +130,28 @@ void header_deadline_stop(HeaderDeadlines *h, HeaderDeadline *d) {
 typedef struct FramingHeaders {
         unsigned content_length;
         unsigned transfer_encoding;
+        bool body;
 } FramingHeaders;
 
 static enum MHD_Result count_framing_header(void *cls, enum MHD_ValueKind kind, const char *key,
                                             const char *value) {
         FramingHeaders *f = cls;
 
-        if (strcasecmp(key, MHD_HTTP_HEADER_CONTENT_LENGTH) == 0)
+        if (strcasecmp(key, MHD_HTTP_HEADER_CONTENT_LENGTH) == 0) {
                 f->content_length++;
-        else if (strcasecmp(key, MHD_HTTP_HEADER_TRANSFER_ENCODING) == 0)
+                f->body = f->body || !streq_ptr(value, "0");
+        } else if (strcasecmp(key, MHD_HTTP_HEADER_TRANSFER_ENCODING) == 0) {
                 f->transfer_encoding++;
+                f->body = true;
+        }
         return MHD_YES;
 }
 
-const char *http_request_framing_problem(struct MHD_Connection *c) {
+const char *http_request_framing(struct MHD_Connection *c, bool *ret_body) {
         FramingHeaders f = {};
 
         (void) MHD_get_connection_values(c, MHD_HEADER_KIND, count_framing_header, &f);
+        *ret_body = f.body;
         if (f.content_length > 0 && f.transfer_encoding > 0)
                 return "both Content-Length and Transfer-Encoding";
         if (f.content_length > 1)

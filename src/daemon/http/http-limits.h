@@ -39,8 +39,9 @@ void header_deadline_stop(HeaderDeadlines *h, HeaderDeadline *d);
 /* ---- ambiguous requests ----------------------------------------------------------------------------- */
 
 /* A request whose framing two parsers could read differently (request smuggling): Content-Length together
- * with Transfer-Encoding, or more than one Content-Length. Returns the reason, or NULL. */
-const char *http_request_framing_problem(struct MHD_Connection *c);
+ * with Transfer-Encoding, or more than one Content-Length. Returns the reason, or NULL. *ret_body tells
+ * whether the request announces a body (a Content-Length other than 0, or a Transfer-Encoding). */
+const char *http_request_framing(struct MHD_Connection *c, bool *ret_body);
 
 /* ---- fills per client address ------------------------------------------------------------------------ */
 

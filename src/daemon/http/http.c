@@ -365,14 +365,11 @@ static enum MHD_Result request_begin(HttpServer *s, Request *req, struct MHD_Con
                                      const char *method, const char *version) {
         const HttpRouteMatch *m = &req->match;
 
-        const char *problem;
-
         if (req->bad_target)
                 return http_respond_400_close(c, "Control characters in the request target\n");
-        problem = http_request_framing_problem(c);
-        if (problem) {
+        if (req->framing_problem) {
                 char text[128];
-                (void) snprintf(text, sizeof(text), "Ambiguous request: %s\n", problem);
+                (void) snprintf(text, sizeof(text), "Ambiguous request: %s\n", req->framing_problem);
                 return http_respond_400_close(c, text);
         }
 
@@ -395,6 +392,9 @@ static enum MHD_Result request_begin(HttpServer *s, Request *req, struct MHD_Con
                 return http_respond_405(c, m->allow);
         if (m->status == MHD_HTTP_BAD_REQUEST)
                 return http_respond_printf(c, MHD_HTTP_BAD_REQUEST, "Invalid image id: %s\n", m->id_reason);
+        /* No route takes a body: one announced is refused before a byte of it is read. */
+        if (req->body_announced)
+                return http_respond_400_close(c, "This request takes no body\n");
 
         switch (m->route) {
         case HTTP_ROUTE_IMAGE:
@@ -469,9 +469,16 @@ static enum MHD_Result http_on_request(void *cls, struct MHD_Connection *c, cons
                 };
                 hc->bad_target = false;
                 *req_cls = req;
-                /* Answer on the next call, once the request is read completely: MHD 0.9.75 treats a
-                 * response queued on this first call as "early" and closes the connection after it,
-                 * which would cost every client its keep-alive. */
+                req->framing_problem = http_request_framing(c, &req->body_announced);
+                /* A request that announces a body is routed and authorized now, from its headers, before
+                 * a byte of the body is read: a client must not hold a connection by trickling a body
+                 * nobody will take. MHD 0.9.75 closes the connection after a response queued on this
+                 * first call ("early"), which is right for such a request. Any other is answered on
+                 * the next call, once read completely, so that it keeps its keep-alive. */
+                if (req->body_announced || req->framing_problem) {
+                        req->begun = true;
+                        return request_begin(s, req, c, url, method, version);
+                }
                 return MHD_YES;
         }
 
