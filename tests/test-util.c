@@ -54,7 +54,7 @@ static void test_ttl_cache(void) {
         usec_t now = now_usec(CLOCK_MONOTONIC);
         int v = 0;
 
-        g_assert_cmpint(ttl_cache_new(3, &c), ==, 0);
+        g_assert_cmpint(ttl_cache_new(3, 0, &c), ==, 0);
         ttl_cache_put(c, "a", 1, (3600 * USEC_PER_SEC));
         ttl_cache_put(c, "b", 2, 1);              /* expires at once */
         g_assert_true(ttl_cache_get(c, "a", now, &v));
@@ -76,6 +76,37 @@ static void test_ttl_cache(void) {
         /* ttl 0 drops. */
         ttl_cache_put(c, "k99", 5, 0);
         g_assert_false(ttl_cache_get(c, "k99", now_usec(CLOCK_MONOTONIC), NULL));
+        ttl_cache_free(c);
+}
+
+static void test_ttl_cache_owners(void) {
+        TtlCache *c = NULL;
+        usec_t hour = 3600 * USEC_PER_SEC;
+
+        /* Room for 8, at most 2 each: one owner's flood replaces only its own entries. */
+        g_assert_cmpint(ttl_cache_new(8, 2, &c), ==, 0);
+        ttl_cache_put_owned(c, "alice-1", 1, hour, "alice");
+        ttl_cache_put_owned(c, "bob-1", 1, hour, "bob");
+        ttl_cache_put(c, "nobody", 1, hour);
+        for (int i = 0; i < 1000; i++) {
+                char key[16];
+                snprintf(key, sizeof(key), "mallory-%d", i);
+                ttl_cache_put_owned(c, key, 1, hour, "mallory");
+                g_assert_cmpuint(ttl_cache_size(c), <=, 5);
+        }
+        g_assert_true(ttl_cache_get(c, "alice-1", now_usec(CLOCK_MONOTONIC), NULL));
+        g_assert_true(ttl_cache_get(c, "bob-1", now_usec(CLOCK_MONOTONIC), NULL));
+        g_assert_true(ttl_cache_get(c, "nobody", now_usec(CLOCK_MONOTONIC), NULL));
+        g_assert_true(ttl_cache_get(c, "mallory-999", now_usec(CLOCK_MONOTONIC), NULL));
+        g_assert_true(ttl_cache_get(c, "mallory-998", now_usec(CLOCK_MONOTONIC), NULL));
+        g_assert_false(ttl_cache_get(c, "mallory-997", now_usec(CLOCK_MONOTONIC), NULL));
+        /* Replacing a key keeps the count right; dropping gives the quota back. */
+        ttl_cache_put_owned(c, "alice-1", 2, hour, "alice");
+        ttl_cache_put_owned(c, "alice-2", 2, hour, "alice");
+        ttl_cache_remove(c, "alice-1");
+        ttl_cache_put_owned(c, "alice-3", 3, hour, "alice");
+        g_assert_true(ttl_cache_get(c, "alice-2", now_usec(CLOCK_MONOTONIC), NULL));
+        g_assert_true(ttl_cache_get(c, "alice-3", now_usec(CLOCK_MONOTONIC), NULL));
         ttl_cache_free(c);
 }
 
@@ -128,6 +159,7 @@ int main(int argc, char *argv[]) {
         g_test_add_func("/util/buf-append", test_buf_append);
         g_test_add_func("/util/url-redact-userinfo", test_url_redact_userinfo);
         g_test_add_func("/util/ttl-cache", test_ttl_cache);
+        g_test_add_func("/util/ttl-cache-owners", test_ttl_cache_owners);
         g_test_add_func("/util/read-token-file", test_read_token_file);
         return g_test_run();
 }

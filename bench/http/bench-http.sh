@@ -212,7 +212,8 @@ if [ -x "$upstream_server" ]; then
         "$upstream_server" --dir="$work/glance" --glance --token=bench-token --port="$gl_port" & pids+=($!)
         printf 'bench-token' > "$work/glance-token"
         for ttl in 60 0; do
-                printf '[Upstream]\nKind=glance\nURL=http://127.0.0.1:%s\nTokenFile=%s\n[Daemon]\nExitOnIdleSec=infinity\n[HTTP]\nMaxConnectionsPerIP=0\nReadAccessAllowCacheSec=%s\n' \
+                # UpstreamRequestsPerIP=0: the row measures what asking costs, not the bound on it.
+                printf '[Upstream]\nKind=glance\nURL=http://127.0.0.1:%s\nTokenFile=%s\n[Daemon]\nExitOnIdleSec=infinity\n[HTTP]\nMaxConnectionsPerIP=0\nUpstreamRequestsPerIP=0\nReadAccessAllowCacheSec=%s\n' \
                         "$gl_port" "$work/glance-token" "$ttl" > "$work/ra$ttl.conf"
         done
         ra_port=$(free_port); ra0_port=$(free_port)

@@ -275,6 +275,14 @@ static int config_parse_fills_per_ip(const char *value, void *field, const char 
         return config_parse_unsigned(value, 1, 64, "number out of range (1-64)", field, ret_reason);
 }
 
+static int config_parse_upstream_rate(const char *value, void *field, const char **ret_reason) {
+        return config_parse_unsigned(value, 0, 100000, "number out of range (0-100000)", field, ret_reason);
+}
+
+static int config_parse_upstream_burst(const char *value, void *field, const char **ret_reason) {
+        return config_parse_unsigned(value, 1, 1000000, "number out of range (1-1000000)", field, ret_reason);
+}
+
 static int config_parse_replicas(const char *value, void *field, const char **ret_reason) {
         return config_parse_unsigned(value, 1, 16, "number out of range (1-16)", field, ret_reason);
 }
@@ -507,6 +515,8 @@ static const ConfigKey config_keys[] = {
         KEY("HTTP",     "MaxConnectionsPerIP", config_parse_connections_per_ip, max_connections_per_ip, "32"),
         KEY("HTTP",     "HeaderTimeoutSec",    config_parse_sec,         header_timeout,        "10s"),
         KEY("HTTP",     "MaxFetchesPerIP",     config_parse_fills_per_ip, max_fills_per_ip,     "4"),
+        KEY("HTTP",     "UpstreamRequestsPerIP", config_parse_upstream_rate, upstream_requests_per_ip, "20"),
+        KEY("HTTP",     "UpstreamBurstPerIP",  config_parse_upstream_burst, upstream_burst_per_ip, "200"),
         KEY("HTTP",     "ReadAccess",          config_parse_read_access, read_access,           "auto"),
         KEY("HTTP",     "ReadTokenFile",       config_parse_path,        read_token_file,       NULL),
         KEY("HTTP",     "AcknowledgeOpenReadAccess", config_parse_bool,  acknowledge_open_read_access, "no"),

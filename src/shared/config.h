@@ -96,6 +96,9 @@ typedef struct Config {
         unsigned max_connections_per_ip; /* default 32; 0: no limit */
         usec_t header_timeout;         /* default 10s: a request's headers must be complete this soon */
         unsigned max_fills_per_ip;     /* default 4: fills one client address may have started and running */
+        unsigned upstream_requests_per_ip; /* default 20: upstream requests a second one client address may
+                                        * cause (probes, misses, read checks), sustained; 0: no limit */
+        unsigned upstream_burst_per_ip; /* default 200: the same, at once after a quiet while */
         ReadAccess read_access;        /* default auto */
         char *read_token_file;         /* ReadAccess=token */
         bool acknowledge_open_read_access; /* default no: ReadAccess=open on a non-loopback listener */

@@ -576,6 +576,102 @@ static void test_error_names_no_upstream(Fixture *f, gconstpointer user) {
         test_client_free(c);
 }
 
+/* ---- what one client address may cost the upstream ------------------------------------------------ */
+
+static void budget_setup_config(Config *c, void *userdata) {
+        setup_config(c, userdata);
+        c->upstream_requests_per_ip = 1;
+        c->upstream_burst_per_ip = 5;
+}
+
+static void budget_fixture_setup(Fixture *f, gconstpointer user) {
+        g_assert_cmpint(upstream_fixture_new(0, &f->fx), ==, 0);
+        f->data = test_random_data(SIZE, 3);
+        test_server_start(&f->t, budget_setup_config, f, 0);
+}
+
+/* One request from source, on a connection of its own, run to completion. */
+static TestClient *request_from(Fixture *f, const char *source, const char *method, const char *path,
+                                const char *header) {
+        g_autofree char *raw = g_strdup_printf("%s %s HTTP/1.1\r\nHost: x\r\n%s%sConnection: close\r\n\r\n", method,
+                                               path, header ?: "", header ? "\r\n" : "");
+        TestClient *c = test_client_new_raw(&f->t, raw);
+        c->raw_bind = source;
+        test_client_start(c);
+        test_run_until_done(&f->t, &c, 1);
+        return c;
+}
+
+static void test_upstream_budget(Fixture *f, gconstpointer user) {
+        /* Random ids from one address, HEADs (probes) and GETs (fills) alike: past the burst the client
+         * gets 429 with Retry-After and the upstream hears nothing of it. */
+        usec_t start = now_usec(CLOCK_MONOTONIC);
+        unsigned refused = 0, asked = 0;
+
+        for (unsigned i = 0; i < 30; i++) {
+                g_autofree char *path = g_strdup_printf("/images/random-%u", i);
+                TestClient *c = request_from(f, "127.0.0.2", i % 2 ? "HEAD" : "GET", path, NULL);
+                if (c->status == 429) {
+                        g_autofree char *retry = test_client_header(c, "Retry-After");
+                        g_assert_nonnull(retry);
+                        g_assert_cmpint(atoi(retry), >=, 1);
+                        refused++;
+                } else
+                        g_assert_cmpint(c->status, ==, 404);
+                test_client_free(c);
+                asked += upstream_fixture_requests(f->fx, path);
+        }
+        double elapsed = (double) (now_usec(CLOCK_MONOTONIC) - start) / USEC_PER_SEC;
+        g_test_message("%u of 30 asked of the upstream, %u refused, in %.2f s", asked, refused, elapsed);
+        /* The burst, and one a second since. */
+        g_assert_cmpuint(asked, <=, 5 + (unsigned) elapsed + 1);
+        g_assert_cmpuint(asked + refused, ==, 30);
+        g_assert_cmpuint(http_server_counters(f->t.server)->refused[HTTP_REFUSED_UPSTREAM_BUDGET], ==, refused);
+
+        /* Another address has a budget of its own; an answer remembered costs nothing. */
+        TestClient *c = request_from(f, "127.0.0.3", "HEAD", "/images/other", NULL);
+        g_assert_cmpint(c->status, ==, 404);
+        test_client_free(c);
+        g_assert_cmpuint(upstream_fixture_requests(f->fx, "/images/other"), ==, 1);
+        c = request_from(f, "127.0.0.2", "GET", "/images/random-0", NULL);
+        g_assert_cmpint(c->status, ==, 404);
+        test_client_free(c);
+        g_assert_cmpuint(upstream_fixture_requests(f->fx, "/images/random-0"), ==, 1);
+}
+
+static void flood_setup_config(Config *c, void *userdata) {
+        setup_config(c, userdata);
+        c->upstream_requests_per_ip = 0;  /* no bound: the flood below is the quota's to stop */
+}
+
+static void flood_fixture_setup(Fixture *f, gconstpointer user) {
+        g_assert_cmpint(upstream_fixture_new(0, &f->fx), ==, 0);
+        f->data = test_random_data(SIZE, 3);
+        test_server_start(&f->t, flood_setup_config, f, 0);
+}
+
+static void test_not_found_not_flushed(Fixture *f, gconstpointer user) {
+        /* One address learns that "gone" is not there; another asks for more unknown ids than its share
+         * of the not-found cache. "gone" is still believed: the upstream is not asked for it again. */
+        TestClient *c = request_from(f, "127.0.0.3", "GET", "/images/gone", NULL);
+        g_assert_cmpint(c->status, ==, 404);
+        test_client_free(c);
+        for (unsigned i = 0; i < HTTP_NOT_FOUND_CACHE_MAX / 16 + 50; i++) {
+                g_autofree char *path = g_strdup_printf("/images/flood-%u", i);
+                c = request_from(f, "127.0.0.2", "HEAD", path, NULL);
+                g_assert_cmpint(c->status, ==, 404);
+                test_client_free(c);
+        }
+        c = request_from(f, "127.0.0.4", "GET", "/images/gone", NULL);
+        g_assert_cmpint(c->status, ==, 404);
+        test_client_free(c);
+        g_assert_cmpuint(upstream_fixture_requests(f->fx, "/images/gone"), ==, 1);
+        /* The flooder's own oldest answers made room for its newest. */
+        c = request_from(f, "127.0.0.2", "HEAD", "/images/flood-0", NULL);
+        test_client_free(c);
+        g_assert_cmpuint(upstream_fixture_requests(f->fx, "/images/flood-0"), ==, 2);
+}
+
 /* ---- read authorization ---------------------------------------------------------------------------- */
 
 /* A Glance upstream that knows three users: alice owns "private" and shares it with carol; bob is another
@@ -586,6 +682,7 @@ typedef struct ReadCase {
         ReadAccess mode;
         usec_t allow_ttl;        /* 0: the default */
         const char *read_tokens; /* ReadTokenFile= contents */
+        unsigned upstream_burst; /* >0: UpstreamBurstPerIP= this, UpstreamRequestsPerIP=1 */
 } ReadCase;
 
 static void read_setup_config(Config *c, void *userdata) {
@@ -601,6 +698,10 @@ static void read_setup_config(Config *c, void *userdata) {
                 c->read_access_allow_cache = c->read_access_deny_cache = rc->allow_ttl;
         if (rc->read_tokens)
                 c->read_token_file = g_build_filename(f->tmp, "read-tokens", NULL);
+        if (rc->upstream_burst) {
+                c->upstream_requests_per_ip = 1;
+                c->upstream_burst_per_ip = rc->upstream_burst;
+        }
 }
 
 static void read_fixture_setup(Fixture *f, gconstpointer user) {
@@ -684,6 +785,31 @@ static void test_read_upstream(Fixture *f, gconstpointer user) {
         g_assert_cmpuint(upstream_fixture_requests(f->fx, "/v2/images/private/file"), ==, 1);
 }
 
+static void test_read_budget(Fixture *f, gconstpointer user) {
+        /* Every random token would cost the image service one request: from one address, past the burst,
+         * the client gets 429 and the service hears nothing. A token already asked about costs nothing. */
+        usec_t start = now_usec(CLOCK_MONOTONIC);
+        unsigned asked = 0, refused = 0;
+
+        for (unsigned i = 0; i < 30; i++) {
+                g_autofree char *token = g_strdup_printf("random-%u", i);
+                g_autofree char *header = g_strdup_printf("X-Auth-Token: %s", token);
+                TestClient *c = request_from(f, "127.0.0.2", "GET", "/images/public", header);
+                g_assert_cmpint(c->status, ==, c->status == 429 ? 429 : 401);
+                refused += c->status == 429;
+                test_client_free(c);
+                asked += upstream_fixture_token_requests(f->fx, token);
+        }
+        double elapsed = (double) (now_usec(CLOCK_MONOTONIC) - start) / USEC_PER_SEC;
+        g_assert_cmpuint(asked, <=, 5 + (unsigned) elapsed + 1);
+        g_assert_cmpuint(asked + refused, ==, 30);
+
+        /* The owner, from another address, is served. */
+        TestClient *c = request_from(f, "127.0.0.3", "GET", "/images/public", "X-Auth-Token: alice");
+        g_assert_cmpint(c->status, ==, 200);
+        test_client_free(c);
+}
+
 static void test_read_upstream_ttl(Fixture *f, gconstpointer user) {
         /* Verdicts believed for 1 µs: every request asks again, so a revoked token is refused at once. */
         assert_status(get_with(f, "/images/public", "X-Auth-Token: alice"), 200);
@@ -763,6 +889,7 @@ static void test_read_reload(Fixture *f, gconstpointer user) {
 
 static const ReadCase read_upstream = { .mode = READ_ACCESS_AUTO };  /* Kind=glance: upstream */
 static const ReadCase read_upstream_ttl = { .mode = READ_ACCESS_UPSTREAM, .allow_ttl = 1 };
+static const ReadCase read_budget = { .mode = READ_ACCESS_UPSTREAM, .upstream_burst = 5 };
 static const ReadCase read_token = { .mode = READ_ACCESS_TOKEN, .read_tokens = "# readers\nread-one\nread-two\n" };
 
 int main(int argc, char *argv[]) {
@@ -783,6 +910,10 @@ int main(int argc, char *argv[]) {
         ADD("/http-upstream/head-miss", test_head_miss, 0);
         ADD("/http-upstream/unknown-id-asked-once", test_unknown_id_asked_once, 0);
         ADD("/http-upstream/miss-lets-go", test_miss_lets_go, 0);
+        g_test_add("/http-upstream/limits/upstream-budget", Fixture, NULL, budget_fixture_setup, test_upstream_budget,
+                   fixture_teardown);
+        g_test_add("/http-upstream/limits/not-found-not-flushed", Fixture, NULL, flood_fixture_setup,
+                   test_not_found_not_flushed, fixture_teardown);
 
 #define ADD_END(name, fn, c) g_test_add(name, Fixture, c, end_fixture_setup, fn, fixture_teardown)
         ADD_END("/http-upstream/end/reset", test_miss_end, &end_reset);
@@ -800,6 +931,7 @@ int main(int argc, char *argv[]) {
         ADD_READ("/http-upstream/read/upstream", test_read_upstream, &read_upstream);
         ADD_READ("/http-upstream/read/upstream-ttl", test_read_upstream_ttl, &read_upstream_ttl);
         ADD_READ("/http-upstream/read/token", test_read_token, &read_token);
+        ADD_READ("/http-upstream/read/budget", test_read_budget, &read_budget);
         ADD_READ("/http-upstream/read/reload", test_read_reload, &read_upstream);
         g_test_add_func("/http-upstream/read/open-needs-loopback", test_read_open_needs_loopback);
 

@@ -103,6 +103,8 @@ struct Request {
         bool from_peer;        /* a node of the fleet asks (fleet.h): the peer secret was checked */
         bool range_asked;      /* the origin was asked for a range once: never again for this request */
         bool body_announced;   /* a Content-Length other than 0, or a Transfer-Encoding */
+        char client[PEER_KEY_MAX]; /* http_request_client(): the client's address, once asked for */
+        unsigned retry_after;  /* a refusal's Retry-After, in seconds */
         const char *framing_problem; /* http_request_framing(): why the framing is ambiguous, or NULL */
 
         RequestWait wait;      /* REQUEST_WAIT_NONE, or until re-entered at it */
@@ -169,6 +171,9 @@ struct HttpServer {
         Request *waiting;        /* requests suspended for an answer of the upstream */
         Fleet *fleet;            /* borrowed; NULL: no [Fleet] */
         unsigned n_range_queries; /* ranges far ahead of fills being asked of the origin now */
+        UpstreamBudget *upstream_budget; /* what each client address may make us ask the upstream */
+        usec_t refusal_logged_at[_HTTP_REFUSED_MAX]; /* CLOCK_MONOTONIC of the last log line of each */
+        uint64_t refusals_unlogged[_HTTP_REFUSED_MAX]; /* refusals since that line */
         AccessLog access_log;
         bool stopping;
 };
@@ -188,6 +193,14 @@ void http_request_wait(Request *req, RequestWait wait);
 void http_request_wake(Request *req);
 /* Takes the pending object out of a request re-entered at its wait: the request waits no more. */
 RequestWait http_request_take_wait(Request *req, RequestPending *ret);
+/* The client's address as a key for per-address limits (peer_key()); NULL when it has none. */
+const char *http_request_client(Request *req);
+/* Takes one upstream request's worth from the client address's budget (UpstreamBudget): false when
+ * there is none left (the refusal is counted, and req->retry_after set). Peers of the fleet, limited by
+ * their own node, are not charged. */
+bool http_request_charge_upstream(Request *req);
+/* A client turned away: counted in /metrics, and logged at most every few seconds per reason. */
+void http_count_refusal(HttpServer *s, HttpRefusal why, const char *client);
 
 /* http-response.c */
 enum MHD_Result http_queue_response(struct MHD_Connection *c, unsigned status, struct MHD_Response *resp);
@@ -207,6 +220,8 @@ enum MHD_Result http_respond_printf(struct MHD_Connection *c, unsigned status, c
 enum MHD_Result http_respond_400_close(struct MHD_Connection *c, const char *text);
 enum MHD_Result http_respond_405(struct MHD_Connection *c, const char *allow);
 enum MHD_Result http_respond_401(struct MHD_Connection *c);
+/* UpstreamRequestsPerIP=: the client may ask again in retry_after seconds. */
+enum MHD_Result http_respond_429(struct MHD_Connection *c, unsigned retry_after);
 enum MHD_Result http_respond_416(struct MHD_Connection *c, uint64_t size);
 /* A HEAD response of size bytes (MHD_SIZE_UNKNOWN: none given), with no body to read. */
 struct MHD_Response *http_response_for_head(uint64_t size);

@@ -211,3 +211,90 @@ void peer_counts_add(PeerCounts *p, const char *key, int delta) {
         else
                 g_hash_table_insert(p->counts, g_strdup(key), GUINT_TO_POINTER(n));
 }
+
+/* ---- the upstream cost of a client address --------------------------------------------------------- */
+
+/* Buckets beyond this many are dropped once full (a full bucket is what an absent one means), or else
+ * whichever the table yields: memory stays bounded however many addresses come. */
+#define UPSTREAM_BUDGET_KEYS_MAX 65536U
+
+typedef struct Bucket {
+        double tokens;
+        usec_t at;      /* when tokens was computed */
+} Bucket;
+
+struct UpstreamBudget {
+        GHashTable *buckets;   /* char* key → Bucket* */
+        unsigned rate, burst;  /* rate 0: no limit */
+};
+
+int upstream_budget_new(unsigned rate, unsigned burst, UpstreamBudget **ret) {
+        UpstreamBudget *b = calloc(1, sizeof(UpstreamBudget));
+        if (!b)
+                return -ENOMEM;
+        b->buckets = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
+        upstream_budget_configure(b, rate, burst);
+        *ret = b;
+        return 0;
+}
+
+UpstreamBudget *upstream_budget_free(UpstreamBudget *b) {
+        if (!b)
+                return NULL;
+        g_hash_table_unref(b->buckets);
+        free(b);
+        return NULL;
+}
+
+void upstream_budget_configure(UpstreamBudget *b, unsigned rate, unsigned burst) {
+        b->rate = rate;
+        b->burst = MAX(burst, 1U);
+        g_hash_table_remove_all(b->buckets);
+}
+
+static double bucket_tokens(const UpstreamBudget *b, const Bucket *k, usec_t now) {
+        double refill = now > k->at ? (double) (now - k->at) * b->rate / USEC_PER_SEC : 0;
+        return MIN(k->tokens + refill, (double) b->burst);
+}
+
+static gboolean bucket_full(gpointer key, gpointer value, gpointer userdata) {
+        const UpstreamBudget *b = ((void **) userdata)[0];
+        usec_t now = *(usec_t *) ((void **) userdata)[1];
+        return bucket_tokens(b, value, now) >= b->burst;
+}
+
+static void upstream_budget_make_room(UpstreamBudget *b, usec_t now) {
+        GHashTableIter it;
+
+        if (g_hash_table_size(b->buckets) < UPSTREAM_BUDGET_KEYS_MAX)
+                return;
+        (void) g_hash_table_foreach_remove(b->buckets, bucket_full, (void *[]) { b, &now });
+        g_hash_table_iter_init(&it, b->buckets);
+        while (g_hash_table_size(b->buckets) >= UPSTREAM_BUDGET_KEYS_MAX && g_hash_table_iter_next(&it, NULL, NULL))
+                g_hash_table_iter_remove(&it);
+}
+
+bool upstream_budget_take(UpstreamBudget *b, const char *key, usec_t now, unsigned *ret_retry_after) {
+        Bucket *k;
+        double tokens;
+
+        if (b->rate == 0)
+                return true;
+        k = g_hash_table_lookup(b->buckets, key);
+        if (!k) {
+                upstream_budget_make_room(b, now);
+                k = g_new(Bucket, 1);
+                *k = (Bucket) { .tokens = b->burst, .at = now };
+                g_hash_table_insert(b->buckets, g_strdup(key), k);
+        }
+        tokens = bucket_tokens(b, k, now);
+        k->at = now;
+        if (tokens < 1) {
+                k->tokens = tokens;
+                if (ret_retry_after)
+                        *ret_retry_after = (unsigned) ((1 - tokens) / b->rate) + 1;
+                return false;
+        }
+        k->tokens = tokens - 1;
+        return true;
+}

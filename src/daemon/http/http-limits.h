@@ -56,3 +56,19 @@ PeerCounts *peer_counts_free(PeerCounts *p);
 bool peer_key(struct MHD_Connection *c, char key[static PEER_KEY_MAX]);
 unsigned peer_counts_get(PeerCounts *p, const char *key);
 void peer_counts_add(PeerCounts *p, const char *key, int delta);
+
+/* ---- the upstream cost of a client address --------------------------------------------------------- */
+
+/* What one client address may make the daemon ask of its upstream ([HTTP] UpstreamRequestsPerIP=,
+ * UpstreamBurstPerIP=): a token bucket per address, burst tokens deep, refilled at rate a second. HEAD
+ * probes, misses that start a fill, read checks that ask the upstream and ranges asked of the origin
+ * each take one; answers remembered or shared with a request in flight take none. */
+typedef struct UpstreamBudget UpstreamBudget;
+
+int upstream_budget_new(unsigned rate, unsigned burst, UpstreamBudget **ret);
+UpstreamBudget *upstream_budget_free(UpstreamBudget *b);
+/* rate 0: no limit. Every bucket starts full again. */
+void upstream_budget_configure(UpstreamBudget *b, unsigned rate, unsigned burst);
+/* Takes one request's worth from key's bucket at now. false: none left, and *ret_retry_after says in how
+ * many seconds there will be. */
+bool upstream_budget_take(UpstreamBudget *b, const char *key, usec_t now, unsigned *ret_retry_after);

@@ -357,6 +357,14 @@ static void write_labelled_metrics(FILE *f, const HttpCounters *counters, const 
                 metrics_sample(f, "imgcache_served_bytes_total", "source", serve_source_to_string(src),
                                counters->served_bytes[src]);
 
+        metrics_family(f, "imgcache_http_refused_total", "counter",
+                       "HTTP requests turned away before they were served, by why: the client address's "
+                       "upstream budget (UpstreamRequestsPerIP=), its running fetches (MaxFetchesPerIP=), a "
+                       "body nobody takes.");
+        for (HttpRefusal r = 0; r < _HTTP_REFUSED_MAX; r++)
+                metrics_sample(f, "imgcache_http_refused_total", "reason", http_refusal_to_string(r),
+                               counters->refused[r]);
+
         metrics_family(f, "imgcache_upstream_errors_total", "counter",
                        "Fills that failed by the upstream's (or a peer's) doing, by kind.");
         for (UpstreamErrorKind k = 0; k < _UPSTREAM_ERROR_MAX; k++)

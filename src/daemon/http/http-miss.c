@@ -10,8 +10,9 @@
 #include "log.h"
 #include "ttl-cache.h"
 
-static void remember_not_found(HttpServer *s, const char *id) {
-        ttl_cache_put(s->not_found, id, 1, s->config->not_found_cache);
+/* Counted against the share of the client that learnt it: one client cannot flush the others' answers. */
+static void remember_not_found(HttpServer *s, Request *req, const char *id) {
+        ttl_cache_put_owned(s->not_found, id, 1, s->config->not_found_cache, http_request_client(req));
 }
 
 /* ---- a HEAD of an image nobody fetches --------------------------------------------------------------- */
@@ -27,6 +28,8 @@ static void on_probe_answer(const UpstreamAnswer *a, void *userdata) {
 static enum MHD_Result serve_head_probe(HttpServer *s, Request *req, struct MHD_Connection *c) {
         int r;
 
+        if (!http_request_charge_upstream(req))
+                return http_respond_429(c, req->retry_after);
         r = fetcher_query(s->fetcher, req->match.id, /* credentials= */ NULL, on_probe_answer, req,
                           &req->pending.probe.query);
         if (r < 0)
@@ -41,7 +44,7 @@ enum MHD_Result http_miss_on_probe(HttpServer *s, Request *req, RequestPending *
         struct MHD_Response *resp;
 
         if (a->status == 404 || a->status == 410 || (a->status >= 200 && a->status < 300 && !a->available)) {
-                remember_not_found(s, req->match.id);
+                remember_not_found(s, req, req->match.id);
                 return http_respond_text(c, MHD_HTTP_NOT_FOUND, "No such image upstream\n");
         }
         if (a->status < 200 || a->status >= 400)
@@ -98,15 +101,19 @@ static int peer_fill_new(HttpServer *s, const char *key, Fill *f) {
 
 /* Starts (or joins) the fill of a miss. A client may have started at most MaxFetchesPerIP= fills that
  * still run; joining a running one is always fine. -EUSERS when this one would be one too many. */
-static int start_fill(HttpServer *s, Request *req, struct MHD_Connection *c, const char *id, Fill **ret) {
-        char key[PEER_KEY_MAX];
+static int start_fill(HttpServer *s, Request *req, const char *id, Fill **ret) {
+        const char *key = NULL;
         bool counted;
         int r;
 
         /* A node of the fleet asks on behalf of its clients, which it limits itself. */
-        counted = !req->from_peer && !fetcher_find(s->fetcher, id) && peer_key(c, key);
-        if (counted && peer_counts_get(s->peer_fill_counts, key) >= s->config->max_fills_per_ip)
+        counted = !req->from_peer && !fetcher_find(s->fetcher, id) && (key = http_request_client(req));
+        if (counted && peer_counts_get(s->peer_fill_counts, key) >= s->config->max_fills_per_ip) {
+                http_count_refusal(s, HTTP_REFUSED_FETCHES_PER_IP, key);
                 return -EUSERS;
+        }
+        if (counted && !http_request_charge_upstream(req))
+                return -EBUSY;
 
         /* A peer's request is never forwarded again: it goes to the origin, or joins the running fill. */
         r = fetcher_fill_full(s->fetcher, id, /* expected= */ NULL, req->from_peer ? FETCH_ORIGIN_ONLY : 0, ret);
@@ -172,7 +179,7 @@ static enum MHD_Result respond_miss(HttpServer *s, Request *req, Stream *st) {
                 int error = fill_error(st->fill);
 
                 if (error == -ENOENT)
-                        remember_not_found(s, fill_image_id(st->fill));
+                        remember_not_found(s, req, fill_image_id(st->fill));
                 http_stream_free(st);
                 return http_respond_printf(c, fill_error_to_status(error), "%s\n", fill_error_to_client_text(error));
         }
@@ -239,7 +246,9 @@ enum MHD_Result http_serve_miss(HttpServer *s, Request *req, struct MHD_Connecti
         if (req->method == HTTP_METHOD_HEAD && fetcher_has_upstream(s->fetcher) && !fetcher_find(s->fetcher, req->match.id))
                 return serve_head_probe(s, req, c);
 
-        r = start_fill(s, req, c, req->match.id, &f);
+        r = start_fill(s, req, req->match.id, &f);
+        if (r == -EBUSY)
+                return http_respond_429(c, req->retry_after);
         if (r == -ENXIO)
                 return http_respond_text(c, MHD_HTTP_NOT_FOUND, "Image not cached, and no upstream to fetch it from\n");
         if (r == -EUSERS)
@@ -309,6 +318,8 @@ static enum MHD_Result ask_origin_for_range(HttpServer *s, Request *req, Stream 
         int r;
 
         req->range_asked = true;
+        if (!http_request_charge_upstream(req))
+                return respond_miss_when_ready(s, req, st); /* the fill will get there */
         r = fetcher_query_range(s->fetcher, st->fill, start, length, on_range_answer, req, &req->pending.range.query);
         if (r < 0) {
                 log_debug_errno(r, "Cannot ask the upstream for a range of %s, waiting for the fill: %m",

@@ -5,6 +5,7 @@
  * re-enter them, are in http-internal.h and http.c. */
 
 #include <assert.h>
+#include <inttypes.h>
 
 #include "http-internal.h"
 #include "log.h"
@@ -79,6 +80,40 @@ void http_count_served(HttpServer *s, ServeSource source, uint64_t n, bool to_pe
         s->counters.served_bytes[source] += n;
         if (to_peer)
                 s->counters.bytes_to_peers += n;
+}
+
+const char *http_request_client(Request *req) {
+        if (!req->client[0] && !peer_key(req->connection, req->client))
+                return NULL;
+        return req->client;
+}
+
+/* Refusals come in floods: one log line per reason and interval, saying how many. */
+#define HTTP_REFUSAL_LOG_INTERVAL_USEC (10 * USEC_PER_SEC)
+
+void http_count_refusal(HttpServer *s, HttpRefusal why, const char *client) {
+        usec_t now = now_usec(CLOCK_MONOTONIC);
+
+        s->counters.refused[why]++;
+        s->refusals_unlogged[why]++;
+        if (s->refusal_logged_at[why] != 0 && now < s->refusal_logged_at[why] + HTTP_REFUSAL_LOG_INTERVAL_USEC)
+                return;
+        log_notice("Refused %" PRIu64 " HTTP request%s (%s), the last from %s.", s->refusals_unlogged[why],
+                   s->refusals_unlogged[why] == 1 ? "" : "s", http_refusal_to_string(why), client ?: "an unknown address");
+        s->refusal_logged_at[why] = now;
+        s->refusals_unlogged[why] = 0;
+}
+
+bool http_request_charge_upstream(Request *req) {
+        HttpServer *s = req->server;
+        const char *client;
+
+        if (req->from_peer || !(client = http_request_client(req)))
+                return true;
+        if (upstream_budget_take(s->upstream_budget, client, now_usec(CLOCK_MONOTONIC), &req->retry_after))
+                return true;
+        http_count_refusal(s, HTTP_REFUSED_UPSTREAM_BUDGET, client);
+        return false;
 }
 
 void http_server_schedule_run(HttpServer *s) {

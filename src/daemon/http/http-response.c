@@ -80,6 +80,15 @@ enum MHD_Result http_respond_401(struct MHD_Connection *c) {
                                  MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer realm=\"imgcache\"");
 }
 
+enum MHD_Result http_respond_429(struct MHD_Connection *c, unsigned retry_after) {
+        char value[16];
+
+        (void) snprintf(value, sizeof(value), "%u", MAX(retry_after, 1U));
+        return http_respond_text_with(c, MHD_HTTP_TOO_MANY_REQUESTS,
+                                      "Too many requests to the upstream from this address; try again later\n",
+                                      MHD_HTTP_HEADER_RETRY_AFTER, value);
+}
+
 /* The body of a HEAD response is never read; a callback response gives MHD the size for Content-Length
  * without opening the file. */
 static ssize_t never_read(void *cls, uint64_t pos, char *buf, size_t max) {

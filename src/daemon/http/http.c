@@ -189,8 +189,12 @@ static void request_on_read_verdict(int verdict, void *userdata) {
         http_request_wake(req);
 }
 
-static enum MHD_Result respond_read_refused(struct MHD_Connection *c, int verdict) {
+static enum MHD_Result respond_read_refused(Request *req, int verdict) {
+        struct MHD_Connection *c = req->connection;
+
         switch (verdict) {
+        case MHD_HTTP_TOO_MANY_REQUESTS:
+                return http_respond_429(c, req->retry_after);
         case MHD_HTTP_UNAUTHORIZED:
                 return http_respond_401(c);
         case MHD_HTTP_FORBIDDEN:
@@ -341,6 +345,10 @@ static enum MHD_Result authorize_peer(HttpServer *s, Request *req, struct MHD_Co
         return serve_image(s, req, c);
 }
 
+static bool request_may_ask_upstream(void *userdata) {
+        return http_request_charge_upstream(userdata);
+}
+
 /* Serves an image to whoever ReadAccess= lets read it, asking the upstream first where it must. */
 static enum MHD_Result authorize_image(HttpServer *s, Request *req, struct MHD_Connection *c) {
         int r;
@@ -348,8 +356,14 @@ static enum MHD_Result authorize_image(HttpServer *s, Request *req, struct MHD_C
         if (http_header(c, FLEET_HEADER_PEER))
                 return authorize_peer(s, req, c);
 
-        r = read_guard_check(s->read_guard, http_header(c, "X-Auth-Token"), http_header(c, MHD_HTTP_HEADER_AUTHORIZATION),
-                             req->match.id, request_on_read_verdict, req, &req->pending.read.check);
+        ReadGuardAsker asker = {
+                .client = http_request_client(req),
+                .may_ask = request_may_ask_upstream,
+                .userdata = req,
+        };
+        r = read_guard_check(s->read_guard, &asker, http_header(c, "X-Auth-Token"),
+                             http_header(c, MHD_HTTP_HEADER_AUTHORIZATION), req->match.id, request_on_read_verdict,
+                             req, &req->pending.read.check);
         if (r == -EINPROGRESS) {
                 http_request_wait(req, REQUEST_WAIT_READ);
                 return MHD_YES;
@@ -357,7 +371,7 @@ static enum MHD_Result authorize_image(HttpServer *s, Request *req, struct MHD_C
         if (r < 0)
                 return MHD_NO;
         if (r > 0)
-                return respond_read_refused(c, r);
+                return respond_read_refused(req, r);
         return serve_image(s, req, c);
 }
 
@@ -393,8 +407,10 @@ static enum MHD_Result request_begin(HttpServer *s, Request *req, struct MHD_Con
         if (m->status == MHD_HTTP_BAD_REQUEST)
                 return http_respond_printf(c, MHD_HTTP_BAD_REQUEST, "Invalid image id: %s\n", m->id_reason);
         /* No route takes a body: one announced is refused before a byte of it is read. */
-        if (req->body_announced)
+        if (req->body_announced) {
+                http_count_refusal(s, HTTP_REFUSED_BODY, http_request_client(req));
                 return http_respond_400_close(c, "This request takes no body\n");
+        }
 
         switch (m->route) {
         case HTTP_ROUTE_IMAGE:
@@ -419,7 +435,7 @@ static enum MHD_Result request_reenter(HttpServer *s, Request *req, struct MHD_C
 
         switch (wait) {
         case REQUEST_WAIT_READ:
-                r = p.read.verdict != 0 ? respond_read_refused(c, p.read.verdict) : serve_image(s, req, c);
+                r = p.read.verdict != 0 ? respond_read_refused(req, p.read.verdict) : serve_image(s, req, c);
                 break;
         case REQUEST_WAIT_PROBE:
                 r = http_miss_on_probe(s, req, &p);
@@ -755,7 +771,11 @@ int http_server_new(sd_event *event, ImageCache *cache, Fetcher *fetcher, const 
         r = peer_counts_new(&s->peer_fill_counts);
         if (r < 0)
                 return r;
-        r = ttl_cache_new(HTTP_NOT_FOUND_CACHE_MAX, &s->not_found);
+        r = ttl_cache_new(HTTP_NOT_FOUND_CACHE_MAX, HTTP_NOT_FOUND_CACHE_MAX / 16, &s->not_found);
+        if (r < 0)
+                return r;
+        r = upstream_budget_new(config->upstream_requests_per_ip, config->upstream_burst_per_ip,
+                                &s->upstream_budget);
         if (r < 0)
                 return r;
         s->hit_cache = hit_cache_new();
@@ -883,6 +903,7 @@ HttpServer *http_server_free(HttpServer *s) {
                 http_peer_fill_free(s->peer_fills);
         read_guard_free(s->read_guard);
         ttl_cache_free(s->not_found);
+        upstream_budget_free(s->upstream_budget);
         hit_cache_free(s->hit_cache);
         peer_counts_free(s->peer_fill_counts);
         header_deadlines_free(s->header_deadlines);
@@ -911,6 +932,7 @@ int http_server_reconfigure(HttpServer *s, const Config *config) {
 
         s->config = config;
         access_log_configure(&s->access_log, config);
+        upstream_budget_configure(s->upstream_budget, config->upstream_requests_per_ip, config->upstream_burst_per_ip);
         return load_token(s, config);
 }
 

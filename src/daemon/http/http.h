@@ -47,6 +47,7 @@ typedef struct HttpCounters {
         uint64_t responses[6];  /* by status class: [2] is 2xx; [0] unused */
         uint64_t served_bytes[_SERVE_SOURCE_MAX]; /* image body bytes sent, by where they came from */
         uint64_t ranges_ahead;  /* ranges far ahead of a fill answered by asking the origin directly */
+        uint64_t refused[_HTTP_REFUSED_MAX]; /* clients turned away, by why */
 } HttpCounters;
 
 /* What /metrics reports that the HTTP server does not count itself. */

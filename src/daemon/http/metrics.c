@@ -17,6 +17,16 @@ const char *serve_source_to_string(ServeSource s) {
         return s >= 0 && s < _SERVE_SOURCE_MAX ? serve_source_table[s] : NULL;
 }
 
+static const char *const http_refusal_table[_HTTP_REFUSED_MAX] = {
+        [HTTP_REFUSED_UPSTREAM_BUDGET] = "upstream_budget",
+        [HTTP_REFUSED_FETCHES_PER_IP] = "fetches_per_ip",
+        [HTTP_REFUSED_BODY] = "body",
+};
+
+const char *http_refusal_to_string(HttpRefusal r) {
+        return r >= 0 && r < _HTTP_REFUSED_MAX ? http_refusal_table[r] : NULL;
+}
+
 static const char *const upstream_error_kind_table[_UPSTREAM_ERROR_MAX] = {
         [UPSTREAM_ERROR_NOT_FOUND] = "not_found",
         [UPSTREAM_ERROR_INTEGRITY] = "integrity",

@@ -18,6 +18,16 @@ typedef enum ServeSource {
 
 const char *serve_source_to_string(ServeSource s);
 
+/* Why a client was turned away before it was served (imgcache_http_refused_total{reason}). */
+typedef enum HttpRefusal {
+        HTTP_REFUSED_UPSTREAM_BUDGET, /* UpstreamRequestsPerIP=: 429 */
+        HTTP_REFUSED_FETCHES_PER_IP,  /* MaxFetchesPerIP=: 503 */
+        HTTP_REFUSED_BODY,            /* a body announced to a route that takes none: 400 */
+        _HTTP_REFUSED_MAX,
+} HttpRefusal;
+
+const char *http_refusal_to_string(HttpRefusal r);
+
 /* Why a fill failed, as far as the upstream (or a peer) is to blame; see fill_error() in fetch.h. */
 typedef enum UpstreamErrorKind {
         UPSTREAM_ERROR_NOT_FOUND, /* -ENOENT */

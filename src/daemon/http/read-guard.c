@@ -30,6 +30,7 @@ struct ReadCheck {
 struct Pending {
         ReadGuard *guard;
         char *key;
+        char *owner;   /* the client address that asked first: its verdict counts against its quota */
         UpstreamQuery *query;
         ReadCheck *checks;
 };
@@ -127,7 +128,7 @@ int read_guard_new(const Config *config, Fetcher *fetcher, ReadGuard **ret) {
                 .fetcher = fetcher,
                 .pending = g_hash_table_new(g_str_hash, g_str_equal),
         };
-        r = ttl_cache_new(READ_GUARD_CACHE_MAX, &g->verdicts);
+        r = ttl_cache_new(READ_GUARD_CACHE_MAX, READ_GUARD_CACHE_PER_CLIENT, &g->verdicts);
         if (r >= 0)
                 r = read_guard_reconfigure(g, config);
         if (r < 0) {
@@ -148,6 +149,7 @@ static void pending_free(Pending *p) {
         if (p->guard)
                 g_hash_table_remove(p->guard->pending, p->key);
         free(p->key);
+        free(p->owner);
         free(p);
 }
 
@@ -206,9 +208,9 @@ static void on_answer(const UpstreamAnswer *a, void *userdata) {
         ReadCheck *checks;
 
         if (verdict == 0)
-                ttl_cache_put(g->verdicts, p->key, 0, g->allow_ttl);
+                ttl_cache_put_owned(g->verdicts, p->key, 0, g->allow_ttl, p->owner);
         else if (verdict != 502)
-                ttl_cache_put(g->verdicts, p->key, verdict, g->deny_ttl);
+                ttl_cache_put_owned(g->verdicts, p->key, verdict, g->deny_ttl, p->owner);
         else
                 log_debug("The upstream could not say whether a client may read an image (HTTP %ld, %s).",
                           a->status, a->error < 0 ? strerror(-a->error) : "no error");
@@ -245,7 +247,8 @@ static bool token_is_sane(const char *t) {
         return n > 0 && n <= TOKEN_MAX && !memory_has_control(t, n);
 }
 
-static int pending_start(ReadGuard *g, char *key, const char *token, bool bearer, const char *id, Pending **ret) {
+static int pending_start(ReadGuard *g, char *key, const char *token, bool bearer, const char *id, const char *owner,
+                         Pending **ret) {
         _cleanup_(freep) char *line = NULL;
         Pending *p;
         int r;
@@ -257,10 +260,16 @@ static int pending_start(ReadGuard *g, char *key, const char *token, bool bearer
                 explicit_bzero(line, strlen(line));
                 return -ENOMEM;
         }
-        *p = (Pending) { .guard = g, .key = key };
+        *p = (Pending) { .guard = g, .key = key, .owner = owner ? strdup(owner) : NULL };
+        if (owner && !p->owner) {
+                explicit_bzero(line, strlen(line));
+                free(p);
+                return -ENOMEM;
+        }
         r = fetcher_query(g->fetcher, id, line, on_answer, p, &p->query);
         explicit_bzero(line, strlen(line));
         if (r < 0) {
+                free(p->owner);
                 free(p);
                 return r;
         }
@@ -269,8 +278,8 @@ static int pending_start(ReadGuard *g, char *key, const char *token, bool bearer
         return 0;
 }
 
-int read_guard_check(ReadGuard *g, const char *x_auth_token, const char *authorization, const char *id,
-                     ReadCheckDone done, void *userdata, ReadCheck **ret_check) {
+int read_guard_check(ReadGuard *g, const ReadGuardAsker *asker, const char *x_auth_token, const char *authorization,
+                     const char *id, ReadCheckDone done, void *userdata, ReadCheck **ret_check) {
         const char *token = http_request_token(x_auth_token, authorization);
         /* The upstream is asked with the header the client used. */
         bool bearer = token && !(x_auth_token && token >= x_auth_token && token <= x_auth_token + strlen(x_auth_token));
@@ -303,8 +312,11 @@ int read_guard_check(ReadGuard *g, const char *x_auth_token, const char *authori
         p = g_hash_table_lookup(g->pending, key);
         if (p)
                 free(key);
-        else {
-                r = pending_start(g, key, token, bearer, id, &p);
+        else if (asker->may_ask && !asker->may_ask(asker->userdata)) {
+                free(key);
+                return 429;
+        } else {
+                r = pending_start(g, key, token, bearer, id, asker->client, &p);
                 if (r < 0) {
                         free(key);
                         return r == -ENOMEM ? r : 502;

@@ -19,11 +19,21 @@
 typedef struct ReadGuard ReadGuard;
 typedef struct ReadCheck ReadCheck;
 
-/* verdict: 0 = may read; otherwise the HTTP status to refuse with (401, 403, 404, or 502 when the
- * upstream could not say). */
+/* verdict: 0 = may read; otherwise the HTTP status to refuse with (401, 403, 404, 429 when the client
+ * may not ask the upstream now, or 502 when the upstream could not say). */
 typedef void (*ReadCheckDone)(int verdict, void *userdata);
 
+/* Who asks: the client address (its verdicts count against its share of the cache, so that one client
+ * cannot flush the others'; NULL: nobody's), and whether it may make the guard ask the upstream now
+ * (asked only before a request of the guard's own; NULL: always). */
+typedef struct ReadGuardAsker {
+        const char *client;
+        bool (*may_ask)(void *userdata);
+        void *userdata;
+} ReadGuardAsker;
+
 #define READ_GUARD_CACHE_MAX 4096U
+#define READ_GUARD_CACHE_PER_CLIENT (READ_GUARD_CACHE_MAX / 16)
 
 /* Reads ReadTokenFile= for ReadAccess=token; -ENOKEY (logged, naming the file) when there is none. */
 int read_guard_new(const Config *config, Fetcher *fetcher, ReadGuard **ret);
@@ -35,6 +45,6 @@ int read_guard_reconfigure(ReadGuard *g, const Config *config);
 /* Decides at once (returns the verdict, >= 0) or starts or joins a check with the upstream (returns
  * -EINPROGRESS and *ret_check; done is called later from the loop, unless the check is freed first, and
  * the check is gone after it: done must forget it, and must not free other checks). */
-int read_guard_check(ReadGuard *g, const char *x_auth_token, const char *authorization, const char *id,
-                     ReadCheckDone done, void *userdata, ReadCheck **ret_check);
+int read_guard_check(ReadGuard *g, const ReadGuardAsker *asker, const char *x_auth_token, const char *authorization,
+                     const char *id, ReadCheckDone done, void *userdata, ReadCheck **ret_check);
 ReadCheck *read_check_free(ReadCheck *c);
