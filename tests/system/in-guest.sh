@@ -689,6 +689,15 @@ check_root_without_polkitd() {
         wait_idle_exit
 }
 
+# The Cockpit page's files; the manifest parsed by the guest's one JSON parser, sd-json, which
+# systemd-analyze runs on a --security-policy file before anything else (it fails on invalid JSON only).
+check_cockpit_page() {
+        local d=/usr/share/cockpit/imgcache f
+        for f in manifest.json index.html imgcache.js image-id.js imgcache.css; do [ -s "$d/$f" ] || fail "no $d/$f"; done
+        systemd-analyze security --offline=yes --security-policy="$d/manifest.json" "$SERVICE" >/dev/null ||
+                fail "$d/manifest.json is not valid JSON"
+}
+
 check_no_failures() {
         local failed
         failed=$(systemctl --failed --no-legend --plain | awk '{ print $1 }')
@@ -722,6 +731,7 @@ run_check "imgcache-clean.timer fires and cleans incomplete/ and invalid/" check
 run_check "imgcache-prefetch.service (timer shipped disabled) runs" check_prefetch_service
 run_check "polkit: testuser denied DeleteImage/Prune, root allowed" check_polkit
 run_check "root needs no polkitd (timers work without it)" check_root_without_polkitd
+run_check "the Cockpit page is installed, its manifest valid JSON" check_cockpit_page
 run_check "no failed units" check_no_failures
 
 echo
