@@ -4,6 +4,7 @@
 #include <inttypes.h>
 #include <limits.h>
 
+#include <arpa/inet.h>
 #include <glib.h>
 
 #include "parse-util.h"
@@ -391,6 +392,39 @@ static void test_format_timespan(void) {
         g_assert_cmpstr(tiny, ==, "");
 }
 
+static void test_ip_prefix(void) {
+        IpPrefix p;
+        uint8_t a4[4] = { 10, 1, 2, 3 }, b4[4] = { 11, 0, 0, 1 }, lo[4] = { 127, 0, 0, 1 };
+        uint8_t mapped[16] = { 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 9, 9, 9 }, v6[16] = { 0xfd, 0x12 };
+        IpPrefix *list = NULL;
+
+        g_assert_cmpint(parse_ip_prefix("10.0.0.0/8", &p), ==, 0);
+        g_assert_cmpint(p.family, ==, AF_INET);
+        g_assert_cmpuint(p.prefixlen, ==, 8);
+        g_assert_true(ip_prefix_contains(&p, AF_INET, a4));
+        g_assert_false(ip_prefix_contains(&p, AF_INET, b4));
+        g_assert_true(ip_prefix_contains(&p, AF_INET6, mapped)); /* ::ffff:10.9.9.9 */
+        g_assert_cmpint(parse_ip_prefix("127.0.0.1", &p), ==, 0);
+        g_assert_cmpuint(p.prefixlen, ==, 32);
+        g_assert_true(ip_prefix_contains(&p, AF_INET, lo));
+        g_assert_cmpint(parse_ip_prefix("fd00::/8", &p), ==, 0);
+        g_assert_true(ip_prefix_contains(&p, AF_INET6, v6));
+        g_assert_false(ip_prefix_contains(&p, AF_INET, a4));
+        g_assert_cmpint(parse_ip_prefix("0.0.0.0/0", &p), ==, 0);
+        g_assert_true(ip_prefix_contains(&p, AF_INET, b4));
+
+        const char *bad[] = { "", "/8", "10.0.0.1/8", "10.0.0.0/33", "fd00::/129", "10.0.0.0/", "10.0.0.0/x",
+                              "host.example", "10.0.0.0/8/8", "1.2.3", "::1 ", NULL };
+        for (const char **b = bad; *b; b++)
+                g_assert_cmpint(parse_ip_prefix(*b, &p), ==, -EINVAL);
+
+        g_assert_cmpint(parse_ip_prefix_list(" 127.0.0.1\t::1  10.0.0.0/8 ", &list), ==, 3);
+        g_assert_cmpuint(list[2].prefixlen, ==, 8);
+        free(list);
+        g_assert_cmpint(parse_ip_prefix_list(NULL, NULL), ==, 0);
+        g_assert_cmpint(parse_ip_prefix_list("127.0.0.1 nonsense", NULL), ==, -EINVAL);
+}
+
 int main(int argc, char *argv[]) {
         g_test_init(&argc, &argv, NULL);
 
@@ -403,6 +437,7 @@ int main(int argc, char *argv[]) {
         g_test_add_func("/parse-util/unsigned", test_parse_unsigned);
         g_test_add_func("/parse-util/format-size", test_format_size);
         g_test_add_func("/parse-util/format-timespan", test_format_timespan);
+        g_test_add_func("/parse-util/ip-prefix", test_ip_prefix);
 
         return g_test_run();
 }

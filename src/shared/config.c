@@ -283,6 +283,15 @@ static int config_parse_upstream_burst(const char *value, void *field, const cha
         return config_parse_unsigned(value, 1, 1000000, "number out of range (1-1000000)", field, ret_reason);
 }
 
+static int config_parse_trusted_proxies(const char *value, void *field, const char **ret_reason) {
+        if (value && parse_ip_prefix_list(value, NULL) < 0)
+                return reason(ret_reason, "expected IP addresses or networks (192.0.2.1, 10.0.0.0/8, ::1, fd00::/8)",
+                              -EINVAL);
+        if (free_and_strdup(field, value) < 0)
+                return reason(ret_reason, "out of memory", -ENOMEM);
+        return 0;
+}
+
 static int config_parse_replicas(const char *value, void *field, const char **ret_reason) {
         return config_parse_unsigned(value, 1, 16, "number out of range (1-16)", field, ret_reason);
 }
@@ -517,6 +526,7 @@ static const ConfigKey config_keys[] = {
         KEY("HTTP",     "MaxFetchesPerIP",     config_parse_fills_per_ip, max_fills_per_ip,     "4"),
         KEY("HTTP",     "UpstreamRequestsPerIP", config_parse_upstream_rate, upstream_requests_per_ip, "20"),
         KEY("HTTP",     "UpstreamBurstPerIP",  config_parse_upstream_burst, upstream_burst_per_ip, "200"),
+        KEY("HTTP",     "TrustedProxies",      config_parse_trusted_proxies, trusted_proxies,   NULL),
         KEY("HTTP",     "ReadAccess",          config_parse_read_access, read_access,           "auto"),
         KEY("HTTP",     "ReadTokenFile",       config_parse_path,        read_token_file,       NULL),
         KEY("HTTP",     "AcknowledgeOpenReadAccess", config_parse_bool,  acknowledge_open_read_access, "no"),
@@ -572,6 +582,7 @@ void config_done(Config *c) {
         free_and_null(&c->listen);
         free_and_null(&c->management_token_file);
         free_and_null(&c->read_token_file);
+        free_and_null(&c->trusted_proxies);
         free_and_null(&c->fleet_peers);
         free_and_null(&c->fleet_self);
         free_and_null(&c->peer_token_file);
@@ -604,7 +615,7 @@ static int config_copy(const Config *src, Config *ret) {
         Config t = *src;
 
         t.directory = t.upstream_url = t.token_file = t.ca_file = t.listen = t.management_token_file = NULL;
-        t.read_token_file = t.fleet_peers = t.fleet_self = t.peer_token_file = NULL;
+        t.read_token_file = t.trusted_proxies = t.fleet_peers = t.fleet_self = t.peer_token_file = NULL;
         t.auth_url = t.credentials_file = t.endpoint_interface = t.endpoint_region = NULL;
 
         if (free_and_strdup(&t.directory, src->directory) < 0 ||
@@ -618,6 +629,7 @@ static int config_copy(const Config *src, Config *ret) {
             free_and_strdup(&t.listen, src->listen) < 0 ||
             free_and_strdup(&t.management_token_file, src->management_token_file) < 0 ||
             free_and_strdup(&t.read_token_file, src->read_token_file) < 0 ||
+            free_and_strdup(&t.trusted_proxies, src->trusted_proxies) < 0 ||
             free_and_strdup(&t.fleet_peers, src->fleet_peers) < 0 ||
             free_and_strdup(&t.fleet_self, src->fleet_self) < 0 ||
             free_and_strdup(&t.peer_token_file, src->peer_token_file) < 0) {

@@ -99,6 +99,7 @@ typedef struct Config {
         unsigned upstream_requests_per_ip; /* default 20: upstream requests a second one client address may
                                         * cause (probes, misses, read checks), sustained; 0: no limit */
         unsigned upstream_burst_per_ip; /* default 200: the same, at once after a quiet while */
+        char *trusted_proxies;         /* addresses and networks whose X-Forwarded-For names the client */
         ReadAccess read_access;        /* default auto */
         char *read_token_file;         /* ReadAccess=token */
         bool acknowledge_open_read_access; /* default no: ReadAccess=open on a non-loopback listener */

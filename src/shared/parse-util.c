@@ -1,6 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 
+#include <arpa/inet.h>
 #include <assert.h>
+#include <glib.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <strings.h>
@@ -455,4 +457,87 @@ char *format_timespan(char *buf, size_t n, usec_t t) {
         }
 
         return buf;
+}
+
+int parse_ip_prefix(const char *s, IpPrefix *ret) {
+        char buf[INET6_ADDRSTRLEN + 8];
+        IpPrefix p = {};
+        const char *slash;
+        unsigned max, len;
+        size_t n;
+
+        if (!s)
+                return -EINVAL;
+        slash = strchr(s, '/');
+        n = slash ? (size_t) (slash - s) : strlen(s);
+        if (n == 0 || n >= INET6_ADDRSTRLEN)
+                return -EINVAL;
+        memcpy(buf, s, n);
+        buf[n] = 0;
+        if (inet_pton(AF_INET, buf, p.addr) == 1)
+                p.family = AF_INET;
+        else if (inet_pton(AF_INET6, buf, p.addr) == 1)
+                p.family = AF_INET6;
+        else
+                return -EINVAL;
+        max = p.family == AF_INET ? 32 : 128;
+        len = max;
+        if (slash && parse_unsigned(slash + 1, 0, max, &len) < 0)
+                return -EINVAL;
+        /* "10.0.0.1/8" is a typo for one of two things: refuse it rather than guess. */
+        for (unsigned bit = len; bit < max; bit++)
+                if (p.addr[bit / 8] & (0x80 >> (bit % 8)))
+                        return -EINVAL;
+        p.prefixlen = len;
+        *ret = p;
+        return 0;
+}
+
+bool ip_prefix_contains(const IpPrefix *p, int family, const void *addr) {
+        static const uint8_t mapped[12] = { 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff };
+        const uint8_t *a = addr;
+
+        if (family == AF_INET6 && p->family == AF_INET && memcmp(a, mapped, sizeof(mapped)) == 0) {
+                family = AF_INET;
+                a += sizeof(mapped);
+        }
+        if (family != p->family)
+                return false;
+        for (unsigned bit = 0; bit < p->prefixlen; bit++) {
+                uint8_t m = 0x80 >> (bit % 8);
+                if ((a[bit / 8] & m) != (p->addr[bit / 8] & m))
+                        return false;
+        }
+        return true;
+}
+
+int parse_ip_prefix_list(const char *s, IpPrefix **ret) {
+        g_auto(GStrv) words = NULL;
+        IpPrefix *list = NULL;
+        size_t n = 0;
+
+        words = g_strsplit_set(s ?: "", " \t", -1);
+        for (char **w = words; *w; w++) {
+                IpPrefix p;
+
+                if (isempty(*w))
+                        continue;
+                if (parse_ip_prefix(*w, &p) < 0) {
+                        free(list);
+                        return -EINVAL;
+                }
+                if (ret) {
+                        IpPrefix *l = reallocarray(list, n + 1, sizeof(IpPrefix));
+                        if (!l) {
+                                free(list);
+                                return -ENOMEM;
+                        }
+                        list = l;
+                        list[n] = p;
+                }
+                n++;
+        }
+        if (ret)
+                *ret = list;
+        return (int) n;
 }

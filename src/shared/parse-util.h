@@ -26,6 +26,21 @@ int parse_timespan(const char *s, usec_t default_unit, usec_t *ret);
 /* An unsigned integer in [min, max]. */
 int parse_unsigned(const char *s, unsigned min, unsigned max, unsigned *ret);
 
+/* An IP address or network: "192.0.2.7", "10.0.0.0/8", "::1", "fd00::/8" (a bare address is its own /32
+ * or /128). Bits past the prefix must be 0. */
+typedef struct IpPrefix {
+        int family;          /* AF_INET or AF_INET6 */
+        uint8_t addr[16];    /* network byte order; the first 4 for AF_INET */
+        unsigned prefixlen;
+} IpPrefix;
+
+int parse_ip_prefix(const char *s, IpPrefix *ret);
+/* Whether addr (4 or 16 bytes of family) lies in p. An IPv4-mapped IPv6 address is matched as IPv4. */
+bool ip_prefix_contains(const IpPrefix *p, int family, const void *addr);
+/* A space- or tab-separated list of parse_ip_prefix() (NULL or empty: none). Returns how many, or a
+ * negative error; *ret (may be NULL to only validate) is an array the caller frees. */
+int parse_ip_prefix_list(const char *s, IpPrefix **ret);
+
 /* Human-friendly formatting, into buf: "1.5G", "512B"; "1h 30min", "250ms". Return buf. */
 char *format_size(char *buf, size_t n, uint64_t bytes);
 char *format_timespan(char *buf, size_t n, usec_t t);

@@ -73,6 +73,12 @@ static void test_line(void) {
                         "127.0.0.1 - - [02/Dec/2026:15:00:00 +0000] \"GET /images/x HTTP/1.1\" 200 1234 \"-\" "
                         "\"curl/7.88.1\" 0.001 hit -\n");
 
+        /* Through a trusted proxy: the client it names, not the proxy. */
+        e.forwarded_for = "198.51.100.7";
+        access_log_format_line(&l, &e, T_2026_12_02_15_00, line, sizeof(line));
+        g_assert_true(g_str_has_prefix(line, "198.51.100.7 - - [02/Dec/2026:15:00:00 +0000]"));
+        e.forwarded_for = NULL;
+
         /* A hostile client: one line still, every field where it belongs. */
         e = (AccessLogEntry) {
                 .method = "GET",

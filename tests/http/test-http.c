@@ -1397,6 +1397,81 @@ static TestClient *get_from(TestServer *t, const char *source, const char *id) {
         return c;
 }
 
+static void proxy_setup(Config *c, void *userdata) {
+        c->max_fills_per_ip = 1;
+        c->max_connections_per_ip = 2;
+        c->trusted_proxies = g_strdup("127.0.0.5 ::1/128");
+}
+
+static TestClient *get_via(TestServer *t, const char *source, const char *id, const char *xff) {
+        g_autofree char *req = g_strdup_printf("GET /images/%s HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: %s\r\n"
+                                               "Connection: close\r\n\r\n", id, xff);
+        TestClient *c = test_client_new_raw(t, req);
+        c->raw_bind = source;
+        test_client_start(c);
+        return c;
+}
+
+static void test_trusted_proxy(void) {
+        /* Behind a reverse proxy every client arrives from its address. From a trusted one, X-Forwarded-For
+         * names the client, and per-address limits apply to that client; from any other address the
+         * header proves nothing. The proxy holds more connections than MaxConnectionsPerIP= allows one
+         * address; a direct client over it is refused, and that is counted. */
+        TestServer t;
+        test_server_start(&t, proxy_setup, NULL, 0);
+        uint16_t port = http_server_port(t.server);
+
+        /* Two clients behind the proxy start a fill each (MaxFetchesPerIP=1 is per client). The rightmost
+         * untrusted address is the client: what stands left of it the client wrote itself. */
+        TestClient *a = get_via(&t, "127.0.0.5", "a", "198.51.100.1");
+        Fill *fa = wait_fill(&t, "a");
+        wait_subscribers(&t, fa, 1);
+        TestClient *b = get_via(&t, "127.0.0.5", "b", "203.0.113.9, 198.51.100.2, 127.0.0.5");
+        Fill *fb = wait_fill(&t, "b");
+        wait_subscribers(&t, fb, 1);
+        /* The first client again: its one fill runs. */
+        TestClient *refused = get_via(&t, "127.0.0.5", "c", "10.9.9.9, 198.51.100.1");
+        test_run_until_done(&t, &refused, 1);
+        g_assert_cmpint(refused->status, ==, 503);
+        g_assert_null(fake_fetcher_get(t.fetcher, "c"));
+        test_client_free(refused);
+
+        /* A client that is not a trusted proxy cannot pose as one: the header is ignored. */
+        TestClient *d = get_via(&t, "127.0.0.6", "d", "198.51.100.3");
+        Fill *fd = wait_fill(&t, "d");
+        wait_subscribers(&t, fd, 1);
+        TestClient *spoofed = get_via(&t, "127.0.0.6", "e", "198.51.100.4");
+        test_run_until_done(&t, &spoofed, 1);
+        g_assert_cmpint(spoofed->status, ==, 503);
+        test_client_free(spoofed);
+
+        /* The proxy holds 2 waiting requests and 3 idle connections more: all accepted. 127.0.0.6 has one
+         * (d's); one more is fine, the next is closed unanswered and counted. */
+        int idle[3];
+        for (size_t i = 0; i < ELEMENTSOF(idle); i++)
+                idle[i] = test_connect_from("127.0.0.5", port);
+        int second = test_connect_from("127.0.0.6", port);
+        void *seven[] = { t.server, GUINT_TO_POINTER(7) };
+        test_run_until(&t, connections_are, seven);
+        int third = test_connect_from("127.0.0.6", port);
+        wait_hangup(&t, third);
+        close(third);
+        g_assert_cmpuint(http_server_counters(t.server)->refused[HTTP_REFUSED_CONNECTIONS_PER_IP], ==, 1);
+        g_assert_cmpuint(http_server_counters(t.server)->refused[HTTP_REFUSED_FETCHES_PER_IP], ==, 2);
+
+        for (size_t i = 0; i < ELEMENTSOF(idle); i++)
+                close(idle[i]);
+        close(second);
+        fake_fill_finish(fa, -EIO, false);
+        fake_fill_finish(fb, -EIO, false);
+        fake_fill_finish(fd, -EIO, false);
+        TestClient *rest[] = { a, b, d };
+        test_run_until_done(&t, rest, ELEMENTSOF(rest));
+        for (size_t i = 0; i < ELEMENTSOF(rest); i++)
+                test_client_free(rest[i]);
+        test_server_stop(&t);
+}
+
 static void test_miss_fills_per_ip(void) {
         /* MaxFetchesPerIP=1: a client address that started a fill still running cannot start another, but
          * may join a running one; other addresses are not affected; when the fill ends, the count drops. */
@@ -1411,6 +1486,7 @@ static void test_miss_fills_per_ip(void) {
         test_run_until_done(&t, &refused, 1);
         g_assert_cmpint(refused->status, ==, 503);
         g_assert_nonnull(strstr(refused->head->str, "MaxFetchesPerIP=1"));
+        g_assert_nonnull(strcasestr(refused->head->str, "Retry-After: 1"));
         g_assert_null(fake_fetcher_get(t.fetcher, "b"));
         test_client_free(refused);
 
@@ -1530,6 +1606,7 @@ int main(int argc, char *argv[]) {
 #define MISS(name, fn) g_test_add(name, MissFixture, NULL, miss_setup, fn, miss_teardown)
         MISS("/http/miss/stream", test_miss_stream);
         g_test_add_func("/http/miss/fills-per-ip", test_miss_fills_per_ip);
+        g_test_add_func("/http/limits/trusted-proxy", test_trusted_proxy);
         MISS("/http/miss/joiners", test_miss_joiners);
         MISS("/http/miss/slow-reader", test_miss_slow_reader);
         MISS("/http/miss/bad-digest", test_miss_bad_digest);

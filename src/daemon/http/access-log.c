@@ -107,7 +107,11 @@ static void format_address(const struct sockaddr *sa, char *buf, size_t size, un
 static void entry_text(const AccessLogEntry *e, EntryText *t) {
         access_log_escape(e->method ?: "-", ACCESS_LOG_METHOD_MAX, false, t->method, sizeof(t->method));
         access_log_escape(e->path ?: "-", ACCESS_LOG_PATH_MAX, false, t->path, sizeof(t->path));
-        format_address(e->client, t->address, sizeof(t->address), &t->port);
+        if (e->forwarded_for) {
+                (void) snprintf(t->address, sizeof(t->address), "%s", e->forwarded_for);
+                t->port = 0;
+        } else
+                format_address(e->client, t->address, sizeof(t->address), &t->port);
 }
 
 static const char *entry_flags(const AccessLogEntry *e) {

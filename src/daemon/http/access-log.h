@@ -48,6 +48,7 @@ typedef struct AccessLogEntry {
         const char *version;    /* "HTTP/1.1" */
         const char *user_agent;
         const struct sockaddr *client;
+        const char *forwarded_for; /* the client a trusted proxy named (TrustedProxies=), logged instead */
         const char *image_id;   /* NULL: the route names none */
         unsigned status;
         uint64_t bytes;         /* body bytes sent */

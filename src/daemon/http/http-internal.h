@@ -104,6 +104,7 @@ struct Request {
         bool range_asked;      /* the origin was asked for a range once: never again for this request */
         bool body_announced;   /* a Content-Length other than 0, or a Transfer-Encoding */
         char client[PEER_KEY_MAX]; /* http_request_client(): the client's address, once asked for */
+        bool forwarded;        /* client is what a trusted proxy's X-Forwarded-For names */
         unsigned retry_after;  /* a refusal's Retry-After, in seconds */
         const char *framing_problem; /* http_request_framing(): why the framing is ambiguous, or NULL */
 
@@ -128,6 +129,7 @@ struct Request {
 typedef struct HttpConnection {
         HttpServer *server;
         Request request;
+        char address[PEER_KEY_MAX]; /* counted in HttpServer.connection_counts; "": not counted */
         HeaderDeadline header;   /* armed while a request's headers are being read */
         bool bad_target;         /* set by the unescape callback for the request being read */
 } HttpConnection;
@@ -172,6 +174,8 @@ struct HttpServer {
         Fleet *fleet;            /* borrowed; NULL: no [Fleet] */
         unsigned n_range_queries; /* ranges far ahead of fills being asked of the origin now */
         UpstreamBudget *upstream_budget; /* what each client address may make us ask the upstream */
+        TrustedProxies trusted_proxies;  /* TrustedProxies= */
+        PeerCounts *connection_counts;   /* open connections by address (MaxConnectionsPerIP=) */
         usec_t refusal_logged_at[_HTTP_REFUSED_MAX]; /* CLOCK_MONOTONIC of the last log line of each */
         uint64_t refusals_unlogged[_HTTP_REFUSED_MAX]; /* refusals since that line */
         AccessLog access_log;
@@ -193,7 +197,8 @@ void http_request_wait(Request *req, RequestWait wait);
 void http_request_wake(Request *req);
 /* Takes the pending object out of a request re-entered at its wait: the request waits no more. */
 RequestWait http_request_take_wait(Request *req, RequestPending *ret);
-/* The client's address as a key for per-address limits (peer_key()); NULL when it has none. */
+/* The client's address as a key for per-address limits (peer_key()), or the client a trusted proxy names
+ * in X-Forwarded-For; NULL when it has none. */
 const char *http_request_client(Request *req);
 /* Takes one upstream request's worth from the client address's budget (UpstreamBudget): false when
  * there is none left (the refusal is counted, and req->retry_after set). Peers of the fleet, limited by

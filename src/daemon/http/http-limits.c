@@ -182,12 +182,16 @@ PeerCounts *peer_counts_free(PeerCounts *p) {
         return NULL;
 }
 
-bool peer_key(struct MHD_Connection *c, char key[static PEER_KEY_MAX]) {
-        const union MHD_ConnectionInfo *info;
-        const struct sockaddr *sa;
+static const struct sockaddr *connection_address(struct MHD_Connection *c) {
+        const union MHD_ConnectionInfo *info = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+        return info ? info->client_addr : NULL;
+}
 
-        info = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
-        sa = info ? info->client_addr : NULL;
+bool peer_key(struct MHD_Connection *c, char key[static PEER_KEY_MAX]) {
+        return sockaddr_key(connection_address(c), key);
+}
+
+bool sockaddr_key(const struct sockaddr *sa, char key[static PEER_KEY_MAX]) {
         if (!sa)
                 return false;
         if (sa->sa_family == AF_INET)
@@ -297,4 +301,89 @@ bool upstream_budget_take(UpstreamBudget *b, const char *key, usec_t now, unsign
         }
         k->tokens = tokens - 1;
         return true;
+}
+
+/* ---- trusted proxies ------------------------------------------------------------------------------- */
+
+int trusted_proxies_set(TrustedProxies *t, const char *list) {
+        IpPrefix *prefixes = NULL;
+        int n = parse_ip_prefix_list(list, &prefixes);
+
+        if (n < 0)
+                return n;
+        free(t->prefixes);
+        t->prefixes = prefixes;
+        t->n = (size_t) n;
+        return 0;
+}
+
+void trusted_proxies_done(TrustedProxies *t) {
+        t->prefixes = mfree(t->prefixes);
+        t->n = 0;
+}
+
+static bool trusted_proxies_contain_addr(const TrustedProxies *t, int family, const void *addr) {
+        for (size_t i = 0; i < t->n; i++)
+                if (ip_prefix_contains(&t->prefixes[i], family, addr))
+                        return true;
+        return false;
+}
+
+bool trusted_proxies_contain(const TrustedProxies *t, const struct sockaddr *sa) {
+        if (!sa || t->n == 0)
+                return false;
+        if (sa->sa_family == AF_INET)
+                return trusted_proxies_contain_addr(t, AF_INET, &((const struct sockaddr_in *) sa)->sin_addr);
+        if (sa->sa_family == AF_INET6)
+                return trusted_proxies_contain_addr(t, AF_INET6, &((const struct sockaddr_in6 *) sa)->sin6_addr);
+        return false;
+}
+
+bool trusted_proxies_connection(const TrustedProxies *t, struct MHD_Connection *c) {
+        return trusted_proxies_contain(t, connection_address(c));
+}
+
+/* One element of X-Forwarded-For, trimmed, as an address: its canonical text in key. */
+static bool forwarded_element(const char *s, size_t n, int *ret_family, uint8_t addr[static 16],
+                              char key[static PEER_KEY_MAX]) {
+        char buf[INET6_ADDRSTRLEN];
+
+        while (n > 0 && (*s == ' ' || *s == '\t'))
+                s++, n--;
+        while (n > 0 && (s[n - 1] == ' ' || s[n - 1] == '\t'))
+                n--;
+        if (n == 0 || n >= sizeof(buf))
+                return false;
+        memcpy(buf, s, n);
+        buf[n] = 0;
+        if (inet_pton(AF_INET, buf, addr) == 1)
+                *ret_family = AF_INET;
+        else if (inet_pton(AF_INET6, buf, addr) == 1)
+                *ret_family = AF_INET6;
+        else
+                return false;
+        return inet_ntop(*ret_family, addr, key, PEER_KEY_MAX);
+}
+
+bool forwarded_client(const TrustedProxies *t, const char *xff, char key[static PEER_KEY_MAX]) {
+        const char *end;
+
+        if (!xff)
+                return false;
+        /* From the right: each proxy appends the address it saw. The first that is not one of ours is
+         * the client; what stands left of it was written by whoever the client is, and proves nothing. */
+        end = xff + strlen(xff);
+        for (;;) {
+                const char *start = end;
+                uint8_t addr[16];
+                int family;
+
+                while (start > xff && start[-1] != ',')
+                        start--;
+                if (!forwarded_element(start, (size_t) (end - start), &family, addr, key))
+                        return false;
+                if (!trusted_proxies_contain_addr(t, family, addr) || start == xff)
+                        return true;
+                end = start - 1;
+        }
 }

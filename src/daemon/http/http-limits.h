@@ -7,6 +7,7 @@
 
 #include <systemd/sd-event.h>
 
+#include "parse-util.h"
 #include "util.h"
 
 /* What keeps one HTTP client from hurting the others, beyond what libmicrohttpd does itself (its global
@@ -54,6 +55,7 @@ PeerCounts *peer_counts_free(PeerCounts *p);
 /* The address of c as a key (static buffer of the caller, at least PEER_KEY_MAX). false: unknown. */
 #define PEER_KEY_MAX 64
 bool peer_key(struct MHD_Connection *c, char key[static PEER_KEY_MAX]);
+bool sockaddr_key(const struct sockaddr *sa, char key[static PEER_KEY_MAX]);
 unsigned peer_counts_get(PeerCounts *p, const char *key);
 void peer_counts_add(PeerCounts *p, const char *key, int delta);
 
@@ -72,3 +74,21 @@ void upstream_budget_configure(UpstreamBudget *b, unsigned rate, unsigned burst)
 /* Takes one request's worth from key's bucket at now. false: none left, and *ret_retry_after says in how
  * many seconds there will be. */
 bool upstream_budget_take(UpstreamBudget *b, const char *key, usec_t now, unsigned *ret_retry_after);
+
+/* ---- trusted proxies ------------------------------------------------------------------------------- */
+
+/* [HTTP] TrustedProxies=: the addresses and networks whose X-Forwarded-For names the client. A trusted
+ * proxy is exempt from MaxConnectionsPerIP= (its clients are limited each by their own address). */
+typedef struct TrustedProxies {
+        IpPrefix *prefixes;
+        size_t n;
+} TrustedProxies;
+
+/* -EINVAL leaves t as it was. */
+int trusted_proxies_set(TrustedProxies *t, const char *list);
+void trusted_proxies_done(TrustedProxies *t);
+bool trusted_proxies_contain(const TrustedProxies *t, const struct sockaddr *sa);
+bool trusted_proxies_connection(const TrustedProxies *t, struct MHD_Connection *c);
+/* The client that X-Forwarded-For names, as seen by a trusted proxy: the rightmost address that is not
+ * itself a trusted proxy, in key. false: none (missing, malformed). */
+bool forwarded_client(const TrustedProxies *t, const char *xff, char key[static PEER_KEY_MAX]);

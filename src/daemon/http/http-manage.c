@@ -360,7 +360,7 @@ static void write_labelled_metrics(FILE *f, const HttpCounters *counters, const 
         metrics_family(f, "imgcache_http_refused_total", "counter",
                        "HTTP requests turned away before they were served, by why: the client address's "
                        "upstream budget (UpstreamRequestsPerIP=), its running fetches (MaxFetchesPerIP=), a "
-                       "body nobody takes.");
+                       "body nobody takes, its connections (MaxConnectionsPerIP=).");
         for (HttpRefusal r = 0; r < _HTTP_REFUSED_MAX; r++)
                 metrics_sample(f, "imgcache_http_refused_total", "reason", http_refusal_to_string(r),
                                counters->refused[r]);

@@ -251,10 +251,13 @@ enum MHD_Result http_serve_miss(HttpServer *s, Request *req, struct MHD_Connecti
                 return http_respond_429(c, req->retry_after);
         if (r == -ENXIO)
                 return http_respond_text(c, MHD_HTTP_NOT_FOUND, "Image not cached, and no upstream to fetch it from\n");
-        if (r == -EUSERS)
-                return http_respond_printf(c, MHD_HTTP_SERVICE_UNAVAILABLE,
-                                           "Too many fetches started from this address (MaxFetchesPerIP=%u)\n",
-                                           s->config->max_fills_per_ip);
+        if (r == -EUSERS) {
+                char text[128];
+                (void) snprintf(text, sizeof(text), "Too many fetches started from this address (MaxFetchesPerIP=%u)\n",
+                                s->config->max_fills_per_ip);
+                /* One of them ends sooner or later; a second is as good a guess as any. */
+                return http_respond_text_with(c, MHD_HTTP_SERVICE_UNAVAILABLE, text, MHD_HTTP_HEADER_RETRY_AFTER, "1");
+        }
         if (r < 0)
                 return http_respond_printf(c, MHD_HTTP_INTERNAL_SERVER_ERROR,
                                            "Failed to start fetching the image: %s\n", strerror(-r));

@@ -83,7 +83,16 @@ void http_count_served(HttpServer *s, ServeSource source, uint64_t n, bool to_pe
 }
 
 const char *http_request_client(Request *req) {
-        if (!req->client[0] && !peer_key(req->connection, req->client))
+        HttpServer *s = req->server;
+
+        if (req->client[0])
+                return req->client;
+        if (trusted_proxies_connection(&s->trusted_proxies, req->connection) &&
+            forwarded_client(&s->trusted_proxies, http_header(req->connection, "X-Forwarded-For"), req->client)) {
+                req->forwarded = true;
+                return req->client;
+        }
+        if (!peer_key(req->connection, req->client))
                 return NULL;
         return req->client;
 }

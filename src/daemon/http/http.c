@@ -528,6 +528,7 @@ static void log_access(HttpServer *s, Request *req, struct MHD_Connection *c, en
                 .version = req->version,
                 .user_agent = http_header(c, MHD_HTTP_HEADER_USER_AGENT),
                 .client = info ? info->client_addr : NULL,
+                .forwarded_for = req->forwarded ? req->client : NULL,
                 .image_id = req->match.id[0] && req->match.status != MHD_HTTP_BAD_REQUEST ? req->match.id : NULL,
                 /* nginx's 499: the client went away before it was answered. */
                 .status = req->status != 0 ? req->status : 499,
@@ -572,13 +573,21 @@ static void http_on_connection(void *cls, struct MHD_Connection *c, void **socke
                 if (hc) {
                         hc->server = s;
                         header_deadline_start(s->header_deadlines, &hc->header, c, s->config->header_timeout);
+                        /* Counted for MaxConnectionsPerIP= (http_on_accept()), unless from a trusted proxy. */
+                        if (!trusted_proxies_connection(&s->trusted_proxies, c) && peer_key(c, hc->address))
+                                peer_counts_add(s->connection_counts, hc->address, +1);
+                        else
+                                hc->address[0] = 0;
                 }
                 *socket_context = hc;  /* NULL: the first request is refused (connection closed) */
                 s->counters.connections++;
         } else {
                 HttpConnection *hc = *socket_context;
-                if (hc)
+                if (hc) {
                         header_deadline_stop(s->header_deadlines, &hc->header);
+                        if (hc->address[0])
+                                peer_counts_add(s->connection_counts, hc->address, -1);
+                }
                 free(hc);
                 *socket_context = NULL;
                 assert(s->counters.connections > 0);
@@ -589,6 +598,20 @@ static void http_on_connection(void *cls, struct MHD_Connection *c, void **socke
                  * and the server would never accept again. */
                 http_server_schedule_run(s);
         }
+}
+
+/* MaxConnectionsPerIP=, ours rather than libmicrohttpd's, so that a trusted proxy (TrustedProxies=), which
+ * carries many clients, is exempt, and refusals are counted. A refused connection is closed unanswered:
+ * no response is possible before it is accepted, and accepting it would take a slot of the table. */
+static enum MHD_Result http_on_accept(void *cls, const struct sockaddr *addr, socklen_t addrlen) {
+        HttpServer *s = cls;
+        char key[PEER_KEY_MAX];
+
+        if (s->config->max_connections_per_ip == 0 || trusted_proxies_contain(&s->trusted_proxies, addr) ||
+            !sockaddr_key(addr, key) || peer_counts_get(s->connection_counts, key) < s->config->max_connections_per_ip)
+                return MHD_YES;
+        http_count_refusal(s, HTTP_REFUSED_CONNECTIONS_PER_IP, key);
+        return MHD_NO;
 }
 
 /* The request line of a request is in: its headers have HeaderTimeoutSec= from now (the first request of
@@ -778,6 +801,12 @@ int http_server_new(sd_event *event, ImageCache *cache, Fetcher *fetcher, const 
                                 &s->upstream_budget);
         if (r < 0)
                 return r;
+        r = peer_counts_new(&s->connection_counts);
+        if (r < 0)
+                return r;
+        r = trusted_proxies_set(&s->trusted_proxies, config->trusted_proxies);
+        if (r < 0)
+                return r;
         s->hit_cache = hit_cache_new();
         if (!s->hit_cache)
                 return -ENOMEM;
@@ -812,12 +841,11 @@ int http_server_new(sd_event *event, ImageCache *cache, Fetcher *fetcher, const 
         s->mhd = MHD_start_daemon(
                         MHD_USE_EPOLL | MHD_USE_ITC | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_TURBO | MHD_USE_ERROR_LOG,
                         /* port= */ 0,
-                        /* apc= */ NULL, NULL,
+                        http_on_accept, s,
                         http_on_request, s,
                         MHD_OPTION_EXTERNAL_LOGGER, http_on_log, s,
                         MHD_OPTION_LISTEN_SOCKET, fd,
                         MHD_OPTION_CONNECTION_LIMIT, (unsigned) MAX(config->max_connections, 1U),
-                        MHD_OPTION_PER_IP_CONNECTION_LIMIT, config->max_connections_per_ip,
                         MHD_OPTION_URI_LOG_CALLBACK, http_on_uri, s,
                         MHD_OPTION_UNESCAPE_CALLBACK, http_on_unescape, s,
                         MHD_OPTION_CONNECTION_TIMEOUT, s->connection_timeout_sec,
@@ -904,6 +932,8 @@ HttpServer *http_server_free(HttpServer *s) {
         read_guard_free(s->read_guard);
         ttl_cache_free(s->not_found);
         upstream_budget_free(s->upstream_budget);
+        peer_counts_free(s->connection_counts);
+        trusted_proxies_done(&s->trusted_proxies);
         hit_cache_free(s->hit_cache);
         peer_counts_free(s->peer_fill_counts);
         header_deadlines_free(s->header_deadlines);
@@ -927,6 +957,8 @@ int http_server_reconfigure(HttpServer *s, const Config *config) {
         r = check_open_read_access(config, info ? info->listen_fd : -EBADF);
         if (r >= 0)
                 r = read_guard_reconfigure(s->read_guard, config);
+        if (r >= 0)
+                r = trusted_proxies_set(&s->trusted_proxies, config->trusted_proxies);
         if (r < 0)
                 return r;
 

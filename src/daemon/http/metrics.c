@@ -21,6 +21,7 @@ static const char *const http_refusal_table[_HTTP_REFUSED_MAX] = {
         [HTTP_REFUSED_UPSTREAM_BUDGET] = "upstream_budget",
         [HTTP_REFUSED_FETCHES_PER_IP] = "fetches_per_ip",
         [HTTP_REFUSED_BODY] = "body",
+        [HTTP_REFUSED_CONNECTIONS_PER_IP] = "connections_per_ip",
 };
 
 const char *http_refusal_to_string(HttpRefusal r) {

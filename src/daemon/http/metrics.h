@@ -23,6 +23,7 @@ typedef enum HttpRefusal {
         HTTP_REFUSED_UPSTREAM_BUDGET, /* UpstreamRequestsPerIP=: 429 */
         HTTP_REFUSED_FETCHES_PER_IP,  /* MaxFetchesPerIP=: 503 */
         HTTP_REFUSED_BODY,            /* a body announced to a route that takes none: 400 */
+        HTTP_REFUSED_CONNECTIONS_PER_IP, /* MaxConnectionsPerIP=: the connection is closed unanswered */
         _HTTP_REFUSED_MAX,
 } HttpRefusal;
 
