@@ -6,7 +6,10 @@
  * the free space below KeepFree=4M:
  *   - Prune (MaxSize is far away) removes least recently used images until KeepFree holds again, and the
  *     KeepFree and FreeSpace properties say what the filesystem says;
- *   - with FreeSpaceCheckSec= set, the running daemon notices a second such file by itself and prunes. */
+ *   - with FreeSpaceCheckSec= set, the running daemon notices a second such file by itself and prunes.
+ * And an image the cache cannot keep (10 MiB where 12 less KeepFree= leaves 8) costs the cache nothing:
+ * streamed to its reader through memory, nothing evicted, nothing written, its transfer ended when its
+ * last reader leaves. */
 
 #include <sys/mount.h>
 #include <sys/stat.h>
@@ -17,6 +20,7 @@
 #include <glib/gstdio.h>
 
 #include "test-bus.h"
+#include "util.h"
 #include "test-util.h"
 #include "upstream-fixture.h"
 
@@ -149,6 +153,101 @@ static void keep_free_inner(void) {
         g_free(e.url);
 }
 
+static bool upstream_idle(UpstreamFixture *fx) {
+        usec_t deadline = now_usec(CLOCK_MONOTONIC) + TEST_BUS_TIMEOUT_MS * USEC_PER_MSEC;
+
+        /* The fixture's counter, polled: it has no event to wait on, and the deadline bounds it. */
+        while (upstream_fixture_active(fx) > 0) {
+                if (now_usec(CLOCK_MONOTONIC) > deadline)
+                        return false;
+                g_usleep(10 * 1000);
+        }
+        return true;
+}
+
+static void cannot_keep_inner(void) {
+        Env e = {};
+        g_autofree uint8_t *data = test_random_data(MIB, 7);
+        g_autofree uint8_t *big = test_random_data(10 * MIB, 8);
+        UpstreamImageOptions slow = { .rate = 2 * MIB, .digest = UPSTREAM_DIGEST_SHA256 };
+        UpstreamImageOptions digest = { .digest = UPSTREAM_DIGEST_SHA256 };
+
+        g_assert_cmpint(upstream_fixture_new(0, &e.fx), ==, 0);
+        for (unsigned i = 1; i <= 4; i++) {
+                g_autofree char *path = g_strdup_printf("/images/k%u", i);
+                upstream_fixture_add_image(e.fx, path, data, MIB, NULL);
+        }
+        upstream_fixture_add_image(e.fx, "/images/big", big, 10 * MIB, &digest);
+        upstream_fixture_add_image(e.fx, "/images/slow", big, 10 * MIB, &slow);
+        e.url = upstream_fixture_url(e.fx, "/images/{id}");
+        e.bus = test_bus_new();
+        e.fs = g_build_filename(test_bus_dir(e.bus), "fs", NULL);
+        g_assert_cmpint(g_mkdir(e.fs, 0700), ==, 0);
+        g_assert_cmpint(mount("tmpfs", e.fs, "tmpfs", 0, "size=12m,mode=0700"), ==, 0);
+        g_autofree char *inner = g_build_filename(e.fs, "cache", NULL);
+        g_assert_cmpint(g_mkdir(inner, 0700), ==, 0);
+        g_assert_cmpint(mount(inner, test_bus_cache_dir(e.bus), NULL, MS_BIND, NULL), ==, 0);
+
+        g_autofree char *config = g_strdup_printf("[Cache]\nKeepFree=4M\nMaxSize=1G\nEnforceMaxSize=no\n"
+                                                  "[Upstream]\nURL=%s\n[Daemon]\nExitOnIdleSec=infinity\n", e.url);
+        test_bus_write_config(e.bus, config);
+        uint16_t port = test_free_port();
+        g_autofree char *listen = g_strdup_printf("--listen=127.0.0.1:%u", port);
+        const char *args[] = { listen, NULL };
+        if (!test_bus_start_daemon(e.bus, args))
+                g_error("imgcached did not start:\n%s", test_bus_daemon_stderr(e.bus));
+        TestJobWatch *jobs = test_job_watch_new(e.bus);
+        fetch_all(&e, jobs);
+        guint64 before = free_bytes(&e);
+
+        /* The whole image, byte-exact and verified, to a client; the cache untouched. */
+        g_autofree char *out = g_build_filename(test_bus_dir(e.bus), "big.out", NULL);
+        g_autofree char *url = g_strdup_printf("http://127.0.0.1:%u/images/big", port);
+        g_autoptr(GError) error = NULL;
+        g_autoptr(GSubprocess) p = g_subprocess_new(G_SUBPROCESS_FLAGS_NONE, &error, "curl", "-sSf", "-o", out, url,
+                                                    NULL);
+        g_assert_no_error(error);
+        g_assert_true(g_subprocess_wait_check(p, NULL, NULL));
+        g_autofree char *got = NULL;
+        gsize n = 0;
+        g_assert_true(g_file_get_contents(out, &got, &n, NULL));
+        g_assert_cmpuint(n, ==, 10 * MIB);
+        g_assert_true(memcmp(got, big, n) == 0);
+        g_autoptr(GVariant) listed = call(&e, "ListImages", NULL);
+        g_autoptr(GVariant) arr = g_variant_get_child_value(listed, 0);
+        g_assert_cmpuint(g_variant_n_children(arr), ==, 4);    /* nothing evicted for it */
+        g_assert_cmpuint(free_bytes(&e) + 64 * 1024, >=, before); /* nothing written */
+        g_assert_cmpint(test_file_exists(inner, "incomplete/big"), ==, 0);
+        g_assert_cmpint(test_file_exists(inner, "big"), ==, 0);
+
+        /* A reader that leaves after a MiB of a slow transfer: the transfer ends with it. */
+        g_autofree char *slow_url = g_strdup_printf("http://127.0.0.1:%u/images/slow", port);
+        g_autofree char *cmd = g_strdup_printf("curl -sS %s | head -c %u >/dev/null", slow_url, MIB);
+        g_autoptr(GSubprocess) q = g_subprocess_new(G_SUBPROCESS_FLAGS_NONE, &error, "sh", "-c", cmd, NULL);
+        g_assert_no_error(error);
+        g_assert_true(g_subprocess_wait(q, NULL, NULL));
+        g_assert_true(test_bus_wait_stderr(e.bus, "its last reader left", TEST_BUS_TIMEOUT_MS));
+        g_assert_true(upstream_idle(e.fx));
+        g_assert_cmpuint(upstream_fixture_bytes_sent(e.fx, "/images/slow"), <, 10 * MIB);
+        g_assert_cmpuint(free_bytes(&e) + 64 * 1024, >=, before);
+
+        test_job_watch_free(jobs);
+        g_assert_cmpint(test_bus_stop_daemon(e.bus), ==, 0);
+        (void) umount2(test_bus_cache_dir(e.bus), MNT_DETACH);
+        (void) umount2(e.fs, MNT_DETACH);
+        test_bus_free(e.bus);
+        upstream_fixture_free(e.fx);
+        g_free(e.fs);
+        g_free(e.url);
+}
+
+static void test_cannot_keep(void) {
+        gboolean inside;
+
+        if (test_in_mount_namespace("/keep-free/cannot-keep", &inside) && inside)
+                cannot_keep_inner();
+}
+
 static void test_keep_free(void) {
         gboolean inside;
 
@@ -159,5 +258,6 @@ static void test_keep_free(void) {
 int main(int argc, char *argv[]) {
         g_test_init(&argc, &argv, NULL);
         g_test_add_func("/keep-free/prune-and-watch", test_keep_free);
+        g_test_add_func("/keep-free/cannot-keep", test_cannot_keep);
         return g_test_run();
 }

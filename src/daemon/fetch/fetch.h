@@ -149,6 +149,12 @@ void fill_cancel(Fill *f);
 /* Listeners are called on the event loop, never from inside curl callbacks. */
 int fill_subscribe(Fill *f, const FillListener *l, void *userdata, FillSubscription **ret);
 FillSubscription *fill_subscription_free(FillSubscription *s);
+/* A reader has read the image up to offset (and will not read before it): a fill too large to keep
+ * frees its bytes once every reader is past them. */
+void fill_subscription_consumed(FillSubscription *s, uint64_t offset);
+/* The first offset fill_pread() can still read: 0, but for an image streamed through (too large to keep)
+ * whose readers were all past it. A reader that needs earlier bytes cannot be served by this fill. */
+uint64_t fill_readable_from(const Fill *f);
 static inline void fill_subscription_freep(FillSubscription **s) {
         fill_subscription_free(*s);
 }

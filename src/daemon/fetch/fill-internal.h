@@ -118,6 +118,7 @@ struct FillSubscription {
         Fill *fill;          /* a reference */
         FillListener listener;
         void *userdata;
+        uint64_t position;   /* a reader: it has read the image up to here (fill_subscription_consumed()) */
         bool headers_sent, finished_sent, dead;
         FillSubscription *prev, *next;
 };
@@ -176,7 +177,8 @@ struct Fill {
         FillWriter *writer;      /* from admission until the body is all on disk */
         Worker *worker;          /* REHASHING, SEALING */
         int read_fd;
-        bool too_large;          /* streamed through, not kept */
+        bool too_large;          /* cannot be kept: streamed through memory (a streaming writer), never on
+                                  * disk, ended when its last reader leaves */
         bool kept;
         uint64_t turn;           /* the Fetcher turn that turn_bytes counts for */
         size_t turn_bytes;
@@ -291,3 +293,5 @@ void fill_choose_expected(Fill *f, const FillResponse *r);
 void fill_schedule(Fill *f);
 void fill_dispatch(Fill *f);
 bool fill_streams(const Fill *f);  /* some subscriber reads the bytes (rather than wanting them kept) */
+/* A fill too large to keep with no reader left is cancelled from fill_dispatch(), with why. */
+void fill_cancel_for(Fill *f, const char *why);

@@ -51,6 +51,12 @@ static void subscription_notify(FillSubscription *s, bool headers, bool data, bo
         }
 }
 
+/* A fill too large to keep is only worth its transfer while someone reads it. */
+static void fill_cancel_unread(Fill *f) {
+        if (f->too_large && !fill_state_is_final(fill_state(f)) && !fill_streams(f))
+                fill_cancel_for(f, "its last reader left, and it is too large to keep");
+}
+
 void fill_dispatch(Fill *f) {
         fill_ref(f);
         f->n_dispatching++;
@@ -74,6 +80,7 @@ void fill_dispatch(Fill *f) {
                         if (s->dead)
                                 subscription_destroy(s);
                 }
+        fill_cancel_unread(f);
         fill_unref(f);
 }
 
@@ -111,12 +118,36 @@ int fill_subscribe(Fill *f, const FillListener *l, void *userdata, FillSubscript
 }
 
 FillSubscription *fill_subscription_free(FillSubscription *s) {
+        Fill *f;
+
         if (!s)
                 return NULL;
-        if (s->fill->n_dispatching > 0) {
+        f = s->fill;
+        if (f->n_dispatching > 0) {
                 s->dead = true; /* unlinked once the dispatch is over */
                 return NULL;
         }
+        /* The last reader of a fill too large to keep: the dispatch, not this caller, cancels it. */
+        if (f->too_large && !s->listener.requires_kept)
+                fill_schedule(f);
         subscription_destroy(s);
         return NULL;
+}
+
+void fill_subscription_consumed(FillSubscription *s, uint64_t offset) {
+        Fill *f = s->fill;
+        uint64_t floor = UINT64_MAX;
+
+        s->position = MAX(s->position, offset);
+        if (!f->too_large || !f->writer)
+                return;
+        for (FillSubscription *t = f->subs; t; t = t->next)
+                if (!t->dead && !t->listener.requires_kept)
+                        floor = MIN(floor, t->position);
+        if (floor != UINT64_MAX)
+                fill_writer_set_floor(f->writer, floor);
+}
+
+uint64_t fill_readable_from(const Fill *f) {
+        return f->too_large && f->writer ? fill_writer_start(f->writer) : 0;
 }

@@ -13,6 +13,7 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include "checksum.h"
 #include "fill-writer.h"
 #include "util.h"
 
@@ -40,8 +41,11 @@ typedef struct Stage {
 } Stage;
 
 struct FillWriter {
-        CacheWrite *write;  /* the threads' while they run (see store.h for who touches what) */
+        CacheWrite *write;  /* the threads' while they run (see store.h for who touches what); NULL: streaming */
         int read_fd;
+        Hasher *hasher;     /* streaming: the hash stage's digest (there is no write) */
+        uint64_t floor;     /* streaming: every reader is past this offset (fill_writer_set_floor()) */
+        unsigned n_queued;  /* chunks handed to the stages */
 
         Stage stages[_STAGE_MAX];
         int event_fd;       /* the threads → the loop: chunks done, or an error */
@@ -113,11 +117,20 @@ static int stage_begin(FillWriter *fw, StageKind kind) {
 static int stage_work(FillWriter *fw, StageKind kind, const Chunk *c) {
         if (kind == STAGE_WRITE)
                 return cache_write_append_unhashed(fw->write, c->data, c->len);
+        if (!fw->write)
+                return hasher_update(fw->hasher, c->data, c->len);
         return cache_write_hash(fw->write, c->data, c->len);
+}
+
+/* The stages a writer runs: streaming, there is no file to write. */
+static bool stage_runs(const FillWriter *fw, StageKind kind) {
+        return fw->write || kind == STAGE_HASH;
 }
 
 /* Chunks both threads are through with. Under the lock. */
 static unsigned stages_done(const FillWriter *fw) {
+        if (!fw->write)
+                return fw->stages[STAGE_HASH].n_done;
         return MIN(fw->stages[STAGE_WRITE].n_done, fw->stages[STAGE_HASH].n_done);
 }
 
@@ -168,14 +181,22 @@ static void *stage_thread(void *userdata) {
         return NULL;
 }
 
-/* Frees (for reuse) the chunks both threads are done with. */
-static void writer_collect(FillWriter *fw) {
+/* Frees (for reuse) the chunks both threads are done with; streaming, only once every reader is past
+ * them too: they are the only copy. Returns how many. */
+static unsigned writer_collect(FillWriter *fw) {
+        unsigned n = 0;
+
         pthread_mutex_lock(&fw->lock);
         unsigned n_done = stages_done(fw);
         pthread_mutex_unlock(&fw->lock);
 
-        for (; fw->n_collected < n_done; fw->n_collected++)
+        for (; fw->n_collected < n_done; fw->n_collected++, n++) {
+                const Chunk *c = g_queue_peek_head(&fw->in_flight);
+                if (!fw->write && c->offset + c->len > fw->floor)
+                        break;
                 g_queue_push_tail(&fw->spare, g_queue_pop_head(&fw->in_flight));
+        }
+        return n;
 }
 
 static int on_writer_event(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
@@ -222,8 +243,8 @@ int fill_writer_new(sd_event *event, CacheWrite *w, int read_fd, uint64_t reserv
                 .event_fd = -EBADF,
                 .on_progress = on_progress,
                 .userdata = userdata,
-                .end = cache_write_size(w),
-                .on_disk = cache_write_size(w),
+                .end = w ? cache_write_size(w) : 0,
+                .on_disk = w ? cache_write_size(w) : 0,
                 .reserve = reserve,
         };
         pthread_mutex_init(&fw->lock, NULL);
@@ -247,6 +268,8 @@ int fill_writer_new(sd_event *event, CacheWrite *w, int read_fd, uint64_t reserv
         (void) sd_event_source_set_description(fw->event_source, "fill-writer");
 
         for (StageKind k = 0; k < _STAGE_MAX; k++) {
+                if (!stage_runs(fw, k))
+                        continue;
                 r = stage_start(fw, k);
                 if (r < 0)
                         goto fail;
@@ -260,12 +283,52 @@ fail:
         return r;
 }
 
+int fill_writer_new_streaming(sd_event *event, ChecksumAlgo algo, FillWriterProgress on_progress, void *userdata,
+                              FillWriter **ret) {
+        _cleanup_(hasher_freep) Hasher *h = NULL;
+        int r;
+
+        r = hasher_new(algo, &h);
+        if (r < 0)
+                return r;
+        /* No write, no file: fill_writer_new() starts the hash stage only, which owns h from here. */
+        r = fill_writer_new(event, /* w= */ NULL, /* read_fd= */ -EBADF, UINT64_MAX, on_progress, userdata, ret);
+        if (r < 0)
+                return r;
+        (*ret)->hasher = TAKE_PTR(h);
+        return 0;
+}
+
+void fill_writer_set_floor(FillWriter *fw, uint64_t offset) {
+        const Chunk *c = g_queue_peek_head(&fw->in_flight);
+
+        if (fw->write || offset <= fw->floor)
+                return;
+        fw->floor = offset;
+        /* Collected from the loop's next turn, as chunks the threads are done with: the caller (a reader
+         * in an HTTP callback) must not have the receiver resumed under it. */
+        if (c && c->offset + c->len <= offset)
+                writer_notify(fw);
+}
+
+uint64_t fill_writer_start(const FillWriter *fw) {
+        const Chunk *c = g_queue_peek_head((GQueue *) &fw->in_flight) ?: fw->current;
+        return c ? c->offset : fw->end;
+}
+
+int fill_writer_digest(FillWriter *fw, Checksum *ret) {
+        assert(!fw->write && fill_writer_done(fw));
+        return hasher_finish(fw->hasher, ret);
+}
+
 static void writer_queue_current(FillWriter *fw) {
         Chunk *c = TAKE_PTR(fw->current);
         g_queue_push_tail(&fw->in_flight, c);
+        fw->n_queued++;
         pthread_mutex_lock(&fw->lock);
         for (StageKind k = 0; k < _STAGE_MAX; k++)
-                g_queue_push_tail(&fw->stages[k].queue, c);
+                if (stage_runs(fw, k))
+                        g_queue_push_tail(&fw->stages[k].queue, c);
         pthread_cond_broadcast(&fw->wake);
         pthread_mutex_unlock(&fw->lock);
 }
@@ -274,7 +337,7 @@ static void writer_queue_current(FillWriter *fw) {
  * thread did not hash: a partial file kept for a resume gets its digest rebuilt from the file then
  * (cache_write_rehash()), so hashing up to FILL_WRITER_MAX_QUEUED chunks here would only hold up the loop. */
 static void writer_write_rest(FillWriter *fw) {
-        if (fw->error < 0)
+        if (fw->error < 0 || !fw->write)
                 return;
         if (fw->current && fw->current->len > 0)
                 writer_queue_current(fw);
@@ -301,6 +364,7 @@ CacheWrite *fill_writer_free(FillWriter *fw, bool write_rest) {
         chunks_release(&fw->spare);
         sd_event_source_disable_unref(fw->event_source);
         safe_close(fw->event_fd);
+        hasher_free(fw->hasher);
         pthread_cond_destroy(&fw->wake);
         pthread_mutex_destroy(&fw->lock);
         free(fw);
@@ -344,6 +408,14 @@ void fill_writer_close(FillWriter *fw) {
 }
 
 bool fill_writer_done(const FillWriter *fw) {
+        if (!fw->write) {
+                /* Streaming: every chunk hashed; the chunks stay for readers behind. */
+                FillWriter *m = (FillWriter *) fw;
+                pthread_mutex_lock(&m->lock);
+                bool hashed = m->stages[STAGE_HASH].n_done == m->n_queued;
+                pthread_mutex_unlock(&m->lock);
+                return fw->closed && !fw->current && hashed;
+        }
         return fw->closed && !fw->current && g_queue_is_empty((GQueue *) &fw->in_flight);
 }
 
@@ -377,12 +449,14 @@ ssize_t fill_writer_pread(const FillWriter *fw, void *buf, size_t size, uint64_t
         uint64_t on_disk = m->on_disk;
         pthread_mutex_unlock(&m->lock);
 
-        if (offset < on_disk)
+        if (fw->write && offset < on_disk)
                 return pread_retry(fw->read_fd, buf, (size_t) MIN((uint64_t) size, on_disk - offset), offset);
 
         const Chunk *c = writer_find_chunk(fw, offset);
         if (!c)
-                return -EIO; /* cannot happen: every byte before end is on disk or in a chunk */
+                /* Streaming, every reader was past these bytes, and they are gone; else cannot happen:
+                 * every byte before end is on disk or in a chunk. */
+                return fw->write ? -EIO : -ESPIPE;
         size_t n = (size_t) MIN((uint64_t) size, c->offset + c->len - offset);
         memcpy(buf, c->data + (offset - c->offset), n);
         return (ssize_t) n;

@@ -6,6 +6,7 @@
 #include <sys/types.h>
 #include <systemd/sd-event.h>
 
+#include "checksum.h"
 #include "store.h"
 
 /* Writing a fill's bytes to disk on threads of its own, so that the event loop receiving them (which
@@ -38,7 +39,21 @@ typedef void (*FillWriterProgress)(FillWriter *fw, void *userdata);
  * when it cannot. */
 int fill_writer_new(sd_event *event, CacheWrite *w, int read_fd, uint64_t reserve, FillWriterProgress on_progress,
                     void *userdata, FillWriter **ret);
-/* Stops the threads (after the chunk each is on) and gives back the write. With write_rest, the bytes
+/* A writer for an image that will not be kept (larger than the cache can hold): no file, only the hash
+ * stage, digesting with algo. Its chunks are the only copy of the bytes: they stay until every reader is
+ * past them (fill_writer_set_floor()) and the digest has them, so at most FILL_WRITER_MAX_QUEUED chunks
+ * are in memory, and fill_writer_full() holds the receiver back for the slowest reader. */
+int fill_writer_new_streaming(sd_event *event, ChecksumAlgo algo, FillWriterProgress on_progress, void *userdata,
+                              FillWriter **ret);
+/* Streaming: every reader has read up to offset. Chunks it frees are collected from the loop, and
+ * on_progress says so (the receiver may go on if it was held for room). */
+void fill_writer_set_floor(FillWriter *fw, uint64_t offset);
+/* The first offset fill_writer_pread() can still read (0, but for streaming writers). */
+uint64_t fill_writer_start(const FillWriter *fw);
+/* Streaming, once done: the digest of every byte. */
+int fill_writer_digest(FillWriter *fw, Checksum *ret);
+
+/* Stops the threads (after the chunk each is on) and gives back the write (NULL: streaming). With write_rest, the bytes
  * not written yet are written here first (blocking: to keep a partial file for a resume, whose digest a
  * resume rebuilds from the file, so the write is not to be sealed); otherwise they are dropped. */
 CacheWrite *fill_writer_free(FillWriter *fw, bool write_rest);

@@ -390,12 +390,11 @@ static FillIntake fill_take_image(Fill *f, const void *data, size_t n) {
         if (f->bytes_total != UINT64_MAX && f->bytes_written + n > f->bytes_total)
                 return fill_abort(f, -EBADMSG, "Upstream sent more than the %" PRIu64 " bytes announced for %s",
                                   f->bytes_total, f->id);
-        if (!f->too_large && f->bytes_written + n > f->cap) {
-                if (!fill_streams(f))
-                        return fill_abort(f, -EFBIG, "Image %s is larger than MaxSize (%" PRIu64 " bytes): not fetched",
-                                          f->id, f->cap);
-                f->too_large = true;
-        }
+        /* Of unknown size, it turns out too large to keep: dropped here, and its readers get an honest end
+         * (it was on disk, where it cannot stay). */
+        if (!f->too_large && f->bytes_written + n > f->cap)
+                return fill_abort(f, -EFBIG, "Image %s is larger than MaxSize (%" PRIu64 " bytes): %s", f->id, f->cap,
+                                  fill_streams(f) ? "dropped" : "not fetched");
 
         /* A failure of a writer thread ends the fill from on_writer_progress(). */
         int r = fill_writer_append(f->writer, data, n);
@@ -452,26 +451,42 @@ FillIntake fill_on_body(Fill *f, const void *data, size_t n) {
 
 static void on_writer_progress(FillWriter *fw, void *userdata);
 
+/* The most the cache could ever hold of one image: MaxSize=, and the filesystem less KeepFree= (an image
+ * larger than that would have every other one evicted for it, and still not fit). */
+static uint64_t fill_keepable(Fill *f) {
+        Fetcher *fe = f->fetcher;
+        uint64_t fs_size, keep_free;
+
+        if (image_cache_fs_space(fe->cache, &fs_size, NULL) < 0 ||
+            image_cache_resolve_limit(fe->cache, &fe->keep_free, &keep_free) < 0)
+                return f->cap;
+        return MIN(f->cap, fs_size > keep_free ? fs_size - keep_free : 0);
+}
+
 /* Before a byte is written: the size cap, room in the cache, the write (new or resumed) and a reader
- * for subscribers. Negative: the fill failed (fill_fail()); 1: the partial file cannot be continued. */
+ * for subscribers. Negative: the fill failed (fill_fail()); 1: the partial file cannot be continued; 2: the
+ * image cannot be kept, and is streamed through memory to its readers (nothing opened, nothing evicted). */
 static int fill_admit(Fill *f) {
         Fetcher *fe = f->fetcher;
-        uint64_t total = f->bytes_total, offset = f->body_offset, size = 0;
+        uint64_t total = f->bytes_total, offset = f->body_offset, size = 0, keepable;
         int r;
 
         r = image_cache_resolve_limit(fe->cache, &fe->max_size, &f->cap);
         if (r < 0)
                 return fill_fail(f, r, "Cannot resolve MaxSize= for %s: %s", f->id, strerror(-r));
-        if (total != UINT64_MAX && total > f->cap) {
+        if (total != UINT64_MAX && total > (keepable = fill_keepable(f))) {
                 if (!fill_streams(f))
                         return fill_fail(f, -EFBIG,
-                                         "Image %s is %" PRIu64 " bytes, larger than MaxSize (%" PRIu64 " bytes): not fetched",
-                                         f->id, total, f->cap);
+                                         "Image %s is %" PRIu64 " bytes, more than the cache can keep (%" PRIu64 " bytes, MaxSize= and KeepFree=): not fetched",
+                                         f->id, total, keepable);
+                /* Readers want it from its first byte: a continuation is of no use to them. */
+                if (offset > 0 || f->switched)
+                        return 1;
                 f->too_large = true;
+                return 2;
         }
-        if (!f->too_large)
-                fetcher_make_room(fe, f->id, total != UINT64_MAX ? total - MIN(offset, total) : 0,
-                                  fe->enforce_max_size ? f->cap : UINT64_MAX);
+        fetcher_make_room(fe, f->id, total != UINT64_MAX ? total - MIN(offset, total) : 0,
+                          fe->enforce_max_size ? f->cap : UINT64_MAX);
 
         const Checksum *expected = f->has_expected ? &f->expected : NULL;
         if (offset > 0) {
@@ -513,10 +528,21 @@ void fill_resume_transfer(Fill *f) {
                 fill_resume(f);
 }
 
-/* Receiving from here on: the body goes to the writer threads. */
+/* Receiving from here on: the body goes to the writer threads (to the file, or, too large to keep, to
+ * memory only). */
 static void fill_receive(Fill *f) {
-        uint64_t reserve = f->too_large ? UINT64_MAX : f->bytes_total;
-        int r = fill_writer_new(f->fetcher->event, f->write, f->read_fd, reserve, on_writer_progress, f, &f->writer);
+        int r;
+
+        if (f->too_large) {
+                r = fill_writer_new_streaming(f->fetcher->event, f->has_expected ? f->expected.algo : CHECKSUM_SHA256,
+                                              on_writer_progress, f, &f->writer);
+                if (r >= 0)
+                        log_image(LOG_INFO, NULL, f->id,
+                                  "Streaming %s (%" PRIu64 " bytes) to its readers without keeping it: the cache cannot hold it",
+                                  f->id, f->bytes_total);
+        } else
+                r = fill_writer_new(f->fetcher->event, f->write, f->read_fd, f->bytes_total, on_writer_progress, f,
+                                    &f->writer);
         if (r < 0) {
                 fill_fail(f, r, "Cannot start writing %s: %s", f->id, strerror(-r));
                 return;
@@ -568,6 +594,10 @@ static void fill_admitted(Fill *f) {
         int r = fill_admit(f);
         if (r < 0)
                 return; /* failed */
+        if (r == 2) {
+                fill_receive(f);
+                return;
+        }
         if (r > 0) {
                 /* Not the continuation we asked for after all: discard this body, then start over. */
                 fill_set_state(f, STEP_RESTARTING);
@@ -597,10 +627,15 @@ static int on_admit(sd_event_source *s, void *userdata) {
         return 0;
 }
 
-/* The writer wrote chunks or failed: go on receiving, or seal, or fail. */
+static void fill_end_streamed(Fill *f);
+
+/* The writer wrote chunks or failed: go on receiving, or seal, or fail. Streaming, its chunks outlive the
+ * fill's end for the readers still behind: only their collection is news then. */
 static void on_writer_progress(FillWriter *fw, void *userdata) {
         Fill *f = userdata;
 
+        if (fill_is_final(f))
+                return;
         int r = fill_writer_error(fw);
         if (r < 0) {
                 _cleanup_(freep) char *m = NULL;
@@ -608,7 +643,9 @@ static void on_writer_progress(FillWriter *fw, void *userdata) {
                 fill_fail(f, e, "%s", m ?: "Out of memory");
                 return;
         }
-        if (f->step == STEP_DRAINING && fill_writer_done(fw)) {
+        if (f->step == STEP_DRAINING && fill_writer_done(fw) && f->too_large)
+                fill_end_streamed(f);
+        else if (f->step == STEP_DRAINING && fill_writer_done(fw)) {
                 f->write = fill_writer_free(TAKE_PTR(f->writer), false);
                 fill_seal(f);
         } else if (f->step == STEP_PAUSED_WRITER && !fill_writer_full(fw))
@@ -782,13 +819,7 @@ static void on_sealed(int result, void *userdata) {
                           strempty(e), a ?: "?");
         } else if (result < 0)
                 fill_fail(f, result == -EDQUOT ? -ENOSPC : result, "Cannot store %s: %s", f->id, strerror(-result));
-        else if (f->too_large) {
-                /* Verified and streamed; not kept. The readers' fds keep the data alive. */
-                image_cache_discard_write(f->fetcher->cache, TAKE_PTR(f->write));
-                log_image(LOG_INFO, NULL, f->id, "Streamed %s (%" PRIu64 " bytes, verified) without keeping it: larger than MaxSize",
-                          f->id, f->bytes_written);
-                fill_finish(f, 0);
-        } else
+        else
                 fill_keep(f);
         fill_unref(f);
 }
@@ -796,6 +827,28 @@ static void on_sealed(int result, void *userdata) {
 static void fill_seal(Fill *f) {
         fill_set_state(f, STEP_SEALING);
         fill_start_worker(f, "fill-seal", run_seal, on_sealed);
+}
+
+/* Every byte streamed through went to the digest: verified, the fill is done, and nothing is kept. The
+ * writer stays, with the chunks readers behind still need (the last byte among them: readers get it only
+ * now that it is verified). */
+static void fill_end_streamed(Fill *f) {
+        Checksum actual;
+        int r = fill_writer_digest(f->writer, &actual);
+
+        if (r < 0) {
+                fill_fail(f, r, "Cannot digest %s: %s", f->id, strerror(-r));
+                return;
+        }
+        if (f->has_expected && !checksum_equal(&actual, &f->expected)) {
+                _cleanup_(freep) char *e = checksum_to_string(&f->expected), *a = checksum_to_string(&actual);
+                fill_fail(f, -EBADMSG, "Image %s failed verification: expected %s, got %s; nothing was kept", f->id,
+                          strempty(e), strempty(a));
+                return;
+        }
+        log_image(LOG_INFO, NULL, f->id, "Streamed %s (%" PRIu64 " bytes, %s) without keeping it", f->id,
+                  f->bytes_written, f->has_expected ? "verified" : "no digest to verify");
+        fill_finish(f, 0);
 }
 
 /* ---- the next source ---------------------------------------------------------------------------- */
@@ -815,6 +868,8 @@ static bool fill_try_next_source(Fill *f) {
                 return false;
         if (f->bytes_written > 0 && !f->has_expected)
                 return false; /* without a digest, bytes from two sources cannot be told to be one image */
+        if (f->too_large && f->bytes_written > 0)
+                return false; /* what was streamed is gone: there is no partial file to continue */
 
         const char *next = f->sources[f->source + 1];
         log_image(LOG_WARNING, NULL, f->id, "%s; going on with %s", f->error_message ?: "The peer failed",
@@ -853,6 +908,9 @@ static bool error_keeps_partial(int error) {
 static void fill_dispose_write(Fill *f, int error) {
         ImageCache *cache = f->fetcher->cache;
         bool keep = !f->too_large && f->bytes_written > 0 && error_keeps_partial(error);
+
+        if (f->too_large && error == 0)
+                return; /* the streaming writer holds what readers behind still read; it goes with the fill */
 
         if (f->writer)
                 f->write = fill_writer_free(TAKE_PTR(f->writer), /* write_rest= */ keep);
@@ -979,7 +1037,9 @@ Fill *fill_unref(Fill *f) {
         if (!f || --f->n_ref > 0)
                 return NULL;
 
-        assert(!f->transfer && !f->write && !f->writer && !f->worker && !f->subs);
+        assert(!f->transfer && !f->write && !f->worker && !f->subs);
+        assert(!f->writer || f->too_large);
+        fill_writer_free(f->writer, /* write_rest= */ false);
         if (f->fetcher)
                 g_hash_table_remove(f->fetcher->all, f);
         sd_event_source_disable_unref(f->admit);
@@ -1033,7 +1093,7 @@ bool fill_has_headers(const Fill *f) {
 
         /* After a switch of sources the reader is open already, but the next source's headers are not
          * in before RECEIVING. */
-        return fill_state_is_final(state) || (state >= FILL_RECEIVING && f->read_fd >= 0);
+        return fill_state_is_final(state) || (state >= FILL_RECEIVING && (f->read_fd >= 0 || f->too_large));
 }
 
 bool fill_expected(const Fill *f, Checksum *ret) {
@@ -1046,17 +1106,23 @@ bool fill_expected(const Fill *f, Checksum *ret) {
 }
 
 ssize_t fill_pread(const Fill *f, void *buf, size_t size, uint64_t offset) {
-        if (f->read_fd < 0)
-                return -EBADF;
-        /* The newest bytes may not be on disk yet; once the writer is gone, everything is. */
+        /* The newest bytes may not be on disk yet; once the writer is gone, everything is. Streamed through,
+         * the writer's chunks are all there is. */
         if (f->writer)
                 return fill_writer_pread(f->writer, buf, size, offset);
+        if (f->read_fd < 0)
+                return -EBADF;
         return pread_retry(f->read_fd, buf, size, offset);
 }
 
 /* Cancelling a fill that is sealing has no effect: the image is complete and about to be committed. */
-void fill_cancel(Fill *f) {
+void fill_cancel_for(Fill *f, const char *why) {
         if (!f->fetcher || fill_is_final(f) || f->step == STEP_SEALING)
                 return;
-        fill_fail(f, -ECANCELED, "Fetch of %s cancelled", f->id); /* rehashing: FAILING, until the worker is through */
+        /* Rehashing: FAILING, until the worker is through. */
+        fill_fail(f, -ECANCELED, "Fetch of %s cancelled%s%s", f->id, why ? ": " : "", strempty(why));
+}
+
+void fill_cancel(Fill *f) {
+        fill_cancel_for(f, NULL);
 }

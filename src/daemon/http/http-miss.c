@@ -201,6 +201,15 @@ static enum MHD_Result respond_miss(HttpServer *s, Request *req, Stream *st) {
         if (range && total != UINT64_MAX && !http_header(c, MHD_HTTP_HEADER_IF_RANGE))
                 rr = http_range_parse(range, total, &start, &length);
 
+        /* Too large to keep, and streamed to others already: the bytes before where they are are gone. */
+        if (fill_readable_from(st->fill) > (rr == HTTP_RANGE_SATISFIABLE ? start : 0)) {
+                http_stream_free(st);
+                return http_respond_text_with(c, MHD_HTTP_SERVICE_UNAVAILABLE,
+                                              "The image is too large to keep and is being streamed to other clients; "
+                                              "try again when that is over\n",
+                                              MHD_HTTP_HEADER_RETRY_AFTER, "10");
+        }
+
         switch (rr) {
         case HTTP_RANGE_UNSATISFIABLE:
                 http_stream_free(st);

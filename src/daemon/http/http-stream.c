@@ -164,6 +164,8 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max) {
                 return stream_fail(st);
         }
 
+        /* An image streamed through frees what every reader is past. */
+        fill_subscription_consumed(st->subscription, off + (uint64_t) k);
         http_count_served(st->server, fill_from_peer(st->fill) ? SERVE_SOURCE_PEER : SERVE_SOURCE_UPSTREAM,
                           (uint64_t) k, st->request->from_peer);
         st->request->streamed += (uint64_t) k;
@@ -186,6 +188,7 @@ enum MHD_Result http_stream_respond(Request *req, Stream *st, uint64_t start, ui
         if (partial) {
                 st->offset = start;
                 st->end = start + length;
+                fill_subscription_consumed(st->subscription, start); /* it reads nothing before */
         } else {
                 st->end = total;
                 /* MHD's rule: chunked encoding for every client but HTTP/1.0 (stream_finish()). */
