@@ -3,8 +3,11 @@
 #
 # Boots an installed imgcache under a real systemd and runs a test script inside; returns its status.
 #
-#   boot-test.sh [OPTIONS] (-B BUILDDIR | -D DESTDIR) TEST_SCRIPT [ARGS...]
+#   boot-test.sh [OPTIONS] (-P BUILDDIR | -B BUILDDIR | -D DESTDIR) TEST_SCRIPT [ARGS...]
 #
+#   -P BUILDDIR   install the Debian packages tools/build-deb made for BUILDDIR (BUILDDIR/deb/*.deb, which
+#                 must be of the tree as it is) with apt-get, before boot, as an image build would; the
+#                 guest finds them in /boot-test/debs and apt-get's output in /boot-test/install.log
 #   -B BUILDDIR   "meson install --destdir" BUILDDIR into the guest (the build must use prefix /usr)
 #   -D DESTDIR    copy an already installed tree into the guest
 #   -e UNIT       "systemctl enable" UNIT in the guest before boot (repeatable)
@@ -85,10 +88,10 @@ if [ "${1:-}" = --reap ]; then
 fi
 
 orig_args=("$@")
-builddir='' destdir='' outdir='' verbose=0 time_limit=300
+builddir='' destdir='' debbuild='' outdir='' verbose=0 time_limit=300
 enable_units=() preset_units=() binds=()
 
-usage() { sed -n '4,22p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '4,25p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 log() { echo "boot-test: $*" >&2; }
 skip() {
         if [ "${IMGCACHE_SYSTEM_TEST:-}" = required ] || [ "${IMGCACHE_TESTS_REQUIRE_ALL:-}" = 1 ]; then
@@ -100,8 +103,9 @@ skip() {
         exit 77
 }
 
-while getopts "B:D:e:p:b:t:o:vh" opt; do
+while getopts "P:B:D:e:p:b:t:o:vh" opt; do
         case $opt in
+        P) debbuild=$(cd "$OPTARG" && pwd) ;;
         B) builddir=$(cd "$OPTARG" && pwd) ;;
         D) destdir=$(cd "$OPTARG" && pwd) ;;
         e) enable_units+=("$OPTARG") ;;
@@ -115,8 +119,10 @@ while getopts "B:D:e:p:b:t:o:vh" opt; do
 done
 shift $((OPTIND - 1))
 [ $# -ge 1 ] || usage
-if [ -n "$builddir" ] && [ -n "$destdir" ] || [ -z "$builddir$destdir" ]; then
-        log "exactly one of -B BUILDDIR and -D DESTDIR is needed"
+n_trees=0
+for t in "$debbuild" "$builddir" "$destdir"; do [ -z "$t" ] || n_trees=$((n_trees + 1)); done
+if [ $n_trees != 1 ]; then
+        log "exactly one of -P BUILDDIR, -B BUILDDIR and -D DESTDIR is needed"
         usage
 fi
 test_script=$(cd "$(dirname "$1")" && pwd)/$(basename "$1")
@@ -135,13 +141,14 @@ if [ -z "${IMGCACHE_BOOT_TEST_INNER:-}" ]; then
         [ -d /sys/fs/cgroup/unified ] || [ -f /sys/fs/cgroup/cgroup.controllers ] ||
                 skip "no cgroup2 hierarchy on this machine"
 
-        if [ -n "$builddir" ]; then
+        if [ -n "$builddir$debbuild" ]; then
                 # The guest's dbus-daemon and polkitd read only /usr/share and /etc: a /usr/local build
-                # would install fine and then be invisible to them.
-                opts=$(meson introspect --buildoptions "$builddir")
+                # would install fine and then be invisible to them (the package is configured by
+                # debian/rules, whatever BUILDDIR's prefix).
+                opts=$(meson introspect --buildoptions "$builddir$debbuild")
                 opt() { python3 -c 'import json,sys; print(next(o["value"] for o in json.load(sys.stdin) if o["name"]==sys.argv[1]))' "$1" <<<"$opts"; }
                 prefix=$(opt prefix) sysconfdir=$(opt sysconfdir) sanitize=$(opt b_sanitize)
-                [ "$prefix" = /usr ] && [ "$sysconfdir" = /etc ] ||
+                [ -n "$debbuild" ] || { [ "$prefix" = /usr ] && [ "$sysconfdir" = /etc ]; } ||
                         skip "the build uses prefix=$prefix sysconfdir=$sysconfdir; the system test installs into a" \
                              "Debian guest, whose dbus-daemon and polkitd look only in /usr/share and /etc:" \
                              "configure with --prefix=/usr (sysconfdir then defaults to /etc)"
@@ -154,8 +161,29 @@ if [ -z "${IMGCACHE_BOOT_TEST_INNER:-}" ]; then
                 fi
         fi
 
+        # The packages: built from the tree as it is, and their dependencies (those apt-get would fetch,
+        # less the packages themselves) carried by the root filesystem, since the guest has no network.
+        rootfs_args=()
+        if [ -n "$debbuild" ]; then
+                why=$("$here/../../tools/build-deb" --check "$debbuild") || skip "$why"
+                debs=()
+                for deb in "$debbuild"/deb/*.deb; do
+                        [[ $deb == *-dbgsym_* ]] || debs+=("$deb")
+                done
+                names=$(for deb in "${debs[@]}"; do dpkg-deb -f "$deb" Package; done | paste -sd'|' -)
+                for deb in "${debs[@]}"; do
+                        for field in Pre-Depends Depends Recommends; do
+                                deps=$(dpkg-deb -f "$deb" "$field" | tr ',' '\n' |
+                                       { grep -Ev "(^|\|) *($names)( |\(|\||\$)" || true; } | paste -sd, -)
+                                [ -z "$deps" ] || rootfs_args+=(-s "$deps")
+                        done
+                done
+                export IMGCACHE_BOOT_TEST_DEBS
+                IMGCACHE_BOOT_TEST_DEBS=$(printf '%s\n' "${debs[@]}")
+        fi
+
         mkdir -p "$cache_dir/run"
-        rootfs=$("$here/make-rootfs.sh" -c "$cache_dir")
+        rootfs=$("$here/make-rootfs.sh" -c "$cache_dir" "${rootfs_args[@]}")
 
         # Leftovers of runs whose reaper did not finish either: their lock is free.
         for lock in "$cache_dir"/run/bt-*.lock; do
@@ -188,12 +216,13 @@ fi
 # ---------------------------------------------------------------------------------------------------
 # Inside: we are PID 1 of a private PID namespace with private mounts.
 rootfs=$IMGCACHE_BOOT_TEST_INNER run_id=$IMGCACHE_BOOT_TEST_RUN
-unset IMGCACHE_BOOT_TEST_INNER IMGCACHE_BOOT_TEST_RUN
+mapfile -t debs <<<"${IMGCACHE_BOOT_TEST_DEBS:-}"
+unset IMGCACHE_BOOT_TEST_INNER IMGCACHE_BOOT_TEST_RUN IMGCACHE_BOOT_TEST_DEBS
 work=$cache_dir/run/$run_id
 mkdir "$work"
 
 # The rootfs must not be removed by a concurrent make-rootfs.sh while it is our lower layer.
-exec 9<"$rootfs.lock" 2>/dev/null || { log "rootfs lock $rootfs.lock is missing"; exit 1; }
+{ exec 9<"$rootfs.lock"; } 2>/dev/null || { log "rootfs lock $rootfs.lock is missing"; exit 1; }
 flock -s 9
 [ -f "$rootfs/.imgcache-rootfs-complete" ] || { log "$rootfs vanished; run again"; exit 1; }
 
@@ -227,6 +256,27 @@ mkdir "$work"/{upper,ovl,root,bt,bt/out}
 mount -t overlay overlay -o "lowerdir=$rootfs,upperdir=$work/upper,workdir=$work/ovl" "$work/root"
 root=$work/root
 
+# The packages, installed with apt-get in the guest's tree before it boots, as an image build would (no
+# systemd runs: the maintainer scripts create the user and enable the units, and start nothing). A
+# mount namespace of its own gives apt-get a /proc that goes away with it.
+if [ -n "$debbuild" ]; then
+        mkdir "$work/bt/debs" "$root/var/tmp/imgcache-debs"
+        cp "${debs[@]}" "$work/bt/debs/"
+        cp "${debs[@]}" "$root/var/tmp/imgcache-debs/"
+        guest_debs=()
+        for deb in "${debs[@]}"; do guest_debs+=("/var/tmp/imgcache-debs/$(basename "$deb")"); done
+        if ! unshare --mount --propagation private -- sh -c 'mount -t proc proc "$1/proc" &&
+                        mount -t devpts -o newinstance,ptmxmode=0666 devpts "$1/dev/pts" && shift && exec chroot "$@"' \
+                sh "$root" "$root" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+                "${guest_debs[@]}" >"$work/bt/install.log" 2>&1; then
+                cat "$work/bt/install.log" >&2
+                log "apt-get install of the packages failed"
+                exit 1
+        fi
+        rm -rf "$root/var/tmp/imgcache-debs"
+        log "installed $(cd "$work/bt/debs" && echo *.deb) with apt-get"
+fi
+
 # The installed tree. --keep-directory-symlink keeps the rootfs's merged-/usr symlinks (/lib -> usr/lib).
 install_tree=$destdir
 if [ -n "$builddir" ]; then
@@ -234,10 +284,12 @@ if [ -n "$builddir" ]; then
         meson install -C "$builddir" --destdir "$install_tree" --no-rebuild --quiet >"$work/install.log" 2>&1 ||
                 { cat "$work/install.log" >&2; log "meson install failed"; exit 1; }
 fi
-tar -C "$install_tree" -cf - . | tar -C "$root" -xf - --keep-directory-symlink --no-overwrite-dir --no-same-owner
+[ -z "$install_tree" ] ||
+        tar -C "$install_tree" -cf - . | tar -C "$root" -xf - --keep-directory-symlink --no-overwrite-dir --no-same-owner
 
-# Every ELF file installed must find its libraries in the guest.
-missing=$(cd "$install_tree" && find . -type f -perm -u+x -print0 | while IFS= read -r -d '' f; do
+# Every ELF file installed must find its libraries in the guest (the packages' Depends see to theirs).
+missing=
+[ -z "$install_tree" ] || missing=$(cd "$install_tree" && find . -type f -perm -u+x -print0 | while IFS= read -r -d '' f; do
         head -c4 "$f" | grep -q $'\x7fELF' || continue
         chroot "$root" ldd "/${f#./}" 2>/dev/null | sed -n "s|^\s*\(\S*\) => not found|/${f#./}: \1|p"
 done)

@@ -4,7 +4,12 @@
 # The system test proper: runs as root inside the booted guest (boot-test.sh), against the installed
 # imgcache, a real systemd, a real dbus-daemon and a real polkitd.
 #
-#   in-guest.sh [--upstream-server=PATH]
+#   in-guest.sh [--upstream-server=PATH] [--debs=DIR]
+#
+# imgcache was installed from its Debian package before boot (boot-test.sh -P; the packages are in DIR,
+# default /boot-test/debs, apt-get's output in /boot-test/install.log). After the checks of the installed
+# service, the last ones upgrade it to a repacked package of a higher version, remove it, purge it and
+# install it again on the running system.
 #
 # Each check prints PASS, FAIL or SKIP with its duration and the time since the test started; a SKIP
 # names the part of imgcache it waits for. Exit status: 0 when nothing failed, 1 otherwise.
@@ -15,9 +20,11 @@
 set -uo pipefail
 
 upstream_server=
+debs_dir=/boot-test/debs
 for arg; do
         case $arg in
         --upstream-server=*) upstream_server=${arg#*=} ;;
+        --debs=*) debs_dir=${arg#*=} ;;
         *) echo "in-guest.sh: unknown argument $arg" >&2; exit 2 ;;
         esac
 done
@@ -160,8 +167,10 @@ check_sysusers() {
         [ "$uid" -lt 1000 ] || fail "imgcache is not a system user (uid $uid)"
         [ "$home" = "$CACHE" ] || fail "home is $home, not $CACHE"
         getent group imgcache >/dev/null || fail "no group imgcache"
-        journalctl -b --no-pager -o cat -t systemd-sysusers | grep -F "Creating user 'imgcache'" ||
-                fail "systemd-sysusers did not log creating imgcache (was it in the base image?)"
+        # The package's postinst ran systemd-sysusers before boot (apt-get's output), else the boot did.
+        { cat /boot-test/install.log 2>/dev/null; journalctl -b --no-pager -o cat -t systemd-sysusers; } |
+                grep -F "Creating user 'imgcache'" ||
+                fail "systemd-sysusers did not say it created imgcache (was it in the base image?)"
 }
 
 check_enablement() {
@@ -698,6 +707,183 @@ check_cockpit_page() {
                 fail "$d/manifest.json is not valid JSON"
 }
 
+# ---------------------------------------------------------------------------------------------------
+# The Debian package: installed, upgraded, removed, purged and installed again on the running system.
+readonly PKG=imgcache CONF=/etc/imgcache/imgcached.conf
+readonly SAVED=/run/imgcache-test-saved        # what the checks below keep between them
+pkg_deb() { compgen -G "$debs_dir/${PKG}_*.deb" | head -n1; }
+pkg_status() { dpkg-query -W -f='${db:Status-Abbrev}${Version}' "$PKG" 2>/dev/null | tr -s ' '; }
+# apt-get as an operator runs it, on a guest without network; its output goes to LOG.
+apt_get() {
+        local log=$1; shift
+        DEBIAN_FRONTEND=noninteractive apt-get -y -q "$@" </dev/null >"$log" 2>&1 ||
+                { tail -n 30 "$log"; fail "apt-get $* failed"; }
+        info "apt-get $*: $(grep -c . "$log") lines of output"
+}
+# Files of the package's kind left on the system: units, enablement links, drop-in directories, the
+# bus and polkit files, deb-systemd-helper's state.
+pkg_leftovers() {
+        find /etc/systemd /lib/systemd /usr/lib/systemd /run/systemd/system /run/systemd/generator* \
+             /var/lib/systemd/deb-systemd-helper-enabled /var/lib/systemd/deb-systemd-helper-masked \
+             /usr/share/dbus-1 /usr/share/polkit-1 /usr/lib/sysusers.d \
+             -name '*imgcache*' 2>/dev/null
+}
+# Files anywhere owned by the imgcache user or group (a private /tmp of a unit included).
+user_files() {
+        find / /run /tmp /var/tmp /dev/shm -xdev \( -user imgcache -o -group imgcache \) 2>/dev/null | sort -u
+}
+
+check_package_installed() {
+        local deb want out u path
+        deb=$(pkg_deb) || fail "no ${PKG}_*.deb in $debs_dir (boot-test.sh -P)"
+        want=$(dpkg-deb -f "$deb" Version)
+        [ "$(pkg_status)" = "ii $want" ] || fail "dpkg says '$(pkg_status)', not 'ii $want'"
+        dpkg-query -W -f='${Conffiles}\n' "$PKG" | grep -q "^ $CONF " || fail "$CONF is not a conffile"
+        for u in $(systemctl list-unit-files --no-legend 'imgcache*' | awk '{ print $1 }'); do
+                path=$(unit_prop "$u" FragmentPath)
+                dpkg -S "$path" >/dev/null 2>&1 || fail "$u ($path) does not belong to a package"
+        done
+        info "$PKG $want installed (apt-get, before boot); $CONF is a conffile; every unit comes from it"
+        out=$(imgcachectl status 2>&1) || { echo "$out"; fail "imgcachectl status failed as root"; }
+        grep -q "Directory: $CACHE\$" <<<"$out" || { echo "$out"; fail "imgcachectl status names no $CACHE"; }
+        info "imgcachectl status: $(tr -s ' \n' ' ' <<<"$out" | cut -c1-150)"
+        wait_idle_exit
+}
+
+# An upgrade to a higher version (the same package repacked, so only the maintainer scripts act) with
+# the daemon running: it is restarted, the socket never stops listening (same unit invocation, same
+# listening socket), the cache and a locally changed conffile stay as they were.
+check_upgrade() {
+        local deb version new tree sums sock_inv sock_ino pid out
+        deb=$(pkg_deb) || fail "no ${PKG}_*.deb in $debs_dir"
+        version=$(dpkg-deb -f "$deb" Version) new=$(dpkg-deb -f "$deb" Version)+systemtest1
+        mkdir -p "$SAVED"
+        tree=$(mktemp -d)
+        dpkg-deb -R "$deb" "$tree/pkg" && sed -i "s/^Version: .*/Version: $new/" "$tree/pkg/DEBIAN/control" &&
+                dpkg-deb -Zgzip -b "$tree/pkg" "$SAVED/${PKG}_${new}.deb" >/dev/null || fail "cannot repack $deb as $new"
+        rm -rf "$tree"
+        dpkg --compare-versions "$new" gt "$version" || fail "$new is not higher than $version"
+
+        printf '\n# A local change that upgrades keep (the system test).\n' >> "$CONF"
+        cp "$CONF" "$SAVED/conf"
+        # An image of its own in the cache (the daemon adopts it), served after the upgrade.
+        head -c 65536 /dev/urandom > "$CACHE/img-upgrade"
+        chown imgcache:imgcache "$CACHE/img-upgrade"
+        sums=$(cd "$CACHE" && cache_images | awk '{ print $1 }' | xargs -r sha256sum)
+        # The daemon must be running when the package is upgraded: no idle exit meanwhile.
+        stop_service
+        printf '[Daemon]\nExitOnIdleSec=0\n' > "$CONF_D/60-test-upgrade.conf"
+        trap 'rm -f "$CONF_D/60-test-upgrade.conf"; stop_service' EXIT
+        call ListImages >/dev/null || fail "cannot start $SERVICE"
+        pid=$(unit_prop "$SERVICE" MainPID)
+        sock_inv=$(unit_prop "$SOCKET" InvocationID)
+        sock_ino=$(ss -Hltne "sport = :$PORT" | grep -o 'ino:[0-9]*')
+        [ -n "$sock_ino" ] || fail "nothing listens on :$PORT before the upgrade"
+
+        apt_get "$SAVED/upgrade.log" install "$SAVED/${PKG}_${new}.deb"
+        [ "$(pkg_status)" = "ii $new" ] || fail "after the upgrade dpkg says '$(pkg_status)'"
+        info "upgraded $version → $new"
+        is_active "$SERVICE" || fail "$SERVICE is $(unit_prop $SERVICE ActiveState) after the upgrade"
+        [ "$(unit_prop "$SERVICE" MainPID)" != "$pid" ] || fail "the daemon (pid $pid) was not restarted"
+        info "daemon restarted: MainPID $pid → $(unit_prop "$SERVICE" MainPID)"
+        [ "$(unit_prop "$SOCKET" InvocationID)" = "$sock_inv" ] && is_active "$SOCKET" ||
+                fail "$SOCKET was stopped or restarted by the upgrade"
+        [ "$(ss -Hltne "sport = :$PORT" | grep -o 'ino:[0-9]*')" = "$sock_ino" ] ||
+                fail "the listening socket changed ($sock_ino → $(ss -Hltne "sport = :$PORT" | grep -o 'ino:[0-9]*'))"
+        info "$SOCKET kept its invocation and its listening socket ($sock_ino)"
+        out=$(curl -sS --max-time 10 -o /dev/null -w '%{http_code}' "http://127.0.0.1:$PORT/healthcheck") ||
+                fail "curl /healthcheck failed after the upgrade"
+        [ "$out" = 200 ] || fail "/healthcheck answered $out after the upgrade"
+        cmp -s "$CONF" "$SAVED/conf" || { diff "$SAVED/conf" "$CONF"; fail "the upgrade changed $CONF"; }
+        compgen -G "$CONF.dpkg-*" >/dev/null && fail "the upgrade left $(echo "$CONF".dpkg-*)"
+        [ "$(cd "$CACHE" && cache_images | awk '{ print $1 }' | xargs -r sha256sum)" = "$sums" ] ||
+                fail "the cached images changed in the upgrade"
+        out=$(curl -sS --max-time 10 -w '%{http_code}' -o "$SAVED/got" "http://127.0.0.1:$PORT/images/img-upgrade") ||
+                fail "curl /images/img-upgrade failed after the upgrade"
+        [ "$out" = 200 ] && cmp -s "$SAVED/got" "$CACHE/img-upgrade" ||
+                fail "/images/img-upgrade answered $out, or other bytes, after the upgrade"
+        rm -f "$SAVED/got"
+        info "$CONF (changed locally) and $(wc -l <<<"$sums") cached images kept"
+
+}
+
+# Removal stops everything and takes the units, and keeps the cache and /etc/imgcache.
+check_remove() {
+        local images rc out
+        images=$(cache_images)
+        cp -a "$CONF_D" "$SAVED/conf.d"
+        apt_get "$SAVED/remove.log" remove "$PKG"
+        [ "$(pkg_status)" = "rc $(dpkg-query -W -f='${Version}' "$PKG")" ] ||
+                fail "after the removal dpkg says '$(pkg_status)', not rc (config-files)"
+        [ -z "$(systemctl list-unit-files --no-legend 'imgcache*')" ] ||
+                fail "units left: $(systemctl list-unit-files --no-legend 'imgcache*' | tr '\n' ' ')"
+        # Their enablement links stay until the purge, so timers.target may still name the timers (not-found).
+        out=$(systemctl list-units --all --no-legend --plain 'imgcache*' | awk '$3 != "inactive"')
+        [ -z "$out" ] || fail "units not stopped: $(tr '\n' ' ' <<<"$out")"
+        [ -z "$(ss -Hltn "sport = :$PORT")" ] || fail "something still listens on :$PORT"
+        curl_rc "http://127.0.0.1:$PORT/healthcheck" 5 >/dev/null; rc=$?
+        [ $rc = 7 ] || fail "127.0.0.1:$PORT: curl exit $rc, not 7 (refused)"
+        pgrep -u imgcache >/dev/null && fail "processes of imgcache left: $(pgrep -a -u imgcache)"
+        info "units gone and stopped, :$PORT refused, no process of imgcache"
+        [ "$(cache_images)" = "$images" ] || fail "the removal changed $CACHE"
+        [ -f "$CONF" ] && cmp -s "$CONF" "$SAVED/conf" || fail "the removal changed or removed $CONF"
+        [ -f "$CONF_D/50-system-test.conf" ] || fail "the removal took $CONF_D"
+        info "kept: $CACHE (images: $(awk '{ print $1 }' <<<"$images" | tr '\n' ' ')), $CONF, $CONF_D"
+}
+
+# Purge takes the cache, /etc/imgcache and every unit and link; the imgcache user stays, owning nothing.
+check_purge() {
+        local left
+        # The drop-in directories this test made (empty now) are not the package's to remove.
+        rmdir /etc/systemd/system/imgcache*.d 2>/dev/null
+        apt_get "$SAVED/purge.log" purge "$PKG"
+        dpkg-query -W -f='${db:Status-Abbrev}' "$PKG" 2>/dev/null | grep -q '^ii\|^rc' &&
+                fail "after the purge dpkg says '$(pkg_status)'"
+        [ -e "$CACHE" ] && fail "$CACHE is still there: $(ls -A "$CACHE" | tr '\n' ' ')"
+        [ -e /etc/imgcache ] && fail "/etc/imgcache is still there: $(find /etc/imgcache | tr '\n' ' ')"
+        left=$(pkg_leftovers)
+        [ -z "$left" ] || { echo "$left"; fail "files of the package left after the purge"; }
+        left=$(user_files)
+        [ -z "$left" ] || { echo "$left"; fail "files of the imgcache user left after the purge"; }
+        pkaction --action-id org.imgcache.delete >/dev/null 2>&1 && fail "polkitd still knows org.imgcache.delete"
+        info "$CACHE, /etc/imgcache, units, links, bus and polkit files gone; no file owned by imgcache"
+        getent passwd imgcache >/dev/null && info "the imgcache user stays (Debian removes no system user)"
+        return 0
+}
+
+# Installed on the running system (the purge above left no trace), the postinst enables and starts the
+# socket and the timers as the preset says; the daemon answers HTTP and the bus (dbus-daemon has the
+# new policy), and polkit still refuses an unprivileged caller.
+check_install_running() {
+        local deb out u want
+        deb=$(pkg_deb) || fail "no ${PKG}_*.deb in $debs_dir"
+        apt_get "$SAVED/install.log" install "$deb"
+        [ "$(pkg_status)" = "ii $(dpkg-deb -f "$deb" Version)" ] || fail "dpkg says '$(pkg_status)'"
+        for u in "$SOCKET:enabled" imgcache-prune.timer:enabled imgcache-clean.timer:enabled \
+                 imgcache-prefetch.timer:disabled; do
+                want=${u#*:} u=${u%%:*}
+                [ "$(systemctl is-enabled "$u")" = "$want" ] || fail "$u is $(systemctl is-enabled "$u"), not $want"
+                [ $want = enabled ] && { is_active "$u" || fail "$u was not started by the installation"; }
+                [ $want = disabled ] && { is_active "$u" && fail "$u was started by the installation"; }
+        done
+        is_inactive "$SERVICE" || fail "the installation started $SERVICE"
+        ss -Hltnp "sport = :$PORT" | grep -q '"systemd",pid=1,' || { ss -ltnp; fail "PID 1 does not listen on $PORT"; }
+        info "socket and prune/clean timers enabled and active, prefetch timer off, daemon not started"
+        # The test's configuration again (the purge took it), before anything starts the daemon.
+        mkdir -p "$CONF_D" && cp "$SAVED/conf.d/50-system-test.conf" "$CONF_D/" || fail "cannot restore $CONF_D"
+        out=$(curl -sS --max-time 10 -o /dev/null -w '%{http_code}' "http://127.0.0.1:$PORT/healthcheck") ||
+                fail "curl /healthcheck failed"
+        [ "$out" = 200 ] || fail "/healthcheck answered $out"
+        out=$(imgcachectl status 2>&1) || { echo "$out"; fail "imgcachectl status failed as root"; }
+        info "/healthcheck → 200, imgcachectl status works"
+        [ "$(stat -c %U "$CACHE")" = imgcache ] || fail "$CACHE is owned by $(stat -c %U "$CACHE")"
+        out=$(runuser -u testuser -- gdbus call --system --interactive --dest "$BUS_NAME" --object-path "$BUS_PATH" \
+                --method "$BUS_NAME.Prune" 2>&1 </dev/null) && { echo "$out"; fail "testuser may Prune"; }
+        grep -q org.freedesktop.DBus.Error.AccessDenied <<<"$out" || { echo "$out"; fail "testuser's Prune failed otherwise"; }
+        info "testuser Prune: $(sed 's/^.*GDBus.Error://' <<<"$out" | head -n1)"
+        wait_idle_exit
+}
+
 check_no_failures() {
         local failed
         failed=$(systemctl --failed --no-legend --plain | awk '{ print $1 }')
@@ -732,6 +918,11 @@ run_check "imgcache-prefetch.service (timer shipped disabled) runs" check_prefet
 run_check "polkit: testuser denied DeleteImage/Prune, root allowed" check_polkit
 run_check "root needs no polkitd (timers work without it)" check_root_without_polkitd
 run_check "the Cockpit page is installed, its manifest valid JSON" check_cockpit_page
+run_check "the package: installed by apt-get, conffile, imgcachectl status as root" check_package_installed
+run_check "upgrade to a higher version: daemon restarted, socket kept, cache and changed conffile kept" check_upgrade
+run_check "apt-get remove: units stopped and gone, cache and /etc/imgcache kept" check_remove
+run_check "apt-get purge: no unit, cache, configuration or file of the imgcache user left" check_purge
+run_check "apt-get install on the running system: socket and timers started, HTTP, bus and polkit work" check_install_running
 run_check "no failed units" check_no_failures
 
 echo

@@ -4,7 +4,11 @@
 # Builds the Debian root filesystem the system test boots, or finds it already built, and prints its
 # path on stdout (progress goes to stderr).
 #
-#   make-rootfs.sh [-c CACHEDIR] [-p PKG,PKG,...]
+#   make-rootfs.sh [-c CACHEDIR] [-p PKG,PKG,...] [-s DEPENDS]...
+#
+# -s DEPENDS is a dependency field (e.g. a package's Depends:, with alternatives and versions) that
+# apt-get satisfy installs into the tree: the system test passes those of the imgcache package, which
+# the guest then installs with apt-get and no network.
 #
 # The tree is made with mmdebstrap from this machine's own apt sources and suite, so it matches the
 # host's archive snapshot (the binaries under test are built on the host and run unchanged in it).
@@ -21,7 +25,7 @@
 set -euo pipefail
 
 # Bump when the customization below changes.
-RECIPE=3
+RECIPE=4
 
 # What the system test needs: systemd as PID 1, the system bus, polkit, the runtime libraries imgcached
 # and imgcachectl link, and the clients the in-guest test uses (man-db: systemd-analyze verify checks
@@ -34,12 +38,15 @@ PACKAGES=(
 )
 
 cache_dir=${IMGCACHE_SYSTEM_TEST_CACHE:-/var/cache/imgcache-system-test}
+satisfy=()
+orig_args=("$@")
 
-while getopts "c:p:h" opt; do
+while getopts "c:p:s:h" opt; do
         case $opt in
         c) cache_dir=$OPTARG ;;
         p) IFS=, read -r -a extra <<<"$OPTARG"; PACKAGES+=("${extra[@]}") ;;
-        h) sed -n '3,8p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        s) [[ $OPTARG != *\'* ]] || { echo "make-rootfs.sh: a quote in -s" >&2; exit 2; }; satisfy+=("$OPTARG") ;;
+        h) sed -n '3,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) exit 2 ;;
         esac
 done
@@ -52,7 +59,7 @@ log() { echo "make-rootfs: $*" >&2; }
 # if we are killed those mounts must die with us instead of staying on the host.
 if [ -z "${IMGCACHE_MAKE_ROOTFS_INNER:-}" ]; then
         export IMGCACHE_MAKE_ROOTFS_INNER=1
-        exec unshare --mount --propagation private --pid --fork --mount-proc --kill-child -- "$0" "$@"
+        exec unshare --mount --propagation private --pid --fork --mount-proc --kill-child -- "$0" "${orig_args[@]}"
 fi
 
 [ "$(id -u)" -eq 0 ] || { log "must run as root"; exit 1; }
@@ -70,8 +77,11 @@ suite=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
 arch=$(dpkg --print-architecture)
 
 mapfile -t packages < <(printf '%s\n' "${PACKAGES[@]}" | sort -u)
+# One field for apt-get satisfy, each group of alternatives once, in a stable order.
+depends=$(printf '%s\n' "${satisfy[@]}" | tr ',' '\n' | sed 's/^ *//; s/ *$//' | sed '/^$/d' | sort -u |
+          paste -sd, - | sed 's/,/, /g')
 key=$( { echo "recipe $RECIPE"; echo "suite $suite"; echo "arch $arch"; printf '%s\n' "${packages[@]}";
-         cat "$sources"; } | sha256sum | cut -c1-16)
+         echo "satisfy $depends"; cat "$sources"; } | sha256sum | cut -c1-16)
 rootfs=$cache_dir/rootfs-$key
 
 mkdir -p "$cache_dir"
@@ -117,10 +127,11 @@ mmdebstrap --mode=root --variant=minbase --format=directory \
                 console-getty.service container-getty@.service systemd-firstboot.service \
                 apt-daily.timer apt-daily-upgrade.timer dpkg-db-backup.timer e2scrub_all.timer \
                 e2scrub_reap.service fstrim.timer man-db.timer' \
+        ${depends:+--customize-hook="chroot \"\$1\" env DEBIAN_FRONTEND=noninteractive apt-get satisfy -y -q '$depends'"} \
         --customize-hook='rm -rf "$1"/var/cache/apt/archives/*.deb "$1"/var/lib/apt/lists/*_Packages' \
         "$suite" "$tmp" "$sources" >&2
 
-printf '%s\n' "${packages[@]}" > "$tmp/.imgcache-rootfs-packages"
+{ printf '%s\n' "${packages[@]}"; [ -z "$depends" ] || echo "satisfy: $depends"; } > "$tmp/.imgcache-rootfs-packages"
 touch "$tmp/.imgcache-rootfs-complete"
 touch "$rootfs.lock"
 mv -T "$tmp" "$rootfs"
