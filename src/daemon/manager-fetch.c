@@ -88,13 +88,14 @@ int manager_setup_fetcher(Manager *m) {
         return 0;
 }
 
-void manager_reconfigure_fetcher(Manager *m) {
+int manager_reconfigure_fetcher(Manager *m) {
         if (!m->fetcher)
-                return;
+                return 0;
         Config c = fetcher_config(m);
         int r = fetcher_reconfigure(m->fetcher, &c);
         if (r < 0)
-                log_warning_errno(r, "Keeping the previous upstream settings: %m");
+                return log_warning_errno(r, "The upstream settings cannot be applied: %m");
+        return 0;
 }
 
 void manager_free_fetcher(Manager *m) {

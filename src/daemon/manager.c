@@ -323,8 +323,7 @@ void manager_notify_status(Manager *m, const char *extra) {
 
 /* Settings that the running daemon took at start and keeps: a reload names them rather than pretending.
  * Adds to what earlier reloads found (they still wait for the restart). */
-static int note_restart_needed(Manager *m, const Config *new) {
-        const Config *old = &m->config;
+static int note_restart_needed(Manager *m, const Config *old, const Config *new) {
         const struct {
                 bool changed;
                 const char *name;
@@ -333,7 +332,6 @@ static int note_restart_needed(Manager *m, const Config *new) {
                 { old->driver != new->driver, "Driver=" },
                 { !m->listen_override && !m->listen_from_systemd && !streq_ptr(old->listen, new->listen), "Listen=" },
                 { old->max_connections != new->max_connections, "MaxConnections=" },
-                { old->max_connections_per_ip != new->max_connections_per_ip, "MaxConnectionsPerIP=" },
                 /* The fleet is set up once: fills hold their sources, peers their view of us. */
                 { !streq_ptr(old->fleet_peers, new->fleet_peers) || !streq_ptr(old->fleet_self, new->fleet_self) ||
                   !streq_ptr(old->peer_token_file, new->peer_token_file) || old->fleet_replicas != new->fleet_replicas ||
@@ -358,25 +356,41 @@ static int note_restart_needed(Manager *m, const Config *new) {
         return any;
 }
 
+/* The parts that take settings at a reload, from m->config; the first refusal (logged, naming the
+ * setting) ends it, the parts before it having taken the settings. */
+static int manager_apply_config(Manager *m) {
+        int r = manager_reconfigure_fetcher(m);
+        if (r >= 0 && m->http)
+                r = http_server_reconfigure(m->http, &m->config);
+        return r;
+}
+
+/* All or nothing: a configuration a part refuses (a world-readable CredentialsFile=, a ReadTokenFile=
+ * gone) leaves every part on the previous one, and the log says so rather than "Reloaded". */
 int manager_reload(Manager *m) {
-        Config c;
+        Config c, old;
         int r;
 
         (void) sd_notify(false, "RELOADING=1\nSTATUS=Reloading configuration...");
         r = load_config_file(m->config_path, &c);
-        if (r < 0)
-                log_warning("Keeping the previous configuration.");
-        else {
-                (void) note_restart_needed(m, &c);
-                config_done(&m->config);
+        if (r >= 0) {
+                old = m->config;
                 m->config = c;
-                manager_update_fd_budget(m);
-                manager_reconfigure_fetcher(m);
-                manager_arm_free_space_check(m);
-                if (m->http)
-                        (void) http_server_reconfigure(m->http, &m->config);
-                log_info("Reloaded %s.", m->config_path);
+                r = manager_apply_config(m);
+                if (r < 0) {
+                        m->config = old;
+                        (void) manager_apply_config(m);
+                        config_done(&c);
+                } else {
+                        (void) note_restart_needed(m, &old, &m->config);
+                        config_done(&old);
+                        manager_update_fd_budget(m);
+                        manager_arm_free_space_check(m);
+                        log_info("Reloaded %s.", m->config_path);
+                }
         }
+        if (r < 0)
+                log_warning("Keeping the previous configuration of %s.", m->config_path);
         manager_notify_status(m, "READY=1\n");
         manager_properties_changed(m);
         return r;

@@ -199,7 +199,8 @@ int manager_authorize(Manager *m, sd_bus_message *message, const char *action, c
 /* m->fetcher from the configuration (URL= or --upstream=) and m->jobs; after the cache is open. */
 int manager_setup_fetcher(Manager *m);
 /* After a reload: the new upstream settings apply to fills started from now on. */
-void manager_reconfigure_fetcher(Manager *m);
+/* Applies m->config's upstream settings; on failure (logged) the fetcher keeps the ones it had. */
+int manager_reconfigure_fetcher(Manager *m);
 /* Cancels every fill (partial files stay for a resume), ends the jobs, frees the fetcher and the jobs. */
 void manager_free_fetcher(Manager *m);
 bool manager_has_upstream(const Manager *m);

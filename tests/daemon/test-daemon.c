@@ -1091,6 +1091,31 @@ static void test_reload_names_restart_settings(void) {
         g_free(s.path);
 }
 
+/* A reload that a part refuses (here the fetcher: Keystone credentials anyone may read) changes nothing,
+ * and says so: no "Reloaded", the properties as before. */
+static void test_reload_refused(void) {
+        g_autoptr(TestBus) b = start("[Cache]\nMaxSize=5G\n[Upstream]\nURL=http://127.0.0.1:1/images/{id}\n"
+                                     "[Daemon]\nExitOnIdleSec=infinity\n");
+        start_daemon(b, NULL);
+        g_autofree char *creds = g_build_filename(test_bus_dir(b), "keystone.conf", NULL);
+        g_assert_true(g_file_set_contents(creds, "application_credential_id=a\napplication_credential_secret=s\n", -1,
+                                          NULL));
+        g_assert_cmpint(chmod(creds, 0644), ==, 0);
+        g_autofree char *changed = g_strdup_printf("[Cache]\nMaxSize=7G\n[Upstream]\nKind=glance\n"
+                                                   "URL=http://127.0.0.1:1\nAuth=keystone\n"
+                                                   "AuthURL=http://127.0.0.1:1/v3\nCredentialsFile=%s\n"
+                                                   "[Daemon]\nExitOnIdleSec=infinity\n", creds);
+        test_bus_write_config(b, changed);
+        g_assert_cmpint(kill(test_bus_name_owner_pid(b), SIGHUP), ==, 0);
+        g_assert_true(test_bus_wait_stderr(b, "Keeping the previous configuration", TEST_BUS_TIMEOUT_MS));
+        g_assert_null(strstr(test_bus_daemon_stderr(b), "Reloaded"));
+        g_autofree char *max = busctl_get_property(b, "MaxSize");
+        g_assert_cmpstr(max, ==, "t 5368709120");
+        g_autofree char *upstream = busctl_get_property(b, "Upstream");
+        g_assert_nonnull(strstr(upstream, "/images/{id}"));
+        g_assert_cmpint(test_bus_stop_daemon(b), ==, 0);
+}
+
 /* Under WatchdogSec= the daemon pings from its loop, and those wake-ups are not activity: they must
  * neither keep it alive forever nor make it exit before ExitOnIdleSec has passed. */
 static void test_watchdog(void) {
@@ -1284,6 +1309,7 @@ int main(int argc, char *argv[]) {
         g_test_add_func("/daemon/no-bus-hint", test_no_bus_hint);
         g_test_add_func("/daemon/notify-and-signals", test_notify_and_signals);
         g_test_add_func("/daemon/reload-names-restart-settings", test_reload_names_restart_settings);
+        g_test_add_func("/daemon/reload-refused", test_reload_refused);
         g_test_add_func("/daemon/watchdog", test_watchdog);
         g_test_add_func("/daemon/bad-config", test_bad_config);
         g_test_add_func("/daemon/bad-cache-dir", test_bad_cache_dir);
