@@ -615,6 +615,34 @@ static void test_reauth_new_token(void) {
         keystone_fixture_free(ks);
 }
 
+/* A transfer that sends nothing for LowSpeedTimeoutSec= ends, before its headers or in its body; a hold
+ * of the fill's own (its writer full) does not count. */
+static void test_stall(void) {
+        Env e;
+        env_setup(&e, UPSTREAM_GENERIC);
+        e.config.low_speed_timeout = 300 * USEC_PER_MSEC;
+        g_autofree uint8_t *data = make_data(1000);
+        usec_t start = now_usec(CLOCK_MONOTONIC);
+        Fill *f = env_start(&e, "quiet", NULL);
+        env_run_until_step(&e, STEP_FAILED);
+        g_assert_cmpint(fill_error(f), ==, -ETIMEDOUT);
+        g_assert_nonnull(strstr(fill_error_message(f), "LowSpeedTimeoutSec="));
+        g_assert_cmpuint(now_usec(CLOCK_MONOTONIC) - start, >=, 300 * USEC_PER_MSEC);
+        g_assert_cmpuint(script.stops, ==, 1);
+        env_teardown(&e);
+
+        env_setup(&e, UPSTREAM_GENERIC);
+        e.config.low_speed_timeout = 300 * USEC_PER_MSEC;
+        f = env_start(&e, "stops", NULL);
+        env_admit(&e, 1000, NULL);
+        g_assert_cmpint(body(f, data, 500), ==, INTAKE_TAKEN);
+        start = now_usec(CLOCK_MONOTONIC);
+        env_run_until_step(&e, STEP_FAILED);
+        g_assert_cmpint(fill_error(f), ==, -ETIMEDOUT);
+        g_assert_cmpuint(now_usec(CLOCK_MONOTONIC) - start, >=, 250 * USEC_PER_MSEC);
+        env_teardown(&e);
+}
+
 int main(int argc, char **argv) {
         g_test_init(&argc, &argv, NULL);
         g_test_add_func("/fill-machine/whole-image", test_whole_image);
@@ -634,6 +662,7 @@ int main(int argc, char **argv) {
         g_test_add_func("/fill-machine/fail/long-body", test_fail_long_body);
         g_test_add_func("/fill-machine/fail/sealing", test_fail_sealing);
         g_test_add_func("/fill-machine/fail/too-large", test_too_large_refused);
+        g_test_add_func("/fill-machine/fail/stall", test_stall);
         g_test_add_func("/fill-machine/wait-fails/reauth-reload-same-token", test_reauth_reload_same_token);
         g_test_add_func("/fill-machine/wait-fails/reauth-keystone-gone", test_reauth_keystone_gone);
         g_test_add_func("/fill-machine/wait-ends/reauth-new-token", test_reauth_new_token);

@@ -140,6 +140,9 @@ struct Fill {
         bool switched;           /* a source failed after admission: the next continues the partial file */
         uint64_t switched_total; /* the length subscribers were promised before the switch */
         sd_event_source *first_byte; /* a peer must answer within PeerTimeoutSec= */
+        sd_event_source *stall;  /* LowSpeedTimeoutSec=: no byte from the transfer for that long ends it */
+        usec_t progress_usec;    /* CLOCK_MONOTONIC of the transfer's last byte (or of its start, or of the
+                                  * end of a hold of ours) */
 
         /* The current request. */
         FillPhase phase;

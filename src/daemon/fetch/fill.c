@@ -42,6 +42,7 @@
 #include "fleet.h"
 #include "image-id.h"
 #include "log.h"
+#include "parse-util.h"
 
 static const char *const fill_state_table[_FILL_STATE_MAX] = {
         [FILL_PENDING] = "pending",
@@ -217,6 +218,50 @@ usec_t fill_started_usec(const Fill *f) {
         return f->started_usec;
 }
 
+/* ---- stalls ---------------------------------------------------------------------------------------- */
+
+/* Steps in which the transfer is held by the fill itself, not starved by the upstream. */
+static bool fill_holds_transfer(const Fill *f) {
+        return f->step == STEP_ADMITTING || f->step == STEP_REHASHING || f->step == STEP_PAUSED_TURN ||
+               f->step == STEP_PAUSED_WRITER;
+}
+
+static int on_stall_check(sd_event_source *s, uint64_t usec, void *userdata) {
+        Fill *f = userdata;
+        usec_t timeout = f->fetcher->transport_settings.low_speed_timeout;
+
+        if (fill_is_final(f) || !f->transfer)
+                return 0; /* the next request re-arms it */
+        /* A hold of ours is not the upstream's stall: the clock starts again when it ends. */
+        if (fill_holds_transfer(f))
+                f->progress_usec = usec;
+        if (usec < f->progress_usec + timeout) {
+                (void) sd_event_source_set_time(s, f->progress_usec + timeout);
+                (void) sd_event_source_set_enabled(s, SD_EVENT_ONESHOT);
+                return 0;
+        }
+        char span[FORMAT_TIMESPAN_MAX];
+        _cleanup_(freep) char *shown = url_redact_userinfo(f->request_url);
+        fill_ref(f);
+        fill_fail(f, -ETIMEDOUT, "Fetching %s timed out: no byte came from %s for LowSpeedTimeoutSec= (%s)", f->id,
+                  shown ?: "the upstream", format_timespan(span, sizeof(span), timeout));
+        fill_unref(f);
+        return 0;
+}
+
+/* The transfer just started: without a byte for LowSpeedTimeoutSec= it ends. libcurl's own low-speed
+ * check averages the speed over seconds first, and let a stall last about twice as long; this one checks
+ * the time of the last byte. One timer per fill, moved only when it fires: bytes only note the time. */
+static void fill_stall_watch(Fill *f) {
+        usec_t timeout = f->fetcher->transport_settings.low_speed_timeout;
+
+        f->progress_usec = now_usec(CLOCK_MONOTONIC);
+        if (timeout == 0 || timeout == USEC_INFINITY)
+                return;
+        if (sd_event_source_set_time(f->stall, usec_add(f->progress_usec, timeout)) >= 0)
+                (void) sd_event_source_set_enabled(f->stall, SD_EVENT_ONESHOT);
+}
+
 static int fill_request(Fill *f, const char *url) {
         Fetcher *fe = f->fetcher;
         bool peer = fill_from_peer(f);
@@ -254,6 +299,7 @@ static int fill_request(Fill *f, const char *url) {
         if (r < 0)
                 return fill_fail(f, r, "Cannot set up the transfer of %s: %s", f->id, strerror(-r));
         fill_set_state(f, STEP_REQUESTING);
+        fill_stall_watch(f);
         /* A peer that is slow to answer is skipped; the origin has ConnectTimeoutSec= and the like. */
         if (peer && sd_event_source_set_time_relative(f->first_byte, fleet_peer_timeout(fe->fleet)) >= 0)
                 (void) sd_event_source_set_enabled(f->first_byte, SD_EVENT_ONESHOT);
@@ -331,6 +377,7 @@ static FillIntake fill_accept_image(Fill *f, const FillResponse *r) {
 FillIntake fill_on_headers(Fill *f, const FillResponse *r) {
         if (f->step != STEP_REQUESTING)
                 return INTAKE_ABORT;
+        f->progress_usec = now_usec(CLOCK_MONOTONIC);
         (void) sd_event_source_set_enabled(f->first_byte, SD_EVENT_OFF);
 
         switch (fill_judge_response(f, r)) {
@@ -416,6 +463,7 @@ static FillIntake fill_take_image(Fill *f, const void *data, size_t n) {
 }
 
 FillIntake fill_on_body(Fill *f, const void *data, size_t n) {
+        f->progress_usec = now_usec(CLOCK_MONOTONIC);
         switch (f->step) {
         case STEP_READING_RECORD:
                 return fill_take_record(f, data, n);
@@ -950,6 +998,7 @@ static void fill_finish(Fill *f, int error) {
                 fe->transport->stop(f);
         (void) sd_event_source_set_enabled(f->admit, SD_EVENT_OFF);
         (void) sd_event_source_set_enabled(f->first_byte, SD_EVENT_OFF);
+        (void) sd_event_source_set_enabled(f->stall, SD_EVENT_OFF);
         bool waiting = f->step == STEP_WAITING;
         fill_dispose_write(f, error);
         f->record_buf = mfree(f->record_buf);
@@ -1013,9 +1062,13 @@ Fill *fill_new(Fetcher *fe, const char *id, const Checksum *expected, FetchFlags
                 f->caller_expected = *expected;
         if (!f->id || sd_event_add_defer(fe->event, &f->admit, on_admit, f) < 0 ||
             sd_event_add_time(fe->event, &f->first_byte, CLOCK_MONOTONIC, USEC_INFINITY, 0,
-                                       on_first_byte_timeout, f) < 0) {
+                                       on_first_byte_timeout, f) < 0 ||
+            /* A tenth of a second of slack: the stall is promised to end within a second of its due. */
+            sd_event_add_time(fe->event, &f->stall, CLOCK_MONOTONIC, USEC_INFINITY, 100 * USEC_PER_MSEC,
+                              on_stall_check, f) < 0) {
                 sd_event_source_unref(f->admit);
                 sd_event_source_unref(f->first_byte);
+                sd_event_source_unref(f->stall);
                 free(f->id);
                 free(f);
                 return NULL;
@@ -1024,6 +1077,8 @@ Fill *fill_new(Fetcher *fe, const char *id, const Checksum *expected, FetchFlags
         (void) sd_event_source_set_description(f->admit, "fill-admit");
         (void) sd_event_source_set_enabled(f->first_byte, SD_EVENT_OFF);
         (void) sd_event_source_set_description(f->first_byte, "fill-peer-first-byte");
+        (void) sd_event_source_set_enabled(f->stall, SD_EVENT_OFF);
+        (void) sd_event_source_set_description(f->stall, "fill-stall");
         return f;
 }
 
@@ -1044,6 +1099,7 @@ Fill *fill_unref(Fill *f) {
                 g_hash_table_remove(f->fetcher->all, f);
         sd_event_source_disable_unref(f->admit);
         sd_event_source_disable_unref(f->first_byte);
+        sd_event_source_disable_unref(f->stall);
         g_strfreev(f->sources);
         free(f->next_url);
         free(f->request_url);
