@@ -9,6 +9,7 @@
 #include <glib.h>
 #include <string.h>
 #include <sys/mount.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <systemd/sd-event.h>
 #include <unistd.h>
@@ -759,6 +760,64 @@ static const GlanceCase glance_short_body = {
 };
 static const GlanceCase glance_garbage = { .g = { .size = -5 }, .error = -EPROTO, .needle = "malformed" };
 
+/* ---- an upstream that spoils its connections ------------------------------------------------------ */
+
+/* Answers every request with a 10-byte image, and writes bytes past an answer's Content-Length on its
+ * connection: they arrive with the next request's answer, which a client that reused the connection reads
+ * as garbage ("Received HTTP/0.9"). One connection at a time. */
+typedef struct Spoiler {
+        int fd;
+        uint16_t port;
+        GThread *thread;
+} Spoiler;
+
+static gpointer spoiler_thread(gpointer userdata) {
+        static const char answer[] = "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n0123456789";
+        static const char spoil[] = "SPOILED BYTES PAST THE LENGTH\r\n";
+        Spoiler *sp = userdata;
+        int c;
+
+        while ((c = accept4(sp->fd, NULL, NULL, SOCK_CLOEXEC)) >= 0) {
+                char buf[4096];
+                unsigned n = 0;
+
+                /* One request per read: curl sends each in one piece, and waits for the answer. */
+                while (recv(c, buf, sizeof(buf), 0) > 0) {
+                        if (n++ > 0)
+                                (void) send(c, spoil, strlen(spoil), MSG_NOSIGNAL);
+                        (void) send(c, answer, strlen(answer), MSG_NOSIGNAL);
+                }
+                close(c);
+        }
+        return NULL;
+}
+
+static void test_spoiled_connection(void) {
+        Env e;
+        Spoiler sp = {};
+
+        env_setup(&e, UPSTREAM_GENERIC, "/images/{id}");
+        sp.fd = test_listen_socket(&sp.port);
+        sp.thread = g_thread_new("spoiler", spoiler_thread, &sp);
+        free(e.config.upstream_url);
+        e.config.upstream_url = g_strdup_printf("http://127.0.0.1:%u/images/{id}", sp.port);
+
+        /* Each fill on a connection of its own: the second is not spoiled by the first's upstream. */
+        Fill *a = env_fetch(&e, "a", NULL);
+        g_assert_cmpstr(fill_state_to_string(fill_state(a)), ==, "done");
+        Fill *b = env_fetch(&e, "b", NULL);
+        g_assert_cmpstr(fill_error_message(b) ?: "", ==, "");
+        g_assert_cmpstr(fill_state_to_string(fill_state(b)), ==, "done");
+        g_assert_cmpuint(image_cache_get(e.cache, "b")->size, ==, 10);
+        fill_unref(a);
+        fill_unref(b);
+
+        env_teardown(&e);
+        (void) shutdown(sp.fd, SHUT_RDWR);
+        g_thread_join(sp.thread);
+        close(sp.fd);
+}
+
 /* ---- size cap, admission ------------------------------------------------------------------------ */
 
 static void test_too_large_refused(void) {
@@ -995,6 +1054,7 @@ int main(int argc, char *argv[]) {
         g_test_add_data_func("/fetch/glance/short-body", &glance_short_body, test_glance);
         g_test_add_data_func("/fetch/glance/malformed-record", &glance_garbage, test_glance);
 
+        g_test_add_func("/fetch/spoiled-connection", test_spoiled_connection);
         g_test_add_func("/fetch/cap/refused", test_too_large_refused);
         g_test_add_func("/fetch/cap/streamed", test_too_large_streamed);
         g_test_add_func("/fetch/admission", test_admission);

@@ -92,6 +92,12 @@ static int setup(CURL *h, const TransportSettings *t, const TransportRequest *q)
         if (q->on_body && ((r = easy_setopt(h, CURLOPT_WRITEFUNCTION, q->on_body)) < 0 ||
                            (r = easy_setopt(h, CURLOPT_WRITEDATA, q->userdata)) < 0))
                 return r;
+        /* A transfer of an image gains nothing from a pooled connection, and must neither take nor leave
+         * one an upstream spoiled: bytes past a Content-Length (or a response that ended in an error)
+         * left in a connection were read by the next request on it as its answer ("Received HTTP/0.9"). */
+        if (q->own_connection && ((r = easy_setopt(h, CURLOPT_FRESH_CONNECT, 1L)) < 0 ||
+                                  (r = easy_setopt(h, CURLOPT_FORBID_REUSE, 1L)) < 0))
+                return r;
         if (q->no_body && (r = easy_setopt(h, CURLOPT_NOBODY, 1L)) < 0)
                 return r;
         return setup_timeouts(h, t, q->timeout);

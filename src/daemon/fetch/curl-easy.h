@@ -48,6 +48,7 @@ typedef struct TransportRequest {
         curl_write_callback on_body;   /* the body; NULL: no_body, or curl's default (stdout) */
         void *userdata;             /* of on_header and on_body */
         bool no_body;               /* a HEAD */
+        bool own_connection;        /* a connection of its own, closed after: see transport_easy_new() */
 } TransportRequest;
 
 /* A new easy handle for r with every common option set, not yet on the loop. */

@@ -251,6 +251,7 @@ static int setup_request(CurlTransfer *t, const Fetcher *fe, const FillRequest *
                 .on_header = on_curl_header,
                 .on_body = on_curl_write,
                 .userdata = t,
+                .own_connection = true,
         };
         k = transport_easy_new(&fe->transport_settings, &req, &t->easy);
         if (k < 0)
