@@ -1,4 +1,7 @@
 /* SPDX-License-Identifier: MIT */
+/* imgcached.conf (config.h): the one table of every key with its parser and default, the value parsers,
+ * and the loader of the file and its drop-ins. About 1,000 lines in one file on purpose: a key, its
+ * parser and its default are read and changed together. */
 
 #include <arpa/inet.h>
 #include <assert.h>

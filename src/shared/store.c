@@ -1,4 +1,7 @@
 /* SPDX-License-Identifier: MIT */
+/* The cache directory (store.h): the index of cached images, the lock, admission, pruning, pins, the
+ * queue and the partial files; writes are in store-write.c, the metadata drivers in driver*.c. About
+ * 1,000 lines in one file on purpose: it is the one owner of every path under the directory. */
 
 #include <dirent.h>
 #include <fcntl.h>

@@ -701,10 +701,36 @@ check_root_without_polkitd() {
 # The Cockpit page's files; the manifest parsed by the guest's one JSON parser, sd-json, which
 # systemd-analyze runs on a --security-policy file before anything else (it fails on invalid JSON only).
 check_cockpit_page() {
-        local d=/usr/share/cockpit/imgcache f
+        local d=/usr/share/cockpit/imgcache f img out
         for f in manifest.json index.html imgcache.js image-id.js imgcache.css; do [ -s "$d/$f" ] || fail "no $d/$f"; done
         systemd-analyze security --offline=yes --security-policy="$d/manifest.json" "$SERVICE" >/dev/null ||
                 fail "$d/manifest.json is not valid JSON"
+        cockpit-bridge --packages 2>/dev/null | grep -q '^imgcache ' || fail "cockpit-bridge does not list the page"
+
+        # What the page does, through the same bridge (cockpit.dbus() is its dbus-json3 channel), on the
+        # guest's system bus with its polkit: root reads the count, testuser's delete is refused.
+        out=$(bridge_call root '"org.freedesktop.DBus.Properties","Get",["'"$BUS_NAME"'","ImageCount"]')
+        grep -q '"reply":\[\[{"t":"u","v":'"$(cache_images | wc -l)"'}\]\]' <<<"$out" ||
+                fail "the bridge's ImageCount: $out"
+        img=$(cache_images | head -n1)
+        out=$(bridge_call testuser '"'"$BUS_NAME"'","DeleteImage",["'"$img"'"]')
+        grep -q '"error":\["org.freedesktop.DBus.Error.AccessDenied"' <<<"$out" || fail "testuser's DeleteImage: $out"
+        [ -e "$CACHE/$img" ] || fail "$img is gone after a refused delete"
+        info "through cockpit-bridge: ImageCount as root, $img's delete refused to testuser"
+}
+
+# One D-Bus method call as user through cockpit-bridge's raw protocol, on the system bus: prints the
+# channel's answer to it (a reply or an error). The bridge exits when its input closes.
+bridge_call() {
+        local user=$1 call=$2 line
+        coproc BRIDGE { runuser -u "$user" -- cockpit-bridge --interact=--- 2>/dev/null; }
+        printf '\n{"command":"open","channel":"a","payload":"dbus-json3","name":"%s","bus":"system"}\n---\na\n{"call":["%s",%s],"id":"1"}\n---\n' \
+                "$BUS_NAME" "$BUS_PATH" "$call" >&"${BRIDGE[1]}"
+        while IFS= read -r -t 30 line <&"${BRIDGE[0]}"; do
+                case $line in *'"id":"1"'*) echo "$line"; break ;; esac
+        done
+        exec {BRIDGE[1]}>&-
+        wait "$BRIDGE_PID" 2>/dev/null || true
 }
 
 # ---------------------------------------------------------------------------------------------------
@@ -917,7 +943,7 @@ run_check "imgcache-clean.timer fires and cleans incomplete/ and invalid/" check
 run_check "imgcache-prefetch.service (timer shipped disabled) runs" check_prefetch_service
 run_check "polkit: testuser denied DeleteImage/Prune, root allowed" check_polkit
 run_check "root needs no polkitd (timers work without it)" check_root_without_polkitd
-run_check "the Cockpit page is installed, its manifest valid JSON" check_cockpit_page
+run_check "the Cockpit page: installed, listed by cockpit-bridge, which reaches the daemon (polkit included)" check_cockpit_page
 run_check "the package: installed by apt-get, conffile, imgcachectl status as root" check_package_installed
 run_check "upgrade to a higher version: daemon restarted, socket kept, cache and changed conffile kept" check_upgrade
 run_check "apt-get remove: units stopped and gone, cache and /etc/imgcache kept" check_remove

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 
-/* One fill as a state machine. One file on purpose, just over 1,000 lines: every step and every transition
+/* One fill as a state machine. One file on purpose, about 1,200 lines: every step and every transition
  * of the machine read together; what is not a transition lives beside it (fill-response.c judges responses,
  * fill-notify.c delivers news, fill-curl.c is the transport, fill-writer.c writes). The steps (FillStep,
  * fill-internal.h) and what moves a fill between them:
