@@ -61,6 +61,30 @@ static guint64 free_bytes(Env *e) {
         return (guint64) sv.f_bavail * sv.f_frsize;
 }
 
+/* A bus, and a 12 MiB tmpfs at e->fs whose "cache" directory is bind-mounted as the daemon's cache (in
+ * the test's own mount namespace). Returns that directory's path (g_free()). */
+static char *env_small_fs(Env *e) {
+        e->url = upstream_fixture_url(e->fx, "/images/{id}");
+        e->bus = test_bus_new();
+        e->fs = g_build_filename(test_bus_dir(e->bus), "fs", NULL);
+        g_assert_cmpint(g_mkdir(e->fs, 0700), ==, 0);
+        g_assert_cmpint(mount("tmpfs", e->fs, "tmpfs", 0, "size=12m,mode=0700"), ==, 0);
+        char *inner = g_build_filename(e->fs, "cache", NULL);
+        g_assert_cmpint(g_mkdir(inner, 0700), ==, 0);
+        g_assert_cmpint(mount(inner, test_bus_cache_dir(e->bus), NULL, MS_BIND, NULL), ==, 0);
+        return inner;
+}
+
+static void env_done(Env *e) {
+        g_assert_cmpint(test_bus_stop_daemon(e->bus), ==, 0);
+        (void) umount2(test_bus_cache_dir(e->bus), MNT_DETACH);
+        (void) umount2(e->fs, MNT_DETACH);
+        test_bus_free(e->bus);
+        upstream_fixture_free(e->fx);
+        g_free(e->fs);
+        g_free(e->url);
+}
+
 /* Fills the filesystem from outside the cache until less than `left` bytes are free. */
 static void use_space_outside(Env *e, const char *name, guint64 left) {
         guint64 avail = free_bytes(e);
@@ -96,14 +120,7 @@ static void keep_free_inner(void) {
                 g_autofree char *path = g_strdup_printf("/images/k%u", i);
                 upstream_fixture_add_image(e.fx, path, data, MIB, NULL);
         }
-        e.url = upstream_fixture_url(e.fx, "/images/{id}");
-        e.bus = test_bus_new();
-        e.fs = g_build_filename(test_bus_dir(e.bus), "fs", NULL);
-        g_assert_cmpint(g_mkdir(e.fs, 0700), ==, 0);
-        g_assert_cmpint(mount("tmpfs", e.fs, "tmpfs", 0, "size=12m,mode=0700"), ==, 0);
-        g_autofree char *inner = g_build_filename(e.fs, "cache", NULL);
-        g_assert_cmpint(g_mkdir(inner, 0700), ==, 0);
-        g_assert_cmpint(mount(inner, test_bus_cache_dir(e.bus), NULL, MS_BIND, NULL), ==, 0);
+        g_autofree char *inner = env_small_fs(&e);
 
         /* Prune: free space below KeepFree for a reason that is not the cache. */
         start(&e, "0");
@@ -144,13 +161,7 @@ static void keep_free_inner(void) {
         test_signal_log_free(log);
         test_job_watch_free(jobs);
 
-        g_assert_cmpint(test_bus_stop_daemon(e.bus), ==, 0);
-        (void) umount2(test_bus_cache_dir(e.bus), MNT_DETACH);
-        (void) umount2(e.fs, MNT_DETACH);
-        test_bus_free(e.bus);
-        upstream_fixture_free(e.fx);
-        g_free(e.fs);
-        g_free(e.url);
+        env_done(&e);
 }
 
 static bool upstream_idle(UpstreamFixture *fx) {
@@ -179,14 +190,7 @@ static void cannot_keep_inner(void) {
         }
         upstream_fixture_add_image(e.fx, "/images/big", big, 10 * MIB, &digest);
         upstream_fixture_add_image(e.fx, "/images/slow", big, 10 * MIB, &slow);
-        e.url = upstream_fixture_url(e.fx, "/images/{id}");
-        e.bus = test_bus_new();
-        e.fs = g_build_filename(test_bus_dir(e.bus), "fs", NULL);
-        g_assert_cmpint(g_mkdir(e.fs, 0700), ==, 0);
-        g_assert_cmpint(mount("tmpfs", e.fs, "tmpfs", 0, "size=12m,mode=0700"), ==, 0);
-        g_autofree char *inner = g_build_filename(e.fs, "cache", NULL);
-        g_assert_cmpint(g_mkdir(inner, 0700), ==, 0);
-        g_assert_cmpint(mount(inner, test_bus_cache_dir(e.bus), NULL, MS_BIND, NULL), ==, 0);
+        g_autofree char *inner = env_small_fs(&e);
 
         g_autofree char *config = g_strdup_printf("[Cache]\nKeepFree=4M\nMaxSize=1G\nEnforceMaxSize=no\n"
                                                   "[Upstream]\nURL=%s\n[Daemon]\nExitOnIdleSec=infinity\n", e.url);
@@ -232,13 +236,7 @@ static void cannot_keep_inner(void) {
         g_assert_cmpuint(free_bytes(&e) + 64 * 1024, >=, before);
 
         test_job_watch_free(jobs);
-        g_assert_cmpint(test_bus_stop_daemon(e.bus), ==, 0);
-        (void) umount2(test_bus_cache_dir(e.bus), MNT_DETACH);
-        (void) umount2(e.fs, MNT_DETACH);
-        test_bus_free(e.bus);
-        upstream_fixture_free(e.fx);
-        g_free(e.fs);
-        g_free(e.url);
+        env_done(&e);
 }
 
 static void test_cannot_keep(void) {

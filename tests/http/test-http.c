@@ -495,6 +495,7 @@ static void send_all(int fd, const char *s) {
 
 typedef struct Hangup {
         int fd;
+        GString *text;  /* what the server sent, kept when not NULL */
         bool seen;
 } Hangup;
 
@@ -505,7 +506,8 @@ static bool server_hung_up(void *userdata) {
         ssize_t k;
 
         while ((k = recv(h->fd, buf, sizeof(buf), MSG_DONTWAIT)) > 0)
-                ;
+                if (h->text)
+                        g_string_append_len(h->text, buf, k);
         if (k == 0 || (k < 0 && errno != EAGAIN && errno != EWOULDBLOCK))
                 h->seen = true;
         return h->seen;
@@ -1517,34 +1519,15 @@ static void test_miss_fills_per_ip(void) {
         test_server_stop(&t);
 }
 
-typedef struct Reply {
-        int fd;
-        GString *text;
-        bool closed;
-} Reply;
-
-/* Everything the server sent on fd, once it closed the connection (the loop runs in between). */
-static bool reply_closed(void *userdata) {
-        Reply *r = userdata;
-        char buf[4096];
-        ssize_t k;
-
-        while ((k = recv(r->fd, buf, sizeof(buf), MSG_DONTWAIT)) > 0)
-                g_string_append_len(r->text, buf, k);
-        if (k == 0 || (k < 0 && errno != EAGAIN && errno != EWOULDBLOCK))
-                r->closed = true;
-        return r->closed;
-}
-
 /* Sends request (headers only, never the body they announce) from its own connection and returns what
  * came back before the server closed it. */
 static char *reply_to_headers(TestServer *t, const char *request) {
-        Reply r = { test_connect_from(NULL, http_server_port(t->server)), g_string_new(NULL) };
+        Hangup h = { test_connect_from(NULL, http_server_port(t->server)), g_string_new(NULL) };
 
-        send_all(r.fd, request);
-        test_run_until(t, reply_closed, &r);
-        close(r.fd);
-        return g_string_free(r.text, false);
+        send_all(h.fd, request);
+        test_run_until(t, server_hung_up, &h);
+        close(h.fd);
+        return g_string_free(h.text, false);
 }
 
 static void test_body_refused_at_headers(ManageFixture *f, gconstpointer user) {
