@@ -24,14 +24,8 @@ PORT=9090 # in our own network namespace
 CHROMIUM=${CHROMIUM:-/usr/bin/chromium}
 COCKPIT_WS=/usr/lib/cockpit/cockpit-ws
 
-skip() {
-        if [ "${IMGCACHE_TESTS_REQUIRE_ALL:-}" = 1 ]; then
-                echo "FAIL (IMGCACHE_TESTS_REQUIRE_ALL=1): $*" >&2
-                exit 1
-        fi
-        echo "SKIP: $*" >&2
-        exit 77
-}
+# shellcheck source=../lib/skip.sh
+. "$(dirname "$(readlink -f "$0")")/../lib/skip.sh"
 
 if [ -z "${IMGCACHE_COCKPIT_TEST_NS:-}" ]; then
         [ "$(id -u)" = 0 ] || skip "needs root (unshare, mounts, setpriv)"

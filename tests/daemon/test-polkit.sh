@@ -16,14 +16,8 @@ NAME=org.imgcache.Manager
 OBJ=/org/imgcache/Manager
 TIMEOUT=10
 
-skip() {
-        if [ "${IMGCACHE_TESTS_REQUIRE_ALL:-}" = 1 ]; then
-                echo "FAIL (IMGCACHE_TESTS_REQUIRE_ALL=1): $*" >&2
-                exit 1
-        fi
-        echo "SKIP: $*" >&2
-        exit 77
-}
+# shellcheck source=../lib/skip.sh
+. "$(dirname "$(readlink -f "$0")")/../lib/skip.sh"
 
 if [ -z "${IMGCACHE_POLKIT_TEST_NS:-}" ]; then
         [ "$(id -u)" = 0 ] || skip "needs root (unshare, mounts, runuser)"
