@@ -6,12 +6,14 @@
  * gets a new token once, wrong credentials, and a credentials file others may read. The daemon runs on a
  * private session bus (tests/lib/test-bus.h); every wait is bounded and follows an event. */
 
+#include <string.h>
 #include <sys/stat.h>
 
 #include <gio/gio.h>
 
 #include "keystone-fixture.h"
 #include "test-bus.h"
+#include "test-util.h"
 #include "upstream-fixture.h"
 
 #define APP_CREDENTIALS "application_credential_id = " KEYSTONE_FIXTURE_APP_ID "\n" \
@@ -108,6 +110,67 @@ static void test_application_credential_catalog(void) {
         env_teardown(&e);
 }
 
+/* A token of the Keystone fixture, as a client would get it (curl), for the image service's read check. */
+static char *client_token(Env *e) {
+        g_autofree char *url = g_strdup_printf("%s/v3/auth/tokens", keystone_fixture_url(e->ks));
+        g_autofree char *out = NULL;
+        g_autoptr(GError) error = NULL;
+        const char *body = "{\"auth\":{\"identity\":{\"methods\":[\"application_credential\"],"
+                           "\"application_credential\":{\"id\":\"" KEYSTONE_FIXTURE_APP_ID "\",\"secret\":\""
+                           KEYSTONE_FIXTURE_APP_SECRET "\"}}}}";
+        const char *argv[] = { "curl", "-sS", "-D", "-", "-o", "/dev/null", "-H", "Content-Type: application/json",
+                               "--data", body, url, NULL };
+        g_assert_true(g_spawn_sync(NULL, (char **) argv, NULL, G_SPAWN_SEARCH_PATH, NULL, NULL, &out, NULL, NULL,
+                                   &error));
+        g_assert_no_error(error);
+        const char *h = strcasestr(out, "X-Subject-Token: ");
+        g_assert_nonnull(h);
+        h += strlen("X-Subject-Token: ");
+        return g_strndup(h, strcspn(h, "\r\n"));
+}
+
+/* URL= unset: the image endpoint comes from the catalog, with the daemon's first token. An HTTP read is
+ * the first thing that needs the upstream: its read check (and a HEAD's probe) must get that token and
+ * wait for it, not fail with 502 because no fill has asked Keystone yet. */
+static void test_catalog_first_read(void) {
+        Env e;
+        env_setup(&e, APP_CREDENTIALS, 0600, /* with_url= */ false);
+        add_image(&e, "img", 256 * 1024, NULL);
+        add_image(&e, "other", 64 * 1024, NULL);
+        uint16_t port = test_free_port();
+        g_autofree char *listen = g_strdup_printf("--listen=127.0.0.1:%u", port);
+        const char *args[] = { listen, NULL };
+        g_assert_true(test_bus_start_daemon(e.bus, args));
+        g_autofree char *token = client_token(&e);
+        g_assert_cmpuint(keystone_fixture_tokens_issued(e.ks), ==, 1); /* the client's, not the daemon's */
+
+        g_autofree char *header = g_strdup_printf("X-Auth-Token: %s", token);
+        g_autofree char *url = g_strdup_printf("http://127.0.0.1:%u/images/img", port);
+        g_autofree char *out = g_build_filename(test_bus_dir(e.bus), "img.out", NULL);
+        const char *get[] = { "curl", "-sS", "-o", out, "-w", "%{http_code}", "-H", header, url, NULL };
+        g_autofree char *status = NULL;
+        g_autoptr(GError) error = NULL;
+        g_assert_true(g_spawn_sync(NULL, (char **) get, NULL, G_SPAWN_SEARCH_PATH, NULL, NULL, &status, NULL, NULL,
+                                   &error));
+        g_assert_no_error(error);
+        g_assert_cmpstr(status, ==, "200");
+        gsize n = 0;
+        g_autofree char *got = NULL;
+        g_assert_true(g_file_get_contents(out, &got, &n, NULL));
+        g_assert_cmpuint(n, ==, 256 * 1024);
+
+        g_autofree char *other = g_strdup_printf("http://127.0.0.1:%u/images/other", port);
+        const char *head[] = { "curl", "-sS", "-I", "-o", "/dev/null", "-w", "%{http_code}", "-H", header, other, NULL };
+        g_autofree char *head_status = NULL;
+        g_assert_true(g_spawn_sync(NULL, (char **) head, NULL, G_SPAWN_SEARCH_PATH, NULL, NULL, &head_status, NULL,
+                                   NULL, &error));
+        g_assert_no_error(error);
+        g_assert_cmpstr(head_status, ==, "200");
+        g_assert_true(test_bus_wait_stderr(e.bus, "The image endpoint from Keystone's catalog is", TEST_BUS_TIMEOUT_MS));
+        assert_no_secret_in_log(&e);
+        env_teardown(&e);
+}
+
 static void test_user_password(void) {
         Env e;
         env_setup(&e, USER_CREDENTIALS, 0400, /* with_url= */ true);
@@ -185,6 +248,7 @@ static void test_token_refreshed_during_fetch(void) {
 int main(int argc, char *argv[]) {
         g_test_init(&argc, &argv, NULL);
         g_test_add_func("/keystone-daemon/application-credential-catalog", test_application_credential_catalog);
+        g_test_add_func("/keystone-daemon/catalog-first-read", test_catalog_first_read);
         g_test_add_func("/keystone-daemon/user-password", test_user_password);
         g_test_add_func("/keystone-daemon/wrong-credentials", test_wrong_credentials);
         g_test_add_func("/keystone-daemon/readable-credentials-refused", test_readable_credentials_refused);

@@ -177,6 +177,29 @@ static int fetcher_take_keystone_token(Fetcher *fe) {
 }
 
 /* The fills refused with the old token ask again (error 0), or fail with message. */
+/* The queries that waited for the upstream's address: sent now, or ended with error. Each leaves the list
+ * before, as its done may free it (or others). */
+static void fetcher_wake_address_waiters(Fetcher *fe, int error) {
+        _cleanup_(freep) char *own = NULL;
+
+        if (error >= 0 && fe->token && asprintf(&own, "X-Auth-Token: %s", fe->token) < 0)
+                error = -ENOMEM;
+        for (UpstreamQuery *q; (q = g_queue_pop_head(&fe->address_waiters));) {
+                upstream_query_set_release(q, NULL, NULL);
+                int r = error < 0 ? error
+                                  : upstream_query_launch(q, fe->curl, &fe->transport_settings, fe->kind, fe->url, own);
+                if (r < 0)
+                        upstream_query_fail(q, r);
+        }
+        if (own)
+                explicit_bzero(own, strlen(own));
+}
+
+static void address_waiter_release(UpstreamQuery *q, void *userdata) {
+        Fetcher *fe = userdata;
+        (void) g_queue_remove(&fe->address_waiters, q);
+}
+
 static void fetcher_wake_token_waiters(Fetcher *fe, int error, const char *message) {
         for (Fill *f; (f = g_queue_pop_head(&fe->token_waiters));) {
                 if (error < 0)
@@ -200,6 +223,7 @@ static void on_keystone_done(Keystone *k, int error, const char *message, void *
                 message = why;
         }
         fetcher_wake_token_waiters(fe, error, message);
+        fetcher_wake_address_waiters(fe, error);
         if (error >= 0) {
                 fetcher_start_pending(fe);
                 return;
@@ -296,9 +320,10 @@ rest:
         fe->max_size = config->max_size;
         fe->keep_free = config->keep_free;
         fe->enforce_max_size = config->enforce_max_size;
-        if (!fe->keystone)
+        if (!fe->keystone) {
                 fetcher_wake_token_waiters(fe, 0, NULL); /* Keystone is gone: TokenFile= answers them */
-        else if (keystone && !g_queue_is_empty(&fe->token_waiters))
+                fetcher_wake_address_waiters(fe, isempty(fe->url) ? -ENXIO : 0);
+        } else if (keystone && (!g_queue_is_empty(&fe->token_waiters) || !g_queue_is_empty(&fe->address_waiters)))
                 (void) keystone_authenticate(keystone); /* they waited for the old one */
         return 0;
 }
@@ -341,6 +366,7 @@ int fetcher_new_with_transport(sd_event *event, ImageCache *cache, const Config 
         g_queue_init(&fe->yielded);
 
         g_queue_init(&fe->token_waiters);
+        g_queue_init(&fe->address_waiters);
         r = curl_loop_new(event, &fe->curl); /* also for queries and Keystone */
         if (r >= 0)
                 r = fetcher_apply_config(fe, config);
@@ -392,6 +418,9 @@ Fetcher *fetcher_free(Fetcher *fe) {
                 g_hash_table_destroy(fe->all);
         for (Fill *w; (w = g_queue_pop_head(&fe->token_waiters));)
                 fill_unref(w);
+        /* Their owners free them; they must not tell a fetcher that is gone. */
+        for (UpstreamQuery *q; (q = g_queue_pop_head(&fe->address_waiters));)
+                upstream_query_set_release(q, NULL, NULL);
         fe->keystone = keystone_free(fe->keystone); /* its request is on the CurlLoop */
         free(fe->configured_url);
         curl_loop_free(fe->curl);
@@ -493,11 +522,34 @@ CurlLoop *fetcher_curl(const Fetcher *fe) {
 }
 
 /* o with the fetcher's upstream, and the daemon's own token unless the caller gives credentials. */
+/* URL= unset and no token yet: the catalog will name the upstream. The query is made now and sent when
+ * Keystone answers (its request has a timeout: the wait is bounded), or ended with Keystone's error. */
+static int fetcher_defer_query(Fetcher *fe, const UpstreamQueryOptions *o, UpstreamQueryDone done, void *userdata,
+                               UpstreamQuery **ret) {
+        UpstreamQuery *q;
+        int r;
+
+        r = upstream_query_prepare(o, done, userdata, &q);
+        if (r < 0)
+                return r;
+        r = keystone_authenticate(fe->keystone);
+        if (r < 0) {
+                upstream_query_free(q);
+                return log_warning_errno(r, "Cannot ask Keystone for a token: %m");
+        }
+        upstream_query_set_release(q, address_waiter_release, fe);
+        g_queue_push_tail(&fe->address_waiters, q);
+        *ret = q;
+        return 0;
+}
+
 static int fetcher_start_query(Fetcher *fe, UpstreamQueryOptions *o, UpstreamQueryDone done, void *userdata,
                                UpstreamQuery **ret) {
         _cleanup_(freep) char *own = NULL;
         int r;
 
+        if (isempty(fe->url) && fe->keystone && !keystone_token(fe->keystone))
+                return fetcher_defer_query(fe, o, done, userdata, ret);
         if (isempty(fe->url))
                 return -ENXIO;
         o->kind = fe->kind;

@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /* Small questions to the upstream about an image (upstream-query.h): its record or a HEAD, a range. */
 
+#include <assert.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -25,6 +26,13 @@ struct UpstreamQuery {
         char *content_range;
         UpstreamQueryDone done;
         void *userdata;
+
+        /* Until it is sent (upstream_query_launch()). */
+        char *id;
+        usec_t timeout;
+        bool has_credentials;   /* its own header; else the sender's default, at launch */
+        void (*release)(UpstreamQuery *q, void *userdata);
+        void *release_userdata;
 };
 
 static size_t on_query_body(char *ptr, size_t size, size_t nmemb, void *userdata) {
@@ -129,19 +137,14 @@ static int query_headers(UpstreamQuery *q, const UpstreamQueryOptions *o) {
         return r;
 }
 
-static int query_setup(UpstreamQuery *q, const TransportSettings *t, const UpstreamQueryOptions *o,
-                       const char *url) {
-        int r = query_headers(q, o);
-        if (r < 0)
-                return r;
-
-        bool body = o->kind == UPSTREAM_GLANCE || o->range_length > 0; /* the record, or the range's bytes */
+static int query_setup(UpstreamQuery *q, const TransportSettings *t, const char *url) {
+        bool body = q->kind == UPSTREAM_GLANCE || q->range_length > 0; /* the record, or the range's bytes */
         TransportRequest req = {
                 .url = url,
                 .task = &q->task,
-                .timeout = o->timeout ?: UPSTREAM_QUERY_TIMEOUT_USEC,
+                .timeout = q->timeout ?: UPSTREAM_QUERY_TIMEOUT_USEC,
                 .headers = q->headers,
-                .on_header = o->range_length > 0 ? on_query_header : NULL,
+                .on_header = q->range_length > 0 ? on_query_header : NULL,
                 .on_body = body ? on_query_body : NULL,
                 .userdata = q,
                 .no_body = !body,
@@ -149,34 +152,81 @@ static int query_setup(UpstreamQuery *q, const TransportSettings *t, const Upstr
         return transport_easy_new(t, &req, &q->curl);
 }
 
-int upstream_query_start(CurlLoop *l, const TransportSettings *t, const UpstreamQueryOptions *o,
-                         UpstreamQueryDone done, void *userdata, UpstreamQuery **ret) {
-        _cleanup_(freep) char *url = NULL;
+int upstream_query_prepare(const UpstreamQueryOptions *o, UpstreamQueryDone done, void *userdata,
+                           UpstreamQuery **ret) {
         UpstreamQuery *q;
         int r;
-
-        r = o->kind == UPSTREAM_GLANCE && o->range_length == 0 ? upstream_record_url(o->url, o->id, &url)
-                                                               : upstream_image_url(o->kind, o->url, o->id, &url);
-        if (r < 0)
-                return r;
 
         q = calloc(1, sizeof(UpstreamQuery));
         if (!q)
                 return -ENOMEM;
         *q = (UpstreamQuery) {
-                .loop = l,
                 .task.on_done = on_query_done,
-                .kind = o->kind,
                 .done = done,
                 .userdata = userdata,
                 .body_max = o->range_length > 0 ? o->range_length : UPSTREAM_RECORD_MAX,
                 .range_start = o->range_start,
                 .range_length = o->range_length,
                 .range_total = o->range_total,
+                .id = strdup(o->id),
+                .timeout = o->timeout,
+                .has_credentials = o->credentials,
         };
-        r = query_setup(q, t, o, url);
+        r = q->id ? query_headers(q, o) : -ENOMEM;
+        if (r < 0) {
+                upstream_query_free(q);
+                return r;
+        }
+        *ret = q;
+        return 0;
+}
+
+int upstream_query_launch(UpstreamQuery *q, CurlLoop *l, const TransportSettings *t, UpstreamKind kind,
+                          const char *url, const char *default_credentials) {
+        _cleanup_(freep) char *target = NULL;
+        int r;
+
+        assert(!q->curl);
+        q->kind = kind;
+        r = kind == UPSTREAM_GLANCE && q->range_length == 0 ? upstream_record_url(url, q->id, &target)
+                                                            : upstream_image_url(kind, url, q->id, &target);
+        if (r >= 0 && !q->has_credentials && default_credentials) {
+                r = transport_header_addf(&q->headers, "%s", default_credentials);
+                q->has_credentials = r >= 0;
+        }
         if (r >= 0)
+                r = query_setup(q, t, target);
+        if (r >= 0) {
+                q->loop = l;
                 r = curl_loop_add(l, q->curl);
+        }
+        if (r < 0)
+                curl_loop_discard(q->loop, &q->curl);
+        return r;
+}
+
+void upstream_query_fail(UpstreamQuery *q, int error) {
+        UpstreamAnswer a = { .error = error };
+
+        /* done may free q. */
+        q->done(&a, q->userdata);
+}
+
+void upstream_query_set_release(UpstreamQuery *q, void (*release)(UpstreamQuery *q, void *userdata),
+                                void *userdata) {
+        q->release = release;
+        q->release_userdata = userdata;
+}
+
+int upstream_query_start(CurlLoop *l, const TransportSettings *t, const UpstreamQueryOptions *o,
+                         UpstreamQueryDone done, void *userdata, UpstreamQuery **ret) {
+        UpstreamQuery *q;
+        int r;
+
+        r = upstream_query_prepare(o, done, userdata, &q);
+        if (r < 0)
+                return r;
+        r = upstream_query_launch(q, l, t, o->kind, o->url, /* default_credentials= */ NULL);
         if (r < 0) {
                 upstream_query_free(q);
                 return r;
@@ -188,7 +238,10 @@ int upstream_query_start(CurlLoop *l, const TransportSettings *t, const Upstream
 UpstreamQuery *upstream_query_free(UpstreamQuery *q) {
         if (!q)
                 return NULL;
+        if (q->release)
+                q->release(q, q->release_userdata);
         curl_loop_discard(q->loop, &q->curl);
+        free(q->id);
         transport_headers_free(q->headers); /* may hold a client's token */
         free(q->body);
         free(q->content_range);

@@ -49,3 +49,17 @@ typedef struct UpstreamQueryOptions {
 int upstream_query_start(CurlLoop *l, const TransportSettings *t, const UpstreamQueryOptions *o,
                          UpstreamQueryDone done, void *userdata, UpstreamQuery **ret);
 UpstreamQuery *upstream_query_free(UpstreamQuery *q);  /* cancels; done is not called */
+
+/* upstream_query_start() in two halves, for a query that must wait for the upstream's address (URL=
+ * unset: Keystone's catalog names it with the daemon's first token). Prepare copies what o says but the
+ * address (o->url, o->kind unused); launch sends it to url, with default_credentials (a header line, or
+ * NULL) unless it has its own. A query that cannot be sent is ended with upstream_query_fail(): done
+ * is called with status 0 and error, and may free it. */
+int upstream_query_prepare(const UpstreamQueryOptions *o, UpstreamQueryDone done, void *userdata,
+                           UpstreamQuery **ret);
+int upstream_query_launch(UpstreamQuery *q, CurlLoop *l, const TransportSettings *t, UpstreamKind kind,
+                          const char *url, const char *default_credentials);
+void upstream_query_fail(UpstreamQuery *q, int error);
+/* release is called when q is freed, before it is sent or after: whoever keeps it waiting forgets it. */
+void upstream_query_set_release(UpstreamQuery *q, void (*release)(UpstreamQuery *q, void *userdata),
+                                void *userdata);
