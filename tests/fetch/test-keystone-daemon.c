@@ -171,6 +171,31 @@ static void test_catalog_first_read(void) {
         env_teardown(&e);
 }
 
+/* The same, with Keystone gone: the read check ends at once with Keystone's failure, a 502 for the
+ * client, and the journal names Keystone. */
+static void test_catalog_keystone_down(void) {
+        Env e;
+        env_setup(&e, APP_CREDENTIALS, 0600, /* with_url= */ false);
+        uint16_t port = test_free_port();
+        g_autofree char *listen = g_strdup_printf("--listen=127.0.0.1:%u", port);
+        const char *args[] = { listen, NULL };
+        g_assert_true(test_bus_start_daemon(e.bus, args));
+        keystone_fixture_free(e.ks);
+        e.ks = NULL;
+
+        g_autofree char *url = g_strdup_printf("http://127.0.0.1:%u/images/img", port);
+        const char *get[] = { "curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "-H", "X-Auth-Token: anyone",
+                              url, NULL };
+        g_autofree char *status = NULL;
+        g_autoptr(GError) error = NULL;
+        g_assert_true(g_spawn_sync(NULL, (char **) get, NULL, G_SPAWN_SEARCH_PATH, NULL, NULL, &status, NULL, NULL,
+                                   &error));
+        g_assert_no_error(error);
+        g_assert_cmpstr(status, ==, "502");
+        g_assert_true(test_bus_wait_stderr(e.bus, "Keystone", TEST_BUS_TIMEOUT_MS));
+        env_teardown(&e);
+}
+
 static void test_user_password(void) {
         Env e;
         env_setup(&e, USER_CREDENTIALS, 0400, /* with_url= */ true);
@@ -249,6 +274,7 @@ int main(int argc, char *argv[]) {
         g_test_init(&argc, &argv, NULL);
         g_test_add_func("/keystone-daemon/application-credential-catalog", test_application_credential_catalog);
         g_test_add_func("/keystone-daemon/catalog-first-read", test_catalog_first_read);
+        g_test_add_func("/keystone-daemon/catalog-keystone-down", test_catalog_keystone_down);
         g_test_add_func("/keystone-daemon/user-password", test_user_password);
         g_test_add_func("/keystone-daemon/wrong-credentials", test_wrong_credentials);
         g_test_add_func("/keystone-daemon/readable-credentials-refused", test_readable_credentials_refused);
