@@ -112,7 +112,9 @@ static void test_application_credential_catalog(void) {
 
 /* A token of the Keystone fixture, as a client would get it (curl), for the image service's read check. */
 static char *client_token(Env *e) {
-        g_autofree char *url = g_strdup_printf("%s/v3/auth/tokens", keystone_fixture_url(e->ks));
+        char *base = keystone_fixture_url(e->ks);
+        g_autofree char *url = g_strdup_printf("%s/v3/auth/tokens", base);
+        free(base);
         g_autofree char *out = NULL;
         g_autoptr(GError) error = NULL;
         const char *body = "{\"auth\":{\"identity\":{\"methods\":[\"application_credential\"],"
