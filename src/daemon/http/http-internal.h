@@ -64,8 +64,6 @@ typedef enum RequestWait {
         _REQUEST_WAIT_INVALID = -EINVAL,
 } RequestWait;
 
-const char *request_wait_to_string(RequestWait w);
-
 /* The object each wait is on, and the answer it keeps until the request is re-entered. */
 typedef union RequestPending {
         struct {

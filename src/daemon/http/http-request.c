@@ -10,22 +10,6 @@
 #include "http-internal.h"
 #include "log.h"
 
-static const char *const request_wait_table[_REQUEST_WAIT_MAX] = {
-        [REQUEST_WAIT_NONE] = "none",
-        [REQUEST_WAIT_READ] = "read-verdict",
-        [REQUEST_WAIT_PROBE] = "probe",
-        [REQUEST_WAIT_HOLDERS] = "holders",
-        [REQUEST_WAIT_FILL_HEADERS] = "fill-headers",
-        [REQUEST_WAIT_ORIGIN_RANGE] = "origin-range",
-        [REQUEST_WAIT_FILL_BYTES] = "fill-bytes",
-};
-
-const char *request_wait_to_string(RequestWait w) {
-        if (w < 0 || w >= _REQUEST_WAIT_MAX)
-                return NULL;
-        return request_wait_table[w];
-}
-
 void http_request_wait(Request *req, RequestWait wait) {
         HttpServer *s = req->server;
 
