@@ -81,16 +81,6 @@ static const EVP_MD *algo_to_md(ChecksumAlgo a) {
         }
 }
 
-static int unhex_char(char c) {
-        if (c >= '0' && c <= '9')
-                return c - '0';
-        if (c >= 'a' && c <= 'f')
-                return c - 'a' + 10;
-        if (c >= 'A' && c <= 'F')
-                return c - 'A' + 10;
-        return -EINVAL;
-}
-
 /* Decodes exactly 2 * size hex digits of either case. Nothing else is tolerated: no separators, no
  * whitespace, no "0x". */
 static int unhex_exact(const char *s, size_t n, size_t size, uint8_t *ret) {

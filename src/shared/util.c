@@ -34,6 +34,16 @@ char *url_redact_userinfo(const char *url) {
         return copy;
 }
 
+int unhex_char(char c) {
+        if (c >= '0' && c <= '9')
+                return c - '0';
+        if (c >= 'a' && c <= 'f')
+                return c - 'a' + 10;
+        if (c >= 'A' && c <= 'F')
+                return c - 'A' + 10;
+        return -EINVAL;
+}
+
 bool memory_has_control(const void *p, size_t n) {
         const unsigned char *b = p;
 

@@ -165,6 +165,8 @@ int free_and_strdup(char **dst, const char *src);
 char *url_redact_userinfo(const char *url);
 
 /* Whether the n bytes at p hold a control byte (below 0x20, or DEL), e.g. a NUL or a line break. */
+/* The value of one hex digit of either case, or -EINVAL. */
+int unhex_char(char c);
 bool memory_has_control(const void *p, size_t n);
 
 /* Secret tokens from a file (TokenFile=, ManagementTokenFile=, ReadTokenFile=): one per line, surrounding

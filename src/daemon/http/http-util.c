@@ -405,23 +405,13 @@ bool http_cache_control_has(const char *value, const char *directive) {
         return false;
 }
 
-static int hex_value(char c) {
-        if (c >= '0' && c <= '9')
-                return c - '0';
-        if (c >= 'a' && c <= 'f')
-                return c - 'a' + 10;
-        if (c >= 'A' && c <= 'F')
-                return c - 'A' + 10;
-        return -1;
-}
-
 size_t http_unescape(char *s, bool *ret_bad) {
         size_t r = 0, w = 0;
 
         while (s[r]) {
                 int hi, lo;
 
-                if (s[r] == '%' && (hi = hex_value(s[r + 1])) >= 0 && (lo = hex_value(s[r + 2])) >= 0) {
+                if (s[r] == '%' && (hi = unhex_char(s[r + 1])) >= 0 && (lo = unhex_char(s[r + 2])) >= 0) {
                         s[w++] = (char) (hi << 4 | lo);
                         r += 3;
                 } else
