@@ -176,23 +176,30 @@ static int fetcher_take_keystone_token(Fetcher *fe) {
         return 0;
 }
 
-/* The fills refused with the old token ask again (error 0), or fail with message. */
+/* Sends a prepared query to the upstream, with the daemon's token unless it carries credentials of its
+ * own (a client's read check). */
+static int fetcher_launch_query(Fetcher *fe, UpstreamQuery *q) {
+        _cleanup_(freep) char *own = NULL;
+
+        if (isempty(fe->url))
+                return -ENXIO;
+        if (fe->token && asprintf(&own, "X-Auth-Token: %s", fe->token) < 0)
+                return -ENOMEM;
+        int r = upstream_query_launch(q, fe->curl, &fe->transport_settings, fe->kind, fe->url, own);
+        if (own)
+                explicit_bzero(own, strlen(own));
+        return r;
+}
+
 /* The queries that waited for the upstream's address: sent now, or ended with error. Each leaves the list
  * before, as its done may free it (or others). */
 static void fetcher_wake_address_waiters(Fetcher *fe, int error) {
-        _cleanup_(freep) char *own = NULL;
-
-        if (error >= 0 && fe->token && asprintf(&own, "X-Auth-Token: %s", fe->token) < 0)
-                error = -ENOMEM;
         for (UpstreamQuery *q; (q = g_queue_pop_head(&fe->address_waiters));) {
                 upstream_query_set_release(q, NULL, NULL);
-                int r = error < 0 ? error
-                                  : upstream_query_launch(q, fe->curl, &fe->transport_settings, fe->kind, fe->url, own);
+                int r = error < 0 ? error : fetcher_launch_query(fe, q);
                 if (r < 0)
                         upstream_query_fail(q, r);
         }
-        if (own)
-                explicit_bzero(own, strlen(own));
 }
 
 static void address_waiter_release(UpstreamQuery *q, void *userdata) {
@@ -200,6 +207,7 @@ static void address_waiter_release(UpstreamQuery *q, void *userdata) {
         (void) g_queue_remove(&fe->address_waiters, q);
 }
 
+/* The fills refused with the old token ask again (error 0), or fail with message. */
 static void fetcher_wake_token_waiters(Fetcher *fe, int error, const char *message) {
         for (Fill *f; (f = g_queue_pop_head(&fe->token_waiters));) {
                 if (error < 0)
@@ -524,45 +532,33 @@ CurlLoop *fetcher_curl(const Fetcher *fe) {
 /* o with the fetcher's upstream, and the daemon's own token unless the caller gives credentials. */
 /* URL= unset and no token yet: the catalog will name the upstream. The query is made now and sent when
  * Keystone answers (its request has a timeout: the wait is bounded), or ended with Keystone's error. */
-static int fetcher_defer_query(Fetcher *fe, const UpstreamQueryOptions *o, UpstreamQueryDone done, void *userdata,
-                               UpstreamQuery **ret) {
-        UpstreamQuery *q;
-        int r;
-
-        r = upstream_query_prepare(o, done, userdata, &q);
+static int fetcher_defer_query(Fetcher *fe, UpstreamQuery *q) {
+        int r = keystone_authenticate(fe->keystone);
         if (r < 0)
-                return r;
-        r = keystone_authenticate(fe->keystone);
-        if (r < 0) {
-                upstream_query_free(q);
                 return log_warning_errno(r, "Cannot ask Keystone for a token: %m");
-        }
         upstream_query_set_release(q, address_waiter_release, fe);
         g_queue_push_tail(&fe->address_waiters, q);
-        *ret = q;
         return 0;
 }
 
-static int fetcher_start_query(Fetcher *fe, UpstreamQueryOptions *o, UpstreamQueryDone done, void *userdata,
+static int fetcher_start_query(Fetcher *fe, const UpstreamQueryOptions *o, UpstreamQueryDone done, void *userdata,
                                UpstreamQuery **ret) {
-        _cleanup_(freep) char *own = NULL;
+        bool wait = isempty(fe->url) && fe->keystone && !keystone_token(fe->keystone);
+        UpstreamQuery *q;
         int r;
 
-        if (isempty(fe->url) && fe->keystone && !keystone_token(fe->keystone))
-                return fetcher_defer_query(fe, o, done, userdata, ret);
-        if (isempty(fe->url))
+        if (isempty(fe->url) && !wait)
                 return -ENXIO;
-        o->kind = fe->kind;
-        o->url = fe->url;
-        if (!o->credentials && fe->token) {
-                if (asprintf(&own, "X-Auth-Token: %s", fe->token) < 0)
-                        return -ENOMEM;
-                o->credentials = own;
+        r = upstream_query_prepare(o, done, userdata, &q);
+        if (r < 0)
+                return r;
+        r = wait ? fetcher_defer_query(fe, q) : fetcher_launch_query(fe, q);
+        if (r < 0) {
+                upstream_query_free(q);
+                return r;
         }
-        r = upstream_query_start(fe->curl, &fe->transport_settings, o, done, userdata, ret);
-        if (own)
-                explicit_bzero(own, strlen(own));
-        return r;
+        *ret = q;
+        return 0;
 }
 
 int fetcher_query(Fetcher *fe, const char *id, const char *credentials, UpstreamQueryDone done, void *userdata,

@@ -218,23 +218,6 @@ void upstream_query_set_release(UpstreamQuery *q, void (*release)(UpstreamQuery 
         q->release_userdata = userdata;
 }
 
-int upstream_query_start(CurlLoop *l, const TransportSettings *t, const UpstreamQueryOptions *o,
-                         UpstreamQueryDone done, void *userdata, UpstreamQuery **ret) {
-        UpstreamQuery *q;
-        int r;
-
-        r = upstream_query_prepare(o, done, userdata, &q);
-        if (r < 0)
-                return r;
-        r = upstream_query_launch(q, l, t, o->kind, o->url, /* default_credentials= */ NULL);
-        if (r < 0) {
-                upstream_query_free(q);
-                return r;
-        }
-        *ret = q;
-        return 0;
-}
-
 UpstreamQuery *upstream_query_free(UpstreamQuery *q) {
         if (!q)
                 return NULL;

@@ -32,8 +32,6 @@ typedef struct UpstreamAnswer {
 typedef void (*UpstreamQueryDone)(const UpstreamAnswer *a, void *userdata);
 
 typedef struct UpstreamQueryOptions {
-        UpstreamKind kind;
-        const char *url;            /* URL= of the configuration */
         const char *id;
         const char *credentials;    /* a whole header line ("X-Auth-Token: …"), or NULL */
         usec_t timeout;             /* the whole exchange; 0: UPSTREAM_QUERY_TIMEOUT_USEC */
@@ -44,17 +42,15 @@ typedef struct UpstreamQueryOptions {
 
 #define UPSTREAM_QUERY_TIMEOUT_USEC (15ULL * USEC_PER_SEC)
 
-/* Starts the query on l, made with t (the Fetcher's settings); done is called once, from the loop, unless
- * the query is freed first. The credentials are copied into the request and wiped when it ends. */
-int upstream_query_start(CurlLoop *l, const TransportSettings *t, const UpstreamQueryOptions *o,
-                         UpstreamQueryDone done, void *userdata, UpstreamQuery **ret);
+/* A query is made in two halves, so that one may wait for the upstream's address (URL= unset: Keystone's
+ * catalog names it with the daemon's first token). Prepare copies what o says (the credentials into
+ * the request, wiped when it ends). Launch
+ * sends it on l, made with t (the Fetcher's settings), to url of kind, with default_credentials (a
+ * header line, or NULL) unless it has its own; done is then called once, from the loop, unless the query
+ * is freed first. A query that cannot be sent is ended with upstream_query_fail(): done is called with
+ * status 0 and error, and may free it. */
 UpstreamQuery *upstream_query_free(UpstreamQuery *q);  /* cancels; done is not called */
 
-/* upstream_query_start() in two halves, for a query that must wait for the upstream's address (URL=
- * unset: Keystone's catalog names it with the daemon's first token). Prepare copies what o says but the
- * address (o->url, o->kind unused); launch sends it to url, with default_credentials (a header line, or
- * NULL) unless it has its own. A query that cannot be sent is ended with upstream_query_fail(): done
- * is called with status 0 and error, and may free it. */
 int upstream_query_prepare(const UpstreamQueryOptions *o, UpstreamQueryDone done, void *userdata,
                            UpstreamQuery **ret);
 int upstream_query_launch(UpstreamQuery *q, CurlLoop *l, const TransportSettings *t, UpstreamKind kind,
