@@ -249,6 +249,12 @@ static int on_stall_check(sd_event_source *s, uint64_t usec, void *userdata) {
         return 0;
 }
 
+/* A byte came. On the path of every chunk: the loop's time of this turn, not a clock read. */
+static void fill_note_progress(Fill *f) {
+        if (sd_event_now(f->fetcher->event, CLOCK_MONOTONIC, &f->progress_usec) < 0)
+                f->progress_usec = now_usec(CLOCK_MONOTONIC);
+}
+
 /* The transfer just started: without a byte for LowSpeedTimeoutSec= it ends. libcurl's own low-speed
  * check averages the speed over seconds first, and let a stall last about twice as long; this one checks
  * the time of the last byte. One timer per fill, moved only when it fires: bytes only note the time. */
@@ -377,7 +383,7 @@ static FillIntake fill_accept_image(Fill *f, const FillResponse *r) {
 FillIntake fill_on_headers(Fill *f, const FillResponse *r) {
         if (f->step != STEP_REQUESTING)
                 return INTAKE_ABORT;
-        f->progress_usec = now_usec(CLOCK_MONOTONIC);
+        fill_note_progress(f);
         (void) sd_event_source_set_enabled(f->first_byte, SD_EVENT_OFF);
 
         switch (fill_judge_response(f, r)) {
@@ -463,7 +469,7 @@ static FillIntake fill_take_image(Fill *f, const void *data, size_t n) {
 }
 
 FillIntake fill_on_body(Fill *f, const void *data, size_t n) {
-        f->progress_usec = now_usec(CLOCK_MONOTONIC);
+        fill_note_progress(f);
         switch (f->step) {
         case STEP_READING_RECORD:
                 return fill_take_record(f, data, n);
