@@ -74,13 +74,14 @@ void fill_dispatch(Fill *f) {
                 fetcher_tell_finished(f->fetcher, f);
         }
 
-        if (--f->n_dispatching == 0)
+        if (--f->n_dispatching == 0) {
                 for (FillSubscription *s = f->subs, *next; s; s = next) {
                         next = s->next;
                         if (s->dead)
                                 subscription_destroy(s);
                 }
-        fill_cancel_unread(f);
+                fill_cancel_unread(f); /* not under an outer dispatch, which still walks the list */
+        }
         fill_unref(f);
 }
 
