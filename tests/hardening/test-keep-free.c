@@ -164,18 +164,6 @@ static void keep_free_inner(void) {
         env_done(&e);
 }
 
-static bool upstream_idle(UpstreamFixture *fx) {
-        usec_t deadline = now_usec(CLOCK_MONOTONIC) + TEST_BUS_TIMEOUT_MS * USEC_PER_MSEC;
-
-        /* The fixture's counter, polled: it has no event to wait on, and the deadline bounds it. */
-        while (upstream_fixture_active(fx) > 0) {
-                if (now_usec(CLOCK_MONOTONIC) > deadline)
-                        return false;
-                g_usleep(10 * 1000);
-        }
-        return true;
-}
-
 static void cannot_keep_inner(void) {
         Env e = {};
         g_autofree uint8_t *data = test_random_data(MIB, 7);
@@ -231,7 +219,7 @@ static void cannot_keep_inner(void) {
         g_assert_no_error(error);
         g_assert_true(g_subprocess_wait(q, NULL, NULL));
         g_assert_true(test_bus_wait_stderr(e.bus, "its last reader left", TEST_BUS_TIMEOUT_MS));
-        g_assert_true(upstream_idle(e.fx));
+        g_assert_true(upstream_fixture_wait_idle(e.fx, TEST_BUS_TIMEOUT_MS));
         g_assert_cmpuint(upstream_fixture_bytes_sent(e.fx, "/images/slow"), <, 10 * MIB);
         g_assert_cmpuint(free_bytes(&e) + 64 * 1024, >=, before);
 

@@ -1132,6 +1132,26 @@ unsigned upstream_fixture_active(UpstreamFixture *fx) {
         return n;
 }
 
+bool upstream_fixture_wait_idle(UpstreamFixture *fx, unsigned timeout_ms) {
+        struct timespec ts;
+
+        /* Woken by every change of the count; pthread condvars default to CLOCK_REALTIME. */
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_sec += timeout_ms / 1000;
+        ts.tv_nsec += (long) (timeout_ms % 1000) * 1000000L;
+        if (ts.tv_nsec >= 1000000000L) {
+                ts.tv_sec++;
+                ts.tv_nsec -= 1000000000L;
+        }
+        pthread_mutex_lock(&fx->lock);
+        while (fx->active > 0)
+                if (pthread_cond_timedwait(&fx->cond, &fx->lock, &ts) == ETIMEDOUT)
+                        break;
+        bool idle = fx->active == 0;
+        pthread_mutex_unlock(&fx->lock);
+        return idle;
+}
+
 unsigned upstream_fixture_max_active(UpstreamFixture *fx) {
         pthread_mutex_lock(&fx->lock);
         unsigned n = fx->max_active;

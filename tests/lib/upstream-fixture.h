@@ -134,6 +134,8 @@ char **upstream_fixture_request_log(UpstreamFixture *fx);
 /* Responses in progress now, and the most there ever were at once (image bodies only). */
 unsigned upstream_fixture_active(UpstreamFixture *fx);
 unsigned upstream_fixture_max_active(UpstreamFixture *fx);
+/* Waits until no response is in progress, at most timeout_ms; whether none is. */
+bool upstream_fixture_wait_idle(UpstreamFixture *fx, unsigned timeout_ms);
 /* Body bytes handed to the network for path, over all requests (responses without knobs count when
  * they complete). */
 uint64_t upstream_fixture_bytes_sent(UpstreamFixture *fx, const char *path);
