@@ -40,8 +40,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_http() { for _ in $(seq 100); do curl -s -o /dev/null "$1" && return 0; sleep 0.1; done; echo "no answer from $1" >&2; exit 1; }
+# shellcheck source=../lib.sh
+. "$(dirname "$(readlink -f "$0")")/../lib.sh"
 
 mkdir -p "$work/cache" "$work/www" "$work/upstream"
 echo "# preparing a ${size_mib} MiB image"
