@@ -395,3 +395,22 @@ FleetQuery *fleet_query_free(FleetQuery *q) {
         assert(!q);
         return NULL;
 }
+
+/* No pass-through here: the scripted fetcher has no upstream to pass to (test-http-glance has the real one). */
+int fetcher_wait_address(Fetcher *fe, void (*ready)(Fetcher *fe, int error, void *userdata), void *userdata,
+                         FetcherAddressWait **ret) {
+        *ret = NULL;
+        return -ENXIO;
+}
+
+FetcherAddressWait *fetcher_address_wait_free(FetcherAddressWait *w) {
+        return NULL;
+}
+
+int fetcher_exchange(Fetcher *fe, UpstreamExchange *x) {
+        return -ENXIO;
+}
+
+const char *fetcher_upstream_url(const Fetcher *fe) {
+        return NULL;
+}

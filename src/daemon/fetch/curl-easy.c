@@ -100,6 +100,14 @@ static int setup(CURL *h, const TransportSettings *t, const TransportRequest *q)
                 return r;
         if (q->no_body && (r = easy_setopt(h, CURLOPT_NOBODY, 1L)) < 0)
                 return r;
+        if (q->method && (r = easy_setopt(h, CURLOPT_CUSTOMREQUEST, q->method)) < 0)
+                return r;
+        /* UPLOAD makes it a PUT with a body; CUSTOMREQUEST above names the method that is sent. */
+        if (q->on_upload && ((r = easy_setopt(h, CURLOPT_UPLOAD, 1L)) < 0 ||
+                             (r = easy_setopt(h, CURLOPT_READFUNCTION, q->on_upload)) < 0 ||
+                             (r = easy_setopt(h, CURLOPT_READDATA, q->userdata)) < 0 ||
+                             (r = easy_setopt(h, CURLOPT_INFILESIZE_LARGE, (curl_off_t) q->upload_size)) < 0))
+                return r;
         return setup_timeouts(h, t, q->timeout);
 }
 

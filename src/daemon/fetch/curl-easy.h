@@ -20,6 +20,7 @@
 #include <curl/curl.h>
 #include <errno.h>
 #include <stdbool.h>
+#include <stdint.h>
 
 #include "config.h"
 #include "curl-loop.h"
@@ -48,6 +49,9 @@ typedef struct TransportRequest {
         curl_write_callback on_body;   /* the body; NULL: no_body, or curl's default (stdout) */
         void *userdata;             /* of on_header and on_body */
         bool no_body;               /* a HEAD */
+        const char *method;         /* a method other than GET (or HEAD, no_body); NULL: GET */
+        curl_read_callback on_upload; /* the request's body, read as curl sends it; NULL: none */
+        int64_t upload_size;        /* with on_upload: its length, -1 unknown (sent chunked) */
         bool own_connection;        /* a connection of its own, closed after: see transport_easy_new() */
 } TransportRequest;
 

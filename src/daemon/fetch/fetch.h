@@ -8,6 +8,7 @@
 #include "checksum.h"
 #include "config.h"
 #include "store.h"
+#include "upstream-exchange.h"
 #include "upstream-query.h"
 
 /* Filling the cache from the upstream: one libcurl multi handle driven by sd-event, one Fill per image
@@ -112,6 +113,20 @@ Fill *fetcher_find(const Fetcher *fe, const char *id);
  * line, an HTTP client's), or with the daemon's own token when NULL. -ENXIO without an upstream. */
 int fetcher_query(Fetcher *fe, const char *id, const char *credentials, UpstreamQueryDone done, void *userdata,
                   UpstreamQuery **ret);
+/* Whatever must be sent to the upstream waits here for its address when that is not known yet (URL=
+ * unset: the catalog of the daemon's first Keystone token names it): ready is called once, from the loop,
+ * with 0 (fetcher_upstream_url() says it now) or Keystone's error; the wait is freed after ready returns.
+ * Returns 0 with *ret NULL when the address is known (nothing to wait for), 0 with *ret set when waiting
+ * (free *ret to stop waiting: ready is not called then), -ENXIO when there is no upstream. */
+typedef struct FetcherAddressWait FetcherAddressWait;
+int fetcher_wait_address(Fetcher *fe, void (*ready)(Fetcher *fe, int error, void *userdata), void *userdata,
+                         FetcherAddressWait **ret);
+FetcherAddressWait *fetcher_address_wait_free(FetcherAddressWait *w);
+/* Sends an exchange passed through for a client (upstream-exchange.h) to the upstream, with only the
+ * client's headers; the address must be known (fetcher_wait_address()). */
+int fetcher_exchange(Fetcher *fe, UpstreamExchange *x);
+/* The upstream's base URL (URL=, or the catalog's), or NULL while unknown. */
+const char *fetcher_upstream_url(const Fetcher *fe);
 /* Asks the origin, with the daemon's credentials, for length bytes at start of the image f is filling,
  * of the same representation (If-Range with the fill's strong ETag, and the length checked, once the
  * fill has them; a fill waiting for a slot has neither, and the answer's length is the origin's): bytes

@@ -191,20 +191,61 @@ static int fetcher_launch_query(Fetcher *fe, UpstreamQuery *q) {
         return r;
 }
 
-/* The queries that waited for the upstream's address: sent now, or ended with error. Each leaves the list
- * before, as its done may free it (or others). */
+struct FetcherAddressWait {
+        Fetcher *fe;            /* NULL once the fetcher is gone */
+        void (*ready)(Fetcher *fe, int error, void *userdata);
+        void *userdata;
+};
+
+/* Whatever waited for the upstream's address goes on (error 0), or is told why it cannot. Each leaves the
+ * list before, as its ready may free others. */
 static void fetcher_wake_address_waiters(Fetcher *fe, int error) {
-        for (UpstreamQuery *q; (q = g_queue_pop_head(&fe->address_waiters));) {
-                upstream_query_set_release(q, NULL, NULL);
-                int r = error < 0 ? error : fetcher_launch_query(fe, q);
-                if (r < 0)
-                        upstream_query_fail(q, r);
+        for (FetcherAddressWait *w; (w = g_queue_pop_head(&fe->address_waiters));) {
+                w->fe = NULL;
+                w->ready(fe, error, w->userdata);
+                free(w);
         }
 }
 
-static void address_waiter_release(UpstreamQuery *q, void *userdata) {
-        Fetcher *fe = userdata;
-        (void) g_queue_remove(&fe->address_waiters, q);
+int fetcher_wait_address(Fetcher *fe, void (*ready)(Fetcher *fe, int error, void *userdata), void *userdata,
+                         FetcherAddressWait **ret) {
+        FetcherAddressWait *w;
+        int r;
+
+        *ret = NULL;
+        if (!isempty(fe->url))
+                return 0;
+        if (!fe->keystone || keystone_token(fe->keystone))
+                return -ENXIO;
+        r = keystone_authenticate(fe->keystone);
+        if (r < 0)
+                return log_warning_errno(r, "Cannot ask Keystone for a token: %m");
+        w = calloc(1, sizeof(FetcherAddressWait));
+        if (!w)
+                return -ENOMEM;
+        *w = (FetcherAddressWait) { .fe = fe, .ready = ready, .userdata = userdata };
+        g_queue_push_tail(&fe->address_waiters, w);
+        *ret = w;
+        return 0;
+}
+
+FetcherAddressWait *fetcher_address_wait_free(FetcherAddressWait *w) {
+        if (!w)
+                return NULL;
+        if (w->fe)
+                (void) g_queue_remove(&w->fe->address_waiters, w);
+        free(w);
+        return NULL;
+}
+
+const char *fetcher_upstream_url(const Fetcher *fe) {
+        return isempty(fe->url) ? NULL : fe->url;
+}
+
+int fetcher_exchange(Fetcher *fe, UpstreamExchange *x) {
+        if (isempty(fe->url))
+                return -ENXIO;
+        return upstream_exchange_launch(x, fe->curl, &fe->transport_settings, fe->url);
 }
 
 /* The fills refused with the old token ask again (error 0), or fail with message. */
@@ -427,8 +468,8 @@ Fetcher *fetcher_free(Fetcher *fe) {
         for (Fill *w; (w = g_queue_pop_head(&fe->token_waiters));)
                 fill_unref(w);
         /* Their owners free them; they must not tell a fetcher that is gone. */
-        for (UpstreamQuery *q; (q = g_queue_pop_head(&fe->address_waiters));)
-                upstream_query_set_release(q, NULL, NULL);
+        for (FetcherAddressWait *w; (w = g_queue_pop_head(&fe->address_waiters));)
+                w->fe = NULL;
         fe->keystone = keystone_free(fe->keystone); /* its request is on the CurlLoop */
         free(fe->configured_url);
         curl_loop_free(fe->curl);
@@ -529,30 +570,35 @@ CurlLoop *fetcher_curl(const Fetcher *fe) {
         return fe->curl;
 }
 
-/* o with the fetcher's upstream, and the daemon's own token unless the caller gives credentials. */
-/* URL= unset and no token yet: the catalog will name the upstream. The query is made now and sent when
- * Keystone answers (its request has a timeout: the wait is bounded), or ended with Keystone's error. */
-static int fetcher_defer_query(Fetcher *fe, UpstreamQuery *q) {
-        int r = keystone_authenticate(fe->keystone);
+/* A query waiting for the upstream's address: sent once it is known, or ended with Keystone's error. */
+static void query_on_address(Fetcher *fe, int error, void *userdata) {
+        UpstreamQuery *q = userdata;
+
+        upstream_query_set_release(q, NULL, NULL); /* the wait is freed after this */
+        int r = error < 0 ? error : fetcher_launch_query(fe, q);
         if (r < 0)
-                return log_warning_errno(r, "Cannot ask Keystone for a token: %m");
-        upstream_query_set_release(q, address_waiter_release, fe);
-        g_queue_push_tail(&fe->address_waiters, q);
-        return 0;
+                upstream_query_fail(q, r);
+}
+
+/* The query is freed while it waits. */
+static void query_wait_release(UpstreamQuery *q, void *userdata) {
+        fetcher_address_wait_free(userdata);
 }
 
 static int fetcher_start_query(Fetcher *fe, const UpstreamQueryOptions *o, UpstreamQueryDone done, void *userdata,
                                UpstreamQuery **ret) {
-        bool wait = isempty(fe->url) && fe->keystone && !keystone_token(fe->keystone);
+        FetcherAddressWait *w = NULL;
         UpstreamQuery *q;
         int r;
 
-        if (isempty(fe->url) && !wait)
-                return -ENXIO;
         r = upstream_query_prepare(o, done, userdata, &q);
         if (r < 0)
                 return r;
-        r = wait ? fetcher_defer_query(fe, q) : fetcher_launch_query(fe, q);
+        r = fetcher_wait_address(fe, query_on_address, q, &w);
+        if (r >= 0 && w)
+                upstream_query_set_release(q, query_wait_release, w);
+        else if (r >= 0)
+                r = fetcher_launch_query(fe, q);
         if (r < 0) {
                 upstream_query_free(q);
                 return r;

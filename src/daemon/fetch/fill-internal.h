@@ -213,8 +213,8 @@ struct Fetcher {
         Keystone *keystone;        /* Auth=keystone: where token comes from; NULL with Auth=token */
         char *configured_url;      /* URL= as configured; with Keystone and none, url is the catalog's */
         GQueue token_waiters;      /* Fill* (a reference each), REAUTHENTICATING until Keystone answers */
-        GQueue address_waiters;    /* UpstreamQuery* (the callers'), prepared, waiting for Keystone's
-                                    * catalog to name the upstream (URL= unset) */
+        GQueue address_waiters;    /* FetcherAddressWait* (the callers'), waiting for Keystone's catalog
+                                    * to name the upstream (URL= unset) */
         uint64_t token_generation; /* bumped whenever token changes */
         usec_t token_read_at;     /* CLOCK_MONOTONIC of the last re-read after a 401 */
         TransportSettings transport_settings; /* of every request: fills, queries, Keystone's, the fleet's */
