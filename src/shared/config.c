@@ -535,6 +535,9 @@ static const ConfigKey config_keys[] = {
         KEY("HTTP",     "AcknowledgeOpenReadAccess", config_parse_bool,  acknowledge_open_read_access, "no"),
         KEY("HTTP",     "ReadAccessAllowCacheSec", config_parse_sec,     read_access_allow_cache, "60s"),
         KEY("HTTP",     "ReadAccessDenyCacheSec", config_parse_sec,      read_access_deny_cache, "10s"),
+        KEY("HTTP",     "PassThrough",         config_parse_bool,        pass_through,          "yes"),
+        KEY("HTTP",     "PublicURL",           config_parse_url,         public_url,            NULL),
+        KEY("HTTP",     "IdleTimeoutSec",      config_parse_positive_sec, idle_timeout,         "60s"),
         KEY("HTTP",     "AccessLog",           config_parse_bool,        access_log,            "yes"),
         KEY("HTTP",     "AccessLogRateLimitIntervalSec", config_parse_positive_sec, access_log_interval, "1s"),
         KEY("HTTP",     "AccessLogRateLimitBurst", config_parse_access_log_burst, access_log_burst, "1000"),
@@ -586,6 +589,7 @@ void config_done(Config *c) {
         free_and_null(&c->management_token_file);
         free_and_null(&c->read_token_file);
         free_and_null(&c->trusted_proxies);
+        free_and_null(&c->public_url);
         free_and_null(&c->fleet_peers);
         free_and_null(&c->fleet_self);
         free_and_null(&c->peer_token_file);
@@ -618,7 +622,7 @@ static int config_copy(const Config *src, Config *ret) {
         Config t = *src;
 
         t.directory = t.upstream_url = t.token_file = t.ca_file = t.listen = t.management_token_file = NULL;
-        t.read_token_file = t.trusted_proxies = t.fleet_peers = t.fleet_self = t.peer_token_file = NULL;
+        t.read_token_file = t.trusted_proxies = t.public_url = t.fleet_peers = t.fleet_self = t.peer_token_file = NULL;
         t.auth_url = t.credentials_file = t.endpoint_interface = t.endpoint_region = NULL;
 
         if (free_and_strdup(&t.directory, src->directory) < 0 ||
@@ -633,6 +637,7 @@ static int config_copy(const Config *src, Config *ret) {
             free_and_strdup(&t.management_token_file, src->management_token_file) < 0 ||
             free_and_strdup(&t.read_token_file, src->read_token_file) < 0 ||
             free_and_strdup(&t.trusted_proxies, src->trusted_proxies) < 0 ||
+            free_and_strdup(&t.public_url, src->public_url) < 0 ||
             free_and_strdup(&t.fleet_peers, src->fleet_peers) < 0 ||
             free_and_strdup(&t.fleet_self, src->fleet_self) < 0 ||
             free_and_strdup(&t.peer_token_file, src->peer_token_file) < 0) {

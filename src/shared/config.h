@@ -105,6 +105,10 @@ typedef struct Config {
         bool acknowledge_open_read_access; /* default no: ReadAccess=open on a non-loopback listener */
         usec_t read_access_allow_cache; /* default 60s: how long an upstream's yes is believed */
         usec_t read_access_deny_cache;  /* default 10s: how long its no is */
+        bool pass_through;             /* default yes: with Kind=glance, the rest of Glance's API is passed through */
+        char *public_url;              /* the base URL clients reach us at, for the version document's links;
+                                        * NULL: from each request's Host */
+        usec_t idle_timeout;           /* default 60s: a connection with no byte either way this long is closed */
         bool access_log;               /* default yes: one entry per finished request */
         usec_t access_log_interval;    /* default 1s: at most access_log_burst entries in each such interval */
         unsigned access_log_burst;     /* default 1000 */

@@ -21,6 +21,7 @@ static const char *const cache_names[_ACCESS_LOG_CACHE_MAX] = {
         [ACCESS_LOG_CACHE_NONE] = "none",
         [ACCESS_LOG_CACHE_HIT] = "hit",
         [ACCESS_LOG_CACHE_MISS] = "miss",
+        [ACCESS_LOG_CACHE_PASS] = "pass",
 };
 
 const char *access_log_cache_to_string(AccessLogCache c) {

@@ -35,6 +35,7 @@ typedef enum AccessLogCache {
         ACCESS_LOG_CACHE_NONE,  /* no lookup: management, metrics, a request refused before it */
         ACCESS_LOG_CACHE_HIT,
         ACCESS_LOG_CACHE_MISS,
+        ACCESS_LOG_CACHE_PASS,  /* passed through to the upstream (PassThrough=) */
         _ACCESS_LOG_CACHE_MAX,
         _ACCESS_LOG_CACHE_INVALID = -EINVAL,
 } AccessLogCache;

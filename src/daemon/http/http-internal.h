@@ -32,6 +32,8 @@
  * once queued, and frees it. Fill events wake the request when it waits on this stream. */
 typedef struct Request Request;
 typedef struct Stream Stream;
+typedef struct Pass Pass;
+typedef struct GoneCheck GoneCheck;
 struct Stream {
         HttpServer *server;
         Fill *fill;
@@ -60,6 +62,9 @@ typedef enum RequestWait {
         REQUEST_WAIT_FILL_HEADERS,  /* a miss: its fill's response headers, or its end */
         REQUEST_WAIT_ORIGIN_RANGE,  /* a range the fill cannot answer soon, asked of the origin */
         REQUEST_WAIT_FILL_BYTES,    /* a miss being sent: the fill's next bytes (in the content reader) */
+        REQUEST_WAIT_PASS_UPLOAD,   /* a pass-through: room for the client's body (http-pass.c) */
+        REQUEST_WAIT_PASS_HEADERS,  /* a pass-through: the upstream's answer */
+        REQUEST_WAIT_PASS_BYTES,    /* a pass-through being sent: the upstream's next bytes (content reader) */
         _REQUEST_WAIT_MAX,
         _REQUEST_WAIT_INVALID = -EINVAL,
 } RequestWait;
@@ -106,6 +111,8 @@ struct Request {
         unsigned retry_after;  /* a refusal's Retry-After, in seconds */
         const char *framing_problem; /* http_request_framing(): why the framing is ambiguous, or NULL */
 
+        Pass *pass;            /* passed through to the upstream (http-pass.c): the request owns it until its
+                                * response does, and each lets go of the other when it ends */
         RequestWait wait;      /* REQUEST_WAIT_NONE, or until re-entered at it */
         RequestPending pending;
         bool suspended;        /* in HttpServer.waiting: the connection is suspended */
@@ -130,6 +137,7 @@ typedef struct HttpConnection {
         char address[PEER_KEY_MAX]; /* counted in HttpServer.connection_counts; "": not counted */
         HeaderDeadline header;   /* armed while a request's headers are being read */
         bool bad_target;         /* set by the unescape callback for the request being read */
+        char *target;            /* the request target as sent (PassThrough=): MHD decodes its own copy */
 } HttpConnection;
 
 /* A fill a client address started, counted against MaxFetchesPerIP= until it ends. It lets go of the
@@ -151,6 +159,7 @@ struct HttpServer {
         void *userdata;             /* of ops */
 
         bool management_api;
+        bool pass_through;      /* PassThrough=yes with Kind=glance: Glance's API beyond image data */
         char *token;            /* NULL: every management request is refused */
 
         struct MHD_Daemon *mhd;
@@ -162,6 +171,9 @@ struct HttpServer {
 
         HttpCounters counters;
         Stream *streams;        /* every live Stream, to abort them at shutdown */
+        Pass *passes;           /* every live Pass, likewise */
+        GoneCheck *gone_checks; /* cached images a client was refused: asked whether they are gone upstream */
+        TtlCache *gone_checked; /* ids found still there lately */
         HeaderDeadlines *header_deadlines;
         PeerCounts *peer_fill_counts;
         PeerFill *peer_fills;
@@ -233,6 +245,21 @@ void http_add_image_headers(struct MHD_Response *resp, const char *etag, const c
 void http_add_repr_digest(struct MHD_Response *resp, const Checksum *c);
 void http_add_content_range(struct MHD_Response *resp, uint64_t start, uint64_t length, uint64_t size);
 const char *http_header(struct MHD_Connection *c, const char *name);
+
+/* Ends a connection whose response body fails or is close-delimited, at once (see http-request.c). */
+void http_connection_end(HttpServer *s, struct MHD_Connection *c);
+/* The image is gone upstream (deleted, deactivated): its copy and queue entry go, and why is logged. */
+void http_server_drop_image(HttpServer *s, const char *id, const char *why);
+
+/* http-pass.c: a request passed through to the upstream */
+/* Starts it from the request's headers (the body, if any, follows). */
+enum MHD_Result http_pass_begin(HttpServer *s, Request *req, struct MHD_Connection *c, const char *method);
+/* Every later call of the access handler for it: its body, then its answer. */
+enum MHD_Result http_pass_on_request(HttpServer *s, Request *req, const char *upload_data, size_t *upload_data_size);
+/* The request is over: the pass goes, or is left to its response. */
+void http_pass_detach(Request *req);
+/* Shutdown: every transfer ends now. */
+void http_pass_abort_all(HttpServer *s);
 
 /* http-stream.c: the body of a miss, read from its fill */
 int http_stream_new(HttpServer *s, Request *req, Fill *f, Stream **ret);

@@ -129,25 +129,11 @@ static int delete_image(const HttpManageContext *ctx, const char *id) {
         return found || r > 0;
 }
 
-static bool host_is_sane(const char *host) {
-        /* Echoed into a link: a host name or address with an optional port, nothing else. */
-        if (isempty(host) || strlen(host) > 255)
-                return false;
-        for (const char *p = host; *p; p++)
-                if (!isalnum((unsigned char) *p) && !strchr(".-:[]_%", *p))
-                        return false;
-        return true;
-}
-
-static int versions_reply(const char *host, HttpReply *ret) {
-        json_auto_t *versions = json_array();
-        char href[300];
+json_t *http_manage_versions(const char *href) {
+        json_t *versions = json_array();
 
         if (!versions)
-                return -ENOMEM;
-
-        snprintf(href, sizeof(href), "http://%s/v2/", host_is_sane(host) ? host : "localhost");
-
+                return NULL;
         for (int minor = VERSIONS_CURRENT_MINOR; minor >= 0; minor--) {
                 char id[16];
                 snprintf(id, sizeof(id), "v2.%d", minor);
@@ -155,10 +141,21 @@ static int versions_reply(const char *host, HttpReply *ret) {
                                       "id", id,
                                       "status", minor == VERSIONS_CURRENT_MINOR ? "CURRENT" : "SUPPORTED",
                                       "links", "rel", "self", "href", href);
-                if (!v || json_array_append_new(versions, v) < 0)
-                        return -ENOMEM;
+                if (!v || json_array_append_new(versions, v) < 0) {
+                        json_decref(versions);
+                        return NULL;
+                }
         }
+        return versions;
+}
 
+static int versions_reply(const char *host, HttpReply *ret) {
+        char href[300];
+
+        snprintf(href, sizeof(href), "http://%s/v2/", http_host_is_sane(host) ? host : "localhost");
+        json_auto_t *versions = http_manage_versions(href);
+        if (!versions)
+                return -ENOMEM;
         json_auto_t *j = json_pack("{s:O}", "versions", versions);
         if (!j)
                 return -ENOMEM;
@@ -406,6 +403,14 @@ char *http_metrics_render(const HttpManageContext *ctx, const HttpCounters *coun
                 { "imgcache_http_ranges_ahead_total", "counter",
                   "Ranges far ahead of a fill answered by asking the upstream for them directly.", counters->ranges_ahead },
                 { "imgcache_evictions_total", "counter", "Images pruned or evicted to make room.", ext.evictions },
+                { "imgcache_http_pass_requests_total", "counter",
+                  "Glance API requests passed through to the upstream (neither hit nor miss).", counters->pass_requests },
+                { "imgcache_http_pass_sent_bytes_total", "counter", "Request body bytes passed through to the upstream.",
+                  counters->pass_bytes_up },
+                { "imgcache_http_pass_received_bytes_total", "counter", "Response body bytes passed through to clients.",
+                  counters->pass_bytes_down },
+                { "imgcache_upstream_gone_dropped_total", "counter",
+                  "Cached images dropped because the upstream deleted or deactivated them.", counters->evictions_upstream },
                 { "imgcache_transfers_active", "gauge", "Fills from the upstream not finished yet.",
                   ext.transfers_active },
                 { "imgcache_transfers_started_total", "counter", "Fills from the upstream started.", ext.transfers_started },

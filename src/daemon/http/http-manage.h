@@ -33,4 +33,8 @@ int http_manage_dispatch(const HttpManageContext *ctx, const HttpRouteMatch *rou
 #define HTTP_METRICS_CONTENT_TYPE "text/plain; version=0.0.4; charset=utf-8"
 /* The answer of GET /v2/cache/nodes/<id>: {"image_id": id, "cached_nodes": [holders…]}. */
 int http_manage_holders_reply(const char *id, char *const *holders, HttpReply *ret);
+/* The image API versions the management API advertises (the cache API's among them), each linking to
+ * href: a JSON array, or NULL on OOM. */
+#include <jansson.h>
+json_t *http_manage_versions(const char *href);
 char *http_metrics_render(const HttpManageContext *ctx, const HttpCounters *counters);

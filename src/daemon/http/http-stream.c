@@ -6,7 +6,6 @@
 
 #include <assert.h>
 #include <inttypes.h>
-#include <sys/socket.h>
 
 #include "http-internal.h"
 #include "log.h"
@@ -78,38 +77,15 @@ int http_stream_new(HttpServer *s, Request *req, Fill *f, Stream **ret) {
         return 0;
 }
 
-/* libmicrohttpd 0.9.75 closes a connection whose content reader returns END_WITH_ERROR, or END_OF_STREAM
- * for a body that has neither a length nor chunked encoding, but on that path it neither cleans the
- * connection up nor, with MHD_USE_TURBO, shuts its socket down; and a connection that was suspended is not
- * in its epoll set then, so no event on the socket brings it back either. In epoll mode MHD looks at such a
- * connection again only once it reaches the tail of its timeout list, which with any older connection open
- * (one idle keep-alive client is enough) is that connection's timeout, 60 s away: all that time the client
- * waits for the end of a transfer that has ended, and the connection holds its fd and its slot.
- * So the reader ends the connection itself before it returns such an end: shutdown() tells the client at
- * once (MHD asks a reader for more only after all it had was sent), and a timeout of its own moves the
- * connection to the short list of those MHD visits on every run, where the next run cleans it up. */
-static void stream_end_connection(Stream *st) {
-        HttpServer *s = st->server;
-        const union MHD_ConnectionInfo *info;
-
-        info = MHD_get_connection_info(st->request->connection, MHD_CONNECTION_INFO_CONNECTION_FD);
-        if (info)
-                (void) shutdown(info->connect_fd, SHUT_WR);
-        /* Any value but the daemon's own puts it on that list. */
-        (void) MHD_set_connection_option(st->request->connection, MHD_CONNECTION_OPTION_TIMEOUT,
-                                         s->connection_timeout_sec == 1 ? 2U : 1U);
-        http_server_schedule_run(s);
-}
-
 static ssize_t stream_fail(Stream *st) {
-        stream_end_connection(st);
+        http_connection_end(st->server, st->request->connection);
         return MHD_CONTENT_READER_END_WITH_ERROR;
 }
 
 static ssize_t stream_finish(Stream *st) {
         /* A chunked body ends with its last chunk, and the connection goes on. */
         if (st->close_delimited)
-                stream_end_connection(st);
+                http_connection_end(st->server, st->request->connection);
         return MHD_CONTENT_READER_END_OF_STREAM;
 }
 

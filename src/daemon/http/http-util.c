@@ -3,6 +3,7 @@
  * decoding of the request target. */
 
 #include <assert.h>
+#include <ctype.h>
 #include <curl/curl.h>
 #include <inttypes.h>
 #include <openssl/crypto.h>
@@ -134,6 +135,55 @@ void http_route(HttpMethod method, const char *path, HttpRouteMatch *ret) {
                 return route_set(ret, method, &queued_image, rest, strlen(rest));
 }
 
+bool http_host_is_sane(const char *host) {
+        /* Echoed into a link: a host name or address with an optional port, nothing else. */
+        if (isempty(host) || strlen(host) > 255)
+                return false;
+        for (const char *p = host; *p; p++)
+                if (!isalnum((unsigned char) *p) && !strchr(".-:[]_%", *p))
+                        return false;
+        return true;
+}
+
+bool http_pass_invalidates(HttpMethod method, const char *path, char ret_id[static IMAGE_ID_MAX + 1]) {
+        const char *rest = startswith(path ?: "", "/v2/images/");
+        size_t n;
+
+        if (!rest)
+                return false;
+        n = strcspn(rest, "/");
+        if (n == 0 || n > IMAGE_ID_MAX)
+                return false;
+        if (!(method == HTTP_METHOD_DELETE && rest[n] == 0) &&
+            !(method == HTTP_METHOD_POST && streq(rest + n, "/actions/deactivate")))
+                return false;
+        memcpy(ret_id, rest, n);
+        ret_id[n] = 0;
+        return image_id_invalid_reason(ret_id) == NULL;
+}
+
+void http_route_pass_through(HttpMethod method, const char *method_name, const char *path, bool management_api,
+                             HttpRouteMatch *m) {
+        static const RouteSpec discovery = { HTTP_ROUTE_DISCOVERY, false, M(HTTP_METHOD_GET) | M(HTTP_METHOD_HEAD), "GET, HEAD" };
+        bool image_data = m->route == HTTP_ROUTE_IMAGE && startswith(path ?: "", "/v2/images/");
+
+        if (!path)
+                return;
+        if (streq(path, "/") || streq(path, "/versions") || streq(path, "/v2") || streq(path, "/v2/"))
+                return route_set(m, method, &discovery, NULL, 0);
+        /* Ours: the image data read (GET, HEAD), the generic image path, health, metrics, and the cache API
+         * when it is on. */
+        if (image_data ? m->status != 405 : m->route != HTTP_ROUTE_NONE && !(m->management && !management_api))
+                return;
+        if (!startswith(path, "/v2/"))
+                return;
+        *m = (HttpRouteMatch) { .route = HTTP_ROUTE_PASS };
+        if (!method_name || streq(method_name, "TRACE") || streq(method_name, "CONNECT")) {
+                m->status = 405;
+                m->allow = "GET, HEAD, POST, PUT, PATCH, DELETE";
+        }
+}
+
 static const char *skip_ows(const char *p) {
         while (*p == ' ' || *p == '\t')
                 p++;
@@ -156,6 +206,17 @@ static int parse_digits(const char **p, uint64_t *ret) {
         *ret = v;
         return 0;
 }
+
+int http_parse_length(const char *s, uint64_t *ret) {
+        uint64_t v;
+
+        s = skip_ows(s ?: "");
+        if (parse_digits(&s, &v) < 0 || v == UINT64_MAX || *skip_ows(s) != 0)
+                return -EINVAL;
+        *ret = v;
+        return 0;
+}
+
 
 HttpRangeResult http_range_parse(const char *value, uint64_t size, uint64_t *ret_start, uint64_t *ret_length) {
         uint64_t start = 0, length = 0;

@@ -41,6 +41,9 @@ typedef enum HttpRoute {
         HTTP_ROUTE_CACHED_IMAGE,   /* /v2/cached_images/<id> */
         HTTP_ROUTE_QUEUED_IMAGES,  /* /v2/queued_images */
         HTTP_ROUTE_QUEUED_IMAGE,   /* /v2/queued_images/<id> */
+        /* Kind=glance with PassThrough=yes (http_route_pass_through()): */
+        HTTP_ROUTE_DISCOVERY,      /* /, /versions, /v2: the upstream's version document, rewritten */
+        HTTP_ROUTE_PASS,           /* the rest of Glance's API: passed through to the upstream */
         _HTTP_ROUTE_MAX,
         _HTTP_ROUTE_INVALID = -EINVAL,
 } HttpRoute;
@@ -61,6 +64,19 @@ typedef struct HttpRouteMatch {
 
 /* Maps a method and a (decoded, query-less) path to a route. Always fills *ret. */
 void http_route(HttpMethod method, const char *path, HttpRouteMatch *ret);
+/* Then, for a drop-in Glance endpoint: what the cache does not serve itself becomes Glance's, passed
+ * through (the version document, the image data's other methods, every other /v2 path, and the cache
+ * API when management_api is off). method_name is the request's: TRACE and CONNECT are never passed. */
+void http_route_pass_through(HttpMethod method, const char *method_name, const char *path, bool management_api,
+                             HttpRouteMatch *m);
+
+/* A Content-Length value: digits only (optional whitespace around); UINT64_MAX and more are -EINVAL. */
+int http_parse_length(const char *s, uint64_t *ret);
+/* A Host header fit to be echoed into a link: a host name or address with an optional port. */
+bool http_host_is_sane(const char *host);
+/* A request that, once the upstream said 2xx, leaves the image without data for us: DELETE
+ * /v2/images/<id> and POST /v2/images/<id>/actions/deactivate. The id (valid) in ret_id. */
+bool http_pass_invalidates(HttpMethod method, const char *path, char ret_id[static IMAGE_ID_MAX + 1]);
 
 /* A single byte range resolved against a representation of size bytes. */
 typedef enum HttpRangeResult {

@@ -131,6 +131,9 @@ static void request_pending_free(HttpServer *s, RequestWait wait, RequestPending
         switch (wait) {
         case REQUEST_WAIT_NONE:
         case REQUEST_WAIT_FILL_BYTES: /* the response's stream, borrowed */
+        case REQUEST_WAIT_PASS_UPLOAD: /* the pass-through's waits keep nothing: the request holds it */
+        case REQUEST_WAIT_PASS_HEADERS:
+        case REQUEST_WAIT_PASS_BYTES:
                 break;
         case REQUEST_WAIT_READ:
                 read_check_free(p->read.check);
@@ -189,8 +192,65 @@ static void request_on_read_verdict(int verdict, void *userdata) {
         http_request_wake(req);
 }
 
+/* ---- an image gone upstream ------------------------------------------------------------------------ */
+
+/* A client was refused an image we hold: has the image service deleted or deactivated it? Asked with the
+ * daemon's own credentials, never decided on the client's answer: Glance answers 404 for an image the
+ * caller may not see, so a client's 404 alone would let any tenant evict another's private image. One
+ * check per image at a time, and an image found still there is not asked about again for
+ * ReadAccessDenyCacheSec= (at least a second). */
+struct GoneCheck {
+        HttpServer *server;
+        UpstreamQuery *query;
+        char id[sizeof(((HttpRouteMatch *) NULL)->id)];
+        GoneCheck *gone_prev, *gone_next;
+};
+
+static GoneCheck *gone_check_free(GoneCheck *g) {
+        LIST_REMOVE(gone, g->server->gone_checks, g);
+        upstream_query_free(g->query);
+        free(g);
+        return NULL;
+}
+
+static void gone_on_answer(const UpstreamAnswer *a, void *userdata) {
+        GoneCheck *g = userdata;
+        HttpServer *s = g->server;
+
+        if (a->status == 404 || a->status == 410 || (a->status >= 200 && a->status < 300 && a->error == 0 && !a->available))
+                http_server_drop_image(s, g->id, "the image service no longer has it, or not active");
+        else
+                ttl_cache_put(s->gone_checked, g->id, 1, MAX(s->config->read_access_deny_cache, USEC_PER_SEC));
+        gone_check_free(g);
+}
+
+static void check_gone(HttpServer *s, Request *req) {
+        const char *id = req->match.id;
+        GoneCheck *g;
+
+        if (!s->fetcher || !image_cache_get(s->cache, id) ||
+            ttl_cache_get(s->gone_checked, id, now_usec(CLOCK_MONOTONIC), NULL))
+                return;
+        for (g = s->gone_checks; g; g = g->gone_next)
+                if (streq(g->id, id))
+                        return;
+        if (!http_request_charge_upstream(req))
+                return;
+        g = calloc(1, sizeof(GoneCheck));
+        if (!g)
+                return;
+        *g = (GoneCheck) { .server = s };
+        memcpy(g->id, req->match.id, sizeof(g->id));
+        LIST_PREPEND(gone, s->gone_checks, g);
+        if (fetcher_query(s->fetcher, id, NULL, gone_on_answer, g, &g->query) < 0)
+                gone_check_free(g);
+}
+
 static enum MHD_Result respond_read_refused(Request *req, int verdict) {
         struct MHD_Connection *c = req->connection;
+
+        if (verdict == MHD_HTTP_FORBIDDEN || verdict == MHD_HTTP_NOT_FOUND)
+                check_gone(req->server, req);
 
         switch (verdict) {
         case MHD_HTTP_TOO_MANY_REQUESTS:
@@ -375,6 +435,17 @@ static enum MHD_Result authorize_image(HttpServer *s, Request *req, struct MHD_C
         return serve_image(s, req, c);
 }
 
+/* A request passed through: begun from its headers; one without a body is complete, and goes on to its
+ * answer now (MHD calls again only on an event). */
+static enum MHD_Result pass_begin(HttpServer *s, Request *req, struct MHD_Connection *c, const char *method) {
+        enum MHD_Result r = http_pass_begin(s, req, c, method);
+        size_t none = 0;
+
+        if (r != MHD_YES || !req->pass || req->body_announced || req->status != 0)
+                return r;
+        return http_pass_on_request(s, req, NULL, &none);
+}
+
 static enum MHD_Result request_begin(HttpServer *s, Request *req, struct MHD_Connection *c, const char *url,
                                      const char *method, const char *version) {
         const HttpRouteMatch *m = &req->match;
@@ -390,6 +461,8 @@ static enum MHD_Result request_begin(HttpServer *s, Request *req, struct MHD_Con
         req->method = http_method_from_string(method);
         req->http10 = streq(version, MHD_HTTP_VERSION_1_0);
         http_route(req->method, url, &req->match);
+        if (s->pass_through)
+                http_route_pass_through(req->method, method, url, s->management_api, &req->match);
 
         if (m->route == HTTP_ROUTE_NONE)
                 return http_respond_text(c, MHD_HTTP_NOT_FOUND, "Not found\n");
@@ -406,7 +479,9 @@ static enum MHD_Result request_begin(HttpServer *s, Request *req, struct MHD_Con
                 return http_respond_405(c, m->allow);
         if (m->status == MHD_HTTP_BAD_REQUEST)
                 return http_respond_printf(c, MHD_HTTP_BAD_REQUEST, "Invalid image id: %s\n", m->id_reason);
-        /* No route takes a body: one announced is refused before a byte of it is read. */
+        if (m->route == HTTP_ROUTE_PASS)
+                return pass_begin(s, req, c, method);
+        /* No other route takes a body: one announced is refused before a byte of it is read. */
         if (req->body_announced) {
                 http_count_refusal(s, HTTP_REFUSED_BODY, http_request_client(req));
                 return http_respond_400_close(c, "This request takes no body\n");
@@ -421,6 +496,8 @@ static enum MHD_Result request_begin(HttpServer *s, Request *req, struct MHD_Con
                 return serve_metrics(s, c);
         case HTTP_ROUTE_CACHE_NODES:
                 return serve_holders(s, req, c);
+        case HTTP_ROUTE_DISCOVERY:
+                return pass_begin(s, req, c, method);
         default:
                 return serve_management(s, req, c);
         }
@@ -498,6 +575,10 @@ static enum MHD_Result http_on_request(void *cls, struct MHD_Connection *c, cons
                 return MHD_YES;
         }
 
+        /* Its body, then its answer, until the response is queued. */
+        if (req->pass)
+                return http_pass_on_request(s, req, upload_data, upload_data_size);
+
         /* A request body nobody asked for: drop it. */
         if (*upload_data_size > 0) {
                 *upload_data_size = 0;
@@ -553,6 +634,7 @@ static void http_on_completed(void *cls, struct MHD_Connection *c, void **req_cl
 
         assert(!req->suspended); /* MHD completes no suspended connection */
         request_end_wait(s, req);
+        http_pass_detach(req);
         if (access_log_enabled(&s->access_log))
                 log_access(s, req, c, toe);
         if (req->count_body && toe == MHD_REQUEST_TERMINATED_COMPLETED_OK)
@@ -587,6 +669,7 @@ static void http_on_connection(void *cls, struct MHD_Connection *c, void **socke
                         header_deadline_stop(s->header_deadlines, &hc->header);
                         if (hc->address[0])
                                 peer_counts_add(s->connection_counts, hc->address, -1);
+                        free(hc->target);
                 }
                 free(hc);
                 *socket_context = NULL;
@@ -623,6 +706,10 @@ static void *http_on_uri(void *cls, const char *uri, struct MHD_Connection *c) {
         if (hc) {
                 hc->bad_target = false;
                 header_deadline_start(s->header_deadlines, &hc->header, c, s->config->header_timeout);
+                /* MHD decodes the target in place: a pass-through sends it on as the client wrote it. The
+                 * image paths never pass through, and cost no copy. */
+                free(hc->target);
+                hc->target = s->pass_through && strncmp(uri, "/images/", 8) != 0 ? strdup(uri) : NULL;
         }
         return NULL;  /* the request's context is made on the first access-handler call */
 }
@@ -730,6 +817,10 @@ static int check_open_read_access(const Config *config, int fd) {
         return 0;
 }
 
+static bool pass_through_enabled(const Config *config) {
+        return config->pass_through && config->upstream_kind == UPSTREAM_GLANCE;
+}
+
 static int load_token(HttpServer *s, const Config *config) {
         char *token = NULL;
         int r;
@@ -794,7 +885,9 @@ int http_server_new(sd_event *event, ImageCache *cache, Fetcher *fetcher, const 
         r = peer_counts_new(&s->peer_fill_counts);
         if (r < 0)
                 return r;
-        r = ttl_cache_new(HTTP_NOT_FOUND_CACHE_MAX, HTTP_NOT_FOUND_CACHE_MAX / 16, &s->not_found);
+        r = ttl_cache_new(HTTP_NOT_FOUND_CACHE_MAX, 0, &s->gone_checked);
+        if (r >= 0)
+                r = ttl_cache_new(HTTP_NOT_FOUND_CACHE_MAX, HTTP_NOT_FOUND_CACHE_MAX / 16, &s->not_found);
         if (r < 0)
                 return r;
         r = upstream_budget_new(config->upstream_requests_per_ip, config->upstream_burst_per_ip,
@@ -831,8 +924,11 @@ int http_server_new(sd_event *event, ImageCache *cache, Fetcher *fetcher, const 
                         safe_close(fd);
                 return r;
         }
+        /* IdleTimeoutSec=, rounded up to MHD's seconds; infinity: none (0). */
         s->connection_timeout_sec = options && options->connection_timeout_sec ? options->connection_timeout_sec
-                                                                               : HTTP_CONNECTION_TIMEOUT_SEC;
+                                    : config->idle_timeout == USEC_INFINITY ? 0U
+                                    : (unsigned) MIN((config->idle_timeout + USEC_PER_SEC - 1) / USEC_PER_SEC, (usec_t) UINT_MAX);
+        s->pass_through = pass_through_enabled(config);
 
         /* sendfile() has no MSG_NOSIGNAL: a client that hangs up mid-transfer would kill us with SIGPIPE.
          * MHD only uses sendfile when told SIGPIPE is taken care of. */
@@ -919,16 +1015,21 @@ HttpServer *http_server_free(HttpServer *s) {
                 /* MHD refuses to stop with suspended connections: wake them all; each is answered 503, or
                  * its stream sees "stopping" and ends with an error. */
                 s->stopping = true;
+                http_pass_abort_all(s);
                 http_server_abandon_waiting(s);
 
                 MHD_stop_daemon(s->mhd);
         }
 
-        /* Streams of requests that never got an answer were freed with their requests above. */
+        /* Streams and passes of requests that never got an answer were freed with their requests above. */
         assert(!s->streams);
+        assert(!s->passes);
 
         while (s->peer_fills)
                 http_peer_fill_free(s->peer_fills);
+        while (s->gone_checks)
+                gone_check_free(s->gone_checks);
+        ttl_cache_free(s->gone_checked);
         read_guard_free(s->read_guard);
         ttl_cache_free(s->not_found);
         upstream_budget_free(s->upstream_budget);
@@ -963,6 +1064,7 @@ int http_server_reconfigure(HttpServer *s, const Config *config) {
                 return r;
 
         s->config = config;
+        s->pass_through = pass_through_enabled(config);
         access_log_configure(&s->access_log, config);
         upstream_budget_configure(s->upstream_budget, config->upstream_requests_per_ip, config->upstream_burst_per_ip);
         return load_token(s, config);
@@ -970,6 +1072,21 @@ int http_server_reconfigure(HttpServer *s, const Config *config) {
 
 void http_server_set_fleet(HttpServer *s, Fleet *fleet) {
         s->fleet = fleet;
+}
+
+void http_server_drop_image(HttpServer *s, const char *id, const char *why) {
+        int r;
+
+        r = s->ops->delete_image(s->userdata, id);
+        if (r >= 0)
+                log_info("Dropped image %s from the cache: %s.", id, why);
+        else if (r == -EBUSY)
+                log_warning("Image %s is pinned, keeping it although %s.", id, why);
+        else if (r != -ENOENT)
+                log_warning_errno(r, "Cannot drop image %s (%s): %m", id, why);
+        (void) s->ops->dequeue_image(s->userdata, id);
+        if (r >= 0)
+                s->counters.evictions_upstream++;
 }
 
 void http_server_forget_image(HttpServer *s, const char *id) {

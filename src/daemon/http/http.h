@@ -48,6 +48,9 @@ typedef struct HttpCounters {
         uint64_t served_bytes[_SERVE_SOURCE_MAX]; /* image body bytes sent, by where they came from */
         uint64_t ranges_ahead;  /* ranges far ahead of a fill answered by asking the origin directly */
         uint64_t refused[_HTTP_REFUSED_MAX]; /* clients turned away, by why */
+        uint64_t pass_requests;  /* requests passed through to the upstream */
+        uint64_t pass_bytes_up, pass_bytes_down; /* their bodies: to the upstream, to the clients */
+        uint64_t evictions_upstream; /* cached images dropped because the upstream deleted or deactivated them */
 } HttpCounters;
 
 /* What /metrics reports that the HTTP server does not count itself. */
