@@ -1,0 +1,372 @@
+#!/usr/bin/python3
+# SPDX-License-Identifier: MIT
+"""imgcached as a drop-in Glance endpoint, driven by Glance's own clients: Debian's python3-glanceclient
+(its Python API as Nova and Cinder call it, and its glance CLI) against imgcached (Kind=glance) in front of
+a Glance-like fixture (glance_fixture.py). imgcached runs on a private session bus, its HTTP on a free
+loopback port; every process is stopped by its pid, also when a test fails.
+
+Usage: test-glance-clients.py IMGCACHED [TEST...]. $IMGCACHED_WRAPPER (the valgrind pass) runs the daemon
+under it. Exit 77 (skip) without glanceclient, 1 instead with IMGCACHE_TESTS_REQUIRE_ALL=1 (CI)."""
+
+import hashlib
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from glance_fixture import GlanceFixture  # noqa: E402
+
+try:
+    import glanceclient
+except ImportError:
+    if os.environ.get("IMGCACHE_TESTS_REQUIRE_ALL") == "1":
+        print("python3-glanceclient is not installed", file=sys.stderr)
+        sys.exit(1)
+    print("1..0 # SKIP python3-glanceclient is not installed")
+    sys.exit(77)
+
+IMGCACHED = None
+TIMEOUT = 30  # seconds, for anything the test waits on
+WRAPPED = bool(os.environ.get("IMGCACHED_WRAPPER"))
+USER, OTHER, DAEMON = "user-token", "other-token", "daemon-token"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(what, predicate, timeout=TIMEOUT):
+    """Polls predicate until it holds (an event we cannot be told of), or fails after timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError("timed out waiting for " + what)
+
+
+class Daemon:
+    """A private session bus with imgcached on it."""
+
+    def __init__(self, workdir, config):
+        self.workdir = workdir
+        self.procs = []
+        conf = os.path.join(workdir, "imgcached.conf")
+        with open(conf, "w") as f:
+            f.write(config)
+        bus = subprocess.Popen(["dbus-daemon", "--session", "--nofork", "--print-address=1"],
+                               stdout=subprocess.PIPE, text=True)
+        self.procs.append(bus)
+        address = bus.stdout.readline().strip()
+        if not address:
+            raise RuntimeError("dbus-daemon did not start")
+        env = dict(os.environ, DBUS_SESSION_BUS_ADDRESS=address, DBUS_SYSTEM_BUS_ADDRESS=address)
+        # The wrapper (valgrind) runs the daemon itself: it takes the daemon's arguments.
+        argv = [os.environ["IMGCACHED_WRAPPER"] if WRAPPED else IMGCACHED, "--user",
+                "--cache-dir=" + os.path.join(workdir, "cache"), "--config=" + conf]
+        self.log = open(os.path.join(workdir, "imgcached.log"), "w+")
+        self.proc = subprocess.Popen(argv, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        self.procs.append(self.proc)
+
+    def stop(self):
+        for p in reversed(self.procs):
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                try:
+                    p.wait(TIMEOUT)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+        self.log.close()
+
+    def output(self):
+        with open(self.log.name) as f:
+            return f.read()
+
+    def hwm_kib(self):
+        with open("/proc/%d/status" % self.proc.pid) as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+        return 0
+
+
+class GlanceClientsTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.workdir = tempfile.mkdtemp(prefix="imgcache-glance-")
+        os.makedirs(os.path.join(cls.workdir, "upstream"))
+        os.makedirs(os.path.join(cls.workdir, "cache"))
+        cls.glance = GlanceFixture(os.path.join(cls.workdir, "upstream"), {USER: "p1", OTHER: "p2", DAEMON: "admin"})
+        with open(os.path.join(cls.workdir, "token"), "w") as f:
+            f.write(DAEMON + "\n")
+        cls.port = free_port()
+        cls.url = "http://127.0.0.1:%d" % cls.port
+        cls.daemon = Daemon(cls.workdir, f"""[Upstream]
+Kind=glance
+URL={cls.glance.url}
+TokenFile={cls.workdir}/token
+LowSpeedTimeoutSec=2
+[HTTP]
+Listen=127.0.0.1:{cls.port}
+ReadAccessAllowCacheSec=1
+ReadAccessDenyCacheSec=1
+IdleTimeoutSec=3
+[Daemon]
+ExitOnIdleSec=infinity
+""")
+        try:
+            wait_for("imgcached to listen", lambda: cls.status("GET", "/healthcheck") == 200)
+        except Exception:
+            cls.tearDownClass()
+            raise
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.daemon.stop()
+        cls.glance.stop()
+        sys.stderr.write(cls.daemon.output()[-4000:])
+        shutil.rmtree(cls.workdir, ignore_errors=True)
+
+    # ---- helpers ----------------------------------------------------------------------------------------
+
+    @classmethod
+    def request(cls, method, path, headers=None, body=None):
+        c = http.client.HTTPConnection("127.0.0.1", cls.port, timeout=TIMEOUT)
+        try:
+            c.request(method, path, body=body, headers=headers or {})
+            r = c.getresponse()
+            return r.status, dict((k.lower(), v) for k, v in r.getheaders()), r.read()
+        except (ConnectionError, socket.timeout):
+            return 0, {}, b""
+        finally:
+            c.close()
+
+    @classmethod
+    def status(cls, method, path, headers=None):
+        return cls.request(method, path, headers)[0]
+
+    def client(self, token=USER):
+        return glanceclient.Client("2", endpoint=self.url, token=token)
+
+    def glance_cli(self, *args, token=USER):
+        env = dict(os.environ, OS_AUTH_TOKEN=token, OS_IMAGE_URL=self.url, HOME=self.workdir)
+        for k in ("OS_AUTH_URL", "OS_USERNAME", "OS_PASSWORD", "OS_CLOUD"):
+            env.pop(k, None)
+        r = subprocess.run(["glance"] + list(args), env=env, capture_output=True, text=True, timeout=120)
+        self.assertEqual(r.returncode, 0, "glance %s: %s%s" % (" ".join(args), r.stdout, r.stderr))
+        return r.stdout
+
+    @staticmethod
+    def unwrapped(table):
+        """The CLI's table with its borders and line wraps gone, for a long value to be found whole."""
+        return "".join(table.split()).replace("|", "")
+
+    def cached(self, image_id):
+        """Whether the daemon holds the image, asked without fetching (only-if-cached)."""
+        return self.status("GET", "/v2/images/%s/file" % image_id,
+                           {"X-Auth-Token": USER, "Cache-Control": "only-if-cached"}) == 200
+
+    def add_image(self, size=1 << 20, owner="p1", visibility="private"):
+        data = os.urandom(size)
+        return self.glance.add_image(data, owner=owner, visibility=visibility), data
+
+    def file_gets(self, image_id):
+        return len(self.glance.requests_for("GET", "/v2/images/%s/file" % image_id))
+
+    # ---- Nova, Cinder, the CLI ------------------------------------------------------------------------
+
+    def test_nova_sequence(self):
+        image_id, data = self.add_image(4 << 20)
+        for run in range(2):
+            gc = self.client()
+            image = gc.images.get(image_id)
+            self.assertEqual(image.os_hash_value, hashlib.sha512(data).hexdigest())
+            # images.data() checks os_hash_value itself (serious_integrity_iter) while it streams.
+            body = gc.images.data(image_id)
+            got = b"".join(body)
+            self.assertEqual(got, data, "run %d" % run)
+        self.assertEqual(self.file_gets(image_id), 1, "the second run is a hit")
+        status, headers, _ = self.request("HEAD", "/v2/images/%s/file" % image_id, {"X-Auth-Token": USER})
+        self.assertEqual(status, 200)
+        self.assertEqual(headers["content-type"], "application/octet-stream")
+        self.assertEqual(headers["content-length"], str(len(data)))
+
+    def test_cinder_cli(self):
+        image_id, data = self.add_image(2 << 20)
+        self.assertIn(image_id, self.glance_cli("image-list"))
+        self.assertIn(hashlib.sha512(data).hexdigest(), self.unwrapped(self.glance_cli("image-show", image_id)))
+        out = os.path.join(self.workdir, "download")
+        self.glance_cli("image-download", "--file", out, image_id)
+        with open(out, "rb") as f:
+            self.assertEqual(f.read(), data)
+        os.unlink(out)
+
+    def test_upload(self):
+        size = (32 if WRAPPED else 256) << 20
+        src = os.path.join(self.workdir, "upload-src")
+        digest = hashlib.sha512()
+        with open(src, "wb") as f:
+            for _ in range(size >> 20):
+                chunk = os.urandom(1 << 20)
+                digest.update(chunk)
+                f.write(chunk)
+        before = self.daemon.hwm_kib()
+        out = self.glance_cli("image-create", "--name", "uploaded", "--disk-format", "raw",
+                              "--container-format", "bare", "--file", src, "--progress")
+        os.unlink(src)
+        self.assertIn(digest.hexdigest(), self.unwrapped(out), "the upload arrived whole")
+        grown = self.daemon.hwm_kib() - before
+        if not WRAPPED:
+            # Two 256 KiB buffers per pass, not the image.
+            self.assertLess(grown, 48 * 1024, "daemon peak RSS grew by %d KiB for a %d MiB upload" % (grown, size >> 20))
+        print("# upload of %d MiB: daemon peak RSS grew by %d KiB" % (size >> 20, grown))
+
+    def test_create_location_rewritten(self):
+        status, headers, body = self.request("POST", "/v2/images", {"X-Auth-Token": USER, "Content-Type": "application/json"},
+                                             json.dumps({"name": "loc"}).encode())
+        self.assertEqual(status, 201, body)
+        self.assertTrue(headers["location"].startswith(self.url + "/v2/images/"), headers["location"])
+
+    def test_discovery(self):
+        for path in ("/", "/versions"):
+            status, _, body = self.request("GET", path)
+            self.assertIn(status, (200, 300))
+            links = [l["href"] for v in json.loads(body)["versions"] for l in v["links"]]
+            self.assertTrue(links)
+            for href in links:
+                self.assertTrue(href.startswith(self.url + "/"), href)
+
+    # ---- coherence ------------------------------------------------------------------------------------
+
+    def cache_it(self, image_id):
+        self.assertEqual(self.status("GET", "/v2/images/%s/file" % image_id, {"X-Auth-Token": USER}), 200)
+        self.assertTrue(self.cached(image_id))
+
+    def test_delete_through(self):
+        image_id, _ = self.add_image()
+        self.cache_it(image_id)
+        self.glance_cli("image-delete", image_id)
+        self.assertFalse(self.cached(image_id), "dropped at once")
+        self.assertEqual(self.status("GET", "/v2/images/%s/file" % image_id, {"X-Auth-Token": USER}), 404)
+
+    def test_deactivate_through(self):
+        image_id, _ = self.add_image()
+        self.cache_it(image_id)
+        self.glance_cli("image-deactivate", image_id)
+        self.assertFalse(self.cached(image_id), "dropped at once")
+        self.assertIn(self.status("GET", "/v2/images/%s/file" % image_id, {"X-Auth-Token": USER}), (403, 404))
+
+    def gone_directly(self, change):
+        image_id, _ = self.add_image()
+        self.cache_it(image_id)
+        change(image_id)
+        # Once the cached yes expires (ReadAccessAllowCacheSec=1), the reader is refused, and the daemon,
+        # asking with its own credentials, drops the copy.
+        wait_for("the refusal", lambda: self.status("GET", "/v2/images/%s/file" % image_id,
+                                                    {"X-Auth-Token": USER}) in (403, 404))
+        wait_for("the eviction", lambda: not self.cached(image_id))
+
+    def test_delete_directly(self):
+        self.gone_directly(self.glance.delete_direct)
+
+    def test_deactivate_directly(self):
+        self.gone_directly(self.glance.deactivate_direct)
+
+    def test_other_tenant_does_not_evict(self):
+        image_id, _ = self.add_image()
+        self.cache_it(image_id)
+        for _ in range(3):
+            self.assertEqual(self.status("GET", "/v2/images/%s/file" % image_id, {"X-Auth-Token": OTHER}), 404)
+        # The daemon asked with its own token (a GET of the record) and found it there: kept.
+        wait_for("the daemon's check", lambda: any(r[2].get("x-auth-token") == DAEMON and "x-forwarded-for" not in r[2]
+                                                    for r in self.glance.requests_for("GET", "/v2/images/" + image_id)))
+        self.assertTrue(self.cached(image_id))
+
+    # ---- credentials ----------------------------------------------------------------------------------
+
+    def test_pass_through_carries_no_daemon_token(self):
+        list(self.client().images.list())
+        status, _, _ = self.request("GET", "/v2/images")  # no token at all
+        self.assertEqual(status, 401)
+        with self.glance.lock:
+            passed = [r for r in self.glance.requests if "x-forwarded-for" in r[2]]
+        self.assertTrue(passed)
+        for method, path, headers in passed:
+            self.assertNotEqual(headers.get("x-auth-token"), DAEMON, "%s %s" % (method, path))
+            self.assertEqual(headers["x-forwarded-for"], "127.0.0.1")
+        self.assertTrue(any("x-auth-token" not in h for _, p, h in passed if p == "/v2/images"))
+
+    # ---- hostile input --------------------------------------------------------------------------------
+
+    def raw(self, data, timeout=TIMEOUT):
+        with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as s:
+            s.sendall(data)
+            out = b""
+            try:
+                while True:
+                    chunk = s.recv(65536)
+                    if not chunk:
+                        break
+                    out += chunk
+            except (ConnectionResetError, socket.timeout):
+                pass
+            return out
+
+    def test_ambiguous_framing(self):
+        out = self.raw(b"PUT /v2/images/x/file HTTP/1.1\r\nHost: a\r\nX-Auth-Token: user-token\r\n"
+                       b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
+        self.assertTrue(out.startswith(b"HTTP/1.1 400"), out[:100])
+
+    def test_oversized_header(self):
+        out = self.raw(b"GET /v2/images HTTP/1.1\r\nHost: a\r\nX-Big: " + b"a" * 65536 + b"\r\n\r\n")
+        self.assertRegex(out[:12].decode(errors="replace"), r"HTTP/1.1 4(00|13|31)")
+        self.assertEqual(self.status("GET", "/healthcheck"), 200)
+
+    def test_stalled_upload(self):
+        image_id, _ = self.add_image()
+        aborted = self.glance.uploads_aborted
+        with socket.create_connection(("127.0.0.1", self.port), timeout=TIMEOUT) as s:
+            s.sendall(b"PUT /v2/images/%s/file HTTP/1.1\r\nHost: a\r\nX-Auth-Token: user-token\r\n"
+                      b"Content-Type: application/octet-stream\r\nContent-Length: 1048576\r\n\r\n" % image_id.encode())
+            s.sendall(b"x" * 100000)
+            started = time.monotonic()
+            # IdleTimeoutSec=3: the daemon closes the connection, and the upstream sees the upload end short.
+            try:
+                while s.recv(65536):
+                    pass
+            except ConnectionResetError:
+                pass
+            self.assertLess(time.monotonic() - started, 20)
+        wait_for("the upstream to see the upload cut", lambda: self.glance.uploads_aborted > aborted)
+        self.assertEqual(self.status("GET", "/healthcheck"), 200)
+
+    def test_stalled_answer(self):
+        path = "/v2/images/stalled-record"
+        self.glance.stall.add(path)
+        try:
+            started = time.monotonic()
+            status = self.status("GET", path, {"X-Auth-Token": USER})
+            self.assertEqual(status, 504)
+            self.assertLess(time.monotonic() - started, 20)
+        finally:
+            self.glance.stall.discard(path)
+        status, _, body = self.request("GET", "/metrics")
+        self.assertEqual(status, 200)
+        self.assertIn(b"imgcache_http_pass_requests_total", body)
+
+
+if __name__ == "__main__":
+    IMGCACHED = os.path.abspath(sys.argv[1])
+    unittest.main(argv=[sys.argv[0]] + sys.argv[2:], verbosity=2)
