@@ -43,6 +43,19 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                 assert(match.route >= 0 && match.route < _HTTP_ROUTE_MAX);
         }
 
+        /* Then as a drop-in Glance endpoint: whatever is passed on is under /v2 and never TRACE or CONNECT. */
+        http_route(m, path, &match);
+        http_route_pass_through(m, method, path, size % 2 == 0, &match);
+        assert(match.route >= 0 && match.route < _HTTP_ROUTE_MAX);
+        if (match.route == HTTP_ROUTE_PASS)
+                assert(strncmp(path, "/v2/", 4) == 0 &&
+                       (match.status == 405) == (!method || streq(method, "TRACE") || streq(method, "CONNECT")));
+        char id[IMAGE_ID_MAX + 1];
+        if (http_pass_invalidates(m, path, id))
+                assert(image_id_is_valid(id) && strstr(path, id));
+        uint64_t length;
+        (void) http_parse_length(path, &length);
+
         http_route(m, NULL, &match);
         assert(match.route == HTTP_ROUTE_NONE && match.status == 404);
 

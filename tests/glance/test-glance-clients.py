@@ -248,6 +248,16 @@ ExitOnIdleSec=infinity
             for href in links:
                 self.assertTrue(href.startswith(self.url + "/"), href)
 
+    def test_no_data_yet(self):
+        # A record without data (created, nothing uploaded): Glance's own answer, 204, and no fill.
+        status, _, body = self.request("POST", "/v2/images", {"X-Auth-Token": USER, "Content-Type": "application/json"},
+                                       json.dumps({"name": "empty"}).encode())
+        self.assertEqual(status, 201)
+        image_id = json.loads(body)["id"]
+        self.assertIsNone(self.client().images.data(image_id).__wrapped__)  # glanceclient's "no data" (204)
+        gets = self.glance.requests_for("GET", "/v2/images/%s/file" % image_id)
+        self.assertEqual([h.get("x-auth-token") for _, _, h in gets], [USER], "passed through, not filled")
+
     # ---- coherence ------------------------------------------------------------------------------------
 
     def cache_it(self, image_id):

@@ -33,6 +33,77 @@ static void check_route(HttpMethod method, const char *path, HttpRoute route, un
                 g_assert_nonnull(m.id_reason);
 }
 
+static void check_pass(HttpMethod method, const char *name, const char *path, bool management, HttpRoute route,
+                       unsigned status) {
+        HttpRouteMatch m;
+
+        http_route(method, path, &m);
+        http_route_pass_through(method, name, path, management, &m);
+        if (m.route != route || m.status != status)
+                g_error("%s %s: route %d status %u, expected route %d status %u", name, path, m.route, m.status, route,
+                        status);
+}
+
+/* What a drop-in Glance endpoint keeps for itself, and what it passes on. */
+static void test_route_pass_through(void) {
+        /* Ours: reading image data, the generic path, health, metrics, the cache API when on. */
+        check_pass(HTTP_METHOD_GET, "GET", "/v2/images/abc/file", false, HTTP_ROUTE_IMAGE, 0);
+        check_pass(HTTP_METHOD_HEAD, "HEAD", "/v2/images/abc/file", false, HTTP_ROUTE_IMAGE, 0);
+        check_pass(HTTP_METHOD_GET, "GET", "/images/abc", false, HTTP_ROUTE_IMAGE, 0);
+        check_pass(HTTP_METHOD_PUT, "PUT", "/images/abc", false, HTTP_ROUTE_IMAGE, 405);
+        check_pass(HTTP_METHOD_GET, "GET", "/healthcheck", false, HTTP_ROUTE_HEALTHCHECK, 0);
+        check_pass(HTTP_METHOD_GET, "GET", "/metrics", false, HTTP_ROUTE_METRICS, 0);
+        check_pass(HTTP_METHOD_GET, "GET", "/v2/cache", true, HTTP_ROUTE_CACHE, 0);
+        check_pass(HTTP_METHOD_GET, "GET", "/v2/cached_images", true, HTTP_ROUTE_CACHED_IMAGES, 0);
+        check_pass(HTTP_METHOD_GET, "GET", "/v2/images/../x/file", false, HTTP_ROUTE_IMAGE, 400);
+        /* Glance's: the version document, uploads, records, everything else under /v2. */
+        check_pass(HTTP_METHOD_GET, "GET", "/", false, HTTP_ROUTE_DISCOVERY, 0);
+        check_pass(HTTP_METHOD_GET, "GET", "/versions", true, HTTP_ROUTE_DISCOVERY, 0);
+        check_pass(HTTP_METHOD_GET, "GET", "/v2", false, HTTP_ROUTE_DISCOVERY, 0);
+        check_pass(HTTP_METHOD_POST, "POST", "/versions", false, HTTP_ROUTE_DISCOVERY, 405);
+        check_pass(HTTP_METHOD_PUT, "PUT", "/v2/images/abc/file", false, HTTP_ROUTE_PASS, 0);
+        check_pass(HTTP_METHOD_GET, "GET", "/v2/images/abc", false, HTTP_ROUTE_PASS, 0);
+        check_pass(HTTP_METHOD_OTHER, "PATCH", "/v2/images/abc", false, HTTP_ROUTE_PASS, 0);
+        check_pass(HTTP_METHOD_DELETE, "DELETE", "/v2/images/abc", false, HTTP_ROUTE_PASS, 0);
+        check_pass(HTTP_METHOD_GET, "GET", "/v2/schemas/image", false, HTTP_ROUTE_PASS, 0);
+        check_pass(HTTP_METHOD_GET, "GET", "/v2/cache", false, HTTP_ROUTE_PASS, 0); /* Glance's own cache API */
+        check_pass(HTTP_METHOD_OTHER, "TRACE", "/v2/images", false, HTTP_ROUTE_PASS, 405);
+        check_pass(HTTP_METHOD_OTHER, "CONNECT", "/v2/images", false, HTTP_ROUTE_PASS, 405);
+        /* Nothing outside the image API. */
+        check_pass(HTTP_METHOD_GET, "GET", "/v1/images", false, HTTP_ROUTE_NONE, 404);
+        check_pass(HTTP_METHOD_GET, "GET", "/etc/passwd", false, HTTP_ROUTE_NONE, 404);
+}
+
+static void test_pass_invalidates(void) {
+        char id[IMAGE_ID_MAX + 1];
+
+        g_assert_true(http_pass_invalidates(HTTP_METHOD_DELETE, "/v2/images/abc", id));
+        g_assert_cmpstr(id, ==, "abc");
+        g_assert_true(http_pass_invalidates(HTTP_METHOD_POST, "/v2/images/abc/actions/deactivate", id));
+        g_assert_false(http_pass_invalidates(HTTP_METHOD_POST, "/v2/images/abc/actions/reactivate", id));
+        g_assert_false(http_pass_invalidates(HTTP_METHOD_GET, "/v2/images/abc", id));
+        g_assert_false(http_pass_invalidates(HTTP_METHOD_DELETE, "/v2/images/abc/tags/x", id));
+        g_assert_false(http_pass_invalidates(HTTP_METHOD_DELETE, "/v2/images/..", id));
+        g_assert_false(http_pass_invalidates(HTTP_METHOD_DELETE, "/v2/images/", id));
+        g_assert_false(http_pass_invalidates(HTTP_METHOD_DELETE, NULL, id));
+}
+
+static void test_parse_length(void) {
+        uint64_t v;
+
+        g_assert_cmpint(http_parse_length("0", &v), ==, 0);
+        g_assert_cmpuint(v, ==, 0);
+        g_assert_cmpint(http_parse_length(" 1048576 ", &v), ==, 0);
+        g_assert_cmpuint(v, ==, 1048576);
+        g_assert_cmpint(http_parse_length("18446744073709551614", &v), ==, 0);
+        g_assert_cmpint(http_parse_length("18446744073709551615", &v), ==, -EINVAL);
+        g_assert_cmpint(http_parse_length("99999999999999999999999", &v), ==, -EINVAL);
+        g_assert_cmpint(http_parse_length("-1", &v), ==, -EINVAL);
+        g_assert_cmpint(http_parse_length("1,2", &v), ==, -EINVAL);
+        g_assert_cmpint(http_parse_length("", &v), ==, -EINVAL);
+        g_assert_cmpint(http_parse_length(NULL, &v), ==, -EINVAL);
+}
+
 static void test_route(void) {
         check_route(HTTP_METHOD_GET, "/images/abc", HTTP_ROUTE_IMAGE, 0, "abc", "GET, HEAD");
         check_route(HTTP_METHOD_HEAD, "/images/a.b_c-1", HTTP_ROUTE_IMAGE, 0, "a.b_c-1", NULL);
@@ -320,6 +391,9 @@ int main(int argc, char *argv[]) {
         g_test_add_func("/http-util/cache-control", test_cache_control);
         g_test_add_func("/http-util/route-nodes", test_route_nodes);
         g_test_add_func("/http-util/unescape", test_unescape);
+        g_test_add_func("/http-util/route-pass-through", test_route_pass_through);
+        g_test_add_func("/http-util/pass-invalidates", test_pass_invalidates);
+        g_test_add_func("/http-util/parse-length", test_parse_length);
 
         return g_test_run();
 }

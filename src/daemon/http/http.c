@@ -192,6 +192,17 @@ static void request_on_read_verdict(int verdict, void *userdata) {
         http_request_wake(req);
 }
 
+/* A request passed through: begun from its headers; one without a body is complete, and goes on to its
+ * answer now (MHD calls again only on an event). */
+static enum MHD_Result pass_begin(HttpServer *s, Request *req, struct MHD_Connection *c, const char *method) {
+        enum MHD_Result r = http_pass_begin(s, req, c, method);
+        size_t none = 0;
+
+        if (r != MHD_YES || !req->pass || req->body_announced || req->status != 0)
+                return r;
+        return http_pass_on_request(s, req, NULL, &none);
+}
+
 /* ---- an image gone upstream ------------------------------------------------------------------------ */
 
 /* A client was refused an image we hold: has the image service deleted or deactivated it? Asked with the
@@ -249,8 +260,13 @@ static void check_gone(HttpServer *s, Request *req) {
 static enum MHD_Result respond_read_refused(Request *req, int verdict) {
         struct MHD_Connection *c = req->connection;
 
-        if (verdict == MHD_HTTP_FORBIDDEN || verdict == MHD_HTTP_NOT_FOUND)
+        if (verdict == MHD_HTTP_FORBIDDEN || verdict == MHD_HTTP_NOT_FOUND || verdict == READ_VERDICT_NOT_ACTIVE)
                 check_gone(req->server, req);
+        /* An image without data (queued, deactivated…) gets Glance's own answer (204, 403…), not ours. */
+        if (verdict == READ_VERDICT_NOT_ACTIVE && req->server->pass_through && http_connection_context(c)->target) {
+                req->match.route = HTTP_ROUTE_PASS;
+                return pass_begin(req->server, req, c, req->method_name);
+        }
 
         switch (verdict) {
         case MHD_HTTP_TOO_MANY_REQUESTS:
@@ -260,6 +276,7 @@ static enum MHD_Result respond_read_refused(Request *req, int verdict) {
         case MHD_HTTP_FORBIDDEN:
                 return http_respond_text(c, MHD_HTTP_FORBIDDEN, "Forbidden\n");
         case MHD_HTTP_NOT_FOUND:
+        case READ_VERDICT_NOT_ACTIVE:
                 return http_respond_text(c, MHD_HTTP_NOT_FOUND, "Not found\n");
         case MHD_HTTP_SERVICE_UNAVAILABLE:
                 return http_respond_text(c, MHD_HTTP_SERVICE_UNAVAILABLE, "Try again\n");
@@ -433,17 +450,6 @@ static enum MHD_Result authorize_image(HttpServer *s, Request *req, struct MHD_C
         if (r > 0)
                 return respond_read_refused(req, r);
         return serve_image(s, req, c);
-}
-
-/* A request passed through: begun from its headers; one without a body is complete, and goes on to its
- * answer now (MHD calls again only on an event). */
-static enum MHD_Result pass_begin(HttpServer *s, Request *req, struct MHD_Connection *c, const char *method) {
-        enum MHD_Result r = http_pass_begin(s, req, c, method);
-        size_t none = 0;
-
-        if (r != MHD_YES || !req->pass || req->body_announced || req->status != 0)
-                return r;
-        return http_pass_on_request(s, req, NULL, &none);
 }
 
 static enum MHD_Result request_begin(HttpServer *s, Request *req, struct MHD_Connection *c, const char *url,

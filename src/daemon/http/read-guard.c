@@ -189,7 +189,7 @@ static int check_static_token(ReadGuard *g, const char *token) {
 static int verdict_from_answer(const UpstreamAnswer *a) {
         switch (a->status) {
         case 200 ... 299:
-                return a->available ? 0 : 404;
+                return a->available ? 0 : a->error == 0 ? READ_VERDICT_NOT_ACTIVE : 404;
         case 401:
         case 403:
                 return (int) a->status;

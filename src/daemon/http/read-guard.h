@@ -22,6 +22,9 @@ typedef struct ReadCheck ReadCheck;
 /* verdict: 0 = may read; otherwise the HTTP status to refuse with (401, 403, 404, 429 when the client
  * may not ask the upstream now, or 502 when the upstream could not say). */
 typedef void (*ReadCheckDone)(int verdict, void *userdata);
+/* The client may see the image, but it has no data to read (a Glance record not active: queued, saving,
+ * deactivated…): Glance's own answer says which, so a drop-in endpoint passes the request through. */
+#define READ_VERDICT_NOT_ACTIVE 409
 
 /* Who asks: the client address (its verdicts count against its share of the cache, so that one client
  * cannot flush the others'; NULL: nobody's), and whether it may make the guard ask the upstream now
