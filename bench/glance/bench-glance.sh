@@ -49,14 +49,8 @@ mkdir -p "$work/www" "$work/dav" "$work/cache"
 head -c $((size_mib << 20)) /dev/urandom > "$work/image"
 up_port=$(free_port); dav_port=$(free_port)
 "$upstream_server" --dir="$work/www" --port="$up_port" --glance > "$work/upstream.log" 2>&1 & pids+=($!)
-cat > "$work/nginx.conf" <<EOF
-daemon off;
-worker_processes 1;
-pid $work/nginx.pid;
-error_log $work/nginx-error.log;
-events { worker_connections 1024; }
-http {
-        access_log off;
+mkdir -p "$work/dav-tmp"
+nginx_upstream "$work" "        access_log off;
         client_body_temp_path $work/dav-tmp;
         server {
                 listen 127.0.0.1:$dav_port;
@@ -64,11 +58,7 @@ http {
                 client_max_body_size 0;
                 dav_methods PUT;
                 create_full_put_path on;
-        }
-}
-EOF
-mkdir -p "$work/dav-tmp"
-nginx -c "$work/nginx.conf" -p "$work" & pids+=($!)
+        }"
 
 # start_daemon NAME UPSTREAM_URL: imgcached (Kind=glance) on a port of its own; prints the port.
 start_daemon() {

@@ -36,18 +36,8 @@ trap cleanup EXIT
 mkdir -p "$work/www/images" "$work/cache"
 head -c 65536 /dev/urandom > "$work/www/images/cached"
 up_port=$(free_port); img_port=$(free_port)
-cat > "$work/nginx.conf" <<EOF2
-daemon off;
-worker_processes 1;
-pid $work/nginx.pid;
-error_log $work/nginx-error.log;
-events { worker_connections 1024; }
-http {
-        access_log $work/upstream.log;
-        server { listen 127.0.0.1:$up_port; root $work/www; }
-}
-EOF2
-nginx -c "$work/nginx.conf" -p "$work" & pids+=($!)
+nginx_upstream "$work" "        access_log $work/upstream.log;
+        server { listen 127.0.0.1:$up_port; root $work/www; }"
 printf '[Daemon]\nExitOnIdleSec=infinity\n[HTTP]\nAccessLog=no\n' > "$work/imgcached.conf"
 dbus-run-session -- sh -c 'echo $$ > "$0"; exec "$@"' "$work/imgcached.pid" "$imgcached" --user \
         --cache-dir="$work/cache" --listen="127.0.0.1:$img_port" --config="$work/imgcached.conf" \
