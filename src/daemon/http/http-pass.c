@@ -391,6 +391,16 @@ static enum MHD_Result pass_respond(Pass *p, Request *req) {
                                                  req->method == HTTP_METHOD_HEAD ? 0 : rewritten ? strlen(rewritten) : n);
         }
 
+        /* No body, whether or not the transfer is over yet: nothing for a reader to wait for. */
+        if (status == MHD_HTTP_NO_CONTENT || status == MHD_HTTP_NOT_MODIFIED ||
+            (req->method != HTTP_METHOD_HEAD && response_length(p) == 0)) {
+                resp = MHD_create_response_from_buffer(0, NULL, MHD_RESPMEM_PERSISTENT);
+                if (!resp)
+                        return MHD_NO;
+                add_response_headers(p, resp, false);
+                return http_queue_response(req->connection, (unsigned) status, resp);
+        }
+
         if (req->method == HTTP_METHOD_HEAD) {
                 uint64_t length = response_length(p);
                 resp = http_response_for_head(length == UINT64_MAX ? MHD_SIZE_UNKNOWN : length);
