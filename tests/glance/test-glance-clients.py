@@ -136,8 +136,12 @@ ExitOnIdleSec=infinity
     def tearDownClass(cls):
         cls.daemon.stop()
         cls.glance.stop()
-        sys.stderr.write(cls.daemon.output()[-4000:])
+        log = cls.daemon.output()
+        sys.stderr.write(log[-4000:])
         shutil.rmtree(cls.workdir, ignore_errors=True)
+        # A sanitizer's or valgrind's finding makes the daemon exit with an error at the end.
+        if cls.daemon.proc.returncode != 0:
+            raise AssertionError("imgcached exited with %d" % cls.daemon.proc.returncode)
 
     # ---- helpers ----------------------------------------------------------------------------------------
 

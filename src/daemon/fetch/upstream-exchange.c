@@ -39,6 +39,8 @@ static size_t byte_queue_push(ByteQueue *q, const void *p, size_t n) {
 static size_t byte_queue_pop(ByteQueue *q, void *buf, size_t max) {
         size_t n = MIN(max, byte_queue_size(q));
 
+        if (n == 0)
+                return 0;  /* also before the first push, with no buffer yet */
         memcpy(buf, q->data + q->start, n);
         q->start += n;
         if (q->start == q->end)
