@@ -376,9 +376,18 @@ ExitOnIdleSec=infinity
             self.assertLess(time.monotonic() - started, 20)
         finally:
             self.glance.stall.discard(path)
-        status, _, body = self.request("GET", "/metrics")
-        self.assertEqual(status, 200)
-        self.assertIn(b"imgcache_http_pass_requests_total", body)
+        self.assertIn(b"imgcache_http_pass_requests_total", self.request("GET", "/metrics")[2])
+
+    def test_nothing_leaks(self):
+        # After every kind of hostile request above, no connection is left behind: only the one asking.
+        def connections():
+            for line in self.request("GET", "/metrics")[2].decode().splitlines():
+                if line.startswith("imgcache_http_connections "):
+                    return int(float(line.split()[1]))
+        self.test_stalled_answer()
+        self.test_ambiguous_framing()
+        self.test_oversized_header()
+        wait_for("the connections to close", lambda: connections() == 1)
 
 
 if __name__ == "__main__":
