@@ -9,13 +9,10 @@ Usage: test-glance-clients.py IMGCACHED [TEST...]. $IMGCACHED_WRAPPER (the valgr
 under it. Exit 77 (skip) without glanceclient, 1 instead with IMGCACHE_TESTS_REQUIRE_ALL=1 (CI)."""
 
 import hashlib
-import http.client
 import json
 import os
 import shutil
-import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -23,6 +20,7 @@ import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from glance_fixture import GlanceFixture  # noqa: E402
+from imgcache_testlib import TIMEOUT, WRAPPED, Daemon, Endpoint, free_port, wait_for  # noqa: E402
 
 try:
     import glanceclient
@@ -34,86 +32,22 @@ except ImportError:
     sys.exit(77)
 
 IMGCACHED = None
-TIMEOUT = 30  # seconds, for anything the test waits on
-WRAPPED = bool(os.environ.get("IMGCACHED_WRAPPER"))
 USER, OTHER, DAEMON = "user-token", "other-token", "daemon-token"
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+class GlanceClientsTest(Endpoint, unittest.TestCase):
+    token = USER
 
-
-def wait_for(what, predicate, timeout=TIMEOUT):
-    """Polls predicate until it holds (an event we cannot be told of), or fails after timeout."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("timed out waiting for " + what)
-
-
-class Daemon:
-    """A private session bus with imgcached on it."""
-
-    def __init__(self, workdir, config):
-        self.workdir = workdir
-        self.procs = []
-        conf = os.path.join(workdir, "imgcached.conf")
-        with open(conf, "w") as f:
-            f.write(config)
-        bus = subprocess.Popen(["dbus-daemon", "--session", "--nofork", "--print-address=1"],
-                               stdout=subprocess.PIPE, text=True)
-        self.procs.append(bus)
-        address = bus.stdout.readline().strip()
-        if not address:
-            raise RuntimeError("dbus-daemon did not start")
-        env = dict(os.environ, DBUS_SESSION_BUS_ADDRESS=address, DBUS_SYSTEM_BUS_ADDRESS=address)
-        # The wrapper (valgrind) runs the daemon itself: it takes the daemon's arguments.
-        argv = [os.environ["IMGCACHED_WRAPPER"] if WRAPPED else IMGCACHED, "--user",
-                "--cache-dir=" + os.path.join(workdir, "cache"), "--config=" + conf]
-        self.log = open(os.path.join(workdir, "imgcached.log"), "w+")
-        self.proc = subprocess.Popen(argv, env=env, stdout=self.log, stderr=subprocess.STDOUT)
-        self.procs.append(self.proc)
-
-    def stop(self):
-        for p in reversed(self.procs):
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-                try:
-                    p.wait(TIMEOUT)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
-        self.log.close()
-
-    def output(self):
-        with open(self.log.name) as f:
-            return f.read()
-
-    def hwm_kib(self):
-        with open("/proc/%d/status" % self.proc.pid) as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1])
-        return 0
-
-
-class GlanceClientsTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.workdir = tempfile.mkdtemp(prefix="imgcache-glance-")
         os.makedirs(os.path.join(cls.workdir, "upstream"))
-        os.makedirs(os.path.join(cls.workdir, "cache"))
         cls.glance = GlanceFixture(os.path.join(cls.workdir, "upstream"), {USER: "p1", OTHER: "p2", DAEMON: "admin"})
         with open(os.path.join(cls.workdir, "token"), "w") as f:
             f.write(DAEMON + "\n")
         cls.port = free_port()
         cls.url = "http://127.0.0.1:%d" % cls.port
-        cls.daemon = Daemon(cls.workdir, f"""[Upstream]
+        cls.daemon = Daemon(IMGCACHED, cls.workdir, f"""[Upstream]
 Kind=glance
 URL={cls.glance.url}
 TokenFile={cls.workdir}/token
@@ -134,53 +68,16 @@ ExitOnIdleSec=infinity
 
     @classmethod
     def tearDownClass(cls):
-        cls.daemon.stop()
         cls.glance.stop()
-        log = cls.daemon.output()
-        sys.stderr.write(log[-4000:])
-        shutil.rmtree(cls.workdir, ignore_errors=True)
-        # A sanitizer's or valgrind's finding makes the daemon exit with an error at the end.
-        if cls.daemon.proc.returncode != 0:
-            raise AssertionError("imgcached exited with %d" % cls.daemon.proc.returncode)
+        try:
+            sys.stderr.write(cls.daemon.stop()[-4000:])
+        finally:
+            shutil.rmtree(cls.workdir, ignore_errors=True)
 
     # ---- helpers ----------------------------------------------------------------------------------------
 
-    @classmethod
-    def request(cls, method, path, headers=None, body=None):
-        c = http.client.HTTPConnection("127.0.0.1", cls.port, timeout=TIMEOUT)
-        try:
-            c.request(method, path, body=body, headers=headers or {})
-            r = c.getresponse()
-            return r.status, dict((k.lower(), v) for k, v in r.getheaders()), r.read()
-        except (ConnectionError, socket.timeout):
-            return 0, {}, b""
-        finally:
-            c.close()
-
-    @classmethod
-    def status(cls, method, path, headers=None):
-        return cls.request(method, path, headers)[0]
-
     def client(self, token=USER):
         return glanceclient.Client("2", endpoint=self.url, token=token)
-
-    def glance_cli(self, *args, token=USER):
-        env = dict(os.environ, OS_AUTH_TOKEN=token, OS_IMAGE_URL=self.url, HOME=self.workdir)
-        for k in ("OS_AUTH_URL", "OS_USERNAME", "OS_PASSWORD", "OS_CLOUD"):
-            env.pop(k, None)
-        r = subprocess.run(["glance"] + list(args), env=env, capture_output=True, text=True, timeout=120)
-        self.assertEqual(r.returncode, 0, "glance %s: %s%s" % (" ".join(args), r.stdout, r.stderr))
-        return r.stdout
-
-    @staticmethod
-    def unwrapped(table):
-        """The CLI's table with its borders and line wraps gone, for a long value to be found whole."""
-        return "".join(table.split()).replace("|", "")
-
-    def cached(self, image_id):
-        """Whether the daemon holds the image, asked without fetching (only-if-cached)."""
-        return self.status("GET", "/v2/images/%s/file" % image_id,
-                           {"X-Auth-Token": USER, "Cache-Control": "only-if-cached"}) == 200
 
     def add_image(self, size=1 << 20, owner="p1", visibility="private"):
         data = os.urandom(size)
