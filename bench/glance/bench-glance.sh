@@ -33,7 +33,7 @@ cleanup() {
         for p in "${sessions[@]}"; do wait "$p" 2>/dev/null || true; done
         for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
         for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-        umount "$work" 2>/dev/null || true
+        umount -l "$work" 2>/dev/null || true
         rm -rf "$work"
 }
 trap cleanup EXIT
@@ -50,6 +50,7 @@ head -c $((size_mib << 20)) /dev/urandom > "$work/image"
 up_port=$(free_port); dav_port=$(free_port)
 "$upstream_server" --dir="$work/www" --port="$up_port" --glance > "$work/upstream.log" 2>&1 & pids+=($!)
 mkdir -p "$work/dav-tmp"
+chmod 777 "$work/dav" "$work/dav-tmp"   # nginx's workers run as www-data
 nginx_upstream "$work" "        access_log off;
         client_body_temp_path $work/dav-tmp;
         server {
@@ -60,25 +61,24 @@ nginx_upstream "$work" "        access_log off;
                 create_full_put_path on;
         }"
 
-# start_daemon NAME UPSTREAM_URL: imgcached (Kind=glance) on a port of its own; prints the port.
+# start_daemon NAME UPSTREAM_URL: imgcached (Kind=glance) on a port of its own, in $daemon_port.
 start_daemon() {
-        local name=$1 url=$2 port
-        port=$(free_port)
+        local name=$1 url=$2
+        daemon_port=$(free_port)
         mkdir -p "$work/cache-$name"
         # MaxSize= keeps one round's image and the next: the older ones are pruned.
         printf '[Cache]\nMaxSize=%dM\nKeepFree=0\n[Upstream]\nKind=glance\nURL=%s\n[HTTP]\nAccessLog=no\nUpstreamRequestsPerIP=0\n[Daemon]\nExitOnIdleSec=infinity\n' \
                 $((size_mib * 2 + 64)) "$url" > "$work/imgcached-$name.conf"
         dbus-run-session -- sh -c 'echo $$ > "$0"; exec "$@"' "$work/imgcached-$name.pid" "$imgcached" --user \
-                --cache-dir="$work/cache-$name" --listen="127.0.0.1:$port" --config="$work/imgcached-$name.conf" \
-                2> "$work/imgcached-$name.log" & sessions+=($!)
-        wait_http "http://127.0.0.1:$port/healthcheck"
-        echo "$port"
+                --cache-dir="$work/cache-$name" --listen="127.0.0.1:$daemon_port" --config="$work/imgcached-$name.conf" \
+                > "$work/imgcached-$name.log" 2>&1 & sessions+=($!)
+        wait_http "http://127.0.0.1:$daemon_port/healthcheck"
 }
 fetched() { curl -s "http://127.0.0.1:$1/metrics" | awk '$1 == "imgcache_bytes_fetched_total" {print $2}'; }
 
 wait_http "http://127.0.0.1:$dav_port/"
-img_port=$(start_daemon pass "http://127.0.0.1:$up_port")
-dav_img_port=$(start_daemon dav "http://127.0.0.1:$dav_port")
+start_daemon pass "http://127.0.0.1:$up_port"; img_port=$daemon_port
+start_daemon dav "http://127.0.0.1:$dav_port"; dav_img_port=$daemon_port
 wait_http "http://127.0.0.1:$up_port/v2/images/none"
 
 # storm URL N: N concurrent downloads of URL; prints the seconds until all finished.
