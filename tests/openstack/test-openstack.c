@@ -8,6 +8,7 @@
  * (with-openstack.sh --token-expiration=20). Every wait follows an event: an HTTP
  * answer, a D-Bus signal, a line of the daemon's log or Keystone's verdict on a token, bounded. */
 
+#include <stdarg.h>
 #include <string.h>
 #include <sys/stat.h>
 
@@ -27,41 +28,42 @@ static const char *os_env(const char *name) {
         return v;
 }
 
-/* curl with args; its stdout (g_free) and status. Fails the test when curl itself fails. */
-static char *curl(const char *const *args) {
-        g_autoptr(GPtrArray) argv = g_ptr_array_new();
-        g_ptr_array_add(argv, (char *) "curl");
-        g_ptr_array_add(argv, (char *) "-sS");
-        g_ptr_array_add(argv, (char *) "--max-time");
-        g_ptr_array_add(argv, (char *) CURL_MAX_TIME);
-        for (; *args; args++)
-                g_ptr_array_add(argv, (char *) *args);
-        g_ptr_array_add(argv, NULL);
+/* curl with the arguments (NULL-terminated); its stdout (g_free). Fails the test when curl itself fails. */
+static char *curl(const char *arg, ...) G_GNUC_NULL_TERMINATED;
+static char *curl(const char *arg, ...) {
+        g_autoptr(GStrvBuilder) b = g_strv_builder_new();
+        g_strv_builder_add_many(b, "curl", "-sS", "--max-time", CURL_MAX_TIME, NULL);
+        va_list ap;
+        va_start(ap, arg);
+        for (; arg; arg = va_arg(ap, const char *))
+                g_strv_builder_add(b, arg);
+        va_end(ap);
+        g_auto(GStrv) argv = g_strv_builder_end(b);
         g_autofree char *err = NULL;
         g_autoptr(GError) error = NULL;
         char *out = NULL;
         int status = 0;
-        g_assert_true(g_spawn_sync(NULL, (char **) argv->pdata, NULL, G_SPAWN_SEARCH_PATH, NULL, NULL, &out, &err,
-                                   &status, &error));
+        g_assert_true(g_spawn_sync(NULL, argv, NULL, G_SPAWN_SEARCH_PATH, NULL, NULL, &out, &err, &status, &error));
         g_assert_no_error(error);
         if (!g_spawn_check_wait_status(status, NULL))
                 g_error("curl failed: %s", err);
         return out;
 }
 
-/* Keystone: a project-scoped token of a user, by password (each call a new token). */
+/* Keystone: a project-scoped token of a user (ALICE, BOB, SERVICE), by password; a new one each call. */
 static char *user_token(const char *who) {
         g_autofree char *user = g_strconcat(who, "_USER", NULL), *password = g_strconcat(who, "_PASSWORD", NULL),
                         *project = g_strconcat(who, "_PROJECT", NULL);
-        g_autofree char *body = g_strdup_printf(
-                "{\"auth\":{\"identity\":{\"methods\":[\"password\"],\"password\":{\"user\":{\"name\":\"%s\","
-                "\"domain\":{\"name\":\"Default\"},\"password\":\"%s\"}}},\"scope\":{\"project\":{\"name\":\"%s\","
-                "\"domain\":{\"name\":\"Default\"}}}}}",
-                os_env(user), os_env(password), os_env(project));
+        json_t *j = json_pack("{s:{s:{s:[s],s:{s:{s:s,s:{s:s},s:s}}},s:{s:{s:s,s:{s:s}}}}}", "auth",
+                              "identity", "methods", "password", "password", "user", "name", os_env(user),
+                              "domain", "name", "Default", "password", os_env(password),
+                              "scope", "project", "name", os_env(project), "domain", "name", "Default");
+        g_assert_nonnull(j);
+        g_autofree char *body = json_dumps(j, 0);
+        json_decref(j);
         g_autofree char *url = g_strconcat(os_env("AUTH_URL"), "/auth/tokens", NULL);
-        g_autofree char *headers = curl((const char *const[]) { "-D", "-", "-o", "/dev/null", "-H",
-                                                                "Content-Type: application/json", "--data", body,
-                                                                url, NULL });
+        g_autofree char *headers = curl("-D", "-", "-o", "/dev/null", "-H", "Content-Type: application/json",
+                                        "--data", body, url, NULL);
         const char *h = strcasestr(headers, "X-Subject-Token: ");
         if (!h)
                 g_error("Keystone gave %s no token:\n%s", who, headers);
@@ -74,8 +76,8 @@ static gboolean token_valid(const char *token) {
         g_autofree char *url = g_strconcat(os_env("AUTH_URL"), "/auth/tokens", NULL);
         g_autofree char *auth = g_strconcat("X-Auth-Token: ", token, NULL);
         g_autofree char *subject = g_strconcat("X-Subject-Token: ", token, NULL);
-        g_autofree char *status = curl((const char *const[]) { "-o", "/dev/null", "-w", "%{http_code}", "-H", auth,
-                                                               "-H", subject, url, NULL });
+        g_autofree char *status = curl("-o", "/dev/null", "-w", "%{http_code}", "-H", auth, "-H", subject, url,
+                                       NULL);
         return g_str_equal(status, "200");
 }
 
@@ -110,9 +112,9 @@ static void daemon_stop(Daemon *d) {
 static char *daemon_get(Daemon *d, const char *id, const char *token, char **ret_body, size_t *ret_size) {
         g_autofree char *url = g_strdup_printf("http://127.0.0.1:%u/images/%s", d->port, id);
         g_autofree char *out = g_build_filename(test_bus_dir(d->bus), "body", NULL);
-        g_autofree char *header = token ? g_strconcat("X-Auth-Token: ", token, NULL) : NULL;
-        char *status = curl(header ? (const char *const[]) { "-o", out, "-w", "%{http_code}", "-H", header, url, NULL }
-                                   : (const char *const[]) { "-o", out, "-w", "%{http_code}", url, NULL });
+        /* "X-Auth-Token:" with nothing after the colon: curl sends no such header. */
+        g_autofree char *header = g_strconcat("X-Auth-Token:", token ? " " : "", token, NULL);
+        char *status = curl("-o", out, "-w", "%{http_code}", "-H", header, url, NULL);
         if (ret_body)
                 *ret_body = test_read_file(out, ret_size);
         return status;
@@ -178,10 +180,9 @@ static void test_read_access(gconstpointer with_url) {
 
 static void delete_image(Daemon *d, const char *id) {
         g_autoptr(GError) error = NULL;
-        g_autoptr(GVariant) r = g_dbus_connection_call_sync(test_bus_connection(d->bus), TEST_BUS_NAME, TEST_BUS_PATH,
-                                                            TEST_BUS_IFACE, "DeleteImage", g_variant_new("(s)", id),
-                                                            NULL, G_DBUS_CALL_FLAGS_NONE, TEST_BUS_TIMEOUT_MS, NULL,
-                                                            &error);
+        g_autoptr(GVariant) r = g_dbus_connection_call_sync(
+                        test_bus_connection(d->bus), TEST_BUS_NAME, TEST_BUS_PATH, TEST_BUS_IFACE, "DeleteImage",
+                        g_variant_new("(s)", id), NULL, G_DBUS_CALL_FLAGS_NONE, TEST_BUS_TIMEOUT_MS, NULL, &error);
         g_assert_no_error(error);
 }
 
@@ -256,10 +257,9 @@ static json_t *keystone_as_service(const char *method, const char *path, const c
         g_autofree char *token = user_token("SERVICE");
         g_autofree char *url = g_strconcat(os_env("AUTH_URL"), path, NULL);
         g_autofree char *header = g_strconcat("X-Auth-Token: ", token, NULL);
-        g_autofree char *out = curl(body ? (const char *const[]) { "-f", "-X", method, "-H", header, "-H",
-                                                                   "Content-Type: application/json", "--data", body,
-                                                                   url, NULL }
-                                         : (const char *const[]) { "-f", "-X", method, "-H", header, url, NULL });
+        g_autofree char *out = body ? curl("-f", "-X", method, "-H", header, "-H", "Content-Type: application/json",
+                                           "--data", body, url, NULL)
+                                    : curl("-f", "-X", method, "-H", header, url, NULL);
         if (!*out)
                 return NULL;
         json_error_t error;
@@ -286,8 +286,8 @@ static void test_credential_deleted(void) {
         g_assert_nonnull(id);
         g_assert_nonnull(secret);
         g_autofree char *dir = test_tmpdir_new();
-        g_autofree char *text = g_strdup_printf("application_credential_id = %s\napplication_credential_secret = %s\n",
-                                                id, secret);
+        g_autofree char *text = g_strdup_printf("application_credential_id = %s\n"
+                                                "application_credential_secret = %s\n", id, secret);
         test_write_file(dir, "credentials.conf", text, strlen(text));
         g_autofree char *file = g_build_filename(dir, "credentials.conf", NULL);
         g_assert_cmpint(chmod(file, 0600), ==, 0);

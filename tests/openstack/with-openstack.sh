@@ -59,8 +59,9 @@ here=$(dirname "$(readlink -f "$0")")
 PY=/usr/bin/python3
 UWSGI_PLUGIN=/usr/lib/uwsgi/plugins/python3_plugin.so
 [ -x "$PY" ] || skip "$PY is not installed (python3)"
-for tool in keystone-manage keystone-wsgi-public glance-manage glance-api uwsgi curl; do
-        command -v "$tool" >/dev/null || skip "$tool is not installed (packages keystone, glance-api, uwsgi, curl)"
+for tool in keystone-manage keystone-wsgi-public glance-manage glance-api uwsgi curl setpriv; do
+        command -v "$tool" >/dev/null ||
+                skip "$tool is not installed (packages keystone, glance-api, uwsgi, curl, util-linux)"
 done
 [ -f "$UWSGI_PLUGIN" ] || skip "$UWSGI_PLUGIN is not installed (uwsgi-plugin-python3)"
 
@@ -106,6 +107,10 @@ fail() {
         echo "with-openstack: $*" >&2
         exit 1
 }
+
+# The services die with this script even when it cannot stop them itself (SIGKILL, say meson's timeout):
+# setpriv sets their parent-death signal, which exec keeps.
+orphan_guard=(setpriv --pdeathsig KILL --)
 
 free_port() { "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 # Waits until url answers HTTP at all (any status), for at most 120 s, or until pid exits.
@@ -212,7 +217,8 @@ echo "with-openstack: state in $dir, Keystone on port $keystone_port, Glance on 
         glance-manage --config-file "$dir/glance/glance-api.conf" db_sync >"$dir/glance-manage.log" 2>&1 ||
                 fail "glance-manage db_sync failed: $(tail -n 5 "$dir/glance-manage.log")"
         wal "$dir/glance.db"
-        exec glance-api --config-file "$dir/glance/glance-api.conf" >"$dir/glance-api.stderr" 2>&1
+        exec "${orphan_guard[@]}" glance-api --config-file "$dir/glance/glance-api.conf" \
+                >"$dir/glance-api.stderr" 2>&1
 ) &
 glance_pid=$!
 pids+=("$glance_pid")
@@ -226,14 +232,15 @@ keystone-manage --config-file "$dir/keystone/keystone.conf" bootstrap --bootstra
 
 # HTTP/1.1 with keep-alive: with --http-socket uwsgi closes every connection after its answer without
 # saying so, and keystonemiddleware's next request on it fails ("Remote end closed connection").
-OS_KEYSTONE_CONFIG_DIR=$dir/keystone uwsgi --plugin "$UWSGI_PLUGIN" --http11-socket "127.0.0.1:$keystone_port" \
-        --wsgi-file "$(command -v keystone-wsgi-public)" --master --processes 1 --threads 8 --die-on-term \
-        --no-orphans --need-app --buffer-size 65535 >"$dir/keystone.log" 2>&1 &
+OS_KEYSTONE_CONFIG_DIR=$dir/keystone "${orphan_guard[@]}" uwsgi --plugin "$UWSGI_PLUGIN" \
+        --http11-socket "127.0.0.1:$keystone_port" --wsgi-file "$(command -v keystone-wsgi-public)" \
+        --master --processes 1 --threads 8 --die-on-term --no-orphans --need-app --buffer-size 65535 >"$dir/keystone.log" 2>&1 &
 pids+=($!)
 wait_http "$auth_url" "${pids[-1]}" "Keystone (uwsgi)"
 wait_http "$glance_url/" "$glance_pid" "glance-api (or glance-manage db_sync, $dir/glance-manage.log)"
 
-"$PY" "$here/openstack-setup.py" "$auth_url" "$glance_url" "$admin_password" "$dir" >"$dir/env.sh" 2>"$dir/setup.log" ||
+"$PY" "$here/openstack-setup.py" "$auth_url" "$glance_url" "$admin_password" "$dir" \
+        >"$dir/env.sh" 2>"$dir/setup.log" ||
         fail "openstack-setup.py failed: $(tail -n 5 "$dir/setup.log")"
 # shellcheck source=/dev/null
 . "$dir/env.sh"
