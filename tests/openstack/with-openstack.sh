@@ -6,10 +6,12 @@
 # keys, users, projects, roles, an application credential, the catalog, images), and stopped by pid when
 # the command ends, however it ends. Services start once per run; several test programs may share them.
 #
-# Usage: with-openstack.sh [--token-expiration=SECONDS] [--dir=DIR] [--] COMMAND [ARG...]
+# Usage: with-openstack.sh [--token-expiration=SECONDS] [--dir=DIR] [--tap] [--] COMMAND [ARG...]
 #   --token-expiration  Keystone's [token] expiration (default 3600): the lifetime of every token.
 #   --dir               the state directory, emptied first and kept afterwards (logs); default: a
 #                       temporary directory, removed afterwards.
+#   --tap               COMMAND speaks TAP: a skip is "1..0 # SKIP reason" on stdout and status 0, which
+#                       is what meson's TAP protocol takes for a skip (it counts 77 as an error there).
 # Exits with COMMAND's status; 77 (skip) when a package is missing, 1 instead with
 # IMGCACHE_TESTS_REQUIRE_ALL=1 (CI). Only stderr is ours: COMMAND's stdout (TAP) passes through untouched.
 #
@@ -40,30 +42,40 @@ set -euo pipefail
 
 expiration=3600
 dir=
+tap=0
 while [ $# -gt 0 ]; do
         case $1 in
         --token-expiration=*) expiration=${1#*=} ;;
         --dir=*) dir=${1#*=} ;;
+        --tap) tap=1 ;;
         --) shift; break ;;
         *) break ;;
         esac
         shift
 done
-[ $# -gt 0 ] || { echo "usage: $0 [--token-expiration=SECONDS] [--dir=DIR] [--] COMMAND [ARG...]" >&2; exit 2; }
+[ $# -gt 0 ] || { echo "usage: $0 [--token-expiration=SECONDS] [--dir=DIR] [--tap] [--] COMMAND [ARG...]" >&2; exit 2; }
 
 here=$(dirname "$(readlink -f "$0")")
 # shellcheck source=../lib/skip.sh
 . "$here/../lib/skip.sh"
+# skip.sh decides between skip (77) and failure (IMGCACHE_TESTS_REQUIRE_ALL=1); with --tap its 77 becomes
+# TAP's skip.
+missing() {
+        local rc=0
+        (skip "$@") || rc=$?
+        [ "$tap" = 1 ] && [ "$rc" -eq 77 ] && { echo "1..0 # SKIP $*"; exit 0; }
+        exit "$rc"
+}
 
 # The Debian scripts run /usr/bin/python3 (their shebang); so does ours, whatever python3 is first in PATH.
 PY=/usr/bin/python3
 UWSGI_PLUGIN=/usr/lib/uwsgi/plugins/python3_plugin.so
-[ -x "$PY" ] || skip "$PY is not installed (python3)"
+[ -x "$PY" ] || missing "$PY is not installed (python3)"
 for tool in keystone-manage keystone-wsgi-public glance-manage glance-api uwsgi curl setpriv; do
         command -v "$tool" >/dev/null ||
-                skip "$tool is not installed (packages keystone, glance-api, uwsgi, curl, util-linux)"
+                missing "$tool is not installed (packages keystone, glance-api, uwsgi, curl, util-linux)"
 done
-[ -f "$UWSGI_PLUGIN" ] || skip "$UWSGI_PLUGIN is not installed (uwsgi-plugin-python3)"
+[ -f "$UWSGI_PLUGIN" ] || missing "$UWSGI_PLUGIN is not installed (uwsgi-plugin-python3)"
 
 if [ -n "$dir" ]; then
         rm -rf "$dir"
