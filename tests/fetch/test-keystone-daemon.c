@@ -212,6 +212,27 @@ static void test_wrong_credentials(void) {
         env_teardown(&e);
 }
 
+/* AuthURL= names a path where no Keystone answers (the fixture's 404, as the real Keystone's for a deleted
+ * application credential): the fill fails naming Keystone, the status, CredentialsFile= and AuthURL=. */
+static void test_auth_url_not_keystone(void) {
+        Env e;
+        env_setup(&e, APP_CREDENTIALS, 0600, /* with_url= */ true);
+        g_autofree char *base = keystone_fixture_url(e.ks);
+        g_autofree char *glance = upstream_fixture_url(e.fx, "");
+        g_autofree char *config = g_strdup_printf("[Upstream]\nKind=glance\nURL=%s\nAuth=keystone\n"
+                                                  "AuthURL=%s/elsewhere/v3\nCredentialsFile=%s\n"
+                                                  "[Daemon]\nExitOnIdleSec=infinity\n", glance, base, e.credentials);
+        test_bus_write_config(e.bus, config);
+        add_image(&e, "img", 4096, NULL);
+        env_start(&e);
+        test_job_watch_assert_fetch(e.jobs, "img", "failed",
+                                    (const char *const[]) { "Keystone", "HTTP 404", "CredentialsFile=", "AuthURL=",
+                                                            NULL });
+        g_assert_cmpuint(upstream_fixture_requests(e.fx, "/v2/images/img"), ==, 0);
+        assert_no_secret_in_log(&e);
+        env_teardown(&e);
+}
+
 static void test_readable_credentials_refused(void) {
         Env e;
         env_setup(&e, APP_CREDENTIALS, 0644, /* with_url= */ true);
@@ -269,6 +290,7 @@ int main(int argc, char *argv[]) {
         g_test_add_func("/keystone-daemon/catalog-keystone-down", test_catalog_keystone_down);
         g_test_add_func("/keystone-daemon/user-password", test_user_password);
         g_test_add_func("/keystone-daemon/wrong-credentials", test_wrong_credentials);
+        g_test_add_func("/keystone-daemon/auth-url-not-keystone", test_auth_url_not_keystone);
         g_test_add_func("/keystone-daemon/readable-credentials-refused", test_readable_credentials_refused);
         g_test_add_func("/keystone-daemon/401-gets-new-token", test_401_gets_new_token);
         g_test_add_func("/keystone-daemon/token-refreshed-during-fetch", test_token_refreshed_during_fetch);
