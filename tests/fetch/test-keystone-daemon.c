@@ -77,17 +77,6 @@ static void add_image(Env *e, const char *id, size_t n, const UpstreamImageOptio
         g_assert_cmpint(upstream_fixture_add_glance_image(e->fx, id, data, n, o, NULL), ==, 0);
 }
 
-static void assert_fetch(Env *e, const char *id, const char *result, const char *const *error_needles) {
-        g_autofree char *error = NULL;
-        g_autofree char *r = test_job_watch_fetch(e->jobs, id, "", &error);
-        if (!g_str_equal(r, result))
-                g_error("fetch of %s: %s (%s), wanted %s; daemon said:\n%s", id, r, error, result,
-                        test_bus_daemon_stderr(e->bus));
-        for (; error_needles && *error_needles; error_needles++)
-                if (!error || !strstr(error, *error_needles))
-                        g_error("job error '%s' does not say '%s'", error, *error_needles);
-}
-
 static void assert_no_secret_in_log(Env *e) {
         const char *log = test_bus_daemon_stderr(e->bus);
         g_assert_null(strstr(log, KEYSTONE_FIXTURE_APP_SECRET));
@@ -102,7 +91,7 @@ static void test_application_credential_catalog(void) {
         env_start(&e);
         g_assert_cmpuint(keystone_fixture_token_requests(e.ks), ==, 0); /* no fill, no token */
 
-        assert_fetch(&e, "img", "done", NULL);
+        test_job_watch_assert_fetch(e.jobs, "img", "done", NULL);
         g_assert_cmpuint(keystone_fixture_tokens_issued(e.ks), ==, 1);
         g_assert_cmpuint(upstream_fixture_token_requests(e.fx, "ks-token-1"), ==, 2); /* record and data */
         g_assert_true(test_bus_wait_stderr(e.bus, "The image endpoint from Keystone's catalog is", TEST_BUS_TIMEOUT_MS));
@@ -203,7 +192,7 @@ static void test_user_password(void) {
         env_setup(&e, USER_CREDENTIALS, 0400, /* with_url= */ true);
         add_image(&e, "img", 64 * 1024, NULL);
         env_start(&e);
-        assert_fetch(&e, "img", "done", NULL);
+        test_job_watch_assert_fetch(e.jobs, "img", "done", NULL);
         g_assert_cmpuint(keystone_fixture_tokens_issued(e.ks), ==, 1);
         assert_no_secret_in_log(&e);
         env_teardown(&e);
@@ -215,8 +204,30 @@ static void test_wrong_credentials(void) {
                   0600, /* with_url= */ true);
         add_image(&e, "img", 4096, NULL);
         env_start(&e);
-        assert_fetch(&e, "img", "failed", (const char *const[]) { "Keystone", "HTTP 401", "CredentialsFile=", NULL });
+        test_job_watch_assert_fetch(e.jobs, "img", "failed",
+                                    (const char *const[]) { "Keystone", "HTTP 401", "CredentialsFile=", NULL });
         g_assert_cmpuint(keystone_fixture_token_requests(e.ks), ==, 1);
+        g_assert_cmpuint(upstream_fixture_requests(e.fx, "/v2/images/img"), ==, 0);
+        assert_no_secret_in_log(&e);
+        env_teardown(&e);
+}
+
+/* AuthURL= names a path where no Keystone answers (the fixture's 404, as the real Keystone's for a deleted
+ * application credential): the fill fails naming Keystone, the status, CredentialsFile= and AuthURL=. */
+static void test_auth_url_not_keystone(void) {
+        Env e;
+        env_setup(&e, APP_CREDENTIALS, 0600, /* with_url= */ true);
+        g_autofree char *base = keystone_fixture_url(e.ks);
+        g_autofree char *glance = upstream_fixture_url(e.fx, "");
+        g_autofree char *config = g_strdup_printf("[Upstream]\nKind=glance\nURL=%s\nAuth=keystone\n"
+                                                  "AuthURL=%s/elsewhere/v3\nCredentialsFile=%s\n"
+                                                  "[Daemon]\nExitOnIdleSec=infinity\n", glance, base, e.credentials);
+        test_bus_write_config(e.bus, config);
+        add_image(&e, "img", 4096, NULL);
+        env_start(&e);
+        test_job_watch_assert_fetch(e.jobs, "img", "failed",
+                                    (const char *const[]) { "Keystone", "HTTP 404", "CredentialsFile=", "AuthURL=",
+                                                            NULL });
         g_assert_cmpuint(upstream_fixture_requests(e.fx, "/v2/images/img"), ==, 0);
         assert_no_secret_in_log(&e);
         env_teardown(&e);
@@ -240,9 +251,9 @@ static void test_401_gets_new_token(void) {
         add_image(&e, "one", 4096, NULL);
         add_image(&e, "two", 4096, NULL);
         env_start(&e);
-        assert_fetch(&e, "one", "done", NULL);
+        test_job_watch_assert_fetch(e.jobs, "one", "done", NULL);
         keystone_fixture_revoke_all(e.ks);
-        assert_fetch(&e, "two", "done", NULL);
+        test_job_watch_assert_fetch(e.jobs, "two", "done", NULL);
         g_assert_cmpuint(keystone_fixture_tokens_issued(e.ks), ==, 2);
         g_assert_cmpuint(upstream_fixture_token_requests(e.fx, "ks-token-2"), ==, 2);
         env_teardown(&e);
@@ -260,11 +271,11 @@ static void test_token_refreshed_during_fetch(void) {
         add_image(&e, "after", 4096, NULL);
         env_start(&e);
 
-        assert_fetch(&e, "slow", "done", NULL);
+        test_job_watch_assert_fetch(e.jobs, "slow", "done", NULL);
         g_assert_cmpuint(keystone_fixture_tokens_issued(e.ks), >=, 2); /* renewed while it ran */
         g_assert_false(keystone_fixture_token_valid("ks-token-1", e.ks)); /* the first one is over */
         unsigned issued = keystone_fixture_tokens_issued(e.ks);
-        assert_fetch(&e, "after", "done", NULL);
+        test_job_watch_assert_fetch(e.jobs, "after", "done", NULL);
         g_autofree char *token = g_strdup_printf("ks-token-%u", keystone_fixture_tokens_issued(e.ks));
         g_assert_cmpuint(upstream_fixture_token_requests(e.fx, token), >=, 2);
         g_assert_cmpuint(upstream_fixture_token_requests(e.fx, "ks-token-1"), ==, 2); /* slow's record and data */
@@ -279,6 +290,7 @@ int main(int argc, char *argv[]) {
         g_test_add_func("/keystone-daemon/catalog-keystone-down", test_catalog_keystone_down);
         g_test_add_func("/keystone-daemon/user-password", test_user_password);
         g_test_add_func("/keystone-daemon/wrong-credentials", test_wrong_credentials);
+        g_test_add_func("/keystone-daemon/auth-url-not-keystone", test_auth_url_not_keystone);
         g_test_add_func("/keystone-daemon/readable-credentials-refused", test_readable_credentials_refused);
         g_test_add_func("/keystone-daemon/401-gets-new-token", test_401_gets_new_token);
         g_test_add_func("/keystone-daemon/token-refreshed-during-fetch", test_token_refreshed_during_fetch);

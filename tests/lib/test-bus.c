@@ -612,6 +612,17 @@ char *test_job_watch_fetch(TestJobWatch *w, const char *id, const char *checksum
         return result;
 }
 
+void test_job_watch_assert_fetch(TestJobWatch *w, const char *id, const char *result, const char *const *error_needles) {
+        g_autofree char *error = NULL;
+        g_autofree char *r = test_job_watch_fetch(w, id, "", &error);
+        if (!g_str_equal(r, result))
+                g_error("fetch of %s: %s (%s), wanted %s; the daemon said:\n%s", id, r, error, result,
+                        test_bus_daemon_stderr(w->bus));
+        for (; error_needles && *error_needles; error_needles++)
+                if (!error || !strstr(error, *error_needles))
+                        g_error("the job's error '%s' does not say '%s'", error, *error_needles);
+}
+
 /* ---- signals of the Manager ---------------------------------------------------------------------- */
 
 /* Records every signal of the Manager object. */

@@ -87,6 +87,9 @@ void test_job_watch_free(TestJobWatch *w);
  * 3 × TEST_BUS_TIMEOUT_MS, failing the test with the daemon's stderr on timeout). Returns the result
  * ("done", "failed", "cancelled"; g_free it); *ret_error gets the job's last Error (may be NULL). */
 char *test_job_watch_fetch(TestJobWatch *w, const char *id, const char *checksum, char **ret_error);
+/* The same without a checksum, failing the test (with the daemon's stderr) unless the result is result and
+ * the job's error contains each of error_needles (NULL-terminated, may be NULL). */
+void test_job_watch_assert_fetch(TestJobWatch *w, const char *id, const char *result, const char *const *error_needles);
 
 /* Records every signal of the Manager object (and its PropertiesChanged), subscribed at creation with a
  * round trip to the bus, so before anything the test does next. */

@@ -152,6 +152,14 @@ static int judge_response(Keystone *k, KeystoneRequest *q, CURLcode code, char *
                                 k->tokens_url, k->credentials_file, status);
                 return -EACCES;
         }
+        /* Keystone answers an application credential id it does not know (deleted, or never its own) with
+         * 404, where a wrong secret gets 401; so does a server that is no Keystone at that path. */
+        if (status == 404) {
+                (void) asprintf(ret_message, "Keystone at %s does not know the credentials in CredentialsFile=%s "
+                                "(HTTP 404: a deleted application credential, or AuthURL= is not Keystone's)",
+                                k->tokens_url, k->credentials_file);
+                return -EACCES;
+        }
         if (status != 201 && status != 200) {
                 (void) asprintf(ret_message, "Keystone at %s answered HTTP %ld to the token request", k->tokens_url,
                                 status);
