@@ -9,6 +9,7 @@ import os
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 
 TIMEOUT = 30  # seconds, for anything a test waits on
@@ -103,7 +104,10 @@ class Endpoint:
         return cls.request(method, path, headers)[0]
 
     def glance_cli(self, *args, token=None):
-        env = dict(os.environ, OS_AUTH_TOKEN=token or self.token, OS_IMAGE_URL=self.url, HOME=self.workdir)
+        # A home of its own each time: glanceclient 4.1 caches the image schema there, and parses a cached
+        # schema with Glance 25's "stores" into a CLI with --stores twice ("conflicting option string").
+        home = tempfile.mkdtemp(dir=self.workdir)
+        env = dict(os.environ, OS_AUTH_TOKEN=token or self.token, OS_IMAGE_URL=self.url, HOME=home)
         for k in ("OS_AUTH_URL", "OS_USERNAME", "OS_PASSWORD", "OS_CLOUD"):
             env.pop(k, None)
         r = subprocess.run(["glance"] + list(args), env=env, capture_output=True, text=True, timeout=120)
