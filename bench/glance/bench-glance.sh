@@ -9,7 +9,7 @@
 # The upstream is the test fixture's upstream-server --glance (sendfile) for 1 and 2, and Debian's nginx
 # with WebDAV PUT into a tmpfs for 3. ROUNDS rounds each; prints every round, the median ratio and its
 # spread. Asserts nothing about time.
-#   bench/glance/bench-glance.sh BUILDDIR [SIZE_MIB] [ROUNDS]
+#   bench/glance/bench-glance.sh BUILDDIR [SIZE_MIB] [ROUNDS]       PARTS="1 2 3" (default) picks the parts.
 # Needs: nginx, wrk, curl, python3, dbus-run-session.
 set -euo pipefail
 
@@ -92,6 +92,10 @@ storm() {
         echo "$(now) - $t0" | bc -l
 }
 
+parts=${PARTS:-1 2 3}
+part() { [[ " $parts " == *" $1 "* ]]; }
+
+if part 1; then
 echo "== 1. boot storm: N concurrent downloads of one uncached ${size_mib} MiB image =="
 printf '%4s %5s  %12s %12s  %14s %14s\n' N round direct_s through_s upstream_MiB_direct upstream_MiB_through
 for n in 1 8 32; do
@@ -112,6 +116,9 @@ for n in 1 8 32; do
                 "$(printf '%s\n' "${ratios[@]}" | median)" "$(printf '%s\n' "${ratios[@]}" | spread)"
 done
 
+fi
+
+if part 2; then
 echo "== 2. pass-through overhead: GET /v2/images/<id> over one keep-alive connection (wrk, 5 s) =="
 id=$(python3 -c 'import uuid; print(uuid.uuid4())')
 head -c 4096 /dev/urandom > "$work/www/$id"
@@ -135,6 +142,9 @@ printf '      added latency median p50 %.0f us (spread %s), p99 %.0f us (spread 
         "$(printf '%s\n' "${added50[@]}" | median)" "$(printf '%s\n' "${added50[@]}" | spread)" \
         "$(printf '%s\n' "${added99[@]}" | median)" "$(printf '%s\n' "${added99[@]}" | spread)"
 
+fi
+
+if part 3; then
 echo "== 3. upload: PUT of ${size_mib} MiB (nginx WebDAV into tmpfs as the upstream) =="
 printf '%5s  %12s %12s  %8s\n' round direct_MiB/s through_MiB/s ratio
 ratios=()
@@ -153,3 +163,4 @@ for r in $(seq "$rounds"); do
 done
 printf '      upload throughput through/direct median %.3f (spread %s)\n' \
         "$(printf '%s\n' "${ratios[@]}" | median)" "$(printf '%s\n' "${ratios[@]}" | spread)"
+fi

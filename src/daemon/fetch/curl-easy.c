@@ -106,7 +106,9 @@ static int setup(CURL *h, const TransportSettings *t, const TransportRequest *q)
         if (q->on_upload && ((r = easy_setopt(h, CURLOPT_UPLOAD, 1L)) < 0 ||
                              (r = easy_setopt(h, CURLOPT_READFUNCTION, q->on_upload)) < 0 ||
                              (r = easy_setopt(h, CURLOPT_READDATA, q->userdata)) < 0 ||
-                             (r = easy_setopt(h, CURLOPT_INFILESIZE_LARGE, (curl_off_t) q->upload_size)) < 0))
+                             (r = easy_setopt(h, CURLOPT_INFILESIZE_LARGE, (curl_off_t) q->upload_size)) < 0 ||
+                             /* Fewer, larger reads of the body per turn of the loop than curl's 64 KiB. */
+                             (r = easy_setopt(h, CURLOPT_UPLOAD_BUFFERSIZE, 512L * 1024L)) < 0))
                 return r;
         return setup_timeouts(h, t, q->timeout);
 }

@@ -52,6 +52,10 @@ static size_t byte_queue_room(const ByteQueue *q) {
         return UPSTREAM_EXCHANGE_BUFFER - byte_queue_size(q);
 }
 
+/* Each side is told of the other's progress in batches of this much (or at the end), not once per network
+ * read of a few KiB: every such news resumes a connection or a transfer, a turn of the loop each. */
+#define EXCHANGE_BATCH (UPSTREAM_EXCHANGE_BUFFER / 4)
+
 struct UpstreamExchange {
         CurlLoop *loop;
         CURL *curl;
@@ -131,7 +135,8 @@ static size_t on_exchange_body(char *p, size_t size, size_t n, void *userdata) {
         }
         if (byte_queue_push(&x->down, p, len) < len)
                 return 0;  /* no memory: aborts */
-        exchange_notify(x);
+        if (byte_queue_size(&x->down) >= EXCHANGE_BATCH || byte_queue_size(&x->down) == len)
+                exchange_notify(x); /* a batch, or the first bytes after the reader emptied it */
         return len;
 }
 
@@ -142,7 +147,8 @@ static size_t on_exchange_upload(char *buf, size_t size, size_t n, void *userdat
         k = byte_queue_pop(&x->up, buf, size * n);
         if (k > 0) {
                 x->bytes_sent += k;
-                exchange_notify(x); /* room for more of the client's body */
+                if (byte_queue_room(&x->up) >= 2 * EXCHANGE_BATCH)
+                        exchange_notify(x); /* room for more of the client's body */
                 return k;
         }
         if (x->up_end)
@@ -267,7 +273,7 @@ size_t upstream_exchange_write(UpstreamExchange *x, const void *p, size_t n) {
         if (x->ended)
                 return n; /* nobody will read it: swallow it */
         k = byte_queue_push(&x->up, p, n);
-        if (k > 0 && x->send_paused) {
+        if (x->send_paused && byte_queue_size(&x->up) >= EXCHANGE_BATCH) {
                 x->send_paused = false;
                 exchange_update_pause(x);
         }
