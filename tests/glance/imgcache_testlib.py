@@ -119,6 +119,10 @@ class Endpoint:
         """The CLI's table with its borders and line wraps gone, for a long value to be found whole."""
         return "".join(table.split()).replace("|", "")
 
+    def held(self, image_id):
+        """Whether the image is in the cache directory, whoever may read it (Glance's layout: <dir>/<id>)."""
+        return os.path.exists(os.path.join(self.workdir, "cache", image_id))
+
     def cached(self, image_id):
         """Whether the daemon holds the image, asked without fetching (only-if-cached)."""
         return self.status("GET", "/v2/images/%s/file" % image_id,

@@ -130,9 +130,9 @@ ExitOnIdleSec=infinity
         self.glance_cli("image-download", "--file", out, image_id)
         with open(out, "rb") as f:
             self.assertEqual(f.read(), data)
-        self.assertTrue(self.cached(image_id))
+        self.assertTrue(self.held(image_id))
         self.glance_cli("image-delete", image_id)
-        self.assertFalse(self.cached(image_id), "dropped at once")
+        self.assertFalse(self.held(image_id), "dropped at once")
         self.assertEqual(self.status("GET", "/v2/images/%s/file" % image_id, {"X-Auth-Token": self.token}), 404)
 
     def test_deactivate_through(self):
@@ -140,9 +140,9 @@ ExitOnIdleSec=infinity
         admin = keystone_token(OS["ADMIN_USER"], OS["ADMIN_PASSWORD"], OS["ADMIN_PROJECT"])
         image_id = self.create_image(os.urandom(1 << 20))
         self.assertEqual(self.status("GET", "/v2/images/%s/file" % image_id, {"X-Auth-Token": self.token}), 200)
-        self.assertTrue(self.cached(image_id))
+        self.assertTrue(self.held(image_id))
         self.glance_cli("image-deactivate", image_id, token=admin)
-        self.assertFalse(self.cached(image_id), "dropped at once")
+        self.assertFalse(self.held(image_id), "dropped at once")
         self.assertIn(self.status("GET", "/v2/images/%s/file" % image_id, {"X-Auth-Token": self.token}), (403, 404))
 
 
