@@ -395,3 +395,38 @@ FleetQuery *fleet_query_free(FleetQuery *q) {
         assert(!q);
         return NULL;
 }
+
+/* A peer's request (http-peer.c): never made here, as no request carries the peer secret of a fleet. */
+const char *fleet_self(const Fleet *f) {
+        assert(false);
+        return NULL;
+}
+
+const char *fill_peer_path(const Fill *f) {
+        return NULL;
+}
+
+FleetFanout *fleet_fanout(const Fleet *f) {
+        assert(false);
+        return NULL;
+}
+
+FanoutVerdict fleet_fanout_admit(FleetFanout *t, const char *id, const char *asker, char *const *via,
+                                 FanoutStream **ret_stream, const char **ret_node) {
+        assert(false);
+        return FANOUT_REFUSE;
+}
+
+void fleet_fanout_release(FleetFanout *t, FanoutStream *s) {
+        assert(!s);
+}
+
+char **fleet_split_nodes(const char *list) {
+        assert(false);
+        return NULL;
+}
+
+bool fleet_nodes_contain(char *const *nodes, const char *node) {
+        assert(false);
+        return false;
+}

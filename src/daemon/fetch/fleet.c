@@ -25,6 +25,7 @@ struct Fleet {
         usec_t peer_timeout, resolve_interval;
         const TransportSettings *transport; /* the Fetcher's */
         bool has_names;        /* some of Peers= are host names: resolve them, and again later */
+        FleetFanout *fanout;
 
         sd_event_source *resolve_timer;
         Worker *resolver;
@@ -85,6 +86,123 @@ char **fleet_sources(const Fleet *f, const char *id) {
         }
         g_ptr_array_add(v, NULL);
         return (char **) g_ptr_array_free(v, FALSE);
+}
+
+/* ---- the fan-out ------------------------------------------------------------------------------------ */
+
+static char *node_normalize(const char *url);
+
+struct FanoutStream {
+        GPtrArray *image;      /* the FanoutImage's streams, this one among them */
+        const char *id;        /* the table's key */
+        char *asker;
+        unsigned pointed;      /* askers pointed at this stream's node so far */
+};
+
+struct FleetFanout {
+        unsigned fanout;
+        GHashTable *images;    /* id → GPtrArray of FanoutStream*, oldest first; only images being served */
+        FanoutStats stats;
+};
+
+FleetFanout *fleet_fanout_new(unsigned fanout) {
+        FleetFanout *t = g_new0(FleetFanout, 1);
+        t->fanout = MAX(fanout, 1u);
+        t->images = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, (GDestroyNotify) g_ptr_array_unref);
+        return t;
+}
+
+static void fanout_stream_free(FanoutStream *s) {
+        g_free(s->asker);
+        g_free(s);
+}
+
+FleetFanout *fleet_fanout_free(FleetFanout *t) {
+        if (!t)
+                return NULL;
+        g_hash_table_destroy(t->images); /* streams still counted go with it: their requests are gone too */
+        g_free(t);
+        return NULL;
+}
+
+bool fleet_nodes_contain(char *const *nodes, const char *node) {
+        for (char *const *n = nodes; n && *n; n++)
+                if (streq(*n, node))
+                        return true;
+        return false;
+}
+
+char **fleet_split_nodes(const char *list) {
+        if (isempty(list))
+                return NULL;
+        g_auto(GStrv) words = g_strsplit_set(list, " \t", -1);
+        GPtrArray *v = g_ptr_array_new();
+        for (char **w = words; *w && v->len < FLEET_MAX_HOPS; w++)
+                if (!isempty(*w))
+                        g_ptr_array_add(v, node_normalize(*w));
+        g_ptr_array_add(v, NULL);
+        return (char **) g_ptr_array_free(v, FALSE);
+}
+
+FanoutVerdict fleet_fanout_admit(FleetFanout *t, const char *id, const char *asker, char *const *via,
+                                 FanoutStream **ret_stream, const char **ret_node) {
+        GPtrArray *streams = NULL;
+        FanoutStream *best = NULL;
+        gpointer key;
+
+        if (!g_hash_table_lookup_extended(t->images, id, &key, (gpointer *) &streams)) {
+                key = g_strdup(id);
+                streams = g_ptr_array_new_with_free_func((GDestroyNotify) fanout_stream_free);
+                g_hash_table_insert(t->images, key, streams);
+        }
+        if (streams->len < t->fanout) {
+                FanoutStream *s = g_new0(FanoutStream, 1);
+                *s = (FanoutStream) { .image = streams, .id = key, .asker = g_strdup(asker) };
+                g_ptr_array_add(streams, s);
+                t->stats.streams_peak = MAX(t->stats.streams_peak, streams->len);
+                *ret_stream = s;
+                return FANOUT_SERVE;
+        }
+        /* Never the asker itself, nor a node it was pointed away from or that failed it: that is what
+         * keeps redirects from running in a circle. */
+        for (guint i = 0; i < streams->len; i++) {
+                FanoutStream *s = streams->pdata[i];
+                if (streq(s->asker, asker) || fleet_nodes_contain(via, s->asker))
+                        continue;
+                if (!best || s->pointed < best->pointed)
+                        best = s;
+        }
+        if (!best) {
+                t->stats.refused++;
+                return FANOUT_REFUSE;
+        }
+        best->pointed++;
+        t->stats.redirects_given++;
+        *ret_node = best->asker;
+        return FANOUT_REDIRECT;
+}
+
+void fleet_fanout_release(FleetFanout *t, FanoutStream *s) {
+        if (!s)
+                return;
+        GPtrArray *streams = s->image;
+        const char *id = s->id;
+        g_ptr_array_remove(streams, s); /* frees s, keeps the others oldest first */
+        if (streams->len == 0)
+                g_hash_table_remove(t->images, id);
+}
+
+unsigned fleet_fanout_streams(const FleetFanout *t, const char *id) {
+        GPtrArray *streams = g_hash_table_lookup(t->images, id);
+        return streams ? streams->len : 0;
+}
+
+const FanoutStats *fleet_fanout_stats(const FleetFanout *t) {
+        return &t->stats;
+}
+
+FleetFanout *fleet_fanout(const Fleet *f) {
+        return f->fanout;
 }
 
 /* ---- the node list ------------------------------------------------------------------------------- */
@@ -245,6 +363,7 @@ static int fleet_load(Fleet *f, const Config *c) {
         f->configured = (char **) g_ptr_array_free(v, FALSE);
 
         f->replicas = c->fleet_replicas;
+        f->fanout = fleet_fanout_new(c->fleet_fanout);
         f->peer_timeout = c->peer_timeout;
         f->resolve_interval = c->peer_resolve_interval;
         for (char **p = f->configured; *p; p++) {
@@ -290,6 +409,7 @@ Fleet *fleet_free(Fleet *f) {
         f->resolver = worker_abandon(f->resolver);
         g_strfreev(f->resolved);
         sd_event_source_disable_unref(f->resolve_timer);
+        fleet_fanout_free(f->fanout);
         g_strfreev(f->configured);
         g_strfreev(f->nodes);
         free(f->self);
@@ -320,6 +440,10 @@ void fleet_set_transport(Fleet *f, const TransportSettings *t) {
 
 char *const *fleet_nodes(const Fleet *f) {
         return f->nodes;
+}
+
+bool fleet_is_peer(const Fleet *f, const char *node) {
+        return !streq(node, f->self) && fleet_nodes_contain(f->nodes, node);
 }
 
 /* ---- who holds an image ------------------------------------------------------------------------- */
