@@ -402,6 +402,11 @@ const char *fleet_self(const Fleet *f) {
         return NULL;
 }
 
+char *fleet_path_of(const Fleet *f, const char *id) {
+        assert(false);
+        return NULL;
+}
+
 const char *fill_peer_path(const Fill *f) {
         return NULL;
 }

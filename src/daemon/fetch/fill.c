@@ -906,6 +906,8 @@ static void fill_keep(Fill *f) {
         f->kept = true; /* the cache's observer logs "Cached" */
         if (fill_from_peer(f))
                 fe->fleet_counters.fills_from_peers++;
+        if (fe->fleet)
+                fleet_note_filled(fe->fleet, f->id, f->peer_path);
 
         /* Images written concurrently may have pushed the cache over MaxSize; the newest is used last. */
         uint64_t cap;

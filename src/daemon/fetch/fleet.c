@@ -12,6 +12,7 @@
 
 #include "fleet.h"
 #include "log.h"
+#include "upstream.h"
 #include "util.h"
 #include "worker.h"
 
@@ -26,6 +27,7 @@ struct Fleet {
         const TransportSettings *transport; /* the Fetcher's */
         bool has_names;        /* some of Peers= are host names: resolve them, and again later */
         FleetFanout *fanout;
+        GHashTable *filled;    /* id → path (fleet_note_filled) */
 
         sd_event_source *resolve_timer;
         Worker *resolver;
@@ -364,6 +366,7 @@ static int fleet_load(Fleet *f, const Config *c) {
 
         f->replicas = c->fleet_replicas;
         f->fanout = fleet_fanout_new(c->fleet_fanout);
+        f->filled = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
         f->peer_timeout = c->peer_timeout;
         f->resolve_interval = c->peer_resolve_interval;
         for (char **p = f->configured; *p; p++) {
@@ -410,6 +413,8 @@ Fleet *fleet_free(Fleet *f) {
         g_strfreev(f->resolved);
         sd_event_source_disable_unref(f->resolve_timer);
         fleet_fanout_free(f->fanout);
+        if (f->filled)
+                g_hash_table_destroy(f->filled);
         g_strfreev(f->configured);
         g_strfreev(f->nodes);
         free(f->self);
@@ -446,6 +451,20 @@ bool fleet_is_peer(const Fleet *f, const char *node) {
         return !streq(node, f->self) && fleet_nodes_contain(f->nodes, node);
 }
 
+void fleet_note_filled(Fleet *f, const char *id, const char *path) {
+        /* Shown to people only: past the bound, forgetting all beats an LRU's bookkeeping. */
+        if (g_hash_table_size(f->filled) >= FLEET_FILLED_MAX)
+                g_hash_table_remove_all(f->filled);
+        g_hash_table_insert(f->filled, g_strdup(id), g_strdup(strempty(path)));
+}
+
+char *fleet_path_of(const Fleet *f, const char *id) {
+        const char *path = g_hash_table_lookup(f->filled, id);
+        if (!path)
+                return NULL;
+        return g_strdup_printf("%s%s%s", f->self, *path ? " " : "", path);
+}
+
 /* ---- who holds an image ------------------------------------------------------------------------- */
 
 typedef struct FleetAsk {
@@ -454,11 +473,13 @@ typedef struct FleetAsk {
         CURL *easy;
         struct curl_slist *headers;
         char *node;
+        char *path;          /* its FLEET_HEADER_PATH */
 } FleetAsk;
 
 struct FleetQuery {
         CurlLoop *curl;
         GPtrArray *holders;  /* char*, the answer so far */
+        GPtrArray *paths;    /* char*, of each holder */
         FleetAsk *asks;
         size_t n_asks, n_pending;
         sd_event_source *done_source;
@@ -476,7 +497,8 @@ static int on_query_complete(sd_event_source *s, void *userdata) {
         FleetQuery *q = userdata;
 
         g_ptr_array_add(q->holders, NULL);
-        q->done((char *const *) q->holders->pdata, q->userdata);
+        g_ptr_array_add(q->paths, NULL);
+        q->done((char *const *) q->holders->pdata, (char *const *) q->paths->pdata, q->userdata);
         return 0;
 }
 
@@ -485,11 +507,25 @@ static void on_ask_done(CurlTask *t, CURL *easy, CURLcode code) {
         FleetQuery *q = a->query;
         long status = 0;
 
-        if (code == CURLE_OK && curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &status) == CURLE_OK && status == 200)
+        if (code == CURLE_OK && curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &status) == CURLE_OK && status == 200) {
                 g_ptr_array_add(q->holders, g_strdup(a->node));
+                g_ptr_array_add(q->paths, g_strdup(strempty(a->path)));
+        }
         ask_done(a);
         if (--q->n_pending == 0)
                 (void) sd_event_source_set_enabled(q->done_source, SD_EVENT_ONESHOT);
+}
+
+static size_t on_ask_header(char *buffer, size_t size, size_t nitems, void *userdata) {
+        FleetAsk *a = userdata;
+        size_t len = size * nitems, n;
+        const char *v;
+
+        if (upstream_header_is(buffer, len, FLEET_HEADER_PATH, &v, &n) && n < 4096) {
+                g_free(a->path);
+                a->path = g_strndup(v, n);
+        }
+        return len;
 }
 
 static int ask_start(Fleet *f, FleetQuery *q, FleetAsk *a, const char *id) {
@@ -505,6 +541,8 @@ static int ask_start(Fleet *f, FleetQuery *q, FleetAsk *a, const char *id) {
                 .task = &a->task,
                 .timeout = MAX(f->peer_timeout, 1u), /* 0 would be none */
                 .headers = a->headers,
+                .on_header = on_ask_header,
+                .userdata = a,
                 .no_body = true,
         };
         a->task.on_done = on_ask_done;
@@ -525,7 +563,8 @@ int fleet_query_holders(Fleet *f, CurlLoop *curl, ImageCache *cache, const char 
         q = calloc(1, sizeof(FleetQuery));
         if (!q)
                 return -ENOMEM;
-        *q = (FleetQuery) { .curl = curl, .holders = g_ptr_array_new_with_free_func(g_free), .done = done,
+        *q = (FleetQuery) { .curl = curl, .holders = g_ptr_array_new_with_free_func(g_free),
+                            .paths = g_ptr_array_new_with_free_func(g_free), .done = done,
                             .userdata = userdata, .asks = calloc(n, sizeof(FleetAsk)) };
         r = q->asks || n == 0 ? sd_event_add_defer(f->event, &q->done_source, on_query_complete, q) : -ENOMEM;
         if (r < 0) {
@@ -533,8 +572,10 @@ int fleet_query_holders(Fleet *f, CurlLoop *curl, ImageCache *cache, const char 
                 return r;
         }
         (void) sd_event_source_set_enabled(q->done_source, SD_EVENT_OFF);
-        if (image_cache_get(cache, id))
+        if (image_cache_get(cache, id)) {
                 g_ptr_array_add(q->holders, g_strdup(f->self));
+                g_ptr_array_add(q->paths, fleet_path_of(f, id) ?: g_strdup(""));
+        }
 
         for (size_t i = 0; i < n; i++) {
                 if (streq(f->nodes[i], f->self))
@@ -559,10 +600,12 @@ FleetQuery *fleet_query_free(FleetQuery *q) {
         for (size_t i = 0; i < q->n_asks; i++) {
                 ask_done(&q->asks[i]);
                 g_free(q->asks[i].node);
+                g_free(q->asks[i].path);
         }
         free(q->asks);
         sd_event_source_disable_unref(q->done_source);
         g_ptr_array_free(q->holders, TRUE);
+        g_ptr_array_free(q->paths, TRUE);
         free(q);
         return NULL;
 }

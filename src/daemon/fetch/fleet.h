@@ -103,12 +103,20 @@ FleetFanout *fleet_fanout(const Fleet *f);
 char **fleet_split_nodes(const char *list);
 bool fleet_nodes_contain(char *const *nodes, const char *node);
 
+/* Who filled from whom: the path an image kept here came through (FLEET_HEADER_PATH of its source, "" from
+ * the origin), remembered for the images filled since the start (the most recent FLEET_FILLED_MAX). */
+#define FLEET_FILLED_MAX 65536
+void fleet_note_filled(Fleet *f, const char *id, const char *path);
+/* This node, then where its copy of id came from ("self a b", "self" from the origin); NULL: unknown. */
+char *fleet_path_of(const Fleet *f, const char *id);
+
 /* Asks every other node whether it holds id, with a HEAD that must not fetch (Cache-Control:
  * only-if-cached), and answers with the nodes that have it (this one first, when it does), each
- * bounded by PeerTimeoutSec= and made like every other request (fleet_set_transport(): CAFile=…).
- * done runs on the loop, once, unless the query is freed first. -ENXIO without transport settings. */
+ * bounded by PeerTimeoutSec= and made like every other request (fleet_set_transport(): CAFile=…), and
+ * with paths[i] the path holders[i] named (fleet_path_of(), "" when it named none). done runs on the loop,
+ * once, unless the query is freed first. -ENXIO without transport settings. */
 typedef struct FleetQuery FleetQuery;
-typedef void (*FleetQueryDone)(char *const *holders, void *userdata);
+typedef void (*FleetQueryDone)(char *const *holders, char *const *paths, void *userdata);
 int fleet_query_holders(Fleet *f, CurlLoop *curl, ImageCache *cache, const char *id, FleetQueryDone done,
                         void *userdata, FleetQuery **ret);
 FleetQuery *fleet_query_free(FleetQuery *q);

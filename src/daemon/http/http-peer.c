@@ -53,10 +53,15 @@ void http_peer_release(HttpServer *s, Request *req) {
 
 void http_peer_add_path(Request *req, struct MHD_Response *resp, Fill *f) {
         HttpServer *s = req->server;
-        const char *parent = f ? fill_peer_path(f) : NULL;
+        g_autofree char *path = NULL;
 
         if (!req->from_peer || !s->fleet)
                 return;
-        g_autofree char *path = g_strdup_printf("%s%s%s", fleet_self(s->fleet), parent ? " " : "", strempty(parent));
-        MHD_add_response_header(resp, FLEET_HEADER_PATH, path);
+        if (f) {
+                const char *parent = fill_peer_path(f);
+                path = g_strdup_printf("%s%s%s", fleet_self(s->fleet), parent ? " " : "", strempty(parent));
+        } else
+                path = fleet_path_of(s->fleet, req->match.id); /* a hit filled before the start: unknown */
+        if (path)
+                MHD_add_response_header(resp, FLEET_HEADER_PATH, path);
 }

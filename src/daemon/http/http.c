@@ -231,7 +231,7 @@ static enum MHD_Result serve_image(HttpServer *s, Request *req, struct MHD_Conne
 
 /* ---- management --------------------------------------------------------------------------------- */
 
-static void request_on_holders(char *const *holders, void *userdata) {
+static void request_on_holders(char *const *holders, char *const *paths, void *userdata) {
         Request *req = userdata;
 
         req->pending.holders.holders = g_strdupv((char **) holders);
