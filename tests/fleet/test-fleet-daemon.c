@@ -693,7 +693,7 @@ static void test_fanout_tree(Fixture *f, gconstpointer user) {
         g_assert_nonnull(strstr(tree, f->nodes[order[0]].url));
 }
 
-/* FanOut=1: the owner streams to A, and points B at A. A dies mid-stream: B goes back to the owner, which
+/* FanOut=2: the owner streams to A and X, and points B at A. A dies mid-stream: B goes back to the owner, which
  * serves it (or points it at the other receiver) from where it stopped, with a Range; B's copy is
  * byte-exact and nothing of A's is published. */
 static void test_fanout_parent_killed(Fixture *f, gconstpointer user) {
