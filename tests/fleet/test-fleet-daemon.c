@@ -179,6 +179,20 @@ static void assert_file_is_image(Fixture *f, const char *path, uint64_t offset, 
         g_assert_true(memcmp(data, f->data + offset, length) == 0);
 }
 
+/* c must end with the whole image. */
+static void client_wait_image(Fixture *f, Client *c) {
+        client_wait(c);
+        g_assert_cmpint(c->status, ==, 0);
+        assert_file_is_image(f, c->out, 0, IMAGE_SIZE);
+}
+
+/* SIGKILL, as a crash: nothing of the daemon's cleanup runs. test_bus_free() reaps it. */
+static void kill_node(Fixture *f, size_t node) {
+        GPid pid = test_bus_name_owner_pid(f->nodes[node].bus);
+        g_assert_cmpint(pid, >, 0);
+        g_assert_cmpint(kill(pid, SIGKILL), ==, 0);
+}
+
 static void assert_cached(Fixture *f, size_t node, const char *id) {
         g_autofree char *path = g_build_filename(test_bus_cache_dir(f->nodes[node].bus), id, NULL);
         assert_file_is_image(f, path, 0, IMAGE_SIZE);
@@ -352,13 +366,8 @@ static void test_owner_killed(Fixture *f, gconstpointer user) {
         client_start(f, &c, "out", url, NULL);
         g_assert_true(wait_until(f, partial_at_least, &second));
 
-        GPid pid = test_bus_name_owner_pid(f->nodes[owner].bus);
-        g_assert_cmpint(pid, >, 0);
-        g_assert_cmpint(kill(pid, SIGKILL), ==, 0);
-
-        client_wait(&c);
-        g_assert_cmpint(c.status, ==, 0);
-        assert_file_is_image(f, c.out, 0, IMAGE_SIZE);
+        kill_node(f, owner);
+        client_wait_image(f, &c);
         assert_cached(f, second, id);
         assert_not_cached(f, owner, id);
 
@@ -663,9 +672,7 @@ static void test_fanout_tree(Fixture *f, gconstpointer user) {
                 client_start(f, &c[r], name, url, NULL);
         }
         for (size_t r = 0; r < n_asking; r++) {
-                client_wait(&c[r]);
-                g_assert_cmpint(c[r].status, ==, 0);
-                assert_file_is_image(f, c[r].out, 0, IMAGE_SIZE);
+                client_wait_image(f, &c[r]);
                 assert_cached(f, order[r], id);
                 client_done(&c[r]);
         }
@@ -719,17 +726,11 @@ static void test_fanout_parent_killed(Fixture *f, gconstpointer user) {
         wait_metric(f, a, "imgcache_fleet_served_to_peers_bytes_total", 256 * 1024);
         g_assert_cmpuint(metric(f, b, "imgcache_fleet_redirects_followed_total"), ==, 1);
 
-        GPid pid = test_bus_name_owner_pid(f->nodes[a].bus);
-        g_assert_cmpint(pid, >, 0);
-        g_assert_cmpint(kill(pid, SIGKILL), ==, 0);
-
-        client_wait(&cb);
-        g_assert_cmpint(cb.status, ==, 0);
-        assert_file_is_image(f, cb.out, 0, IMAGE_SIZE);
+        kill_node(f, a);
+        client_wait_image(f, &cb);
         assert_cached(f, b, id);
         assert_not_cached(f, a, id);
-        client_wait(&cx);
-        g_assert_cmpint(cx.status, ==, 0);
+        client_wait_image(f, &cx);
         client_wait(&ca); /* its node died under it */
 
         g_assert_cmpuint(origin_requests(f, id), ==, 1);
@@ -775,9 +776,7 @@ static void test_fanout_target_down(Fixture *f, gconstpointer user) {
 
         g_autofree char *url = g_strdup_printf("%s/images/%s", f->nodes[asker].url, id);
         client_start(f, &c, "out", url, NULL);
-        client_wait(&c);
-        g_assert_cmpint(c.status, ==, 0);
-        assert_file_is_image(f, c.out, 0, IMAGE_SIZE);
+        client_wait_image(f, &c);
         assert_cached(f, asker, id);
         g_assert_cmpuint(metric(f, asker, "imgcache_fleet_redirects_followed_total"), ==, 1);
         g_assert_cmpuint(metric(f, owner, "imgcache_fleet_redirects_given_total"), ==, 1);
@@ -785,8 +784,7 @@ static void test_fanout_target_down(Fixture *f, gconstpointer user) {
         g_assert_cmpuint(metric(f, owner, "imgcache_fleet_peer_streams_peak"), ==, 1);
         g_assert_cmpuint(origin_requests(f, id), ==, 2);
 
-        client_wait(&held);
-        assert_file_is_image(f, held.out, 0, IMAGE_SIZE);
+        client_wait_image(f, &held);
         client_done(&held);
         client_done(&c);
 }
@@ -826,9 +824,7 @@ static void test_fanout_loop_guard(Fixture *f, gconstpointer user) {
 
         g_autofree char *url = g_strdup_printf("%s/images/%s", f->nodes[0].url, id);
         client_start(f, &c, "out", url, NULL);
-        client_wait(&c);
-        g_assert_cmpint(c.status, ==, 0);
-        assert_file_is_image(f, c.out, 0, IMAGE_SIZE);
+        client_wait_image(f, &c);
         g_assert_cmpuint(origin_requests(f, id), ==, 1);
 
         /* Per source: it, the node it points at, the next (which points back at the source: not
