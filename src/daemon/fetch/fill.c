@@ -354,8 +354,13 @@ static int fill_start_phase(Fill *f, FillPhase phase) {
                 r = asprintf(&url, "%s/images/%s", fill_peer(f), f->id) < 0 ? -ENOMEM : 0;
         else
                 r = upstream_image_url(fe->kind, fe->url, f->id, &url);
-        if (phase == PHASE_IMAGE)
+        if (phase == PHASE_IMAGE) {
                 fill_prepare_resume(f);
+                /* The peer asked is on our path from now: the loop guard holds before its answer comes
+                 * (fill_note_path() puts its whole path in once it does). */
+                free(f->peer_path);
+                f->peer_path = fill_from_peer(f) ? strdup(fill_peer(f)) : NULL;
+        }
         if (r < 0)
                 return fill_fail(f, r, "Cannot build the upstream URL of %s", f->id);
         return fill_request(f, url);
