@@ -547,7 +547,7 @@ static const ConfigKey config_keys[] = {
         KEY("Fleet",    "Self",                config_parse_self,        fleet_self,            NULL),
         KEY("Fleet",    "PeerTokenFile",       config_parse_path,        peer_token_file,       NULL),
         KEY("Fleet",    "Replicas",            config_parse_replicas,    fleet_replicas,        "2"),
-        KEY("Fleet",    "FanOut",              config_parse_fanout,      fleet_fanout,          "4"),
+        KEY("Fleet",    "FanOut",              config_parse_fanout,      fleet_fanout,          "2"),
         KEY("Fleet",    "PeerTimeoutSec",      config_parse_positive_sec, peer_timeout,         "5s"),
         KEY("Fleet",    "PeerResolveSec",      config_parse_positive_sec, peer_resolve_interval, "60s"),
         KEY("Daemon",   "ExitOnIdleSec",       config_parse_idle_sec,    exit_on_idle,          "60s"),
