@@ -5,6 +5,7 @@
  * Everything here runs on the event loop's thread. The files call downwards only:
  *
  *   http.c          routing, hits, management, the MHD callbacks, re-entering a request at its wait
+ *     http-peer.c   a peer's request before it is served: the fan-out (FanOut=), the loop guard
  *     http-miss.c   a miss: the fill, its waits (headers, a HEAD's probe, a range asked of the origin)
  *       http-stream.c   the body of a miss, read from the fill as it lands
  *         http-request.c  the request's lifecycle: wait, wake, the one teardown of a wait
