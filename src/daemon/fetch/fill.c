@@ -7,6 +7,7 @@
  *
  *   WAITING ──slot──→ REQUESTING ──Glance record──→ READING_RECORD ──end──→ REQUESTING (the image)
  *                        │ ↑ 3xx: REDIRECTED ──end──┘ (the next request, same phase)
+ *                        │ ↑ a peer at its FanOut= names a node: REDIRECTED ──end──┘ (that node, with Via)
  *                        │ ↑ 416, a 206 that is not our continuation: RESTARTING ──end──┘ (whole image)
  *                        │ ↑ 401 to our token: REAUTHENTICATING ──end, TokenFile= holds another──┘ (once)
  *                        ↓ image headers
@@ -19,7 +20,8 @@
  *   every step ──error, cancel──→ FAILED / CANCELLED                                                  DONE
  *       inside the transport's callbacks: ABORTING (ABORTING_BODY) ──end of the transfer──┘
  *       while a worker holds the write (REHASHING): FAILING ──worker done──┘
- *       a peer's failure: REQUESTING at the next source instead (fill_try_next_source)
+ *       a peer's failure: REQUESTING at the next source instead (fill_try_next_source), or, when the
+ *       peer was one we were pointed at, at the source that pointed us there again
  *
  * fill_set_state() is the one place the step changes; it schedules news for subscribers when the state
  * they see (FillState) changes. An error is a transition, never a field left for someone to check:
@@ -1017,7 +1019,8 @@ static bool fill_try_next_source(Fill *f) {
                 f->peer_node = mfree(f->peer_node);
         } else {
                 f->source++;
-                f->via = (g_strfreev(f->via), NULL);
+                g_strfreev(f->via);
+                f->via = NULL;
                 f->hops = 0;
         }
         (void) fill_start_phase(f, PHASE_IMAGE); /* fails on by itself */
