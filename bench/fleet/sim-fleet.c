@@ -98,8 +98,9 @@ static void arrive(Sim *s, Node *x, double now) {
         bool filling = p->state == NODE_STREAMING || p->state == NODE_STARTING || p->state == NODE_DONE;
         const char *to = NULL;
 
-        /* Pointed here (Via): only a running fill answers. The owner asked directly starts one. */
-        if (!filling && x->via) {
+        /* Pointed here (Via): only a running fill answers. The owner asked directly starts one. A path
+         * FLEET_MAX_HOPS long serves nobody (http-peer.c's hop limit). */
+        if ((!filling && x->via) || p->depth + 1 >= FLEET_MAX_HOPS) {
                 s->refusals++;
                 goto next_source;
         }
