@@ -130,8 +130,9 @@ static void env_run_until_step(Env *e, FillStep step) {
 
 #define assert_step(f, s) g_assert_cmpstr(fill_step_to_string((f)->step), ==, fill_step_to_string(s))
 
-static FillIntake headers(Fill *f, long status, uint64_t length, const char *etag, const char *range,
-                          const char *location) {
+/* A response's headers; a peer's carry the fan-out's two (NULL: none). */
+static FillIntake headers_full(Fill *f, long status, uint64_t length, const char *etag, const char *range,
+                               const char *location, const char *peer_redirect, const char *peer_path) {
         FillResponse r = {
                 .status = status,
                 .content_length = length,
@@ -139,8 +140,15 @@ static FillIntake headers(Fill *f, long status, uint64_t length, const char *eta
                 .etag = etag,
                 .content_range = range,
                 .location = location,
+                .peer_redirect = peer_redirect,
+                .peer_path = peer_path,
         };
         return fill_on_headers(f, &r);
+}
+
+static FillIntake headers(Fill *f, long status, uint64_t length, const char *etag, const char *range,
+                          const char *location) {
+        return headers_full(f, status, length, etag, range, location, NULL, NULL);
 }
 
 /* Offers bytes as curl would: what is held comes back on resume. */
@@ -334,16 +342,8 @@ static void test_redirect_drops_token(void) {
         env_teardown(&e);
 }
 
-/* A peer's answer, with the fan-out's headers (NULL: none). */
 static FillIntake peer_headers(Fill *f, long status, uint64_t length, const char *redirect, const char *path) {
-        FillResponse r = {
-                .status = status,
-                .content_length = length,
-                .effective_url = script.url,
-                .peer_redirect = redirect,
-                .peer_path = path,
-        };
-        return fill_on_headers(f, &r);
+        return headers_full(f, status, length, NULL, NULL, NULL, redirect, path);
 }
 
 /* The fan-out as the asker sees it: a redirect is followed with Via; one to a node passed is not, and
