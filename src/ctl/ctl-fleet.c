@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 
 /* fleet lists the nodes of the fleet the daemon belongs to (FleetNodes, FleetSelf); fleet ID... asks it
- * which nodes hold each image (GetImageNodes: every node is asked, none fetches). */
+ * which nodes hold each image and where each one's copy came from (GetImageSources: every node is asked,
+ * none fetches). */
 
 #include <errno.h>
 #include <stdlib.h>
@@ -50,45 +51,71 @@ static int list_nodes(sd_bus *bus) {
         return print_listing(t, json, n, "No [Fleet] is configured.", "node", "nodes");
 }
 
-static int image_nodes(sd_bus *bus, const char *id, char ***ret) {
+/* The holders of id and, for each, the nodes its copy came through (GetImageSources). */
+typedef struct Holder {
+        char *node, *from;
+} Holder;
+
+static void holders_freep(Holder **v) {
+        for (Holder *h = *v; h && h->node; h++) {
+                free(h->node);
+                free(h->from);
+        }
+        free(*v);
+}
+
+static int image_sources(sd_bus *bus, const char *id, Holder **ret) {
         _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+        _cleanup_(holders_freep) Holder *v = NULL;
+        const char *node, *from;
+        size_t n = 0;
         int r;
 
-        r = call_manager(bus, "GetImageNodes", 0, &error, &reply, "s", id);
+        r = call_manager(bus, "GetImageSources", 0, &error, &reply, "s", id);
         if (r < 0)
-                return log_call_error(r, &error, "GetImageNodes", "find the nodes holding %s", id);
-        r = sd_bus_message_read_strv(reply, ret);
-        return r < 0 ? log_parse_error(r) : 0;
+                return log_call_error(r, &error, "GetImageSources", "find the nodes holding %s", id);
+        v = calloc(1, sizeof(Holder));
+        r = v ? sd_bus_message_enter_container(reply, 'a', "(ss)") : -ENOMEM;
+        while (r >= 0 && (r = sd_bus_message_read(reply, "(ss)", &node, &from)) > 0) {
+                Holder *bigger = realloc(v, (n + 2) * sizeof(Holder));
+                if (!bigger)
+                        return log_oom();
+                v = bigger;
+                v[n] = (Holder) { strdup(node), strdup(from) };
+                v[++n] = (Holder) {};
+                if (!v[n - 1].node || !v[n - 1].from)
+                        return log_oom();
+        }
+        if (r < 0)
+                return r == -ENOMEM ? log_oom() : log_parse_error(r);
+        *ret = TAKE_PTR(v);
+        return 0;
 }
 
-/* "a b c", or "-" for none. */
-static char *join_nodes(char **nodes) {
-        size_t n = 2;
-        for (char **p = nodes; p && *p; p++)
-                n += strlen(*p) + 1;
-        char *s = malloc(n), *e = s;
-        if (!s)
-                return NULL;
-        *s = 0;
-        for (char **p = nodes; p && *p; p++)
-                e = stpcpy(stpcpy(e, p == nodes ? "" : " "), *p);
-        return *s ? s : strcpy(s, "-");
+/* Where a holder's copy came from, for people: its parent and the parent's, or the origin. */
+static const char *shown_from(const char *from) {
+        return !*from ? "origin" : streq(from, "?") ? "-" : from;
 }
 
-static int add_holders_row(Table *t, json_t *json, const char *id, char **nodes) {
+static int add_holders_rows(Table *t, json_t *json, const char *id, const Holder *holders) {
         if (json) {
-                json_t *list = json_array();
-                for (char **p = nodes; p && *p; p++)
-                        if (json_array_append_new(list, json_string(*p)) < 0) {
+                json_t *list = json_array(), *from = json_object();
+                for (const Holder *h = holders; h->node; h++)
+                        if (json_array_append_new(list, json_string(h->node)) < 0 ||
+                            json_object_set_new(from, h->node, json_string(shown_from(h->from))) < 0) {
                                 json_decref(list);
+                                json_decref(from);
                                 return -ENOMEM;
                         }
-                return json_array_append_new(json, json_pack("{s:s, s:o}", "id", id, "nodes", list));
+                return json_array_append_new(json, json_pack("{s:s, s:o, s:o}", "id", id, "nodes", list, "from", from));
         }
-        _cleanup_(freep) char *joined = join_nodes(nodes);
-        if (!joined || table_add_cell(t, id) < 0 || table_add_cell(t, joined) < 0)
-                return -ENOMEM;
+        if (!holders->node)
+                return table_add_cell(t, id) < 0 || table_add_cell(t, "-") < 0 || table_add_cell(t, "") < 0 ? -ENOMEM : 0;
+        for (const Holder *h = holders; h->node; h++)
+                if (table_add_cell(t, id) < 0 || table_add_cell(t, h->node) < 0 ||
+                    table_add_cell(t, shown_from(h->from)) < 0)
+                        return -ENOMEM;
         return 0;
 }
 
@@ -97,16 +124,16 @@ static int list_holders(sd_bus *bus, int n_ids, char *ids[]) {
         json_t *json = NULL;
         int r;
 
-        if (table_new(&t, "IMAGE", "NODES", NULL) < 0 || json_array_if_asked(&json) < 0)
+        if (table_new(&t, "IMAGE", "NODE", "FILLED FROM", NULL) < 0 || json_array_if_asked(&json) < 0)
                 return log_oom();
         for (int i = 0; i < n_ids; i++) {
-                _cleanup_(strv_freep) char **nodes = NULL;
-                r = image_nodes(bus, ids[i], &nodes);
+                _cleanup_(holders_freep) Holder *holders = NULL;
+                r = image_sources(bus, ids[i], &holders);
                 if (r < 0) {
                         json_decref(json);
                         return r;
                 }
-                if (add_holders_row(t, json, ids[i], nodes) < 0) {
+                if (add_holders_rows(t, json, ids[i], holders) < 0) {
                         json_decref(json);
                         return log_oom();
                 }

@@ -11,6 +11,7 @@
 #include <inttypes.h>
 #include <stdlib.h>
 
+#include "fleet.h"
 #include "http.h"
 #include "log.h"
 #include "manager.h"
@@ -266,6 +267,12 @@ static void http_metrics(void *userdata, HttpMetrics *ret) {
                 ret->fleet_bytes_from_origin = fc->bytes_from_origin;
                 ret->fleet_origin_fetches_saved = fc->fills_from_peers;
                 ret->fleet_peer_failovers = fc->peer_failovers;
+                ret->fleet_redirects_followed = fc->redirects_followed;
+                ret->fleet_tree_depth = fc->tree_depth;
+                const FanoutStats *fs = fleet_fanout_stats(fleet_fanout(m->fleet));
+                ret->fleet_redirects_given = fs->redirects_given;
+                ret->fleet_fanout_refused = fs->refused;
+                ret->fleet_peer_streams_peak = fs->streams_peak;
         }
 }
 

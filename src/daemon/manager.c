@@ -335,6 +335,7 @@ static int note_restart_needed(Manager *m, const Config *old, const Config *new)
                 /* The fleet is set up once: fills hold their sources, peers their view of us. */
                 { !streq_ptr(old->fleet_peers, new->fleet_peers) || !streq_ptr(old->fleet_self, new->fleet_self) ||
                   !streq_ptr(old->peer_token_file, new->peer_token_file) || old->fleet_replicas != new->fleet_replicas ||
+                  old->fleet_fanout != new->fleet_fanout ||
                   old->peer_timeout != new->peer_timeout || old->peer_resolve_interval != new->peer_resolve_interval,
                   "[Fleet]" },
         };

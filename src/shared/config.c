@@ -299,6 +299,11 @@ static int config_parse_replicas(const char *value, void *field, const char **re
         return config_parse_unsigned(value, 1, 16, "number out of range (1-16)", field, ret_reason);
 }
 
+/* 0 would serve no peer at all; past 64 the tree is as flat as the owner serving everyone. */
+static int config_parse_fanout(const char *value, void *field, const char **ret_reason) {
+        return config_parse_unsigned(value, 1, 64, "number out of range (1-64)", field, ret_reason);
+}
+
 /* 0 would silence the log as AccessLog=no does, only less plainly. */
 static int config_parse_access_log_burst(const char *value, void *field, const char **ret_reason) {
         return config_parse_unsigned(value, 1, 1000000, "number out of range (1-1000000)", field, ret_reason);
@@ -545,6 +550,7 @@ static const ConfigKey config_keys[] = {
         KEY("Fleet",    "Self",                config_parse_self,        fleet_self,            NULL),
         KEY("Fleet",    "PeerTokenFile",       config_parse_path,        peer_token_file,       NULL),
         KEY("Fleet",    "Replicas",            config_parse_replicas,    fleet_replicas,        "2"),
+        KEY("Fleet",    "FanOut",              config_parse_fanout,      fleet_fanout,          "2"),
         KEY("Fleet",    "PeerTimeoutSec",      config_parse_positive_sec, peer_timeout,         "5s"),
         KEY("Fleet",    "PeerResolveSec",      config_parse_positive_sec, peer_resolve_interval, "60s"),
         KEY("Daemon",   "ExitOnIdleSec",       config_parse_idle_sec,    exit_on_idle,          "60s"),

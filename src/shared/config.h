@@ -118,6 +118,7 @@ typedef struct Config {
         char *fleet_self;              /* this node's URL as the peers list it */
         char *peer_token_file;         /* the shared secret peers present to each other */
         unsigned fleet_replicas;       /* default 2: HRW candidates asked before the origin */
+        unsigned fleet_fanout;         /* default 2: concurrent peer streams of one image; more are pointed on */
         usec_t peer_timeout;           /* default 5s: a peer's first byte must come this soon */
         usec_t peer_resolve_interval;  /* default 60s: host names in Peers= are resolved again this often */
 

@@ -23,6 +23,7 @@ typedef struct Script {
         char *token;
         uint64_t range_start;
         char *if_range;
+        char *via;              /* a peer request's Imgcache-Peer-Via */
         Fill *fill;             /* of the running transfer */
         uint8_t *held;          /* bytes refused with INTAKE_HOLD, handed back on resume */
         size_t held_size;
@@ -40,6 +41,8 @@ static int script_start(Fill *f, const FillRequest *r) {
         script.token = g_strdup(r->token);
         script.range_start = r->range_start;
         script.if_range = g_strdup(r->if_range);
+        g_free(script.via);
+        script.via = g_strdup(r->peer_via);
         script.fill = f;
         f->transfer = &script;
         return 0;
@@ -84,6 +87,7 @@ static void env_setup(Env *e, UpstreamKind kind) {
         g_free(script.url);
         g_free(script.token);
         g_free(script.if_range);
+        g_free(script.via);
         g_free(script.held);
         script = (Script) {};
         cache_dir = g_build_filename(e->dir, "cache", NULL);
@@ -126,8 +130,9 @@ static void env_run_until_step(Env *e, FillStep step) {
 
 #define assert_step(f, s) g_assert_cmpstr(fill_step_to_string((f)->step), ==, fill_step_to_string(s))
 
-static FillIntake headers(Fill *f, long status, uint64_t length, const char *etag, const char *range,
-                          const char *location) {
+/* A response's headers; a peer's carry the fan-out's two (NULL: none). */
+static FillIntake headers_full(Fill *f, long status, uint64_t length, const char *etag, const char *range,
+                               const char *location, const char *peer_redirect, const char *peer_path) {
         FillResponse r = {
                 .status = status,
                 .content_length = length,
@@ -135,8 +140,15 @@ static FillIntake headers(Fill *f, long status, uint64_t length, const char *eta
                 .etag = etag,
                 .content_range = range,
                 .location = location,
+                .peer_redirect = peer_redirect,
+                .peer_path = peer_path,
         };
         return fill_on_headers(f, &r);
+}
+
+static FillIntake headers(Fill *f, long status, uint64_t length, const char *etag, const char *range,
+                          const char *location) {
+        return headers_full(f, status, length, etag, range, location, NULL, NULL);
 }
 
 /* Offers bytes as curl would: what is held comes back on resume. */
@@ -327,6 +339,89 @@ static void test_redirect_drops_token(void) {
         assert_step(f, STEP_FAILED);
         g_assert_cmpint(fill_error(f), ==, -EPROTO);
         g_assert_nonnull(strstr(fill_error_message(f), "refused protocol"));
+        env_teardown(&e);
+}
+
+static FillIntake peer_headers(Fill *f, long status, uint64_t length, const char *redirect, const char *path) {
+        return headers_full(f, status, length, NULL, NULL, NULL, redirect, path);
+}
+
+/* The fan-out as the asker sees it: a redirect is followed with Via; one to a node passed is not, and
+ * sends the fill back to the source that pointed it on, naming both; one to a node outside the fleet
+ * counts as that source failing, and the fill goes on with the next source, its Via empty again. The
+ * path the serving peer names is the fill's. */
+static void test_peer_redirect(void) {
+        static const char *nodes[] = { "http://10.0.0.1:1", "http://10.0.0.2:1", "http://10.0.0.3:1", "http://10.0.0.4:1",
+                                       NULL };
+        const char *self = nodes[3];
+        g_autofree uint8_t *data = make_data(5000);
+        _cleanup_(fleet_freep) Fleet *fleet = NULL;
+        size_t order[4];
+        char id[32];
+        Env e;
+
+        env_setup(&e, UPSTREAM_GENERIC);
+        g_autofree char *token_file = g_build_filename(e.dir, "peer-token", NULL);
+        g_assert_true(g_file_set_contents(token_file, "peer-secret\n", -1, NULL));
+        g_assert_cmpint(chmod(token_file, 0600), ==, 0);
+        e.config.fleet_peers = g_strjoinv(" ", (char **) nodes);
+        e.config.fleet_self = g_strdup(self);
+        e.config.peer_token_file = g_strdup(token_file);
+        /* An image this node ranks last for: it asks the first two, then the origin. */
+        for (unsigned i = 0;; i++) {
+                g_snprintf(id, sizeof(id), "fanned-%u", i);
+                fleet_rank((char **) nodes, 4, id, order);
+                if (order[3] == 3)
+                        break;
+        }
+        const char *first = nodes[order[0]], *second = nodes[order[1]], *other = nodes[order[2]];
+        g_assert_cmpint(fleet_new(e.event, &e.config, &fleet), ==, 0);
+        g_assert_cmpint(fetcher_new_with_transport(e.event, e.cache, &e.config, &scripted, &e.fetcher), ==, 0);
+        fetcher_set_fleet(e.fetcher, fleet);
+        g_assert_cmpint(fetcher_fill(e.fetcher, id, NULL, &e.fill), ==, 0);
+        Fill *f = e.fill;
+        g_autofree char *first_url = g_strdup_printf("%s/images/%s", first, id);
+        g_autofree char *other_url = g_strdup_printf("%s/images/%s", other, id);
+        g_autofree char *second_url = g_strdup_printf("%s/images/%s", second, id);
+        g_autofree char *via_both = g_strdup_printf("%s %s", first, other);
+        g_autofree char *path = g_strdup_printf("%s %s", second, first);
+
+        g_assert_cmpstr(script.url, ==, first_url);
+        g_assert_null(script.via);
+        g_assert_cmpint(peer_headers(f, 307, 0, other, NULL), ==, INTAKE_SKIPPED);
+        assert_step(f, STEP_REDIRECTED);
+        end(f, 0);
+        g_assert_cmpstr(script.url, ==, other_url);
+        g_assert_cmpstr(script.via, ==, first);
+        g_assert_cmpstr(fill_peer(f), ==, other);
+
+        /* Pointed back at the first: not followed; back to the first, both in Via. */
+        g_assert_cmpint(peer_headers(f, 307, 0, first, NULL), ==, INTAKE_ABORT);
+        end(f, 0);
+        assert_step(f, STEP_REQUESTING);
+        g_assert_cmpstr(script.url, ==, first_url);
+        g_assert_cmpstr(script.via, ==, via_both);
+
+        /* Pointed outside the fleet: the first failed; the second, asked afresh. */
+        g_assert_cmpint(peer_headers(f, 307, 0, "http://10.9.9.9:1", NULL), ==, INTAKE_ABORT);
+        end(f, 0);
+        g_assert_cmpstr(script.url, ==, second_url);
+        g_assert_null(script.via);
+
+        g_assert_cmpint(peer_headers(f, 200, 5000, NULL, path), ==, INTAKE_HOLD);
+        env_run_until_step(&e, STEP_RECEIVING);
+        g_assert_cmpstr(fill_peer_path(f), ==, path);
+        g_assert_cmpint(body(f, data, 5000), ==, INTAKE_TAKEN);
+        end(f, 0);
+        env_run_until_step(&e, STEP_DONE);
+
+        const FleetCounters *c = fetcher_fleet_counters(e.fetcher);
+        g_assert_cmpuint(c->redirects_followed, ==, 1);
+        g_assert_cmpuint(c->peer_failovers, ==, 2);
+        g_assert_cmpuint(c->tree_depth, ==, 2);
+        g_autofree char *filled = fleet_path_of(fleet, id);
+        g_autofree char *expected = g_strdup_printf("%s %s", self, path);
+        g_assert_cmpstr(filled, ==, expected);
         env_teardown(&e);
 }
 
@@ -650,6 +745,7 @@ int main(int argc, char **argv) {
         g_test_add_func("/fill-machine/resume-rehashes", test_resume_rehashes);
         g_test_add_func("/fill-machine/restart", test_restart);
         g_test_add_func("/fill-machine/redirect-drops-token", test_redirect_drops_token);
+        g_test_add_func("/fill-machine/peer-redirect", test_peer_redirect);
         g_test_add_func("/fill-machine/record-then-image", test_record_then_image);
         g_test_add_func("/fill-machine/malformed-record", test_malformed_record);
         g_test_add_func("/fill-machine/fail/requesting", test_fail_requesting);

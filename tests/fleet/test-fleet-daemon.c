@@ -17,7 +17,7 @@
 #include "test-util.h"
 #include "upstream-fixture.h"
 
-#define MAX_NODES 4
+#define MAX_NODES 8
 #define IMAGE_SIZE (6 * 1024 * 1024 + 7)
 #define PEER_TOKEN "fleet-secret-1"
 
@@ -31,6 +31,7 @@ typedef struct Node {
 typedef struct Fixture {
         UpstreamFixture *fx;
         UpstreamFixture *peer;  /* a peer that is not an imgcached, or NULL */
+        UpstreamFixture *fakes[3]; /* more of them (test_fanout_loop_guard) */
         Node nodes[MAX_NODES];
         size_t n;
         uint8_t *data;
@@ -52,6 +53,8 @@ static void fixture_teardown(Fixture *f, gconstpointer user) {
         }
         upstream_fixture_free(f->fx);
         upstream_fixture_free(f->peer);
+        for (size_t i = 0; i < G_N_ELEMENTS(f->fakes); i++)
+                upstream_fixture_free(f->fakes[i]);
         test_tmpdir_remove(f->dir);
         g_free(f->dir);
         g_free(f->data);
@@ -68,9 +71,10 @@ static unsigned origin_requests(Fixture *f, const char *id) {
 }
 
 /* n nodes listing each other and more_peers (NULL: none); node i's peer secret is tokens[i] (NULL:
- * PEER_TOKEN); upstream_extra goes into every node's [Upstream] (NULL: nothing). */
-static void start_fleet_with(Fixture *f, size_t n, const char *const *tokens, const char *more_peers,
-                             const char *upstream_extra) {
+ * PEER_TOKEN); upstream_extra goes into every node's [Upstream], fleet_extra into its [Fleet] (NULL:
+ * nothing). */
+static void start_fleet_full(Fixture *f, size_t n, const char *const *tokens, const char *more_peers,
+                             const char *upstream_extra, const char *fleet_extra) {
         g_autoptr(GString) peers = g_string_new(NULL);
         g_autofree char *origin = upstream_fixture_url(f->fx, "/images/{id}");
         g_autofree char *mgmt = g_build_filename(f->dir, "mgmt-token", NULL);
@@ -97,11 +101,17 @@ static void start_fleet_with(Fixture *f, size_t n, const char *const *tokens, co
                                 "[Upstream]\nKind=generic\nURL=%s\n%s"
                                 "[HTTP]\nManagementAPI=yes\nManagementTokenFile=%s\n"
                                 "[Daemon]\nExitOnIdleSec=infinity\n"
-                                "[Fleet]\nPeers=%s\nSelf=%s\nPeerTokenFile=%s\nPeerTimeoutSec=5s\n",
-                                origin, strempty(upstream_extra), mgmt, peers->str, node->url, token_file);
+                                "[Fleet]\nPeers=%s\nSelf=%s\nPeerTokenFile=%s\nPeerTimeoutSec=5s\n%s",
+                                origin, strempty(upstream_extra), mgmt, peers->str, node->url, token_file,
+                                strempty(fleet_extra));
                 test_bus_write_config(node->bus, config);
                 g_assert_true(test_bus_start_daemon_listening(node->bus, node->sock, NULL));
         }
+}
+
+static void start_fleet_with(Fixture *f, size_t n, const char *const *tokens, const char *more_peers,
+                             const char *upstream_extra) {
+        start_fleet_full(f, n, tokens, more_peers, upstream_extra, NULL);
 }
 
 static void start_fleet(Fixture *f, size_t n, const char *const *tokens) {
@@ -132,14 +142,20 @@ static void on_client_exit(GObject *source, GAsyncResult *res, gpointer userdata
         c->exited = TRUE;
 }
 
-/* curl -sS -o <out> -w %{http_code} [extra header] url, in the background. */
-static void client_start(Fixture *f, Client *c, const char *name, const char *url, const char *header) {
+/* curl -sS -o <out> [up to two extra headers] url, in the background. */
+static void client_start_with(Fixture *f, Client *c, const char *name, const char *url, const char *h1,
+                              const char *h2) {
         g_autoptr(GError) error = NULL;
         *c = (Client) { .out = g_build_filename(f->dir, name, NULL) };
-        const char *argv[] = { "curl", "-sS", "--max-time", "60", "-o", c->out, url, header ? "-H" : NULL, header, NULL };
+        const char *argv[] = { "curl", "-sS", "--max-time", "60", "-o", c->out, url, h1 ? "-H" : NULL, h1,
+                               h2 ? "-H" : NULL, h2, NULL };
         c->p = g_subprocess_newv(argv, G_SUBPROCESS_FLAGS_STDOUT_SILENCE, &error);
         g_assert_no_error(error);
         g_subprocess_wait_async(c->p, NULL, on_client_exit, c);
+}
+
+static void client_start(Fixture *f, Client *c, const char *name, const char *url, const char *header) {
+        client_start_with(f, c, name, url, header, NULL);
 }
 
 static void client_wait(Client *c) {
@@ -161,6 +177,20 @@ static void assert_file_is_image(Fixture *f, const char *path, uint64_t offset, 
         g_assert_true(g_file_get_contents(path, &data, &n, NULL));
         g_assert_cmpuint(n, ==, length);
         g_assert_true(memcmp(data, f->data + offset, length) == 0);
+}
+
+/* c must end with the whole image. */
+static void client_wait_image(Fixture *f, Client *c) {
+        client_wait(c);
+        g_assert_cmpint(c->status, ==, 0);
+        assert_file_is_image(f, c->out, 0, IMAGE_SIZE);
+}
+
+/* SIGKILL, as a crash: nothing of the daemon's cleanup runs. test_bus_free() reaps it. */
+static void kill_node(Fixture *f, size_t node) {
+        GPid pid = test_bus_name_owner_pid(f->nodes[node].bus);
+        g_assert_cmpint(pid, >, 0);
+        g_assert_cmpint(kill(pid, SIGKILL), ==, 0);
 }
 
 static void assert_cached(Fixture *f, size_t node, const char *id) {
@@ -336,13 +366,8 @@ static void test_owner_killed(Fixture *f, gconstpointer user) {
         client_start(f, &c, "out", url, NULL);
         g_assert_true(wait_until(f, partial_at_least, &second));
 
-        GPid pid = test_bus_name_owner_pid(f->nodes[owner].bus);
-        g_assert_cmpint(pid, >, 0);
-        g_assert_cmpint(kill(pid, SIGKILL), ==, 0);
-
-        client_wait(&c);
-        g_assert_cmpint(c.status, ==, 0);
-        assert_file_is_image(f, c.out, 0, IMAGE_SIZE);
+        kill_node(f, owner);
+        client_wait_image(f, &c);
         assert_cached(f, second, id);
         assert_not_cached(f, owner, id);
 
@@ -602,6 +627,217 @@ static void test_tls_peer(Fixture *f, gconstpointer user) {
         client_done(&c);
 }
 
+/* ---- the fan-out (FanOut=) ---- */
+
+typedef struct MetricAtLeast {
+        size_t node;
+        const char *name;
+        uint64_t value;
+} MetricAtLeast;
+
+static gboolean metric_at_least(Fixture *f, const void *arg) {
+        const MetricAtLeast *m = arg;
+        return metric(f, m->node, m->name) >= m->value;
+}
+
+static void wait_metric(Fixture *f, size_t node, const char *name, uint64_t value) {
+        MetricAtLeast m = { node, name, value };
+        g_assert_true(wait_until(f, metric_at_least, &m));
+}
+
+static void assert_no_partial(Fixture *f, size_t node, const char *id) {
+        g_autofree char *dir = g_build_filename(test_bus_cache_dir(f->nodes[node].bus), "incomplete", NULL);
+        g_assert_false(test_file_exists(dir, id));
+}
+
+/* Six of eight nodes ask for one image at once, FanOut=2: one origin GET, no node serves more than two
+ * peer streams of it at once (its own count), every asking node holds a byte-exact copy, and the two that
+ * nobody asked hold none: the nodes that ask form a tree among themselves, at least two levels deep. */
+static void test_fanout_tree(Fixture *f, gconstpointer user) {
+        static const char id[] = "fleet-tree";
+        /* Slow enough that every request arrives while the first streams run. */
+        UpstreamImageOptions o = { .digest = UPSTREAM_DIGEST_SHA256, .rate = 4 * 1024 * 1024 };
+        size_t order[MAX_NODES], n = 8, n_asking = 6;
+        uint64_t redirects = 0, followed = 0, depth = 0;
+        Client c[MAX_NODES];
+
+        add_image(f, id, &o);
+        start_fleet_full(f, n, NULL, NULL, NULL, "FanOut=2\n");
+        rank(f, id, order);
+
+        /* The owner and rank 1 among them: the nodes every asker may ask first (Replicas=2). */
+        for (size_t r = 0; r < n_asking; r++) {
+                g_autofree char *url = g_strdup_printf("%s/images/%s", f->nodes[order[r]].url, id);
+                g_autofree char *name = g_strdup_printf("out-%zu", r);
+                client_start(f, &c[r], name, url, NULL);
+        }
+        for (size_t r = 0; r < n_asking; r++) {
+                client_wait_image(f, &c[r]);
+                assert_cached(f, order[r], id);
+                client_done(&c[r]);
+        }
+        for (size_t r = n_asking; r < n; r++) {
+                assert_not_cached(f, order[r], id);
+                assert_no_partial(f, order[r], id);
+        }
+        g_assert_cmpuint(origin_requests(f, id), ==, 1);
+        for (size_t i = 0; i < n; i++) {
+                g_assert_cmpuint(metric(f, i, "imgcache_fleet_peer_streams_peak"), <=, 2);
+                redirects += metric(f, i, "imgcache_fleet_redirects_given_total");
+                followed += metric(f, i, "imgcache_fleet_redirects_followed_total");
+                depth = MAX(depth, metric(f, i, "imgcache_fleet_tree_depth"));
+        }
+        g_test_message("redirects given %" PRIu64 ", followed %" PRIu64 ", depth %" PRIu64, redirects, followed, depth);
+        /* Five peers asked the owner, which serves two. */
+        g_assert_cmpuint(redirects, >=, 3);
+        g_assert_cmpuint(followed, ==, redirects);
+        g_assert_cmpuint(depth, >=, 2);
+
+        /* Who filled from whom: a node pointed on names its parent, and that parent's. */
+        g_autofree char *tree = ctl(f, order[0], "fleet", id);
+        g_test_message("%s", tree);
+        g_assert_nonnull(strstr(tree, "origin"));
+        g_assert_nonnull(strstr(tree, f->nodes[order[0]].url));
+}
+
+/* FanOut=2: the owner streams to A and X, and points B at A. A dies mid-stream: B goes back to the owner, which
+ * serves it (or points it at the other receiver) from where it stopped, with a Range; B's copy is
+ * byte-exact and nothing of A's is published. */
+static void test_fanout_parent_killed(Fixture *f, gconstpointer user) {
+        static const char id[] = "fleet-parent";
+        UpstreamImageOptions o = { .digest = UPSTREAM_DIGEST_SHA256, .rate = 2 * 1024 * 1024 };
+        size_t order[MAX_NODES];
+        Client ca, cx, cb;
+
+        add_image(f, id, &o);
+        start_fleet_full(f, 4, NULL, NULL, NULL, "FanOut=2\n");
+        rank(f, id, order);
+        size_t owner = order[0], a = order[1], x = order[2], b = order[3];
+
+        /* A, then X: the owner's two streams. B is pointed at the receiver pointed at least, the older: A. */
+        g_autofree char *url_a = g_strdup_printf("%s/images/%s", f->nodes[a].url, id);
+        client_start(f, &ca, "out-a", url_a, NULL);
+        wait_metric(f, owner, "imgcache_fleet_peer_streams_peak", 1);
+        g_autofree char *url_x = g_strdup_printf("%s/images/%s", f->nodes[x].url, id);
+        client_start(f, &cx, "out-x", url_x, NULL);
+        wait_metric(f, owner, "imgcache_fleet_peer_streams_peak", 2);
+        g_autofree char *url_b = g_strdup_printf("%s/images/%s", f->nodes[b].url, id);
+        client_start(f, &cb, "out-b", url_b, NULL);
+        wait_metric(f, a, "imgcache_fleet_served_to_peers_bytes_total", 256 * 1024);
+        g_assert_cmpuint(metric(f, b, "imgcache_fleet_redirects_followed_total"), ==, 1);
+
+        kill_node(f, a);
+        client_wait_image(f, &cb);
+        assert_cached(f, b, id);
+        assert_not_cached(f, a, id);
+        client_wait_image(f, &cx);
+        client_wait(&ca); /* its node died under it */
+
+        g_assert_cmpuint(origin_requests(f, id), ==, 1);
+        g_assert_cmpuint(metric(f, b, "imgcache_fleet_peer_failovers_total"), ==, 1);
+        /* Continued, not started over: every byte came from a peer, once. */
+        g_assert_cmpuint(metric(f, b, "imgcache_fleet_fetched_from_peers_bytes_total"), ==, IMAGE_SIZE);
+        g_assert_cmpuint(metric(f, b, "imgcache_fleet_fetched_from_origin_bytes_total"), ==, 0);
+        client_done(&ca);
+        client_done(&cx);
+        client_done(&cb);
+}
+
+/* FanOut=1, and the owner's one stream goes to a node of the fleet that is down now: the next asker is
+ * pointed there, cannot connect, goes back to the owner, which has nobody else to point at and refuses,
+ * and goes on as without a fan-out: the next candidate (none here), then the origin. */
+static void test_fanout_target_down(Fixture *f, gconstpointer user) {
+        uint16_t dead_port;
+        int dead = test_listen_socket(&dead_port);
+        g_autofree char *dead_url = g_strdup_printf("http://127.0.0.1:%u", dead_port);
+        UpstreamImageOptions o = { .digest = UPSTREAM_DIGEST_SHA256, .rate = 2 * 1024 * 1024 };
+        size_t order[3];
+        char id[32];
+        Client held, c;
+
+        close(dead); /* refused from now on */
+        start_fleet_full(f, 2, NULL, dead_url, NULL, "FanOut=1\n");
+        /* An image both live nodes rank above the dead one: one owns it, the other asks it. */
+        char *urls[] = { f->nodes[0].url, f->nodes[1].url, dead_url };
+        for (unsigned i = 0;; i++) {
+                g_snprintf(id, sizeof(id), "fleet-down-%u", i);
+                fleet_rank(urls, 3, id, order);
+                if (order[2] == 2)
+                        break;
+        }
+        size_t owner = order[0], asker = order[1];
+        add_image(f, id, &o);
+
+        /* The dead node's request, as it made it before it went down. */
+        g_autofree char *owner_url = g_strdup_printf("%s/images/%s", f->nodes[owner].url, id);
+        g_autofree char *as_dead = g_strdup_printf("%s: %s", FLEET_HEADER_PEER, dead_url);
+        client_start_with(f, &held, "out-held", owner_url, as_dead, FLEET_HEADER_TOKEN ": " PEER_TOKEN);
+        wait_metric(f, owner, "imgcache_fleet_peer_streams_peak", 1);
+
+        g_autofree char *url = g_strdup_printf("%s/images/%s", f->nodes[asker].url, id);
+        client_start(f, &c, "out", url, NULL);
+        client_wait_image(f, &c);
+        assert_cached(f, asker, id);
+        g_assert_cmpuint(metric(f, asker, "imgcache_fleet_redirects_followed_total"), ==, 1);
+        g_assert_cmpuint(metric(f, owner, "imgcache_fleet_redirects_given_total"), ==, 1);
+        g_assert_cmpuint(metric(f, owner, "imgcache_fleet_fanout_refused_total"), ==, 1);
+        g_assert_cmpuint(metric(f, owner, "imgcache_fleet_peer_streams_peak"), ==, 1);
+        g_assert_cmpuint(origin_requests(f, id), ==, 2);
+
+        client_wait_image(f, &held);
+        client_done(&held);
+        client_done(&c);
+}
+
+/* Three peers each point every asker at the next one, in a ring. The node follows each pointer once per
+ * source it asks (never back to a node it passed), returns to the source when the ring closes, then goes
+ * on with the next source and finally the origin: a bounded number of requests, and the image. */
+static void test_fanout_loop_guard(Fixture *f, gconstpointer user) {
+        char *urls[G_N_ELEMENTS(f->fakes) + 1];
+        size_t n = G_N_ELEMENTS(f->fakes), order[G_N_ELEMENTS(f->fakes) + 1];
+        g_autoptr(GString) peers = g_string_new(NULL);
+        unsigned asked = 0;
+        char id[32];
+        Client c;
+
+        for (size_t i = 0; i < n; i++) {
+                g_assert_cmpint(upstream_fixture_new(0, &f->fakes[i]), ==, 0);
+                urls[i] = upstream_fixture_url(f->fakes[i], NULL);
+                g_string_append_printf(peers, "%s%s", i ? " " : "", urls[i]);
+        }
+        start_fleet_with(f, 1, NULL, peers->str, NULL);
+        urls[n] = f->nodes[0].url;
+        /* An image the node ranks last for: it asks the first two (Replicas=2) before the origin. */
+        for (unsigned i = 0;; i++) {
+                g_snprintf(id, sizeof(id), "fleet-ring-%u", i);
+                fleet_rank(urls, n + 1, id, order);
+                if (order[n] == n)
+                        break;
+        }
+        g_autofree char *path = g_strdup_printf("/images/%s", id);
+        for (size_t i = 0; i < n; i++) {
+                g_autofree char *next = g_strdup_printf("%s: %s", FLEET_HEADER_REDIRECT, urls[(i + 1) % n]);
+                UpstreamImageOptions o = { .status = 307, .status_header = next };
+                g_assert_cmpint(upstream_fixture_add_image(f->fakes[i], path, f->data, IMAGE_SIZE, &o), ==, 0);
+        }
+        add_image(f, id, NULL);
+
+        g_autofree char *url = g_strdup_printf("%s/images/%s", f->nodes[0].url, id);
+        client_start(f, &c, "out", url, NULL);
+        client_wait_image(f, &c);
+        g_assert_cmpuint(origin_requests(f, id), ==, 1);
+
+        /* Per source: it, the node it points at, the next (which points back at the source: not
+         * followed), and the source again with all three in Via (which points on to a node passed). */
+        for (size_t i = 0; i < n; i++)
+                asked += upstream_fixture_requests(f->fakes[i], path);
+        g_assert_cmpuint(asked, ==, 2 * 4);
+        g_assert_cmpuint(metric(f, 0, "imgcache_fleet_redirects_followed_total"), ==, 2 * 2);
+        for (size_t i = 0; i < n; i++)
+                g_free(urls[i]);
+        client_done(&c);
+}
+
 int main(int argc, char *argv[]) {
         g_test_init(&argc, &argv, NULL);
         g_test_add("/fleet-daemon/one-origin-fetch", Fixture, NULL, fixture_setup, test_one_origin_fetch, fixture_teardown);
@@ -612,5 +848,12 @@ int main(int argc, char *argv[]) {
         g_test_add("/fleet-daemon/config-refused", Fixture, NULL, fixture_setup, test_config_refused, fixture_teardown);
         g_test_add("/fleet-daemon/host-names", Fixture, NULL, fixture_setup, test_host_names, fixture_teardown);
         g_test_add("/fleet-daemon/tls-peer", Fixture, NULL, fixture_setup, test_tls_peer, fixture_teardown);
+        g_test_add("/fleet-daemon/fanout-tree", Fixture, NULL, fixture_setup, test_fanout_tree, fixture_teardown);
+        g_test_add("/fleet-daemon/fanout-parent-killed", Fixture, NULL, fixture_setup, test_fanout_parent_killed,
+                   fixture_teardown);
+        g_test_add("/fleet-daemon/fanout-target-down", Fixture, NULL, fixture_setup, test_fanout_target_down,
+                   fixture_teardown);
+        g_test_add("/fleet-daemon/fanout-loop-guard", Fixture, NULL, fixture_setup, test_fanout_loop_guard,
+                   fixture_teardown);
         return g_test_run();
 }

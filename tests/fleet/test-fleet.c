@@ -86,11 +86,51 @@ static void test_fourth_node_moves_a_quarter(void) {
         g_assert_cmpuint(moved, <, N_IDS * 28 / 100);
 }
 
+/* FanOut=2: two askers are served; the next are pointed at the receivers in turn, the least pointed first
+ * (the older on a tie), never at the asker itself or at a node in its Via; with every receiver excluded the
+ * asker is refused. A released stream makes room again, and images are counted apart. */
+static void test_fanout_admit(void) {
+        FleetFanout *t = fleet_fanout_new(2);
+        FanoutStream *a = NULL, *b = NULL, *s = NULL;
+        const char *node = NULL;
+        char *via_a[] = { "A", NULL }, *via_ab[] = { "A", "B", NULL };
+
+        g_assert_cmpint(fleet_fanout_admit(t, "img", "A", NULL, &a, &node), ==, FANOUT_SERVE);
+        g_assert_cmpint(fleet_fanout_admit(t, "img", "B", NULL, &b, &node), ==, FANOUT_SERVE);
+        g_assert_cmpuint(fleet_fanout_streams(t, "img"), ==, 2);
+
+        g_assert_cmpint(fleet_fanout_admit(t, "img", "C", NULL, &s, &node), ==, FANOUT_REDIRECT);
+        g_assert_cmpstr(node, ==, "A");
+        g_assert_cmpint(fleet_fanout_admit(t, "img", "D", NULL, &s, &node), ==, FANOUT_REDIRECT);
+        g_assert_cmpstr(node, ==, "B");
+        g_assert_cmpint(fleet_fanout_admit(t, "img", "E", via_a, &s, &node), ==, FANOUT_REDIRECT);
+        g_assert_cmpstr(node, ==, "B");
+        g_assert_cmpint(fleet_fanout_admit(t, "img", "B", via_a, &s, &node), ==, FANOUT_REFUSE);
+        g_assert_cmpint(fleet_fanout_admit(t, "img", "F", via_ab, &s, &node), ==, FANOUT_REFUSE);
+
+        /* Another image has streams of its own. */
+        g_assert_cmpint(fleet_fanout_admit(t, "other", "C", NULL, &s, &node), ==, FANOUT_SERVE);
+        fleet_fanout_release(t, s);
+        g_assert_cmpuint(fleet_fanout_streams(t, "other"), ==, 0);
+
+        fleet_fanout_release(t, a);
+        g_assert_cmpint(fleet_fanout_admit(t, "img", "C", NULL, &a, &node), ==, FANOUT_SERVE);
+        const FanoutStats *st = fleet_fanout_stats(t);
+        g_assert_cmpuint(st->streams_peak, ==, 2);
+        g_assert_cmpuint(st->redirects_given, ==, 3);
+        g_assert_cmpuint(st->refused, ==, 2);
+        fleet_fanout_release(t, a);
+        fleet_fanout_release(t, b);
+        g_assert_cmpuint(fleet_fanout_streams(t, "img"), ==, 0);
+        fleet_fanout_free(t);
+}
+
 int main(int argc, char *argv[]) {
         g_test_init(&argc, &argv, NULL);
         g_test_add_func("/fleet/rank/permutation", test_rank_is_a_permutation);
         g_test_add_func("/fleet/rank/list-order", test_rank_ignores_list_order);
         g_test_add_func("/fleet/rank/even-shares", test_shares_are_even);
         g_test_add_func("/fleet/rank/fourth-node-moves-a-quarter", test_fourth_node_moves_a_quarter);
+        g_test_add_func("/fleet/fanout/admit", test_fanout_admit);
         return g_test_run();
 }

@@ -396,7 +396,7 @@ FleetQuery *fleet_query_free(FleetQuery *q) {
         return NULL;
 }
 
-/* No pass-through here: the scripted fetcher has no upstream to pass to (test-http-glance has the real one). */
+/* No pass-through here: the scripted fetcher has no upstream to pass to (tests/glance has the real one). */
 int fetcher_wait_address(Fetcher *fe, void (*ready)(Fetcher *fe, int error, void *userdata), void *userdata,
                          FetcherAddressWait **ret) {
         *ret = NULL;
@@ -413,4 +413,44 @@ int fetcher_exchange(Fetcher *fe, UpstreamExchange *x) {
 
 const char *fetcher_upstream_url(const Fetcher *fe) {
         return NULL;
+}
+
+/* A peer's request (http-peer.c): never made here, as no request carries the peer secret of a fleet. */
+const char *fleet_self(const Fleet *f) {
+        assert(false);
+        return NULL;
+}
+
+char *fleet_path_of(const Fleet *f, const char *id) {
+        assert(false);
+        return NULL;
+}
+
+const char *fill_peer_path(const Fill *f) {
+        return NULL;
+}
+
+FleetFanout *fleet_fanout(const Fleet *f) {
+        assert(false);
+        return NULL;
+}
+
+FanoutVerdict fleet_fanout_admit(FleetFanout *t, const char *id, const char *asker, char *const *via,
+                                 FanoutStream **ret_stream, const char **ret_node) {
+        assert(false);
+        return FANOUT_REFUSE;
+}
+
+void fleet_fanout_release(FleetFanout *t, FanoutStream *s) {
+        assert(!s);
+}
+
+char **fleet_split_nodes(const char *list) {
+        assert(false);
+        return NULL;
+}
+
+bool fleet_nodes_contain(char *const *nodes, const char *node) {
+        assert(false);
+        return false;
 }

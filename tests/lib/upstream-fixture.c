@@ -45,6 +45,7 @@ struct Entry {
         UpstreamImageOptions opts;
         unsigned gets;          /* GETs answered, for fail_first */
         char *etag;
+        char *status_header;  /* opts.status_header, owned */
         pthread_mutex_t hash_lock;
         bool hashed;
         Checksum md5, sha256, sha512;
@@ -135,6 +136,7 @@ static void entry_free(UpstreamFixture *fx, Entry *e) {
                 if (e->fd >= 0)
                         close(e->fd);
                 free(e->etag);
+                free(e->status_header);
                 pthread_mutex_destroy(&e->hash_lock);
         }
         free(e);
@@ -148,12 +150,12 @@ static void entry_unref(UpstreamFixture *fx, Entry *e) {
 
 static int entry_apply_options(Entry *e, const UpstreamImageOptions *o) {
         UpstreamImageOptions opts = o ? *o : (UpstreamImageOptions) {};
-        char *etag = NULL;
+        char *etag = NULL, *status_header = NULL;
 
-        if (opts.etag) {
-                etag = strdup(opts.etag);
-                if (!etag)
-                        return -ENOMEM;
+        if ((opts.etag && !(etag = strdup(opts.etag))) ||
+            (opts.status_header && !(status_header = strdup(opts.status_header)))) {
+                free(etag);
+                return -ENOMEM;
         }
         if (opts.short_by > e->size)
                 opts.short_by = e->size;
@@ -164,6 +166,7 @@ static int entry_apply_options(Entry *e, const UpstreamImageOptions *o) {
                 body = malloc(body_size ? body_size : 1);
                 if (!body) {
                         free(etag);
+                        free(status_header);
                         return -ENOMEM;
                 }
                 memcpy(body, e->data, e->size - opts.short_by);
@@ -176,11 +179,14 @@ static int entry_apply_options(Entry *e, const UpstreamImageOptions *o) {
         if (e->body != e->data)
                 free(e->body);
         free(e->etag);
+        free(e->status_header);
         e->body = body;
         e->body_size = body_size;
         e->etag = etag;
+        e->status_header = status_header;
         e->opts = opts;
         e->opts.etag = e->etag;
+        e->opts.status_header = e->status_header;
         return 0;
 }
 
@@ -403,13 +409,19 @@ static Entry *lookup_entry(UpstreamFixture *fx, const char *path) {
 
 /* ---- responses ---------------------------------------------------------------------------------- */
 
-static enum MHD_Result respond_status(struct MHD_Connection *c, unsigned status) {
+static enum MHD_Result respond_status(struct MHD_Connection *c, unsigned status, const char *header) {
         char text[64];
         int n = snprintf(text, sizeof(text), "status %u\n", status);
         struct MHD_Response *resp = MHD_create_response_from_buffer((size_t) n, text, MHD_RESPMEM_MUST_COPY);
         if (!resp)
                 return MHD_NO;
         MHD_add_response_header(resp, "Content-Type", "text/plain");
+        const char *colon = header ? strchr(header, ':') : NULL;
+        if (colon) {
+                char name[128];
+                (void) snprintf(name, sizeof(name), "%.*s", (int) (colon - header), header);
+                MHD_add_response_header(resp, name, colon + 1 + strspn(colon + 1, " "));
+        }
         enum MHD_Result ret = MHD_queue_response(c, status, resp);
         MHD_destroy_response(resp);
         return ret;
@@ -421,7 +433,7 @@ static void json_set_or_null(json_t *o, const char *key, const char *value) {
 
 static enum MHD_Result respond_record(struct MHD_Connection *c, Entry *rec) {
         if (rec->glance.record_status)
-                return respond_status(c, rec->glance.record_status);
+                return respond_status(c, rec->glance.record_status, NULL);
 
         Entry *img = rec->image;
         entry_hash(img);
@@ -657,7 +669,7 @@ static enum MHD_Result respond_image(UpstreamFixture *fx, struct MHD_Connection 
                                      bool head, Request **ret_request) {
         const UpstreamImageOptions opts = request_options(fx, e, head), *o = &opts;
         if (o->status)
-                return respond_status(c, o->status);
+                return respond_status(c, o->status, o->status_header);
 
         const char *range = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Range");
         const char *if_range = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "If-Range");
@@ -784,13 +796,13 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         bool head = streq_ptr(method, "HEAD");
         Request *rq = NULL;
         if (!streq_ptr(method, "GET") && !head)
-                ret = respond_status(c, MHD_HTTP_METHOD_NOT_ALLOWED);
+                ret = respond_status(c, MHD_HTTP_METHOD_NOT_ALLOWED, NULL);
         else if (!token_ok)
-                ret = respond_status(c, MHD_HTTP_UNAUTHORIZED);
+                ret = respond_status(c, MHD_HTTP_UNAUTHORIZED, NULL);
         else if (!e)
-                ret = respond_status(c, MHD_HTTP_NOT_FOUND);
+                ret = respond_status(c, MHD_HTTP_NOT_FOUND, NULL);
         else if (hidden)
-                ret = respond_status(c, hidden_status);
+                ret = respond_status(c, hidden_status, NULL);
         else if (e->kind == ENTRY_RECORD)
                 ret = respond_record(c, e);
         else

@@ -46,6 +46,7 @@ typedef enum UpstreamRange {
  * Byte positions count bytes of the body sent in this response (not offsets in the image). */
 typedef struct UpstreamImageOptions {
         unsigned status;           /* 0: serve the image; else answer with this status (404, 500, 401…) */
+        const char *status_header; /* with status: one more header, "Name: value" (a redirect's Location…) */
         bool no_content_length;    /* chunked transfer encoding instead of Content-Length */
         UpstreamDigest digest;     /* digest header, computed over the true image */
         const char *etag;          /* sent as ETag (quote it yourself) and compared with If-Range; NULL: none */

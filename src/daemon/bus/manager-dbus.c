@@ -267,11 +267,13 @@ static int method_get_image(sd_bus_message *message, void *userdata, sd_bus_erro
         return sd_bus_send(NULL, reply, NULL);
 }
 
-/* GetImageNodes: asks the fleet (fleet_query_holders), answers when every node did or timed out. */
+/* GetImageNodes, GetImageSources: ask the fleet (fleet_query_holders), answer when every node did or timed
+ * out. */
 typedef struct NodesCall {
         Manager *manager;
         sd_bus_message *message;
         FleetQuery *query;
+        bool sources;        /* GetImageSources: each holder with the path its copy came through */
 } NodesCall;
 
 void manager_nodes_call_free(NodesCall *call) {
@@ -281,17 +283,29 @@ void manager_nodes_call_free(NodesCall *call) {
         free(call);
 }
 
-static void on_image_nodes(char *const *holders, void *userdata) {
+/* (node, the nodes its copy came through, parent first: "" from the origin, "?" when it did not say). */
+static int append_sources(sd_bus_message *reply, char *const *holders, char *const *paths) {
+        int r = sd_bus_message_open_container(reply, 'a', "(ss)");
+        for (size_t i = 0; r >= 0 && holders[i]; i++) {
+                const char *rest = strchr(paths[i], ' ');
+                r = sd_bus_message_append(reply, "(ss)", holders[i], rest ? rest + 1 : *paths[i] ? "" : "?");
+        }
+        return r < 0 ? r : sd_bus_message_close_container(reply);
+}
+
+static void on_image_nodes(char *const *holders, char *const *paths, void *userdata) {
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
         NodesCall *call = userdata;
 
         int r = sd_bus_message_new_method_return(call->message, &reply);
-        if (r >= 0)
+        if (r >= 0 && call->sources)
+                r = append_sources(reply, holders, paths);
+        else if (r >= 0)
                 r = sd_bus_message_append_strv(reply, (char **) holders);
         if (r >= 0)
                 r = sd_bus_send(NULL, reply, NULL);
         if (r < 0)
-                log_warning_errno(r, "Cannot answer GetImageNodes: %m");
+                log_warning_errno(r, "Cannot answer %s: %m", sd_bus_message_get_member(call->message));
         manager_nodes_call_free(call);
 }
 
@@ -309,7 +323,8 @@ static int method_get_image_nodes(sd_bus_message *message, void *userdata, sd_bu
         NodesCall *call = calloc(1, sizeof(NodesCall));
         if (!call)
                 return -ENOMEM;
-        *call = (NodesCall) { .manager = m, .message = sd_bus_message_ref(message) };
+        *call = (NodesCall) { .manager = m, .message = sd_bus_message_ref(message),
+                              .sources = streq(sd_bus_message_get_member(message), "GetImageSources") };
         m->nodes_calls = g_list_prepend(m->nodes_calls, call);
         r = fleet_query_holders(m->fleet, fetcher_curl(m->fetcher), m->cache, id, on_image_nodes, call, &call->query);
         if (r < 0) {
@@ -813,6 +828,8 @@ const sd_bus_vtable manager_vtable[] = {
         SD_BUS_METHOD_WITH_ARGS("ListPins", SD_BUS_NO_ARGS, SD_BUS_RESULT("a(sus)", pins),
                                 method_list_pins, SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_METHOD_WITH_ARGS("GetImageNodes", SD_BUS_ARGS("s", id), SD_BUS_RESULT("as", nodes),
+                                method_get_image_nodes, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("GetImageSources", SD_BUS_ARGS("s", id), SD_BUS_RESULT("a(ss)", sources),
                                 method_get_image_nodes, SD_BUS_VTABLE_UNPRIVILEGED),
 
         SD_BUS_SIGNAL_WITH_ARGS("ImageCached", SD_BUS_ARGS("s", id, "t", size), 0),

@@ -104,6 +104,8 @@ typedef struct FleetCounters {
         uint64_t bytes_from_origin;   /* image bytes that came from the upstream */
         uint64_t fills_from_peers;    /* images kept that a peer supplied: origin fetches saved */
         uint64_t peer_failovers;      /* a peer failed and the fill went on with the next source */
+        uint64_t redirects_followed;  /* a peer at its FanOut= pointed a fill at another node, which it asked */
+        unsigned tree_depth;          /* the longest path of peers an image came through (1: from the owner) */
 } FleetCounters;
 const FleetCounters *fetcher_fleet_counters(const Fetcher *fe);
 CurlLoop *fetcher_curl(const Fetcher *fe);
@@ -148,6 +150,11 @@ int fill_error(const Fill *f);                 /* 0 unless FAILED/CANCELLED */
 const char *fill_error_message(const Fill *f); /* NULL unless FAILED/CANCELLED */
 bool fill_kept(const Fill *f);                 /* DONE and stored (false: streamed through, too large) */
 bool fill_from_peer(const Fill *f);            /* the image's bytes are asked of a peer now, not the origin */
+/* The node the image's bytes are asked of now: a peer's URL, or NULL for the origin. */
+const char *fill_peer(const Fill *f);
+/* The nodes the image's bytes come through once its headers are accepted, the parent first ("a b");
+ * NULL when they come from the origin. */
+const char *fill_peer_path(const Fill *f);
 usec_t fill_started_usec(const Fill *f);       /* CLOCK_MONOTONIC when the fill was created */
 /* The image's response headers were accepted and its bytes can be read (fill_pread()), or the fill
  * ended: what a reader waits for before it decides its response. on_headers and on_finished tell of it. */

@@ -13,7 +13,7 @@
 #include "fill-internal.h"
 
 #define FETCH_BUFFER_SIZE (512L * 1024L)
-#define HEADER_VALUE_MAX 1024 /* nothing we parse is that long */
+#define HEADER_VALUE_MAX 4096 /* nothing we parse is that long (a peer path: FLEET_MAX_HOPS URLs) */
 
 typedef struct CurlTransfer {
         CurlTask task;
@@ -21,7 +21,7 @@ typedef struct CurlTransfer {
         CURL *easy;
         struct curl_slist *request_headers;
         char error[CURL_ERROR_SIZE];
-        char *etag, *content_md5, *digest, *repr_digest, *content_range;
+        char *etag, *content_md5, *digest, *repr_digest, *content_range, *peer_redirect, *peer_path;
         bool headers_delivered;
         bool skipping;           /* the fill does not want this body */
 } CurlTransfer;
@@ -32,7 +32,10 @@ static void response_headers_reset(CurlTransfer *t) {
         free(t->digest);
         free(t->repr_digest);
         free(t->content_range);
+        free(t->peer_redirect);
+        free(t->peer_path);
         t->etag = t->content_md5 = t->digest = t->repr_digest = t->content_range = NULL;
+        t->peer_redirect = t->peer_path = NULL;
 }
 
 static void transfer_free(CurlTransfer *t) {
@@ -86,6 +89,8 @@ static size_t on_curl_header(char *buffer, size_t size, size_t nitems, void *use
                 { "Digest", offsetof(CurlTransfer, digest) },
                 { "Repr-Digest", offsetof(CurlTransfer, repr_digest) },
                 { "Content-Range", offsetof(CurlTransfer, content_range) },
+                { FLEET_HEADER_REDIRECT, offsetof(CurlTransfer, peer_redirect) },
+                { FLEET_HEADER_PATH, offsetof(CurlTransfer, peer_path) },
         };
         for (size_t i = 0; i < ELEMENTSOF(wanted); i++) {
                 const char *v;
@@ -112,6 +117,8 @@ static FillIntake deliver_headers(CurlTransfer *t) {
                 .digest = t->digest,
                 .repr_digest = t->repr_digest,
                 .content_range = t->content_range,
+                .peer_redirect = t->peer_redirect,
+                .peer_path = t->peer_path,
                 .content_length = UINT64_MAX,
         };
         char *scheme = NULL, *effective = NULL, *location = NULL;
@@ -230,6 +237,8 @@ static int request_headers(CurlTransfer *t, const FillRequest *r) {
                 k = transport_header_addf(h, "%s: %s", FLEET_HEADER_PEER, r->peer_self);
         if (k >= 0 && r->peer_self)
                 k = transport_header_addf(h, "%s: %s", FLEET_HEADER_TOKEN, r->peer_token);
+        if (k >= 0 && r->peer_via)
+                k = transport_header_addf(h, "%s: %s", FLEET_HEADER_VIA, r->peer_via);
         return k;
 }
 

@@ -79,6 +79,7 @@ typedef struct FillRequest {
         uint64_t max_body;       /* refuse a body larger than this; UINT64_MAX: no bound */
         const char *peer_self;   /* a peer's request: our URL (the loop guard) and the peer secret */
         const char *peer_token;
+        const char *peer_via;    /* a peer's request after a redirect (FLEET_HEADER_VIA), else NULL */
 } FillRequest;
 
 /* What the transport saw of a response when its body starts (or it ends without one). Borrowed. */
@@ -88,6 +89,7 @@ typedef struct FillResponse {
         const char *effective_url;
         const char *location;      /* of a 3xx, absolute */
         const char *etag, *content_md5, *digest, *repr_digest, *content_range;
+        const char *peer_redirect, *peer_path; /* a peer's FLEET_HEADER_REDIRECT and FLEET_HEADER_PATH */
 } FillResponse;
 
 /* What the transport does with the bytes it was offered. */
@@ -137,6 +139,12 @@ struct Fill {
         FetchFlags flags;
         char **sources;          /* base URLs of peers; NULL: none */
         size_t source;           /* the one asked now; == the number of sources: the origin */
+        char *peer_node;         /* a node sources[source] pointed at (fan-out), asked instead of it; NULL */
+        char *next_peer;         /* REDIRECTED by a peer: the node to ask next */
+        char **via;              /* since sources[source] was first asked: the nodes that pointed us on or
+                                  * failed us there (FLEET_HEADER_VIA; a request with one never starts a fill) */
+        unsigned hops;           /* redirects of peers followed since then (FLEET_MAX_HOPS) */
+        char *peer_path;         /* the peer whose bytes we take and its own path (FLEET_HEADER_PATH) */
         bool switched;           /* a source failed after admission: the next continues the partial file */
         uint64_t switched_total; /* the length subscribers were promised before the switch */
         sd_event_source *first_byte; /* a peer must answer within PeerTimeoutSec= */
@@ -287,6 +295,7 @@ void fill_on_transfer_end(Fill *f, int error, const char *message);
 typedef enum ResponseVerdict {
         VERDICT_BODY,       /* the record's or the image's body follows */
         VERDICT_REDIRECT,   /* follow response->location */
+        VERDICT_PEER,       /* a peer at its FanOut= points at another node (f->next_peer set) */
         VERDICT_RESTART,    /* not the continuation asked for: download the whole image */
         VERDICT_REAUTH,     /* 401 to our token: ask again if TokenFile= now holds another (f->refusal set) */
         VERDICT_ERROR,      /* fill_abort() was called */

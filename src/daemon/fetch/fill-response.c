@@ -11,7 +11,33 @@
 #include "fill-internal.h"
 #include "log.h"
 
+/* A peer at its FanOut= names another node: followed only to a node of the fleet that this fill was not
+ * pointed away from or failed by, and at most FLEET_MAX_HOPS times; anything else counts as that peer
+ * failing, so the fill goes on as it would without a fan-out. */
+static ResponseVerdict judge_peer_redirect(Fill *f, const FillResponse *r) {
+        Fleet *fleet = f->fetcher->fleet;
+        const char *to = r->peer_redirect;
+
+        if (!fleet || !fleet_is_peer(fleet, to) || streq(to, fill_peer(f)) || fleet_nodes_contain(f->via, to)) {
+                fill_abort(f, -EPROTO, "Peer %s pointed %s at %s, which is not a node to ask", fill_peer(f), f->id, to);
+                return VERDICT_ERROR;
+        }
+        if (f->hops >= FLEET_MAX_HOPS) {
+                fill_abort(f, -EPROTO, "Peers pointed %s on %u times", f->id, f->hops);
+                return VERDICT_ERROR;
+        }
+        free(f->next_peer);
+        f->next_peer = strdup(to);
+        if (!f->next_peer) {
+                fill_abort(f, -ENOMEM, "Out of memory");
+                return VERDICT_ERROR;
+        }
+        return VERDICT_PEER;
+}
+
 static ResponseVerdict judge_redirect(Fill *f, const FillResponse *r) {
+        if (r->peer_redirect && fill_from_peer(f))
+                return judge_peer_redirect(f, r);
         if (!r->location) {
                 fill_abort(f, -EPROTO, "Upstream answered %ld without a Location for %s", r->status, f->id);
                 return VERDICT_ERROR;
@@ -45,7 +71,7 @@ static ResponseVerdict judge_status(Fill *f, const FillResponse *r) {
                 return VERDICT_REAUTH;
         } else if ((status == 401 || status == 403) && fill_from_peer(f))
                 fill_abort(f, -EPROTO, "Peer %s refused access to %s (HTTP %ld); check PeerTokenFile=",
-                               f->sources[f->source], f->id, status);
+                               fill_peer(f), f->id, status);
         else if (status == 401 || status == 403)
                 fill_abort(f, -EPROTO, "Upstream refused access to %s (HTTP %ld from %s); check %s",
                                f->id, status, strempty(shown), fetcher_credentials_hint(f->fetcher));

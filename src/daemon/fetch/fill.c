@@ -7,6 +7,7 @@
  *
  *   WAITING ──slot──→ REQUESTING ──Glance record──→ READING_RECORD ──end──→ REQUESTING (the image)
  *                        │ ↑ 3xx: REDIRECTED ──end──┘ (the next request, same phase)
+ *                        │ ↑ a peer at its FanOut= names a node: REDIRECTED ──end──┘ (that node, with Via)
  *                        │ ↑ 416, a 206 that is not our continuation: RESTARTING ──end──┘ (whole image)
  *                        │ ↑ 401 to our token: REAUTHENTICATING ──end, TokenFile= holds another──┘ (once)
  *                        ↓ image headers
@@ -19,7 +20,8 @@
  *   every step ──error, cancel──→ FAILED / CANCELLED                                                  DONE
  *       inside the transport's callbacks: ABORTING (ABORTING_BODY) ──end of the transfer──┘
  *       while a worker holds the write (REHASHING): FAILING ──worker done──┘
- *       a peer's failure: REQUESTING at the next source instead (fill_try_next_source)
+ *       a peer's failure: REQUESTING at the next source instead (fill_try_next_source), or, when the
+ *       peer was one we were pointed at, at the source that pointed us there again
  *
  * fill_set_state() is the one place the step changes; it schedules news for subscribers when the state
  * they see (FillState) changes. An error is a transition, never a field left for someone to check:
@@ -214,6 +216,16 @@ bool fill_from_peer(const Fill *f) {
         return f->phase == PHASE_IMAGE && f->sources && f->sources[f->source];
 }
 
+const char *fill_peer(const Fill *f) {
+        if (!fill_from_peer(f))
+                return NULL;
+        return f->peer_node ?: f->sources[f->source];
+}
+
+const char *fill_peer_path(const Fill *f) {
+        return f->peer_path;
+}
+
 usec_t fill_started_usec(const Fill *f) {
         return f->started_usec;
 }
@@ -271,6 +283,7 @@ static void fill_stall_watch(Fill *f) {
 static int fill_request(Fill *f, const char *url) {
         Fetcher *fe = f->fetcher;
         bool peer = fill_from_peer(f);
+        _cleanup_(freep) char *via = peer && f->via ? g_strjoinv(" ", f->via) : NULL;
         uint64_t fs_size;
 
         if (!f->phase_url) {
@@ -296,6 +309,7 @@ static int fill_request(Fill *f, const char *url) {
                 .max_body = UPSTREAM_RECORD_MAX,
                 .peer_self = peer ? fleet_self(fe->fleet) : NULL,
                 .peer_token = peer ? fleet_token(fe->fleet) : NULL,
+                .peer_via = via,
         };
         /* Nothing larger than the filesystem can be written, streamed or not. */
         if (f->phase == PHASE_IMAGE)
@@ -339,11 +353,16 @@ static int fill_start_phase(Fill *f, FillPhase phase) {
         if (phase == PHASE_RECORD)
                 r = upstream_record_url(fe->url, f->id, &url);
         else if (fill_from_peer(f))
-                r = asprintf(&url, "%s/images/%s", f->sources[f->source], f->id) < 0 ? -ENOMEM : 0;
+                r = asprintf(&url, "%s/images/%s", fill_peer(f), f->id) < 0 ? -ENOMEM : 0;
         else
                 r = upstream_image_url(fe->kind, fe->url, f->id, &url);
-        if (phase == PHASE_IMAGE)
+        if (phase == PHASE_IMAGE) {
                 fill_prepare_resume(f);
+                /* The peer asked is on our path from now: the loop guard holds before its answer comes
+                 * (fill_note_path() puts its whole path in once it does). */
+                free(f->peer_path);
+                f->peer_path = fill_from_peer(f) ? strdup(fill_peer(f)) : NULL;
+        }
         if (r < 0)
                 return fill_fail(f, r, "Cannot build the upstream URL of %s", f->id);
         return fill_request(f, url);
@@ -361,6 +380,18 @@ void fill_start(Fill *f) {
 
 static int on_admit(sd_event_source *s, void *userdata);
 
+/* Where the bytes come from: the peer and the path it named (an older node names none: itself then). */
+static void fill_note_path(Fill *f, const FillResponse *r) {
+        Fetcher *fe = f->fetcher;
+
+        f->peer_path = mfree(f->peer_path);
+        if (!fill_from_peer(f))
+                return;
+        f->peer_path = strdup(r->peer_path ?: fill_peer(f)); /* NULL on OOM: only the loop guard is weaker */
+        g_auto(GStrv) path = fleet_split_nodes(f->peer_path);
+        fe->fleet_counters.tree_depth = MAX(fe->fleet_counters.tree_depth, path ? g_strv_length(path) : 1);
+}
+
 static FillIntake fill_accept_image(Fill *f, const FillResponse *r) {
         if (f->switched && f->body_offset != f->resume_offset)
                 return fill_abort(f, -EPROTO, "%s cannot continue %s at byte %" PRIu64, f->request_url, f->id,
@@ -374,6 +405,7 @@ static FillIntake fill_accept_image(Fill *f, const FillResponse *r) {
         /* After a switch the digest stays the one chosen first: a later source may not change it. */
         if (!f->has_expected)
                 fill_choose_expected(f, r);
+        fill_note_path(f, r);
         /* Making room and opening files is I/O: on the loop, while the transfer is held. */
         fill_set_state(f, STEP_ADMITTING);
         (void) sd_event_source_set_enabled(f->admit, SD_EVENT_ONESHOT);
@@ -391,6 +423,9 @@ FillIntake fill_on_headers(Fill *f, const FillResponse *r) {
                 f->next_url = strdup(r->location);
                 if (!f->next_url)
                         return fill_abort(f, -ENOMEM, "Out of memory");
+                fill_set_state(f, STEP_REDIRECTED);
+                return INTAKE_SKIPPED;
+        case VERDICT_PEER:
                 fill_set_state(f, STEP_REDIRECTED);
                 return INTAKE_SKIPPED;
         case VERDICT_RESTART:
@@ -727,7 +762,35 @@ static void fill_take_record_end(Fill *f) {
         }
 }
 
+/* Adds node to f->via (the nodes no peer may point this fill at, from now on). */
+static void fill_add_via(Fill *f, const char *node) {
+        size_t n = f->via ? g_strv_length(f->via) : 0;
+
+        if (fleet_nodes_contain(f->via, node))
+                return;
+        f->via = g_renew(char *, f->via, n + 2);
+        f->via[n] = g_strdup(node);
+        f->via[n + 1] = NULL;
+}
+
+/* A peer at its FanOut= pointed at another node: ask that one, which streams from its own fill. The
+ * request names the nodes passed (Via), so it never starts a fill there, nor is pointed back. */
+static void fill_follow_peer(Fill *f) {
+        _cleanup_(freep) char *to = TAKE_PTR(f->next_peer);
+
+        log_image(LOG_DEBUG, NULL, f->id, "Peer %s serves enough nodes with %s; asking %s", fill_peer(f), f->id, to);
+        fill_add_via(f, fill_peer(f));
+        free_and_replace(f->peer_node, to);
+        f->hops++;
+        f->fetcher->fleet_counters.redirects_followed++;
+        (void) fill_start_phase(f, PHASE_IMAGE);
+}
+
 static void fill_follow_redirect(Fill *f) {
+        if (f->next_peer) {
+                fill_follow_peer(f);
+                return;
+        }
         _cleanup_(freep) char *to = TAKE_PTR(f->next_url);
         f->redirects++;
         (void) fill_request(f, to);
@@ -850,6 +913,8 @@ static void fill_keep(Fill *f) {
         f->kept = true; /* the cache's observer logs "Cached" */
         if (fill_from_peer(f))
                 fe->fleet_counters.fills_from_peers++;
+        if (fe->fleet)
+                fleet_note_filled(fe->fleet, f->id, f->peer_path);
 
         /* Images written concurrently may have pushed the cache over MaxSize; the newest is used last. */
         uint64_t cap;
@@ -925,7 +990,9 @@ static bool fill_try_next_source(Fill *f) {
         if (f->too_large && f->bytes_written > 0)
                 return false; /* what was streamed is gone: there is no partial file to continue */
 
-        const char *next = f->sources[f->source + 1];
+        /* A node we were pointed at failed us: back to the one that pointed us there, which points
+         * elsewhere (or serves) now that it is in Via; else the next source, as without a fan-out. */
+        const char *next = f->peer_node ? f->sources[f->source] : f->sources[f->source + 1];
         log_image(LOG_WARNING, NULL, f->id, "%s; going on with %s", f->error_message ?: "The peer failed",
                   next ?: "the upstream");
         if (f->transfer)
@@ -947,7 +1014,15 @@ static bool fill_try_next_source(Fill *f) {
         f->error = 0;
         f->error_message = mfree(f->error_message);
         fe->fleet_counters.peer_failovers++;
-        f->source++;
+        if (f->peer_node) {
+                fill_add_via(f, f->peer_node);
+                f->peer_node = mfree(f->peer_node);
+        } else {
+                f->source++;
+                g_strfreev(f->via);
+                f->via = NULL;
+                f->hops = 0;
+        }
         (void) fill_start_phase(f, PHASE_IMAGE); /* fails on by itself */
         return true;
 }
@@ -1042,7 +1117,7 @@ static int on_first_byte_timeout(sd_event_source *s, uint64_t usec, void *userda
         if (f->step != STEP_REQUESTING || fill_is_final(f))
                 return 0;
         fill_ref(f);
-        fill_fail(f, -ETIMEDOUT, "Peer %s sent no response for %s within PeerTimeoutSec=", f->sources[f->source],
+        fill_fail(f, -ETIMEDOUT, "Peer %s sent no response for %s within PeerTimeoutSec=", fill_peer(f),
                   f->id);
         fill_unref(f);
         return 0;
@@ -1107,6 +1182,10 @@ Fill *fill_unref(Fill *f) {
         sd_event_source_disable_unref(f->first_byte);
         sd_event_source_disable_unref(f->stall);
         g_strfreev(f->sources);
+        g_strfreev(f->via);
+        free(f->peer_node);
+        free(f->next_peer);
+        free(f->peer_path);
         free(f->next_url);
         free(f->request_url);
         free(f->refusal);

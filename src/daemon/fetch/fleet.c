@@ -12,6 +12,7 @@
 
 #include "fleet.h"
 #include "log.h"
+#include "upstream.h"
 #include "util.h"
 #include "worker.h"
 
@@ -25,6 +26,8 @@ struct Fleet {
         usec_t peer_timeout, resolve_interval;
         const TransportSettings *transport; /* the Fetcher's */
         bool has_names;        /* some of Peers= are host names: resolve them, and again later */
+        FleetFanout *fanout;
+        GHashTable *filled;    /* id → path (fleet_note_filled) */
 
         sd_event_source *resolve_timer;
         Worker *resolver;
@@ -85,6 +88,123 @@ char **fleet_sources(const Fleet *f, const char *id) {
         }
         g_ptr_array_add(v, NULL);
         return (char **) g_ptr_array_free(v, FALSE);
+}
+
+/* ---- the fan-out ------------------------------------------------------------------------------------ */
+
+static char *node_normalize(const char *url);
+
+struct FanoutStream {
+        GPtrArray *image;      /* the FanoutImage's streams, this one among them */
+        const char *id;        /* the table's key */
+        char *asker;
+        unsigned pointed;      /* askers pointed at this stream's node so far */
+};
+
+struct FleetFanout {
+        unsigned fanout;
+        GHashTable *images;    /* id → GPtrArray of FanoutStream*, oldest first; only images being served */
+        FanoutStats stats;
+};
+
+FleetFanout *fleet_fanout_new(unsigned fanout) {
+        FleetFanout *t = g_new0(FleetFanout, 1);
+        t->fanout = MAX(fanout, 1u);
+        t->images = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, (GDestroyNotify) g_ptr_array_unref);
+        return t;
+}
+
+static void fanout_stream_free(FanoutStream *s) {
+        g_free(s->asker);
+        g_free(s);
+}
+
+FleetFanout *fleet_fanout_free(FleetFanout *t) {
+        if (!t)
+                return NULL;
+        g_hash_table_destroy(t->images); /* streams still counted go with it: their requests are gone too */
+        g_free(t);
+        return NULL;
+}
+
+bool fleet_nodes_contain(char *const *nodes, const char *node) {
+        for (char *const *n = nodes; n && *n; n++)
+                if (streq(*n, node))
+                        return true;
+        return false;
+}
+
+char **fleet_split_nodes(const char *list) {
+        if (isempty(list))
+                return NULL;
+        g_auto(GStrv) words = g_strsplit_set(list, " \t", -1);
+        GPtrArray *v = g_ptr_array_new();
+        for (char **w = words; *w && v->len < FLEET_MAX_HOPS; w++)
+                if (!isempty(*w))
+                        g_ptr_array_add(v, node_normalize(*w));
+        g_ptr_array_add(v, NULL);
+        return (char **) g_ptr_array_free(v, FALSE);
+}
+
+FanoutVerdict fleet_fanout_admit(FleetFanout *t, const char *id, const char *asker, char *const *via,
+                                 FanoutStream **ret_stream, const char **ret_node) {
+        GPtrArray *streams = NULL;
+        FanoutStream *best = NULL;
+        gpointer key;
+
+        if (!g_hash_table_lookup_extended(t->images, id, &key, (gpointer *) &streams)) {
+                key = g_strdup(id);
+                streams = g_ptr_array_new_with_free_func((GDestroyNotify) fanout_stream_free);
+                g_hash_table_insert(t->images, key, streams);
+        }
+        if (streams->len < t->fanout) {
+                FanoutStream *s = g_new0(FanoutStream, 1);
+                *s = (FanoutStream) { .image = streams, .id = key, .asker = g_strdup(asker) };
+                g_ptr_array_add(streams, s);
+                t->stats.streams_peak = MAX(t->stats.streams_peak, streams->len);
+                *ret_stream = s;
+                return FANOUT_SERVE;
+        }
+        /* Never the asker itself, nor a node it was pointed away from or that failed it: that is what
+         * keeps redirects from running in a circle. */
+        for (guint i = 0; i < streams->len; i++) {
+                FanoutStream *s = streams->pdata[i];
+                if (streq(s->asker, asker) || fleet_nodes_contain(via, s->asker))
+                        continue;
+                if (!best || s->pointed < best->pointed)
+                        best = s;
+        }
+        if (!best) {
+                t->stats.refused++;
+                return FANOUT_REFUSE;
+        }
+        best->pointed++;
+        t->stats.redirects_given++;
+        *ret_node = best->asker;
+        return FANOUT_REDIRECT;
+}
+
+void fleet_fanout_release(FleetFanout *t, FanoutStream *s) {
+        if (!s)
+                return;
+        GPtrArray *streams = s->image;
+        const char *id = s->id;
+        g_ptr_array_remove(streams, s); /* frees s, keeps the others oldest first */
+        if (streams->len == 0)
+                g_hash_table_remove(t->images, id);
+}
+
+unsigned fleet_fanout_streams(const FleetFanout *t, const char *id) {
+        GPtrArray *streams = g_hash_table_lookup(t->images, id);
+        return streams ? streams->len : 0;
+}
+
+const FanoutStats *fleet_fanout_stats(const FleetFanout *t) {
+        return &t->stats;
+}
+
+FleetFanout *fleet_fanout(const Fleet *f) {
+        return f->fanout;
 }
 
 /* ---- the node list ------------------------------------------------------------------------------- */
@@ -245,6 +365,8 @@ static int fleet_load(Fleet *f, const Config *c) {
         f->configured = (char **) g_ptr_array_free(v, FALSE);
 
         f->replicas = c->fleet_replicas;
+        f->fanout = fleet_fanout_new(c->fleet_fanout);
+        f->filled = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
         f->peer_timeout = c->peer_timeout;
         f->resolve_interval = c->peer_resolve_interval;
         for (char **p = f->configured; *p; p++) {
@@ -290,6 +412,9 @@ Fleet *fleet_free(Fleet *f) {
         f->resolver = worker_abandon(f->resolver);
         g_strfreev(f->resolved);
         sd_event_source_disable_unref(f->resolve_timer);
+        fleet_fanout_free(f->fanout);
+        if (f->filled)
+                g_hash_table_destroy(f->filled);
         g_strfreev(f->configured);
         g_strfreev(f->nodes);
         free(f->self);
@@ -322,6 +447,24 @@ char *const *fleet_nodes(const Fleet *f) {
         return f->nodes;
 }
 
+bool fleet_is_peer(const Fleet *f, const char *node) {
+        return !streq(node, f->self) && fleet_nodes_contain(f->nodes, node);
+}
+
+void fleet_note_filled(Fleet *f, const char *id, const char *path) {
+        /* Shown to people only: past the bound, forgetting all beats an LRU's bookkeeping. */
+        if (g_hash_table_size(f->filled) >= FLEET_FILLED_MAX)
+                g_hash_table_remove_all(f->filled);
+        g_hash_table_insert(f->filled, g_strdup(id), g_strdup(strempty(path)));
+}
+
+char *fleet_path_of(const Fleet *f, const char *id) {
+        const char *path = g_hash_table_lookup(f->filled, id);
+        if (!path)
+                return NULL;
+        return g_strdup_printf("%s%s%s", f->self, *path ? " " : "", path);
+}
+
 /* ---- who holds an image ------------------------------------------------------------------------- */
 
 typedef struct FleetAsk {
@@ -330,11 +473,13 @@ typedef struct FleetAsk {
         CURL *easy;
         struct curl_slist *headers;
         char *node;
+        char *path;          /* its FLEET_HEADER_PATH */
 } FleetAsk;
 
 struct FleetQuery {
         CurlLoop *curl;
         GPtrArray *holders;  /* char*, the answer so far */
+        GPtrArray *paths;    /* char*, of each holder */
         FleetAsk *asks;
         size_t n_asks, n_pending;
         sd_event_source *done_source;
@@ -352,7 +497,8 @@ static int on_query_complete(sd_event_source *s, void *userdata) {
         FleetQuery *q = userdata;
 
         g_ptr_array_add(q->holders, NULL);
-        q->done((char *const *) q->holders->pdata, q->userdata);
+        g_ptr_array_add(q->paths, NULL);
+        q->done((char *const *) q->holders->pdata, (char *const *) q->paths->pdata, q->userdata);
         return 0;
 }
 
@@ -361,11 +507,25 @@ static void on_ask_done(CurlTask *t, CURL *easy, CURLcode code) {
         FleetQuery *q = a->query;
         long status = 0;
 
-        if (code == CURLE_OK && curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &status) == CURLE_OK && status == 200)
+        if (code == CURLE_OK && curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &status) == CURLE_OK && status == 200) {
                 g_ptr_array_add(q->holders, g_strdup(a->node));
+                g_ptr_array_add(q->paths, g_strdup(strempty(a->path)));
+        }
         ask_done(a);
         if (--q->n_pending == 0)
                 (void) sd_event_source_set_enabled(q->done_source, SD_EVENT_ONESHOT);
+}
+
+static size_t on_ask_header(char *buffer, size_t size, size_t nitems, void *userdata) {
+        FleetAsk *a = userdata;
+        size_t len = size * nitems, n;
+        const char *v;
+
+        if (upstream_header_is(buffer, len, FLEET_HEADER_PATH, &v, &n) && n < 4096) {
+                g_free(a->path);
+                a->path = g_strndup(v, n);
+        }
+        return len;
 }
 
 static int ask_start(Fleet *f, FleetQuery *q, FleetAsk *a, const char *id) {
@@ -381,6 +541,8 @@ static int ask_start(Fleet *f, FleetQuery *q, FleetAsk *a, const char *id) {
                 .task = &a->task,
                 .timeout = MAX(f->peer_timeout, 1u), /* 0 would be none */
                 .headers = a->headers,
+                .on_header = on_ask_header,
+                .userdata = a,
                 .no_body = true,
         };
         a->task.on_done = on_ask_done;
@@ -401,7 +563,8 @@ int fleet_query_holders(Fleet *f, CurlLoop *curl, ImageCache *cache, const char 
         q = calloc(1, sizeof(FleetQuery));
         if (!q)
                 return -ENOMEM;
-        *q = (FleetQuery) { .curl = curl, .holders = g_ptr_array_new_with_free_func(g_free), .done = done,
+        *q = (FleetQuery) { .curl = curl, .holders = g_ptr_array_new_with_free_func(g_free),
+                            .paths = g_ptr_array_new_with_free_func(g_free), .done = done,
                             .userdata = userdata, .asks = calloc(n, sizeof(FleetAsk)) };
         r = q->asks || n == 0 ? sd_event_add_defer(f->event, &q->done_source, on_query_complete, q) : -ENOMEM;
         if (r < 0) {
@@ -409,8 +572,10 @@ int fleet_query_holders(Fleet *f, CurlLoop *curl, ImageCache *cache, const char 
                 return r;
         }
         (void) sd_event_source_set_enabled(q->done_source, SD_EVENT_OFF);
-        if (image_cache_get(cache, id))
+        if (image_cache_get(cache, id)) {
                 g_ptr_array_add(q->holders, g_strdup(f->self));
+                g_ptr_array_add(q->paths, fleet_path_of(f, id) ?: g_strdup(""));
+        }
 
         for (size_t i = 0; i < n; i++) {
                 if (streq(f->nodes[i], f->self))
@@ -435,10 +600,12 @@ FleetQuery *fleet_query_free(FleetQuery *q) {
         for (size_t i = 0; i < q->n_asks; i++) {
                 ask_done(&q->asks[i]);
                 g_free(q->asks[i].node);
+                g_free(q->asks[i].path);
         }
         free(q->asks);
         sd_event_source_disable_unref(q->done_source);
         g_ptr_array_free(q->holders, TRUE);
+        g_ptr_array_free(q->paths, TRUE);
         free(q);
         return NULL;
 }

@@ -5,6 +5,8 @@
  * Everything here runs on the event loop's thread. The files call downwards only:
  *
  *   http.c          routing, hits, management, the MHD callbacks, re-entering a request at its wait
+ *     http-peer.c   a peer's request before it is served: the fan-out (FanOut=), the loop guard
+ *     http-pass.c   a request of Glance's API passed through to the upstream (PassThrough=)
  *     http-miss.c   a miss: the fill, its waits (headers, a HEAD's probe, a range asked of the origin)
  *       http-stream.c   the body of a miss, read from the fill as it lands
  *         http-request.c  the request's lifecycle: wait, wake, the one teardown of a wait
@@ -104,6 +106,8 @@ struct Request {
         bool http10;           /* an HTTP/1.0 client: no chunked encoding */
         bool bad_target;       /* the decoded target held a control byte */
         bool from_peer;        /* a node of the fleet asks (fleet.h): the peer secret was checked */
+        bool peer_join;        /* ... pointed here by another node (FLEET_HEADER_VIA): it starts no fill */
+        FanoutStream *fanout_stream; /* ... counted against FanOut= until the request completes */
         bool range_asked;      /* the origin was asked for a range once: never again for this request */
         bool body_announced;   /* a Content-Length other than 0, or a Transfer-Encoding */
         char client[PEER_KEY_MAX]; /* http_request_client(): the client's address, once asked for */
@@ -280,6 +284,14 @@ enum MHD_Result http_miss_on_probe(HttpServer *s, Request *req, RequestPending *
 enum MHD_Result http_miss_on_fill_headers(HttpServer *s, Request *req, RequestPending *p);
 enum MHD_Result http_miss_on_origin_range(HttpServer *s, Request *req, RequestPending *p);
 PeerFill *http_peer_fill_free(PeerFill *pf);
+
+/* http-peer.c: a peer's request, before it is served */
+/* Serves, points the peer at another node (307), or refuses it (503): -1 to go on serving, else the
+ * response queued. */
+int http_peer_admit(HttpServer *s, Request *req, struct MHD_Connection *c);
+void http_peer_release(HttpServer *s, Request *req);
+/* FLEET_HEADER_PATH on a response to a peer: this node, then where f's bytes come from (f NULL: a hit). */
+void http_peer_add_path(Request *req, struct MHD_Response *resp, Fill *f);
 
 /* http-socket.c */
 uint16_t http_socket_port(int fd);

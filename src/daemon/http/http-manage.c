@@ -426,6 +426,21 @@ char *http_metrics_render(const HttpManageContext *ctx, const HttpCounters *coun
                   FLEET_ONLY(ext.fleet_origin_fetches_saved) },
                 { "imgcache_fleet_peer_failovers_total", "counter", "Times a fill left a failing peer for the next source.",
                   FLEET_ONLY(ext.fleet_peer_failovers) },
+                { "imgcache_fleet_peer_streams_peak", "gauge",
+                  "The most peer streams of one image this node served at once (at most FanOut=).",
+                  FLEET_ONLY(ext.fleet_peer_streams_peak) },
+                { "imgcache_fleet_redirects_given_total", "counter",
+                  "Peers pointed at another node receiving the image, as this node served FanOut= of them.",
+                  FLEET_ONLY(ext.fleet_redirects_given) },
+                { "imgcache_fleet_redirects_followed_total", "counter",
+                  "Times a fill was pointed at another node by a peer at its FanOut=, and asked it.",
+                  FLEET_ONLY(ext.fleet_redirects_followed) },
+                { "imgcache_fleet_fanout_refused_total", "counter",
+                  "Peers refused at FanOut=, every receiver being one they were pointed away from.",
+                  FLEET_ONLY(ext.fleet_fanout_refused) },
+                { "imgcache_fleet_tree_depth", "gauge",
+                  "The longest path of peers an image this node filled came through (1: from the owner).",
+                  FLEET_ONLY(ext.fleet_tree_depth) },
         };
 
 #undef FLEET_ONLY

@@ -115,6 +115,10 @@ static int start_fill(HttpServer *s, Request *req, const char *id, Fill **ret) {
         if (counted && !http_request_charge_upstream(req))
                 return -EBUSY;
 
+        /* Pointed here by a node at its FanOut=: only a running fill may answer, else the asker goes on with
+         * its next source. Nobody who did not ask for an image fetches it for others. */
+        if (req->peer_join && !fetcher_find(s->fetcher, id))
+                return -ESRCH;
         /* A peer's request is never forwarded again: it goes to the origin, or joins the running fill. */
         r = fetcher_fill_full(s->fetcher, id, /* expected= */ NULL, req->from_peer ? FETCH_ORIGIN_ONLY : 0, ret);
         if (r < 0 || !counted || fill_state_is_final(fill_state(*ret)))
@@ -258,6 +262,8 @@ enum MHD_Result http_serve_miss(HttpServer *s, Request *req, struct MHD_Connecti
         r = start_fill(s, req, req->match.id, &f);
         if (r == -EBUSY)
                 return http_respond_429(c, req->retry_after);
+        if (r == -ESRCH)
+                return http_respond_text(c, MHD_HTTP_SERVICE_UNAVAILABLE, "Not fetching this image\n");
         if (r == -ENXIO)
                 return http_respond_text(c, MHD_HTTP_NOT_FOUND, "Image not cached, and no upstream to fetch it from\n");
         if (r == -EUSERS) {

@@ -179,6 +179,7 @@ enum MHD_Result http_stream_respond(Request *req, Stream *st, uint64_t start, ui
         }
         /* st belongs to the response now. */
         http_add_miss_headers(resp, st->fill, total);
+        http_peer_add_path(req, resp, st->fill);
         if (partial)
                 http_add_content_range(resp, start, length, total);
         return http_queue_response(req->connection, partial ? MHD_HTTP_PARTIAL_CONTENT : MHD_HTTP_OK, resp);

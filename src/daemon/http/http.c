@@ -112,6 +112,7 @@ static int serve_hit(HttpServer *s, Request *req, struct MHD_Connection *c, cons
         http_add_image_headers(resp, hf->etag, hf->last_modified_text, true);
         if (hf->repr_digest[0])
                 MHD_add_response_header(resp, "Repr-Digest", hf->repr_digest);
+        http_peer_add_path(req, resp, /* f= */ NULL);
         if (status == MHD_HTTP_PARTIAL_CONTENT)
                 http_add_content_range(resp, start, length, hf->size);
 
@@ -307,7 +308,7 @@ static enum MHD_Result serve_image(HttpServer *s, Request *req, struct MHD_Conne
 
 /* ---- management --------------------------------------------------------------------------------- */
 
-static void request_on_holders(char *const *holders, void *userdata) {
+static void request_on_holders(char *const *holders, char *const *paths, void *userdata) {
         Request *req = userdata;
 
         req->pending.holders.holders = g_strdupv((char **) holders);
@@ -419,6 +420,9 @@ static enum MHD_Result authorize_peer(HttpServer *s, Request *req, struct MHD_Co
         if (!s->fleet || !offered || !http_token_equal(offered, fleet_token(s->fleet)))
                 return http_respond_401(c);
         req->from_peer = true;
+        int r = http_peer_admit(s, req, c);
+        if (r >= 0)
+                return (enum MHD_Result) r;
         return serve_image(s, req, c);
 }
 
@@ -641,6 +645,7 @@ static void http_on_completed(void *cls, struct MHD_Connection *c, void **req_cl
         assert(!req->suspended); /* MHD completes no suspended connection */
         request_end_wait(s, req);
         http_pass_detach(req);
+        http_peer_release(s, req);
         if (access_log_enabled(&s->access_log))
                 log_access(s, req, c, toe);
         if (req->count_body && toe == MHD_REQUEST_TERMINATED_COMPLETED_OK)

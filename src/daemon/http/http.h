@@ -72,6 +72,9 @@ typedef struct HttpMetrics {
         const uint64_t *upstream_errors; /* [_UPSTREAM_ERROR_MAX]: fills failed, by the upstream's fault */
         bool fleet;                  /* a [Fleet] is configured: the fleet's series are shown */
         uint64_t fleet_bytes_from_peers, fleet_bytes_from_origin, fleet_origin_fetches_saved, fleet_peer_failovers;
+        uint64_t fleet_redirects_given, fleet_redirects_followed, fleet_fanout_refused;
+        uint64_t fleet_peer_streams_peak, fleet_tree_depth; /* gauges: the most peer streams of one image at
+                                                             * once; the longest path of peers a fill took */
 } HttpMetrics;
 
 /* The operations of the daemon the server goes through, so that a request over HTTP has the effects the
