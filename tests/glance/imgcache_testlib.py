@@ -6,9 +6,11 @@ daemon under it."""
 
 import http.client
 import os
+import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 
@@ -84,8 +86,31 @@ class Daemon:
 
 
 class Endpoint:
-    """The client side, mixed into a TestCase that sets url, port, workdir and token (the default
-    X-Auth-Token)."""
+    """The daemon and the client side, mixed into a TestCase that sets workdir and token (the default
+    X-Auth-Token); start_daemon() sets port, url and daemon."""
+
+    @classmethod
+    def start_daemon(cls, imgcached, upstream, http=""):
+        """imgcached with [Upstream] upstream and [HTTP] http (lines of keys) on a free loopback port,
+        answering once start_daemon() returns; the read verdicts are believed a second only."""
+        cls.port = free_port()
+        cls.url = "http://127.0.0.1:%d" % cls.port
+        cls.daemon = Daemon(imgcached, cls.workdir, "[Upstream]\n%s\n[HTTP]\nListen=127.0.0.1:%d\n"
+                            "ReadAccessAllowCacheSec=1\nReadAccessDenyCacheSec=1\n%s\n"
+                            "[Daemon]\nExitOnIdleSec=infinity\n" % (upstream.strip(), cls.port, http.strip()))
+        try:
+            wait_for("imgcached to listen", lambda: cls.status("GET", "/healthcheck") == 200)
+        except Exception:
+            cls.daemon.stop()
+            raise
+
+    @classmethod
+    def stop_daemon(cls):
+        """Stops it (raising on an error exit, with its log) and removes workdir."""
+        try:
+            sys.stderr.write(cls.daemon.stop()[-4000:])
+        finally:
+            shutil.rmtree(cls.workdir, ignore_errors=True)
 
     @classmethod
     def request(cls, method, path, headers=None, body=None):

@@ -11,7 +11,6 @@ under it. Exit 77 (skip) without glanceclient, 1 instead with IMGCACHE_TESTS_REQ
 import hashlib
 import json
 import os
-import shutil
 import socket
 import sys
 import tempfile
@@ -20,7 +19,7 @@ import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from glance_fixture import GlanceFixture  # noqa: E402
-from imgcache_testlib import TIMEOUT, WRAPPED, Daemon, Endpoint, free_port, wait_for  # noqa: E402
+from imgcache_testlib import TIMEOUT, WRAPPED, Endpoint, wait_for  # noqa: E402
 
 try:
     import glanceclient
@@ -45,34 +44,21 @@ class GlanceClientsTest(Endpoint, unittest.TestCase):
         cls.glance = GlanceFixture(os.path.join(cls.workdir, "upstream"), {USER: "p1", OTHER: "p2", DAEMON: "admin"})
         with open(os.path.join(cls.workdir, "token"), "w") as f:
             f.write(DAEMON + "\n")
-        cls.port = free_port()
-        cls.url = "http://127.0.0.1:%d" % cls.port
-        cls.daemon = Daemon(IMGCACHED, cls.workdir, f"""[Upstream]
+        try:
+            cls.start_daemon(IMGCACHED, f"""
 Kind=glance
 URL={cls.glance.url}
 TokenFile={cls.workdir}/token
 LowSpeedTimeoutSec=2
-[HTTP]
-Listen=127.0.0.1:{cls.port}
-ReadAccessAllowCacheSec=1
-ReadAccessDenyCacheSec=1
-IdleTimeoutSec=3
-[Daemon]
-ExitOnIdleSec=infinity
-""")
-        try:
-            wait_for("imgcached to listen", lambda: cls.status("GET", "/healthcheck") == 200)
+""", "IdleTimeoutSec=3")
         except Exception:
-            cls.tearDownClass()
+            cls.glance.stop()
             raise
 
     @classmethod
     def tearDownClass(cls):
         cls.glance.stop()
-        try:
-            sys.stderr.write(cls.daemon.stop()[-4000:])
-        finally:
-            shutil.rmtree(cls.workdir, ignore_errors=True)
+        cls.stop_daemon()
 
     # ---- helpers ----------------------------------------------------------------------------------------
 

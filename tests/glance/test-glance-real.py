@@ -11,14 +11,13 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import sys
 import tempfile
 import unittest
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from imgcache_testlib import Daemon, Endpoint, free_port, wait_for  # noqa: E402
+from imgcache_testlib import Endpoint  # noqa: E402
 
 import glanceclient  # noqa: E402  (with-openstack.sh checked the packages)
 
@@ -42,32 +41,16 @@ class RealGlanceTest(Endpoint, unittest.TestCase):
     def setUpClass(cls):
         cls.workdir = tempfile.mkdtemp(prefix="imgcache-glance-real-")
         cls.token = OS["ALICE_TOKEN"]
-        cls.port = free_port()
-        cls.url = "http://127.0.0.1:%d" % cls.port
-        cls.daemon = Daemon(IMGCACHED, cls.workdir, f"""[Upstream]
+        cls.start_daemon(IMGCACHED, f"""
 Kind=glance
 Auth=keystone
 AuthURL={OS["AUTH_URL"]}
 CredentialsFile={OS["CREDENTIALS_FILE"]}
-[HTTP]
-Listen=127.0.0.1:{cls.port}
-ReadAccessAllowCacheSec=1
-ReadAccessDenyCacheSec=1
-[Daemon]
-ExitOnIdleSec=infinity
 """)
-        try:
-            wait_for("imgcached to listen", lambda: cls.status("GET", "/healthcheck") == 200)
-        except Exception:
-            cls.daemon.stop()
-            raise
 
     @classmethod
     def tearDownClass(cls):
-        try:
-            sys.stderr.write(cls.daemon.stop()[-4000:])
-        finally:
-            shutil.rmtree(cls.workdir, ignore_errors=True)
+        cls.stop_daemon()
 
     def metric(self, name):
         for line in self.request("GET", "/metrics")[2].decode().splitlines():
