@@ -9,6 +9,7 @@ Usage: test-glance-clients.py IMGCACHED [TEST...]. $IMGCACHED_WRAPPER (the valgr
 under it. Exit 77 (skip) without glanceclient, 1 instead with IMGCACHE_TESTS_REQUIRE_ALL=1 (CI)."""
 
 import hashlib
+import http.client
 import json
 import os
 import socket
@@ -19,7 +20,7 @@ import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from glance_fixture import GlanceFixture  # noqa: E402
-from imgcache_testlib import TIMEOUT, WRAPPED, Endpoint, wait_for  # noqa: E402
+from imgcache_testlib import TIMEOUT, WRAPPED, Daemon, Endpoint, free_port, wait_for  # noqa: E402
 
 try:
     import glanceclient
@@ -170,6 +171,54 @@ LowSpeedTimeoutSec=2
         self.glance_cli("image-deactivate", image_id)
         self.assertFalse(self.held(image_id), "dropped at once")
         self.assertIn(self.status("GET", "/v2/images/%s/file" % image_id, {"X-Auth-Token": USER}), (403, 404))
+
+    def test_fleet_told(self):
+        # Two nodes of a fleet, both holding the image; deleted through the first, the second is told and
+        # drops its copy once Glance, asked with its own credentials, confirms.
+        ports = [free_port(), free_port()]
+        nodes = ["http://127.0.0.1:%d" % p for p in ports]
+        with open(os.path.join(self.workdir, "peer-token"), "w") as f:
+            f.write("fleet-secret\n")
+        daemons, dirs = [], []
+        try:
+            for i, port in enumerate(ports):
+                dirs.append(os.path.join(self.workdir, "node%d" % i))
+                os.makedirs(dirs[-1])
+                daemons.append(Daemon(IMGCACHED, dirs[-1], f"""[Upstream]
+Kind=glance
+URL={self.glance.url}
+TokenFile={self.workdir}/token
+[HTTP]
+Listen=127.0.0.1:{port}
+[Fleet]
+Peers={" ".join(nodes)}
+Self={nodes[i]}
+PeerTokenFile={self.workdir}/peer-token
+[Daemon]
+ExitOnIdleSec=infinity
+"""))
+            image_id, _ = self.add_image()
+            for i, port in enumerate(ports):
+                url = "http://127.0.0.1:%d/v2/images/%s/file" % (port, image_id)
+                wait_for("node %d" % i, lambda: self.http_status(port, "/healthcheck") == 200)
+                self.assertEqual(self.http_status(port, "/v2/images/%s/file" % image_id), 200, url)
+                wait_for("node %d to hold it" % i, lambda: os.path.exists(os.path.join(dirs[i], "cache", image_id)))
+            self.assertEqual(self.http_status(ports[0], "/v2/images/" + image_id, "DELETE"), 204)
+            self.assertFalse(os.path.exists(os.path.join(dirs[0], "cache", image_id)), "dropped at once")
+            wait_for("the other node to drop it", lambda: not os.path.exists(os.path.join(dirs[1], "cache", image_id)))
+        finally:
+            for d in daemons:
+                d.stop()
+
+    def http_status(self, port, path, method="GET"):
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT)
+        try:
+            c.request(method, path, headers={"X-Auth-Token": USER})
+            return c.getresponse().status
+        except (ConnectionError, socket.timeout):
+            return 0
+        finally:
+            c.close()
 
     def gone_directly(self, change):
         image_id, _ = self.add_image()

@@ -391,6 +391,11 @@ int fleet_query_holders(Fleet *f, CurlLoop *curl, ImageCache *cache, const char 
         return -EOPNOTSUPP;
 }
 
+int fleet_tell_gone(Fleet *f, CurlLoop *curl, const char *id, FleetQueryDone done, void *userdata, FleetQuery **ret) {
+        assert(false);
+        return -EOPNOTSUPP;
+}
+
 FleetQuery *fleet_query_free(FleetQuery *q) {
         assert(!q);
         return NULL;

@@ -69,6 +69,9 @@ static void test_route_pass_through(void) {
         check_pass(HTTP_METHOD_GET, "GET", "/v2/cache", false, HTTP_ROUTE_PASS, 0); /* Glance's own cache API */
         check_pass(HTTP_METHOD_OTHER, "TRACE", "/v2/images", false, HTTP_ROUTE_PASS, 405);
         check_pass(HTTP_METHOD_OTHER, "CONNECT", "/v2/images", false, HTTP_ROUTE_PASS, 405);
+        /* A node of the fleet telling of an image Glance dropped: ours (only peers may; http.c). */
+        check_pass(HTTP_METHOD_DELETE, "DELETE", "/images/abc", false, HTTP_ROUTE_PEER_GONE, 0);
+        check_pass(HTTP_METHOD_DELETE, "DELETE", "/images/../x", false, HTTP_ROUTE_PEER_GONE, 400);
         /* Nothing outside the image API. */
         check_pass(HTTP_METHOD_GET, "GET", "/v1/images", false, HTTP_ROUTE_NONE, 404);
         check_pass(HTTP_METHOD_GET, "GET", "/etc/passwd", false, HTTP_ROUTE_NONE, 404);

@@ -528,13 +528,13 @@ static size_t on_ask_header(char *buffer, size_t size, size_t nitems, void *user
         return len;
 }
 
-static int ask_start(Fleet *f, FleetQuery *q, FleetAsk *a, const char *id) {
+static int ask_start(Fleet *f, FleetQuery *q, FleetAsk *a, const char *id, bool gone) {
         g_autofree char *url = g_strdup_printf("%s/images/%s", a->node, id);
         int r;
 
         if ((r = transport_header_addf(&a->headers, "%s: %s", FLEET_HEADER_PEER, f->self)) < 0 ||
             (r = transport_header_addf(&a->headers, "%s: %s", FLEET_HEADER_TOKEN, f->token)) < 0 ||
-            (r = transport_header_addf(&a->headers, "Cache-Control: only-if-cached")) < 0)
+            (!gone && (r = transport_header_addf(&a->headers, "Cache-Control: only-if-cached")) < 0))
                 return r;
         TransportRequest req = {
                 .url = url,
@@ -544,6 +544,7 @@ static int ask_start(Fleet *f, FleetQuery *q, FleetAsk *a, const char *id) {
                 .on_header = on_ask_header,
                 .userdata = a,
                 .no_body = true,
+                .method = gone ? "DELETE" : NULL,
         };
         a->task.on_done = on_ask_done;
         r = transport_easy_new(f->transport, &req, &a->easy);
@@ -552,8 +553,10 @@ static int ask_start(Fleet *f, FleetQuery *q, FleetAsk *a, const char *id) {
         return r;
 }
 
-int fleet_query_holders(Fleet *f, CurlLoop *curl, ImageCache *cache, const char *id, FleetQueryDone done,
-                        void *userdata, FleetQuery **ret) {
+/* Asks every other node about id: who holds it (a HEAD, only-if-cached), or, gone, tells each that the
+ * upstream dropped it (a DELETE; the answers say nothing: each node asks the upstream itself). */
+static int fleet_query_start(Fleet *f, CurlLoop *curl, ImageCache *cache, const char *id, bool gone,
+                             FleetQueryDone done, void *userdata, FleetQuery **ret) {
         FleetQuery *q;
         size_t n = g_strv_length(f->nodes);
         int r;
@@ -572,7 +575,7 @@ int fleet_query_holders(Fleet *f, CurlLoop *curl, ImageCache *cache, const char 
                 return r;
         }
         (void) sd_event_source_set_enabled(q->done_source, SD_EVENT_OFF);
-        if (image_cache_get(cache, id)) {
+        if (!gone && image_cache_get(cache, id)) {
                 g_ptr_array_add(q->holders, g_strdup(f->self));
                 g_ptr_array_add(q->paths, fleet_path_of(f, id) ?: g_strdup(""));
         }
@@ -582,7 +585,7 @@ int fleet_query_holders(Fleet *f, CurlLoop *curl, ImageCache *cache, const char 
                         continue;
                 FleetAsk *a = &q->asks[q->n_asks++];
                 *a = (FleetAsk) { .query = q, .node = g_strdup(f->nodes[i]) };
-                if (ask_start(f, q, a, id) < 0) {
+                if (ask_start(f, q, a, id, gone) < 0) {
                         ask_done(a); /* not asked: counted as not holding it */
                         continue;
                 }
@@ -592,6 +595,15 @@ int fleet_query_holders(Fleet *f, CurlLoop *curl, ImageCache *cache, const char 
                 (void) sd_event_source_set_enabled(q->done_source, SD_EVENT_ONESHOT);
         *ret = q;
         return 0;
+}
+
+int fleet_query_holders(Fleet *f, CurlLoop *curl, ImageCache *cache, const char *id, FleetQueryDone done,
+                        void *userdata, FleetQuery **ret) {
+        return fleet_query_start(f, curl, cache, id, false, done, userdata, ret);
+}
+
+int fleet_tell_gone(Fleet *f, CurlLoop *curl, const char *id, FleetQueryDone done, void *userdata, FleetQuery **ret) {
+        return fleet_query_start(f, curl, NULL, id, true, done, userdata, ret);
 }
 
 FleetQuery *fleet_query_free(FleetQuery *q) {

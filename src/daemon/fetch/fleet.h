@@ -120,3 +120,7 @@ typedef void (*FleetQueryDone)(char *const *holders, char *const *paths, void *u
 int fleet_query_holders(Fleet *f, CurlLoop *curl, ImageCache *cache, const char *id, FleetQueryDone done,
                         void *userdata, FleetQuery **ret);
 FleetQuery *fleet_query_free(FleetQuery *q);
+/* Tells every other node that the upstream deleted or deactivated id (DELETE {node}/images/<id> with the
+ * peer headers), made and bounded like the holders query; done runs once all answered (holders empty).
+ * A node told so asks the upstream with its own credentials before it drops anything. */
+int fleet_tell_gone(Fleet *f, CurlLoop *curl, const char *id, FleetQueryDone done, void *userdata, FleetQuery **ret);

@@ -36,6 +36,7 @@ typedef struct Request Request;
 typedef struct Stream Stream;
 typedef struct Pass Pass;
 typedef struct GoneCheck GoneCheck;
+typedef struct GoneNotice GoneNotice;
 struct Stream {
         HttpServer *server;
         Fill *fill;
@@ -178,6 +179,7 @@ struct HttpServer {
         Pass *passes;           /* every live Pass, likewise */
         GoneCheck *gone_checks; /* cached images a client was refused: asked whether they are gone upstream */
         TtlCache *gone_checked; /* ids found still there lately */
+        GoneNotice *gone_notices; /* the fleet's nodes being told of an image Glance dropped */
         HeaderDeadlines *header_deadlines;
         PeerCounts *peer_fill_counts;
         PeerFill *peer_fills;
@@ -254,6 +256,8 @@ const char *http_header(struct MHD_Connection *c, const char *name);
 void http_connection_end(HttpServer *s, struct MHD_Connection *c);
 /* The image is gone upstream (deleted, deactivated): its copy and queue entry go, and why is logged. */
 void http_server_drop_image(HttpServer *s, const char *id, const char *why);
+/* ... and the fleet's other nodes are told, so that each checks with Glance and drops its copy. */
+void http_server_tell_peers_gone(HttpServer *s, const char *id);
 
 /* http-pass.c: a request passed through to the upstream */
 /* Starts it from the request's headers (the body, if any, follows). */

@@ -353,6 +353,7 @@ static void pass_note_success(Pass *p, Request *req) {
         if (status < 200 || status >= 300 || !http_pass_invalidates(req->method, req->url, id))
                 return;
         http_server_drop_image(s, id, "it was deleted or deactivated through this node");
+        http_server_tell_peers_gone(s, id);
 }
 
 static enum MHD_Result pass_respond(Pass *p, Request *req) {

@@ -70,6 +70,8 @@ static void route_set(HttpRouteMatch *ret, HttpMethod method, const RouteSpec *s
 
 void http_route(HttpMethod method, const char *path, HttpRouteMatch *ret) {
         static const RouteSpec image = { HTTP_ROUTE_IMAGE, false, M(HTTP_METHOD_GET) | M(HTTP_METHOD_HEAD), "GET, HEAD" };
+        /* Only a node of the fleet may, and only to tell of an image gone upstream: anyone else gets 405. */
+        static const RouteSpec peer_gone = { HTTP_ROUTE_PEER_GONE, false, M(HTTP_METHOD_DELETE), "GET, HEAD" };
         static const RouteSpec healthcheck = { HTTP_ROUTE_HEALTHCHECK, false, M(HTTP_METHOD_GET) | M(HTTP_METHOD_HEAD), "GET, HEAD" };
         static const RouteSpec metrics = { HTTP_ROUTE_METRICS, false, M(HTTP_METHOD_GET) | M(HTTP_METHOD_HEAD), "GET, HEAD" };
         static const RouteSpec versions = { HTTP_ROUTE_VERSIONS, true, M(HTTP_METHOD_GET), "GET" };
@@ -93,7 +95,7 @@ void http_route(HttpMethod method, const char *path, HttpRouteMatch *ret) {
                 return;
 
         if ((rest = startswith(path, "/images/")))
-                return route_set(ret, method, &image, rest, strlen(rest));
+                return route_set(ret, method, method == HTTP_METHOD_DELETE ? &peer_gone : &image, rest, strlen(rest));
 
         if ((rest = startswith(path, "/v2/images/"))) {
                 /* /v2/images/<id>/file; the image record itself (/v2/images/<id>) is the upstream's. */

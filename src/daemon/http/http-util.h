@@ -41,6 +41,7 @@ typedef enum HttpRoute {
         HTTP_ROUTE_CACHED_IMAGE,   /* /v2/cached_images/<id> */
         HTTP_ROUTE_QUEUED_IMAGES,  /* /v2/queued_images */
         HTTP_ROUTE_QUEUED_IMAGE,   /* /v2/queued_images/<id> */
+        HTTP_ROUTE_PEER_GONE,      /* DELETE /images/<id>: a node of the fleet says Glance dropped it (peers only) */
         /* Kind=glance with PassThrough=yes (http_route_pass_through()): */
         HTTP_ROUTE_DISCOVERY,      /* /, /versions, /v2: the upstream's version document, rewritten */
         HTTP_ROUTE_PASS,           /* the rest of Glance's API: passed through to the upstream */

@@ -258,6 +258,50 @@ static void check_gone(HttpServer *s, Request *req) {
                 gone_check_free(g);
 }
 
+/* DELETE /images/<id> from a node of the fleet, which saw Glance drop the image (a DELETE or a
+ * deactivation passed through it): checked here like any refusal, with this node's own credentials. */
+static enum MHD_Result serve_peer_gone(HttpServer *s, Request *req, struct MHD_Connection *c) {
+        const char *offered = http_header(c, FLEET_HEADER_TOKEN);
+
+        if (!http_header(c, FLEET_HEADER_PEER))
+                return http_respond_405(c, req->match.allow);
+        if (!s->fleet || !offered || !http_token_equal(offered, fleet_token(s->fleet)))
+                return http_respond_401(c);
+        req->from_peer = true;
+        check_gone(s, req);
+        return http_respond_text(c, MHD_HTTP_ACCEPTED, "Checking with the image service\n");
+}
+
+/* Tells the fleet's other nodes of an image dropped because Glance did (fleet_tell_gone()); their
+ * answers say nothing, so each notice is freed once all answered. */
+struct GoneNotice {
+        HttpServer *server;
+        FleetQuery *query;
+        GoneNotice *notices_prev, *notices_next;
+};
+
+static GoneNotice *gone_notice_free(GoneNotice *n) {
+        LIST_REMOVE(notices, n->server->gone_notices, n);
+        fleet_query_free(n->query);
+        free(n);
+        return NULL;
+}
+
+static void gone_notice_on_done(char *const *holders, char *const *paths, void *userdata) {
+        gone_notice_free(userdata);
+}
+
+void http_server_tell_peers_gone(HttpServer *s, const char *id) {
+        GoneNotice *n;
+
+        if (!s->fleet || !s->fetcher || !(n = calloc(1, sizeof(GoneNotice))))
+                return;
+        *n = (GoneNotice) { .server = s };
+        LIST_PREPEND(notices, s->gone_notices, n);
+        if (fleet_tell_gone(s->fleet, fetcher_curl(s->fetcher), id, gone_notice_on_done, n, &n->query) < 0)
+                gone_notice_free(n);
+}
+
 static enum MHD_Result respond_read_refused(Request *req, int verdict) {
         struct MHD_Connection *c = req->connection;
 
@@ -506,6 +550,8 @@ static enum MHD_Result request_begin(HttpServer *s, Request *req, struct MHD_Con
                 return serve_metrics(s, c);
         case HTTP_ROUTE_CACHE_NODES:
                 return serve_holders(s, req, c);
+        case HTTP_ROUTE_PEER_GONE:
+                return serve_peer_gone(s, req, c);
         case HTTP_ROUTE_DISCOVERY:
                 return pass_begin(s, req, c, method);
         default:
@@ -1040,6 +1086,8 @@ HttpServer *http_server_free(HttpServer *s) {
                 http_peer_fill_free(s->peer_fills);
         while (s->gone_checks)
                 gone_check_free(s->gone_checks);
+        while (s->gone_notices)
+                gone_notice_free(s->gone_notices);
         ttl_cache_free(s->gone_checked);
         read_guard_free(s->read_guard);
         ttl_cache_free(s->not_found);
