@@ -43,6 +43,7 @@ class GlanceFixture:
         self.requests = []               # (method, path, headers dict)
         self.uploads_aborted = 0
         self.stall = set()
+        self.versions_padding = 0        # bytes of padding in the version document (a hostile upstream)
         self.release = threading.Event()
         self.lock = threading.Lock()
         fixture = self
@@ -153,7 +154,8 @@ class GlanceFixture:
         host = h.headers.get("Host", "127.0.0.1:%d" % self.port)
         ids = ["v2.%d" % m for m in range(16, -1, -1)]
         return {"versions": [{"id": i, "status": "CURRENT" if i == "v2.16" else "SUPPORTED",
-                              "links": [{"rel": "self", "href": "http://%s/v2/" % host}]} for i in ids]}
+                              "links": [{"rel": "self", "href": "http://%s/v2/" % host}]} for i in ids],
+                "padding": "x" * self.versions_padding}
 
     def _handle(self, h, method):
         try:

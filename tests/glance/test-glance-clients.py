@@ -151,6 +151,17 @@ LowSpeedTimeoutSec=2
         gets = self.glance.requests_for("GET", "/v2/images/%s/file" % image_id)
         self.assertEqual([h.get("x-auth-token") for _, _, h in gets], [USER], "passed through, not filled")
 
+    def test_discovery_too_large(self):
+        # A version document larger than the exchange's buffer: refused as soon as that shows, not
+        # waited for while its transfer sits paused.
+        self.glance.versions_padding = 300 * 1024
+        try:
+            started = time.monotonic()
+            self.assertEqual(self.status("GET", "/versions"), 502)
+            self.assertLess(time.monotonic() - started, 10)
+        finally:
+            self.glance.versions_padding = 0
+
     # ---- coherence ------------------------------------------------------------------------------------
 
     def cache_it(self, image_id):

@@ -203,7 +203,7 @@ static char *rewrite_discovery(Pass *p, const char *body, size_t n) {
 }
 
 /* The upstream's headers for the client: without hop-by-hop ones, and with a Location naming us. */
-static void add_response_headers(Pass *p, struct MHD_Response *resp, bool keep_length) {
+static void add_response_headers(Pass *p, struct MHD_Response *resp) {
         const char *connection = NULL;
         size_t n = upstream_exchange_n_headers(p->exchange);
 
@@ -220,9 +220,7 @@ static void add_response_headers(Pass *p, struct MHD_Response *resp, bool keep_l
                 if (!colon || !(name = strndup(line, (size_t) (colon - line))))
                         continue;
                 value = colon + 1 + strspn(colon + 1, " \t");
-                if (header_is_ours(name) && !(keep_length && strcasecmp(name, "Content-Length") == 0))
-                        continue;
-                if (connection_names(connection, name))
+                if (header_is_ours(name) || connection_names(connection, name))
                         continue;
                 if (strcasecmp(name, "Location") == 0 && fetcher_upstream_url(p->server->fetcher))
                         location = rewrite_link(value, fetcher_upstream_url(p->server->fetcher), p->public_base);
@@ -356,61 +354,59 @@ static void pass_note_success(Pass *p, Request *req) {
         http_server_tell_peers_gone(s, id);
 }
 
+/* Queues an answer whose whole body is here (n bytes at body, copied; a HEAD's says length), with the
+ * upstream's status and headers. */
+static enum MHD_Result pass_queue_whole(Pass *p, Request *req, long status, const void *body, size_t n,
+                                        uint64_t head_length) {
+        bool head = req->method == HTTP_METHOD_HEAD;
+        struct MHD_Response *resp;
+
+        resp = head ? http_response_for_head(head_length == UINT64_MAX ? MHD_SIZE_UNKNOWN : head_length)
+                    : MHD_create_response_from_buffer(n, (void *) body, MHD_RESPMEM_MUST_COPY);
+        if (!resp)
+                return MHD_NO;
+        add_response_headers(p, resp);
+        p->server->counters.pass_bytes_down += head ? 0 : n;
+        return http_queue_response_sized(req->connection, (unsigned) status, resp, head ? 0 : n);
+}
+
+/* The version document: read whole, and its links rewritten (passed on as it is when it is no JSON). */
+static enum MHD_Result pass_respond_discovery(Pass *p, Request *req, long status) {
+        size_t n = upstream_exchange_available(p->exchange);
+        _cleanup_(freep) char *body = NULL, *rewritten = NULL;
+
+        if (n > PASS_DISCOVERY_MAX || !upstream_exchange_ended(p->exchange, NULL))
+                return pass_respond_error(req, -EPROTO);
+        body = malloc(MAX(n, 1U));
+        if (!body)
+                return MHD_NO;
+        n = upstream_exchange_read(p->exchange, body, n);
+        rewritten = rewrite_discovery(p, body, n);
+        if (rewritten)
+                return pass_queue_whole(p, req, status, rewritten, strlen(rewritten), strlen(rewritten));
+        return pass_queue_whole(p, req, status, body, n, n);
+}
+
 static enum MHD_Result pass_respond(Pass *p, Request *req) {
         long status = upstream_exchange_status(p->exchange);
+        uint64_t length = response_length(p);
         struct MHD_Response *resp;
         int error;
         bool ended = upstream_exchange_ended(p->exchange, &error);
 
-        if (!upstream_exchange_has_head(p->exchange))
+        if (!upstream_exchange_has_head(p->exchange) || (p->discovery && error < 0))
                 return pass_respond_error(req, error);
         if (status < 100 || status > 599)
                 return pass_respond_error(req, -EPROTO);
         pass_note_success(p, req);
 
-        if (p->discovery) {
-                size_t n = upstream_exchange_available(p->exchange);
-                _cleanup_(freep) char *body = NULL, *rewritten = NULL;
-
-                if (error < 0 || n > PASS_DISCOVERY_MAX)
-                        return pass_respond_error(req, -EPROTO);
-                body = malloc(n + 1);
-                if (!body)
-                        return MHD_NO;
-                n = upstream_exchange_read(p->exchange, body, n);
-                rewritten = rewrite_discovery(p, body, n);
-                if (req->method == HTTP_METHOD_HEAD)
-                        resp = http_response_for_head(rewritten ? strlen(rewritten) : n);
-                else if (rewritten)
-                        resp = MHD_create_response_from_buffer(strlen(rewritten), rewritten, MHD_RESPMEM_MUST_COPY);
-                else
-                        resp = MHD_create_response_from_buffer(n, body, MHD_RESPMEM_MUST_COPY);
-                if (!resp)
-                        return MHD_NO;
-                add_response_headers(p, resp, false);
-                return http_queue_response_sized(req->connection, (unsigned) status, resp,
-                                                 req->method == HTTP_METHOD_HEAD ? 0 : rewritten ? strlen(rewritten) : n);
-        }
-
+        if (p->discovery)
+                return pass_respond_discovery(p, req, status);
         /* No body, whether or not the transfer is over yet: nothing for a reader to wait for. */
-        if (status == MHD_HTTP_NO_CONTENT || status == MHD_HTTP_NOT_MODIFIED ||
-            (req->method != HTTP_METHOD_HEAD && response_length(p) == 0)) {
-                resp = MHD_create_response_from_buffer(0, NULL, MHD_RESPMEM_PERSISTENT);
-                if (!resp)
-                        return MHD_NO;
-                add_response_headers(p, resp, false);
-                return http_queue_response(req->connection, (unsigned) status, resp);
-        }
-
-        if (req->method == HTTP_METHOD_HEAD) {
-                uint64_t length = response_length(p);
-                resp = http_response_for_head(length == UINT64_MAX ? MHD_SIZE_UNKNOWN : length);
-                if (!resp)
-                        return MHD_NO;
-                add_response_headers(p, resp, false);
-                return http_queue_response(req->connection, (unsigned) status, resp);
-        }
-
+        if (status == MHD_HTTP_NO_CONTENT || status == MHD_HTTP_NOT_MODIFIED || length == 0)
+                return pass_queue_whole(p, req, status, NULL, 0, length);
+        if (req->method == HTTP_METHOD_HEAD)
+                return pass_queue_whole(p, req, status, NULL, 0, length);
         if (ended && error == 0) {
                 /* All of it is here (records, lists, errors: the common case): one copy, no reader. */
                 size_t n = upstream_exchange_available(p->exchange);
@@ -418,22 +414,16 @@ static enum MHD_Result pass_respond(Pass *p, Request *req) {
                 if (!body)
                         return MHD_NO;
                 n = upstream_exchange_read(p->exchange, body, n);
-                resp = MHD_create_response_from_buffer(n, body, MHD_RESPMEM_MUST_COPY);
-                if (!resp)
-                        return MHD_NO;
-                add_response_headers(p, resp, false);
-                p->server->counters.pass_bytes_down += n;
-                return http_queue_response_sized(req->connection, (unsigned) status, resp, n);
+                return pass_queue_whole(p, req, status, body, n, n);
         }
 
-        uint64_t length = response_length(p);
         resp = MHD_create_response_from_callback(length == UINT64_MAX ? MHD_SIZE_UNKNOWN : length, PASS_BLOCK_SIZE,
                                                  pass_read, p, pass_response_free);
         if (!resp)
                 return MHD_NO;
         p->in_response = true;  /* the response frees it from now on */
         p->close_delimited = length == UINT64_MAX && req->http10;
-        add_response_headers(p, resp, false);
+        add_response_headers(p, resp);
         return http_queue_response(req->connection, (unsigned) status, resp);
 }
 
@@ -539,8 +529,10 @@ enum MHD_Result http_pass_on_request(HttpServer *s, Request *req, const char *up
                 upstream_exchange_write_end(p->exchange);
                 ended = upstream_exchange_ended(p->exchange, NULL);
         }
-        /* A version document is read whole; anything else is answered as soon as its headers are in. */
-        if (ended || (!p->discovery && upstream_exchange_has_head(p->exchange)))
+        /* A version document is read whole (one too large is refused once it shows, not waited for: its
+         * transfer pauses when the buffer is full); anything else is answered as soon as its headers are. */
+        if (ended || (p->discovery ? upstream_exchange_available(p->exchange) > PASS_DISCOVERY_MAX
+                                   : upstream_exchange_has_head(p->exchange)))
                 return pass_respond(p, req);
         http_request_wait(req, REQUEST_WAIT_PASS_HEADERS);
         return MHD_YES;
