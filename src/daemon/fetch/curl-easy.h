@@ -78,6 +78,11 @@ static inline int transport_errno(CURLcode code) {
         }
 }
 
+/* How a finished transfer went, for callers that tell only a timeout (504) from any other failure (502). */
+static inline int transport_result_errno(CURLcode code) {
+        return code == CURLE_OK ? 0 : code == CURLE_OPERATION_TIMEDOUT ? -ETIMEDOUT : -EPROTO;
+}
+
 /* curl_easy_setopt() as 0 or -errno, for a request's own options. A macro, so that curl's compile-time
  * check of the value's type still sees the option. */
 #define easy_setopt(h, opt, val) transport_errno(curl_easy_setopt((h), (opt), (val)))

@@ -157,25 +157,11 @@ static size_t on_exchange_upload(char *buf, size_t size, size_t n, void *userdat
         return CURL_READFUNC_PAUSE;
 }
 
-static int exchange_errno(CURLcode code) {
-        switch (code) {
-        case CURLE_OK:
-                return 0;
-        case CURLE_OPERATION_TIMEDOUT:
-                return -ETIMEDOUT;
-        case CURLE_COULDNT_CONNECT:
-        case CURLE_COULDNT_RESOLVE_HOST:
-                return -ECONNREFUSED;
-        default:
-                return -EPROTO;
-        }
-}
-
 static void on_exchange_done(CurlTask *t, CURL *easy, CURLcode code) {
         UpstreamExchange *x = container_of(t, UpstreamExchange, task);
 
         if (x->error == 0)
-                x->error = exchange_errno(code);
+                x->error = transport_result_errno(code);
         if (x->error == 0 && !x->has_head)
                 x->error = -EPROTO;
         x->ended = true;

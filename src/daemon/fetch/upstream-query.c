@@ -101,7 +101,7 @@ static void on_query_done(CurlTask *t, CURL *easy, CURLcode code) {
         curl_off_t length = -1;
 
         if (code != CURLE_OK && !(code == CURLE_WRITE_ERROR && q->body_too_large))
-                a.error = code == CURLE_OPERATION_TIMEDOUT ? -ETIMEDOUT : -EPROTO;
+                a.error = transport_result_errno(code);
         else if (q->body_too_large)
                 a.error = -EBADMSG;
         else {
