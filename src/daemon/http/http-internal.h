@@ -142,7 +142,11 @@ typedef struct HttpConnection {
         char address[PEER_KEY_MAX]; /* counted in HttpServer.connection_counts; "": not counted */
         HeaderDeadline header;   /* armed while a request's headers are being read */
         bool bad_target;         /* set by the unescape callback for the request being read */
-        char *target;            /* the request target as sent (PassThrough=): MHD decodes its own copy */
+        /* The request target as sent (PassThrough=; MHD decodes its own copy in place): in target_inline
+         * when it fits, so that reading image data allocates nothing, else in target_heap. NULL: none. */
+        const char *target;
+        char target_inline[256];
+        char *target_heap;
 } HttpConnection;
 
 /* A fill a client address started, counted against MaxFetchesPerIP= until it ends. It lets go of the

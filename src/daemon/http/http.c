@@ -199,7 +199,7 @@ static enum MHD_Result pass_begin(HttpServer *s, Request *req, struct MHD_Connec
         enum MHD_Result r = http_pass_begin(s, req, c, method);
         size_t none = 0;
 
-        if (r != MHD_YES || !req->pass || req->body_announced || req->status != 0)
+        if (r != MHD_YES || !req->pass || req->body_announced)
                 return r;
         return http_pass_on_request(s, req, NULL, &none);
 }
@@ -726,7 +726,7 @@ static void http_on_connection(void *cls, struct MHD_Connection *c, void **socke
                         header_deadline_stop(s->header_deadlines, &hc->header);
                         if (hc->address[0])
                                 peer_counts_add(s->connection_counts, hc->address, -1);
-                        free(hc->target);
+                        free(hc->target_heap);
                 }
                 free(hc);
                 *socket_context = NULL;
@@ -754,6 +754,19 @@ static enum MHD_Result http_on_accept(void *cls, const struct sockaddr *addr, so
         return MHD_NO;
 }
 
+static void connection_keep_target(HttpConnection *hc, const char *uri) {
+        size_t n = uri ? strlen(uri) : 0;
+
+        hc->target_heap = mfree(hc->target_heap);
+        hc->target = NULL;
+        if (!uri)
+                return;
+        if (n < sizeof(hc->target_inline))
+                hc->target = memcpy(hc->target_inline, uri, n + 1);
+        else
+                hc->target = hc->target_heap = strdup(uri);
+}
+
 /* The request line of a request is in: its headers have HeaderTimeoutSec= from now (the first request of
  * a connection keeps the clock that started with the connection). */
 static void *http_on_uri(void *cls, const char *uri, struct MHD_Connection *c) {
@@ -764,9 +777,8 @@ static void *http_on_uri(void *cls, const char *uri, struct MHD_Connection *c) {
                 hc->bad_target = false;
                 header_deadline_start(s->header_deadlines, &hc->header, c, s->config->header_timeout);
                 /* MHD decodes the target in place: a pass-through sends it on as the client wrote it. The
-                 * image paths never pass through, and cost no copy. */
-                free(hc->target);
-                hc->target = s->pass_through && strncmp(uri, "/images/", 8) != 0 ? strdup(uri) : NULL;
+                 * generic image paths never pass through. */
+                connection_keep_target(hc, s->pass_through && strncmp(uri, "/images/", 8) != 0 ? uri : NULL);
         }
         return NULL;  /* the request's context is made on the first access-handler call */
 }
