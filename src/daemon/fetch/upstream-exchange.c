@@ -70,7 +70,6 @@ struct UpstreamExchange {
         ByteQueue up;           /* the client's body, not yet taken by curl */
         bool up_end;            /* the client's body is complete */
         bool send_paused;       /* curl waits for more of it */
-        uint64_t bytes_sent;
 
         long status;            /* of the final response (1xx are skipped); 0 until its status line */
         GPtrArray *head;        /* its header lines, "Name: value" */
@@ -146,7 +145,6 @@ static size_t on_exchange_upload(char *buf, size_t size, size_t n, void *userdat
 
         k = byte_queue_pop(&x->up, buf, size * n);
         if (k > 0) {
-                x->bytes_sent += k;
                 if (byte_queue_room(&x->up) >= 2 * EXCHANGE_BATCH)
                         exchange_notify(x); /* room for more of the client's body */
                 return k;
@@ -309,8 +307,4 @@ bool upstream_exchange_ended(const UpstreamExchange *x, int *ret_error) {
         if (ret_error)
                 *ret_error = x->error;
         return x->ended;
-}
-
-uint64_t upstream_exchange_bytes_sent(const UpstreamExchange *x) {
-        return x->bytes_sent;
 }

@@ -59,4 +59,3 @@ size_t upstream_exchange_available(const UpstreamExchange *x);
 /* The transfer is over: 0 complete, or a negative errno (-ETIMEDOUT, -EMSGSIZE a head too large, -EPROTO
  * anything else, or what upstream_exchange_fail() was given); the bytes already arrived may still be read. */
 bool upstream_exchange_ended(const UpstreamExchange *x, int *ret_error);
-uint64_t upstream_exchange_bytes_sent(const UpstreamExchange *x);
